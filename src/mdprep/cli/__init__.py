@@ -1,0 +1,46 @@
+"""The ``mdprep`` command: a thin layer over the library.
+
+Each command parses options, calls one library function, writes its result and
+prints a summary on stderr. Library errors become ``Error: ...`` and exit code 2
+in one place (:class:`MdprepGroup`); exit code 1 means a check ran and failed.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from ._ui import reported_errors
+
+
+class MdprepGroup(click.Group):
+    """A click group that maps every library error of its commands in one place."""
+
+    def invoke(self, ctx: click.Context):
+        with reported_errors():
+            return super().invoke(ctx)
+
+
+@click.group(
+    cls=MdprepGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="""\b
+Example:
+  mdprep ingest table Data_Entry_2017.csv.gz --preset nih -o nih.parquet
+  mdprep validate nih.parquet
+
+Exit codes: 0 success, 1 a check failed, 2 bad input or usage.
+""",
+)
+@click.version_option(__version__, prog_name="mdprep")
+def main() -> None:
+    """Prepare medical-imaging datasets for deep learning and prove they are safe to train on."""
+
+
+from .demo import demo  # noqa: E402
+from .ingest import ingest  # noqa: E402
+from .validate import validate  # noqa: E402
+
+main.add_command(ingest)
+main.add_command(validate)
+main.add_command(demo)

@@ -1,0 +1,205 @@
+"""``mdprep ingest dicom|images|table``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable
+
+import click
+from rich.table import Table
+
+from ..ingest import PRESETS, IngestResult, ingest_dicom, ingest_images, ingest_table, write_errors
+from ..labels import UNCERTAIN_POLICIES
+from ..manifest import summarize, write_manifest
+from ._ui import echo, file_progress, print_table, status
+
+
+def _comma_list(values: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        out += [p.strip() for p in v.split(",") if p.strip()]
+    return out
+
+
+def _read_file_list(source: str | None) -> list[str] | None:
+    if source is None:
+        return None
+    if source == "-":
+        return sys.stdin.read().splitlines()
+    with open(source, encoding="utf-8") as fh:
+        return fh.read().splitlines()
+
+
+def _write_outputs(result: IngestResult, output: str, errors_path: str | None) -> None:
+    write_manifest(result.manifest, sys.stdout.buffer if output == "-" else output)
+    if errors_path:
+        write_errors(result.errors, errors_path)
+
+
+def render_summary(result: IngestResult, output: str, errors_path: str | None, quiet: bool) -> None:
+    """Rows, patients, images per patient, reconciled counts, label prevalence, warnings."""
+    rep = result.report
+    s = summarize(result.manifest)
+    # Reconciliation and data-quality notes are shown even with --quiet when something was lost.
+    if rep.skipped or rep.failed or not quiet:
+        line = f"{rep.found} found = {rep.ingested} ingested + {rep.skipped} skipped + {rep.failed} failed"
+        if rep.lenient:
+            line += f" ({rep.lenient} read without the DICOM preamble, marked lenient_read)"
+        echo(line, quiet and not (rep.skipped or rep.failed))
+    if rep.reasons:
+        reasons = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in rep.reasons.items())
+        hint = f"listed in {errors_path}" if errors_path else "pass --errors FILE to list them"
+        echo(f"Not ingested: {reasons} ({hint})", quiet and not rep.failed)
+    for column, n in rep.invalid_values.items():
+        click.echo(f"Warning: {n} value(s) of {column!r} did not parse and were stored as null", err=True)
+    if rep.unlabeled:
+        click.echo(f"Warning: {rep.unlabeled} row(s) have no label at all; kept with null labels", err=True)
+    for note in rep.notes:
+        click.echo(f"Note: {note}", err=True)
+    if quiet:
+        return
+    table = Table(title=f"Wrote {output}", title_justify="left", show_header=False, box=None)
+    table.add_row("rows", f"{s.rows:,}")
+    table.add_row("patients", f"{s.patients:,}")
+    table.add_row("images per patient", f"median {s.images_per_patient_median:g}, max {s.images_per_patient_max}")
+    print_table(table)
+    if s.labels:
+        lt = Table(title="Labels", title_justify="left")
+        lt.add_column("label")
+        lt.add_column("positive", justify="right")
+        lt.add_column("prevalence", justify="right")
+        lt.add_column("uncertain", justify="right")
+        lt.add_column("not mentioned", justify="right")
+        for c in s.labels:
+            lt.add_row(c.label, f"{c.positive:,}", f"{c.prevalence:.2%}", f"{c.uncertain:,}", f"{c.missing:,}")
+        print_table(lt)
+
+
+_output = click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write (atomically); '-' for stdout.")
+_quiet = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary on stderr.")
+_workers = click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes reading files [default: all cores].")
+_errors = click.option(
+    "--errors", "errors_path", metavar="FILE", help="Write every file that gave no row (path, outcome, error type, message); .csv or .parquet."
+)
+_files_from = click.option(
+    "--files-from", metavar="FILE", help="Read the files listed in FILE (one per line, '-' for stdin) instead of walking ROOT."
+)
+
+
+@click.group()
+def ingest() -> None:
+    """Build a manifest (one row per image) from DICOM files, image folders or dataset tables."""
+
+
+@ingest.command("dicom")
+@click.argument("root", type=click.Path(file_okay=False))
+@_output
+@click.option("--tags", multiple=True, metavar="TAG,...", help="Extra attributes besides the preset: keywords or GGGG,EEEE.")
+@_files_from
+@_workers
+@_errors
+@_quiet
+def ingest_dicom_cmd(root, output, tags, files_from, workers, errors_path, quiet):
+    """Read the headers (never the pixels) of every DICOM file under ROOT.
+
+    \b
+    The preset columns: patient_id, study_id (StudyInstanceUID), series_uid, sop_uid,
+    sop_class_uid, accession, modality, view (ViewPosition), body_part, sex, age (years),
+    birth_date, study_date, rows, columns, pixel_spacing, photometric, transfer_syntax.
+    Files without the DICOM preamble are read leniently (lenient_read); other files
+    are skipped and counted; unreadable ones are listed with --errors.
+
+    \b
+    Example:
+      mdprep ingest dicom /data/dump -o manifest.parquet --tags Manufacturer,KVP --errors errors.csv
+    """
+    files = _read_file_list(files_from)
+    with file_progress("Reading DICOM headers", quiet) as bar:
+        result = ingest_dicom(root, files=files, tags=_comma_list(tags), workers=workers, on_found=bar.found, on_progress=bar.advance)
+    _write_outputs(result, output, errors_path)
+    render_summary(result, output, errors_path, quiet)
+
+
+@ingest.command("images")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option(
+    "--patient-regex",
+    required=True,
+    metavar="REGEX",
+    help="Searched in each relative path; named groups 'patient' (required), 'study', 'view', and any other become columns.",
+)
+@_output
+@_files_from
+@_workers
+@_errors
+@_quiet
+def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_path, quiet):
+    """Index the PNG/JPEG/TIFF images under ROOT; patient and study come from the path.
+
+    \b
+    Example (CheXpert layout patient00001/study1/view1_frontal.jpg):
+      mdprep ingest images CheXpert-v1.0-small/train -o images.parquet \\
+        --patient-regex '(?P<patient>patient\\d+)/(?P<study>study\\d+)/view\\d+_(?P<view>frontal|lateral)'
+    """
+    files = _read_file_list(files_from)
+    with file_progress("Reading image headers", quiet) as bar:
+        result = ingest_images(root, patient_regex=patient_regex, files=files, workers=workers, on_found=bar.found, on_progress=bar.advance)
+    _write_outputs(result, output, errors_path)
+    render_summary(result, output, errors_path, quiet)
+
+
+@ingest.command("table")
+@click.argument("table", type=click.Path(dir_okay=False))
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="generic", show_default=True, help="; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
+@_output
+@click.option("--metadata", type=click.Path(dir_okay=False), help="MIMIC-CXR: the *-metadata.csv(.gz) table to join.")
+@click.option(
+    "--uncertain",
+    type=click.Choice(list(UNCERTAIN_POLICIES)),
+    default="keep",
+    show_default=True,
+    help="Uncertain (-1) labels: " + "; ".join(f"{k}: {v}" for k, v in UNCERTAIN_POLICIES.items()),
+)
+@click.option("--image-col", help="generic: column with the image id [default: image_id, else the path column].")
+@click.option("--patient-col", default="patient_id", show_default=True, help="generic: column with the patient id.")
+@click.option("--path-col", help="generic: column with the image path [default: path, else the image column].")
+@click.option("--study-col", help="generic: column with the study id [default: study_id if present].")
+@click.option("--labels-col", help="generic: one column listing each image's findings ('A|B' or ['A', 'B']).")
+@click.option("--labels-sep", default="|", show_default=True, help="generic: separator inside --labels-col.")
+@click.option("--label-cols", multiple=True, metavar="A,B,...", help="generic: one-hot label columns (1/0/-1/blank).")
+@click.option("--sep", help="Field delimiter [default: from the file name, else sniffed].")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the table.")
+@click.option("--image-ext", default="jpg", show_default=True, help="MIMIC-CXR: file ending of the built paths (jpg or dcm).")
+@click.option("--root", "image_root", type=click.Path(file_okay=False), help="Folder the table's paths are relative to (recorded in the manifest).")
+@_quiet
+def ingest_table_cmd(table, preset, output, metadata, uncertain, image_col, patient_col, path_col, study_col, labels_col, labels_sep, label_cols, sep, encoding, image_ext, image_root, quiet):
+    """Turn a dataset's label table (CSV, TSV, gzip, Parquet) into a manifest.
+
+    \b
+    Examples:
+      mdprep ingest table Data_Entry_2017_v2020.csv.gz --preset nih -o nih.parquet
+      mdprep ingest table train.csv --preset chexpert --uncertain ignore -o chexpert.parquet
+      mdprep ingest table mimic-cxr-2.0.0-chexpert.csv.gz --preset mimic \\
+        --metadata mimic-cxr-2.0.0-metadata.csv.gz -o mimic.parquet
+      mdprep ingest table labels.tsv --image-col file --patient-col subject --labels-col findings -o m.parquet
+    """
+    with status(f"Reading {table}", quiet):
+        result = ingest_table(
+            table,
+            preset=preset,
+            metadata=metadata,
+            uncertain=uncertain,
+            image_col=image_col,
+            patient_col=patient_col,
+            path_col=path_col,
+            study_col=study_col,
+            labels_col=labels_col,
+            labels_sep=labels_sep,
+            label_cols=_comma_list(label_cols),
+            sep=sep,
+            encoding=encoding,
+            image_ext=image_ext,
+            root=image_root,
+        )
+        _write_outputs(result, output, None)
+    render_summary(result, output, None, quiet)

@@ -1,0 +1,36 @@
+"""``mdprep validate``: check manifests against the contract, report every violation."""
+
+from __future__ import annotations
+
+import click
+
+from ..manifest import read_manifest, validate as validate_manifest
+from ._ui import EXIT_CHECK_FAILED, echo
+
+
+@click.command("validate")
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-q", "--quiet", is_flag=True, help="Print only the violations.")
+def validate(manifests, quiet):
+    """Check each MANIFEST against the contract (docs/manifest.md) and list every violation.
+
+    \b
+    Exit codes: 0 all valid, 1 a manifest breaks the contract, 2 a file cannot be read.
+
+    \b
+    Example:
+      mdprep validate train.parquet test.parquet
+    """
+    failed = False
+    for path in manifests:
+        manifest = read_manifest(path, validate_contract=False)
+        violations = validate_manifest(manifest)
+        if violations:
+            failed = True
+            click.echo(f"{path}: {len(violations)} violation(s) of the manifest contract", err=True)
+            for v in violations:
+                click.echo(f"  - [{v.check}] {v.message}", err=True)
+        else:
+            echo(f"{path}: valid ({len(manifest.frame):,} rows, {len(manifest.labels)} label columns)", quiet)
+    if failed:
+        click.get_current_context().exit(EXIT_CHECK_FAILED)

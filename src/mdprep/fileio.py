@@ -1,0 +1,96 @@
+"""File-system helpers: atomic writes and input fingerprints.
+
+Touches only the file system; knows nothing of manifests or of the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+_HASH_CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success.
+
+    An interrupted or failed write never leaves a half-written file where a good
+    one was expected: the temporary file lives in the same folder (so the rename
+    is atomic on POSIX) and is removed if the block raises.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> with atomic_write(d / "out.txt") as tmp:
+    ...     _ = tmp.write_text("hello")
+    >>> (d / "out.txt").read_text()
+    'hello'
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        # mkstemp creates 0600 files; give the result the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict:
+    """Size and SHA-256 of one file's bytes, with the path as given.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> _ = p.write_bytes(b"abc")
+    >>> file_fingerprint(p)["sha256"][:12]
+    'ba7816bf8f01'
+    """
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"path": os.path.normpath(os.fspath(path)), "kind": "file", "size": size, "sha256": digest.hexdigest()}
+
+
+def listing_fingerprint(root: str | os.PathLike, relpaths: Iterable[str], sizes: Iterable[int]) -> dict:
+    """Fingerprint of a file tree from its listing: sorted relative paths and sizes.
+
+    Hashing every byte of an imaging tree would cost more than reading its headers,
+    so a tree is fingerprinted by what it contains (names and sizes); content hashes
+    of individual images are the leakage audit's job.
+    """
+    digest = hashlib.sha256()
+    total = 0
+    count = 0
+    for rel, size in sorted(zip(relpaths, sizes)):
+        digest.update(f"{rel}\0{size}\n".encode("utf-8", "surrogateescape"))
+        total += int(size)
+        count += 1
+    return {
+        "path": os.path.normpath(os.fspath(root)),
+        "kind": "tree",
+        "files": count,
+        "size": total,
+        "sha256": digest.hexdigest(),
+    }

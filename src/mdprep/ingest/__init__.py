@@ -1,0 +1,133 @@
+"""Ingest sources: DICOM trees, image folders and dataset tables, each into one manifest.
+
+Every source returns an :class:`IngestResult`: the manifest, a table of the inputs
+that did not become rows (with why), and an :class:`IngestReport` whose counts
+reconcile (``found == ingested + skipped + failed``).
+
+>>> from mdprep.ingest import ingest_table, ingest_dicom, ingest_images  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import pandas as pd
+import pyarrow as pa
+
+from ..manifest import CANONICAL_TYPES, Manifest, write_table
+
+#: Columns of the error table.
+ERROR_COLUMNS = ("path", "outcome", "error_type", "message")
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """Counts that reconcile: every input item is ingested, skipped or failed.
+
+    Attributes
+    ----------
+    found : int
+        Input files (or table rows) seen.
+    ingested : int
+        Manifest rows written.
+    skipped : int
+        Inputs that are not images of this source (a text file in a DICOM tree).
+    failed : int
+        Inputs that should have been images but could not be read.
+    lenient : int
+        DICOM files read without the Part 10 preamble.
+    unlabeled : int
+        Rows kept with every label null (labels were asked for but none given).
+    invalid_values : dict
+        Column -> number of values that did not parse and were stored as null.
+    reasons : dict
+        ``"outcome:error_type"`` -> count, for skipped and failed inputs.
+    notes : tuple of str
+        Anything else the user must know (joined rows that found no partner, ...).
+    """
+
+    found: int
+    ingested: int
+    skipped: int = 0
+    failed: int = 0
+    lenient: int = 0
+    unlabeled: int = 0
+    invalid_values: Mapping[str, int] = field(default_factory=dict)
+    reasons: Mapping[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def reconciles(self) -> bool:
+        return self.found == self.ingested + self.skipped + self.failed
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    manifest: Manifest
+    errors: pd.DataFrame
+    report: IngestReport
+
+
+def empty_errors() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series([], dtype="str") for c in ERROR_COLUMNS})
+
+
+def errors_frame(rows: Iterable[tuple[str, str, str, str]]) -> pd.DataFrame:
+    rows = list(rows)
+    if not rows:
+        return empty_errors()
+    return pd.DataFrame(rows, columns=list(ERROR_COLUMNS)).astype("str")
+
+
+def write_errors(errors: pd.DataFrame, path: str) -> None:
+    """Write the error table as Parquet, or as CSV when ``path`` ends in ``.csv``."""
+    from ..fileio import atomic_write
+
+    if str(path).lower().endswith(".csv"):
+        with atomic_write(path) as tmp:
+            errors.to_csv(tmp, index=False)
+        return
+    table = pa.Table.from_pandas(errors, preserve_index=False).replace_schema_metadata(None)
+    table = table.cast(pa.schema([pa.field(c, pa.string()) for c in table.column_names]))
+    write_table(table, path)
+
+
+def normalize_sex(values: pd.Series) -> tuple[pd.Series, int]:
+    """Map sex codes to the canonical ``M``/``F``/``O`` (null when unknown).
+
+    Accepts DICOM codes and the spellings of public tables (``Male``, ``female``).
+    Returns the new column and how many non-empty values were not recognised.
+
+    >>> normalize_sex(pd.Series(["M", "Female", "x", None]))[0].tolist()
+    ['M', 'F', nan, nan]
+    """
+    text = values.astype("str").str.strip().str.upper()
+    mapped = text.map({"M": "M", "MALE": "M", "F": "F", "FEMALE": "F", "O": "O", "OTHER": "O"})
+    unknown_spellings = {"", "U", "UNKNOWN", "NAN", "NONE", "<NA>"}
+    not_recognised = int((mapped.isna() & values.notna() & ~text.isin(unknown_spellings)).sum())
+    return mapped.astype("str"), not_recognised
+
+
+def order_columns(frame: pd.DataFrame, labels: Iterable[str] = ()) -> pd.DataFrame:
+    """Canonical columns first (in contract order), then labels, then the rest as they came."""
+    labels = list(labels)
+    canonical = [c for c in CANONICAL_TYPES if c in frame.columns]
+    rest = [c for c in frame.columns if c not in CANONICAL_TYPES and c not in labels]
+    return frame[canonical + labels + rest]
+
+
+from .dicom import ingest_dicom  # noqa: E402
+from .images import ingest_images  # noqa: E402
+from .tables import PRESETS, ingest_table  # noqa: E402
+
+__all__ = [
+    "IngestReport",
+    "IngestResult",
+    "PRESETS",
+    "ingest_dicom",
+    "ingest_images",
+    "ingest_table",
+    "normalize_sex",
+    "write_errors",
+]

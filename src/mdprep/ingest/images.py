@@ -1,0 +1,151 @@
+"""``ingest images``: PNG/JPEG trees where patient, study and view come from the path."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import warnings
+from collections import Counter
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UsageError
+from ..executor import map_chunks
+from ..fileio import listing_fingerprint
+from ..manifest import Manifest, check, provenance_step
+from . import IngestReport, IngestResult, errors_frame, order_columns
+from .files import collect_files
+
+#: File name endings read as images (case-insensitive).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: Named groups that map to canonical columns.
+_GROUP_COLUMNS = {"patient": "patient_id", "study": "study_id", "view": "view"}
+
+
+def compile_path_regex(pattern: str) -> re.Pattern:
+    """Compile ``pattern`` and insist on a named group ``patient``.
+
+    >>> compile_path_regex(r"(?P<patient>patient\\d+)/").groupindex["patient"]
+    1
+    """
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"--patient-regex {pattern!r} is not a valid regular expression: {exc}", pattern=pattern) from exc
+    if "patient" not in regex.groupindex:
+        raise UsageError(
+            f"--patient-regex {pattern!r} has no named group 'patient'; write it as (?P<patient>...), for example "
+            r"'(?P<patient>patient\d+)/(?P<study>study\d+)/'",
+            pattern=pattern,
+        )
+    return regex
+
+
+def _read_image_headers(relpaths: Sequence[str], *, root: str) -> list[tuple]:
+    """Width, height, mode and format from each image's header; no pixels are decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    for rel in relpaths:
+        path = os.path.join(root, rel)
+        try:
+            size = os.path.getsize(path)
+            with Image.open(path) as im:
+                out.append(("ok", size, im.size[0], im.size[1], im.mode, im.format, "", ""))
+        except (UnidentifiedImageError, SyntaxError, ValueError, OSError) as exc:
+            size = os.path.getsize(path) if os.path.exists(path) else 0
+            out.append(("failed", size, None, None, None, None, type(exc).__name__, str(exc)))
+    return out
+
+
+def ingest_images(
+    root: str | os.PathLike,
+    *,
+    patient_regex: str,
+    files: Iterable[str] | None = None,
+    workers: int | None = None,
+    on_found: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> IngestResult:
+    """Index a folder of PNG/JPEG images into a manifest.
+
+    Patient, study and view come from the named groups ``patient`` (required),
+    ``study`` and ``view`` of ``patient_regex``, searched in each file's path
+    relative to ``root``; any other named group becomes a column of its own. A
+    study id is qualified by its patient (``patient00001/study1``) because public
+    sets number studies per patient. Width and height come from the image header.
+
+    Files with other endings are skipped; images whose path does not match the
+    regex, or whose header cannot be read, fail with a row in ``errors``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from mdprep.synthetic import write_image_tree
+    >>> root = tempfile.mkdtemp()
+    >>> _ = write_image_tree(root, patients=2, studies=1)
+    >>> r = ingest_images(root, patient_regex=r"(?P<patient>patient\\d+)/(?P<study>study\\d+)/", workers=1)
+    >>> sorted(r.manifest.frame["patient_id"].unique())
+    ['patient00000', 'patient00001']
+    """
+    regex = compile_path_regex(patient_regex)
+    listing = collect_files(root, files)
+    rels = pd.Series(listing.relpaths, dtype="str")
+    is_image = rels.str.lower().str.endswith(IMAGE_EXTENSIONS).to_numpy(dtype=bool) if len(rels) else np.zeros(0, bool)
+    with warnings.catch_warnings():
+        # pandas warns that the groups are unused here; they are extracted below.
+        warnings.simplefilter("ignore", UserWarning)
+        matched = rels.str.contains(regex, regex=True).to_numpy(dtype=bool) if len(rels) else np.zeros(0, bool)
+    to_read = rels[is_image & matched].tolist()
+    if on_found:
+        on_found(len(to_read))
+    headers = map_chunks(functools.partial(_read_image_headers, root=listing.root), to_read, workers=workers, on_progress=on_progress)
+
+    error_rows = list(listing.refused)
+    error_rows += [(r, "skipped", "NotImage", f"not one of {', '.join(IMAGE_EXTENSIONS)}") for r in rels[~is_image]]
+    error_rows += [
+        (r, "failed", "PatternMismatch", f"the path does not match --patient-regex {regex.pattern!r}")
+        for r in rels[is_image & ~matched]
+    ]
+    ok_mask = np.array([h[0] == "ok" for h in headers], dtype=bool)
+    error_rows += [(rel, h[0], h[6], h[7]) for rel, h in zip(to_read, headers) if h[0] != "ok"]
+    error_rows.sort(key=lambda r: r[0])
+
+    ok_paths = pd.Series([r for r, ok in zip(to_read, ok_mask) if ok], dtype="str")
+    groups = ok_paths.str.extract(regex, expand=True) if len(ok_paths) else pd.DataFrame(columns=list(regex.groupindex))
+    frame = pd.DataFrame({"image_id": ok_paths, "path": ok_paths})
+    for name in regex.groupindex:
+        column = _GROUP_COLUMNS.get(name, name)
+        frame[column] = groups[name].astype("str").to_numpy() if len(ok_paths) else pd.Series([], dtype="str")
+    if "study_id" in frame.columns:
+        frame["study_id"] = (frame["patient_id"] + "/" + frame["study_id"]).where(frame["study_id"].notna())
+    ok_headers = [h for h in headers if h[0] == "ok"]
+    frame["width"] = pd.array([h[2] for h in ok_headers], dtype="Int32")
+    frame["height"] = pd.array([h[3] for h in ok_headers], dtype="Int32")
+    frame["color_mode"] = pd.Series([h[4] for h in ok_headers], dtype="str")
+    frame["format"] = pd.Series([h[5] for h in ok_headers], dtype="str")
+    frame = order_columns(frame.reset_index(drop=True))
+
+    empty_patient = frame["patient_id"].isna() | (frame["patient_id"] == "")
+    if empty_patient.any():
+        bad = frame.loc[empty_patient, "image_id"].tolist()
+        error_rows += [(r, "failed", "PatternMismatch", "the 'patient' group matched an empty string") for r in bad]
+        frame = frame.loc[~empty_patient].reset_index(drop=True)
+
+    sizes = [h[1] for h in headers]
+    inputs = [listing_fingerprint(os.fspath(root), to_read, sizes)]
+    options = {"patient_regex": regex.pattern, "file_list": files is not None}
+    manifest = Manifest(frame=frame, labels=(), root=listing.root).with_step(provenance_step("ingest images", options, inputs))
+    check(manifest)
+    reasons = Counter(f"{o}:{t}" for _, o, t, _ in error_rows)
+    report = IngestReport(
+        found=listing.found,
+        ingested=len(frame),
+        skipped=sum(1 for _, o, _, _ in error_rows if o == "skipped"),
+        failed=sum(1 for _, o, _, _ in error_rows if o == "failed"),
+        reasons=dict(sorted(reasons.items())),
+    )
+    return IngestResult(manifest=manifest, errors=errors_frame(error_rows), report=report)

@@ -1,0 +1,488 @@
+"""The manifest contract, its validation, and its Parquet I/O.
+
+A manifest is one row per image. Every mdprep command reads and writes it through
+this module only, so the contract lives in exactly one place (see docs/manifest.md):
+
+* canonical columns with fixed names and Arrow types (:data:`CANONICAL_TYPES`);
+  ``image_id``, ``path`` and ``patient_id`` are required and never null, and
+  ``image_id`` is unique;
+* label columns, one per finding, ``int8`` with 1 positive, 0 negative,
+  -1 uncertain and null not mentioned; which columns are labels is recorded in
+  the file's metadata so no command has to guess;
+* provenance: the file's Parquet key-value metadata holds, under ``mdprep``, a JSON
+  document with the format version, the label columns, the image root and the
+  history of commands (version, options, input fingerprints, seed) that made it.
+
+The same manifest always serialises to the same bytes: there is no wall-clock time
+in the data or the metadata, and writes go through :func:`mdprep.fileio.atomic_write`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, BinaryIO, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .errors import InputError, ManifestValidationError, Violation, examples_text
+from .fileio import atomic_write
+
+FORMAT = "mdprep-manifest"
+FORMAT_VERSION = 1
+METADATA_KEY = b"mdprep"
+
+#: Canonical columns, in their canonical order, with their Arrow types.
+CANONICAL_TYPES: dict[str, pa.DataType] = {
+    "image_id": pa.string(),
+    "path": pa.string(),
+    "patient_id": pa.string(),
+    "study_id": pa.string(),
+    "series_uid": pa.string(),
+    "sop_uid": pa.string(),
+    "accession": pa.string(),
+    "view": pa.string(),
+    "sex": pa.string(),
+    "age": pa.float32(),
+    "study_date": pa.date32(),
+    "split": pa.string(),
+    "fold": pa.int16(),
+}
+#: Columns every manifest has, never null.
+REQUIRED_COLUMNS: tuple[str, ...] = ("image_id", "path", "patient_id")
+#: Arrow type of every label column.
+LABEL_TYPE = pa.int8()
+#: The values a label may take besides null.
+LABEL_VALUES: tuple[int, ...] = (1, 0, -1)
+POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
+
+_PANDAS_TYPES: dict[pa.DataType, Any] = {
+    pa.int8(): pd.Int8Dtype(),
+    pa.int16(): pd.Int16Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(),
+    pa.uint8(): pd.UInt8Dtype(),
+    pa.uint16(): pd.UInt16Dtype(),
+    pa.uint32(): pd.UInt32Dtype(),
+    pa.uint64(): pd.UInt64Dtype(),
+    pa.bool_(): pd.BooleanDtype(),
+}
+
+
+def _pandas_type(arrow_type: pa.DataType) -> Any:
+    if arrow_type in _PANDAS_TYPES:
+        return _PANDAS_TYPES[arrow_type]
+    if pa.types.is_date(arrow_type) or pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        # Keep dates as dates and lists as lists: a round trip must not change types.
+        return pd.ArrowDtype(arrow_type)
+    return None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest in memory: the rows, which columns are labels, and where it came from.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        One row per image, canonical columns plus labels plus any extra metadata.
+    labels : tuple of str
+        The label columns, in order.
+    root : str or None
+        Folder that ``path`` is relative to, where files exist.
+    history : tuple of dict
+        Provenance steps, oldest first (see :func:`provenance_step`).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> m = Manifest(pd.DataFrame({"image_id": ["a"], "path": ["a.png"], "patient_id": ["p1"],
+    ...                            "Edema": pd.array([1], dtype="Int8")}), labels=("Edema",))
+    >>> validate(m)
+    []
+    """
+
+    frame: pd.DataFrame
+    labels: tuple[str, ...] = ()
+    root: str | None = None
+    history: tuple[dict, ...] = field(default_factory=tuple)
+
+    def with_step(self, step: Mapping[str, Any]) -> "Manifest":
+        """Return a copy with one more provenance step appended."""
+        return replace(self, history=self.history + (dict(step),))
+
+    def with_frame(self, frame: pd.DataFrame, labels: Sequence[str] | None = None) -> "Manifest":
+        """Return a copy with new rows (and optionally new label columns)."""
+        return replace(self, frame=frame, labels=tuple(self.labels if labels is None else labels))
+
+    @property
+    def metadata(self) -> dict:
+        """The JSON document stored under the ``mdprep`` key of the Parquet metadata."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "labels": list(self.labels),
+            "root": self.root,
+            "history": [dict(h) for h in self.history],
+        }
+
+
+def provenance_step(
+    command: str,
+    options: Mapping[str, Any],
+    inputs: Sequence[Mapping[str, Any]] = (),
+    seed: int | None = None,
+) -> dict:
+    """One provenance record: which mdprep version ran which command on what.
+
+    ``options`` holds only the options that change the output (not worker counts
+    or verbosity), so the same inputs and options give byte-identical files.
+    """
+    return {
+        "mdprep_version": __version__,
+        "command": command,
+        "options": {k: options[k] for k in sorted(options)},
+        "inputs": [dict(i) for i in inputs],
+        "seed": seed,
+    }
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _label_violations(frame: pd.DataFrame, labels: Sequence[str]) -> list[Violation]:
+    out: list[Violation] = []
+    clash = [c for c in labels if c in CANONICAL_TYPES]
+    if clash:
+        out.append(
+            Violation(
+                "bad_label_column",
+                None,
+                len(clash),
+                tuple(clash),
+                f"label columns may not use canonical names ({examples_text(clash, len(clash))}); rename them",
+            )
+        )
+    dupes = sorted({c for c in labels if list(labels).count(c) > 1})
+    if dupes:
+        out.append(
+            Violation("bad_label_column", None, len(dupes), tuple(dupes), f"label columns listed twice: {examples_text(dupes, len(dupes))}")
+        )
+    for col in labels:
+        if col not in frame.columns or col in clash:
+            continue
+        s = frame[col]
+        if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)) and s.notna().any():
+            bad = pd.unique(s.dropna())[:5]
+            out.append(
+                Violation(
+                    "bad_label_value",
+                    col,
+                    int(s.notna().sum()),
+                    tuple(bad),
+                    f"label column {col!r} holds non-numeric values ({examples_text(list(bad), len(bad))}); "
+                    "labels are 1 (positive), 0 (negative), -1 (uncertain) or empty",
+                )
+            )
+            continue
+        values = s.to_numpy(dtype="float64", na_value=np.nan)
+        bad_mask = ~np.isnan(values) & ~np.isin(values, LABEL_VALUES)
+        n_bad = int(bad_mask.sum())
+        if n_bad:
+            bad_vals = [float(v) if not float(v).is_integer() else int(v) for v in pd.unique(values[bad_mask])[:5]]
+            out.append(
+                Violation(
+                    "bad_label_value",
+                    col,
+                    n_bad,
+                    tuple(bad_vals),
+                    f"label column {col!r} has {n_bad} value(s) outside {{1, 0, -1, null}}: "
+                    f"{examples_text(bad_vals, len(pd.unique(values[bad_mask])))}",
+                )
+            )
+    return out
+
+
+def validate_frame(frame: pd.DataFrame, labels: Sequence[str] = ()) -> list[Violation]:
+    """Check a frame against the manifest contract and return *every* violation.
+
+    Nothing is raised here: the caller decides (see :func:`check`). The checks are
+    missing required or label columns, nulls in required columns, duplicate
+    ``image_id`` values (with examples), label values outside {1, 0, -1, null},
+    and canonical columns whose values cannot take the canonical type.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> f = pd.DataFrame({"image_id": ["a", "a"], "path": ["x", "y"], "patient_id": [None, "p"]})
+    >>> [v.check for v in validate_frame(f)]
+    ['null_value', 'duplicate_image_id']
+    """
+    out: list[Violation] = []
+    present = list(frame.columns)
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        out.append(
+            Violation(
+                "missing_column",
+                None,
+                len(missing),
+                tuple(missing),
+                f"required column(s) {examples_text(missing, len(missing))} missing (columns present: "
+                f"{', '.join(map(repr, present)) or 'none'})",
+            )
+        )
+    missing_labels = [c for c in labels if c not in frame.columns]
+    if missing_labels:
+        out.append(
+            Violation(
+                "missing_column",
+                None,
+                len(missing_labels),
+                tuple(missing_labels),
+                f"label column(s) {examples_text(missing_labels, len(missing_labels))} are declared in the "
+                "metadata but absent from the data",
+            )
+        )
+    for col in REQUIRED_COLUMNS:
+        if col in frame.columns:
+            nulls = frame[col].isna().to_numpy()
+            n = int(nulls.sum())
+            if n:
+                rows = np.flatnonzero(nulls)[:5].tolist()
+                out.append(
+                    Violation(
+                        "null_value",
+                        col,
+                        n,
+                        tuple(rows),
+                        f"{n} row(s) have no {col} (row numbers {examples_text(rows, n)}); every image needs one",
+                    )
+                )
+    if "image_id" in frame.columns:
+        ids = frame["image_id"]
+        dup_mask = ids.duplicated(keep=False).to_numpy() & ids.notna().to_numpy()
+        n_dup = int(dup_mask.sum())
+        if n_dup:
+            dup_ids = pd.unique(ids[dup_mask])
+            out.append(
+                Violation(
+                    "duplicate_image_id",
+                    "image_id",
+                    n_dup,
+                    tuple(dup_ids[:5]),
+                    f"{len(dup_ids)} image_id value(s) occur more than once ({n_dup} rows), for example "
+                    f"{examples_text(list(dup_ids), len(dup_ids))}; image ids must be unique",
+                )
+            )
+    for col, arrow_type in CANONICAL_TYPES.items():
+        if col in frame.columns and col not in labels:
+            try:
+                _column_to_arrow(frame[col], arrow_type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+                out.append(
+                    Violation(
+                        "bad_type",
+                        col,
+                        int(frame[col].notna().sum()),
+                        (),
+                        f"column {col!r} cannot be stored as {arrow_type} ({exc}); fix its values",
+                    )
+                )
+    out.extend(_label_violations(frame, labels))
+    return out
+
+
+def validate(manifest: Manifest) -> list[Violation]:
+    """Every contract violation of ``manifest`` (an empty list when it is valid)."""
+    return validate_frame(manifest.frame, manifest.labels)
+
+
+def check(manifest: Manifest, *, path: str | None = None) -> Manifest:
+    """Return ``manifest`` unchanged if valid, else raise one error listing every violation."""
+    violations = validate(manifest)
+    if violations:
+        raise ManifestValidationError(violations, path=path)
+    return manifest
+
+
+# --------------------------------------------------------------------------- Arrow conversion
+
+
+def _column_to_arrow(series: pd.Series, arrow_type: pa.DataType | None) -> pa.Array:
+    arr = pa.array(series, from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arrow_type is not None and not arr.type.equals(arrow_type):
+        if pa.types.is_string(arrow_type) and not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_null(arr.type)):
+            raise TypeError(f"expected text, found {arr.type}")
+        arr = arr.cast(arrow_type, safe=True)
+    elif arrow_type is None:
+        if pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type):
+            arr = arr.cast(pa.string())
+        elif pa.types.is_null(arr.type):
+            arr = arr.cast(pa.string())
+    return arr
+
+
+def to_arrow(manifest: Manifest) -> pa.Table:
+    """Convert a (valid) manifest to an Arrow table with canonical types and metadata."""
+    frame = manifest.frame
+    labels = set(manifest.labels)
+    arrays, fields = [], []
+    for col in frame.columns:
+        if col in labels:
+            target: pa.DataType | None = LABEL_TYPE
+        else:
+            target = CANONICAL_TYPES.get(col)
+        arr = _column_to_arrow(frame[col], target)
+        arrays.append(arr)
+        fields.append(pa.field(str(col), arr.type))
+    meta = {METADATA_KEY: json.dumps(manifest.metadata, sort_keys=True, separators=(",", ":")).encode()}
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
+
+
+def frame_from_arrow(table: pa.Table) -> pd.DataFrame:
+    """Arrow to pandas the way every command sees a manifest: nullable integers, dates and lists kept."""
+    return table.replace_schema_metadata(None).to_pandas(types_mapper=_pandas_type)
+
+
+def from_arrow(table: pa.Table, *, path: str | None = None) -> Manifest:
+    """Build a :class:`Manifest` from an Arrow table written by :func:`to_arrow`."""
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    where = path or "the table"
+    if raw is None:
+        raise InputError(
+            f"{where} is not an mdprep manifest (no 'mdprep' entry in its Parquet metadata); "
+            "create one with `mdprep ingest table FILE --preset generic ...`",
+            path=path,
+        )
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise InputError(f"{where} has unreadable mdprep metadata ({exc}); re-create it with mdprep ingest", path=path) from exc
+    if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise InputError(
+            f"{where} has manifest format {meta.get('format')!r} version {meta.get('format_version')!r}; "
+            f"this mdprep {__version__} reads {FORMAT!r} up to version {FORMAT_VERSION}: upgrade mdprep",
+            path=path,
+        )
+    frame = frame_from_arrow(table)
+    return Manifest(frame=frame, labels=tuple(meta.get("labels", ())), root=meta.get("root"), history=tuple(meta.get("history", ())))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_manifest(manifest: Manifest, path: str | os.PathLike | BinaryIO) -> None:
+    """Validate ``manifest`` and write it as Parquet, atomically when ``path`` is a path.
+
+    ``path`` may also be a writable binary stream (``sys.stdout.buffer``). Raises
+    :class:`~mdprep.errors.ManifestValidationError` listing every violation and
+    writes nothing when the manifest breaks the contract.
+    """
+    check(manifest)
+    write_table(to_arrow(manifest), path)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike | BinaryIO) -> None:
+    """Write any Arrow table deterministically (zstd, fixed row groups); atomically to a path."""
+    options = dict(compression="zstd", row_group_size=1 << 20)
+    if hasattr(path, "write"):
+        pq.write_table(table, path, **options)
+        return
+    with atomic_write(path) as tmp:
+        pq.write_table(table, tmp, **options)
+
+
+def read_manifest(path: str | os.PathLike, *, validate_contract: bool = True) -> Manifest:
+    """Read a manifest written by mdprep, validating the contract unless told not to.
+
+    Examples
+    --------
+    >>> import pandas as pd, tempfile, os
+    >>> m = Manifest(pd.DataFrame({"image_id": ["a"], "path": ["a.png"], "patient_id": ["p1"]}))
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.parquet")
+    >>> write_manifest(m, p)
+    >>> read_manifest(p).frame["patient_id"].tolist()
+    ['p1']
+    """
+    spath = os.fspath(path)
+    if not os.path.exists(spath):
+        raise InputError(f"manifest {spath!r} does not exist; check the path or create it with `mdprep ingest`", path=spath)
+    try:
+        table = pq.read_table(spath)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{spath} is not a readable Parquet file ({exc})", path=spath) from exc
+    manifest = from_arrow(table, path=spath)
+    if validate_contract:
+        check(manifest, path=spath)
+    return manifest
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+@dataclass(frozen=True)
+class LabelCounts:
+    label: str
+    positive: int
+    negative: int
+    uncertain: int
+    missing: int
+
+    @property
+    def prevalence(self) -> float:
+        """Positives over all rows (uncertain and missing count as not positive)."""
+        total = self.positive + self.negative + self.uncertain + self.missing
+        return self.positive / total if total else float("nan")
+
+
+@dataclass(frozen=True)
+class ManifestSummary:
+    rows: int
+    patients: int
+    images_per_patient_median: float
+    images_per_patient_max: int
+    unlabeled_rows: int
+    labels: tuple[LabelCounts, ...]
+
+
+def label_counts(frame: pd.DataFrame, labels: Iterable[str]) -> list[LabelCounts]:
+    """Positive, negative, uncertain and missing counts per label column (vectorised)."""
+    out = []
+    for col in labels:
+        v = frame[col].to_numpy(dtype="float64", na_value=np.nan)
+        out.append(
+            LabelCounts(
+                col,
+                int((v == POSITIVE).sum()),
+                int((v == NEGATIVE).sum()),
+                int((v == UNCERTAIN).sum()),
+                int(np.isnan(v).sum()),
+            )
+        )
+    return out
+
+
+def summarize(manifest: Manifest) -> ManifestSummary:
+    """Rows, patients, images per patient, and per-label counts of a manifest."""
+    frame = manifest.frame
+    per_patient = frame.groupby("patient_id", sort=False, observed=True).size() if len(frame) else pd.Series([], dtype="int64")
+    if manifest.labels:
+        unlabeled = int(frame[list(manifest.labels)].isna().all(axis=1).sum())
+    else:
+        unlabeled = 0
+    return ManifestSummary(
+        rows=len(frame),
+        patients=int(per_patient.size),
+        images_per_patient_median=float(per_patient.median()) if per_patient.size else 0.0,
+        images_per_patient_max=int(per_patient.max()) if per_patient.size else 0,
+        unlabeled_rows=unlabeled,
+        labels=tuple(label_counts(frame, manifest.labels)),
+    )

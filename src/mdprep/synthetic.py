@@ -1,0 +1,425 @@
+"""Synthetic cohorts for the demo, the tests and the benchmarks.
+
+Everything here is generated from a seed, so two runs write identical files. The
+writers can plant the inputs that real dumps contain and that mdprep must account
+for: non-DICOM files, a DICOMDIR, files without the Part 10 preamble, truncated and
+corrupt files, a file without a patient, a corrupt PNG, and so on. Each writer
+returns what it planted and what ingest should therefore report.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+NIH_LABELS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+CHEXPERT_LABELS = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+# Rough prevalences, rarest last, so generated cohorts are imbalanced like real ones.
+_PREVALENCE = np.array([0.10, 0.025, 0.12, 0.18, 0.05, 0.055, 0.013, 0.047, 0.04, 0.02, 0.022, 0.015, 0.03, 0.002])
+
+
+@dataclass
+class Planted:
+    """What a writer put on disk and what ingest should report for it."""
+
+    root: str
+    ingested: int = 0
+    skipped: int = 0
+    failed: int = 0
+    lenient: int = 0
+    outcomes: dict[str, str] = field(default_factory=dict)  # relative path -> "ok" / "skipped:X" / "failed:X"
+
+    @property
+    def found(self) -> int:
+        return self.ingested + self.skipped + self.failed
+
+    def _add(self, rel: str, outcome: str) -> None:
+        self.outcomes[rel] = outcome
+        kind = outcome.split(":")[0]
+        if kind == "ok":
+            self.ingested += 1
+        elif kind == "skipped":
+            self.skipped += 1
+        else:
+            self.failed += 1
+
+
+def _uid(*parts: object) -> str:
+    import hashlib
+
+    digest = int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:30], 16)
+    return f"2.25.{digest}"
+
+
+def synthetic_pixels(rng: np.random.Generator, shape: tuple[int, int], bits: int = 12) -> np.ndarray:
+    """A smooth chest-like blob with noise, so images differ the way real ones do."""
+    h, w = shape
+    y, x = np.mgrid[0:h, 0:w]
+    cy, cx = h * rng.uniform(0.4, 0.6), w * rng.uniform(0.4, 0.6)
+    r = np.hypot((y - cy) / (0.35 * h), (x - cx) / (0.3 * w))
+    top = (1 << bits) - 1
+    img = top * (0.2 + 0.6 * np.exp(-(r**2))) + rng.normal(0, top * 0.02, shape)
+    return np.clip(img, 0, top).astype(np.uint16)
+
+
+def _dataset(i: int, patient: str, study: int, rng: np.random.Generator, shape, *, private_tags: int, view: str):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    sop = _uid("sop", patient, study, i)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = sop
+    ds.StudyDate = f"20{10 + study:02d}{1 + i % 12:02d}{1 + i % 28:02d}"
+    ds.StudyTime = "101010"
+    ds.AccessionNumber = "ACC" + _uid("accession", patient, study)[5:15]
+    ds.Modality = "DX"
+    ds.Manufacturer = "ACME Imaging"
+    ds.InstitutionName = "General Hospital"
+    ds.ReferringPhysicianName = "Smith^Anne"
+    ds.StudyDescription = "CHEST " + view
+    ds.SeriesDescription = view
+    ds.PatientName = f"Doe^{patient}"
+    ds.PatientID = patient
+    ds.PatientBirthDate = f"19{40 + int(rng.integers(0, 50)):02d}0{1 + int(rng.integers(0, 9))}15"
+    ds.PatientSex = "MF"[int(rng.integers(0, 2))]
+    ds.PatientAge = f"{int(rng.integers(18, 95)):03d}Y"
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = view
+    ds.KVP = "110"
+    ds.ExposureTime = "10"
+    ds.XRayTubeCurrent = "200"
+    item = Dataset()
+    item.CodeValue = "R-10214" if view == "PA" else "R-10206"
+    item.CodingSchemeDesignator = "SRT"
+    item.CodeMeaning = "postero-anterior" if view == "PA" else "antero-posterior"
+    ds.ViewCodeSequence = Sequence([item])
+    ds.StudyInstanceUID = _uid("study", patient, study)
+    ds.SeriesInstanceUID = _uid("series", patient, study, i)
+    ds.StudyID = str(study)
+    ds.SeriesNumber = "1"
+    ds.InstanceNumber = str(i + 1)
+    for k in range(private_tags):
+        ds.add_new((0x0019, 0x1000 + k), "LO", f"vendor value {k}")
+    if private_tags:
+        ds.add_new((0x0019, 0x0010), "LO", "ACME 1.0")
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = shape
+    ds.PixelSpacing = [0.143, 0.143]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = "2048"
+    ds.WindowWidth = "4096"
+    ds.RescaleIntercept = "0"
+    ds.RescaleSlope = "1"
+    ds.PixelData = synthetic_pixels(rng, shape).tobytes()
+    return ds
+
+
+def write_dicom_tree(
+    root: str | os.PathLike,
+    *,
+    patients: int = 10,
+    images_per_patient: int = 3,
+    shape: tuple[int, int] = (64, 64),
+    seed: int = 0,
+    private_tags: int = 30,
+    plant_bad_files: bool = False,
+) -> Planted:
+    """Write ``patients * images_per_patient`` DICOM files as ``PATIENT/STUDY/IMAGE.dcm``.
+
+    With ``plant_bad_files`` the tree also gets one of each troublesome input
+    (see the module docstring); :class:`Planted` says what ingest must report.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> write_dicom_tree(tempfile.mkdtemp(), patients=1, images_per_patient=2, shape=(4, 4)).ingested
+    2
+    """
+    rng = np.random.default_rng(seed)
+    root_p = Path(root)
+    planted = Planted(str(root_p))
+    n = 0
+    for p in range(patients):
+        patient = f"PAT{p:05d}"
+        for j in range(images_per_patient):
+            study = j // 2
+            rel = f"{patient}/study{study}/img{j:03d}.dcm"
+            path = root_p / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds = _dataset(n, patient, study, rng, shape, private_tags=private_tags, view="PA" if j % 2 == 0 else "AP")
+            if j % 3 == 1:
+                # Some archives write sequences with undefined length.
+                ds["ViewCodeSequence"].is_undefined_length = True
+                for it in ds.ViewCodeSequence:
+                    it.is_undefined_length_sequence_item = True
+            if j % 4 == 3:
+                ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"  # implicit VR little endian
+            ds.save_as(path, enforce_file_format=True)
+            planted._add(rel, "ok")
+            n += 1
+    if plant_bad_files:
+        _plant_bad_dicom(root_p, planted, rng, shape)
+    return planted
+
+
+def _plant_bad_dicom(root: Path, planted: Planted, rng: np.random.Generator, shape) -> None:
+    from pydicom import dcmwrite
+
+    bad = root / "zz_bad"
+    bad.mkdir(parents=True, exist_ok=True)
+
+    def good(name: str, patient: str = "PATBAD") -> Path:
+        ds = _dataset(10**6 + len(planted.outcomes), patient, 0, rng, shape, private_tags=2, view="PA")
+        path = bad / name
+        ds.save_as(path, enforce_file_format=True)
+        return path
+
+    (bad / "README.txt").write_text("exported by PACS\n")
+    planted._add("zz_bad/README.txt", "skipped:NotDicom")
+    (bad / "empty.dcm").write_bytes(b"")
+    planted._add("zz_bad/empty.dcm", "skipped:NotDicom")
+    (bad / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
+    planted._add("zz_bad/.DS_Store", "skipped:NotDicom")
+
+    ds = _dataset(10**6 + 1, "PATBAD", 0, rng, shape, private_tags=0, view="PA")
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.1.3.10"
+    ds.save_as(bad / "DICOMDIR", enforce_file_format=True)
+    planted._add("zz_bad/DICOMDIR", "skipped:DicomDir")
+
+    path = good("truncated_pixels.dcm")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - max(8, (shape[0] * shape[1]))])
+    planted._add("zz_bad/truncated_pixels.dcm", "failed:TruncatedFile")
+
+    path = good("truncated_header.dcm")
+    path.write_bytes(path.read_bytes()[:300])
+    planted._add("zz_bad/truncated_header.dcm", "failed:TruncatedFile")
+
+    path = bad / "corrupt.dcm"
+    path.write_bytes(bytes(128) + b"DICM" + bytes(rng.integers(0, 256, 2000, dtype=np.uint8)))
+    planted._add("zz_bad/corrupt.dcm", "failed:Unreadable")
+
+    ds = _dataset(10**6 + 2, "PATNOPRE", 0, rng, shape, private_tags=0, view="PA")
+    del ds.file_meta
+    ds.preamble = None
+    with open(bad / "no_preamble.dcm", "wb") as fh:
+        dcmwrite(fh, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    planted._add("zz_bad/no_preamble.dcm", "ok")
+    planted.lenient += 1
+
+    ds = _dataset(10**6 + 3, "X", 0, rng, shape, private_tags=0, view="PA")
+    del ds.PatientID
+    ds.save_as(bad / "no_patient.dcm", enforce_file_format=True)
+    planted._add("zz_bad/no_patient.dcm", "failed:MissingPatientID")
+
+    ds = _dataset(10**6 + 4, "PATBIG", 0, rng, shape, private_tags=0, view="PA")
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.2"  # explicit VR big endian (retired)
+    ds.PixelData = synthetic_pixels(rng, shape).byteswap().tobytes()
+    ds.save_as(bad / "big_endian.dcm", enforce_file_format=True)
+    planted._add("zz_bad/big_endian.dcm", "ok")
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def write_image_tree(
+    root: str | os.PathLike,
+    *,
+    patients: int = 10,
+    studies: int = 2,
+    shape: tuple[int, int] = (32, 32),
+    seed: int = 0,
+    fmt: str = "png",
+    plant_bad_files: bool = False,
+) -> Planted:
+    """Write a CheXpert-style tree ``patientNNNNN/studyN/viewK_frontal.png``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root_p = Path(root)
+    planted = Planted(str(root_p))
+    for p in range(patients):
+        for s in range(1, studies + 1):
+            for v, kind in ((1, "frontal"), (2, "lateral")):
+                if kind == "lateral" and (p + s) % 2:
+                    continue
+                rel = f"patient{p:05d}/study{s}/view{v}_{kind}.{fmt}"
+                path = root_p / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pixels = (synthetic_pixels(rng, shape, bits=8)).astype(np.uint8)
+                Image.fromarray(pixels, mode="L").save(path)
+                planted._add(rel, "ok")
+    if plant_bad_files:
+        (root_p / "README.md").write_text("# images\n")
+        planted._add("README.md", "skipped:NotImage")
+        (root_p / "patient99999").mkdir(exist_ok=True)
+        (root_p / "patient99999" / "study1").mkdir(exist_ok=True)
+        (root_p / "patient99999/study1/view1_frontal.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+        planted._add("patient99999/study1/view1_frontal.png", "failed")
+        (root_p / "stray").mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(root_p / "stray" / "scan.png")
+        planted._add("stray/scan.png", "failed:PatternMismatch")
+    return planted
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _labels_matrix(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    prev = np.resize(_PREVALENCE, k)
+    return (rng.random((n, k)) < prev).astype(np.int8)
+
+
+def write_nih_table(path: str | os.PathLike, *, patients: int = 50, seed: int = 0, trailing_comma: bool = False) -> int:
+    """Write an NIH ChestX-ray14 style ``Data_Entry_2017.csv`` (gzip when ``path`` ends in .gz); return its rows."""
+    rng = np.random.default_rng(seed)
+    header = (
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+        "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+    )
+    lines = [header + ("," if trailing_comma else "")]
+    for p in range(1, patients + 1):
+        visits = 1 + int(rng.geometric(0.35)) - 1
+        for f in range(visits):
+            found = [name for name, on in zip(NIH_LABELS, _labels_matrix(rng, 1, 14)[0]) if on]
+            labels = "|".join(found) if found else "No Finding"
+            row = (
+                f"{p:08d}_{f:03d}.png,{labels},{f},{p},{int(rng.integers(1, 95))},{'MF'[int(rng.integers(0, 2))]},"
+                f"{'PA' if rng.random() < 0.6 else 'AP'},2500,2048,0.143,0.143"
+            )
+            lines.append(row + ("," if trailing_comma else ""))
+    data = ("\n".join(lines) + "\n").encode()
+    _write_maybe_gz(path, data)
+    return len(lines) - 1
+
+
+def write_chexpert_table(path: str | os.PathLike, *, patients: int = 50, seed: int = 0, prefix: str = "CheXpert-v1.0-small/train") -> int:
+    """Write a CheXpert ``train.csv`` style table with 1/0/-1/blank labels; return its rows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(1, patients + 1):
+        for s in range(1, 1 + int(rng.integers(1, 4))):
+            views = [("view1_frontal.jpg", "Frontal", "AP" if rng.random() < 0.7 else "PA")]
+            if rng.random() < 0.3:
+                views.append(("view2_lateral.jpg", "Lateral", ""))
+            for name, fl, appa in views:
+                values = rng.choice(["1.0", "0.0", "-1.0", "", ""], size=len(CHEXPERT_LABELS), p=[0.1, 0.2, 0.05, 0.35, 0.3])
+                rows.append(
+                    [f"{prefix}/patient{p:05d}/study{s}/{name}", "Female" if rng.random() < 0.5 else "Male", str(int(rng.integers(18, 90))), fl, appa, *values]
+                )
+    _write_csv(path, ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS], rows)
+    return len(rows)
+
+
+def write_mimic_tables(chexpert_path: str | os.PathLike, metadata_path: str | os.PathLike, *, patients: int = 20, seed: int = 0) -> dict:
+    """Write MIMIC-CXR style ``*-chexpert.csv`` and ``*-metadata.csv`` tables.
+
+    One labelled study has no images in the metadata and one imaged study has no
+    labels, as in the real release; the returned dict says how many of each.
+    """
+    rng = np.random.default_rng(seed)
+    labels = [l for l in CHEXPERT_LABELS]
+    label_rows, meta_rows = [], []
+    images = 0
+    for p in range(patients):
+        subject = 10000000 + p * 17
+        for s in range(int(rng.integers(1, 3))):
+            study = 50000000 + p * 100 + s
+            label_rows.append([subject, study, *rng.choice(["1.0", "0.0", "-1.0", ""], size=len(labels), p=[0.1, 0.2, 0.05, 0.65])])
+            for v in range(int(rng.integers(1, 3))):
+                dicom_id = f"{rng.integers(0, 16**8):08x}-{p:04d}{s}{v}"
+                meta_rows.append([dicom_id, subject, study, "CHEST (PA AND LAT)", "PA" if v == 0 else "LATERAL", 3056, 2544, 21800101 + s, "120000.0", "", "", ""])
+                images += 1
+    # A study with labels but no images, and one with images but no labels.
+    label_rows.append([99999999, 59999999, *(["1.0"] + [""] * (len(labels) - 1))])
+    meta_rows.append(["ffffffff-nolabels", 10000000, 50009999, "CHEST (PA AND LAT)", "PA", 3056, 2544, 21800101, "120000.0", "", "", ""])
+    images += 1
+    _write_csv(chexpert_path, ["subject_id", "study_id", *labels], label_rows)
+    _write_csv(
+        metadata_path,
+        [
+            "dicom_id",
+            "subject_id",
+            "study_id",
+            "PerformedProcedureStepDescription",
+            "ViewPosition",
+            "Rows",
+            "Columns",
+            "StudyDate",
+            "StudyTime",
+            "ProcedureCodeSequence_CodeMeaning",
+            "ViewCodeSequence_CodeMeaning",
+            "PatientOrientationCodeSequence_CodeMeaning",
+        ],
+        meta_rows,
+    )
+    return {"images": images, "studies_without_images": 1, "images_without_labels": 1}
+
+
+def _write_csv(path, header, rows) -> None:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    _write_maybe_gz(path, buf.getvalue().encode())
+
+
+def _write_maybe_gz(path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".gz":
+        # mtime=0 keeps the bytes identical between runs.
+        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fh:
+            fh.write(data)
+    else:
+        path.write_bytes(data)
