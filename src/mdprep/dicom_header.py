@@ -295,6 +295,10 @@ class HeaderResult:
 _HDR = struct.Struct("<HH2sH")
 _U32 = struct.Struct("<I")
 _IMPLICIT_HDR = struct.Struct("<HHI")
+_KNOWN_VRS = {
+    v.encode()
+    for v in "AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+}
 _LONG_VRS = {b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV", b"SV", b"UV"}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -395,32 +399,50 @@ def _lean_parse(buf: bytes, file_size: int, wanted: dict[int, int]) -> tuple[dic
     if ts == _BIG_ENDIAN or ts in _DEFLATED:
         raise _Unsupported(f"transfer syntax {ts}")
     implicit = ts == _IMPLICIT_LE
+    # The hot loop: element headers are unpacked inline (no call per element).
+    explicit_hdr, implicit_hdr, u32 = _HDR.unpack_from, _IMPLICIT_HDR.unpack_from, _U32.unpack_from
+    long_vrs, known_vrs, pixel_tags = _LONG_VRS, _KNOWN_VRS, _PIXEL_TAGS
     while True:
-        if pos >= n:
-            if n >= file_size:
+        if pos + 8 > n:
+            if pos >= n and n >= file_size:
                 return found, True, False
             raise _NeedMore
-        tag, vr, length, start = _element(buf, pos, implicit)
-        if tag in _PIXEL_TAGS:
+        if implicit:
+            g, e, length = implicit_hdr(buf, pos)
+            vr = None
+            start = pos + 8
+        else:
+            g, e, vr, length = explicit_hdr(buf, pos)
+            if vr in long_vrs:
+                if pos + 12 > n:
+                    raise _NeedMore
+                length = u32(buf, pos + 8)[0]
+                start = pos + 12
+            elif vr in known_vrs:
+                start = pos + 8
+            else:
+                raise _Unsupported(f"bad VR {vr!r}")
+        tag = (g << 16) | e
+        if tag in pixel_tags:
             if length != _UNDEFINED and start + length > file_size:
                 raise _Truncated(
                     f"pixel data needs {length} bytes at offset {start} but the file ends at {file_size}"
                 )
             return found, True, True
+        if g == 0xFFFE:
+            raise _Unsupported("item tag outside a sequence")
         if length == _UNDEFINED:
             if not implicit and vr not in (b"SQ", b"UN"):
                 raise _Unsupported(f"undefined length on VR {vr!r}")
             pos = _skip_undefined(buf, start, implicit or vr == b"UN")
             continue
         end = start + length
+        if end > file_size:
+            raise _Truncated(f"element ({g:04X},{e:04X}) runs past the end of the file")
         if tag in wanted:
             if end > n:
-                if end > file_size:
-                    raise _Truncated(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end of the file")
                 raise _NeedMore
             found[tag] = (vr, buf[start:end])
-        if end > file_size:
-            raise _Truncated(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end of the file")
         pos = end
 
 

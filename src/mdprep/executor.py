@@ -10,7 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -24,61 +24,92 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+#: Items per task when the items arrive as a stream and their number is unknown.
+STREAM_CHUNK = 256
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    methods = multiprocessing.get_all_start_methods()
+    # fork starts workers in milliseconds and shares the imported modules; the
+    # workers only run pure-Python readers, never the parent's thread pools.
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+def _stream_chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def map_chunks(
-    func: Callable[[Sequence[T]], list[R]],
-    items: Sequence[T],
+    func: Callable[[Sequence[T]], R],
+    items: Iterable[T],
     *,
     workers: int | None = None,
     chunk_size: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> list[R]:
-    """Apply ``func`` to consecutive chunks of ``items`` and return all results in order.
+    """Apply ``func`` to consecutive chunks of ``items``; return one result per chunk, in order.
 
     Parameters
     ----------
     func : callable
-        Takes a chunk (a sequence of items) and returns one result per item. It must
-        be picklable (a module-level function or a ``functools.partial`` of one) and
-        should turn per-item failures into results rather than raise.
-    items : sequence
+        Takes a chunk (a sequence of items) and returns one result for the chunk
+        (a list, an Arrow record batch, ...). It must be picklable (a module-level
+        function or a ``functools.partial`` of one) and should turn per-item
+        failures into data rather than raise. Returning columnar data keeps the
+        work of the parent process, which no worker can share, small.
+    items : sequence or iterable
+        A sequence is cut into about 4 chunks per worker. Any other iterable (a
+        generator walking a folder) is consumed as a stream: each chunk of
+        :data:`STREAM_CHUNK` items goes to a worker as soon as it is complete, so
+        producing the items overlaps with processing them.
     workers : int, optional
         Processes to use; ``None`` means all cores, ``1`` runs in this process.
     chunk_size : int, optional
-        Items per task; by default about 8 tasks per worker, between 16 and 512 items.
+        Items per task.
     on_progress : callable, optional
-        Called with the number of items finished after each chunk.
+        Called with the number of items finished after each chunk (from a helper
+        thread when workers run in parallel).
 
     Examples
     --------
     >>> map_chunks(lambda chunk: [x * 2 for x in chunk], [1, 2, 3], workers=1)
-    [2, 4, 6]
+    [[2, 4, 6]]
+    >>> map_chunks(sum, iter(range(600)), workers=1)
+    [32640, 98176, 48884]
     """
-    n = len(items)
-    if n == 0:
-        return []
     workers = default_workers() if workers is None else max(1, int(workers))
-    workers = min(workers, n)
-    if chunk_size is None:
-        chunk_size = max(16, min(512, -(-n // (workers * 8))))
-    chunks = _chunks(items, chunk_size)
+    if isinstance(items, Sequence):
+        n = len(items)
+        if n == 0:
+            return []
+        workers = min(workers, n)
+        size = chunk_size or max(16, min(2048, -(-n // (workers * 4))))
+        chunks: Iterable[Sequence[T]] = [items[i : i + size] for i in range(0, n, size)]
+        if len(chunks) == 1:  # type: ignore[arg-type]
+            workers = 1
+    else:
+        chunks = _stream_chunks(items, chunk_size or STREAM_CHUNK)
     results: list[R] = []
-    if workers == 1 or len(chunks) == 1:
+    if workers == 1:
         for chunk in chunks:
-            results.extend(func(chunk))
+            results.append(func(chunk))
             if on_progress:
                 on_progress(len(chunk))
         return results
-    methods = multiprocessing.get_all_start_methods()
-    # fork starts workers in milliseconds and shares the imported modules; the
-    # workers only run pure-Python readers, never the parent's thread pools.
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for chunk, part in zip(chunks, pool.map(func, chunks)):
-            results.extend(part)
+    with _pool(workers) as pool:
+        futures = []
+        for chunk in chunks:
+            future = pool.submit(func, chunk)
             if on_progress:
-                on_progress(len(chunk))
+                future.add_done_callback(lambda _f, k=len(chunk): on_progress(k))
+            futures.append(future)
+        results = [f.result() for f in futures]
     return results

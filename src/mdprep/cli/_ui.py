@@ -83,9 +83,18 @@ class FileProgress:
             self._progress.advance(self._task, n)
 
 
+def _animate(quiet: bool) -> Console | None:
+    """A console for progress bars, or None when silenced or stderr is not a terminal (CI logs)."""
+    if quiet:
+        return None
+    console = stderr_console()
+    return console if console.is_terminal else None
+
+
 @contextlib.contextmanager
 def file_progress(description: str, quiet: bool) -> Iterator[FileProgress]:
-    if quiet:
+    console = _animate(quiet)
+    if console is None:
         yield FileProgress(None, description)
         return
     progress = Progress(
@@ -94,7 +103,7 @@ def file_progress(description: str, quiet: bool) -> Iterator[FileProgress]:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=stderr_console(),
+        console=console,
         transient=True,
     )
     with progress:
@@ -103,10 +112,11 @@ def file_progress(description: str, quiet: bool) -> Iterator[FileProgress]:
 
 @contextlib.contextmanager
 def status(message: str, quiet: bool) -> Iterator[None]:
-    if quiet:
+    console = _animate(quiet)
+    if console is None:
         yield
         return
-    with stderr_console().status(message):
+    with console.status(message):
         yield
 
 

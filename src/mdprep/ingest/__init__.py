@@ -3,17 +3,19 @@
 Every source returns an :class:`IngestResult`: the manifest, a table of the inputs
 that did not become rows (with why), and an :class:`IngestReport` whose counts
 reconcile (``found == ingested + skipped + failed``).
-
->>> from mdprep.ingest import ingest_table, ingest_dicom, ingest_images  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..manifest import CANONICAL_TYPES, Manifest, write_table
 
@@ -107,6 +109,37 @@ def normalize_sex(values: pd.Series) -> tuple[pd.Series, int]:
     unknown_spellings = {"", "U", "UNKNOWN", "NAN", "NONE", "<NA>"}
     not_recognised = int((mapped.isna() & values.notna() & ~text.isin(unknown_spellings)).sum())
     return mapped.astype("str"), not_recognised
+
+
+def extract_groups(values: pd.Series, regex: re.Pattern) -> tuple[pd.DataFrame, np.ndarray]:
+    """Named groups of ``regex`` searched in each value, and which values matched.
+
+    Runs in pyarrow's vectorised RE2 engine; patterns RE2 cannot run (look-arounds,
+    back-references) fall back to Python's ``re`` through pandas.
+
+    >>> g, ok = extract_groups(pd.Series(["p1/s2", "x"]), re.compile(r"(?P<p>p\\d)/(?P<s>s\\d)"))
+    >>> g["p"].tolist(), ok.tolist()
+    (['p1', nan], [True, False])
+    """
+    names = list(regex.groupindex)
+    try:
+        arr = pa.array(values.astype("str"), type=pa.string(), from_pandas=True)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        found = pc.extract_regex(arr, regex.pattern)
+        matched = found.is_valid().to_numpy(zero_copy_only=False)
+        columns = {}
+        for n in names:
+            # A group that took no part in the match is null, as in Python's re.
+            child = pc.struct_field(found, [regex.groupindex[n] - 1])
+            child = pc.if_else(pc.equal(child, ""), None, child)
+            columns[n] = pd.Series(child.to_pandas(), dtype="str", index=values.index)
+        return pd.DataFrame(columns, index=values.index), matched
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pandas: "has match groups"
+            matched = values.str.contains(regex, regex=True).fillna(False).to_numpy(dtype=bool)
+        return values.str.extract(regex, expand=True).astype("str"), matched
 
 
 def order_columns(frame: pd.DataFrame, labels: Iterable[str] = ()) -> pd.DataFrame:

@@ -5,20 +5,71 @@ from __future__ import annotations
 import functools
 import os
 from collections import Counter
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from ..dicom_header import FAILED, OK, SKIPPED, HeaderResult, TagColumn, header_columns, read_header
+from ..dicom_header import FAILED, OK, SKIPPED, TagColumn, header_columns, read_header
+from ..errors import EmptyInputError
 from ..executor import map_chunks
 from ..fileio import listing_fingerprint
 from ..manifest import CANONICAL_TYPES, Manifest, check, frame_from_arrow, provenance_step
 from . import IngestReport, IngestResult, errors_frame, normalize_sex, order_columns
-from .files import collect_files
+from .files import check_root, collect_files, iter_tree
 
 
-def _read_chunk(relpaths: Sequence[str], *, root: str, columns: Sequence[TagColumn]) -> list[HeaderResult]:
-    return [read_header(os.path.join(root, rel), columns) for rel in relpaths]
+@dataclass(frozen=True)
+class _Chunk:
+    """What one worker hands back for a chunk of files: rows already in Arrow form."""
+
+    batch: pa.RecordBatch
+    errors: list[tuple[str, str, str, str]]
+    invalid: dict[str, int]
+    relpaths: list[str]
+    sizes: list[int]
+
+
+def _schema(columns: Sequence[TagColumn]) -> pa.Schema:
+    fields = [pa.field("image_id", pa.string()), pa.field("path", pa.string())]
+    fields += [pa.field(c.column, CANONICAL_TYPES.get(c.column, c.arrow_type)) for c in columns]
+    fields += [pa.field("lenient_read", pa.bool_()), pa.field("has_pixels", pa.bool_())]
+    return pa.schema(fields)
+
+
+def _read_chunk(relpaths: Sequence[str], *, root: str, columns: Sequence[TagColumn]) -> _Chunk:
+    """Read a chunk of files and build its rows as one Arrow record batch (in the worker)."""
+    ok_paths, rows, lenient, pixels, errors, sizes = [], [], [], [], [], []
+    invalid: Counter[str] = Counter()
+    for rel in relpaths:
+        res = read_header(os.path.join(root, rel), columns)
+        sizes.append(res.size)
+        if res.outcome == OK:
+            ok_paths.append(rel)
+            rows.append(res.values)
+            lenient.append(res.lenient)
+            pixels.append(res.has_pixels)
+            for i in res.invalid:
+                invalid[columns[i].column] += 1
+        else:
+            errors.append((rel, res.outcome, res.error_type, res.message))
+    schema = _schema(columns)
+    values = list(zip(*rows)) if rows else [()] * len(columns)
+    arrays = [pa.array(ok_paths, pa.string()), pa.array(ok_paths, pa.string())]
+    arrays += [pa.array(list(v), type=schema.field(i + 2).type) for i, v in enumerate(values)]
+    arrays += [pa.array(lenient, pa.bool_()), pa.array(pixels, pa.bool_())]
+    return _Chunk(pa.RecordBatch.from_arrays(arrays, schema=schema), errors, dict(invalid), list(relpaths), sizes)
+
+
+def _counted(items: Iterable[str], on_found: Callable[[int], None] | None) -> Iterator[str]:
+    """Pass ``items`` through, telling ``on_found`` the running count every 256 items and at the end."""
+    n = 0
+    for n, item in enumerate(items, start=1):
+        if on_found and n % 256 == 0:
+            on_found(n)
+        yield item
+    if on_found:
+        on_found(n)
 
 
 def ingest_dicom(
@@ -62,36 +113,31 @@ def ingest_dicom(
     (4, 2)
     """
     columns = header_columns(tags)
-    listing = collect_files(root, files)
-    if on_found:
-        on_found(len(listing.relpaths))
-    results: list[HeaderResult] = map_chunks(
-        functools.partial(_read_chunk, root=listing.root, columns=columns),
-        listing.relpaths,
+    if files is None:
+        # Stream the walk into the workers: reading starts while the walk goes on.
+        root_abs, refused = check_root(root), []
+        source: Iterable[str] = _counted(iter_tree(root_abs), on_found)
+    else:
+        listing = collect_files(root, files)
+        root_abs, refused, source = listing.root, listing.refused, listing.relpaths
+        if on_found:
+            on_found(len(listing.relpaths))
+    chunks: list[_Chunk] = map_chunks(
+        functools.partial(_read_chunk, root=root_abs, columns=columns),
+        source,
         workers=workers,
         on_progress=on_progress,
     )
-    ok_rows, ok_paths, lenient, has_pixels = [], [], [], []
-    error_rows = list(listing.refused)
+    found = sum(len(c.relpaths) for c in chunks) + len(refused)
+    if found == 0:
+        raise EmptyInputError(f"no files found under {os.fspath(root)}; check the path", path=os.fspath(root))
+    error_rows = sorted(list(refused) + [e for c in chunks for e in c.errors])
     invalid: Counter[str] = Counter()
-    for rel, res in zip(listing.relpaths, results):
-        if res.outcome == OK:
-            ok_rows.append(res.values)
-            ok_paths.append(rel)
-            lenient.append(res.lenient)
-            has_pixels.append(res.has_pixels)
-            for i in res.invalid:
-                invalid[columns[i].column] += 1
-        else:
-            error_rows.append((rel, res.outcome, res.error_type, res.message))
-
-    arrays = {"image_id": pa.array(ok_paths, pa.string()), "path": pa.array(ok_paths, pa.string())}
-    for i, col in enumerate(columns):
-        values = [row[i] for row in ok_rows]
-        arrays[col.column] = pa.array(values, type=CANONICAL_TYPES.get(col.column, col.arrow_type))
-    arrays["lenient_read"] = pa.array(lenient, pa.bool_())
-    arrays["has_pixels"] = pa.array(has_pixels, pa.bool_())
-    frame = frame_from_arrow(pa.table(arrays))
+    for c in chunks:
+        invalid.update(c.invalid)
+    # Rows in path order whatever the walk order or the number of workers.
+    table = pa.Table.from_batches([c.batch for c in chunks], schema=_schema(columns)).sort_by("image_id")
+    frame = frame_from_arrow(table)
     frame["sex"], bad_sex = normalize_sex(frame["sex"])
     if bad_sex:
         invalid["sex"] += bad_sex
@@ -99,19 +145,18 @@ def ingest_dicom(
 
     errors = errors_frame(error_rows)
     reasons = Counter(f"{o}:{t}" for _, o, t, _ in error_rows)
-    sizes = [r.size for r in results]
-    inputs = [listing_fingerprint(os.fspath(root), listing.relpaths, sizes)]
+    inputs = [listing_fingerprint(os.fspath(root), [r for c in chunks for r in c.relpaths], [z for c in chunks for z in c.sizes])]
     options = {"tags": list(tags), "file_list": files is not None}
-    manifest = Manifest(frame=frame, labels=(), root=listing.root).with_step(
+    manifest = Manifest(frame=frame, labels=(), root=root_abs).with_step(
         provenance_step("ingest dicom", options, inputs)
     )
     check(manifest)
     report = IngestReport(
-        found=listing.found,
+        found=found,
         ingested=len(frame),
         skipped=sum(1 for _, o, _, _ in error_rows if o == SKIPPED),
         failed=sum(1 for _, o, _, _ in error_rows if o == FAILED),
-        lenient=int(sum(lenient)),
+        lenient=int(frame["lenient_read"].sum()),
         invalid_values=dict(sorted(invalid.items())),
         reasons=dict(sorted(reasons.items())),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ..errors import EmptyInputError, InputError
 
@@ -22,8 +22,12 @@ class FileList:
         return len(self.relpaths) + len(self.refused)
 
 
-def _walk(root: str) -> list[str]:
-    out: list[str] = []
+def iter_tree(root: str) -> Iterator[str]:
+    """Relative POSIX paths of the regular files under ``root``, in no set order.
+
+    A generator, so that reading can start while the walk goes on.
+    """
+    cut = len(root.rstrip(os.sep)) + 1
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -35,9 +39,16 @@ def _walk(root: str) -> list[str]:
             if entry.is_dir(follow_symlinks=False):
                 stack.append(entry.path)
             elif entry.is_file():
-                out.append(os.path.relpath(entry.path, root).replace(os.sep, "/"))
-    out.sort()
-    return out
+                rel = entry.path[cut:]
+                yield rel if os.sep == "/" else rel.replace(os.sep, "/")
+
+
+def check_root(root: str | os.PathLike) -> str:
+    """The absolute path of ``root``, which must be a folder."""
+    root_s = os.path.abspath(os.fspath(root))
+    if not os.path.isdir(root_s):
+        raise InputError(f"{os.fspath(root)!r} is not a folder; give the folder that holds the images", path=os.fspath(root))
+    return root_s
 
 
 def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None) -> FileList:
@@ -48,11 +59,9 @@ def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None) -
     listed path that does not exist is left for the reader to report as failed.
     Blank lines are ignored.
     """
-    root_s = os.path.abspath(os.fspath(root))
-    if not os.path.isdir(root_s):
-        raise InputError(f"{os.fspath(root)!r} is not a folder; give the folder that holds the images", path=os.fspath(root))
+    root_s = check_root(root)
     if files is None:
-        rels = _walk(root_s)
+        rels = sorted(iter_tree(root_s))
         if not rels:
             raise EmptyInputError(f"no files found under {os.fspath(root)}; check the path", path=os.fspath(root))
         return FileList(root_s, rels, [])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import warnings
 from collections import Counter
 from typing import Callable, Iterable, Sequence
 
@@ -16,7 +15,7 @@ from ..errors import UsageError
 from ..executor import map_chunks
 from ..fileio import listing_fingerprint
 from ..manifest import Manifest, check, provenance_step
-from . import IngestReport, IngestResult, errors_frame, order_columns
+from . import IngestReport, IngestResult, errors_frame, extract_groups, order_columns
 from .files import collect_files
 
 #: File name endings read as images (case-insensitive).
@@ -95,14 +94,12 @@ def ingest_images(
     listing = collect_files(root, files)
     rels = pd.Series(listing.relpaths, dtype="str")
     is_image = rels.str.lower().str.endswith(IMAGE_EXTENSIONS).to_numpy(dtype=bool) if len(rels) else np.zeros(0, bool)
-    with warnings.catch_warnings():
-        # pandas warns that the groups are unused here; they are extracted below.
-        warnings.simplefilter("ignore", UserWarning)
-        matched = rels.str.contains(regex, regex=True).to_numpy(dtype=bool) if len(rels) else np.zeros(0, bool)
+    groups_all, matched = extract_groups(rels, regex)
     to_read = rels[is_image & matched].tolist()
     if on_found:
         on_found(len(to_read))
-    headers = map_chunks(functools.partial(_read_image_headers, root=listing.root), to_read, workers=workers, on_progress=on_progress)
+    parts = map_chunks(functools.partial(_read_image_headers, root=listing.root), to_read, workers=workers, on_progress=on_progress)
+    headers = [h for part in parts for h in part]
 
     error_rows = list(listing.refused)
     error_rows += [(r, "skipped", "NotImage", f"not one of {', '.join(IMAGE_EXTENSIONS)}") for r in rels[~is_image]]
@@ -112,14 +109,14 @@ def ingest_images(
     ]
     ok_mask = np.array([h[0] == "ok" for h in headers], dtype=bool)
     error_rows += [(rel, h[0], h[6], h[7]) for rel, h in zip(to_read, headers) if h[0] != "ok"]
-    error_rows.sort(key=lambda r: r[0])
 
-    ok_paths = pd.Series([r for r, ok in zip(to_read, ok_mask) if ok], dtype="str")
-    groups = ok_paths.str.extract(regex, expand=True) if len(ok_paths) else pd.DataFrame(columns=list(regex.groupindex))
+    read_ok = np.zeros(len(rels), dtype=bool)
+    read_ok[np.flatnonzero(is_image & matched)[ok_mask]] = True
+    ok_paths = rels[read_ok].reset_index(drop=True)
+    groups = groups_all[read_ok].reset_index(drop=True)
     frame = pd.DataFrame({"image_id": ok_paths, "path": ok_paths})
     for name in regex.groupindex:
-        column = _GROUP_COLUMNS.get(name, name)
-        frame[column] = groups[name].astype("str").to_numpy() if len(ok_paths) else pd.Series([], dtype="str")
+        frame[_GROUP_COLUMNS.get(name, name)] = groups[name]
     if "study_id" in frame.columns:
         frame["study_id"] = (frame["patient_id"] + "/" + frame["study_id"]).where(frame["study_id"].notna())
     ok_headers = [h for h in headers if h[0] == "ok"]
@@ -148,4 +145,4 @@ def ingest_images(
         failed=sum(1 for _, o, _, _ in error_rows if o == "failed"),
         reasons=dict(sorted(reasons.items())),
     )
-    return IngestResult(manifest=manifest, errors=errors_frame(error_rows), report=report)
+    return IngestResult(manifest=manifest, errors=errors_frame(sorted(error_rows)), report=report)

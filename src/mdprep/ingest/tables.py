@@ -19,7 +19,7 @@ from ..fileio import file_fingerprint
 from ..labels import UNCERTAIN_POLICIES, apply_uncertain_policy, coerce_label_values, labels_from_lists
 from ..manifest import Manifest, check, frame_from_arrow, provenance_step
 from ..synthetic import CHEXPERT_LABELS, NIH_LABELS
-from . import IngestReport, IngestResult, empty_errors, normalize_sex, order_columns
+from . import IngestReport, IngestResult, empty_errors, extract_groups, normalize_sex, order_columns
 
 PRESETS = {
     "nih": "NIH ChestX-ray14 Data_Entry_2017*.csv: pipe-separated 'Finding Labels' into 15 label columns",
@@ -170,6 +170,9 @@ def _read_csv(spath: str, *, sep: str | None, string_columns: Sequence[str], enc
         if "UTF8" in text or "utf8" in text.lower() and "invalid" in text.lower():
             raise _encoding_error(spath, encoding) from None
         raise InputError(f"cannot parse {spath} as {'TSV' if sep == chr(9) else 'CSV'}: {text}", path=spath) from exc
+    if any(pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) for f in table.schema):
+        # pyarrow reads a column with bytes that are not valid text as binary.
+        raise _encoding_error(spath, encoding)
     # A trailing delimiter on every line makes an empty, unnamed column: drop it.
     for i in unnamed:
         name = names[i]
@@ -222,8 +225,8 @@ def _chexpert(path: str, encoding: str) -> tuple[pd.DataFrame, list[str], int, l
     table = read_table(path, string_columns=["Path", "Sex", "Frontal/Lateral", "AP/PA"], encoding=encoding)
     _require(table, ["Path", *CHEXPERT_LABELS], path, "is this a CheXpert train.csv or valid.csv?")
     src = frame_from_arrow(table)
-    parts = src["Path"].str.extract(_CHEXPERT_PATH)
-    bad = parts["patient"].isna()
+    parts, matched = extract_groups(src["Path"], _CHEXPERT_PATH)
+    bad = pd.Series(~matched, index=src.index)
     if bad.any():
         rows = (np.flatnonzero(bad.to_numpy()) + 2).tolist()  # +1 header, +1 one-based
         raise InputError(

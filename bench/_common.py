@@ -1,0 +1,75 @@
+"""Shared helpers of the benchmarks: real data fetching, timing, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / ".data"  # git-ignored
+CACHE = HERE / ".cache"  # git-ignored
+TXV_VERSION = "1.5.7"
+TABLES = {
+    "nih": "torchxrayvision/data/Data_Entry_2017_v2020.csv.gz",
+    "chexpert": "torchxrayvision/data/chexpert_train.csv.gz",
+}
+
+
+def real_table(name: str) -> Path:
+    """Path of a real metadata table from the torchxrayvision wheel, fetched on first use."""
+    target = DATA / Path(TABLES[name]).name
+    if target.exists():
+        return target
+    DATA.mkdir(parents=True, exist_ok=True)
+    wheels = list(DATA.glob("torchxrayvision-*.whl"))
+    if not wheels:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"torchxrayvision=={TXV_VERSION}", "-d", str(DATA)],
+            check=True,
+        )
+        wheels = list(DATA.glob("torchxrayvision-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as zf:
+        target.write_bytes(zf.read(TABLES[name]))
+    return target
+
+
+def timeit(fn, repeat: int) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(xs) -> float:
+    return statistics.median(xs)
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    import numpy, pandas, pyarrow, pydicom
+
+    import mdprep
+
+    return (
+        f"{cores} cores ({cpu}), Python {platform.python_version()}, mdprep {mdprep.__version__}, "
+        f"pandas {pandas.__version__}, pyarrow {pyarrow.__version__}, pydicom {pydicom.__version__}, numpy {numpy.__version__}"
+    )
