@@ -554,7 +554,7 @@ def _read_with_pydicom(path: str, columns: Sequence[TagColumn], size: int, *, le
         meta = getattr(ds, "file_meta", None)
         if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_CLASS:
             return HeaderResult(SKIPPED, size, error_type="DicomDir", message="a DICOMDIR index, not an image")
-        little = bool(getattr(ds, "is_little_endian", None) if getattr(ds, "is_little_endian", None) is not None else True)
+        little = getattr(ds, "is_little_endian", None) is not False
         found: dict[int, tuple[Any, bytes]] = {}
         for col in list(columns) + [TagColumn("_charset", _CHARSET_TAG, "CS", True)]:
             source = meta if (col.tag >> 16) == 0x0002 and meta is not None else ds

@@ -17,38 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-NIH_LABELS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-)
-CHEXPERT_LABELS = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+from .ingest.tables import CHEXPERT_LABELS, NIH_LABELS
+
 # Rough prevalences, rarest last, so generated cohorts are imbalanced like real ones.
 _PREVALENCE = np.array([0.10, 0.025, 0.12, 0.18, 0.05, 0.055, 0.013, 0.047, 0.04, 0.02, 0.022, 0.015, 0.03, 0.002])
 

@@ -40,16 +40,17 @@ def render_summary(result: IngestResult, output: str, errors_path: str | None, q
     """Rows, patients, images per patient, reconciled counts, label prevalence, warnings."""
     rep = result.report
     s = summarize(result.manifest)
-    # Reconciliation and data-quality notes are shown even with --quiet when something was lost.
-    if rep.skipped or rep.failed or not quiet:
+    # What was not ingested is reported even with --quiet: nothing is lost silently.
+    lost = bool(rep.skipped or rep.failed)
+    if lost or not quiet:
         line = f"{rep.found} found = {rep.ingested} ingested + {rep.skipped} skipped + {rep.failed} failed"
         if rep.lenient:
             line += f" ({rep.lenient} read without the DICOM preamble, marked lenient_read)"
-        echo(line, quiet and not (rep.skipped or rep.failed))
-    if rep.reasons:
+        click.echo(line, err=True)
+    if lost:
         reasons = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in rep.reasons.items())
         hint = f"listed in {errors_path}" if errors_path else "pass --errors FILE to list them"
-        echo(f"Not ingested: {reasons} ({hint})", quiet and not rep.failed)
+        click.echo(f"Not ingested: {reasons} ({hint})", err=True)
     for column, n in rep.invalid_values.items():
         click.echo(f"Warning: {n} value(s) of {column!r} did not parse and were stored as null", err=True)
     if rep.unlabeled:

@@ -18,7 +18,6 @@ from ..errors import EmptyInputError, EncodingError, InputError, ManifestValidat
 from ..fileio import file_fingerprint
 from ..labels import UNCERTAIN_POLICIES, apply_uncertain_policy, coerce_label_values, labels_from_lists
 from ..manifest import Manifest, check, frame_from_arrow, provenance_step
-from ..synthetic import CHEXPERT_LABELS, NIH_LABELS
 from . import IngestReport, IngestResult, empty_errors, extract_groups, normalize_sex, order_columns
 
 PRESETS = {
@@ -27,6 +26,41 @@ PRESETS = {
     "mimic": "MIMIC-CXR *-chexpert.csv joined with *-metadata.csv (--metadata) on subject and study",
     "generic": "any CSV/TSV/Parquet: choose the columns with --image-col, --patient-col, --labels-col or --label-cols",
 }
+#: The 14 findings of NIH ChestX-ray14, in the dataset's customary order.
+NIH_LABELS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+#: The 14 observations of CheXpert and MIMIC-CXR's CheXpert labeler, in file order.
+CHEXPERT_LABELS = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+#: NIH label columns: the findings and "No Finding".
 NIH_LABEL_COLUMNS = NIH_LABELS + ("No Finding",)
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 
