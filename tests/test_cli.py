@@ -65,7 +65,7 @@ def test_contract_violations_are_listed_together(runner, tmp_path):
     table.write_text("image_id,patient_id,A\na,1,3\na,,1\n")
     res = runner.invoke(main, ["ingest", "table", str(table), "--label-cols", "A", "-o", str(tmp_path / "m.parquet")])
     assert res.exit_code == 2
-    assert "outside {1, 0, -1, blank}" in res.stderr
+    assert "outside {1, 0, -1, null}" in res.stderr
     table.write_text("image_id,patient_id\na,1\na,\n")
     res = runner.invoke(main, ["ingest", "table", str(table), "-o", str(tmp_path / "m.parquet")])
     lines = res.stderr.strip().splitlines()

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ManifestValidationError, UsageError, Violation, examples_text
-from .manifest import LABEL_VALUES, NEGATIVE, POSITIVE, UNCERTAIN
+from .manifest import NEGATIVE, POSITIVE, UNCERTAIN, label_value_violation
 
 #: What ``--uncertain`` may say, and what it does to -1.
 UNCERTAIN_POLICIES = {
@@ -153,19 +153,9 @@ def coerce_label_values(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataF
                 )
                 continue
         arr = numeric.to_numpy(dtype="float64", na_value=np.nan)
-        bad_mask = ~np.isnan(arr) & ~np.isin(arr, LABEL_VALUES)
-        if bad_mask.any():
-            bad_vals = pd.unique(arr[bad_mask])
-            violations.append(
-                Violation(
-                    "bad_label_value",
-                    col,
-                    int(bad_mask.sum()),
-                    tuple(bad_vals[:5].tolist()),
-                    f"label column {col!r} has {int(bad_mask.sum())} value(s) outside {{1, 0, -1, blank}}: "
-                    f"{examples_text(bad_vals.tolist(), len(bad_vals))}",
-                )
-            )
+        violation = label_value_violation(col, arr)
+        if violation:
+            violations.append(violation)
             continue
         nan = np.isnan(arr)
         out[col] = pd.Series(pd.arrays.IntegerArray(np.where(nan, 0, arr).astype(np.int8), nan), index=frame.index)

@@ -190,22 +190,31 @@ def _label_violations(frame: pd.DataFrame, labels: Sequence[str]) -> list[Violat
                 )
             )
             continue
-        values = s.to_numpy(dtype="float64", na_value=np.nan)
-        bad_mask = ~np.isnan(values) & ~np.isin(values, LABEL_VALUES)
-        n_bad = int(bad_mask.sum())
-        if n_bad:
-            bad_vals = [float(v) if not float(v).is_integer() else int(v) for v in pd.unique(values[bad_mask])[:5]]
-            out.append(
-                Violation(
-                    "bad_label_value",
-                    col,
-                    n_bad,
-                    tuple(bad_vals),
-                    f"label column {col!r} has {n_bad} value(s) outside {{1, 0, -1, null}}: "
-                    f"{examples_text(bad_vals, len(pd.unique(values[bad_mask])))}",
-                )
-            )
+        violation = label_value_violation(col, s.to_numpy(dtype="float64", na_value=np.nan))
+        if violation:
+            out.append(violation)
     return out
+
+
+def label_value_violation(column: str, values: np.ndarray) -> Violation | None:
+    """The violation for numeric label ``values`` (NaN for null) outside {1, 0, -1}, or None.
+
+    >>> label_value_violation("Edema", np.array([1.0, 2.0, np.nan])).message
+    "label column 'Edema' has 1 value(s) outside {1, 0, -1, null}: 2"
+    """
+    bad_mask = ~np.isnan(values) & ~np.isin(values, LABEL_VALUES)
+    n_bad = int(bad_mask.sum())
+    if not n_bad:
+        return None
+    distinct = pd.unique(values[bad_mask])
+    shown = [int(v) if float(v).is_integer() else float(v) for v in distinct[:5]]
+    return Violation(
+        "bad_label_value",
+        column,
+        n_bad,
+        tuple(shown),
+        f"label column {column!r} has {n_bad} value(s) outside {{1, 0, -1, null}}: {examples_text(shown, len(distinct))}",
+    )
 
 
 def validate_frame(frame: pd.DataFrame, labels: Sequence[str] = ()) -> list[Violation]:
