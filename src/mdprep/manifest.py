@@ -320,6 +320,14 @@ def check(manifest: Manifest, *, path: str | None = None) -> Manifest:
     return manifest
 
 
+def order_columns(frame: pd.DataFrame, labels: Iterable[str] = ()) -> pd.DataFrame:
+    """Canonical columns first (in contract order), then labels, then the rest as they came."""
+    labels = list(labels)
+    canonical = [c for c in CANONICAL_TYPES if c in frame.columns]
+    rest = [c for c in frame.columns if c not in CANONICAL_TYPES and c not in labels]
+    return frame[canonical + labels + rest]
+
+
 # --------------------------------------------------------------------------- Arrow conversion
 
 

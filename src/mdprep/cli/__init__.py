@@ -27,7 +27,8 @@ class MdprepGroup(click.Group):
     epilog="""\b
 Example:
   mdprep ingest table Data_Entry_2017.csv.gz --preset nih -o nih.parquet
-  mdprep validate nih.parquet
+  mdprep split nih.parquet --ratios 0.7,0.1,0.2 --seed 0 -o nih-split.parquet
+  mdprep validate nih-split.parquet
 
 Exit codes: 0 success, 1 a check failed, 2 bad input or usage.
 """,
@@ -39,8 +40,10 @@ def main() -> None:
 
 from .demo import demo  # noqa: E402
 from .ingest import ingest  # noqa: E402
+from .split import split  # noqa: E402
 from .validate import validate  # noqa: E402
 
 main.add_command(ingest)
+main.add_command(split)
 main.add_command(validate)
 main.add_command(demo)

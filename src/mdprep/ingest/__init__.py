@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..manifest import CANONICAL_TYPES, Manifest, write_table
+from ..manifest import Manifest, write_table
 
 #: Columns of the error table.
 ERROR_COLUMNS = ("path", "outcome", "error_type", "message")
@@ -140,14 +140,6 @@ def extract_groups(values: pd.Series, regex: re.Pattern) -> tuple[pd.DataFrame, 
             warnings.simplefilter("ignore", UserWarning)  # pandas: "has match groups"
             matched = values.str.contains(regex, regex=True).fillna(False).to_numpy(dtype=bool)
         return values.str.extract(regex, expand=True).astype("str"), matched
-
-
-def order_columns(frame: pd.DataFrame, labels: Iterable[str] = ()) -> pd.DataFrame:
-    """Canonical columns first (in contract order), then labels, then the rest as they came."""
-    labels = list(labels)
-    canonical = [c for c in CANONICAL_TYPES if c in frame.columns]
-    rest = [c for c in frame.columns if c not in CANONICAL_TYPES and c not in labels]
-    return frame[canonical + labels + rest]
 
 
 from .dicom import ingest_dicom  # noqa: E402

@@ -15,7 +15,8 @@ from ..errors import EmptyInputError
 from ..executor import map_chunks
 from ..fileio import listing_fingerprint
 from ..manifest import CANONICAL_TYPES, Manifest, check, frame_from_arrow, provenance_step
-from . import IngestReport, IngestResult, errors_frame, normalize_sex, order_columns
+from . import IngestReport, IngestResult, errors_frame, normalize_sex
+from ..manifest import order_columns
 from .files import check_root, collect_files, iter_tree
 
 

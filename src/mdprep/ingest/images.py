@@ -15,7 +15,8 @@ from ..errors import UsageError
 from ..executor import map_chunks
 from ..fileio import listing_fingerprint
 from ..manifest import Manifest, check, provenance_step
-from . import IngestReport, IngestResult, errors_frame, extract_groups, order_columns
+from . import IngestReport, IngestResult, errors_frame, extract_groups
+from ..manifest import order_columns
 from .files import collect_files
 
 #: File name endings read as images (case-insensitive).

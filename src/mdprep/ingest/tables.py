@@ -18,7 +18,8 @@ from ..errors import EmptyInputError, EncodingError, InputError, ManifestValidat
 from ..fileio import file_fingerprint
 from ..labels import UNCERTAIN_POLICIES, apply_uncertain_policy, coerce_label_values, labels_from_lists
 from ..manifest import Manifest, check, frame_from_arrow, provenance_step
-from . import IngestReport, IngestResult, empty_errors, extract_groups, normalize_sex, order_columns
+from . import IngestReport, IngestResult, empty_errors, extract_groups, normalize_sex
+from ..manifest import order_columns
 
 PRESETS = {
     "nih": "NIH ChestX-ray14 Data_Entry_2017*.csv: pipe-separated 'Finding Labels' into 15 label columns",

@@ -1,0 +1,109 @@
+"""``mdprep split``: patient-grouped, multi-label stratified splits and folds."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from ..fileio import atomic_write, file_fingerprint
+from ..manifest import read_manifest, write_manifest
+from ..splitting import MISSING_GROUP_POLICIES, SplitQuality, split_manifest
+from ._ui import print_table, status
+from .ingest import _comma_list
+
+
+def _floats(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers, for example 0.7,0.1,0.2") from None
+
+
+def quality_table(q: SplitQuality, title: str) -> Table:
+    """Per part: images, patients, size against target, and per label positives, prevalence and deviation."""
+    t = Table(title=title, title_justify="left")
+    t.add_column("label")
+    t.add_column("overall", justify="right")
+    for p in q.parts:
+        t.add_column(p.name, justify="right")
+    t.add_row("images", "", *[f"{p.images:,} ({p.size_deviation:+.1%})" for p in q.parts])
+    t.add_row("groups", "", *[f"{p.groups:,}" for p in q.parts], end_section=True)
+    for label in q.labels:
+        t.add_row(
+            label,
+            f"{q.overall_prevalence[label]:.2%}",
+            *[f"{p.positives[label]:,} {p.prevalence[label]:.2%} ({p.deviation[label] * 100:+.2f})" for p in q.parts],
+        )
+    return t
+
+
+def _summary(q: SplitQuality) -> str:
+    return (
+        f"LD {q.label_distribution:.5f}, ED {q.examples_distribution:.1f} images, "
+        f"max prevalence deviation {q.max_prevalence_deviation * 100:.2f} points, "
+        f"{q.zero_positive_pairs} ({q.kind}, label) pair(s) without positives, group overlap {q.group_overlap}"
+    )
+
+
+@click.command("split")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write with a split and/or fold column.")
+@click.option("--group", default="patient_id", show_default=True, help="Column whose values never cross parts (patient, study, site).")
+@click.option("--ratios", help="Shares of the images per part, summing to 1 [default: 0.7,0.1,0.2 unless --folds alone].")
+@click.option("--names", help="Part names [default: train,val,test for 3 ratios, train,test for 2].")
+@click.option("--folds", type=int, help="Also (or only) write a fold column 0..K-1; with --ratios the last part is held out.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for tie-breaking: the same seed gives the same bytes.")
+@click.option("--stratify", multiple=True, metavar="LABEL,...", help="Label columns to balance [default: all label columns].")
+@click.option("--stratify-by", multiple=True, metavar="COL,...", help="Categorical metadata columns to balance too (sex, view, site).")
+@click.option("--keep-existing", is_flag=True, help="Rows that already have a split keep it; their groups follow them.")
+@click.option("--missing-group", type=click.Choice(MISSING_GROUP_POLICIES), default="error", show_default=True, help="Rows without a group: fail, or make each its own group.")
+@click.option("--report", "report_path", metavar="FILE.json", help="Write the quality report as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No tables on stderr.")
+def split(manifest, output, group, ratios, names, folds, seed, stratify, stratify_by, keep_existing, missing_group, report_path, quiet):
+    """Split MANIFEST into train/val/test and/or K folds; no patient ever crosses parts.
+
+    \b
+    Groups (patients) are assigned whole by iterative stratification, rarest label
+    first, so every label's prevalence stays close to the whole manifest's. Uncertain
+    (-1) and missing labels are not counted as positives.
+
+    \b
+    Examples:
+      mdprep split nih.parquet --ratios 0.7,0.1,0.2 --seed 0 -o nih-split.parquet
+      mdprep split nih.parquet --folds 5 --stratify-by sex,view -o nih-5fold.parquet
+      mdprep split nih.parquet --ratios 0.8,0.2 --names trainval,test --folds 5 -o cv.parquet --report split.json
+    """
+    names_list = _comma_list([names]) if names else None
+    with status(f"Splitting {manifest}", quiet):
+        m = read_manifest(manifest)
+        result = split_manifest(
+            m,
+            group=group,
+            ratios=_floats(ratios),
+            names=names_list,
+            folds=folds,
+            seed=seed,
+            stratify=_comma_list(stratify) if stratify else None,
+            stratify_by=_comma_list(stratify_by),
+            keep_existing=keep_existing,
+            missing_group=missing_group,
+            inputs=[file_fingerprint(manifest)],
+        )
+        write_manifest(result.manifest, output)
+    if report_path:
+        with atomic_write(report_path) as tmp:
+            tmp.write_text(json.dumps(result.report(), indent=2, sort_keys=True) + "\n")
+    for note in result.notes:
+        click.echo(f"Note: {note}", err=True)
+    for q, title in ((result.split_quality, "Split"), (result.fold_quality, "Folds")):
+        if q is None:
+            continue
+        if not quiet:
+            print_table(quality_table(q, f"{title}: positives, prevalence (deviation in points)"))
+            click.echo(f"{title}: {_summary(q)}", err=True)
+    if not quiet:
+        click.echo(f"Wrote {output}", err=True)

@@ -1,0 +1,665 @@
+"""Patient-grouped, multi-label stratified splits and k-fold, and their quality measures.
+
+Touches arrays and manifests only. The splitters follow scikit-learn's protocol
+(keyword-only constructors that only store parameters, ``split(X, y, groups)``
+yielding index arrays, ``get_n_splits``, ``random_state`` resolved inside the
+method), so they work inside ``sklearn.model_selection.cross_validate``.
+
+The algorithm is iterative stratification (Sechidis, Tsoumakas and Vlahavas,
+ECML PKDD 2011) run on groups instead of examples:
+
+1. each group (patient) becomes one row: its image count and, per label, its
+   number of positive images;
+2. every part (split or fold) starts with a demand: its ratio times the images
+   and times each label's positive images;
+3. the label with the fewest unassigned positive groups goes first; each of its
+   groups (most positives first, then in seeded random order) goes to the part
+   that most still needs that label, ties to the part with most room left,
+   then by the seed; the demands of the chosen part drop by the group's counts;
+4. groups without any positive go last, largest first, each to the part with
+   most room left.
+
+Uncertain (-1) and missing labels are not positives: such an image counts toward
+sizes only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import UsageError
+
+
+def check_random_state(seed: int | np.random.RandomState | None) -> np.random.RandomState:
+    """A RandomState from ``seed`` (as scikit-learn's ``check_random_state``)."""
+    if seed is None or seed is np.random:
+        return np.random.mtrand._rand
+    if isinstance(seed, (int, np.integer)):
+        return np.random.RandomState(int(seed))
+    if isinstance(seed, np.random.RandomState):
+        return seed
+    raise UsageError(f"random_state {seed!r} cannot seed a RandomState; give an integer", random_state=repr(seed))
+
+
+def check_ratios(ratios: Sequence[float]) -> np.ndarray:
+    """Validate split ratios: at least two, none negative, summing to 1.
+
+    >>> check_ratios([0.7, 0.1, 0.2]).tolist()
+    [0.7, 0.1, 0.2]
+    """
+    r = np.asarray(list(ratios), dtype=float)
+    if r.ndim != 1 or len(r) < 2:
+        raise UsageError(f"ratios {list(ratios)} need at least two parts, for example 0.8,0.2", ratios=list(ratios))
+    if (r < 0).any() or not np.isfinite(r).all():
+        raise UsageError(f"ratios {list(ratios)} may not be negative", ratios=list(ratios))
+    if abs(r.sum() - 1.0) > 1e-6:
+        raise UsageError(f"ratios {list(ratios)} sum to {r.sum():g}, not 1; for example 0.7,0.1,0.2", ratios=list(ratios))
+    return r
+
+
+def _positives(y: Any) -> np.ndarray:
+    """Positive indicator matrix (n, L) from a label matrix or a 1-D class vector."""
+    if isinstance(y, pd.DataFrame):
+        arr = y.to_numpy(dtype="float64", na_value=np.nan)
+    elif isinstance(y, pd.Series):
+        arr = y.to_numpy()
+    else:
+        arr = np.asarray(y)
+    if arr.ndim == 1:
+        # Single-label classes: one indicator column per class.
+        codes, _ = pd.factorize(arr, sort=True)
+        out = np.zeros((len(arr), max(codes.max() + 1, 1) if len(arr) else 0), dtype=bool)
+        valid = codes >= 0
+        out[np.flatnonzero(valid), codes[valid]] = True
+        return out
+    return np.asarray(arr, dtype="float64") == 1
+
+
+def group_counts(positives: np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: image count and positive images per label (vectorised).
+
+    >>> sizes, counts = group_counts(np.array([[1, 0], [1, 1], [0, 0]], bool), np.array([0, 0, 1]), 2)
+    >>> sizes.tolist(), counts.tolist()
+    ([2, 1], [[2, 1], [0, 0]])
+    """
+    sizes = np.bincount(codes, minlength=n_groups).astype(np.int64)
+    counts = np.zeros((n_groups, positives.shape[1]), dtype=np.int64)
+    for j in range(positives.shape[1]):
+        counts[:, j] = np.bincount(codes, weights=positives[:, j], minlength=n_groups)
+    return sizes, counts
+
+
+def iterative_group_assignment(
+    sizes: np.ndarray,
+    counts: np.ndarray,
+    ratios: Sequence[float],
+    rng: np.random.RandomState,
+    fixed: np.ndarray | None = None,
+) -> np.ndarray:
+    """Assign each group to a part by iterative stratification (see the module docstring).
+
+    Parameters
+    ----------
+    sizes : (G,) int
+        Images per group.
+    counts : (G, L) int
+        Positive images per group and label.
+    ratios : sequence of float
+        Target share of the images for each part.
+    rng : RandomState
+        Breaks ties and orders groups of equal weight.
+    fixed : (G,) int, optional
+        Part already imposed on a group (-1 where free); such groups count
+        against their part's demands and are not moved.
+
+    Returns
+    -------
+    (G,) int array of part indices.
+    """
+    ratios = np.asarray(ratios, dtype=float)
+    n_groups, n_labels = counts.shape
+    k = len(ratios)
+    part = np.full(n_groups, -1, dtype=np.int64) if fixed is None else np.asarray(fixed, dtype=np.int64).copy()
+    need_size = ratios * float(sizes.sum())
+    need_label = ratios[:, None] * counts.sum(axis=0)[None, :].astype(float)
+    for j in range(k):
+        taken = part == j
+        if taken.any():
+            need_size[j] -= sizes[taken].sum()
+            need_label[j] -= counts[taken].sum(axis=0)
+    priority = rng.permutation(n_groups)  # seeded order among equals
+    has = counts > 0
+    free = part < 0
+    done = np.zeros(n_labels, dtype=bool)
+
+    def choose(scores: np.ndarray) -> int:
+        best = np.flatnonzero(scores == scores.max())
+        if len(best) > 1:
+            room = need_size[best]
+            best = best[room == room.max()]
+            if len(best) > 1:
+                return int(best[rng.randint(len(best))])
+        return int(best[0])
+
+    while True:
+        remaining = np.where(done, np.iinfo(np.int64).max, (has & free[:, None]).sum(axis=0))
+        remaining[remaining == 0] = np.iinfo(np.int64).max
+        if n_labels == 0 or remaining.min() == np.iinfo(np.int64).max:
+            break
+        label = int(np.argmin(remaining))  # rarest first; ties by label order
+        members = np.flatnonzero(has[:, label] & free)
+        order = np.lexsort((priority[members], -counts[members, label]))
+        column = need_label[:, label]
+        for g in members[order]:
+            j = choose(column)
+            part[g] = j
+            need_label[j] -= counts[g]
+            need_size[j] -= sizes[g]
+        free[members] = False
+        done[label] = True
+    rest = np.flatnonzero(free)
+    for g in rest[np.lexsort((priority[rest], -sizes[rest]))]:
+        j = choose(need_size)
+        part[g] = j
+        need_size[j] -= sizes[g]
+    return part
+
+
+def _group_codes(groups: Any) -> tuple[np.ndarray, int]:
+    if groups is None:
+        raise UsageError("groups are required: pass the patient id of every row (groups=...)")
+    values = groups.to_numpy() if isinstance(groups, (pd.Series, pd.Index)) else np.asarray(groups, dtype=object)
+    codes, uniques = pd.factorize(values, sort=True)
+    if (codes < 0).any():
+        raise UsageError(f"{int((codes < 0).sum())} row(s) have no group; every row needs one", rows=int((codes < 0).sum()))
+    return codes, len(uniques)
+
+
+class _GroupStratifier:
+    """Shared machinery: labels and groups to one part index per row."""
+
+    def _assign(self, y, groups, ratios, fixed_groups=None) -> np.ndarray:
+        positives = _positives(y)
+        codes, n_groups = _group_codes(groups)
+        if len(codes) != len(positives):
+            raise UsageError(f"y has {len(positives)} rows but groups has {len(codes)}")
+        if n_groups < len(ratios):
+            raise UsageError(
+                f"{n_groups} group(s) cannot fill {len(ratios)} parts; use fewer parts or folds",
+                groups=n_groups,
+                parts=len(ratios),
+            )
+        sizes, counts = group_counts(positives, codes, n_groups)
+        rng = check_random_state(self.random_state)
+        part = iterative_group_assignment(sizes, counts, ratios, rng, fixed_groups)
+        return part[codes]
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        return f"{type(self).__name__}({params})"
+
+
+class MultilabelStratifiedGroupKFold(_GroupStratifier):
+    """K-fold where no group crosses folds and every label is spread evenly.
+
+    Parameters
+    ----------
+    n_splits : int, default 5
+    random_state : int, RandomState or None
+        Seed for tie-breaking; an int gives identical folds on every call.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0], [0, 1]])
+    >>> groups = ["a", "a", "b", "c", "d", "e"]
+    >>> cv = MultilabelStratifiedGroupKFold(n_splits=2, random_state=0)
+    >>> for train, test in cv.split(np.zeros(6), y, groups):
+    ...     assert not set(np.array(groups)[train]) & set(np.array(groups)[test])
+    >>> cv.get_n_splits()
+    2
+    """
+
+    def __init__(self, n_splits: int = 5, *, random_state=None) -> None:
+        self.n_splits = n_splits
+        self.random_state = random_state
+
+    def _params(self) -> dict:
+        return {"n_splits": self.n_splits, "random_state": self.random_state}
+
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
+        return self.n_splits
+
+    def assign(self, y, groups) -> np.ndarray:
+        """The fold (0..n_splits-1) of every row."""
+        if not isinstance(self.n_splits, (int, np.integer)) or self.n_splits < 2:
+            raise UsageError(f"n_splits={self.n_splits!r}: k-fold needs at least 2 folds", n_splits=self.n_splits)
+        return self._assign(y, groups, np.full(self.n_splits, 1.0 / self.n_splits))
+
+    def split(self, X, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(train, test)`` row indices for each fold."""
+        if y is None:
+            y = np.zeros((len(X), 0))
+        folds = self.assign(y, groups)
+        for k in range(self.n_splits):
+            yield np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+
+
+class MultilabelStratifiedGroupSplit(_GroupStratifier):
+    """One split into parts of given ratios (train/val/test), grouped and stratified.
+
+    ``split`` yields, for each part after the first, ``(rows of the first part,
+    rows of that part)``: with ``ratios=(0.7, 0.1, 0.2)`` that is (train, val) then
+    (train, test).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = MultilabelStratifiedGroupSplit(ratios=(0.5, 0.5), random_state=0)
+    >>> s.assign(np.array([[1], [1], [0], [0]]), ["a", "b", "c", "d"]).tolist()
+    [1, 0, 0, 1]
+    """
+
+    def __init__(self, ratios: Sequence[float] = (0.8, 0.2), *, random_state=None) -> None:
+        self.ratios = ratios
+        self.random_state = random_state
+
+    def _params(self) -> dict:
+        return {"ratios": self.ratios, "random_state": self.random_state}
+
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
+        return len(self.ratios) - 1
+
+    def assign(self, y, groups, fixed: np.ndarray | None = None) -> np.ndarray:
+        """The part index of every row; ``fixed`` (per row, -1 where free) pins rows' groups."""
+        ratios = check_ratios(self.ratios)
+        fixed_groups = None
+        if fixed is not None:
+            codes, n_groups = _group_codes(groups)
+            fixed_groups = np.full(n_groups, -1, dtype=np.int64)
+            pinned = np.asarray(fixed) >= 0
+            fixed_groups[codes[pinned]] = np.asarray(fixed)[pinned]
+        return self._assign(y, groups, ratios, fixed_groups)
+
+    def split(self, X, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if y is None:
+            y = np.zeros((len(X), 0))
+        parts = self.assign(y, groups)
+        first = np.flatnonzero(parts == 0)
+        for j in range(1, len(self.ratios)):
+            yield first, np.flatnonzero(parts == j)
+
+
+# ----------------------------------------------------------------------------- quality
+
+
+@dataclass(frozen=True)
+class PartQuality:
+    name: str
+    images: int
+    groups: int
+    target_images: float
+    positives: dict[str, int]
+    prevalence: dict[str, float]
+    deviation: dict[str, float]  # prevalence here minus prevalence overall
+
+    @property
+    def size_deviation(self) -> float:
+        """Relative difference between images and target images."""
+        return (self.images - self.target_images) / self.target_images if self.target_images else 0.0
+
+
+@dataclass(frozen=True)
+class SplitQuality:
+    """How well a split preserves the label distribution (definitions in docs/split.md)."""
+
+    kind: str  # "split" or "fold"
+    parts: tuple[PartQuality, ...]
+    labels: tuple[str, ...]
+    overall_prevalence: dict[str, float]
+    label_distribution: float
+    examples_distribution: float
+    max_prevalence_deviation: float
+    zero_positive_pairs: int
+    group_overlap: int
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "labels": list(self.labels),
+            "overall_prevalence": self.overall_prevalence,
+            "summary": {
+                "label_distribution": self.label_distribution,
+                "examples_distribution": self.examples_distribution,
+                "max_prevalence_deviation": self.max_prevalence_deviation,
+                "max_size_deviation": max((abs(p.size_deviation) for p in self.parts), default=0.0),
+                "zero_positive_pairs": self.zero_positive_pairs,
+                "group_overlap": self.group_overlap,
+            },
+            "parts": [
+                {
+                    "name": p.name,
+                    "images": p.images,
+                    "groups": p.groups,
+                    "target_images": p.target_images,
+                    "size_deviation": p.size_deviation,
+                    "labels": {
+                        l: {"positives": p.positives[l], "prevalence": p.prevalence[l], "deviation": p.deviation[l]} for l in self.labels
+                    },
+                }
+                for p in self.parts
+            ],
+        }
+
+
+def _proportion(pos: np.ndarray, total: np.ndarray) -> np.ndarray:
+    neg = total - pos
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(neg > 0, pos / np.maximum(neg, 1), 0.0)
+
+
+def split_quality(
+    positives: np.ndarray,
+    parts: np.ndarray,
+    groups: np.ndarray,
+    names: Sequence[str],
+    ratios: Sequence[float],
+    labels: Sequence[str],
+    *,
+    kind: str = "split",
+) -> SplitQuality:
+    """Measure a split: per part sizes, positives and prevalence; LD, ED and the rest.
+
+    Rows with ``parts < 0`` (not in any part) are ignored.
+
+    * LD (label distribution, Sechidis et al. 2011): the mean over labels and parts of
+      ``|p_j/(n_j-p_j) - P/(N-P)|``, positives over negatives in part j against the whole.
+    * ED (examples distribution): the mean over parts of ``|n_j - c_j|``, images against
+      the target ``c_j = ratio_j * N``.
+    * max prevalence deviation: the largest ``|prevalence_j - prevalence|`` of any label.
+    * zero-positive pairs: (part, label) pairs with no positive although the label has some.
+    * group overlap: groups found in more than one part (must be 0).
+    """
+    inside = parts >= 0
+    pos = positives[inside]
+    part = parts[inside]
+    grp = np.asarray(groups)[inside]
+    k = len(names)
+    n_total = len(part)
+    label_totals = pos.sum(axis=0)
+    overall = label_totals / n_total if n_total else np.zeros(len(labels))
+    images = np.bincount(part, minlength=k)
+    per_part = np.zeros((k, len(labels)), dtype=np.int64)
+    for j in range(len(labels)):
+        per_part[:, j] = np.bincount(part, weights=pos[:, j], minlength=k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prevalence = np.where(images[:, None] > 0, per_part / np.maximum(images[:, None], 1), 0.0)
+    deviation = prevalence - overall[None, :]
+    ld = float(np.abs(_proportion(per_part, images[:, None]) - _proportion(label_totals, n_total)[None, :]).mean()) if len(labels) else 0.0
+    targets = np.asarray(ratios, dtype=float) * n_total
+    ed = float(np.abs(images - targets).mean())
+    zero_pairs = int(((per_part == 0) & (label_totals[None, :] > 0)).sum())
+    pairs = pd.DataFrame({"g": grp, "p": part}).drop_duplicates()
+    overlap = int((pairs.groupby("g", sort=False).size() > 1).sum())
+    n_groups = pairs.groupby("p").size().reindex(range(k), fill_value=0).to_numpy()
+    part_q = tuple(
+        PartQuality(
+            name=names[j],
+            images=int(images[j]),
+            groups=int(n_groups[j]),
+            target_images=float(targets[j]),
+            positives={l: int(per_part[j, i]) for i, l in enumerate(labels)},
+            prevalence={l: float(prevalence[j, i]) for i, l in enumerate(labels)},
+            deviation={l: float(deviation[j, i]) for i, l in enumerate(labels)},
+        )
+        for j in range(k)
+    )
+    return SplitQuality(
+        kind=kind,
+        parts=part_q,
+        labels=tuple(labels),
+        overall_prevalence={l: float(overall[i]) for i, l in enumerate(labels)},
+        label_distribution=ld,
+        examples_distribution=ed,
+        max_prevalence_deviation=float(np.abs(deviation).max()) if deviation.size else 0.0,
+        zero_positive_pairs=zero_pairs,
+        group_overlap=overlap,
+    )
+
+
+# ----------------------------------------------------------------------------- manifests
+
+#: Default part names by number of ratios.
+DEFAULT_NAMES = {2: ("train", "test"), 3: ("train", "val", "test")}
+MISSING_GROUP_POLICIES = ("error", "own")
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """A split manifest and how good the split is."""
+
+    manifest: Any  # mdprep.manifest.Manifest
+    split_quality: SplitQuality | None
+    fold_quality: SplitQuality | None
+    notes: tuple[str, ...] = ()
+
+    def report(self) -> dict:
+        """The JSON report (schema ``mdprep-split-report`` version 1, see docs/split.md)."""
+        step = self.manifest.history[-1]
+        return {
+            "schema": "mdprep-split-report",
+            "version": 1,
+            "options": step["options"],
+            "seed": step["seed"],
+            "notes": list(self.notes),
+            "split": self.split_quality.to_dict() if self.split_quality else None,
+            "folds": self.fold_quality.to_dict() if self.fold_quality else None,
+        }
+
+
+def _stratification_matrix(frame: pd.DataFrame, labels: Sequence[str], by: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Positive indicators of the labels, then one indicator per category of each ``by`` column."""
+    blocks = [frame[list(labels)].to_numpy(dtype="float64", na_value=np.nan) == 1] if labels else []
+    names = list(labels)
+    for col in by:
+        codes, cats = pd.factorize(frame[col], sort=True)
+        onehot = np.zeros((len(frame), len(cats)), dtype=bool)
+        ok = codes >= 0
+        onehot[np.flatnonzero(ok), codes[ok]] = True
+        blocks.append(onehot)
+        names += [f"{col}={c}" for c in cats]
+    matrix = np.hstack(blocks) if blocks else np.zeros((len(frame), 0), dtype=bool)
+    return matrix, names
+
+
+def _rare_label_warnings(positives: np.ndarray, codes: np.ndarray, names: Sequence[str], parts: int, what: str) -> None:
+    import warnings
+
+    from .errors import MdprepWarning
+
+    for j, name in enumerate(names):
+        n = len(np.unique(codes[positives[:, j]]))
+        if 0 < n < parts:
+            warnings.warn(
+                f"label {name!r} has positives in only {n} group(s), fewer than the {parts} {what}; "
+                f"some {what} will have none",
+                MdprepWarning,
+                stacklevel=3,
+            )
+
+
+def split_manifest(
+    manifest,
+    *,
+    group: str = "patient_id",
+    ratios: Sequence[float] | None = None,
+    names: Sequence[str] | None = None,
+    folds: int | None = None,
+    seed: int = 0,
+    stratify: Sequence[str] | None = None,
+    stratify_by: Sequence[str] = (),
+    keep_existing: bool = False,
+    missing_group: str = "error",
+    inputs: Sequence[dict] = (),
+) -> SplitResult:
+    """Add a ``split`` column (by ``ratios``) and/or a ``fold`` column (``folds``) to a manifest.
+
+    Groups (``group``, the patient by default) never cross parts; labels in
+    ``stratify`` (default: all label columns) and the categories of the
+    ``stratify_by`` columns are spread as evenly as the groups allow. With both
+    ``ratios`` and ``folds``, the last part (the test set) is held out and the
+    rows of the other parts are k-folded. With ``keep_existing``, rows that
+    already have a split keep it and pull the rest of their group along.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mdprep.manifest import Manifest
+    >>> f = pd.DataFrame({"image_id": list("abcdefgh"), "path": list("abcdefgh"),
+    ...                   "patient_id": ["p1", "p1", "p2", "p3", "p4", "p5", "p6", "p7"],
+    ...                   "Edema": pd.array([1, 1, 0, 1, 0, 0, 1, 0], dtype="Int8")})
+    >>> r = split_manifest(Manifest(f, labels=("Edema",)), ratios=(0.5, 0.5), seed=0)
+    >>> int(r.manifest.frame.groupby("patient_id")["split"].nunique().max())
+    1
+    """
+    import warnings
+
+    from .errors import MdprepWarning, MissingColumnError
+    from .manifest import check, order_columns, provenance_step
+
+    check(manifest)
+    frame = manifest.frame
+    if ratios is None and folds is None:
+        ratios = (0.7, 0.1, 0.2)
+    if missing_group not in MISSING_GROUP_POLICIES:
+        raise UsageError(f"--missing-group {missing_group!r}: choose one of {', '.join(MISSING_GROUP_POLICIES)}")
+    wanted = [group, *stratify_by]
+    absent = [c for c in wanted if c not in frame.columns]
+    if absent:
+        raise MissingColumnError(absent, list(frame.columns), hint="choose --group and --stratify-by among them")
+    labels = list(manifest.labels) if stratify is None else list(stratify)
+    not_labels = [l for l in labels if l not in manifest.labels]
+    if not_labels:
+        raise UsageError(
+            f"--stratify {', '.join(map(repr, not_labels))}: not label columns of this manifest; "
+            f"its labels are {', '.join(map(repr, manifest.labels)) or 'none'} (use --stratify-by for metadata columns)"
+        )
+    if folds is not None and (not isinstance(folds, (int, np.integer)) or folds < 2):
+        raise UsageError(f"--folds {folds!r}: k-fold needs at least 2 folds")
+    notes: list[str] = []
+
+    group_values = frame[group].astype("str")
+    missing = group_values.isna().to_numpy()
+    if missing.any():
+        if missing_group == "error":
+            raise UsageError(
+                f"{int(missing.sum())} row(s) have no {group}; fill it in, or pass --missing-group own "
+                "to make each such row a group of its own",
+                rows=int(missing.sum()),
+            )
+        group_values = group_values.where(~missing, "\x00row:" + pd.Series(np.arange(len(frame)), index=frame.index).astype("str"))
+        notes.append(f"{int(missing.sum())} row(s) without {group} became groups of their own (--missing-group own)")
+    codes, uniques = pd.factorize(group_values.to_numpy(), sort=True)
+    positives, strat_names = _stratification_matrix(frame, labels, stratify_by)
+
+    out = frame.copy()
+    split_q = fold_q = None
+    eligible = np.ones(len(frame), dtype=bool)
+    if ratios is not None:
+        ratios_arr = check_ratios(ratios)
+        names = list(names) if names is not None else list(DEFAULT_NAMES.get(len(ratios_arr), [f"part{i}" for i in range(len(ratios_arr))]))
+        if len(names) != len(ratios_arr) or len(set(names)) != len(names):
+            raise UsageError(f"--names {','.join(names)} must give {len(ratios_arr)} distinct names, one per ratio")
+        fixed = np.full(len(frame), -1, dtype=np.int64)
+        if "split" in frame.columns and frame["split"].notna().any():
+            if keep_existing:
+                fixed = _fixed_parts(frame["split"], names, codes, uniques, notes)
+            else:
+                warnings.warn("the manifest already has a split column; it is replaced (--keep-existing keeps it)", MdprepWarning, stacklevel=2)
+        _rare_label_warnings(positives, codes, strat_names, len(ratios_arr), "parts")
+        splitter = MultilabelStratifiedGroupSplit(ratios=tuple(ratios_arr), random_state=seed)
+        parts = splitter.assign(positives, codes, fixed=fixed if (fixed >= 0).any() else None)
+        split_q = split_quality(positives, parts, codes, names, ratios_arr, strat_names, kind="split")
+        _assert_no_overlap(split_q)
+        out["split"] = pd.Series(np.asarray(names, dtype=object)[parts], index=frame.index, dtype="str")
+        if folds is not None:
+            eligible = parts != len(names) - 1
+            notes.append(f"folds cover the {', '.join(names[:-1])} rows; {names[-1]} is held out")
+    if folds is not None:
+        sub = np.flatnonzero(eligible)
+        if len(np.unique(codes[sub])) < folds:
+            raise UsageError(f"{len(np.unique(codes[sub]))} group(s) cannot fill {folds} folds; use fewer folds")
+        _rare_label_warnings(positives[sub], codes[sub], strat_names, folds, "folds")
+        cv = MultilabelStratifiedGroupKFold(n_splits=folds, random_state=seed)
+        fold_of = np.full(len(frame), -1, dtype=np.int64)
+        fold_of[sub] = cv.assign(positives[sub], codes[sub])
+        fold_q = split_quality(positives, fold_of, codes, [f"fold {k}" for k in range(folds)], np.full(folds, 1.0 / folds), strat_names, kind="fold")
+        _assert_no_overlap(fold_q)
+        out["fold"] = pd.array(np.where(fold_of >= 0, fold_of, 0), dtype="Int16")
+        out.loc[fold_of < 0, "fold"] = pd.NA
+    options = {
+        "group": group,
+        "ratios": None if ratios is None else [float(r) for r in ratios],
+        "names": None if ratios is None else list(names),
+        "folds": folds,
+        "stratify": labels,
+        "stratify_by": list(stratify_by),
+        "keep_existing": keep_existing,
+        "missing_group": missing_group,
+    }
+    result = manifest.with_frame(order_columns(out, manifest.labels)).with_step(provenance_step("split", options, inputs, seed=seed))
+    return SplitResult(manifest=result, split_quality=split_q, fold_quality=fold_q, notes=tuple(notes))
+
+
+def _fixed_parts(existing: pd.Series, names: Sequence[str], codes: np.ndarray, uniques: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Per row, the part index imposed by ``--keep-existing`` (-1 where free)."""
+    import warnings
+
+    from .errors import MdprepWarning, examples_text
+
+    values = existing.astype("str")
+    given = values.notna().to_numpy()
+    unknown = sorted(set(values[given]) - set(names))
+    if unknown:
+        raise UsageError(
+            f"existing split values {examples_text(unknown, len(unknown))} are not among --names {','.join(names)}; "
+            "add them to --names (with a ratio each)"
+        )
+    index = {n: i for i, n in enumerate(names)}
+    fixed_rows = np.where(given, values.map(index).fillna(-1).to_numpy(dtype=np.int64), -1)
+    pairs = pd.DataFrame({"g": codes[given], "p": fixed_rows[given]}).drop_duplicates()
+    per_group = pairs.groupby("g")["p"].nunique()
+    torn = per_group.index[per_group.to_numpy() > 1].to_numpy()
+    if len(torn):
+        ids = [str(uniques[g]) for g in torn]
+        raise UsageError(
+            f"{len(ids)} group(s) already have rows in two fixed splits ({examples_text(ids, len(ids))}); "
+            "--keep-existing cannot resolve that: fix the existing split column first"
+        )
+    group_part = np.full(len(uniques), -1, dtype=np.int64)
+    group_part[pairs["g"].to_numpy()] = pairs["p"].to_numpy()
+    pulled = (group_part[codes] >= 0) & ~given
+    if pulled.any():
+        ids = sorted({str(uniques[g]) for g in codes[pulled]})
+        warnings.warn(
+            f"{len(ids)} group(s) straddle a fixed split and were pulled into it ({int(pulled.sum())} row(s)): "
+            f"{examples_text(ids, len(ids))}",
+            MdprepWarning,
+            stacklevel=3,
+        )
+        notes.append(f"{int(pulled.sum())} row(s) of {len(ids)} group(s) were pulled into their group's fixed split")
+    notes.append(f"{int(given.sum())} row(s) kept their existing split (--keep-existing)")
+    return group_part[codes]
+
+
+def _assert_no_overlap(quality: SplitQuality) -> None:
+    if quality.group_overlap:
+        raise RuntimeError(
+            f"internal error: {quality.group_overlap} group(s) ended up in two {quality.kind}s; "
+            "this is a bug in mdprep, please report it with the manifest's shape and the options"
+        )
