@@ -80,13 +80,11 @@ def listing_fingerprint(root: str | os.PathLike, relpaths: Iterable[str], sizes:
     so a tree is fingerprinted by what it contains (names and sizes); content hashes
     of individual images are the leakage audit's job.
     """
-    digest = hashlib.sha256()
-    total = 0
-    count = 0
-    for rel, size in sorted(zip(relpaths, sizes)):
-        digest.update(f"{rel}\0{size}\n".encode("utf-8", "surrogateescape"))
-        total += int(size)
-        count += 1
+    entries = sorted(zip(relpaths, sizes))
+    listing = "".join([f"{rel}\0{size}\n" for rel, size in entries])
+    digest = hashlib.sha256(listing.encode("utf-8", "surrogateescape"))
+    total = sum(size for _, size in entries)
+    count = len(entries)
     return {
         "path": os.path.normpath(os.fspath(root)),
         "kind": "tree",

@@ -95,19 +95,36 @@ def write_errors(errors: pd.DataFrame, path: str) -> None:
     write_table(table, path)
 
 
-def normalize_sex(values: pd.Series) -> tuple[pd.Series, int]:
-    """Map sex codes to the canonical ``M``/``F``/``O`` (null when unknown).
+#: Spellings of sex in DICOM and public tables (upper case) -> canonical code.
+SEX_CODES = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F", "O": "O", "OTHER": "O"}
+#: Spellings that mean "unknown": null without counting as a bad value.
+UNKNOWN_SEX = frozenset({"", "U", "UNKNOWN", "NAN", "NONE", "<NA>"})
 
-    Accepts DICOM codes and the spellings of public tables (``Male``, ``female``).
+
+def canonical_sex(value: str | None) -> tuple[str | None, bool]:
+    """One value's canonical code and whether it was a recognised spelling.
+
+    >>> canonical_sex(" female"), canonical_sex("x"), canonical_sex(None)
+    (('F', True), (None, False), (None, True))
+    """
+    if value is None:
+        return None, True
+    key = value.strip().upper()
+    code = SEX_CODES.get(key)
+    return code, code is not None or key in UNKNOWN_SEX
+
+
+def normalize_sex(values: pd.Series) -> tuple[pd.Series, int]:
+    """Map a column of sex spellings to the canonical ``M``/``F``/``O`` (null when unknown).
+
     Returns the new column and how many non-empty values were not recognised.
 
     >>> normalize_sex(pd.Series(["M", "Female", "x", None]))[0].tolist()
     ['M', 'F', nan, nan]
     """
     text = values.astype("str").str.strip().str.upper()
-    mapped = text.map({"M": "M", "MALE": "M", "F": "F", "FEMALE": "F", "O": "O", "OTHER": "O"})
-    unknown_spellings = {"", "U", "UNKNOWN", "NAN", "NONE", "<NA>"}
-    not_recognised = int((mapped.isna() & values.notna() & ~text.isin(unknown_spellings)).sum())
+    mapped = text.map(SEX_CODES)
+    not_recognised = int((mapped.isna() & values.notna() & ~text.isin(UNKNOWN_SEX)).sum())
     return mapped.astype("str"), not_recognised
 
 

@@ -23,24 +23,29 @@ class FileList:
 
 
 def iter_tree(root: str) -> Iterator[str]:
-    """Relative POSIX paths of the regular files under ``root``, in no set order.
+    """Relative POSIX paths of the regular files under ``root``, in tree order.
 
-    A generator, so that reading can start while the walk goes on.
+    Tree order: each folder's files by name, then its subfolders by name,
+    depth first. It is a generator, so reading can start while the walk goes on,
+    and the order is fixed, so results come out in the same order every time
+    without a sort at the end.
     """
     cut = len(root.rstrip(os.sep)) + 1
     stack = [root]
     while stack:
         folder = stack.pop()
         try:
-            entries = list(os.scandir(folder))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
             raise InputError(f"cannot list {folder}: {exc}", path=folder) from exc
+        subfolders = []
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
+                subfolders.append(entry.path)
             elif entry.is_file():
                 rel = entry.path[cut:]
                 yield rel if os.sep == "/" else rel.replace(os.sep, "/")
+        stack.extend(reversed(subfolders))
 
 
 def check_root(root: str | os.PathLike) -> str:

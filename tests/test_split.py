@@ -1,0 +1,243 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mdprep.cli import main
+from mdprep.errors import ManifestValidationError, MdprepWarning, UsageError
+from mdprep.manifest import Manifest, read_manifest, write_manifest
+from mdprep.splitting import (
+    MultilabelStratifiedGroupKFold,
+    MultilabelStratifiedGroupSplit,
+    check_ratios,
+    iterative_group_assignment,
+    split_manifest,
+)
+
+
+def cohort(patients=60, labels=("A", "B", "C"), seed=0, max_images=4, prevalence=(0.3, 0.1, 0.03)) -> Manifest:
+    rng = np.random.default_rng(seed)
+    per = rng.integers(1, max_images + 1, patients)
+    pid = np.repeat([f"p{i:04d}" for i in range(patients)], per)
+    n = len(pid)
+    frame = pd.DataFrame({"image_id": [f"img{i}" for i in range(n)], "path": [f"img{i}.png" for i in range(n)], "patient_id": pid})
+    frame["sex"] = np.repeat(rng.choice(["M", "F"], patients), per)
+    for name, p in zip(labels, prevalence):
+        values = np.where(rng.random(n) < p, 1, 0).astype(float)
+        values[rng.random(n) < 0.05] = -1
+        values[rng.random(n) < 0.05] = np.nan
+        frame[name] = pd.array(pd.Series(values).astype("Int8"))
+    return Manifest(frame, labels=tuple(labels))
+
+
+def _groups_cross(frame, col):
+    return int((frame.dropna(subset=[col]).groupby("patient_id")[col].nunique() > 1).sum())
+
+
+def test_ratio_split_keeps_patients_whole_and_sizes_near_ratios():
+    m = cohort(patients=400)
+    r = split_manifest(m, ratios=(0.7, 0.1, 0.2), seed=3)
+    f = r.manifest.frame
+    assert _groups_cross(f, "split") == 0
+    assert f["split"].notna().all() and set(f["split"]) == {"train", "val", "test"}
+    sizes = f["split"].value_counts(normalize=True)
+    assert abs(sizes["train"] - 0.7) < 0.02 and abs(sizes["val"] - 0.1) < 0.02 and abs(sizes["test"] - 0.2) < 0.02
+    q = r.split_quality
+    assert q.group_overlap == 0 and q.max_prevalence_deviation < 0.03
+
+
+def test_uncertain_and_missing_labels_are_not_positives():
+    m = cohort(patients=50)
+    r = split_manifest(m, folds=3, seed=0)
+    q = r.fold_quality
+    f = m.frame
+    for label in m.labels:
+        assert sum(p.positives[label] for p in q.parts) == int((f[label] == 1).sum())
+
+
+def test_folds_with_held_out_test():
+    m = cohort(patients=200)
+    r = split_manifest(m, ratios=(0.8, 0.2), names=("trainval", "test"), folds=4, seed=1)
+    f = r.manifest.frame
+    assert f.loc[f["split"] == "test", "fold"].isna().all()
+    assert set(f.loc[f["split"] == "trainval", "fold"].astype(int)) == {0, 1, 2, 3}
+    assert _groups_cross(f, "fold") == 0
+    assert any("held out" in n for n in r.notes)
+
+
+def test_same_seed_same_bytes_other_seed_other_split(tmp_path):
+    m = cohort(patients=100)
+    for name in ("a", "b"):
+        write_manifest(split_manifest(m, ratios=(0.7, 0.1, 0.2), folds=3, seed=7).manifest, tmp_path / f"{name}.parquet")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    other = split_manifest(m, ratios=(0.7, 0.1, 0.2), seed=8).manifest.frame["split"]
+    assert not other.equals(read_manifest(tmp_path / "a.parquet").frame["split"])
+
+
+def test_stratify_by_balances_a_metadata_column():
+    m = cohort(patients=300)
+    r = split_manifest(m, ratios=(0.5, 0.5), stratify_by=["sex"], seed=0)
+    assert "sex=M" in r.split_quality.labels
+    share = r.manifest.frame.groupby("split")["sex"].apply(lambda s: (s == "M").mean())
+    assert abs(share.iloc[0] - share.iloc[1]) < 0.05
+
+
+def test_keep_existing_pins_rows_and_pulls_their_groups():
+    m = cohort(patients=80)
+    f = m.frame.copy()
+    f["split"] = pd.Series([None] * len(f), dtype="str")
+    first_rows = f.groupby("patient_id").head(1).index[:10]
+    f.loc[first_rows, "split"] = "test"
+    pinned = set(f.loc[first_rows, "patient_id"])
+    with pytest.warns(MdprepWarning, match="straddle a fixed split"):
+        r = split_manifest(m.with_frame(f), ratios=(0.7, 0.1, 0.2), keep_existing=True, seed=0)
+    out = r.manifest.frame
+    assert (out.loc[out["patient_id"].isin(pinned), "split"] == "test").all()
+    assert _groups_cross(out, "split") == 0
+    # A patient already in two fixed splits cannot be resolved.
+    torn = f.copy()
+    pid = torn["patient_id"].value_counts()
+    two = pid[pid >= 2].index[0]
+    rows = torn.index[torn["patient_id"] == two]
+    torn.loc[rows[0], "split"], torn.loc[rows[1], "split"] = "test", "train"
+    with pytest.raises(UsageError, match="already have rows in two fixed splits"):
+        split_manifest(m.with_frame(torn), ratios=(0.7, 0.1, 0.2), keep_existing=True)
+    bad = f.copy()
+    bad.loc[first_rows[0], "split"] = "holdout"
+    with pytest.raises(UsageError, match="'holdout'"):
+        split_manifest(m.with_frame(bad), ratios=(0.7, 0.1, 0.2), keep_existing=True)
+
+
+def test_bad_parameters():
+    m = cohort(patients=3)
+    with pytest.raises(UsageError, match="3 group\\(s\\) cannot fill 5 parts|cannot fill 5 folds"):
+        split_manifest(m, folds=5)
+    with pytest.raises(UsageError, match="may not be negative"):
+        check_ratios([1.2, -0.2])
+    with pytest.raises(UsageError, match="sum to 0.9"):
+        check_ratios([0.5, 0.4])
+    with pytest.raises(UsageError, match="not label columns"):
+        split_manifest(m, ratios=(0.5, 0.5), stratify=["sex"])
+    with pytest.raises(UsageError, match="2 distinct names"):
+        split_manifest(m, ratios=(0.5, 0.5), names=("a", "a"))
+
+
+def test_missing_groups_error_or_become_their_own():
+    m = cohort(patients=30)
+    f = m.frame.copy()
+    f["site"] = pd.Series(["s1"] * len(f), dtype="str")
+    f.loc[f.index[:3], "site"] = None
+    g = m.with_frame(f)
+    with pytest.raises(UsageError, match="3 row\\(s\\) have no site.*--missing-group own"):
+        split_manifest(g, group="site", ratios=(0.5, 0.5))
+    f["site"] = pd.Series([f"s{i % 7}" for i in range(len(f))], dtype="str")
+    f.loc[f.index[:3], "site"] = None
+    r = split_manifest(m.with_frame(f), group="site", ratios=(0.5, 0.5), missing_group="own")
+    assert any("groups of their own" in n for n in r.notes)
+
+
+def test_rare_label_warns():
+    m = cohort(patients=40, prevalence=(0.3, 0.1, 0.0))
+    f = m.frame.copy()
+    f["C"] = pd.array([0] * len(f), dtype="Int8")
+    f.loc[f.index[0], "C"] = 1
+    with pytest.warns(MdprepWarning, match="label 'C' has positives in only 1 group"):
+        split_manifest(m.with_frame(f), folds=5)
+
+
+def test_invalid_manifest_reports_all_violations():
+    m = cohort(patients=5)
+    f = m.frame.copy()
+    f.loc[0, "image_id"] = f.loc[1, "image_id"]
+    f.loc[2, "patient_id"] = None
+    with pytest.raises(ManifestValidationError) as err:
+        split_manifest(m.with_frame(f), ratios=(0.5, 0.5))
+    assert len(err.value.violations) == 2
+
+
+def test_sklearn_protocol_and_cross_validate():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_validate
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    y = (X[:, 0] > 0).astype(int)
+    groups = np.repeat(np.arange(40), 3)
+    cv = MultilabelStratifiedGroupKFold(n_splits=4, random_state=0)
+    assert repr(cv) == "MultilabelStratifiedGroupKFold(n_splits=4, random_state=0)"
+    for train, test in cv.split(X, y, groups):
+        assert np.intersect1d(groups[train], groups[test]).size == 0
+        assert len(train) + len(test) == len(X)
+    scores = cross_validate(LogisticRegression(), X, y, groups=groups, cv=cv)
+    assert len(scores["test_score"]) == 4
+    s = MultilabelStratifiedGroupSplit(ratios=(0.6, 0.2, 0.2), random_state=0)
+    pairs = list(s.split(X, y, groups))
+    assert len(pairs) == s.get_n_splits() == 2
+    with pytest.raises(UsageError, match="groups are required"):
+        list(cv.split(X, y))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(1, 6), min_size=6, max_size=60),
+    n_labels=st.integers(0, 4),
+    k=st.integers(2, 5),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_assignment_properties(sizes, n_labels, k, seed, data):
+    sizes = np.array(sizes)
+    counts = np.array([[data.draw(st.integers(0, s)) for _ in range(n_labels)] for s in sizes], dtype=np.int64).reshape(len(sizes), n_labels)
+    ratios = np.full(k, 1 / k)
+    a = iterative_group_assignment(sizes, counts, ratios, np.random.RandomState(seed))
+    b = iterative_group_assignment(sizes, counts, ratios, np.random.RandomState(seed))
+    assert (a == b).all()  # determinism
+    assert ((a >= 0) & (a < k)).all()  # every group assigned exactly once
+    if len(sizes) >= k:
+        # Greedy filling by room keeps every part within one largest group of its target.
+        got = np.bincount(a, weights=sizes, minlength=k)
+        if n_labels == 0:
+            assert np.abs(got - sizes.sum() / k).max() <= sizes.max()
+
+
+@pytest.mark.filterwarnings("ignore::mdprep.errors.MdprepWarning")  # rare labels in tiny cohorts, expected
+@settings(max_examples=25, deadline=None)
+@given(patients=st.integers(6, 80), seed=st.integers(0, 1000), folds=st.integers(2, 5))
+def test_manifest_split_properties(patients, seed, folds):
+    m = cohort(patients=patients, seed=seed)
+    r = split_manifest(m, ratios=(0.6, 0.2, 0.2), folds=folds if patients >= 20 else None, seed=seed)
+    f = r.manifest.frame
+    assert len(f) == len(m.frame) and f["split"].notna().all()
+    assert _groups_cross(f, "split") == 0
+    assert (f["image_id"].to_numpy() == m.frame["image_id"].to_numpy()).all()
+    if "fold" in f:
+        assert _groups_cross(f, "fold") == 0
+        assert f.loc[f["split"] != "test", "fold"].notna().all()
+
+
+def test_cli_split_writes_report_and_exit_codes(runner, tmp_path):
+    src = tmp_path / "m.parquet"
+    write_manifest(cohort(patients=100), src)
+    out, report = tmp_path / "s.parquet", tmp_path / "r.json"
+    res = runner.invoke(main, ["split", str(src), "--ratios", "0.7,0.1,0.2", "--folds", "3", "--seed", "1", "-o", str(out), "--report", str(report)])
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == ""
+    assert "LD " in res.stderr and "group overlap 0" in res.stderr
+    doc = json.loads(report.read_text())
+    assert doc["schema"] == "mdprep-split-report" and doc["version"] == 1
+    assert [p["name"] for p in doc["split"]["parts"]] == ["train", "val", "test"]
+    assert doc["split"]["summary"]["group_overlap"] == 0 and doc["folds"]["summary"]["group_overlap"] == 0
+    assert read_manifest(out).history[-1]["seed"] == 1
+    res = runner.invoke(main, ["split", str(src), "--ratios", "0.7,0.2", "-o", str(out)])
+    assert res.exit_code == 2 and res.stderr.startswith("Error: ratios [0.7, 0.2] sum to 0.9")
+    res = runner.invoke(main, ["split", str(src), "--ratios", "a,b", "-o", str(out)])
+    assert res.exit_code == 2 and "not a comma-separated list of numbers" in res.stderr
+    res = runner.invoke(main, ["split", str(src), "--group", "site", "-o", str(out)])
+    assert res.exit_code == 2 and "column 'site' not found" in res.stderr
+    res = runner.invoke(main, ["split", str(src), "--folds", "500", "-o", str(out)])
+    assert res.exit_code == 2 and "cannot fill 500" in res.stderr
