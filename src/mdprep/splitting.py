@@ -119,61 +119,109 @@ def iterative_group_assignment(
     Returns
     -------
     (G,) int array of part indices.
+
+    Notes
+    -----
+    "Most still needs" is measured relative to each part's quota (remaining
+    positives over ``ratio * total``), so unequal ratios compare fairly. The parts
+    that need the current label within the group's own weight of the neediest
+    part are all acceptable; among them the group goes where its whole content
+    (every label it carries, and its images) is most needed, then to the part
+    with most room, then by the seed. Groups are few (patients, not images), so
+    the loop runs over plain Python lists: numpy calls on arrays of a handful of
+    parts cost more than they save.
     """
     ratios = np.asarray(ratios, dtype=float)
     n_groups, n_labels = counts.shape
     k = len(ratios)
     part = np.full(n_groups, -1, dtype=np.int64) if fixed is None else np.asarray(fixed, dtype=np.int64).copy()
-    need_size = ratios * float(sizes.sum())
-    need_label = ratios[:, None] * counts.sum(axis=0)[None, :].astype(float)
+    totals = counts.sum(axis=0).astype(float)
+    quota = ratios[:, None] * totals[None, :]
+    size_quota = ratios * float(sizes.sum())
+    need_arr = quota.copy()
+    room_arr = size_quota.copy()
     for j in range(k):
         taken = part == j
         if taken.any():
-            need_size[j] -= sizes[taken].sum()
-            need_label[j] -= counts[taken].sum(axis=0)
-    priority = rng.permutation(n_groups)  # seeded order among equals
+            need_arr[j] -= counts[taken].sum(axis=0)
+            room_arr[j] -= sizes[taken].sum()
+    with np.errstate(divide="ignore"):
+        inv_quota = np.where(quota > 0, 1.0 / np.where(quota > 0, quota, 1.0), 0.0).tolist()
+        inv_room = np.where(size_quota > 0, 1.0 / np.where(size_quota > 0, size_quota, 1.0), 0.0).tolist()
+    need = need_arr.tolist()
+    room = room_arr.tolist()
+    parts = list(range(k))
+    # Each group's labels as (label, positives) pairs: groups carry few labels each.
+    gi, li = np.nonzero(counts)
+    pairs = list(zip(li.tolist(), counts[gi, li].tolist()))
+    bounds = np.searchsorted(gi, np.arange(n_groups + 1)).tolist()
+    size_list = sizes.tolist()
+    priority = rng.permutation(n_groups)
     has = counts > 0
     free = part < 0
     done = np.zeros(n_labels, dtype=bool)
+    out = part.tolist()
 
-    def choose(scores: np.ndarray) -> int:
-        best = np.flatnonzero(scores == scores.max())
-        if len(best) > 1:
-            room = need_size[best]
-            best = best[room == room.max()]
-            if len(best) > 1:
-                return int(best[rng.randint(len(best))])
-        return int(best[0])
+    def tie_break(cands: list[int]) -> int:
+        best = max(room[j] for j in cands)
+        cands = [j for j in cands if room[j] == best]
+        return cands[0] if len(cands) == 1 else cands[rng.randint(len(cands))]
 
-    while True:
-        remaining = np.where(done, np.iinfo(np.int64).max, (has & free[:, None]).sum(axis=0))
-        remaining[remaining == 0] = np.iinfo(np.int64).max
-        if n_labels == 0 or remaining.min() == np.iinfo(np.int64).max:
+    unassigned = has[free].sum(axis=0)  # free groups carrying each label
+    while n_labels:
+        remaining = np.where(done | (unassigned == 0), np.iinfo(np.int64).max, unassigned)
+        if remaining.min() == np.iinfo(np.int64).max:
             break
         label = int(np.argmin(remaining))  # rarest first; ties by label order
         members = np.flatnonzero(has[:, label] & free)
-        order = np.lexsort((priority[members], -counts[members, label]))
-        column = need_label[:, label]
-        for g in members[order]:
-            j = choose(column)
-            part[g] = j
-            need_label[j] -= counts[g]
-            need_size[j] -= sizes[g]
+        weights = counts[members, label]
+        order = np.lexsort((priority[members], -weights))
+        inv_l = [inv_quota[j][label] for j in parts]
+        for g, c_l in zip(members[order].tolist(), weights[order].tolist()):
+            rel = [need[j][label] * inv_l[j] for j in parts]
+            top = max(rel)
+            cands = [j for j in parts if rel[j] >= top - c_l * inv_l[j]]
+            mine = pairs[bounds[g] : bounds[g + 1]]
+            if len(cands) > 1:
+                n_g = size_list[g]
+                scores = []
+                for j in cands:
+                    need_j, inv_j = need[j], inv_quota[j]
+                    score = n_g * room[j] * inv_room[j]
+                    for ll, c in mine:
+                        score += c * need_j[ll] * inv_j[ll]
+                    scores.append(score)
+                best = max(scores)
+                cands = [j for j, sc in zip(cands, scores) if sc == best]
+            j = cands[0] if len(cands) == 1 else tie_break(cands)
+            out[g] = j
+            need_j = need[j]
+            for ll, c in mine:
+                need_j[ll] -= c
+            room[j] -= size_list[g]
         free[members] = False
+        unassigned -= has[members].sum(axis=0)
         done[label] = True
     rest = np.flatnonzero(free)
-    for g in rest[np.lexsort((priority[rest], -sizes[rest]))]:
-        j = choose(need_size)
-        part[g] = j
-        need_size[j] -= sizes[g]
-    return part
+    for g in rest[np.lexsort((priority[rest], -sizes[rest]))].tolist():
+        rel = [room[j] * inv_room[j] for j in parts]
+        top = max(rel)
+        j = tie_break([j for j in parts if rel[j] == top])
+        out[g] = j
+        room[j] -= size_list[g]
+    return np.asarray(out, dtype=np.int64)
 
 
 def _group_codes(groups: Any) -> tuple[np.ndarray, int]:
     if groups is None:
         raise UsageError("groups are required: pass the patient id of every row (groups=...)")
-    values = groups.to_numpy() if isinstance(groups, (pd.Series, pd.Index)) else np.asarray(groups, dtype=object)
-    codes, uniques = pd.factorize(values, sort=True)
+    values = groups if isinstance(groups, (pd.Series, pd.Index)) else np.asarray(groups, dtype=object)
+    # Hash first, then sort only the distinct values: codes follow the sorted group ids.
+    codes, uniques = pd.factorize(values)
+    order = np.argsort(np.asarray(uniques, dtype=object), kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    codes = np.where(codes >= 0, rank[np.maximum(codes, 0)], -1)
     if (codes < 0).any():
         raise UsageError(f"{int((codes < 0).sum())} row(s) have no group; every row needs one", rows=int((codes < 0).sum()))
     return codes, len(uniques)
