@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
             # pytest exits 5 when it collects nothing: that is a failure here, not a pass.
             return 1 if result.returncode == 5 else result.returncode
         else:
-            ensure_venv("dev")
+            ensure_venv("dev,bench")
             run(PY, "bench/run_all.py", *rest)
     except subprocess.CalledProcessError as exc:
         return exc.returncode or 1

@@ -34,17 +34,6 @@ import pandas as pd
 from .errors import UsageError
 
 
-def check_random_state(seed: int | np.random.RandomState | None) -> np.random.RandomState:
-    """A RandomState from ``seed`` (as scikit-learn's ``check_random_state``)."""
-    if seed is None or seed is np.random:
-        return np.random.mtrand._rand
-    if isinstance(seed, (int, np.integer)):
-        return np.random.RandomState(int(seed))
-    if isinstance(seed, np.random.RandomState):
-        return seed
-    raise UsageError(f"random_state {seed!r} cannot seed a RandomState; give an integer", random_state=repr(seed))
-
-
 def check_ratios(ratios: Sequence[float]) -> np.ndarray:
     """Validate split ratios: at least two, none negative, summing to 1.
 
@@ -241,6 +230,8 @@ class _GroupStratifier:
                 groups=n_groups,
                 parts=len(ratios),
             )
+        from sklearn.utils import check_random_state
+
         sizes, counts = group_counts(positives, codes, n_groups)
         rng = check_random_state(self.random_state)
         part = iterative_group_assignment(sizes, counts, ratios, rng, fixed_groups)
