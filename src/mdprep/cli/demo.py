@@ -10,6 +10,7 @@ import click
 from ..synthetic import write_dicom_tree, write_image_tree, write_nih_table
 from ._ui import echo
 from .ingest import ingest_dicom_cmd, ingest_images_cmd, ingest_table_cmd
+from .split import split
 from .validate import validate
 
 IMAGE_REGEX = r"(?P<patient>patient\d+)/(?P<study>study\d+)/view\d+_(?P<view>frontal|lateral)"
@@ -65,6 +66,18 @@ def demo(ctx, out_dir, patients, seed, quiet):
     ctx.invoke(ingest_table_cmd, table=nih_table, preset="nih", output=out("nih.parquet"), metadata=None, uncertain="keep",
                image_col=None, patient_col="patient_id", path_col=None, study_col=None, labels_col=None, labels_sep="|",
                label_cols=(), sep=None, encoding="utf-8", image_ext="jpg", image_root=None, quiet=quiet)
-    _step("Check the manifests against the contract", ["validate", out("dicom.parquet"), out("images.parquet"), out("nih.parquet")], quiet)
-    ctx.invoke(validate, manifests=(out("dicom.parquet"), out("images.parquet"), out("nih.parquet")), quiet=quiet)
+    _step("Split by patient into train/val/test, stratified on every label",
+          ["split", out("nih.parquet"), "--ratios", "0.7,0.1,0.2", "--seed", "0", "-o", out("nih-split.parquet"),
+           "--report", out("nih-split.json")], quiet)
+    ctx.invoke(split, manifest=out("nih.parquet"), output=out("nih-split.parquet"), group="patient_id", ratios="0.7,0.1,0.2",
+               names=None, folds=None, seed=0, stratify=(), stratify_by=(), keep_existing=False, missing_group="error",
+               report_path=out("nih-split.json"), quiet=quiet)
+    _step("Five patient-grouped folds of the DICOM cohort, balanced on sex and view",
+          ["split", out("dicom.parquet"), "--folds", "5", "--stratify-by", "sex,view", "-o", out("dicom-folds.parquet")], quiet)
+    ctx.invoke(split, manifest=out("dicom.parquet"), output=out("dicom-folds.parquet"), group="patient_id", ratios=None,
+               names=None, folds=5, seed=0, stratify=(), stratify_by=("sex,view",), keep_existing=False, missing_group="error",
+               report_path=None, quiet=quiet)
+    checked = (out("dicom.parquet"), out("images.parquet"), out("nih-split.parquet"), out("dicom-folds.parquet"))
+    _step("Check the manifests against the contract", ["validate", *checked], quiet)
+    ctx.invoke(validate, manifests=checked, quiet=quiet)
     echo(f"\nDone. Manifests are in {manifests}; open them with pandas.read_parquet or mdprep.read_manifest.", quiet)
