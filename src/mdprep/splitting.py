@@ -25,13 +25,15 @@ sizes only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .errors import UsageError
+from .errors import MdprepWarning, MissingColumnError, UsageError, examples_text
+from .manifest import Manifest, check, order_columns, provenance_step
 
 
 def check_ratios(ratios: Sequence[float]) -> np.ndarray:
@@ -365,7 +367,6 @@ class SplitQuality:
     max_prevalence_deviation: float
     zero_positive_pairs: int
     group_overlap: int
-    warnings: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
         return {
@@ -482,7 +483,7 @@ MISSING_GROUP_POLICIES = ("error", "own")
 class SplitResult:
     """A split manifest and how good the split is."""
 
-    manifest: Any  # mdprep.manifest.Manifest
+    manifest: Manifest
     split_quality: SplitQuality | None
     fold_quality: SplitQuality | None
     notes: tuple[str, ...] = ()
@@ -517,10 +518,6 @@ def _stratification_matrix(frame: pd.DataFrame, labels: Sequence[str], by: Seque
 
 
 def _rare_label_warnings(positives: np.ndarray, codes: np.ndarray, names: Sequence[str], parts: int, what: str) -> None:
-    import warnings
-
-    from .errors import MdprepWarning
-
     for j, name in enumerate(names):
         n = len(np.unique(codes[positives[:, j]]))
         if 0 < n < parts:
@@ -533,7 +530,7 @@ def _rare_label_warnings(positives: np.ndarray, codes: np.ndarray, names: Sequen
 
 
 def split_manifest(
-    manifest,
+    manifest: Manifest,
     *,
     group: str = "patient_id",
     ratios: Sequence[float] | None = None,
@@ -566,11 +563,6 @@ def split_manifest(
     >>> int(r.manifest.frame.groupby("patient_id")["split"].nunique().max())
     1
     """
-    import warnings
-
-    from .errors import MdprepWarning, MissingColumnError
-    from .manifest import check, order_columns, provenance_step
-
     check(manifest)
     frame = manifest.frame
     if ratios is None and folds is None:
@@ -657,10 +649,6 @@ def split_manifest(
 
 def _fixed_parts(existing: pd.Series, names: Sequence[str], codes: np.ndarray, uniques: np.ndarray, notes: list[str]) -> np.ndarray:
     """Per row, the part index imposed by ``--keep-existing`` (-1 where free)."""
-    import warnings
-
-    from .errors import MdprepWarning, examples_text
-
     values = existing.astype("str")
     given = values.notna().to_numpy()
     unknown = sorted(set(values[given]) - set(names))
