@@ -417,8 +417,11 @@ def write_table(table: pa.Table, path: str | os.PathLike | BinaryIO) -> None:
         pq.write_table(table, tmp, **options)
 
 
-def read_manifest(path: str | os.PathLike, *, validate_contract: bool = True) -> Manifest:
+def read_manifest(path: str | os.PathLike, *, validate_contract: bool = True, columns: Sequence[str] | None = None) -> Manifest:
     """Read a manifest written by mdprep, validating the contract unless told not to.
+
+    ``columns`` reads only those columns (those absent are ignored), for commands
+    that need a few columns of a large manifest.
 
     Examples
     --------
@@ -433,10 +436,17 @@ def read_manifest(path: str | os.PathLike, *, validate_contract: bool = True) ->
     if not os.path.exists(spath):
         raise InputError(f"manifest {spath!r} does not exist; check the path or create it with `mdprep ingest`", path=spath)
     try:
-        table = pq.read_table(spath)
+        if columns is not None:
+            present = set(pq.read_schema(spath).names)
+            table = pq.read_table(spath, columns=[c for c in dict.fromkeys(columns) if c in present])
+        else:
+            table = pq.read_table(spath)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{spath} is not a readable Parquet file ({exc})", path=spath) from exc
     manifest = from_arrow(table, path=spath)
+    if columns is not None:
+        # Only the columns asked for: labels that were left out are not part of this view.
+        manifest = replace(manifest, labels=tuple(l for l in manifest.labels if l in manifest.frame.columns))
     if validate_contract:
         check(manifest, path=spath)
     return manifest

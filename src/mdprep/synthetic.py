@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .ingest.tables import CHEXPERT_LABELS, NIH_LABELS
 
@@ -393,3 +394,83 @@ def _write_maybe_gz(path, data: bytes) -> None:
             fh.write(data)
     else:
         path.write_bytes(data)
+
+
+# ----------------------------------------------------------------------------- leakage
+
+
+def textured_pixels(rng: np.random.Generator, shape: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """A random smooth 8-bit texture: unrelated images get unrelated perceptual hashes."""
+    coarse = rng.integers(0, 256, (8, 8)).astype(np.float64)
+    img = np.kron(coarse, np.ones((shape[0] // 8, shape[1] // 8)))
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+def write_leaky_cohort(root: str | os.PathLike, *, patients: int = 12, seed: int = 0):
+    """PNG and DICOM images in train/test with one of each kind of leak planted.
+
+    Returns ``(frame, expected)``: a manifest frame (``path`` relative to ``root``,
+    ``split``, ``study_id``, ``birth_date``, ``sex``) and, per check, the keys that
+    the audit must find (image ids for the pair checks).
+    """
+    import datetime as dt
+    import shutil
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root_p = Path(root)
+    root_p.mkdir(parents=True, exist_ok=True)
+    rows = []
+
+    def add(name, patient, split, study, birth, sex, pixels=None, src=None):
+        path = root_p / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if src is not None:
+            shutil.copyfile(root_p / src, path)
+        else:
+            Image.fromarray(pixels, mode="L").save(path, compress_level=6)
+        rows.append((name, patient, split, study, birth, sex))
+
+    for p in range(patients):
+        split = "train" if p < patients * 2 // 3 else "test"
+        add(f"p{p:03d}/a.png", f"P{p:03d}", split, f"S{p:03d}", dt.date(1950 + p, 1, 1), "MF"[p % 2], textured_pixels(rng))
+    # 1. patient P000 (train) also in test
+    add("leak/p000_b.png", "P000", "test", "S900", dt.date(1950, 1, 1), "M", textured_pixels(rng))
+    # 2. one study under two patient ids
+    add("leak/study_dup.png", "P901", "test", "S001", dt.date(1901, 1, 1), "F", textured_pixels(rng))
+    # 3a. a byte-identical copy of a train image in test
+    add("leak/copy.png", "P902", "test", "S902", dt.date(1902, 1, 1), "M", src="p002/a.png")
+    # 3b. the same pixels re-encoded (different bytes)
+    with Image.open(root_p / "p003/a.png") as im:
+        same = np.asarray(im)
+    (root_p / "leak").mkdir(exist_ok=True)
+    Image.fromarray(same, mode="L").save(root_p / "leak/reencoded.png", compress_level=1, optimize=False)
+    rows.append(("leak/reencoded.png", "P903", "test", "S903", dt.date(1903, 1, 1), "F"))
+    # 4. a slightly brightened and blurred copy of a train image, chosen so that its
+    #    perceptual hash differs in 1 to 4 bits (a near duplicate, not an exact one)
+    from .hashing import phash64
+
+    near_source = None
+    for p in range(4, patients * 2 // 3):
+        with Image.open(root_p / f"p{p:03d}/a.png") as im:
+            a = np.asarray(im).astype(float)
+        b = np.clip((a + np.roll(a, 1, 0) + np.roll(a, 1, 1)) / 3 + 6, 0, 255).astype(np.uint8)
+        if 1 <= bin(phash64(a.astype(np.uint8)) ^ phash64(b)).count("1") <= 4:
+            near_source = f"p{p:03d}/a.png"
+            add("leak/brighter.png", "P904", "test", "S904", dt.date(1904, 1, 1), "M", b)
+            break
+    # 5. a different id with the birth date and sex of train patient P005
+    add("leak/same_person.png", "P905", "test", "S905", dt.date(1955, 1, 1), "F", textured_pixels(rng))
+    frame = pd.DataFrame(rows, columns=["path", "patient_id", "split", "study_id", "birth_date", "sex"])
+    frame.insert(0, "image_id", frame["path"])
+    frame["path"] = frame["path"].astype("str")
+    expected = {
+        "patient_overlap": ["P000"],
+        "study_overlap": ["S001"],
+        "duplicate_file": ["leak/copy.png|p002/a.png"],
+        "duplicate_pixels": ["leak/copy.png|p002/a.png", "leak/reencoded.png|p003/a.png"],
+        "near_duplicate": [f"leak/brighter.png|{near_source}"] if near_source else [],
+        "same_person": ["P005|P905"],
+    }
+    return frame, expected

@@ -38,6 +38,7 @@ def main() -> None:
     """Prepare medical-imaging datasets for deep learning and prove they are safe to train on."""
 
 
+from .audit import audit_leakage, hash_cmd  # noqa: E402
 from .demo import demo  # noqa: E402
 from .ingest import ingest  # noqa: E402
 from .split import split  # noqa: E402
@@ -45,5 +46,7 @@ from .validate import validate  # noqa: E402
 
 main.add_command(ingest)
 main.add_command(split)
+main.add_command(hash_cmd)
+main.add_command(audit_leakage)
 main.add_command(validate)
 main.add_command(demo)

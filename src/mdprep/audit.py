@@ -1,0 +1,637 @@
+"""Leakage checks between the splits (and folds) of manifests.
+
+Touches DataFrames only: the checks run on manifest columns, with no image access
+(content hashes come from ``mdprep hash``). Every check is a function that
+returns a :class:`CheckResult` (plain data); :func:`audit` runs them all and
+collects every finding before anything is reported, and
+:attr:`AuditReport.exit_code` decides the exit code in one place:
+0 clean, 1 leakage found.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError, MissingColumnError, UsageError
+from .manifest import Manifest
+
+#: Checks that compare one column's values across splits: check name -> column.
+VALUE_CHECKS: dict[str, str] = {
+    "image_overlap": "image_id",
+    "patient_overlap": "patient_id",
+    "study_overlap": "study_id",
+    "series_overlap": "series_uid",
+    "instance_overlap": "sop_uid",
+    "accession_overlap": "accession",
+    "duplicate_file": "file_sha256",
+    "duplicate_pixels": "pixel_sha256",
+}
+#: What each check catches, for reports.
+DESCRIPTIONS: dict[str, str] = {
+    "image_overlap": "the same image id in two splits",
+    "patient_overlap": "the same patient (group) in two splits",
+    "study_overlap": "the same StudyInstanceUID in two splits, whatever the patient id",
+    "series_overlap": "the same SeriesInstanceUID in two splits",
+    "instance_overlap": "the same SOPInstanceUID in two splits",
+    "accession_overlap": "the same accession number in two splits",
+    "duplicate_file": "byte-identical files in two splits",
+    "duplicate_pixels": "identical decoded pixels (same image re-encoded or re-wrapped) in two splits",
+    "near_duplicate": "perceptual hashes within the Hamming threshold in two splits",
+    "same_person": "different patient ids in two splits sharing birth date, sex and the like (may be chance)",
+    "temporal": "validation or test images dated before the latest training image",
+}
+ALL_CHECKS = tuple(VALUE_CHECKS) + ("near_duplicate", "same_person", "temporal")
+#: Checks that warn but do not fail the gate unless named in ``fail_on``.
+WARNING_CHECKS = frozenset({"same_person"})
+PERSON_COLUMNS = ("birth_date", "sex")
+FINDING_COLUMNS = ["key", "splits", "rows", "image_ids", "detail"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What one check found in one partition (``split`` or ``fold``).
+
+    ``findings`` has one row per leaking value (a patient id, a hash, a pair of
+    near-duplicate images): its ``key``, the ``splits`` involved, the ``rows``
+    affected, their ``image_ids``, a ``detail`` and whether it is ``allowed``.
+    ``pairs`` sums them per pair of splits. Rows the check could not look at (no
+    value in its column) are counted in ``unchecked_rows``, never passed silently.
+    """
+
+    check: str
+    partition: str
+    status: str  # "passed", "failed", "warning", "skipped"
+    severity: str  # "error" or "warning"
+    findings: pd.DataFrame
+    pairs: pd.DataFrame
+    checked_rows: int
+    unchecked_rows: int
+    reason: str = ""
+    gate: bool = True
+
+    @property
+    def blocking(self) -> pd.DataFrame:
+        """Findings that are not on the allow list."""
+        if self.findings.empty:
+            return self.findings
+        return self.findings[~self.findings["allowed"]]
+
+    @property
+    def fails_gate(self) -> bool:
+        """Whether this result fails the gate: a gating check with findings not on the allow list."""
+        return self.gate and self.status in ("failed", "warning") and not self.blocking.empty
+
+    @property
+    def verdict(self) -> str:
+        """What a person sees: failed (fails the gate), warning (findings that do not), passed or skipped."""
+        if self.status == "skipped":
+            return "skipped"
+        if self.fails_gate:
+            return "failed"
+        return "warning" if not self.blocking.empty else "passed"
+
+    def to_dict(self) -> dict:
+        return {
+            "check": self.check,
+            "verdict": self.verdict,
+            "partition": self.partition,
+            "description": DESCRIPTIONS[self.check],
+            "status": self.status,
+            "severity": self.severity,
+            "gate": self.gate,
+            "checked_rows": self.checked_rows,
+            "unchecked_rows": self.unchecked_rows,
+            "reason": self.reason,
+            "pairs": [
+                {"splits": [a, b], "shared": int(s), "rows": int(r)}
+                for a, b, s, r in self.pairs[["split_a", "split_b", "shared", "rows"]].itertuples(index=False)
+            ],
+            "findings": [
+                {
+                    "key": str(k),
+                    "splits": list(sp),
+                    "rows": int(r),
+                    "image_ids": list(ids),
+                    "detail": d,
+                    "allowed": bool(a),
+                }
+                for k, sp, r, ids, d, a in self.findings[FINDING_COLUMNS + ["allowed"]].itertuples(index=False)
+            ],
+        }
+
+
+def _empty_findings() -> pd.DataFrame:
+    return pd.DataFrame({"key": pd.Series([], dtype=object), "splits": [], "rows": pd.Series([], dtype="int64"),
+                         "image_ids": [], "detail": pd.Series([], dtype=object), "allowed": pd.Series([], dtype=bool)})
+
+
+def _empty_pairs() -> pd.DataFrame:
+    return pd.DataFrame({"split_a": [], "split_b": [], "shared": pd.Series([], dtype="int64"), "rows": pd.Series([], dtype="int64")})
+
+
+def _result(check, partition, findings, pairs, checked, unchecked, severity="error") -> CheckResult:
+    if findings.empty:
+        status = "passed"
+    else:
+        status = "warning" if severity == "warning" else "failed"
+    return CheckResult(check, partition, status, severity, findings, pairs, checked, unchecked)
+
+
+def skipped(check: str, partition: str, reason: str, rows: int) -> CheckResult:
+    return CheckResult(check, partition, "skipped", "warning" if check in WARNING_CHECKS else "error", _empty_findings(), _empty_pairs(), 0, rows, reason)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _pairs_from_matrix(counts: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
+    """Shared keys and affected rows per pair of splits from a (keys x splits) row-count matrix."""
+    out = []
+    for a, b in itertools.combinations(range(len(names)), 2):
+        both = (counts[:, a] > 0) & (counts[:, b] > 0)
+        if both.any():
+            out.append((names[a], names[b], int(both.sum()), int(counts[both, a].sum() + counts[both, b].sum())))
+    return pd.DataFrame(out, columns=["split_a", "split_b", "shared", "rows"]) if out else _empty_pairs()
+
+
+def _pairs_from_findings(findings: pd.DataFrame) -> pd.DataFrame:
+    """Findings and rows per pair of splits, counting a finding once for each pair it spans."""
+    totals: dict[tuple[str, str], list[int]] = {}
+    for splits, rows in zip(findings["splits"], findings["rows"]):
+        for a, b in itertools.combinations(sorted(splits), 2):
+            entry = totals.setdefault((a, b), [0, 0])
+            entry[0] += 1
+            entry[1] += int(rows)
+    if not totals:
+        return _empty_pairs()
+    return pd.DataFrame([(a, b, n, r) for (a, b), (n, r) in sorted(totals.items())], columns=["split_a", "split_b", "shared", "rows"])
+
+
+def value_overlap(frame: pd.DataFrame, column: str, *, split_col: str = "split", check: str | None = None, partition: str = "split") -> CheckResult:
+    """Values of ``column`` found in more than one split.
+
+    Vectorised: values and splits are factorised to integers once, then counted
+    with numpy, so a million rows take a fraction of a second.
+
+    Examples
+    --------
+    >>> f = pd.DataFrame({"image_id": ["a", "b", "c"], "patient_id": ["p", "p", "q"], "split": ["train", "test", "test"]})
+    >>> r = value_overlap(f, "patient_id", check="patient_overlap")
+    >>> r.status, r.findings["key"].tolist(), r.findings["splits"].tolist()
+    ('failed', ['p'], [('test', 'train')])
+    """
+    check = check or f"{column}_overlap"
+    if column not in frame.columns:
+        return skipped(check, partition, f"no {column!r} column", len(frame))
+    values = frame[column]
+    present = values.notna().to_numpy()
+    unchecked = int((~present).sum())
+    if not present.any():
+        return skipped(check, partition, f"{column!r} is empty in every row", len(frame))
+    vcodes, vuniq = pd.factorize(values[present], sort=False)
+    scodes, snames = pd.factorize(frame[split_col][present], sort=True)
+    n_splits = len(snames)
+    combo = vcodes.astype(np.int64) * n_splits + scodes
+    uniq_combo, combo_rows = np.unique(combo, return_counts=True)
+    key_of = uniq_combo // n_splits
+    splits_per_key = np.bincount(key_of, minlength=len(vuniq))
+    leaking = np.flatnonzero(splits_per_key > 1)
+    checked = int(present.sum())
+    if len(leaking) == 0:
+        return _result(check, partition, _empty_findings(), _empty_pairs(), checked, unchecked)
+    # Rows per (leaking key, split) as a dense matrix: leaking keys are few next to all keys.
+    position = np.full(len(vuniq), -1, dtype=np.int64)
+    position[leaking] = np.arange(len(leaking))
+    sel = position[key_of] >= 0
+    matrix = np.zeros((len(leaking), n_splits), dtype=np.int64)
+    matrix[position[key_of[sel]], (uniq_combo % n_splits)[sel]] = combo_rows[sel]
+    pairs = _pairs_from_matrix(matrix, list(map(str, snames)))
+    row_sel = np.isin(vcodes, leaking)
+    ids = frame["image_id"].to_numpy()[present][row_sel]
+    keys = vcodes[row_sel]
+    order = np.argsort(keys, kind="stable")
+    bounds = np.searchsorted(keys[order], leaking)
+    id_lists = np.split(ids[order], bounds[1:])
+    split_names = np.asarray([str(s) for s in snames], dtype=object)
+    findings = pd.DataFrame(
+        {
+            "key": [str(v) for v in np.asarray(vuniq, dtype=object)[leaking]],
+            "splits": [tuple(split_names[row > 0]) for row in matrix],
+            "rows": matrix.sum(axis=1),
+            "image_ids": [list(map(str, x)) for x in id_lists],
+            "detail": [""] * len(leaking),
+            "allowed": np.zeros(len(leaking), dtype=bool),
+        }
+    )
+    return _result(check, partition, findings, pairs, checked, unchecked)
+
+
+def _band_keys(hashes: np.ndarray, threshold: int) -> Iterable[np.ndarray]:
+    """Keys such that two hashes within ``threshold`` bits share at least one key.
+
+    The 64 bits are cut into ``threshold + 2`` bands; two hashes that differ in at
+    most ``threshold`` bits agree exactly on at least two bands (pigeonhole), so one
+    key per pair of bands finds every such pair. Keys of about 2 * 64 / (t + 2) bits
+    keep buckets small for a million hashes at the default threshold of 4.
+    """
+    n_bands = threshold + 2
+    edges = np.linspace(0, 64, n_bands + 1).round().astype(int)
+    bands = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        mask = np.uint64((1 << int(hi - lo)) - 1)
+        bands.append(((hashes >> np.uint64(lo)) & mask, int(hi - lo)))
+    for (a, _), (b, bbits) in itertools.combinations(bands, 2):
+        yield (a << np.uint64(bbits)) | b
+
+
+def near_duplicate_pairs(hashes: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index pairs ``(i, j)``, i < j, of distinct ``hashes`` within ``threshold`` bits, and their distances.
+
+    Never compares all pairs: candidates come from equal band keys (see
+    :func:`_band_keys`), and only candidates are checked with a popcount.
+
+    >>> h = np.array([0b1011, 0b1010, 1 << 40], dtype=np.uint64)
+    >>> near_duplicate_pairs(h, 2)[0].tolist(), near_duplicate_pairs(h, 2)[1].tolist()
+    ([0], [1])
+    """
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    found_i, found_j = [], []
+    for key in _band_keys(hashes, threshold):
+        order = np.argsort(key, kind="stable")
+        sk = key[order]
+        same = np.flatnonzero(sk[1:] == sk[:-1])
+        if len(same) == 0:
+            continue
+        # Runs of equal keys: pair every member with the members after it in the run.
+        run_start = np.ones(len(sk), dtype=bool)
+        run_start[1:] = sk[1:] != sk[:-1]
+        run_id = np.cumsum(run_start) - 1
+        offset = 1
+        while True:
+            i = order[:-offset]
+            j = order[offset:]
+            in_run = run_id[:-offset] == run_id[offset:]
+            if not in_run.any():
+                break
+            found_i.append(i[in_run])
+            found_j.append(j[in_run])
+            offset += 1
+    if not found_i:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    i = np.concatenate(found_i)
+    j = np.concatenate(found_j)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    pair = np.unique(np.stack([lo, hi], axis=1), axis=0)
+    dist = np.bitwise_count(hashes[pair[:, 0]] ^ hashes[pair[:, 1]]).astype(np.int64)
+    keep = (dist <= threshold) & (dist > 0)
+    return pair[keep, 0], pair[keep, 1], dist[keep]
+
+
+def near_duplicates(frame: pd.DataFrame, *, threshold: int = 4, split_col: str = "split", partition: str = "split") -> CheckResult:
+    """Images in different splits whose 64-bit perceptual hashes differ in at most ``threshold`` bits.
+
+    Identical hashes across splits are one finding per hash value (distance 0);
+    distinct hashes within the threshold are one finding per pair of images.
+    """
+    check = "near_duplicate"
+    if "phash" not in frame.columns:
+        return skipped(check, partition, "no 'phash' column: run `mdprep hash` first", len(frame))
+    present = frame["phash"].notna().to_numpy()
+    if not present.any():
+        return skipped(check, partition, "'phash' is empty in every row: run `mdprep hash` first", len(frame))
+    sub = frame.loc[present, ["image_id", "phash", split_col]]
+    exact = value_overlap(sub, "phash", split_col=split_col, check=check, partition=partition)
+    exact_findings = exact.findings.assign(detail="distance 0")
+    hashes = sub["phash"].to_numpy(dtype=np.uint64)
+    uniq, inverse = np.unique(hashes, return_inverse=True)
+    ui, uj, dist = near_duplicate_pairs(uniq, threshold)
+    rows_by_hash = pd.DataFrame({"u": inverse, "row": np.arange(len(sub))})
+    pairs_u = pd.DataFrame({"ui": ui, "uj": uj, "distance": dist})
+    a = pairs_u.merge(rows_by_hash.rename(columns={"u": "ui", "row": "ra"}), on="ui").merge(
+        rows_by_hash.rename(columns={"u": "uj", "row": "rb"}), on="uj"
+    )
+    splits = sub[split_col].astype("str").to_numpy()
+    ids = sub["image_id"].astype("str").to_numpy()
+    a = a[splits[a["ra"].to_numpy()] != splits[a["rb"].to_numpy()]] if len(a) else a
+    near = pd.DataFrame(
+        {
+            "key": [f"{x}|{y}" if x < y else f"{y}|{x}" for x, y in zip(ids[a["ra"]], ids[a["rb"]])] if len(a) else [],
+            "splits": [tuple(sorted((s, t))) for s, t in zip(splits[a["ra"]], splits[a["rb"]])] if len(a) else [],
+            "rows": np.full(len(a), 2, dtype=np.int64),
+            "image_ids": [[x, y] for x, y in zip(ids[a["ra"]], ids[a["rb"]])] if len(a) else [],
+            "detail": [f"distance {d}" for d in a["distance"]] if len(a) else [],
+            "allowed": np.zeros(len(a), dtype=bool),
+        }
+    )
+    findings = pd.concat([exact_findings, near], ignore_index=True) if len(near) else exact_findings
+    if not findings.empty:
+        findings = findings.sort_values("key", kind="stable").reset_index(drop=True)
+    pairs = _pairs_from_findings(findings)
+    return _result(check, partition, findings, pairs, int(present.sum()), int((~present).sum()))
+
+
+def same_person(
+    frame: pd.DataFrame, *, group: str = "patient_id", columns: Sequence[str] = PERSON_COLUMNS, split_col: str = "split", partition: str = "split"
+) -> CheckResult:
+    """Different ``group`` ids in different splits that share every one of ``columns`` (a warning)."""
+    check = "same_person"
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        return skipped(check, partition, f"no {', '.join(map(repr, missing))} column", len(frame))
+    present = frame[list(columns)].notna().all(axis=1).to_numpy() & frame[group].notna().to_numpy()
+    sub = frame.loc[present, [group, split_col, "image_id", *columns]]
+    key = sub[list(columns)].astype("str").agg("|".join, axis=1) if len(sub) else pd.Series([], dtype="str")
+    sub = sub.assign(_key=key.to_numpy())
+    stats = sub.groupby("_key", sort=True).agg(groups=(group, "nunique"), splits=(split_col, "nunique"))
+    suspects = stats.index[(stats["groups"] > 1) & (stats["splits"] > 1)]
+    rows = []
+    for k, grp in sub[sub["_key"].isin(suspects)].groupby("_key", sort=True):
+        per_split = grp.groupby(split_col)[group].unique()
+        # Only a pair of different ids in different splits is evidence.
+        if not any(set(a) - set(b) for (sa, a), (sb, b) in itertools.combinations(per_split.items(), 2)):
+            continue
+        evidence = "; ".join(f"{s}: {', '.join(sorted(map(str, ids)))}" for s, ids in per_split.items())
+        label = ", ".join(f"{c}={v}" for c, v in zip(columns, k.split("|")))
+        rows.append((label, tuple(sorted(map(str, per_split.index))), len(grp), grp["image_id"].astype("str").tolist(), f"{group} by split: {evidence}"))
+    findings = pd.DataFrame(rows, columns=FINDING_COLUMNS).assign(allowed=False) if rows else _empty_findings()
+    return _result(check, partition, findings, _empty_pairs(), int(present.sum()), int((~present).sum()), severity="warning")
+
+
+def temporal(frame: pd.DataFrame, *, time_col: str, train: str = "train", split_col: str = "split", partition: str = "split") -> CheckResult:
+    """Rows of other splits dated before the latest ``train`` row (for time-based splits)."""
+    check = "temporal"
+    if time_col not in frame.columns:
+        return skipped(check, partition, f"no {time_col!r} column", len(frame))
+    times = pd.to_datetime(frame[time_col].astype("str"), errors="coerce")
+    present = times.notna().to_numpy()
+    is_train = (frame[split_col].astype("str") == train).to_numpy()
+    if not (present & is_train).any():
+        return skipped(check, partition, f"no dated rows in split {train!r}", len(frame))
+    latest = times[present & is_train].max()
+    early = present & ~is_train & (times < latest).to_numpy()
+    rows = []
+    for s, grp in frame[early].groupby(split_col, sort=True):
+        rows.append((f"{s} before {latest.date()}", (train, str(s)), len(grp), grp["image_id"].astype("str").tolist(),
+                     f"{len(grp)} {s} image(s) dated before the latest {train} image ({latest.date()})"))
+    findings = pd.DataFrame(rows, columns=FINDING_COLUMNS).assign(allowed=False) if rows else _empty_findings()
+    return _result(check, partition, findings, _empty_pairs(), int(present.sum()), int((~present).sum()))
+
+
+# ----------------------------------------------------------------------------- the audit
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """Every check's result; the exit code is decided here and nowhere else."""
+
+    checks: tuple[CheckResult, ...]
+    inputs: tuple[dict, ...]
+    unassigned_rows: int = 0
+    options: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> tuple[CheckResult, ...]:
+        return tuple(c for c in self.checks if c.fails_gate)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no gating check found unallowed leakage, 1 otherwise."""
+        return 1 if self.failed else 0
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": "mdprep-audit-report",
+            "version": 1,
+            "result": "failed" if self.exit_code else "passed",
+            "exit_code": self.exit_code,
+            "inputs": list(self.inputs),
+            "unassigned_rows": self.unassigned_rows,
+            "options": self.options,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
+
+
+def load_allow_list(path: str | os.PathLike) -> list[dict]:
+    """Reviewed cases: a JSON list of ``{"check": ..., "key": ..., "reason": ...}`` (``partition`` optional)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            entries = json.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"allow list {os.fspath(path)!r} does not exist", path=os.fspath(path)) from None
+    except ValueError as exc:
+        raise InputError(f"allow list {os.fspath(path)} is not valid JSON ({exc})", path=os.fspath(path)) from None
+    bad = [i for i, e in enumerate(entries if isinstance(entries, list) else [None]) if not (isinstance(e, dict) and "check" in e and "key" in e)]
+    if not isinstance(entries, list) or bad:
+        raise InputError(
+            f"allow list {os.fspath(path)}: entries {bad[:5]} lack 'check' and 'key'; write a JSON list such as "
+            '[{"check": "duplicate_file", "key": "<sha256>", "reason": "reviewed"}]',
+            path=os.fspath(path),
+        )
+    unknown = sorted({e["check"] for e in entries} - set(ALL_CHECKS))
+    if unknown:
+        raise InputError(f"allow list {os.fspath(path)} names unknown checks {unknown}; checks are {', '.join(ALL_CHECKS)}", path=os.fspath(path))
+    return entries
+
+
+def _apply_allow(result: CheckResult, allow: Sequence[Mapping]) -> CheckResult:
+    if result.findings.empty or not allow:
+        return result
+    keys = {str(e["key"]) for e in allow if e["check"] == result.check and e.get("partition", result.partition) == result.partition}
+    if not keys:
+        return result
+    findings = result.findings.assign(allowed=result.findings["key"].astype("str").isin(keys).to_numpy())
+    status = result.status
+    if findings["allowed"].all():
+        status = "passed"
+    return replace(result, findings=findings, status=status)
+
+
+def audit(
+    frame: pd.DataFrame,
+    *,
+    split_col: str = "split",
+    group: str = "patient_id",
+    fold_col: str | None = "fold",
+    checks: Sequence[str] | None = None,
+    fail_on: Sequence[str] | None = None,
+    allow: Sequence[Mapping] = (),
+    threshold: int = 4,
+    person_columns: Sequence[str] = PERSON_COLUMNS,
+    time_col: str | None = None,
+    train_split: str = "train",
+    inputs: Sequence[dict] = (),
+) -> AuditReport:
+    """Run every leakage check between the splits of ``frame`` (and between its folds).
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Rows with an ``image_id`` and a ``split_col``; rows with no split are counted
+        as unassigned and left out.
+    group : str
+        Column for ``patient_overlap`` (the patient by default).
+    fold_col : str or None
+        When this column exists, the checks also run between folds.
+    checks : sequence of str, optional
+        Checks to run (default: all; ``temporal`` only with ``time_col``).
+    fail_on : sequence of str, optional
+        Checks whose findings fail the gate (default: every check except the warning
+        check ``same_person``).
+    allow : sequence of dict
+        Reviewed findings (``check`` and ``key``) reported but not failing.
+    threshold : int
+        Hamming distance for ``near_duplicate``.
+
+    Examples
+    --------
+    >>> f = pd.DataFrame({"image_id": ["a", "b"], "path": ["a", "b"], "patient_id": ["p", "p"], "split": ["train", "test"]})
+    >>> audit(f).exit_code
+    1
+    """
+    if split_col not in frame.columns:
+        raise MissingColumnError([split_col], list(frame.columns), hint="split the manifest first (mdprep split) or pass --split-col")
+    if "image_id" not in frame.columns:
+        raise MissingColumnError(["image_id"], list(frame.columns))
+    if not 0 <= int(threshold) <= 16:
+        raise UsageError(f"--threshold {threshold}: choose a Hamming distance between 0 and 16")
+    wanted = list(checks) if checks is not None else [c for c in ALL_CHECKS if c != "temporal" or time_col]
+    unknown = sorted(set(wanted) - set(ALL_CHECKS))
+    if unknown:
+        raise UsageError(f"unknown checks {unknown}; choose among {', '.join(ALL_CHECKS)}")
+    if "temporal" in wanted and not time_col:
+        raise UsageError("the temporal check needs --time-col (the date of each image)")
+    gating = set(fail_on) if fail_on is not None else set(ALL_CHECKS) - WARNING_CHECKS
+    unknown = sorted(gating - set(ALL_CHECKS))
+    if unknown:
+        raise UsageError(f"--fail-on names unknown checks {unknown}; choose among {', '.join(ALL_CHECKS)}")
+    value_checks = dict(VALUE_CHECKS, patient_overlap=group)
+    partitions = [("split", split_col)]
+    if fold_col and fold_col in frame.columns and frame[fold_col].notna().any():
+        partitions.append(("fold", fold_col))
+    results: list[CheckResult] = []
+    unassigned = int(frame[split_col].isna().sum())
+    for partition, col in partitions:
+        sub = frame[frame[col].notna()]
+        if partition == "fold":
+            sub = sub.assign(**{col: "fold " + sub[col].astype("str")})
+        for check in wanted:
+            if check in value_checks:
+                r = value_overlap(sub, value_checks[check], split_col=col, check=check, partition=partition)
+            elif check == "near_duplicate":
+                r = near_duplicates(sub, threshold=threshold, split_col=col, partition=partition)
+            elif check == "same_person":
+                r = same_person(sub, group=group, columns=person_columns, split_col=col, partition=partition)
+            else:
+                if partition == "fold":
+                    continue
+                r = temporal(sub, time_col=time_col, train=train_split, split_col=col, partition=partition)
+            r = replace(_apply_allow(r, allow), gate=check in gating)
+            results.append(r)
+    options = {
+        "split_col": split_col,
+        "group": group,
+        "fold_col": fold_col if len(partitions) > 1 else None,
+        "checks": wanted,
+        "fail_on": sorted(gating),
+        "threshold": int(threshold),
+        "person_columns": list(person_columns),
+        "time_col": time_col,
+        "allow_entries": len(allow),
+    }
+    return AuditReport(tuple(results), tuple(inputs), unassigned, options)
+
+
+def combine_manifests(manifests: Sequence[Manifest], names: Sequence[str], *, split_col: str = "split") -> pd.DataFrame:
+    """One frame from several manifests, each one split named by ``names``.
+
+    Pseudonymised manifests must share their key: ids made with different keys
+    never match, so comparing them would pass for the wrong reason.
+    """
+    if len(names) != len(manifests) or len(set(names)) != len(names):
+        raise UsageError(f"--names needs {len(manifests)} distinct names, one per manifest")
+    frames = [m.frame.assign(**{split_col: n}) for m, n in zip(manifests, names)]
+    return pd.concat(frames, ignore_index=True, sort=False)
+
+
+# ----------------------------------------------------------------------------- report formats
+
+
+def _finding_lines(result: CheckResult, limit: int = 5) -> list[str]:
+    lines = []
+    for key, splits, rows, detail, allowed in result.findings[["key", "splits", "rows", "detail", "allowed"]].head(limit).itertuples(index=False):
+        extra = f" ({detail})" if detail else ""
+        mark = " [allowed]" if allowed else ""
+        lines.append(f"{key}: {' / '.join(splits)}, {rows} row(s){extra}{mark}")
+    if len(result.findings) > limit:
+        lines.append(f"... {len(result.findings) - limit} more")
+    return lines
+
+
+def _summary_line(result: CheckResult) -> str:
+    if result.status == "skipped":
+        return result.reason
+    n = len(result.findings)
+    pairs = "; ".join(f"{a}/{b}: {s} shared, {r} rows" for a, b, s, r in result.pairs[["split_a", "split_b", "shared", "rows"]].itertuples(index=False))
+    text = f"{n} finding(s)" + (f" ({pairs})" if pairs else "")
+    allowed = int(result.findings["allowed"].sum()) if n else 0
+    if allowed:
+        text += f", {allowed} allowed"
+    if result.unchecked_rows:
+        text += f"; {result.unchecked_rows} row(s) unchecked (no value)"
+    return text
+
+
+def to_junit(report: AuditReport) -> str:
+    """JUnit XML: one test case per check; a failing check is a real ``<failure>``."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    cases = []
+    for r in report.checks:
+        name = quoteattr(r.check)
+        classname = quoteattr(f"mdprep.audit-leakage.{r.partition}")
+        body = ""
+        if r.status == "skipped":
+            body = f"<skipped message={quoteattr(r.reason)}/>"
+        elif r.fails_gate:
+            text = "\n".join([DESCRIPTIONS[r.check], _summary_line(r), *_finding_lines(r, 50)])
+            body = f"<failure message={quoteattr(_summary_line(r))} type=\"leakage\">{escape(text)}</failure>"
+        elif not r.findings.empty:
+            body = f"<system-out>{escape(chr(10).join([_summary_line(r), *_finding_lines(r, 50)]))}</system-out>"
+        cases.append(f"    <testcase classname={classname} name={name}>{body}</testcase>")
+    failures = len(report.failed)
+    skipped_n = sum(1 for r in report.checks if r.status == "skipped")
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<testsuites name="mdprep audit-leakage" tests="{len(report.checks)}" failures="{failures}" skipped="{skipped_n}">\n'
+        f'  <testsuite name="mdprep audit-leakage" tests="{len(report.checks)}" failures="{failures}" errors="0" skipped="{skipped_n}">\n'
+        + "\n".join(cases)
+        + "\n  </testsuite>\n</testsuites>\n"
+    )
+
+
+def to_markdown(report: AuditReport, *, examples: int = 3) -> str:
+    """A short Markdown summary for a pull-request comment."""
+    verdict = "FAILED" if report.exit_code else "passed"
+    icon = {"passed": "✅", "failed": "❌", "warning": "⚠️", "skipped": "⏭️"}
+    lines = [f"### mdprep audit-leakage: {verdict}", "", "| check | between | result |", "|---|---|---|"]
+    for r in report.checks:
+        lines.append(f"| {icon[r.verdict]} `{r.check}` | {r.partition}s | {_summary_line(r)} |")
+    for r in report.checks:
+        if r.findings.empty:
+            continue
+        lines += ["", f"**{r.check}** ({r.partition}s): " + DESCRIPTIONS[r.check]]
+        lines += [f"- {line}" for line in _finding_lines(r, examples)]
+    if report.unassigned_rows:
+        lines += ["", f"{report.unassigned_rows} row(s) have no split and were not audited."]
+    return "\n".join(lines) + "\n"

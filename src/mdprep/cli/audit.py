@@ -1,0 +1,150 @@
+"""``mdprep hash`` and ``mdprep audit-leakage``."""
+
+from __future__ import annotations
+
+import os
+
+import click
+from rich.table import Table
+
+from ..audit import (
+    ALL_CHECKS,
+    DESCRIPTIONS,
+    PERSON_COLUMNS,
+    VALUE_CHECKS,
+    WARNING_CHECKS,
+    _finding_lines,
+    _summary_line,
+    audit,
+    combine_manifests,
+    load_allow_list,
+    to_junit,
+    to_markdown,
+)
+from ..fileio import atomic_write, file_fingerprint
+from ..hashing import HASH_COLUMNS, hash_manifest
+from ..manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
+from ._ui import file_progress, print_table
+from .ingest import _comma_list
+
+
+@click.command("hash")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write with file_sha256, pixel_sha256 and phash columns.")
+@click.option("--root", type=click.Path(file_okay=False), help="Folder the manifest's paths are relative to [default: the recorded root].")
+@click.option("--workers", type=click.IntRange(min=1), help="Processes reading images [default: all cores].")
+@click.option("--errors", "errors_path", metavar="FILE", help="Write the files that could not be hashed (.csv or .parquet).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+def hash_cmd(manifest, output, root, workers, errors_path, quiet):
+    """Hash every image of MANIFEST once (bytes, decoded pixels, perceptual hash) for the audit.
+
+    \b
+    Needs the hash extra: pip install 'mdprep[hash]'.
+
+    \b
+    Example:
+      mdprep hash dicom.parquet -o dicom-hashed.parquet --errors hash-errors.csv
+    """
+    from ..ingest import write_errors
+
+    m = read_manifest(manifest)
+    with file_progress("Hashing images", quiet) as bar:
+        bar.found(len(m.frame))
+        result = hash_manifest(m, root=root, workers=workers, on_progress=bar.advance)
+    write_manifest(result.manifest, output)
+    if errors_path:
+        write_errors(result.errors, errors_path)
+    if result.failed or not quiet:
+        hint = f"listed in {errors_path}" if errors_path else "pass --errors FILE to list them"
+        line = f"{len(m.frame)} images = {result.hashed} hashed + {result.failed} failed"
+        click.echo(line + (f" ({hint}); failed rows keep null hashes and count as unchecked" if result.failed else ""), err=True)
+
+
+@click.command("audit-leakage")
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--names", help="Split names of the manifests, one per file [default: the file names].")
+@click.option("--split-col", default="split", show_default=True, help="With one manifest: the column naming each row's split.")
+@click.option("--group", default="patient_id", show_default=True, help="Column for patient_overlap.")
+@click.option("--checks", "checks", multiple=True, metavar="CHECK,...", help=f"Checks to run [default: all]: {', '.join(ALL_CHECKS)}.")
+@click.option("--fail-on", multiple=True, metavar="CHECK,...", help="Checks whose findings fail the gate [default: all but same_person].")
+@click.option("--allow", "allow_path", type=click.Path(dir_okay=False), help="JSON list of reviewed findings ({check, key, reason}) reported but not failing.")
+@click.option("--threshold", default=4, show_default=True, type=int, help="Hamming distance for near_duplicate.")
+@click.option("--person-cols", default=",".join(PERSON_COLUMNS), show_default=True, help="Columns that together suggest one person (same_person).")
+@click.option("--time-col", help="Date column for the temporal check.")
+@click.option("--temporal", is_flag=True, help="The split is by time: fail when val/test images predate the latest train image.")
+@click.option("--train-split", default="train", show_default=True, help="Name of the training split (temporal check).")
+@click.option("--json", "json_path", metavar="FILE", help="Write the full report (schema mdprep-audit-report v1).")
+@click.option("--junit", "junit_path", metavar="FILE", help="Write JUnit XML: one test case per check.")
+@click.option("--markdown", "markdown_path", metavar="FILE", help="Write a short Markdown summary for a pull request.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
+def audit_leakage(manifests, names, split_col, group, checks, fail_on, allow_path, threshold, person_cols, time_col, temporal, train_split, json_path, junit_path, markdown_path, quiet):
+    """Find every way a patient or an image crosses splits; exit 1 when leakage is found.
+
+    \b
+    Give one manifest with a split column (and optionally a fold column, audited
+    between folds too), or several manifests, each one split. Hash columns from
+    `mdprep hash` enable the duplicate and near-duplicate checks; checks that cannot
+    run are reported as skipped, and rows without a value are counted as unchecked.
+
+    \b
+    Exit codes: 0 no leakage, 1 leakage found (the gate fails), 2 bad input or usage.
+
+    \b
+    Examples:
+      mdprep audit-leakage nih-split.parquet --junit audit.xml --markdown audit.md
+      mdprep audit-leakage train.parquet val.parquet test.parquet --allow reviewed.json
+    """
+    person_columns = _comma_list([person_cols])
+    if temporal and not time_col:
+        raise click.UsageError("--temporal needs --time-col (the date of each image)")
+    check_list = _comma_list(checks) if checks else None
+    gate = _comma_list(fail_on) if fail_on else None
+    if gate is None and time_col and not temporal:
+        # Dates were given but the split is not by time: report early images, do not fail on them.
+        gate = [c for c in ALL_CHECKS if c not in WARNING_CHECKS and c != "temporal"]
+    columns = list(dict.fromkeys([*REQUIRED_COLUMNS, split_col, "fold", group, *VALUE_CHECKS.values(), *HASH_COLUMNS, *person_columns, *( [time_col] if time_col else [])]))
+    loaded = [read_manifest(p, columns=columns) for p in manifests]
+    inputs = [{**file_fingerprint(p), "rows": len(m.frame)} for p, m in zip(manifests, loaded)]
+    if len(loaded) == 1:
+        frame = loaded[0].frame
+    else:
+        split_names = _comma_list([names]) if names else [os.path.splitext(os.path.basename(p))[0] for p in manifests]
+        frame = combine_manifests(loaded, split_names, split_col=split_col)
+    allow = load_allow_list(allow_path) if allow_path else []
+    report = audit(
+        frame,
+        split_col=split_col,
+        group=group,
+        checks=check_list,
+        fail_on=gate,
+        allow=allow,
+        threshold=threshold,
+        person_columns=person_columns,
+        time_col=time_col,
+        train_split=train_split,
+        inputs=inputs,
+    )
+    for path, text in ((json_path, report.to_json), (junit_path, lambda: to_junit(report)), (markdown_path, lambda: to_markdown(report))):
+        if path:
+            with atomic_write(path) as tmp:
+                tmp.write_text(text(), encoding="utf-8")
+    if not quiet:
+        table = Table(title="Leakage audit", title_justify="left")
+        table.add_column("check")
+        table.add_column("between")
+        table.add_column("result")
+        table.add_column("details", overflow="fold")
+        colour = {"passed": "green", "failed": "red", "warning": "yellow", "skipped": "dim"}
+        for r in report.checks:
+            table.add_row(r.check, f"{r.partition}s", f"[{colour[r.verdict]}]{r.verdict}[/]", _summary_line(r))
+        print_table(table)
+        for r in report.failed:
+            click.echo(f"{r.check} ({r.partition}s): {DESCRIPTIONS[r.check]}", err=True)
+            for line in _finding_lines(r, 5):
+                click.echo(f"  {line}", err=True)
+    if report.unassigned_rows:
+        click.echo(f"Warning: {report.unassigned_rows} row(s) have no {split_col} and were not audited", err=True)
+    failed = [f"{r.check} ({r.partition}s)" for r in report.failed]
+    verdict = f"Leakage found: {', '.join(failed)}" if failed else "No leakage found"
+    click.echo(verdict, err=True)
+    click.get_current_context().exit(report.exit_code)
