@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     job, rest = argv[0], argv[1:]
     try:
         if job == "demo":
-            ensure_venv("")
+            ensure_venv("hash")
             run(BIN / "mdprep", "demo", *rest)
         elif job == "test":
             ensure_venv("dev")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_audit  # noqa: E402
 import bench_ingest_dicom  # noqa: E402
 import bench_ingest_table  # noqa: E402
 import bench_split  # noqa: E402
@@ -30,6 +31,8 @@ def main() -> None:
     print(bench_ingest_table.markdown(bench_ingest_table.run(args.repeat)))
     print("\n### Splits\n")
     print(bench_split.markdown(bench_split.run()))
+    print("\n### Leakage audit\n")
+    print(bench_audit.markdown(bench_audit.run()))
     print("\n### DICOM headers\n")
     for files in args.files:
         print(bench_ingest_dicom.markdown(bench_ingest_dicom.run(files, args.repeat)), end="\n\n")

@@ -569,10 +569,13 @@ def combine_manifests(manifests: Sequence[Manifest], names: Sequence[str], *, sp
 
 def _finding_lines(result: CheckResult, limit: int = 5) -> list[str]:
     lines = []
-    for key, splits, rows, detail, allowed in result.findings[["key", "splits", "rows", "detail", "allowed"]].head(limit).itertuples(index=False):
-        extra = f" ({detail})" if detail else ""
+    shown = result.findings[["key", "splits", "rows", "image_ids", "detail", "allowed"]].head(limit)
+    for key, splits, rows, ids, detail, allowed in shown.itertuples(index=False):
+        key = key if len(key) <= 24 else key[:12] + "..."
+        images = ", ".join(ids[:4]) + (", ..." if len(ids) > 4 else "")
+        extra = f"; {detail}" if detail else ""
         mark = " [allowed]" if allowed else ""
-        lines.append(f"{key}: {' / '.join(splits)}, {rows} row(s){extra}{mark}")
+        lines.append(f"{key}: {' / '.join(splits)}, {rows} row(s): {images}{extra}{mark}")
     if len(result.findings) > limit:
         lines.append(f"... {len(result.findings) - limit} more")
     return lines

@@ -7,7 +7,9 @@ import shlex
 
 import click
 
-from ..synthetic import write_dicom_tree, write_image_tree, write_nih_table
+from ..manifest import Manifest, write_manifest
+from ..synthetic import write_dicom_tree, write_image_tree, write_leaky_cohort, write_nih_table
+from .audit import audit_leakage, hash_cmd
 from ._ui import echo
 from .ingest import ingest_dicom_cmd, ingest_images_cmd, ingest_table_cmd
 from .split import split
@@ -77,7 +79,34 @@ def demo(ctx, out_dir, patients, seed, quiet):
     ctx.invoke(split, manifest=out("dicom.parquet"), output=out("dicom-folds.parquet"), group="patient_id", ratios=None,
                names=None, folds=5, seed=0, stratify=(), stratify_by=("sex,view",), keep_existing=False, missing_group="error",
                report_path=None, quiet=quiet)
+    _audit_steps(ctx, data, out, quiet)
     checked = (out("dicom.parquet"), out("images.parquet"), out("nih-split.parquet"), out("dicom-folds.parquet"))
     _step("Check the manifests against the contract", ["validate", *checked], quiet)
     ctx.invoke(validate, manifests=checked, quiet=quiet)
     echo(f"\nDone. Manifests are in {manifests}; open them with pandas.read_parquet or mdprep.read_manifest.", quiet)
+
+
+def _audit_steps(ctx, data, out, quiet) -> None:
+    """Hash a cohort with planted leaks and show the gate failing on each of them."""
+    try:
+        import imagehash  # noqa: F401
+    except ImportError:
+        echo("\n(Skipping the leakage audit steps: they need the hash extra, pip install 'mdprep[hash]'.)", quiet)
+        return
+    leaky_root = os.path.join(data, "leaky")
+    frame, _ = write_leaky_cohort(leaky_root)
+    write_manifest(Manifest(frame, root=os.path.abspath(leaky_root)), out("leaky.parquet"))
+    _step("Hash every image once (bytes, pixels, perceptual hash) so the audit runs on manifests alone",
+          ["hash", out("leaky.parquet"), "-o", out("leaky-hashed.parquet")], quiet)
+    ctx.invoke(hash_cmd, manifest=out("leaky.parquet"), output=out("leaky-hashed.parquet"), root=None, workers=None,
+               errors_path=None, quiet=quiet)
+    argv = ["audit-leakage", out("leaky-hashed.parquet"), "--markdown", out("audit.md"), "--junit", out("audit.xml")]
+    _step("Audit a split with planted leaks: a shared patient, a shared study, a copied file, "
+          "a re-encoded and a brightened copy (the gate fails with exit code 1)", argv, quiet)
+    try:
+        ctx.invoke(audit_leakage, manifests=(out("leaky-hashed.parquet"),), names=None, split_col="split", group="patient_id",
+                   checks=(), fail_on=(), allow_path=None, threshold=4, person_cols="birth_date,sex", time_col=None,
+                   temporal=False, train_split="train", json_path=None, junit_path=out("audit.xml"),
+                   markdown_path=out("audit.md"), quiet=quiet)
+    except click.exceptions.Exit as exc:  # the gate's exit code, shown rather than raised
+        echo(f"(exit code {exc.exit_code}: in CI this fails the build)", quiet)
