@@ -39,6 +39,7 @@ def main() -> None:
 
 
 from .audit import audit_leakage, hash_cmd  # noqa: E402
+from .balance import resample, weights  # noqa: E402
 from .demo import demo  # noqa: E402
 from .ingest import ingest  # noqa: E402
 from .split import split  # noqa: E402
@@ -48,5 +49,7 @@ main.add_command(ingest)
 main.add_command(split)
 main.add_command(hash_cmd)
 main.add_command(audit_leakage)
+main.add_command(weights)
+main.add_command(resample)
 main.add_command(validate)
 main.add_command(demo)

@@ -10,6 +10,7 @@ import click
 from ..manifest import Manifest, write_manifest
 from ..synthetic import write_dicom_tree, write_image_tree, write_leaky_cohort, write_nih_table
 from .audit import audit_leakage, hash_cmd
+from .balance import resample, weights
 from ._ui import echo
 from .ingest import ingest_dicom_cmd, ingest_images_cmd, ingest_table_cmd
 from .split import split
@@ -79,8 +80,17 @@ def demo(ctx, out_dir, patients, seed, quiet):
     ctx.invoke(split, manifest=out("dicom.parquet"), output=out("dicom-folds.parquet"), group="patient_id", ratios=None,
                names=None, folds=5, seed=0, stratify=(), stratify_by=("sex,view",), keep_existing=False, missing_group="error",
                report_path=None, quiet=quiet)
+    _step("Class weights for a weighted loss, from the training rows only",
+          ["weights", out("nih-split.parquet"), "--scheme", "balanced", "--clip", "50", "-o", out("weights.json")], quiet)
+    ctx.invoke(weights, manifest=out("nih-split.parquet"), output=out("weights.json"), split="train", split_col="split",
+               scheme="balanced", beta=0.999, sqrt=False, clip=50.0, labels=None, drop_empty=True, quiet=quiet)
+    _step("Multi-label random oversampling of the training rows (every row traceable)",
+          ["resample", out("nih-split.parquet"), "--strategy", "ml-ros", "--percent", "25", "-o", out("nih-ros.parquet")], quiet)
+    ctx.invoke(resample, manifest=out("nih-split.parquet"), output=out("nih-ros.parquet"), strategy="ml-ros", split="train",
+               split_col="split", target=None, ratio=None, percent=25.0, cap=None, features=None, seed=0, removed_path=None,
+               quiet=quiet)
     _audit_steps(ctx, data, out, quiet)
-    checked = (out("dicom.parquet"), out("images.parquet"), out("nih-split.parquet"), out("dicom-folds.parquet"))
+    checked = (out("dicom.parquet"), out("images.parquet"), out("nih-split.parquet"), out("dicom-folds.parquet"), out("nih-ros.parquet"))
     _step("Check the manifests against the contract", ["validate", *checked], quiet)
     ctx.invoke(validate, manifests=checked, quiet=quiet)
     echo(f"\nDone. Manifests are in {manifests}; open them with pandas.read_parquet or mdprep.read_manifest.", quiet)

@@ -1,0 +1,113 @@
+"""``mdprep weights`` and ``mdprep resample``: class-imbalance remedies from the training rows."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from ..fileio import atomic_write, file_fingerprint
+from ..ingest import write_errors
+from ..manifest import read_manifest, write_manifest
+from ..resample import STRATEGIES, resample_manifest
+from ..weights import SCHEMES, compute_weights
+from ._ui import print_table
+from .ingest import _comma_list
+
+
+@click.command("weights")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, metavar="weights.json", help="Weights document to write (schema mdprep-weights v1).")
+@click.option("--split", default="train", show_default=True, help="Rows to count: a split name, or 'all' (warns when that includes val/test).")
+@click.option("--split-col", default="split", show_default=True, help="Column holding the split names.")
+@click.option("--scheme", type=click.Choice(SCHEMES), default="balanced", show_default=True, help="How counts become weights (docs/weights.md).")
+@click.option("--beta", default=0.999, show_default=True, type=float, help="effective: the beta of Cui et al. 2019.")
+@click.option("--sqrt", is_flag=True, help="Take the square root of every weight (softer).")
+@click.option("--clip", type=float, metavar="MAX", help="Cap every weight at MAX.")
+@click.option("--labels", metavar="A,B,...", help="Only these label columns [default: all].")
+@click.option("--drop-empty", is_flag=True, help="Leave out labels with no positives (or no negatives) instead of failing.")
+@click.option("-q", "--quiet", is_flag=True, help="No table on stderr.")
+def weights(manifest, output, split, split_col, scheme, beta, sqrt, clip, labels, drop_empty, quiet):
+    """Per-label positive and negative weights for a weighted loss, from the training rows only.
+
+    \b
+    Uncertain (-1) and missing labels are not counted (reported as ignored).
+
+    \b
+    Examples:
+      mdprep weights nih-split.parquet -o weights.json
+      mdprep weights nih-split.parquet --scheme pos-weight --sqrt --clip 50 -o weights.json
+    """
+    m = read_manifest(manifest)
+    result = compute_weights(
+        m, split=split, split_col=split_col, scheme=scheme, beta=beta, sqrt=sqrt, clip=clip,
+        labels=_comma_list([labels]) if labels else None, drop_empty=drop_empty,
+    )
+    doc = result.document({"manifest": file_fingerprint(manifest), "manifest_history": list(m.history)})
+    with atomic_write(output) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    for note in result.notes:
+        click.echo(f"Note: {note}", err=True)
+    if quiet:
+        return
+    table = Table(title=f"{scheme} weights from {result.rows:,} {split} rows", title_justify="left")
+    for col, just in (("label", "left"), ("positive", "right"), ("negative", "right"), ("ignored", "right"), ("w_pos", "right"), ("w_neg", "right")):
+        table.add_column(col, justify=just)
+    for w in result.weights:
+        table.add_row(w.label, f"{w.n_pos:,}", f"{w.n_neg:,}", f"{w.n_ignored:,}", f"{w.w_pos:.4f}", f"{w.w_neg:.4f}")
+    print_table(table)
+    click.echo(f"Wrote {output}", err=True)
+
+
+@click.command("resample")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Resampled manifest to write.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), required=True, help="over, under (one --target), ml-ros, ml-rus (all labels), patient-cap, smote, adasyn (--features).")
+@click.option("--split", default="train", show_default=True, help="The split to resample; val and test are refused.")
+@click.option("--split-col", default="split", show_default=True, help="Column holding the split names.")
+@click.option("--target", help="over/under/smote/adasyn: the label or categorical column to balance.")
+@click.option("--ratio", help="over/under/smote/adasyn: imbalanced-learn's sampling_strategy (a float, or auto, minority, not majority, ...).")
+@click.option("--percent", default=25.0, show_default=True, type=float, help="ml-ros/ml-rus: rows to clone or remove, in % of the split.")
+@click.option("--cap", type=int, help="patient-cap: the most images kept per patient.")
+@click.option("--features", metavar="COL,...", help="smote/adasyn: numeric feature columns (embeddings, radiomics).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed: the same seed gives the same bytes.")
+@click.option("--removed", "removed_path", metavar="FILE", help="Write the removed rows (.csv or .parquet).")
+@click.option("-q", "--quiet", is_flag=True, help="No table on stderr.")
+def resample(manifest, output, strategy, split, split_col, target, ratio, percent, cap, features, seed, removed_path, quiet):
+    """Over- or under-sample the training rows; every output row traces to an input row.
+
+    \b
+    Output rows carry source_image_id and copy (0 original, 1.. clones); clones get
+    image ids IMAGE#copyK. Other splits pass through unchanged.
+
+    \b
+    Examples:
+      mdprep resample nih-split.parquet --strategy ml-ros --percent 25 -o nih-ros.parquet
+      mdprep resample nih-split.parquet --strategy over --target Hernia --ratio 0.1 -o hernia.parquet
+      mdprep resample nih-split.parquet --strategy patient-cap --cap 10 --removed capped.csv -o capped.parquet
+    """
+    m = read_manifest(manifest)
+    result = resample_manifest(
+        m, strategy=strategy, split=split, split_col=split_col, target=target, ratio=ratio, percent=percent, cap=cap,
+        features=_comma_list([features]) if features else (), seed=seed, inputs=[file_fingerprint(manifest)],
+    )
+    write_manifest(result.manifest, output)
+    if removed_path:
+        write_errors(result.removed, removed_path)
+    elif len(result.removed):
+        click.echo(f"{len(result.removed):,} row(s) removed from {split}; pass --removed FILE to keep a record of them", err=True)
+    if quiet:
+        return
+    b, a = result.before, result.after
+    table = Table(title=f"{split}: before and after {strategy}", title_justify="left")
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_row("rows", f"{b.rows:,}", f"{a.rows:,}")
+    table.add_row("patients", f"{b.patients:,}", f"{a.patients:,}")
+    table.add_row("MeanIR", f"{b.mean_ir:.2f}", f"{a.mean_ir:.2f}", end_section=True)
+    for label in b.positives:
+        table.add_row(f"{label} (positives, IRLbl)", f"{b.positives[label]:,} ({b.irlbl[label]:.1f})", f"{a.positives[label]:,} ({a.irlbl[label]:.1f})")
+    print_table(table)
+    click.echo(f"Wrote {output}", err=True)

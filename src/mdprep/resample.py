@@ -1,0 +1,356 @@
+"""Resampled training manifests in which every output row traces back to an input row.
+
+Touches DataFrames only. Only the rows of one (training) split are resampled;
+other splits pass through unchanged, and validation or test splits are refused.
+Every output row carries ``source_image_id`` (the input row it copies; for a
+synthetic SMOTE/ADASYN row, its source rows joined by ``|``) and ``copy`` (0 for
+the original, 1, 2, ... for clones). Removed rows are returned so that they can
+be written out: nothing disappears without a record.
+
+Strategies:
+
+* ``over`` / ``under``: imbalanced-learn's ``RandomOverSampler`` /
+  ``RandomUnderSampler`` on one target (a label or a categorical column); rows
+  come from their ``sample_indices_``.
+* ``ml-ros`` / ``ml-rus``: multi-label random over/under-sampling (Charte, Rivera,
+  del Jesus and Herrera, Neurocomputing 2015), driven by each label's imbalance
+  ratio IRLbl and their mean MeanIR.
+* ``patient-cap``: at most N images per patient, chosen at random (seeded).
+* ``smote`` / ``adasyn``: synthetic rows in a numeric feature space (``features``,
+  for example image embeddings); marked ``synthetic`` and never images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import MissingColumnError, UsageError
+from .manifest import POSITIVE, Manifest, order_columns, provenance_step
+from .weights import EVAL_SPLITS
+
+STRATEGIES = ("over", "under", "ml-ros", "ml-rus", "patient-cap", "smote", "adasyn")
+
+
+# ----------------------------------------------------------------------------- measures
+
+
+def irlbl(positives: np.ndarray) -> np.ndarray:
+    """Imbalance ratio per label: the most frequent label's count over this label's (inf when 0).
+
+    >>> irlbl(np.array([[1, 0], [1, 1], [1, 0], [1, 0]], bool)).tolist()
+    [1.0, 4.0]
+    """
+    counts = np.asarray(positives, dtype=float).sum(axis=0)
+    with np.errstate(divide="ignore"):
+        return np.where(counts > 0, counts.max(initial=0) / np.where(counts > 0, counts, 1), np.inf)
+
+
+def mean_ir(positives: np.ndarray) -> float:
+    """MeanIR: the mean of IRLbl over labels that have positives."""
+    ir = irlbl(positives)
+    finite = ir[np.isfinite(ir)]
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
+@dataclass(frozen=True)
+class Stats:
+    rows: int
+    patients: int
+    positives: dict[str, int]
+    irlbl: dict[str, float]
+    mean_ir: float
+
+
+def stats(frame: pd.DataFrame, labels: Sequence[str]) -> Stats:
+    pos = _positives(frame, labels)
+    ir = irlbl(pos)
+    return Stats(
+        rows=len(frame),
+        patients=int(frame["patient_id"].nunique()),
+        positives={l: int(c) for l, c in zip(labels, pos.sum(axis=0))},
+        irlbl={l: float(v) for l, v in zip(labels, ir)},
+        mean_ir=mean_ir(pos),
+    )
+
+
+def _positives(frame: pd.DataFrame, labels: Sequence[str]) -> np.ndarray:
+    if not labels:
+        return np.zeros((len(frame), 0), dtype=bool)
+    return frame[list(labels)].to_numpy(dtype="float64", na_value=np.nan) == POSITIVE
+
+
+# ----------------------------------------------------------------------------- samplers (indices)
+
+
+def ml_ros(positives: np.ndarray, percent: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the rows to clone by ML-ROS: ``percent`` % of the rows, from minority-label bags.
+
+    A label is a minority label while its IRLbl is above MeanIR (computed once, as in
+    Charte et al.); clones are drawn in turn from each minority label's bag, and a
+    label leaves the minority set once its IRLbl falls to MeanIR.
+    """
+    n, _ = positives.shape
+    to_clone = int(round(n * percent / 100))
+    counts = positives.sum(axis=0).astype(float)
+    mir = mean_ir(positives)
+    ir = irlbl(positives)
+    # Labels without any positive have nothing to clone.
+    bags = {l: np.flatnonzero(positives[:, l]) for l in np.flatnonzero((ir > mir) & np.isfinite(ir))}
+    clones: list[int] = []
+    while to_clone > 0 and bags:
+        for label in list(bags):
+            if to_clone == 0:
+                break
+            row = int(rng.choice(bags[label]))
+            clones.append(row)
+            counts += positives[row]
+            to_clone -= 1
+            if counts.max() / counts[label] <= mir:
+                del bags[label]
+    return np.asarray(clones, dtype=np.int64)
+
+
+def ml_rus(positives: np.ndarray, percent: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the rows to remove by ML-RUS: up to ``percent`` % of the rows, from majority-label bags.
+
+    A row that carries any minority label (IRLbl above MeanIR) is never removed; a
+    label leaves the majority set once its IRLbl rises to MeanIR.
+    """
+    n, _ = positives.shape
+    to_remove = int(round(n * percent / 100))
+    counts = positives.sum(axis=0).astype(float)
+    ir = irlbl(positives)
+    mir = mean_ir(positives)
+    minority = ir > mir
+    protected = positives[:, minority].any(axis=1)
+    alive = np.ones(n, dtype=bool)
+    bags = {l: [r for r in rng.permutation(np.flatnonzero(positives[:, l] & ~protected)).tolist()] for l in np.flatnonzero((ir < mir) & np.isfinite(ir))}
+    removed: list[int] = []
+    while to_remove > 0 and bags:
+        for label in list(bags):
+            if to_remove == 0:
+                break
+            bag = bags[label]
+            while bag and not alive[bag[-1]]:
+                bag.pop()
+            if not bag:
+                del bags[label]
+                continue
+            row = bag.pop()
+            alive[row] = False
+            removed.append(row)
+            counts -= positives[row]
+            to_remove -= 1
+            with np.errstate(divide="ignore"):
+                if counts[label] == 0 or counts.max() / counts[label] >= mir:
+                    del bags[label]
+    return np.asarray(removed, dtype=np.int64)
+
+
+def patient_cap(patients: pd.Series, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the rows kept: at most ``cap`` per patient, chosen at random (seeded)."""
+    if cap < 1:
+        raise UsageError(f"--cap {cap}: keep at least one image per patient")
+    key = rng.permutation(len(patients))
+    order = np.lexsort((key, pd.factorize(patients, sort=True)[0]))
+    ranked = pd.Series(patients.to_numpy()[order]).groupby(patients.to_numpy()[order], sort=False).cumcount().to_numpy()
+    return np.sort(order[ranked < cap])
+
+
+def _target(frame: pd.DataFrame, target: str | None, labels: Sequence[str], strategy: str) -> np.ndarray:
+    if target is None:
+        raise UsageError(
+            f"--strategy {strategy} (imbalanced-learn) balances one target, and imbalanced-learn rejects multi-label "
+            "targets: pass --target LABEL (or a categorical column), or use --strategy ml-ros / ml-rus for all labels at once"
+        )
+    if target not in frame.columns:
+        raise MissingColumnError([target], list(frame.columns), hint="--target names a label or a categorical column")
+    if target in labels:
+        return (frame[target].to_numpy(dtype="float64", na_value=np.nan) == POSITIVE).astype(int)
+    values = frame[target]
+    if values.isna().any():
+        raise UsageError(f"--target {target!r} has {int(values.isna().sum())} empty value(s); every row needs a class")
+    return values.astype("str").to_numpy()
+
+
+def _ratio(ratio: str | float | None):
+    if ratio is None:
+        return "auto"
+    try:
+        return float(ratio)
+    except (TypeError, ValueError):
+        return str(ratio)
+
+
+# ----------------------------------------------------------------------------- manifests
+
+
+@dataclass(frozen=True)
+class ResampleResult:
+    manifest: Manifest
+    removed: pd.DataFrame
+    before: Stats
+    after: Stats
+
+
+def resample_manifest(
+    manifest: Manifest,
+    *,
+    strategy: str,
+    split: str = "train",
+    split_col: str = "split",
+    target: str | None = None,
+    ratio: str | float | None = None,
+    percent: float = 25.0,
+    cap: int | None = None,
+    features: Sequence[str] = (),
+    seed: int = 0,
+    inputs: Sequence[dict] = (),
+) -> ResampleResult:
+    """Resample the ``split`` rows of a manifest; every other row passes through unchanged.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> f = pd.DataFrame({"image_id": list("abcdef"), "path": list("abcdef"), "patient_id": list("ppqqrs"),
+    ...                   "split": "train", "A": pd.array([1, 0, 0, 0, 0, 0], dtype="Int8")})
+    >>> r = resample_manifest(Manifest(f, labels=("A",)), strategy="over", target="A", seed=0)
+    >>> int((r.manifest.frame["A"] == 1).sum()), r.manifest.frame["source_image_id"].tolist()[-1]
+    (5, 'a')
+    """
+    if strategy not in STRATEGIES:
+        raise UsageError(f"unknown --strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if split in EVAL_SPLITS:
+        raise UsageError(f"refusing to resample the {split!r} split: evaluation data must keep its real distribution")
+    frame = manifest.frame
+    if split_col in frame.columns:
+        in_split = (frame[split_col] == split).fillna(False).to_numpy()
+        if not in_split.any():
+            present = sorted(map(str, frame[split_col].dropna().unique()))
+            raise UsageError(f"no rows have {split_col} == {split!r}; the splits present are {', '.join(present) or 'none'}")
+    elif split == "all":
+        in_split = np.ones(len(frame), dtype=bool)
+    else:
+        raise UsageError(f"the manifest has no {split_col!r} column; run `mdprep split` first, or pass --split all")
+    if "source_image_id" in frame.columns:
+        raise UsageError("this manifest was already resampled (it has source_image_id); resample the original instead")
+    labels = list(manifest.labels)
+    train = frame[in_split].reset_index(drop=True)
+    rest = frame[~in_split]
+    rng = np.random.default_rng(seed)
+    synthetic = None
+    removed_idx = np.zeros(0, dtype=np.int64)
+    if strategy in ("over", "under"):
+        from imblearn.over_sampling import RandomOverSampler
+        from imblearn.under_sampling import RandomUnderSampler
+
+        y = _target(train, target, labels, strategy)
+        if len(np.unique(y)) < 2:
+            raise UsageError(f"--target {target!r} has a single class in the {split!r} rows; there is nothing to balance")
+        sampler_cls = RandomOverSampler if strategy == "over" else RandomUnderSampler
+        sampler = sampler_cls(sampling_strategy=_ratio(ratio), random_state=seed)
+        try:
+            sampler.fit_resample(np.arange(len(train)).reshape(-1, 1), y)
+        except ValueError as exc:
+            raise UsageError(f"imbalanced-learn refused --ratio {ratio!r}: {exc}") from None
+        index = np.asarray(sampler.sample_indices_, dtype=np.int64)
+        if strategy == "under":
+            removed_idx = np.setdiff1d(np.arange(len(train)), index)
+            index = np.sort(index)
+        else:
+            index = np.concatenate([np.arange(len(train)), np.sort(index[len(train) :], kind="stable")])
+    elif strategy == "ml-ros":
+        _check_percent(percent)
+        index = np.concatenate([np.arange(len(train)), np.sort(ml_ros(_positives(train, labels), percent, rng), kind="stable")])
+    elif strategy == "ml-rus":
+        _check_percent(percent)
+        removed_idx = np.sort(ml_rus(_positives(train, labels), percent, rng))
+        index = np.setdiff1d(np.arange(len(train)), removed_idx)
+    elif strategy == "patient-cap":
+        if cap is None:
+            raise UsageError("--strategy patient-cap needs --cap N, the most images to keep per patient")
+        index = patient_cap(train["patient_id"], int(cap), rng)
+        removed_idx = np.setdiff1d(np.arange(len(train)), index)
+    else:
+        index, synthetic = _synthesise(train, strategy, target, labels, features, ratio, seed)
+    out = train.take(index).reset_index(drop=True)
+    copy = pd.Series(index).groupby(index).cumcount().to_numpy()
+    out["source_image_id"] = out["image_id"].astype("str")
+    out["copy"] = pd.array(copy, dtype="Int32")
+    clones = copy > 0
+    out.loc[clones, "image_id"] = out.loc[clones, "image_id"] + "#copy" + pd.Series(copy[clones], index=out.index[clones]).astype("str")
+    if synthetic is not None:
+        out["synthetic"] = False
+        out = pd.concat([out, synthetic], ignore_index=True)
+    rest = rest.assign(source_image_id=rest["image_id"].astype("str"), copy=pd.array(np.zeros(len(rest), dtype=np.int32), dtype="Int32"))
+    if synthetic is not None:
+        rest = rest.assign(synthetic=False)
+    result = pd.concat([out, rest], ignore_index=True)
+    result = order_columns(result, labels)
+    removed = train.take(removed_idx).reset_index(drop=True)
+    options = {
+        "strategy": strategy,
+        "split": split,
+        "split_col": split_col,
+        "target": target,
+        "ratio": ratio,
+        "percent": percent if strategy in ("ml-ros", "ml-rus") else None,
+        "cap": cap,
+        "features": list(features),
+    }
+    resampled = manifest.with_frame(result).with_step(provenance_step("resample", options, inputs, seed=seed))
+    return ResampleResult(resampled, removed, stats(train, labels), stats(result.iloc[: len(out)], labels))
+
+
+def _check_percent(percent: float) -> None:
+    if not 0 < percent <= 100:
+        raise UsageError(f"--percent {percent}: give a share of the rows between 0 and 100")
+
+
+def _synthesise(train, strategy, target, labels, features, ratio, seed):
+    """SMOTE/ADASYN in feature space; synthetic rows cite their two nearest minority rows."""
+    from imblearn.over_sampling import ADASYN, SMOTE
+    from sklearn.neighbors import NearestNeighbors
+
+    if not features:
+        raise UsageError(
+            f"--strategy {strategy} interpolates numeric features, never images: pass --features COL,... "
+            "(for example image embeddings); without features use over or ml-ros"
+        )
+    missing = [c for c in features if c not in train.columns]
+    if missing:
+        raise MissingColumnError(missing, list(train.columns), hint="--features names numeric columns")
+    X = train[list(features)].to_numpy(dtype="float64", na_value=np.nan)
+    if np.isnan(X).any():
+        raise UsageError(f"--features has {int(np.isnan(X).any(axis=1).sum())} row(s) with empty values; fill or drop them first")
+    y = _target(train, target, labels, strategy)
+    sampler = (SMOTE if strategy == "smote" else ADASYN)(sampling_strategy=_ratio(ratio), random_state=seed)
+    try:
+        X_new, y_new = sampler.fit_resample(X, y)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(f"imbalanced-learn {strategy} failed: {exc}") from None
+    new = X_new[len(train) :]
+    index = np.arange(len(train))
+    if len(new) == 0:
+        return index, train.iloc[:0].assign(synthetic=pd.Series([], dtype=bool))
+    minority_rows = np.flatnonzero(np.isin(y, np.unique(y_new[len(train) :])))
+    nn = NearestNeighbors(n_neighbors=min(2, len(minority_rows))).fit(X[minority_rows])
+    _, near = nn.kneighbors(new)
+    src = minority_rows[near]
+    base = train.iloc[src[:, 0]].reset_index(drop=True).copy()
+    for j, col in enumerate(features):
+        base[col] = new[:, j]
+    ids = train["image_id"].astype("str").to_numpy()
+    base["source_image_id"] = ["|".join(ids[s]) for s in src]
+    base["image_id"] = [f"synthetic-{strategy}-{k}" for k in range(len(new))]
+    base["copy"] = pd.array(np.zeros(len(new), dtype=np.int32), dtype="Int32")
+    base["synthetic"] = True
+    if target in labels:
+        base[target] = pd.array(np.where(y_new[len(train) :] == 1, 1, 0), dtype="Int8")
+    elif target is not None:
+        base[target] = y_new[len(train) :]
+    return index, base

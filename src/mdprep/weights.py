@@ -1,0 +1,224 @@
+"""Per-label class weights for a weighted multi-label loss, from the training rows only.
+
+Touches DataFrames and numbers only. Only 1 (positive) and 0 (negative) count;
+uncertain (-1) and null labels are excluded and reported per label as ``n_ignored``.
+
+Schemes (per label, two classes):
+
+* ``balanced``: ``w_c = n / (2 * n_c)`` (scikit-learn's ``class_weight="balanced"``).
+  900 negatives and 100 positives give ``w_neg = 0.5556`` and ``w_pos = 5.0``.
+* ``frequency``: ``w_pos = n_neg / n``, ``w_neg = n_pos / n``. The positive and negative
+  terms then weigh the same in the loss (CheXNet-style weighted binary cross-entropy).
+* ``pos-weight``: ``w_pos = n_neg / n_pos`` and ``w_neg = 1``: PyTorch's
+  ``BCEWithLogitsLoss(pos_weight=...)``.
+* ``effective``: Cui et al., CVPR 2019. The effective number of samples is
+  ``E_c = (1 - beta^n_c) / (1 - beta)``; ``w_c`` is proportional to ``1 / E_c`` and
+  normalised so the two weights sum to 2, the number of classes.
+
+``sqrt`` takes the square root of every weight; ``clip`` then caps them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import MdprepWarning, UsageError
+from .manifest import NEGATIVE, POSITIVE, Manifest
+
+SCHEMES = ("balanced", "frequency", "pos-weight", "effective")
+EVAL_SPLITS = frozenset({"val", "valid", "validation", "test", "holdout"})
+SCHEMA = "mdprep-weights"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LabelWeight:
+    label: str
+    n_pos: int
+    n_neg: int
+    n_ignored: int
+    w_pos: float
+    w_neg: float
+
+
+@dataclass(frozen=True)
+class WeightsResult:
+    scheme: str
+    weights: tuple[LabelWeight, ...]
+    rows: int
+    split: str
+    options: dict
+    dropped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def labels(self) -> list[str]:
+        return [w.label for w in self.weights]
+
+    def document(self, provenance: dict | None = None) -> dict:
+        """The ``weights.json`` document (schema ``mdprep-weights`` version 1, docs/weights.md)."""
+        return {
+            "schema": SCHEMA,
+            "version": SCHEMA_VERSION,
+            "scheme": self.scheme,
+            "options": self.options,
+            "split": self.split,
+            "rows": self.rows,
+            "counting": "only 1 (positive) and 0 (negative) are counted; uncertain (-1) and null labels are excluded (n_ignored)",
+            "labels": self.labels,
+            "weights": {
+                w.label: {"n_pos": w.n_pos, "n_neg": w.n_neg, "n_ignored": w.n_ignored, "w_pos": w.w_pos, "w_neg": w.w_neg}
+                for w in self.weights
+            },
+            "pos_weight": [w.w_pos / w.w_neg if w.w_neg else float("inf") for w in self.weights],
+            "dropped": list(self.dropped),
+            "provenance": provenance or {},
+        }
+
+
+def scheme_weights(n_pos: np.ndarray, n_neg: np.ndarray, scheme: str, *, beta: float = 0.999) -> tuple[np.ndarray, np.ndarray]:
+    """``(w_pos, w_neg)`` arrays for counts of positives and negatives per label.
+
+    >>> w_pos, w_neg = scheme_weights(np.array([100]), np.array([900]), "balanced")
+    >>> round(float(w_neg[0]), 4), round(float(w_pos[0]), 4)
+    (0.5556, 5.0)
+    """
+    n_pos = np.asarray(n_pos, dtype=float)
+    n_neg = np.asarray(n_neg, dtype=float)
+    n = n_pos + n_neg
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if scheme == "balanced":
+            return n / (2 * n_pos), n / (2 * n_neg)
+        if scheme == "frequency":
+            return n_neg / n, n_pos / n
+        if scheme == "pos-weight":
+            return n_neg / n_pos, np.ones_like(n)
+        if scheme == "effective":
+            if not 0 < beta < 1:
+                raise UsageError(f"--beta {beta}: the effective-number scheme needs 0 < beta < 1 (Cui et al. use 0.9 to 0.9999)")
+            inv_pos = (1 - beta) / (1 - np.power(beta, n_pos))
+            inv_neg = (1 - beta) / (1 - np.power(beta, n_neg))
+            total = inv_pos + inv_neg
+            return 2 * inv_pos / total, 2 * inv_neg / total
+    raise UsageError(f"unknown --scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+
+
+def select_rows(manifest: Manifest, split: str, split_col: str = "split") -> pd.DataFrame:
+    """The rows of one split (``all`` for every row, with a warning when that includes val/test)."""
+    frame = manifest.frame
+    if split == "all":
+        if split_col in frame.columns and frame[split_col].isin(list(EVAL_SPLITS)).any():
+            names = sorted(set(frame[split_col].dropna()) & EVAL_SPLITS)
+            warnings.warn(
+                f"--split all includes the {', '.join(names)} rows: their label statistics leak into training",
+                MdprepWarning,
+                stacklevel=3,
+            )
+        return frame
+    if split_col not in frame.columns:
+        raise UsageError(
+            f"the manifest has no {split_col!r} column to pick the {split!r} rows from; "
+            "run `mdprep split` first, or pass --split all to use every row"
+        )
+    rows = frame[frame[split_col] == split]
+    if rows.empty:
+        present = sorted(map(str, frame[split_col].dropna().unique()))
+        raise UsageError(f"no rows have {split_col} == {split!r}; the splits present are {', '.join(present) or 'none'}")
+    return rows
+
+
+def compute_weights(
+    manifest: Manifest,
+    *,
+    split: str = "train",
+    split_col: str = "split",
+    scheme: str = "balanced",
+    beta: float = 0.999,
+    sqrt: bool = False,
+    clip: float | None = None,
+    labels: Sequence[str] | None = None,
+    drop_empty: bool = False,
+) -> WeightsResult:
+    """Per-label weights from the ``split`` rows of a manifest.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> f = pd.DataFrame({"image_id": [str(i) for i in range(1000)], "path": "x", "patient_id": "p",
+    ...                   "split": "train", "A": pd.array([1] * 100 + [0] * 900, dtype="Int8")})
+    >>> w = compute_weights(Manifest(f, labels=("A",))).weights[0]
+    >>> round(w.w_neg, 4), round(w.w_pos, 4)
+    (0.5556, 5.0)
+    """
+    if scheme not in SCHEMES:
+        raise UsageError(f"unknown --scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    if clip is not None and clip <= 0:
+        raise UsageError(f"--clip {clip}: the cap must be positive")
+    names = list(manifest.labels) if labels is None else list(labels)
+    if not names:
+        raise UsageError("the manifest has no label columns to weigh; ingest labels first (mdprep ingest table ...)")
+    unknown = [n for n in names if n not in manifest.labels]
+    if unknown:
+        raise UsageError(f"{', '.join(map(repr, unknown))} are not label columns; the labels are {', '.join(manifest.labels)}")
+    rows = select_rows(manifest, split, split_col)
+    values = rows[names].to_numpy(dtype="float64", na_value=np.nan)
+    n_pos = (values == POSITIVE).sum(axis=0)
+    n_neg = (values == NEGATIVE).sum(axis=0)
+    n_ignored = len(rows) - n_pos - n_neg
+    empty = [n for n, p in zip(names, n_pos) if p == 0]
+    no_neg = [n for n, q in zip(names, n_neg) if q == 0]
+    dropped: list[str] = []
+    if empty or no_neg:
+        if not drop_empty:
+            parts = []
+            if empty:
+                parts.append(f"no positives for {', '.join(map(repr, empty))}")
+            if no_neg:
+                parts.append(f"no negatives for {', '.join(map(repr, no_neg))}")
+            raise UsageError(
+                f"the {split!r} rows have {'; '.join(parts)}: a weight would be infinite. "
+                "Pass --drop-empty to leave such labels out, or --labels to choose labels"
+            )
+        dropped = sorted(set(empty) | set(no_neg), key=names.index)
+    keep = [i for i, n in enumerate(names) if n not in dropped]
+    w_pos, w_neg = scheme_weights(n_pos[keep], n_neg[keep], scheme, beta=beta)
+    if sqrt:
+        w_pos, w_neg = np.sqrt(w_pos), np.sqrt(w_neg)
+    if clip is not None:
+        w_pos, w_neg = np.minimum(w_pos, clip), np.minimum(w_neg, clip)
+    weights = tuple(
+        LabelWeight(names[i], int(n_pos[i]), int(n_neg[i]), int(n_ignored[i]), round(float(wp), 6), round(float(wn), 6))
+        for i, wp, wn in zip(keep, w_pos, w_neg)
+    )
+    options = {"beta": beta if scheme == "effective" else None, "sqrt": sqrt, "clip": clip, "split_col": split_col}
+    notes = tuple(f"label {d!r} has no positives or no negatives in {split!r}; left out (--drop-empty)" for d in dropped)
+    return WeightsResult(scheme, weights, len(rows), split, options, tuple(dropped), notes)
+
+
+def weighted_bce(logits: np.ndarray, targets: np.ndarray, w_pos: Sequence[float], w_neg: Sequence[float]) -> float:
+    """Reference multi-label weighted binary cross-entropy (pure numpy).
+
+    For each label, the mean over the rows whose target is 0 or 1 (uncertain -1 and
+    NaN are masked out) of ``-(w_pos * y * log s(x) + w_neg * (1 - y) * log(1 - s(x)))``;
+    then the sum over labels. ``s`` is the logistic function, computed stably.
+
+    >>> round(weighted_bce(np.array([[0.0]]), np.array([[1.0]]), [2.0], [1.0]), 4)
+    1.3863
+    """
+    x = np.asarray(logits, dtype=float)
+    y = np.asarray(targets, dtype=float)
+    mask = (y == 0) | (y == 1)
+    log_p = -np.logaddexp(0, -x)  # log sigmoid(x)
+    log_q = -np.logaddexp(0, x)  # log (1 - sigmoid(x))
+    yy = np.where(mask, y, 0.0)
+    per = -(np.asarray(w_pos)[None, :] * yy * log_p + np.asarray(w_neg)[None, :] * (1 - yy) * log_q)
+    per = np.where(mask, per, 0.0)
+    counts = mask.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_label = np.where(counts > 0, per.sum(axis=0) / np.maximum(counts, 1), 0.0)
+    return float(per_label.sum())
