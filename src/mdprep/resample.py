@@ -30,7 +30,7 @@ import pandas as pd
 
 from .errors import MissingColumnError, UsageError
 from .manifest import POSITIVE, Manifest, order_columns, provenance_step
-from .weights import EVAL_SPLITS
+from .weights import EVAL_SPLITS, split_mask
 
 STRATEGIES = ("over", "under", "ml-ros", "ml-rus", "patient-cap", "smote", "adasyn")
 
@@ -227,15 +227,7 @@ def resample_manifest(
     if split in EVAL_SPLITS:
         raise UsageError(f"refusing to resample the {split!r} split: evaluation data must keep its real distribution")
     frame = manifest.frame
-    if split_col in frame.columns:
-        in_split = (frame[split_col] == split).fillna(False).to_numpy()
-        if not in_split.any():
-            present = sorted(map(str, frame[split_col].dropna().unique()))
-            raise UsageError(f"no rows have {split_col} == {split!r}; the splits present are {', '.join(present) or 'none'}")
-    elif split == "all":
-        in_split = np.ones(len(frame), dtype=bool)
-    else:
-        raise UsageError(f"the manifest has no {split_col!r} column; run `mdprep split` first, or pass --split all")
+    in_split = split_mask(frame, split, split_col)
     if "source_image_id" in frame.columns:
         raise UsageError("this manifest was already resampled (it has source_image_id); resample the original instead")
     labels = list(manifest.labels)

@@ -108,28 +108,33 @@ def scheme_weights(n_pos: np.ndarray, n_neg: np.ndarray, scheme: str, *, beta: f
     raise UsageError(f"unknown --scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
 
 
-def select_rows(manifest: Manifest, split: str, split_col: str = "split") -> pd.DataFrame:
-    """The rows of one split (``all`` for every row, with a warning when that includes val/test)."""
-    frame = manifest.frame
+def split_mask(frame: pd.DataFrame, split: str, split_col: str = "split") -> np.ndarray:
+    """Which rows belong to ``split`` (``all``: every row); a clear error when none can."""
     if split == "all":
-        if split_col in frame.columns and frame[split_col].isin(list(EVAL_SPLITS)).any():
-            names = sorted(set(frame[split_col].dropna()) & EVAL_SPLITS)
-            warnings.warn(
-                f"--split all includes the {', '.join(names)} rows: their label statistics leak into training",
-                MdprepWarning,
-                stacklevel=3,
-            )
-        return frame
+        return np.ones(len(frame), dtype=bool)
     if split_col not in frame.columns:
         raise UsageError(
             f"the manifest has no {split_col!r} column to pick the {split!r} rows from; "
             "run `mdprep split` first, or pass --split all to use every row"
         )
-    rows = frame[frame[split_col] == split]
-    if rows.empty:
+    mask = (frame[split_col] == split).fillna(False).to_numpy(dtype=bool)
+    if not mask.any():
         present = sorted(map(str, frame[split_col].dropna().unique()))
         raise UsageError(f"no rows have {split_col} == {split!r}; the splits present are {', '.join(present) or 'none'}")
-    return rows
+    return mask
+
+
+def select_rows(manifest: Manifest, split: str, split_col: str = "split") -> pd.DataFrame:
+    """The rows of one split (``all`` for every row, with a warning when that includes val/test)."""
+    frame = manifest.frame
+    if split == "all" and split_col in frame.columns and frame[split_col].isin(list(EVAL_SPLITS)).any():
+        names = sorted(set(frame[split_col].dropna()) & EVAL_SPLITS)
+        warnings.warn(
+            f"--split all includes the {', '.join(names)} rows: their label statistics leak into training",
+            MdprepWarning,
+            stacklevel=3,
+        )
+    return frame[split_mask(frame, split, split_col)]
 
 
 def compute_weights(
