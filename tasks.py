@@ -27,17 +27,28 @@ def run(*cmd: str | os.PathLike) -> None:
     subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT)
 
 
+#: The torch build the trainer's tests use. On these machines torch==2.13.0 is the CPU build
+#: on disk; elsewhere set MDPREP_TORCH (for example to a CPU wheel) to avoid a CUDA download.
+TORCH = os.environ.get("MDPREP_TORCH", "torch==2.13.0")
+
+
 def ensure_venv(extras: str) -> None:
-    """Create .venv and install mdprep (editable) with ``extras``, once per pyproject change."""
+    """Create .venv and install mdprep (editable) with ``extras``, once per pyproject change.
+
+    With the ``train`` extra, torch is installed first, pinned (``TORCH``), so that the
+    extra's ``torch>=2.1`` is already satisfied and pip never picks a multi-GB build.
+    """
     if sys.version_info < (3, 10):
         sys.exit(f"mdprep needs Python 3.10 or newer; this is {sys.version.split()[0]}")
-    stamp = VENV / f".installed-{extras or 'base'}"
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = VENV / f".installed-{extras.replace(',', '-') or 'base'}"
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == want and PY.exists():
         return
     if not PY.exists():
         run(sys.executable, "-m", "venv", VENV)
     run(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", "pip")
+    if "train" in extras.split(","):
+        run(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", TORCH)
     target = f".[{extras}]" if extras else "."
     run(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", target)
     stamp.write_text(want)
@@ -50,15 +61,15 @@ def main(argv: list[str]) -> int:
     job, rest = argv[0], argv[1:]
     try:
         if job == "demo":
-            ensure_venv("hash")
+            ensure_venv("hash,train")
             run(BIN / "mdprep", "demo", *rest)
         elif job == "test":
-            ensure_venv("dev")
+            ensure_venv("dev,train")
             result = subprocess.run([str(PY), "-m", "pytest", *rest], cwd=ROOT)
             # pytest exits 5 when it collects nothing: that is a failure here, not a pass.
             return 1 if result.returncode == 5 else result.returncode
         else:
-            ensure_venv("dev,bench")
+            ensure_venv("dev,train,bench")
             run(PY, "bench/run_all.py", *rest)
     except subprocess.CalledProcessError as exc:
         return exc.returncode or 1

@@ -18,6 +18,7 @@ import bench_audit  # noqa: E402
 import bench_ingest_dicom  # noqa: E402
 import bench_ingest_table  # noqa: E402
 import bench_split  # noqa: E402
+import bench_train  # noqa: E402
 from _common import machine  # noqa: E402
 
 
@@ -33,6 +34,8 @@ def main() -> None:
     print(bench_split.markdown(bench_split.run()))
     print("\n### Leakage audit\n")
     print(bench_audit.markdown(bench_audit.run()))
+    print("\n### Trainer throughput\n")
+    print(bench_train.markdown(bench_train.run()))
     print("\n### DICOM headers\n")
     for files in args.files:
         print(bench_ingest_dicom.markdown(bench_ingest_dicom.run(files, args.repeat)), end="\n\n")

@@ -27,57 +27,10 @@ import pandas as pd
 
 from .errors import InputError
 from .executor import map_chunks
+from .imaging import grey_8bit, load_pixels
 from .manifest import Manifest, provenance_step
 
 HASH_COLUMNS = ("file_sha256", "pixel_sha256", "phash")
-_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-
-
-def _is_dicom(path: str, head: bytes) -> bool:
-    return head[128:132] == b"DICM" or path.lower().endswith(_DICOM_SUFFIXES)
-
-
-def load_pixels(path: str, data: bytes | None = None) -> tuple[np.ndarray, bool]:
-    """Decoded pixels of one image, and whether they are MONOCHROME1 (inverted grey)."""
-    import io
-
-    if data is None:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    if _is_dicom(path, data[:132]):
-        import pydicom
-
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        arr = ds.pixel_array
-        if arr.ndim == 3 and int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-            arr = arr[arr.shape[0] // 2]  # middle frame stands for a multi-frame image
-        return arr, str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1"
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return np.asarray(im), False
-
-
-def grey_8bit(arr: np.ndarray, invert: bool = False) -> np.ndarray:
-    """An 8-bit grey view of any image: colour averaged, wider types windowed to their own range.
-
-    >>> grey_8bit(np.array([[0, 4095]], dtype=np.uint16)).tolist()
-    [[0, 255]]
-    """
-    a = arr
-    if a.ndim == 3:
-        a = a[..., :3].mean(axis=2) if a.shape[-1] in (3, 4) else a[..., 0]
-    if a.dtype != np.uint8:
-        a = a.astype(np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = np.zeros_like(a) if hi <= lo else (a - lo) * (255.0 / (hi - lo))
-        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-    if invert:
-        a = 255 - a
-    return a
-
-
 def phash64(grey: np.ndarray) -> int:
     """imagehash's pHash of an 8-bit grey array as an unsigned 64-bit integer."""
     import imagehash

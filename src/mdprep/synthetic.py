@@ -13,6 +13,7 @@ import csv
 import gzip
 import os
 from dataclasses import dataclass, field
+from typing import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -474,3 +475,72 @@ def write_leaky_cohort(root: str | os.PathLike, *, patients: int = 12, seed: int
         "same_person": ["P005|P905"],
     }
     return frame, expected
+
+
+# ----------------------------------------------------------------------------- training
+
+
+SHAPE_LABELS = ("square", "circle", "stripes")
+
+
+def shape_image(labels: Sequence[bool], rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """A noisy grey image where each label draws its own shape: a square, a ring, stripes."""
+    img = rng.normal(0.35, 0.08, (size, size))
+    y, x = np.mgrid[0:size, 0:size]
+    if labels[0]:
+        s, o = size // 5, int(rng.integers(2, size // 4))
+        img[o : o + s, o : o + s] += 0.5
+    if labels[1]:
+        cy, cx = size * 0.6 + rng.normal(0, 2), size * 0.6 + rng.normal(0, 2)
+        r = np.hypot(y - cy, x - cx)
+        img[(r > size * 0.12) & (r < size * 0.2)] += 0.45
+    if labels[2]:
+        img[(y // 3) % 2 == 0] += 0.25
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def write_shapes_dataset(root: str | os.PathLike, *, images: int = 400, size: int = 64, seed: int = 0, prevalence: Sequence[float] = (0.3, 0.15, 0.08), dicom_every: int = 0):
+    """A labelled image set for training tests: two images per patient, imbalanced labels.
+
+    Every ``dicom_every``-th image is written as a 16-bit MONOCHROME2 DICOM file
+    instead of a PNG (0: none), to exercise the DICOM path. Returns a manifest frame.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root_p = Path(root)
+    root_p.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(images):
+        labels = rng.random(len(SHAPE_LABELS)) < np.asarray(prevalence)
+        pixels = shape_image(labels, rng, size)
+        if dicom_every and i % dicom_every == 0:
+            rel = f"img{i:05d}.dcm"
+            _write_dicom_pixels(root_p / rel, (pixels.astype(np.uint16) * 16), f"S{i // 2:05d}")
+        else:
+            rel = f"img{i:05d}.png"
+            Image.fromarray(pixels, mode="L").save(root_p / rel)
+        rows.append((rel, rel, f"S{i // 2:05d}", *labels.astype(int)))
+    frame = pd.DataFrame(rows, columns=["image_id", "path", "patient_id", *SHAPE_LABELS])
+    for name in SHAPE_LABELS:
+        frame[name] = frame[name].astype("Int8")
+    return frame
+
+
+def _write_dicom_pixels(path: Path, pixels: np.ndarray, patient: str) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = _uid("shape", path.name)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, patient
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = "1", "-1024"
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)

@@ -43,6 +43,7 @@ from .balance import resample, weights  # noqa: E402
 from .demo import demo  # noqa: E402
 from .ingest import ingest  # noqa: E402
 from .split import split  # noqa: E402
+from .train import train  # noqa: E402
 from .validate import validate  # noqa: E402
 
 main.add_command(ingest)
@@ -51,5 +52,6 @@ main.add_command(hash_cmd)
 main.add_command(audit_leakage)
 main.add_command(weights)
 main.add_command(resample)
+main.add_command(train)
 main.add_command(validate)
 main.add_command(demo)

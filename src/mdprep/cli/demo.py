@@ -90,6 +90,7 @@ def demo(ctx, out_dir, patients, seed, quiet):
                split_col="split", target=None, ratio=None, percent=25.0, cap=None, features=None, seed=0, removed_path=None,
                quiet=quiet)
     _audit_steps(ctx, data, out, quiet)
+    _train_steps(ctx, data, out, quiet)
     checked = (out("dicom.parquet"), out("images.parquet"), out("nih-split.parquet"), out("dicom-folds.parquet"), out("nih-ros.parquet"))
     _step("Check the manifests against the contract", ["validate", *checked], quiet)
     ctx.invoke(validate, manifests=checked, quiet=quiet)
@@ -120,3 +121,29 @@ def _audit_steps(ctx, data, out, quiet) -> None:
                    markdown_path=out("audit.md"), quiet=quiet)
     except click.exceptions.Exit as exc:  # the gate's exit code, shown rather than raised
         echo(f"(exit code {exc.exit_code}: in CI this fails the build)", quiet)
+
+
+def _train_steps(ctx, data, out, quiet) -> None:
+    """Split, weigh and train the small model for two epochs on a labelled shapes image set."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        echo("\n(Skipping the training step: it needs the train extra, pip install 'mdprep[train]'.)", quiet)
+        return
+    from ..splitting import split_manifest
+    from ..synthetic import SHAPE_LABELS, write_shapes_dataset
+    from .train import train
+
+    shapes_root = os.path.join(data, "shapes")
+    frame = write_shapes_dataset(shapes_root, images=240, size=48, dicom_every=10)
+    labelled = Manifest(frame, labels=SHAPE_LABELS, root=os.path.abspath(shapes_root))
+    write_manifest(split_manifest(labelled, ratios=(0.7, 0.15, 0.15), seed=0).manifest, out("shapes-split.parquet"))
+    ctx.invoke(weights, manifest=out("shapes-split.parquet"), output=out("shapes-weights.json"), split="train", split_col="split",
+               scheme="balanced", beta=0.999, sqrt=False, clip=None, labels=None, drop_empty=False, quiet=True)
+    argv = ["train", out("shapes-split.parquet"), "--weights", out("shapes-weights.json"), "--out", out("run"),
+            "--arch", "small", "--epochs", "2", "--image-size", "48", "--evaluate-test"]
+    _step("Train the bundled small CNN for two epochs on a labelled image set (split by patient, weighted loss)", argv, quiet)
+    ctx.invoke(train, manifest=out("shapes-split.parquet"), root=None, weights_path=out("shapes-weights.json"), out_dir=out("run"),
+               arch="small", epochs=2, batch_size=32, image_size=48, lr=3e-3, pretrained=None, freeze_backbone=False,
+               augment="cxr-safe", hflip=False, device="auto", seed=0, workers=0, evaluate_test=True, allow_leakage=False,
+               quiet=quiet)

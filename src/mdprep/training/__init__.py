@@ -1,0 +1,9 @@
+"""The bundled trainer (``mdprep train``); needs the train extra (torch).
+
+Importing this package imports torch; the command line imports it only for `mdprep train`.
+"""
+
+from .loop import LeakageError, masked_weighted_bce, read_weights, train
+from .models import ARCHITECTURES, build_model
+
+__all__ = ["ARCHITECTURES", "LeakageError", "build_model", "masked_weighted_bce", "read_weights", "train"]

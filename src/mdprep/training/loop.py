@@ -1,0 +1,271 @@
+"""The training loop: weighted masked loss, per-epoch validation AUC, best checkpoint, test at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..audit import value_overlap
+from ..errors import InputError, MdprepError, MdprepWarning, UsageError
+from ..fileio import atomic_write
+from ..manifest import Manifest
+from .data import AUGMENTS, ManifestDataset, cxr_safe
+from .models import ARCHITECTURES, build_model, freeze_backbone, load_pretrained
+
+
+class LeakageError(MdprepError):
+    """The manifest's splits share patients; training on them would overstate every metric."""
+
+    code = "leakage"
+
+
+def masked_weighted_bce(logits: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, w_pos: torch.Tensor, w_neg: torch.Tensor) -> torch.Tensor:
+    """Weighted binary cross-entropy summed over labels, each label averaged over its unmasked rows.
+
+    The same formula as :func:`mdprep.weights.weighted_bce` (the numpy reference):
+    ``-(w_pos * y * log s(x) + w_neg * (1 - y) * log(1 - s(x)))``; uncertain and
+    missing labels (mask 0) add nothing.
+    """
+    log_p = torch.nn.functional.logsigmoid(logits)
+    log_q = torch.nn.functional.logsigmoid(-logits)
+    per = -(w_pos * targets * log_p + w_neg * (1 - targets) * log_q) * masks
+    counts = masks.sum(dim=0)
+    return (per.sum(dim=0) / counts.clamp(min=1)).sum()
+
+
+def read_weights(path: str, labels: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Labels, w_pos and w_neg from ``weights.json`` (schema ``mdprep-weights``).
+
+    Every scheme of ``mdprep weights`` gives a positive and a negative weight per
+    label, used as is by :func:`masked_weighted_bce` (``pos-weight`` has ``w_neg = 1``,
+    which is PyTorch's ``pos_weight``).
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"weights file {path!r} does not exist; create it with `mdprep weights`", path=path) from None
+    except ValueError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); create it with `mdprep weights`", path=path) from None
+    if doc.get("schema") != "mdprep-weights" or int(doc.get("version", 0)) != 1:
+        raise InputError(f"{path} is not an mdprep-weights version 1 document; create it with `mdprep weights`", path=path)
+    names = list(doc["labels"])
+    unknown = [n for n in names if n not in labels]
+    if unknown:
+        raise UsageError(f"{path} has weights for {', '.join(map(repr, unknown))}, which are not label columns of the manifest")
+    w_pos = np.array([doc["weights"][n]["w_pos"] for n in names], dtype=np.float32)
+    w_neg = np.array([doc["weights"][n]["w_neg"] for n in names], dtype=np.float32)
+    return names, w_pos, w_neg
+
+
+def roc_auc_per_label(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray, labels: Sequence[str]) -> dict[str, float | None]:
+    """ROC AUC per label over unmasked rows; ``None`` (undefined) when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, float | None] = {}
+    for j, label in enumerate(labels):
+        keep = masks[:, j] > 0
+        y = targets[keep, j]
+        out[label] = float(roc_auc_score(y, probs[keep, j])) if len(np.unique(y)) == 2 else None
+    return out
+
+
+def _mean(aucs: dict) -> float | None:
+    defined = [v for v in aucs.values() if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: str
+    best_epoch: int
+    metrics: dict
+
+
+def _seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available to this torch build; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def _evaluate(model, loader, device, w_pos, w_neg, labels) -> dict:
+    model.eval()
+    probs, targets, masks, loss_sum, batches = [], [], [], 0.0, 0
+    with torch.no_grad():
+        for images, y, m in loader:
+            logits = model(images.to(device))
+            loss_sum += float(masked_weighted_bce(logits, y.to(device), m.to(device), w_pos, w_neg))
+            batches += 1
+            probs.append(torch.sigmoid(logits).cpu().numpy())
+            targets.append(y.numpy())
+            masks.append(m.numpy())
+    p, t, k = np.concatenate(probs), np.concatenate(targets), np.concatenate(masks)
+    aucs = roc_auc_per_label(p, t, k, labels)
+    return {"loss": loss_sum / max(batches, 1), "auc": aucs, "mean_auc": _mean(aucs), "rows": int(len(p))}
+
+
+def train(
+    manifest: Manifest,
+    *,
+    root: str | None,
+    out_dir: str,
+    weights_path: str | None = None,
+    arch: str = "densenet121",
+    epochs: int = 5,
+    batch_size: int = 32,
+    image_size: int = 224,
+    lr: float = 1e-3,
+    pretrained: str | None = None,
+    freeze: bool = False,
+    augment: str = "cxr-safe",
+    hflip: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    evaluate_test: bool = False,
+    allow_leakage: bool = False,
+    workers: int = 0,
+    split_col: str = "split",
+    on_batch: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train a multi-label classifier on the ``train`` rows; select the epoch on ``val``.
+
+    Writes ``out_dir/best.pt`` (the best epoch's weights, labels and settings) and
+    ``out_dir/metrics.json`` (per epoch and label); returns the same metrics.
+    """
+    if arch not in ARCHITECTURES:
+        raise UsageError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if augment not in AUGMENTS:
+        raise UsageError(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
+    if epochs < 1 or batch_size < 1 or image_size < 16:
+        raise UsageError("--epochs and --batch-size must be at least 1, --image-size at least 16")
+    frame = manifest.frame
+    if split_col not in frame.columns:
+        raise UsageError(f"the manifest has no {split_col!r} column; run `mdprep split` first")
+    root = root or manifest.root
+    if not root or not os.path.isdir(root):
+        raise InputError(f"image folder {root!r} not found; pass --root, the folder the manifest's paths are relative to")
+    overlap = value_overlap(frame, "patient_id", split_col=split_col, check="patient_overlap")
+    if not overlap.findings.empty:
+        n = len(overlap.findings)
+        message = (
+            f"{n} patient(s) appear in more than one split (for example {', '.join(overlap.findings['key'].head(3))}); "
+            "metrics on such a split are inflated. Re-split with `mdprep split`, or pass --allow-leakage"
+        )
+        if not allow_leakage:
+            raise LeakageError(message)
+        warnings.warn(message, MdprepWarning, stacklevel=2)
+    if "synthetic" in frame.columns:
+        frame = frame[~frame["synthetic"].fillna(False).astype(bool)]
+    labels = list(manifest.labels)
+    if weights_path:
+        labels, w_pos_np, w_neg_np = read_weights(weights_path, labels)
+    else:
+        w_pos_np = w_neg_np = np.ones(len(labels), dtype=np.float32)
+    if not labels:
+        raise UsageError("the manifest has no label columns to train on")
+    parts = {name: frame[frame[split_col] == name] for name in ("train", "val", "test")}
+    if parts["train"].empty:
+        raise UsageError(f"no rows have {split_col} == 'train'")
+    generator = _seed_everything(seed)
+    dev = _device(device)
+    model = build_model(arch, len(labels))
+    pretrained_report = load_pretrained(model, pretrained) if pretrained else None
+    frozen = freeze_backbone(model) if freeze else 0
+    model.to(dev)
+    w_pos, w_neg = torch.tensor(w_pos_np, device=dev), torch.tensor(w_neg_np, device=dev)
+    sets = {k: ManifestDataset(v, root, labels, size=image_size, channels=model.in_channels) for k, v in parts.items()}
+    loader_kw = dict(batch_size=batch_size, num_workers=workers)
+    train_loader = torch.utils.data.DataLoader(sets["train"], shuffle=True, generator=generator, drop_last=len(sets["train"]) > batch_size, **loader_kw)
+    eval_loaders = {k: torch.utils.data.DataLoader(sets[k], shuffle=False, **loader_kw) for k in ("val", "test") if len(sets[k])}
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    os.makedirs(out_dir, exist_ok=True)
+    history, best_epoch, best_score = [], 0, None
+    checkpoint = os.path.join(out_dir, "best.pt")
+    for epoch in range(1, epochs + 1):
+        model.train()
+        start, loss_sum, seen, wait = time.perf_counter(), 0.0, 0, 0.0
+        t_fetch = time.perf_counter()
+        for step, (images, y, m) in enumerate(train_loader, start=1):
+            wait += time.perf_counter() - t_fetch
+            images = images.to(dev)
+            if augment == "cxr-safe":
+                images = cxr_safe(images.cpu(), generator, hflip=hflip).to(dev)
+            logits = model(images)
+            loss = masked_weighted_bce(logits, y.to(dev), m.to(dev), w_pos, w_neg)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            loss_sum += loss.item() * len(images)
+            seen += len(images)
+            if on_batch:
+                on_batch(step, len(train_loader))
+            t_fetch = time.perf_counter()
+        elapsed = time.perf_counter() - start
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(seen, 1),
+            "seconds": elapsed,
+            "images_per_second": seen / elapsed if elapsed else None,
+            "data_wait_share": wait / elapsed if elapsed else None,
+        }
+        if "val" in eval_loaders:
+            val = _evaluate(model, eval_loaders["val"], dev, w_pos, w_neg, labels)
+            record.update(val_loss=val["loss"], val_auc=val["auc"], val_mean_auc=val["mean_auc"])
+            score = val["mean_auc"] if val["mean_auc"] is not None else -val["loss"]
+        else:
+            score = epoch  # no validation rows: the last epoch is kept
+        history.append(record)
+        if best_score is None or score > best_score:
+            best_score, best_epoch = score, epoch
+            torch.save(
+                {"model": model.state_dict(), "arch": arch, "labels": labels, "image_size": image_size, "channels": model.in_channels, "epoch": epoch, "mdprep_version": __version__},
+                checkpoint,
+            )
+        if on_epoch:
+            on_epoch(record)
+    test = None
+    if evaluate_test and "test" in eval_loaders:
+        model.load_state_dict(torch.load(checkpoint, map_location=dev, weights_only=True)["model"])
+        test = _evaluate(model, eval_loaders["test"], dev, w_pos, w_neg, labels)
+    metrics = {
+        "schema": "mdprep-train-metrics",
+        "version": 1,
+        "labels": labels,
+        "arch": arch,
+        "device": str(dev),
+        "rows": {k: len(v) for k, v in sets.items()},
+        "options": {
+            "epochs": epochs, "batch_size": batch_size, "image_size": image_size, "lr": lr, "augment": augment, "hflip": hflip,
+            "seed": seed, "weights": weights_path, "pretrained": pretrained, "freeze_backbone": freeze, "frozen_tensors": frozen,
+        },
+        "pretrained": pretrained_report,
+        "epochs": history,
+        "best_epoch": best_epoch,
+        "best_val_mean_auc": next((r.get("val_mean_auc") for r in history if r["epoch"] == best_epoch), None),
+        "test": test,
+    }
+    with atomic_write(os.path.join(out_dir, "metrics.json")) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return TrainResult(out_dir, best_epoch, metrics)

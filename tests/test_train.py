@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import torch
+
+from mdprep.cli import main
+from mdprep.manifest import Manifest, write_manifest
+from mdprep.splitting import split_manifest
+from mdprep.synthetic import SHAPE_LABELS, write_shapes_dataset
+from mdprep.training import LeakageError, build_model, masked_weighted_bce, train
+from mdprep.training.data import ManifestDataset, cxr_safe
+from mdprep.training.models import freeze_backbone, load_pretrained
+from mdprep.weights import compute_weights, weighted_bce
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    frame = write_shapes_dataset(root, images=500, size=64, seed=0, dicom_every=9)
+    m = split_manifest(Manifest(frame, labels=SHAPE_LABELS, root=str(root)), ratios=(0.7, 0.15, 0.15), seed=0).manifest
+    return m, root
+
+
+def test_small_model_learns_the_shapes(shapes, tmp_path):
+    m, root = shapes
+    weights = tmp_path / "w.json"
+    weights.write_text(json.dumps(compute_weights(m).document()))
+    r = train(m, root=str(root), out_dir=str(tmp_path / "run"), weights_path=str(weights), arch="small", epochs=5,
+              batch_size=32, image_size=64, lr=3e-3, device="cpu", evaluate_test=True, seed=0)
+    assert r.metrics["best_val_mean_auc"] >= 0.9
+    assert r.metrics["test"]["mean_auc"] >= 0.9
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["best_epoch"] == r.best_epoch and len(saved["epochs"]) == 5
+    assert set(saved["epochs"][0]["val_auc"]) == set(SHAPE_LABELS)
+    ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert ckpt["labels"] == list(SHAPE_LABELS) and ckpt["epoch"] == r.best_epoch
+
+
+def test_overfits_a_handful_of_images(shapes, tmp_path):
+    m, root = shapes
+    f = m.frame.copy()
+    f["split"] = np.where(np.arange(len(f)) < 8, "train", "other")
+    tiny = m.with_frame(f[np.arange(len(f)) < 8])
+    r = train(tiny, root=str(root), out_dir=str(tmp_path / "run"), arch="small", epochs=60, batch_size=8, image_size=32,
+              lr=1e-2, augment="none", device="cpu", seed=0)
+    losses = [e["train_loss"] for e in r.metrics["epochs"]]
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_same_seed_same_run(shapes, tmp_path):
+    m, root = shapes
+    kw = dict(root=str(root), arch="small", epochs=1, batch_size=32, image_size=32, device="cpu", seed=3)
+    a = train(m, out_dir=str(tmp_path / "a"), **kw).metrics["epochs"][0]
+    b = train(m, out_dir=str(tmp_path / "b"), **kw).metrics["epochs"][0]
+    assert a["train_loss"] == b["train_loss"] and a["val_auc"] == b["val_auc"]
+
+
+def test_loss_equals_numpy_reference():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(16, 3))
+    targets = rng.choice([1.0, 0.0, -1.0, np.nan], size=(16, 3))
+    w_pos, w_neg = np.array([2.0, 5.0, 0.7]), np.array([0.6, 0.5, 1.0])
+    ref = weighted_bce(logits, targets, w_pos, w_neg)
+    t = torch.tensor(np.where(targets == 1, 1.0, 0.0), dtype=torch.float64)
+    mask = torch.tensor(((targets == 1) | (targets == 0)).astype(float))
+    got = masked_weighted_bce(torch.tensor(logits), t, mask, torch.tensor(w_pos), torch.tensor(w_neg))
+    assert float(got) == pytest.approx(ref, rel=1e-9)
+
+
+def test_dataset_reads_dicom_and_masks_uncertain(shapes, tmp_path):
+    m, root = shapes
+    f = m.frame.head(18).copy()
+    f.loc[f.index[0], "square"] = -1
+    f.loc[f.index[1], "circle"] = pd.NA
+    ds = ManifestDataset(f, str(root), SHAPE_LABELS, size=40, channels=3)
+    assert f["path"].str.endswith(".dcm").any()
+    for i in range(len(ds)):
+        img, y, mask = ds[i]
+        assert img.shape == (3, 40, 40) and float(img.min()) >= 0 and float(img.max()) <= 1
+    assert ds[0][2].tolist()[0] == 0.0 and ds[1][2].tolist()[1] == 0.0 and ds[2][2].tolist() == [1.0, 1.0, 1.0]
+    # A DICOM image and the PNG of the same pixels give the same input.
+    dcm = next(i for i, p in enumerate(f["path"]) if p.endswith(".dcm"))
+    assert float(ds[dcm][0].std()) > 0.05
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    from mdprep.imaging import load_pixels, unit_grey
+    from mdprep.synthetic import _write_dicom_pixels
+    from pydicom import dcmread
+
+    px = np.tile(np.arange(16, dtype=np.uint16) * 100, (16, 1))
+    _write_dicom_pixels(tmp_path / "a.dcm", px, "P")
+    ds = dcmread(tmp_path / "a.dcm")
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "b.dcm")
+    a = unit_grey(*load_pixels(str(tmp_path / "a.dcm")))
+    b = unit_grey(*load_pixels(str(tmp_path / "b.dcm")))
+    assert np.allclose(a, 1 - b) and a[0, 0] == 0.0 and a[0, -1] == 1.0
+
+
+def test_augmentation_is_bounded_and_seeded():
+    images = torch.rand(4, 1, 32, 32)
+    a = cxr_safe(images, torch.Generator().manual_seed(0))
+    b = cxr_safe(images, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == images.shape
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    assert 0.01 < float((a - images).abs().mean()) < 0.4
+
+
+def test_leakage_gate(shapes, tmp_path, runner):
+    m, root = shapes
+    f = m.frame.copy()
+    pid = f.loc[f["split"] == "test", "patient_id"].iloc[0]
+    f.loc[f.index[f["split"] == "train"][0], "patient_id"] = pid
+    leaky = m.with_frame(f)
+    with pytest.raises(LeakageError, match="appear in more than one split"):
+        train(leaky, root=str(root), out_dir=str(tmp_path / "run"), arch="small", epochs=1, image_size=32, device="cpu")
+    path = tmp_path / "leaky.parquet"
+    write_manifest(leaky, path)
+    res = runner.invoke(main, ["train", str(path), "--out", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--image-size", "32", "--device", "cpu"])
+    assert res.exit_code == 2 and "--allow-leakage" in res.stderr
+    res = runner.invoke(main, ["train", str(path), "--out", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--image-size", "32", "--device", "cpu", "--allow-leakage", "-q"])
+    assert res.exit_code == 0, res.stderr
+    assert "Warning:" in res.stderr
+
+
+def test_pretrained_and_freeze(tmp_path):
+    donor = build_model("resnet18", 1000)
+    torch.save(donor.state_dict(), tmp_path / "imagenet.pt")
+    model = build_model("resnet18", 3)
+    report = load_pretrained(model, str(tmp_path / "imagenet.pt"))
+    assert report["skipped"] == ["fc.bias", "fc.weight"] and report["loaded"] == len(model.state_dict()) - 2
+    assert torch.equal(model.conv1.weight, donor.conv1.weight)
+    frozen = freeze_backbone(model)
+    assert frozen > 0 and [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+
+
+def test_architectures_match_torchvision_layouts():
+    dn = build_model("densenet121", 14)
+    names = set(dn.state_dict())
+    assert {"features.denseblock4.denselayer16.conv2.weight", "features.transition3.conv.weight", "features.norm5.running_var", "classifier.weight"} <= names
+    assert sum(p.numel() for p in dn.parameters()) == 7978856 - 1025000 + 1024 * 14 + 14
+    rn = build_model("resnet18", 14)
+    assert sum(p.numel() for p in rn.parameters()) == 11689512 - 513000 + 512 * 14 + 14
+    assert "layer2.0.downsample.1.running_mean" in rn.state_dict()
+
+
+def test_undefined_auc_does_not_crash(shapes, tmp_path):
+    m, root = shapes
+    f = m.frame.copy()
+    f.loc[f["split"] == "val", "stripes"] = 0
+    r = train(m.with_frame(f), root=str(root), out_dir=str(tmp_path / "run"), arch="small", epochs=1, image_size=32, device="cpu")
+    assert r.metrics["epochs"][0]["val_auc"]["stripes"] is None
