@@ -42,6 +42,7 @@ from .audit import audit_leakage, hash_cmd  # noqa: E402
 from .balance import resample, weights  # noqa: E402
 from .demo import demo  # noqa: E402
 from .ingest import ingest  # noqa: E402
+from .pseudonymize import keygen, pseudonymize_cmd  # noqa: E402
 from .split import split  # noqa: E402
 from .train import train  # noqa: E402
 from .validate import validate  # noqa: E402
@@ -53,5 +54,7 @@ main.add_command(audit_leakage)
 main.add_command(weights)
 main.add_command(resample)
 main.add_command(train)
+main.add_command(keygen)
+main.add_command(pseudonymize_cmd)
 main.add_command(validate)
 main.add_command(demo)

@@ -24,6 +24,7 @@ from ..audit import (
 from ..fileio import atomic_write, file_fingerprint
 from ..hashing import HASH_COLUMNS, hash_manifest
 from ..manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
+from ..pseudonyms import check_same_key
 from ._ui import file_progress, print_table
 from .ingest import _comma_list
 
@@ -105,6 +106,7 @@ def audit_leakage(manifests, names, split_col, group, checks, fail_on, allow_pat
     columns = list(dict.fromkeys([*REQUIRED_COLUMNS, split_col, "fold", group, *VALUE_CHECKS.values(), *HASH_COLUMNS, *person_columns, *( [time_col] if time_col else [])]))
     loaded = [read_manifest(p, columns=columns) for p in manifests]
     inputs = [{**file_fingerprint(p), "rows": len(m.frame)} for p, m in zip(manifests, loaded)]
+    check_same_key(loaded, list(manifests))
     if len(loaded) == 1:
         frame = loaded[0].frame
     else:

@@ -59,16 +59,17 @@ def demo(ctx, out_dir, patients, seed, quiet):
     _step("Ingest a DICOM tree (headers only; bad files are counted, not dropped)",
           ["ingest", "dicom", dicom_root, "-o", out("dicom.parquet"), "--errors", out("dicom-errors.csv")], quiet)
     ctx.invoke(ingest_dicom_cmd, root=dicom_root, output=out("dicom.parquet"), tags=(), files_from=None, workers=None,
-               errors_path=out("dicom-errors.csv"), quiet=quiet)
+               errors_path=out("dicom-errors.csv"), pseudonymize=False, key_file=None, quiet=quiet)
     _step("Ingest a folder of PNGs; patient and study come from the path",
           ["ingest", "images", images_root, "--patient-regex", IMAGE_REGEX, "-o", out("images.parquet"), "--errors", out("images-errors.csv")], quiet)
     ctx.invoke(ingest_images_cmd, root=images_root, patient_regex=IMAGE_REGEX, output=out("images.parquet"), files_from=None,
-               workers=None, errors_path=out("images-errors.csv"), quiet=quiet)
+               workers=None, errors_path=out("images-errors.csv"), pseudonymize=False, key_file=None, quiet=quiet)
     _step("Ingest an NIH ChestX-ray14 style label table",
           ["ingest", "table", nih_table, "--preset", "nih", "-o", out("nih.parquet")], quiet)
     ctx.invoke(ingest_table_cmd, table=nih_table, preset="nih", output=out("nih.parquet"), metadata=None, uncertain="keep",
                image_col=None, patient_col="patient_id", path_col=None, study_col=None, labels_col=None, labels_sep="|",
-               label_cols=(), sep=None, encoding="utf-8", image_ext="jpg", image_root=None, quiet=quiet)
+               label_cols=(), sep=None, encoding="utf-8", image_ext="jpg", image_root=None, pseudonymize=False, key_file=None,
+               quiet=quiet)
     _step("Split by patient into train/val/test, stratified on every label",
           ["split", out("nih.parquet"), "--ratios", "0.7,0.1,0.2", "--seed", "0", "-o", out("nih-split.parquet"),
            "--report", out("nih-split.json")], quiet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Iterable
 
 import click
@@ -28,6 +29,19 @@ def _read_file_list(source: str | None) -> list[str] | None:
         return sys.stdin.read().splitlines()
     with open(source, encoding="utf-8") as fh:
         return fh.read().splitlines()
+
+
+def _pseudonymized(result: IngestResult, pseudonymize: bool, key_file: str | None, quiet: bool) -> IngestResult:
+    """With --pseudonymize, replace identifiers before anything reaches disk."""
+    if not pseudonymize:
+        return result
+    from ..pseudonyms import load_key
+    from ..pseudonyms import pseudonymize as apply
+    from .pseudonymize import summary
+
+    done = apply(result.manifest, load_key(key_file))
+    summary(done, quiet)
+    return replace(result, manifest=done.manifest)
 
 
 def _write_outputs(result: IngestResult, output: str, errors_path: str | None) -> None:
@@ -82,6 +96,8 @@ _workers = click.option("--workers", type=click.IntRange(min=1), default=None, h
 _errors = click.option(
     "--errors", "errors_path", metavar="FILE", help="Write every file that gave no row (path, outcome, error type, message); .csv or .parquet."
 )
+_pseudonymize = click.option("--pseudonymize", is_flag=True, help="Replace identifiers with keyed pseudonyms before writing (see mdprep pseudonymize).")
+_key_file = click.option("--key-file", type=click.Path(dir_okay=False), help="Pseudonymisation key file [default: $MDPREP_PSEUDONYM_KEY].")
 _files_from = click.option(
     "--files-from", metavar="FILE", help="Read the files listed in FILE (one per line, '-' for stdin) instead of walking ROOT."
 )
@@ -99,8 +115,10 @@ def ingest() -> None:
 @_files_from
 @_workers
 @_errors
+@_pseudonymize
+@_key_file
 @_quiet
-def ingest_dicom_cmd(root, output, tags, files_from, workers, errors_path, quiet):
+def ingest_dicom_cmd(root, output, tags, files_from, workers, errors_path, pseudonymize, key_file, quiet):
     """Read the headers (never the pixels) of every DICOM file under ROOT.
 
     \b
@@ -117,6 +135,7 @@ def ingest_dicom_cmd(root, output, tags, files_from, workers, errors_path, quiet
     files = _read_file_list(files_from)
     with file_progress("Reading DICOM headers", quiet) as bar:
         result = ingest_dicom(root, files=files, tags=_comma_list(tags), workers=workers, on_found=bar.found, on_progress=bar.advance)
+    result = _pseudonymized(result, pseudonymize, key_file, quiet)
     _write_outputs(result, output, errors_path)
     render_summary(result, output, errors_path, quiet)
 
@@ -133,8 +152,10 @@ def ingest_dicom_cmd(root, output, tags, files_from, workers, errors_path, quiet
 @_files_from
 @_workers
 @_errors
+@_pseudonymize
+@_key_file
 @_quiet
-def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_path, quiet):
+def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_path, pseudonymize, key_file, quiet):
     """Index the PNG/JPEG/TIFF images under ROOT; patient and study come from the path.
 
     \b
@@ -145,6 +166,7 @@ def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_p
     files = _read_file_list(files_from)
     with file_progress("Reading image headers", quiet) as bar:
         result = ingest_images(root, patient_regex=patient_regex, files=files, workers=workers, on_found=bar.found, on_progress=bar.advance)
+    result = _pseudonymized(result, pseudonymize, key_file, quiet)
     _write_outputs(result, output, errors_path)
     render_summary(result, output, errors_path, quiet)
 
@@ -172,8 +194,10 @@ def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_p
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the table.")
 @click.option("--image-ext", default="jpg", show_default=True, help="MIMIC-CXR: file ending of the built paths (jpg or dcm).")
 @click.option("--root", "image_root", type=click.Path(file_okay=False), help="Folder the table's paths are relative to (recorded in the manifest).")
+@_pseudonymize
+@_key_file
 @_quiet
-def ingest_table_cmd(table, preset, output, metadata, uncertain, image_col, patient_col, path_col, study_col, labels_col, labels_sep, label_cols, sep, encoding, image_ext, image_root, quiet):
+def ingest_table_cmd(table, preset, output, metadata, uncertain, image_col, patient_col, path_col, study_col, labels_col, labels_sep, label_cols, sep, encoding, image_ext, image_root, pseudonymize, key_file, quiet):
     """Turn a dataset's label table (CSV, TSV, gzip, Parquet) into a manifest.
 
     \b
@@ -202,5 +226,6 @@ def ingest_table_cmd(table, preset, output, metadata, uncertain, image_col, pati
             image_ext=image_ext,
             root=image_root,
         )
+        result = _pseudonymized(result, pseudonymize, key_file, quiet)
         _write_outputs(result, output, None)
     render_summary(result, output, None, quiet)
