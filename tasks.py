@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,17 @@ def ensure_venv(extras: str) -> None:
     stamp.write_text(want)
 
 
+def ensure_chromium() -> None:
+    """In CI, install Debian's Chromium for the report's browser test when it is missing."""
+    if not os.environ.get("CI") or shutil.which("chromium") or not shutil.which("apt-get"):
+        return
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"demo", "test", "bench"}:
         print(__doc__)
@@ -65,6 +77,7 @@ def main(argv: list[str]) -> int:
             run(BIN / "mdprep", "demo", *rest)
         elif job == "test":
             ensure_venv("dev,train")
+            ensure_chromium()
             result = subprocess.run([str(PY), "-m", "pytest", *rest], cwd=ROOT)
             # pytest exits 5 when it collects nothing: that is a failure here, not a pass.
             return 1 if result.returncode == 5 else result.returncode

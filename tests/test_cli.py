@@ -159,3 +159,10 @@ def test_every_command_and_option_is_documented():
                 if opt.startswith("--") and opt not in ("--help",) and not re.search(re.escape(opt) + r"\b", docs):
                     missing.append(f"{name} {opt}")
     assert missing == []
+
+
+def test_every_command_help_shows_an_example(runner):
+    for path, cmd in _commands(main):
+        res = runner.invoke(main, [*path, "--help"])
+        assert res.exit_code == 0, path
+        assert "Example" in res.output, f"mdprep {' '.join(path)} --help shows no example"

@@ -26,9 +26,12 @@ class MdprepGroup(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="""\b
 Example:
+  mdprep demo                                   # the whole pipeline on a generated cohort
   mdprep ingest table Data_Entry_2017.csv.gz --preset nih -o nih.parquet
   mdprep split nih.parquet --ratios 0.7,0.1,0.2 --seed 0 -o nih-split.parquet
-  mdprep validate nih-split.parquet
+  mdprep check nih-split.parquet --junit check.xml
+
+Shell completion: eval "$(_MDPREP_COMPLETE=bash_source mdprep)" (docs/getting-started.md).
 
 Exit codes: 0 success, 1 a check failed, 2 bad input or usage.
 """,
@@ -38,7 +41,7 @@ def main() -> None:
     """Prepare medical-imaging datasets for deep learning and prove they are safe to train on."""
 
 
-from .audit import audit_leakage, hash_cmd  # noqa: E402
+from .audit import audit_leakage, check, hash_cmd, report  # noqa: E402
 from .balance import resample, weights  # noqa: E402
 from .demo import demo  # noqa: E402
 from .ingest import ingest  # noqa: E402
@@ -51,6 +54,8 @@ main.add_command(ingest)
 main.add_command(split)
 main.add_command(hash_cmd)
 main.add_command(audit_leakage)
+main.add_command(check)
+main.add_command(report)
 main.add_command(weights)
 main.add_command(resample)
 main.add_command(train)

@@ -61,24 +61,36 @@ def hash_cmd(manifest, output, root, workers, errors_path, quiet):
         click.echo(line + (f" ({hint}); failed rows keep null hashes and count as unchecked" if result.failed else ""), err=True)
 
 
+_AUDIT_OPTIONS = [
+    click.option("--names", help="Split names of the manifests, one per file [default: the file names]."),
+    click.option("--split-col", default="split", show_default=True, help="With one manifest: the column naming each row's split."),
+    click.option("--group", default="patient_id", show_default=True, help="Column for patient_overlap."),
+    click.option("--checks", "checks", multiple=True, metavar="CHECK,...", help=f"Checks to run [default: all]: {', '.join(ALL_CHECKS)}."),
+    click.option("--fail-on", multiple=True, metavar="CHECK,...", help="Checks whose findings fail the gate [default: all but same_person]."),
+    click.option("--allow", "allow_path", type=click.Path(dir_okay=False), help="JSON list of reviewed findings ({check, key, reason}) reported but not failing."),
+    click.option("--threshold", default=4, show_default=True, type=int, help="Hamming distance for near_duplicate."),
+    click.option("--person-cols", default=",".join(PERSON_COLUMNS), show_default=True, help="Columns that together suggest one person (same_person)."),
+    click.option("--time-col", help="Date column for the temporal check."),
+    click.option("--temporal", is_flag=True, help="The split is by time: fail when val/test images predate the latest train image."),
+    click.option("--train-split", default="train", show_default=True, help="Name of the training split (temporal check)."),
+    click.option("--json", "json_path", metavar="FILE", help="Write the full report (schema mdprep-audit-report v1)."),
+    click.option("--junit", "junit_path", metavar="FILE", help="Write JUnit XML: one test case per check."),
+    click.option("--markdown", "markdown_path", metavar="FILE", help="Write a short Markdown summary for a pull request."),
+    click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line."),
+]
+
+
+def audit_options(command):
+    """The options shared by `audit-leakage` and `check`."""
+    for option in reversed(_AUDIT_OPTIONS):
+        command = option(command)
+    return command
+
+
 @click.command("audit-leakage")
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--names", help="Split names of the manifests, one per file [default: the file names].")
-@click.option("--split-col", default="split", show_default=True, help="With one manifest: the column naming each row's split.")
-@click.option("--group", default="patient_id", show_default=True, help="Column for patient_overlap.")
-@click.option("--checks", "checks", multiple=True, metavar="CHECK,...", help=f"Checks to run [default: all]: {', '.join(ALL_CHECKS)}.")
-@click.option("--fail-on", multiple=True, metavar="CHECK,...", help="Checks whose findings fail the gate [default: all but same_person].")
-@click.option("--allow", "allow_path", type=click.Path(dir_okay=False), help="JSON list of reviewed findings ({check, key, reason}) reported but not failing.")
-@click.option("--threshold", default=4, show_default=True, type=int, help="Hamming distance for near_duplicate.")
-@click.option("--person-cols", default=",".join(PERSON_COLUMNS), show_default=True, help="Columns that together suggest one person (same_person).")
-@click.option("--time-col", help="Date column for the temporal check.")
-@click.option("--temporal", is_flag=True, help="The split is by time: fail when val/test images predate the latest train image.")
-@click.option("--train-split", default="train", show_default=True, help="Name of the training split (temporal check).")
-@click.option("--json", "json_path", metavar="FILE", help="Write the full report (schema mdprep-audit-report v1).")
-@click.option("--junit", "junit_path", metavar="FILE", help="Write JUnit XML: one test case per check.")
-@click.option("--markdown", "markdown_path", metavar="FILE", help="Write a short Markdown summary for a pull request.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line.")
-def audit_leakage(manifests, names, split_col, group, checks, fail_on, allow_path, threshold, person_cols, time_col, temporal, train_split, json_path, junit_path, markdown_path, quiet):
+@audit_options
+def audit_leakage(manifests, **options):
     """Find every way a patient or an image crosses splits; exit 1 when leakage is found.
 
     \b
@@ -95,6 +107,11 @@ def audit_leakage(manifests, names, split_col, group, checks, fail_on, allow_pat
       mdprep audit-leakage nih-split.parquet --junit audit.xml --markdown audit.md
       mdprep audit-leakage train.parquet val.parquet test.parquet --allow reviewed.json
     """
+    click.get_current_context().exit(run_audit(manifests, **options))
+
+
+def run_audit(manifests, names, split_col, group, checks, fail_on, allow_path, threshold, person_cols, time_col, temporal, train_split, json_path, junit_path, markdown_path, quiet) -> int:
+    """Load the manifests, run the audit, write the reports, print the summary; return the exit code."""
     person_columns = _comma_list([person_cols])
     if temporal and not time_col:
         raise click.UsageError("--temporal needs --time-col (the date of each image)")
@@ -149,4 +166,59 @@ def audit_leakage(manifests, names, split_col, group, checks, fail_on, allow_pat
     failed = [f"{r.check} ({r.partition}s)" for r in report.failed]
     verdict = f"Leakage found: {', '.join(failed)}" if failed else "No leakage found"
     click.echo(verdict, err=True)
-    click.get_current_context().exit(report.exit_code)
+    return report.exit_code
+
+
+@click.command("check")
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@audit_options
+def check(manifests, **options):
+    """The one-stop CI gate: the manifest contract, then the leakage audit.
+
+    \b
+    Exit codes: 0 all clean, 1 a manifest breaks the contract or leakage was found,
+    2 bad input or usage. Takes the options and report formats of audit-leakage.
+
+    \b
+    Example (in CI):
+      mdprep check manifests/*.parquet --junit reports/mdprep.xml --markdown reports/mdprep.md
+    """
+    from ..manifest import validate as validate_manifest
+    from ._ui import EXIT_CHECK_FAILED
+
+    broken = 0
+    for path in manifests:
+        violations = validate_manifest(read_manifest(path, validate_contract=False))
+        for v in violations:
+            click.echo(f"{path}: [{v.check}] {v.message}", err=True)
+        broken += bool(violations)
+    if broken:
+        click.echo(f"Contract failed for {broken} manifest(s); fix them before the leakage audit can run", err=True)
+        click.get_current_context().exit(EXIT_CHECK_FAILED)
+    if not options["quiet"]:
+        click.echo(f"Contract: {len(manifests)} manifest(s) valid", err=True)
+    click.get_current_context().exit(run_audit(manifests, **options))
+
+
+@click.command("report")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, metavar="report.html", help="The HTML file to write (self-contained, no network needed).")
+@click.option("--audit", "audit_path", type=click.Path(dir_okay=False), help="An audit report from `mdprep audit-leakage --json`.")
+@click.option("--title", default=None, help="Page title [default: the manifest's file name].")
+def report(manifest, output, audit_path, title):
+    """Write one self-contained HTML page about MANIFEST: splits, prevalence, patients, quality, leakage.
+
+    \b
+    Example:
+      mdprep audit-leakage nih-split.parquet --json audit.json
+      mdprep report nih-split.parquet --audit audit.json -o report.html
+    """
+    import os
+
+    from ..report import build_report, load_audit
+
+    m = read_manifest(manifest)
+    page = build_report(m, audit=load_audit(audit_path) if audit_path else None, title=title or f"mdprep report: {os.path.basename(manifest)}")
+    with atomic_write(output) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    click.echo(f"Wrote {output}", err=True)

@@ -112,13 +112,13 @@ def _audit_steps(ctx, data, out, quiet) -> None:
           ["hash", out("leaky.parquet"), "-o", out("leaky-hashed.parquet")], quiet)
     ctx.invoke(hash_cmd, manifest=out("leaky.parquet"), output=out("leaky-hashed.parquet"), root=None, workers=None,
                errors_path=None, quiet=quiet)
-    argv = ["audit-leakage", out("leaky-hashed.parquet"), "--markdown", out("audit.md"), "--junit", out("audit.xml")]
+    argv = ["audit-leakage", out("leaky-hashed.parquet"), "--json", out("audit.json"), "--markdown", out("audit.md"), "--junit", out("audit.xml")]
     _step("Audit a split with planted leaks: a shared patient, a shared study, a copied file, "
           "a re-encoded and a brightened copy (the gate fails with exit code 1)", argv, quiet)
     try:
         ctx.invoke(audit_leakage, manifests=(out("leaky-hashed.parquet"),), names=None, split_col="split", group="patient_id",
                    checks=(), fail_on=(), allow_path=None, threshold=4, person_cols="birth_date,sex", time_col=None,
-                   temporal=False, train_split="train", json_path=None, junit_path=out("audit.xml"),
+                   temporal=False, train_split="train", json_path=out("audit.json"), junit_path=out("audit.xml"),
                    markdown_path=out("audit.md"), quiet=quiet)
     except click.exceptions.Exit as exc:  # the gate's exit code, shown rather than raised
         echo(f"(exit code {exc.exit_code}: in CI this fails the build)", quiet)
