@@ -12,12 +12,8 @@
 
 from __future__ import annotations
 
-import json
-import os
-import resource
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np

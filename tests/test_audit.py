@@ -10,7 +10,7 @@ import pytest
 
 from mdprep.audit import audit, near_duplicate_pairs, to_junit, to_markdown, value_overlap
 from mdprep.cli import main
-from mdprep.errors import MissingColumnError, UsageError
+from mdprep.errors import UsageError
 from mdprep.hashing import hash_manifest
 from mdprep.manifest import Manifest, read_manifest, write_manifest
 from mdprep.synthetic import write_dicom_tree, write_leaky_cohort

@@ -8,7 +8,6 @@ import click
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from mdprep.cli import main
 from mdprep.manifest import read_manifest

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import pandas as pd
 import pytest
@@ -10,7 +9,7 @@ from hypothesis import strategies as st
 
 from mdprep.errors import EmptyInputError, InputError, UsageError
 from mdprep.ingest import ingest_dicom, ingest_images, write_errors
-from mdprep.manifest import read_manifest, write_manifest
+from mdprep.manifest import write_manifest
 from mdprep.synthetic import write_dicom_tree
 
 

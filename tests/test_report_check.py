@@ -11,7 +11,6 @@ from mdprep.cli import main
 from mdprep.hashing import hash_manifest
 from mdprep.manifest import Manifest, write_manifest
 from mdprep.report import build_report
-from mdprep.splitting import split_manifest
 from mdprep.synthetic import write_leaky_cohort, write_nih_table
 
 CHROMIUM_FLAGS = [

@@ -26,7 +26,7 @@ from ..hashing import HASH_COLUMNS, hash_manifest
 from ..manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
 from ..pseudonyms import check_same_key
 from ._ui import file_progress, print_table
-from .ingest import _comma_list
+from ._options import comma_list
 
 
 @click.command("hash")
@@ -112,11 +112,11 @@ def audit_leakage(manifests, **options):
 
 def run_audit(manifests, names, split_col, group, checks, fail_on, allow_path, threshold, person_cols, time_col, temporal, train_split, json_path, junit_path, markdown_path, quiet) -> int:
     """Load the manifests, run the audit, write the reports, print the summary; return the exit code."""
-    person_columns = _comma_list([person_cols])
+    person_columns = comma_list([person_cols])
     if temporal and not time_col:
         raise click.UsageError("--temporal needs --time-col (the date of each image)")
-    check_list = _comma_list(checks) if checks else None
-    gate = _comma_list(fail_on) if fail_on else None
+    check_list = comma_list(checks) if checks else None
+    gate = comma_list(fail_on) if fail_on else None
     if gate is None and time_col and not temporal:
         # Dates were given but the split is not by time: report early images, do not fail on them.
         gate = [c for c in ALL_CHECKS if c not in WARNING_CHECKS and c != "temporal"]
@@ -127,7 +127,7 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, allow_path, t
     if len(loaded) == 1:
         frame = loaded[0].frame
     else:
-        split_names = _comma_list([names]) if names else [os.path.splitext(os.path.basename(p))[0] for p in manifests]
+        split_names = comma_list([names]) if names else [os.path.splitext(os.path.basename(p))[0] for p in manifests]
         frame = combine_manifests(loaded, split_names, split_col=split_col)
     allow = load_allow_list(allow_path) if allow_path else []
     report = audit(

@@ -13,7 +13,7 @@ from ..manifest import read_manifest, write_manifest
 from ..resample import STRATEGIES, resample_manifest
 from ..weights import SCHEMES, compute_weights
 from ._ui import print_table
-from .ingest import _comma_list
+from ._options import comma_list
 
 
 @click.command("weights")
@@ -42,7 +42,7 @@ def weights(manifest, output, split, split_col, scheme, beta, sqrt, clip, labels
     m = read_manifest(manifest)
     result = compute_weights(
         m, split=split, split_col=split_col, scheme=scheme, beta=beta, sqrt=sqrt, clip=clip,
-        labels=_comma_list([labels]) if labels else None, drop_empty=drop_empty,
+        labels=comma_list([labels]) if labels else None, drop_empty=drop_empty,
     )
     doc = result.document({"manifest": file_fingerprint(manifest), "manifest_history": list(m.history)})
     with atomic_write(output) as tmp:
@@ -90,7 +90,7 @@ def resample(manifest, output, strategy, split, split_col, target, ratio, percen
     m = read_manifest(manifest)
     result = resample_manifest(
         m, strategy=strategy, split=split, split_col=split_col, target=target, ratio=ratio, percent=percent, cap=cap,
-        features=_comma_list([features]) if features else (), seed=seed, inputs=[file_fingerprint(manifest)],
+        features=comma_list([features]) if features else (), seed=seed, inputs=[file_fingerprint(manifest)],
     )
     write_manifest(result.manifest, output)
     if removed_path:

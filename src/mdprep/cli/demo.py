@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 
@@ -100,9 +101,7 @@ def demo(ctx, out_dir, patients, seed, quiet):
 
 def _audit_steps(ctx, data, out, quiet) -> None:
     """Hash a cohort with planted leaks and show the gate failing on each of them."""
-    try:
-        import imagehash  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("imagehash") is None:
         echo("\n(Skipping the leakage audit steps: they need the hash extra, pip install 'mdprep[hash]'.)", quiet)
         return
     leaky_root = os.path.join(data, "leaky")
@@ -126,9 +125,7 @@ def _audit_steps(ctx, data, out, quiet) -> None:
 
 def _train_steps(ctx, data, out, quiet) -> None:
     """Split, weigh and train the small model for two epochs on a labelled shapes image set."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         echo("\n(Skipping the training step: it needs the train extra, pip install 'mdprep[train]'.)", quiet)
         return
     from ..splitting import split_manifest

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from typing import Iterable
 
 import click
 from rich.table import Table
@@ -12,14 +11,8 @@ from rich.table import Table
 from ..ingest import PRESETS, IngestResult, ingest_dicom, ingest_images, ingest_table, write_errors
 from ..labels import UNCERTAIN_POLICIES
 from ..manifest import summarize, write_manifest
-from ._ui import echo, file_progress, print_table, status
-
-
-def _comma_list(values: Iterable[str]) -> list[str]:
-    out: list[str] = []
-    for v in values:
-        out += [p.strip() for p in v.split(",") if p.strip()]
-    return out
+from ._options import comma_list, key_file_option
+from ._ui import file_progress, print_table, status
 
 
 def _read_file_list(source: str | None) -> list[str] | None:
@@ -97,7 +90,6 @@ _errors = click.option(
     "--errors", "errors_path", metavar="FILE", help="Write every file that gave no row (path, outcome, error type, message); .csv or .parquet."
 )
 _pseudonymize = click.option("--pseudonymize", is_flag=True, help="Replace identifiers with keyed pseudonyms before writing (see mdprep pseudonymize).")
-_key_file = click.option("--key-file", type=click.Path(dir_okay=False), help="Pseudonymisation key file [default: $MDPREP_PSEUDONYM_KEY].")
 _files_from = click.option(
     "--files-from", metavar="FILE", help="Read the files listed in FILE (one per line, '-' for stdin) instead of walking ROOT."
 )
@@ -116,7 +108,7 @@ def ingest() -> None:
 @_workers
 @_errors
 @_pseudonymize
-@_key_file
+@key_file_option
 @_quiet
 def ingest_dicom_cmd(root, output, tags, files_from, workers, errors_path, pseudonymize, key_file, quiet):
     """Read the headers (never the pixels) of every DICOM file under ROOT.
@@ -134,7 +126,7 @@ def ingest_dicom_cmd(root, output, tags, files_from, workers, errors_path, pseud
     """
     files = _read_file_list(files_from)
     with file_progress("Reading DICOM headers", quiet) as bar:
-        result = ingest_dicom(root, files=files, tags=_comma_list(tags), workers=workers, on_found=bar.found, on_progress=bar.advance)
+        result = ingest_dicom(root, files=files, tags=comma_list(tags), workers=workers, on_found=bar.found, on_progress=bar.advance)
     result = _pseudonymized(result, pseudonymize, key_file, quiet)
     _write_outputs(result, output, errors_path)
     render_summary(result, output, errors_path, quiet)
@@ -153,7 +145,7 @@ def ingest_dicom_cmd(root, output, tags, files_from, workers, errors_path, pseud
 @_workers
 @_errors
 @_pseudonymize
-@_key_file
+@key_file_option
 @_quiet
 def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_path, pseudonymize, key_file, quiet):
     """Index the PNG/JPEG/TIFF images under ROOT; patient and study come from the path.
@@ -195,7 +187,7 @@ def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_p
 @click.option("--image-ext", default="jpg", show_default=True, help="MIMIC-CXR: file ending of the built paths (jpg or dcm).")
 @click.option("--root", "image_root", type=click.Path(file_okay=False), help="Folder the table's paths are relative to (recorded in the manifest).")
 @_pseudonymize
-@_key_file
+@key_file_option
 @_quiet
 def ingest_table_cmd(table, preset, output, metadata, uncertain, image_col, patient_col, path_col, study_col, labels_col, labels_sep, label_cols, sep, encoding, image_ext, image_root, pseudonymize, key_file, quiet):
     """Turn a dataset's label table (CSV, TSV, gzip, Parquet) into a manifest.
@@ -220,7 +212,7 @@ def ingest_table_cmd(table, preset, output, metadata, uncertain, image_col, pati
             study_col=study_col,
             labels_col=labels_col,
             labels_sep=labels_sep,
-            label_cols=_comma_list(label_cols),
+            label_cols=comma_list(label_cols),
             sep=sep,
             encoding=encoding,
             image_ext=image_ext,

@@ -5,12 +5,9 @@ from __future__ import annotations
 import click
 
 from ..manifest import read_manifest, write_manifest
-from ..pseudonyms import DATE_POLICIES, KEY_ENV, load_key, pseudonymize, write_key_file, write_mapping
+from ..pseudonyms import DATE_POLICIES, load_key, pseudonymize, write_key_file, write_mapping
 from ._ui import echo
-from .ingest import _comma_list
-
-key_file_option = click.option("--key-file", type=click.Path(dir_okay=False), help=f"Secret key file (from mdprep keygen) [default: ${KEY_ENV}].")
-
+from ._options import comma_list, key_file_option
 
 def summary(result, quiet: bool) -> None:
     """What was transformed, dropped and kept, with the PS3.15 Annex E handling."""
@@ -60,7 +57,7 @@ def pseudonymize_cmd(manifest, output, key_file, columns, dates, cap_age, mappin
     """
     key = load_key(key_file)
     m = read_manifest(manifest)
-    result = pseudonymize(m, key, columns=_comma_list([columns]) if columns else (), dates=dates, cap_age=cap_age, keep_mapping=bool(mapping_path))
+    result = pseudonymize(m, key, columns=comma_list([columns]) if columns else (), dates=dates, cap_age=cap_age, keep_mapping=bool(mapping_path))
     write_manifest(result.manifest, output)
     if mapping_path:
         write_mapping(result.mapping, mapping_path)

@@ -11,7 +11,7 @@ from ..fileio import atomic_write, file_fingerprint
 from ..manifest import read_manifest, write_manifest
 from ..splitting import MISSING_GROUP_POLICIES, SplitQuality, split_manifest
 from ._ui import print_table, status
-from .ingest import _comma_list
+from ._options import comma_list
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -77,7 +77,7 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
       mdprep split nih.parquet --folds 5 --stratify-by sex,view -o nih-5fold.parquet
       mdprep split nih.parquet --ratios 0.8,0.2 --names trainval,test --folds 5 -o cv.parquet --report split.json
     """
-    names_list = _comma_list([names]) if names else None
+    names_list = comma_list([names]) if names else None
     with status(f"Splitting {manifest}", quiet):
         m = read_manifest(manifest)
         result = split_manifest(
@@ -87,8 +87,8 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
             names=names_list,
             folds=folds,
             seed=seed,
-            stratify=_comma_list(stratify) if stratify else None,
-            stratify_by=_comma_list(stratify_by),
+            stratify=comma_list(stratify) if stratify else None,
+            stratify_by=comma_list(stratify_by),
             keep_existing=keep_existing,
             missing_group=missing_group,
             inputs=[file_fingerprint(manifest)],
