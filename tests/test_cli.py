@@ -134,6 +134,8 @@ def test_demo_runs_end_to_end(runner, tmp_path):
     assert res.exit_code == 0, res.stderr
     assert "$ mdprep ingest dicom" in res.stderr and "$ mdprep split" in res.stderr and "$ mdprep validate" in res.stderr
     assert read_manifest(tmp_path / "demo" / "manifests" / "nih-split.parquet").frame["split"].notna().all()
+    assert "Leakage found" in res.stderr and "The fix" in res.stderr and "No leakage found" in res.stderr
+    assert (tmp_path / "demo" / "manifests" / "report.html").exists() and (tmp_path / "demo" / "manifests" / "run" / "best.pt").exists()
     for name in ("dicom", "images", "nih"):
         assert read_manifest(tmp_path / "demo" / "manifests" / f"{name}.parquet").frame.shape[0] > 0
 

@@ -8,9 +8,9 @@ import shlex
 
 import click
 
-from ..manifest import Manifest, write_manifest
+from ..manifest import Manifest, read_manifest, write_manifest
 from ..synthetic import write_dicom_tree, write_image_tree, write_leaky_cohort, write_nih_table
-from .audit import audit_leakage, hash_cmd
+from .audit import audit_leakage, hash_cmd, report
 from .balance import resample, weights
 from ._ui import echo
 from .ingest import ingest_dicom_cmd, ingest_images_cmd, ingest_table_cmd
@@ -121,6 +121,33 @@ def _audit_steps(ctx, data, out, quiet) -> None:
                    markdown_path=out("audit.md"), quiet=quiet)
     except click.exceptions.Exit as exc:  # the gate's exit code, shown rather than raised
         echo(f"(exit code {exc.exit_code}: in CI this fails the build)", quiet)
+    # The fix: take every image that leaks out of the held-out split, then audit again.
+    import json
+
+    with open(out("audit.json"), encoding="utf-8") as fh:
+        report = json.load(fh)
+    leaking = {
+        image
+        for check in report["checks"] if check["verdict"] == "failed"
+        for finding in check["findings"]
+        for image in finding["image_ids"]
+    }
+    hashed = read_manifest(out("leaky-hashed.parquet"))
+    frame = hashed.frame
+    drop = frame["image_id"].isin(leaking) & (frame["split"] == "test")
+    write_manifest(hashed.with_frame(frame[~drop].reset_index(drop=True)), out("leaky-fixed.parquet"))
+    echo(f"\n== The fix: remove the {int(drop.sum())} test image(s) named in the failing findings "
+         "(or re-split with `mdprep split`), then audit again", quiet)
+    _step("Audit the fixed split (the gate passes with exit code 0)", ["audit-leakage", out("leaky-fixed.parquet")], quiet)
+    try:
+        ctx.invoke(audit_leakage, manifests=(out("leaky-fixed.parquet"),), names=None, split_col="split", group="patient_id",
+                   checks=(), fail_on=(), allow_path=None, threshold=4, person_cols="birth_date,sex", time_col=None,
+                   temporal=False, train_split="train", json_path=None, junit_path=None, markdown_path=None, quiet=quiet)
+    except click.exceptions.Exit as exc:
+        echo(f"(exit code {exc.exit_code})", quiet)
+    _step("One HTML page with the splits, label prevalence, patients, quality and the failed audit",
+          ["report", out("leaky-hashed.parquet"), "--audit", out("audit.json"), "-o", out("report.html")], quiet)
+    ctx.invoke(report, manifest=out("leaky-hashed.parquet"), output=out("report.html"), audit_path=out("audit.json"), title=None)
 
 
 def _train_steps(ctx, data, out, quiet) -> None:
