@@ -125,10 +125,10 @@ def _audit_steps(ctx, data, out, quiet) -> None:
     import json
 
     with open(out("audit.json"), encoding="utf-8") as fh:
-        report = json.load(fh)
+        audit_doc = json.load(fh)
     leaking = {
         image
-        for check in report["checks"] if check["verdict"] == "failed"
+        for check in audit_doc["checks"] if check["verdict"] == "failed"
         for finding in check["findings"]
         for image in finding["image_ids"]
     }
