@@ -567,7 +567,7 @@ def combine_manifests(manifests: Sequence[Manifest], names: Sequence[str], *, sp
 # ----------------------------------------------------------------------------- report formats
 
 
-def _finding_lines(result: CheckResult, limit: int = 5) -> list[str]:
+def finding_lines(result: CheckResult, limit: int = 5) -> list[str]:
     lines = []
     shown = result.findings[["key", "splits", "rows", "image_ids", "detail", "allowed"]].head(limit)
     for key, splits, rows, ids, detail, allowed in shown.itertuples(index=False):
@@ -581,7 +581,7 @@ def _finding_lines(result: CheckResult, limit: int = 5) -> list[str]:
     return lines
 
 
-def _summary_line(result: CheckResult) -> str:
+def summary_line(result: CheckResult) -> str:
     if result.status == "skipped":
         return result.reason
     n = len(result.findings)
@@ -607,10 +607,10 @@ def to_junit(report: AuditReport) -> str:
         if r.status == "skipped":
             body = f"<skipped message={quoteattr(r.reason)}/>"
         elif r.fails_gate:
-            text = "\n".join([DESCRIPTIONS[r.check], _summary_line(r), *_finding_lines(r, 50)])
-            body = f"<failure message={quoteattr(_summary_line(r))} type=\"leakage\">{escape(text)}</failure>"
+            text = "\n".join([DESCRIPTIONS[r.check], summary_line(r), *finding_lines(r, 50)])
+            body = f"<failure message={quoteattr(summary_line(r))} type=\"leakage\">{escape(text)}</failure>"
         elif not r.findings.empty:
-            body = f"<system-out>{escape(chr(10).join([_summary_line(r), *_finding_lines(r, 50)]))}</system-out>"
+            body = f"<system-out>{escape(chr(10).join([summary_line(r), *finding_lines(r, 50)]))}</system-out>"
         cases.append(f"    <testcase classname={classname} name={name}>{body}</testcase>")
     failures = len(report.failed)
     skipped_n = sum(1 for r in report.checks if r.status == "skipped")
@@ -629,12 +629,12 @@ def to_markdown(report: AuditReport, *, examples: int = 3) -> str:
     icon = {"passed": "✅", "failed": "❌", "warning": "⚠️", "skipped": "⏭️"}
     lines = [f"### mdprep audit-leakage: {verdict}", "", "| check | between | result |", "|---|---|---|"]
     for r in report.checks:
-        lines.append(f"| {icon[r.verdict]} `{r.check}` | {r.partition}s | {_summary_line(r)} |")
+        lines.append(f"| {icon[r.verdict]} `{r.check}` | {r.partition}s | {summary_line(r)} |")
     for r in report.checks:
         if r.findings.empty:
             continue
         lines += ["", f"**{r.check}** ({r.partition}s): " + DESCRIPTIONS[r.check]]
-        lines += [f"- {line}" for line in _finding_lines(r, examples)]
+        lines += [f"- {line}" for line in finding_lines(r, examples)]
     if report.unassigned_rows:
         lines += ["", f"{report.unassigned_rows} row(s) have no split and were not audited."]
     return "\n".join(lines) + "\n"

@@ -13,8 +13,8 @@ from ..audit import (
     PERSON_COLUMNS,
     VALUE_CHECKS,
     WARNING_CHECKS,
-    _finding_lines,
-    _summary_line,
+    finding_lines,
+    summary_line,
     audit,
     combine_manifests,
     load_allow_list,
@@ -155,11 +155,11 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, allow_path, t
         table.add_column("details", overflow="fold")
         colour = {"passed": "green", "failed": "red", "warning": "yellow", "skipped": "dim"}
         for r in report.checks:
-            table.add_row(r.check, f"{r.partition}s", f"[{colour[r.verdict]}]{r.verdict}[/]", _summary_line(r))
+            table.add_row(r.check, f"{r.partition}s", f"[{colour[r.verdict]}]{r.verdict}[/]", summary_line(r))
         print_table(table)
         for r in report.failed:
             click.echo(f"{r.check} ({r.partition}s): {DESCRIPTIONS[r.check]}", err=True)
-            for line in _finding_lines(r, 5):
+            for line in finding_lines(r, 5):
                 click.echo(f"  {line}", err=True)
     if report.unassigned_rows:
         click.echo(f"Warning: {report.unassigned_rows} row(s) have no {split_col} and were not audited", err=True)
