@@ -241,3 +241,10 @@ def test_cli_split_writes_report_and_exit_codes(runner, tmp_path):
     assert res.exit_code == 2 and "column 'site' not found" in res.stderr
     res = runner.invoke(main, ["split", str(src), "--folds", "500", "-o", str(out)])
     assert res.exit_code == 2 and "cannot fill 500" in res.stderr
+
+
+def test_resplitting_drops_stale_folds():
+    m = split_manifest(cohort(patients=60), folds=3, seed=0).manifest
+    with pytest.warns(MdprepWarning, match="fold column belonged to an earlier split"):
+        r = split_manifest(m, ratios=(0.5, 0.5), seed=0)
+    assert "fold" not in r.manifest.frame.columns

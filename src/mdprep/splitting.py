@@ -618,6 +618,10 @@ def split_manifest(
         split_q = split_quality(positives, parts, codes, names, ratios_arr, strat_names, kind="split")
         _assert_no_overlap(split_q)
         out["split"] = pd.Series(np.asarray(names, dtype=object)[parts], index=frame.index, dtype="str")
+        if folds is None and "fold" in out.columns and out["fold"].notna().any():
+            # Folds of an earlier split do not fit the new split: drop them rather than keep them stale.
+            out = out.drop(columns=["fold"])
+            warnings.warn("the manifest's fold column belonged to an earlier split and was dropped; pass --folds to assign new folds", MdprepWarning, stacklevel=2)
         if folds is not None:
             eligible = parts != len(names) - 1
             notes.append(f"folds cover the {', '.join(names[:-1])} rows; {names[-1]} is held out")
