@@ -2,24 +2,36 @@
 
     python3 tasks.py bench            # or: python bench/run_all.py [--files N ...]
 
-Needs the benchmark extras: pip install -e '.[bench]' (tasks.py bench does it).
+Each benchmark runs in a process of its own, so that memory or threads left by
+one (a million-row frame, torch) cannot slow another. Needs the benchmark extras:
+pip install -e '.[bench]' (tasks.py bench does it).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-import bench_audit  # noqa: E402
-import bench_ingest_dicom  # noqa: E402
-import bench_ingest_table  # noqa: E402
-import bench_split  # noqa: E402
-import bench_train  # noqa: E402
 from _common import machine  # noqa: E402
+
+SECTIONS = (
+    ("Tables to validated manifests", "bench_ingest_table", "print(m.markdown(m.run()))"),
+    ("Splits", "bench_split", "print(m.markdown(m.run()))"),
+    ("Leakage audit", "bench_audit", "print(m.markdown(m.run()))"),
+    ("Trainer throughput", "bench_train", "print(m.markdown(m.run()))"),
+)
+
+
+def section(module: str, code: str) -> str:
+    script = f"import sys; sys.path.insert(0, {str(HERE)!r}); import {module} as m; {code}"
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
 
 
 def main() -> None:
@@ -28,17 +40,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     print(f"Machine: {machine()}; date {datetime.date.today().isoformat()}\n")
-    print("### Tables to validated manifests\n")
-    print(bench_ingest_table.markdown(bench_ingest_table.run(args.repeat)))
-    print("\n### Splits\n")
-    print(bench_split.markdown(bench_split.run()))
-    print("\n### Leakage audit\n")
-    print(bench_audit.markdown(bench_audit.run()))
-    print("\n### Trainer throughput\n")
-    print(bench_train.markdown(bench_train.run()))
-    print("\n### DICOM headers\n")
+    for title, module, code in SECTIONS:
+        print(f"### {title}\n")
+        print(section(module, code) + "\n")
+    print("### DICOM headers\n")
     for files in args.files:
-        print(bench_ingest_dicom.markdown(bench_ingest_dicom.run(files, args.repeat)), end="\n\n")
+        print(section("bench_ingest_dicom", f"print(m.markdown(m.run({files}, {args.repeat})))") + "\n")
 
 
 if __name__ == "__main__":

@@ -127,3 +127,13 @@ def test_image_workers_agree(image_tree, tmp_path):
     a = ingest_images(image_tree.root, patient_regex=REGEX, workers=1)
     b = ingest_images(image_tree.root, patient_regex=REGEX, workers=2)
     pd.testing.assert_frame_equal(a.manifest.frame, b.manifest.frame)
+
+
+def test_heavy_parent_uses_a_fork_server_with_the_same_result(dicom_tree, monkeypatch):
+    import mdprep.executor as executor
+
+    baseline = ingest_dicom(dicom_tree.root, workers=1)
+    monkeypatch.setattr(executor, "FORK_RSS_LIMIT", 0)  # every parent counts as heavy
+    served = ingest_dicom(dicom_tree.root, workers=2)
+    pd.testing.assert_frame_equal(baseline.manifest.frame, served.manifest.frame)
+    pd.testing.assert_frame_equal(baseline.errors, served.errors)

@@ -320,15 +320,17 @@ def near_duplicates(frame: pd.DataFrame, *, threshold: int = 4, split_col: str =
     )
     splits = sub[split_col].astype("str").to_numpy()
     ids = sub["image_id"].astype("str").to_numpy()
-    a = a[splits[a["ra"].to_numpy()] != splits[a["rb"].to_numpy()]] if len(a) else a
+    ra, rb = a["ra"].to_numpy(dtype=np.int64), a["rb"].to_numpy(dtype=np.int64)
+    cross = splits[ra] != splits[rb]  # pairs inside one split are not leakage
+    ra, rb, dist = ra[cross], rb[cross], a["distance"].to_numpy(dtype=np.int64)[cross]
     near = pd.DataFrame(
         {
-            "key": [f"{x}|{y}" if x < y else f"{y}|{x}" for x, y in zip(ids[a["ra"]], ids[a["rb"]])] if len(a) else [],
-            "splits": [tuple(sorted((s, t))) for s, t in zip(splits[a["ra"]], splits[a["rb"]])] if len(a) else [],
-            "rows": np.full(len(a), 2, dtype=np.int64),
-            "image_ids": [[x, y] for x, y in zip(ids[a["ra"]], ids[a["rb"]])] if len(a) else [],
-            "detail": [f"distance {d}" for d in a["distance"]] if len(a) else [],
-            "allowed": np.zeros(len(a), dtype=bool),
+            "key": ["|".join(sorted(pair)) for pair in zip(ids[ra], ids[rb])],
+            "splits": [tuple(sorted(pair)) for pair in zip(splits[ra], splits[rb])],
+            "rows": np.full(len(ra), 2, dtype=np.int64),
+            "image_ids": [[x, y] for x, y in zip(ids[ra], ids[rb])],
+            "detail": [f"distance {d}" for d in dist],
+            "allowed": np.zeros(len(ra), dtype=bool),
         }
     )
     findings = pd.concat([exact_findings, near], ignore_index=True) if len(near) else exact_findings

@@ -28,12 +28,34 @@ def default_workers() -> int:
 STREAM_CHUNK = 256
 
 
+#: Above this resident size, forking the parent costs more than a fork server.
+FORK_RSS_LIMIT = 1 << 30
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return 0
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes: forked from a light parent, else from a small fork server.
+
+    fork starts workers in milliseconds and shares the imported modules (the
+    workers only run pure-Python readers, never the parent's thread pools). A parent
+    holding gigabytes (a notebook with data loaded) makes every fork copy its page
+    tables and fault on its pages, so such a parent uses a fork server instead.
+    """
     methods = multiprocessing.get_all_start_methods()
-    # fork starts workers in milliseconds and shares the imported modules; the
-    # workers only run pure-Python readers, never the parent's thread pools.
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    if "fork" in methods and _resident_bytes() < FORK_RSS_LIMIT:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    if "forkserver" in methods:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["mdprep.ingest.dicom", "mdprep.ingest.images", "mdprep.hashing"])
+        return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _stream_chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
