@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .errors import InputError, MdprepError, MissingColumnError, UsageError
+from .errors import InputError, MdprepError, MdprepWarning, MissingColumnError, UsageError
 from .fileio import atomic_write
 from .manifest import Manifest, provenance_step
 
@@ -267,10 +268,6 @@ def pseudonymize(
 
 def _warn_ids_in_paths(frame: pd.DataFrame, patients: pd.Series, columns: Sequence[str]) -> None:
     """Warn when image ids or paths spell out the patient id: they are not rewritten."""
-    import warnings
-
-    from .errors import MdprepWarning
-
     for col in ("image_id", "path"):
         if col not in frame.columns or col in columns:
             continue

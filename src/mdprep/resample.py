@@ -128,7 +128,7 @@ def ml_rus(positives: np.ndarray, percent: float, rng: np.random.Generator) -> n
     minority = ir > mir
     protected = positives[:, minority].any(axis=1)
     alive = np.ones(n, dtype=bool)
-    bags = {l: [r for r in rng.permutation(np.flatnonzero(positives[:, l] & ~protected)).tolist()] for l in np.flatnonzero((ir < mir) & np.isfinite(ir))}
+    bags = {l: rng.permutation(np.flatnonzero(positives[:, l] & ~protected)).tolist() for l in np.flatnonzero((ir < mir) & np.isfinite(ir))}
     removed: list[int] = []
     while to_remove > 0 and bags:
         for label in list(bags):
