@@ -66,14 +66,72 @@ def test_only_train_by_default_and_all_warns():
         compute_weights(no_split)
 
 
-def test_empty_label_errors_unless_dropped():
+def degenerate() -> Manifest:
+    """Label A is ordinary; B has no positives, C no negatives, D no labelled rows at all."""
     m = manifest()
-    f = m.frame.assign(B=pd.array([0] * 1000, dtype="Int8"))
-    m2 = Manifest(f, labels=("A", "B"))
-    with pytest.raises(UsageError, match="no positives for 'B'"):
-        compute_weights(m2)
-    r = compute_weights(m2, drop_empty=True)
-    assert r.labels == ["A"] and r.dropped == ("B",)
+    f = m.frame.assign(
+        B=pd.array([0] * 1000, dtype="Int8"),
+        C=pd.array([1] * 600 + [-1] * 400, dtype="Int8"),
+        D=pd.array([-1] * 500 + [None] * 500, dtype="Int8"),
+    )
+    return Manifest(f, labels=("A", "B", "C", "D"))
+
+
+NEUTRAL = {"balanced": 1.0, "frequency": 0.5, "pos-weight": 1.0, "effective": 1.0}
+
+
+@pytest.mark.parametrize("scheme", sorted(NEUTRAL))
+def test_labels_without_both_classes_get_neutral_weights(scheme):
+    with pytest.warns(MdprepWarning, match=r"3 label\(s\) cannot be weighed") as record:
+        r = compute_weights(degenerate(), scheme=scheme)
+    message = str(record[0].message)
+    assert "'B': no positives" in message and "'C': no negatives" in message and "'D': no labelled rows" in message
+    assert f"--scheme {scheme}" in message and "--drop-empty" in message
+    by = {w.label: w for w in r.weights}
+    assert r.labels == ["A", "B", "C", "D"] and r.dropped == ()
+    for label in "BCD":
+        assert by[label].w_pos == by[label].w_neg == NEUTRAL[scheme]
+    assert (by["C"].n_pos, by["C"].n_neg, by["C"].n_ignored) == (600, 0, 400)
+    assert by["A"].neutral is None
+    (alone,) = compute_weights(manifest(), scheme=scheme).weights
+    assert (by["A"].w_pos, by["A"].w_neg) == (alone.w_pos, alone.w_neg)  # other labels untouched
+    doc = r.document()
+    assert doc["neutral_labels"] == {
+        "B": "no positives in the chosen rows (split=train)",
+        "C": "no negatives in the chosen rows (split=train)",
+        "D": "no labelled rows (every value is uncertain or missing) in the chosen rows (split=train)",
+    }
+    assert doc["weights"]["C"]["neutral"] == "no negatives in the chosen rows (split=train)" and doc["weights"]["A"]["neutral"] is None
+    assert doc["pos_weight"][1:] == [1.0, 1.0, 1.0]
+    json.dumps(doc, allow_nan=False)  # every number finite
+
+
+def test_neutral_weights_follow_sqrt_and_clip():
+    with pytest.warns(MdprepWarning, match=r"w_pos = w_neg = 0.707107"):
+        r = compute_weights(degenerate(), scheme="frequency", sqrt=True)
+    assert {w.label: w.w_pos for w in r.weights if w.neutral} == {"B": 0.707107, "C": 0.707107, "D": 0.707107}
+    with pytest.warns(MdprepWarning):
+        r = compute_weights(degenerate(), scheme="balanced", clip=0.8)
+    assert r.weights[1].w_pos == r.weights[1].w_neg == 0.8
+
+
+def test_empty_labels_dropped_on_request():
+    r = compute_weights(degenerate(), drop_empty=True)
+    assert r.labels == ["A"] and r.dropped == ("B", "C", "D") and r.neutral_labels == {}
+    assert r.notes[1] == "label 'C' has no negatives in 'train'; left out (--drop-empty)"
+    assert r.document()["options"]["drop_empty"] is True
+
+
+def test_train_reads_a_document_with_neutral_labels(tmp_path):
+    from mdprep.training import read_weights
+
+    m = degenerate()
+    with pytest.warns(MdprepWarning):
+        doc = compute_weights(m, scheme="pos-weight").document()
+    (tmp_path / "w.json").write_text(json.dumps(doc))
+    names, w_pos, w_neg = read_weights(str(tmp_path / "w.json"), m.labels)
+    assert names == ["A", "B", "C", "D"]
+    assert w_pos.tolist() == [9.0, 1.0, 1.0, 1.0] and w_neg.tolist() == [1.0] * 4
 
 
 def test_weighted_bce_reference():
@@ -97,6 +155,21 @@ def test_weights_cli_writes_schema(runner, tmp_path):
     assert "sha256" in doc["provenance"]["manifest"]
     res = runner.invoke(main, ["weights", str(path), "--split", "val", "-o", str(tmp_path / "w.json")])
     assert res.exit_code == 2 and "no rows have split == 'val'" in res.stderr
+
+
+def test_weights_cli_warns_and_writes_neutral_labels(runner, tmp_path):
+    path = tmp_path / "m.parquet"
+    write_manifest(degenerate(), path)
+    res = runner.invoke(main, ["weights", str(path), "--scheme", "frequency", "-o", str(tmp_path / "w.json")])
+    assert res.exit_code == 0, res.stderr
+    assert "Warning: 3 label(s) cannot be weighed from the 'train' rows" in res.stderr
+    assert "C (neutral)" in res.stderr
+    doc = json.loads((tmp_path / "w.json").read_text())
+    assert set(doc["neutral_labels"]) == {"B", "C", "D"} and doc["weights"]["B"]["w_pos"] == 0.5
+    res = runner.invoke(main, ["weights", str(path), "--drop-empty", "-o", str(tmp_path / "w.json")])
+    assert res.exit_code == 0 and "Warning" not in res.stderr
+    assert "Note: label 'D' has no labelled rows" in res.stderr
+    assert json.loads((tmp_path / "w.json").read_text())["labels"] == ["A"]
 
 
 def multilabel(n=400, seed=0) -> Manifest:

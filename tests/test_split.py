@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -14,9 +15,13 @@ from mdprep.manifest import Manifest, read_manifest, write_manifest
 from mdprep.splitting import (
     MultilabelStratifiedGroupKFold,
     MultilabelStratifiedGroupSplit,
+    Stratum,
+    bin_values,
     check_ratios,
     iterative_group_assignment,
+    parse_stratum,
     split_manifest,
+    stratify_by_items,
 )
 
 
@@ -248,3 +253,96 @@ def test_resplitting_drops_stale_folds():
     with pytest.warns(MdprepWarning, match="fold column belonged to an earlier split"):
         r = split_manifest(m, ratios=(0.5, 0.5), seed=0)
     assert "fold" not in r.manifest.frame.columns
+
+
+def aged(patients=400, seed=0) -> Manifest:
+    """The cohort with an age per patient, 0..99 evenly, and a few unknown ages."""
+    m = cohort(patients=patients, seed=seed)
+    f = m.frame.copy()
+    codes = f["patient_id"].str[1:].astype(int).to_numpy()
+    age = (codes % 100).astype("float32") + 0.5 * (codes % 2)
+    f["age"] = pd.Series(np.where(codes % 97 == 5, np.nan, age), dtype="float32")
+    f["visits"] = codes % 40  # numeric, 40 distinct values
+    return m.with_frame(f)
+
+
+def test_age_is_binned_in_decades_and_each_part_keeps_the_decade_shares():
+    m = aged()
+    r = split_manifest(m, ratios=(0.7, 0.1, 0.2), stratify_by=["age"], seed=0)
+    q = r.split_quality
+    decades = [f"age=[{a}, {a + 10})" for a in range(0, 100, 10)]
+    assert [l for l in q.labels if l.startswith("age=")] == [*decades, "age=missing"]
+    for p in q.parts:
+        for d in [*decades, "age=missing"]:
+            assert abs(p.deviation[d]) < 0.02, (p.name, d, p.deviation[d])
+    step = r.manifest.history[-1]["options"]
+    assert step["stratify_by"] == ["age"] and step["stratify_bins"] == {"age": {"width": 10.0}}
+    report = r.report()
+    rows = report["stratify_bins"]["age"]["rows"]
+    assert list(rows)[:2] == ["[0, 10)", "[10, 20)"] and sum(rows.values()) == len(m.frame)
+    assert rows["missing"] == int(m.frame["age"].isna().sum()) > 0
+    assert set(r.manifest.frame.columns) - set(m.frame.columns) == {"split"}  # no bin column is added
+    # Without --stratify-by the decades drift much further from their overall share.
+    f = split_manifest(m, ratios=(0.7, 0.1, 0.2), seed=0).manifest.frame
+    decade = (f["age"] // 10).fillna(-1)
+    drift = (pd.crosstab(f["split"], decade, normalize="index") - decade.value_counts(normalize=True)).abs().to_numpy().max()
+    assert drift > 0.04
+
+
+def test_stratify_by_specs_parse():
+    assert stratify_by_items(["sex,age:0,18,65", "view", "bmi:2.5,site"]) == ["sex", "age:0,18,65", "view", "bmi:2.5", "site"]
+    assert stratify_by_items(["age:0,18", "65"]) == ["age:0,18", "65"]  # edges never span two option values
+    assert parse_stratum("age:5", ["age"]) == Stratum("age:5", "age", width=5.0)
+    assert parse_stratum("age:0,18,65", ["age"]).edges == (0.0, 18.0, 65.0)
+    assert parse_stratum("a:b", ["a:b"]) == Stratum("a:b", "a:b")  # a whole column name wins
+    assert list(bin_values(pd.Series([-3.0, 0, 17.9, 18, 64, 65, None]), edges=[0, 18, 65])) == [
+        "<0", "[0, 18)", "[0, 18)", "[18, 65)", "[18, 65)", ">=65", np.nan,
+    ]
+    assert list(bin_values(pd.Series([0.0, 0.24, 0.25, 1.1]), width=0.25)) == ["[0, 0.25)", "[0, 0.25)", "[0.25, 0.5)", "[1, 1.25)"]
+
+
+def test_edges_record_outliers_and_other_numeric_columns_warn():
+    m = aged(patients=120)
+    r = split_manifest(m, ratios=(0.5, 0.5), stratify_by=["sex", "age:18,65"], seed=0)
+    assert r.manifest.history[-1]["options"]["stratify_bins"] == {"age": {"edges": [18.0, 65.0]}}
+    assert set(r.report()["stratify_bins"]["age"]["rows"]) == {"<18", "[18, 65)", ">=65", "missing"}
+    assert any("outside [18, 65) and form the strata <18 and >=65" in n for n in r.notes)
+    with pytest.warns(MdprepWarning, match=r"'visits': this numeric column has 40 distinct values.*visits:WIDTH"):
+        r = split_manifest(m, ratios=(0.5, 0.5), stratify_by=["visits"], seed=0)
+    assert "visits=39" in r.split_quality.labels
+    assert "visits=[0, 10)" in split_manifest(m, ratios=(0.5, 0.5), stratify_by=["visits:10"], seed=0).split_quality.labels
+    # 40 strata of 3 patients each cannot fill 5 folds: one warning with examples, not 40.
+    with pytest.warns(MdprepWarning) as record:
+        split_manifest(m, folds=5, stratify_by=["visits"], seed=0)
+    rare = [str(w.message) for w in record if "fewer groups than the 5 folds" in str(w.message)]
+    assert len(rare) == 1 and rare[0].startswith("40 labels or strata") and "'visits=0' in 3" in rare[0]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("age:abc", "'age:abc': 'abc' is not a bin width or a list of bin edges"),
+        ("age:0", "'age:0': a bin width must be positive"),
+        ("age:-5", "'age:-5': a bin width must be positive"),
+        ("age:65,18", "'age:65,18': bin edges must increase"),
+        ("age:0,inf", "'age:0,inf': bins need finite numbers"),
+        ("sex:10", "'sex:10': column 'sex' holds str values, not numbers"),
+    ],
+)
+def test_bad_bin_specs(spec, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        split_manifest(aged(patients=20), ratios=(0.5, 0.5), stratify_by=stratify_by_items([spec]))
+
+
+def test_cli_bins_and_bad_spec(runner, tmp_path):
+    src, out, report = tmp_path / "m.parquet", tmp_path / "s.parquet", tmp_path / "r.json"
+    write_manifest(aged(patients=100), src)
+    res = runner.invoke(main, ["split", str(src), "--stratify-by", "sex,age:0,18,65,120", "-o", str(out), "--report", str(report)])
+    assert res.exit_code == 0, res.stderr
+    assert "age=[18, 65)" in res.stderr
+    doc = json.loads(report.read_text())
+    assert doc["options"]["stratify_by"] == ["sex", "age:0,18,65,120"]
+    assert list(doc["stratify_bins"]["age"]["rows"]) == ["[0, 18)", "[18, 65)", "[65, 120)", "missing"]
+    res = runner.invoke(main, ["split", str(src), "--stratify-by", "age:abc,sex:5", "-o", str(out)])
+    assert res.exit_code == 2 and res.stderr.startswith("Error: --stratify-by 'age:abc'")
+    assert "'sex:5': column 'sex' holds str values" in res.stderr  # every bad spec at once

@@ -26,8 +26,8 @@ sizes only.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -487,6 +487,8 @@ class SplitResult:
     split_quality: SplitQuality | None
     fold_quality: SplitQuality | None
     notes: tuple[str, ...] = ()
+    #: Per binned ``stratify_by`` column: its width or edges and the rows in each stratum.
+    bins: dict[str, dict] = field(default_factory=dict)
 
     def report(self) -> dict:
         """The JSON report (schema ``mdprep-split-report`` version 1, see docs/split.md)."""
@@ -497,36 +499,232 @@ class SplitResult:
             "options": step["options"],
             "seed": step["seed"],
             "notes": list(self.notes),
+            "stratify_bins": self.bins,
             "split": self.split_quality.to_dict() if self.split_quality else None,
             "folds": self.fold_quality.to_dict() if self.fold_quality else None,
         }
 
 
-def _stratification_matrix(frame: pd.DataFrame, labels: Sequence[str], by: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """Positive indicators of the labels, then one indicator per category of each ``by`` column."""
+#: The column binned without a bin spec (age in years, docs/manifest.md), and its bin width.
+AGE_COLUMN = "age"
+AGE_WIDTH = 10.0
+#: A numeric ``stratify_by`` column without bins and with more distinct values than this warns.
+MANY_VALUES = 20
+MISSING_STRATUM = "missing"
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """One ``stratify_by`` item: a column, and its bins when it is binned.
+
+    ``width`` gives bins ``[k*width, (k+1)*width)``; ``edges`` gives bins
+    ``[e_i, e_i+1)`` plus ``<e_0`` and ``>=e_last`` for values outside them. Neither:
+    one stratum per distinct value. Null values form the stratum ``missing``.
+    """
+
+    text: str
+    column: str
+    width: float | None = None
+    edges: tuple[float, ...] | None = None
+
+    @property
+    def binned(self) -> bool:
+        return self.width is not None or self.edges is not None
+
+    def bin_options(self) -> dict:
+        """The bins as recorded in the provenance: ``{"width": w}`` or ``{"edges": [...]}``."""
+        return {"width": self.width} if self.width is not None else {"edges": list(self.edges or ())}
+
+
+def stratify_by_items(values: Iterable[str | None]) -> list[str]:
+    """Items of repeated, comma-separated ``--stratify-by`` values, keeping bin edges together.
+
+    A number that follows a ``COL:...`` item in the same value is one more bin edge
+    of that item.
+
+    >>> stratify_by_items(["sex,age:0,18,65", "view", "bmi:5"])
+    ['sex', 'age:0,18,65', 'view', 'bmi:5']
+    """
+    out: list[str] = []
+    for value in values:
+        start = len(out)
+        for token in (t.strip() for t in (value or "").split(",")):
+            if not token:
+                continue
+            if len(out) > start and ":" in out[-1] and _is_number(token):
+                out[-1] += "," + token
+            else:
+                out.append(token)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.10g}"
+
+
+def parse_stratum(text: str, columns: Sequence[str]) -> Stratum:
+    """Parse one ``stratify_by`` item: ``COL``, ``COL:WIDTH`` or ``COL:EDGE,EDGE,...``.
+
+    A name that is a column as a whole is that column, even with a colon in it.
+
+    >>> parse_stratum("age:0,18,65", ["age"])
+    Stratum(text='age:0,18,65', column='age', width=None, edges=(0.0, 18.0, 65.0))
+    >>> parse_stratum("age:5", ["age"]).width
+    5.0
+    """
+    if text in columns or ":" not in text:
+        return Stratum(text, text)
+    column, _, spec = text.rpartition(":")
+    how = f"write {column}:WIDTH for bins WIDTH wide ({column}:10) or {column}:EDGE,EDGE,... for bin edges ({column}:0,18,65)"
+    try:
+        numbers = [float(x) for x in spec.split(",")]
+    except ValueError:
+        raise UsageError(f"--stratify-by {text!r}: {spec!r} is not a bin width or a list of bin edges; {how}", spec=text) from None
+    if not all(np.isfinite(numbers)):
+        raise UsageError(f"--stratify-by {text!r}: bins need finite numbers; {how}", spec=text)
+    if len(numbers) == 1:
+        if numbers[0] <= 0:
+            raise UsageError(f"--stratify-by {text!r}: a bin width must be positive, for example {column}:10", spec=text)
+        return Stratum(text, column, width=numbers[0])
+    if any(b <= a for a, b in zip(numbers, numbers[1:])):
+        raise UsageError(f"--stratify-by {text!r}: bin edges must increase, for example {column}:0,18,65", spec=text)
+    return Stratum(text, column, edges=tuple(numbers))
+
+
+def bin_values(values: pd.Series, *, width: float | None = None, edges: Sequence[float] | None = None) -> pd.Categorical:
+    """Numeric values to ordered bins (nulls stay null); see :class:`Stratum`.
+
+    >>> list(bin_values(pd.Series([3.0, 17.5, None]), width=10))
+    ['[0, 10)', '[10, 20)', nan]
+    >>> list(bin_values(pd.Series([-1, 0, 17, 18, 70]), edges=[0, 18, 65]))
+    ['<0', '[0, 18)', '[0, 18)', '[18, 65)', '>=65']
+    """
+    v = values.to_numpy(dtype="float64", na_value=np.nan)
+    null = np.isnan(v)
+    if width is not None:
+        k = np.floor(np.where(null, 0.0, v) / width)
+        distinct = np.unique(k[~null])
+        names = [f"[{_fmt(a * width)}, {_fmt((a + 1) * width)})" for a in distinct.tolist()]
+        codes = np.searchsorted(distinct, k)
+    else:
+        e = np.asarray(edges, dtype=float)
+        names = [f"<{_fmt(e[0])}"] + [f"[{_fmt(a)}, {_fmt(b)})" for a, b in zip(e[:-1].tolist(), e[1:].tolist())] + [f">={_fmt(e[-1])}"]
+        codes = np.searchsorted(e, np.where(null, 0.0, v), side="right")
+    return pd.Categorical.from_codes(np.where(null, -1, codes), categories=names, ordered=True)
+
+
+def _resolve_strata(frame: pd.DataFrame, texts: Sequence[str], notes: list[str]) -> list[tuple[Stratum, pd.Series]]:
+    """Parse and check the ``stratify_by`` items; each becomes its column's values or bins."""
+    problems: list[str] = []
+    strata: list[Stratum] = []
+    for text in texts:
+        try:
+            strata.append(parse_stratum(text, list(frame.columns)))
+        except UsageError as exc:
+            problems.append(exc.message)
+
+    def numeric(col: str) -> bool:
+        dtype = frame[col].dtype
+        return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+
+    problems += [
+        f"--stratify-by {s.text!r}: column {s.column!r} holds {frame[s.column].dtype} values, not numbers, so it cannot be binned; "
+        f"write --stratify-by {s.column} for one stratum per value"
+        for s in strata
+        if s.binned and s.column in frame.columns and not numeric(s.column)
+    ]
+    if problems:
+        raise UsageError("; ".join(problems), specs=list(texts))
+    absent = [s.column for s in strata if s.column not in frame.columns]
+    if absent:
+        raise MissingColumnError(absent, list(frame.columns), hint="choose --group and --stratify-by among them")
+    out = []
+    for s in strata:
+        if not s.binned and s.column == AGE_COLUMN and numeric(s.column):
+            s = Stratum(s.text, s.column, width=AGE_WIDTH)
+        values = frame[s.column]
+        if s.binned:
+            binned = bin_values(values, width=s.width, edges=s.edges)
+            out.append((s, pd.Series(binned, index=frame.index)))
+            if s.edges is not None:
+                v = values.to_numpy(dtype="float64", na_value=np.nan)
+                outside = int(((v < s.edges[0]) | (v >= s.edges[-1])).sum())
+                if outside:
+                    notes.append(
+                        f"{outside} row(s) have {s.column} outside [{_fmt(s.edges[0])}, {_fmt(s.edges[-1])}) "
+                        f"and form the strata <{_fmt(s.edges[0])} and >={_fmt(s.edges[-1])}"
+                    )
+            continue
+        if numeric(s.column):
+            n = int(values.nunique())
+            if n > MANY_VALUES:
+                warnings.warn(
+                    f"--stratify-by {s.column!r}: this numeric column has {n} distinct values, each its own stratum; "
+                    f"bin it with {s.column}:WIDTH ({s.column}:10) or {s.column}:EDGE,EDGE,...",
+                    MdprepWarning,
+                    stacklevel=3,
+                )
+        out.append((s, values))
+    return out
+
+
+def _stratification_matrix(frame: pd.DataFrame, labels: Sequence[str], by: Sequence[tuple[str, pd.Series]]) -> tuple[np.ndarray, list[str]]:
+    """Positive indicators of the labels, then one indicator per category of each ``by`` column.
+
+    Categories follow their sorted order (a binned column: its bins in order); null
+    values are one more category, ``missing``, last.
+    """
     blocks = [frame[list(labels)].to_numpy(dtype="float64", na_value=np.nan) == 1] if labels else []
     names = list(labels)
-    for col in by:
-        codes, cats = pd.factorize(frame[col], sort=True)
-        onehot = np.zeros((len(frame), len(cats)), dtype=bool)
-        ok = codes >= 0
-        onehot[np.flatnonzero(ok), codes[ok]] = True
+    for col, values in by:
+        codes, cats = pd.factorize(values, sort=True)
+        cat_names = [str(c) for c in cats]
+        if (codes < 0).any():
+            codes = np.where(codes < 0, len(cat_names), codes)
+            cat_names.append(MISSING_STRATUM)
+        onehot = np.zeros((len(frame), len(cat_names)), dtype=bool)
+        onehot[np.arange(len(frame)), codes] = True
         blocks.append(onehot)
-        names += [f"{col}={c}" for c in cats]
+        names += [f"{col}={c}" for c in cat_names]
     matrix = np.hstack(blocks) if blocks else np.zeros((len(frame), 0), dtype=bool)
     return matrix, names
 
 
 def _rare_label_warnings(positives: np.ndarray, codes: np.ndarray, names: Sequence[str], parts: int, what: str) -> None:
+    """Warn about labels (and strata) whose positives fall in fewer groups than there are parts.
+
+    Up to three are named one warning each; more (a stratum per value of a many-valued
+    column) make a single warning with examples, rather than a screenful.
+    """
+    rare = []
     for j, name in enumerate(names):
         n = len(np.unique(codes[positives[:, j]]))
         if 0 < n < parts:
-            warnings.warn(
-                f"label {name!r} has positives in only {n} group(s), fewer than the {parts} {what}; "
-                f"some {what} will have none",
-                MdprepWarning,
-                stacklevel=3,
-            )
+            rare.append((name, n))
+    if len(rare) > 3:
+        shown = ", ".join(f"{name!r} in {n}" for name, n in rare[:5])
+        warnings.warn(
+            f"{len(rare)} labels or strata have positives in fewer groups than the {parts} {what}, so some {what} "
+            f"will have none of them: {shown}{', ...' if len(rare) > 5 else ''}",
+            MdprepWarning,
+            stacklevel=3,
+        )
+        return
+    for name, n in rare:
+        warnings.warn(
+            f"label {name!r} has positives in only {n} group(s), fewer than the {parts} {what}; "
+            f"some {what} will have none",
+            MdprepWarning,
+            stacklevel=3,
+        )
 
 
 def split_manifest(
@@ -547,7 +745,10 @@ def split_manifest(
 
     Groups (``group``, the patient by default) never cross parts; labels in
     ``stratify`` (default: all label columns) and the categories of the
-    ``stratify_by`` columns are spread as evenly as the groups allow. With both
+    ``stratify_by`` columns are spread as evenly as the groups allow. A
+    ``stratify_by`` item ``COL:WIDTH`` or ``COL:EDGE,EDGE,...`` bins a numeric column
+    (see :func:`parse_stratum`); a numeric ``age`` column is binned in decades
+    without one; nulls form the stratum ``missing``. With both
     ``ratios`` and ``folds``, the last part (the test set) is held out and the
     rows of the other parts are k-folded. With ``keep_existing``, rows that
     already have a split keep it and pull the rest of their group along.
@@ -569,10 +770,8 @@ def split_manifest(
         ratios = (0.7, 0.1, 0.2)
     if missing_group not in MISSING_GROUP_POLICIES:
         raise UsageError(f"--missing-group {missing_group!r}: choose one of {', '.join(MISSING_GROUP_POLICIES)}")
-    wanted = [group, *stratify_by]
-    absent = [c for c in wanted if c not in frame.columns]
-    if absent:
-        raise MissingColumnError(absent, list(frame.columns), hint="choose --group and --stratify-by among them")
+    if group not in frame.columns:
+        raise MissingColumnError([group], list(frame.columns), hint="choose --group and --stratify-by among them")
     labels = list(manifest.labels) if stratify is None else list(stratify)
     not_labels = [l for l in labels if l not in manifest.labels]
     if not_labels:
@@ -583,6 +782,7 @@ def split_manifest(
     if folds is not None and (not isinstance(folds, (int, np.integer)) or folds < 2):
         raise UsageError(f"--folds {folds!r}: k-fold needs at least 2 folds")
     notes: list[str] = []
+    strata = _resolve_strata(frame, list(stratify_by), notes)
 
     group_values = frame[group].astype("str")
     missing = group_values.isna().to_numpy()
@@ -596,7 +796,7 @@ def split_manifest(
         group_values = group_values.where(~missing, "\x00row:" + pd.Series(np.arange(len(frame)), index=frame.index).astype("str"))
         notes.append(f"{int(missing.sum())} row(s) without {group} became groups of their own (--missing-group own)")
     codes, uniques = pd.factorize(group_values.to_numpy(), sort=True)
-    positives, strat_names = _stratification_matrix(frame, labels, stratify_by)
+    positives, strat_names = _stratification_matrix(frame, labels, [(st.column, values) for st, values in strata])
 
     out = frame.copy()
     split_q = fold_q = None
@@ -644,11 +844,20 @@ def split_manifest(
         "folds": folds,
         "stratify": labels,
         "stratify_by": list(stratify_by),
+        "stratify_bins": {st.column: st.bin_options() for st, _ in strata if st.binned},
         "keep_existing": keep_existing,
         "missing_group": missing_group,
     }
     result = manifest.with_frame(order_columns(out, manifest.labels)).with_step(provenance_step("split", options, inputs, seed=seed))
-    return SplitResult(manifest=result, split_quality=split_q, fold_quality=fold_q, notes=tuple(notes))
+    bins = {}
+    for st, values in strata:
+        if st.binned:
+            counts = values.value_counts(sort=False, dropna=False)
+            rows = {str(k): int(v) for k, v in counts.items() if not pd.isna(k) and v}
+            if values.isna().any():
+                rows[MISSING_STRATUM] = int(values.isna().sum())
+            bins[st.column] = {**st.bin_options(), "rows": rows}
+    return SplitResult(manifest=result, split_quality=split_q, fold_quality=fold_q, notes=tuple(notes), bins=bins)
 
 
 def _fixed_parts(existing: pd.Series, names: Sequence[str], codes: np.ndarray, uniques: np.ndarray, notes: list[str]) -> np.ndarray:

@@ -16,6 +16,12 @@ Schemes (per label, two classes):
   normalised so the two weights sum to 2, the number of classes.
 
 ``sqrt`` takes the square root of every weight; ``clip`` then caps them.
+
+A label with no positives, no negatives, or no labelled rows at all in the chosen
+rows cannot be weighed: a weight would be infinite or undefined. It gets the
+scheme's *neutral* weights instead, the weights the scheme gives a label whose two
+classes are equally frequent (``pos_weight`` 1), with a warning and the reason
+recorded (:attr:`LabelWeight.neutral`). ``drop_empty`` leaves such labels out instead.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class LabelWeight:
     n_ignored: int
     w_pos: float
     w_neg: float
+    neutral: str | None = None  # why the label got neutral weights, or None
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,11 @@ class WeightsResult:
     def labels(self) -> list[str]:
         return [w.label for w in self.weights]
 
+    @property
+    def neutral_labels(self) -> dict[str, str]:
+        """Labels that got neutral weights, and why."""
+        return {w.label: w.neutral for w in self.weights if w.neutral}
+
     def document(self, provenance: dict | None = None) -> dict:
         """The ``weights.json`` document (schema ``mdprep-weights`` version 1, docs/weights.md)."""
         return {
@@ -72,10 +84,13 @@ class WeightsResult:
             "counting": "only 1 (positive) and 0 (negative) are counted; uncertain (-1) and null labels are excluded (n_ignored)",
             "labels": self.labels,
             "weights": {
-                w.label: {"n_pos": w.n_pos, "n_neg": w.n_neg, "n_ignored": w.n_ignored, "w_pos": w.w_pos, "w_neg": w.w_neg}
+                w.label: {
+                    "n_pos": w.n_pos, "n_neg": w.n_neg, "n_ignored": w.n_ignored, "w_pos": w.w_pos, "w_neg": w.w_neg, "neutral": w.neutral,
+                }
                 for w in self.weights
             },
             "pos_weight": [w.w_pos / w.w_neg if w.w_neg else float("inf") for w in self.weights],
+            "neutral_labels": self.neutral_labels,
             "dropped": list(self.dropped),
             "provenance": provenance or {},
         }
@@ -151,6 +166,11 @@ def compute_weights(
 ) -> WeightsResult:
     """Per-label weights from the ``split`` rows of a manifest.
 
+    A label with no positives, no negatives or no labelled rows in those rows gets
+    the scheme's neutral weights (those of two equally frequent classes), with an
+    :class:`~mdprep.errors.MdprepWarning` and the reason in ``LabelWeight.neutral``;
+    with ``drop_empty`` it is left out instead and listed in ``dropped``.
+
     Examples
     --------
     >>> import pandas as pd
@@ -175,33 +195,49 @@ def compute_weights(
     n_pos = (values == POSITIVE).sum(axis=0)
     n_neg = (values == NEGATIVE).sum(axis=0)
     n_ignored = len(rows) - n_pos - n_neg
-    empty = [n for n, p in zip(names, n_pos) if p == 0]
-    no_neg = [n for n, q in zip(names, n_neg) if q == 0]
-    dropped: list[str] = []
-    if empty or no_neg:
-        if not drop_empty:
-            parts = []
-            if empty:
-                parts.append(f"no positives for {', '.join(map(repr, empty))}")
-            if no_neg:
-                parts.append(f"no negatives for {', '.join(map(repr, no_neg))}")
-            raise UsageError(
-                f"the {split!r} rows have {'; '.join(parts)}: a weight would be infinite. "
-                "Pass --drop-empty to leave such labels out, or --labels to choose labels"
-            )
-        dropped = sorted(set(empty) | set(no_neg), key=names.index)
+    where = f"in the chosen rows (split={split})"
+    reasons = {}
+    for name, p, q in zip(names, n_pos.tolist(), n_neg.tolist()):
+        if p == 0 and q == 0:
+            reasons[name] = f"no labelled rows (every value is uncertain or missing) {where}"
+        elif q == 0:
+            reasons[name] = f"no negatives {where}"
+        elif p == 0:
+            reasons[name] = f"no positives {where}"
+    dropped = [n for n in names if n in reasons] if drop_empty else []
     keep = [i for i, n in enumerate(names) if n not in dropped]
-    w_pos, w_neg = scheme_weights(n_pos[keep], n_neg[keep], scheme, beta=beta)
+    neutral = np.array([names[i] in reasons for i in keep], dtype=bool)
+    # A neutral label is weighed as if its two classes were equally frequent.
+    calc_pos = np.where(neutral, 1, n_pos[keep])
+    calc_neg = np.where(neutral, 1, n_neg[keep])
+    w_pos, w_neg = scheme_weights(calc_pos, calc_neg, scheme, beta=beta)
     if sqrt:
         w_pos, w_neg = np.sqrt(w_pos), np.sqrt(w_neg)
     if clip is not None:
         w_pos, w_neg = np.minimum(w_pos, clip), np.minimum(w_neg, clip)
     weights = tuple(
-        LabelWeight(names[i], int(n_pos[i]), int(n_neg[i]), int(n_ignored[i]), round(float(wp), 6), round(float(wn), 6))
-        for i, wp, wn in zip(keep, w_pos, w_neg)
+        LabelWeight(
+            names[i], int(n_pos[i]), int(n_neg[i]), int(n_ignored[i]), round(float(wp), 6), round(float(wn), 6),
+            reasons[names[i]] if is_neutral else None,
+        )
+        for i, wp, wn, is_neutral in zip(keep, w_pos, w_neg, neutral)
     )
-    options = {"beta": beta if scheme == "effective" else None, "sqrt": sqrt, "clip": clip, "split_col": split_col}
-    notes = tuple(f"label {d!r} has no positives or no negatives in {split!r}; left out (--drop-empty)" for d in dropped)
+    if neutral.any():
+        value = next(w for w in weights if w.neutral)
+        by_reason: dict[str, list[str]] = {}
+        for w in weights:
+            if w.neutral:
+                by_reason.setdefault(w.neutral.removesuffix(f" {where}"), []).append(w.label)
+        parts = "; ".join(f"{', '.join(map(repr, labs))}: {why}" for why, labs in by_reason.items())
+        warnings.warn(
+            f"{int(neutral.sum())} label(s) cannot be weighed from the {split!r} rows ({parts}), "
+            f"so they get the neutral weights of --scheme {scheme} (w_pos = w_neg = {value.w_pos:g}, pos_weight 1), "
+            "recorded in neutral_labels; pass --drop-empty to leave them out, or --labels to choose labels",
+            MdprepWarning,
+            stacklevel=2,
+        )
+    options = {"beta": beta if scheme == "effective" else None, "sqrt": sqrt, "clip": clip, "split_col": split_col, "drop_empty": drop_empty}
+    notes = tuple(f"label {d!r} has {reasons[d].removesuffix(f' {where}')} in {split!r}; left out (--drop-empty)" for d in dropped)
     return WeightsResult(scheme, weights, len(rows), split, options, tuple(dropped), notes)
 
 

@@ -26,13 +26,15 @@ from ._options import comma_list
 @click.option("--sqrt", is_flag=True, help="Take the square root of every weight (softer).")
 @click.option("--clip", type=float, metavar="MAX", help="Cap every weight at MAX.")
 @click.option("--labels", metavar="A,B,...", help="Only these label columns [default: all].")
-@click.option("--drop-empty", is_flag=True, help="Leave out labels with no positives (or no negatives) instead of failing.")
+@click.option("--drop-empty", is_flag=True, help="Leave out labels with no positives (or no negatives) instead of giving them neutral weights.")
 @click.option("-q", "--quiet", is_flag=True, help="No table on stderr.")
 def weights(manifest, output, split, split_col, scheme, beta, sqrt, clip, labels, drop_empty, quiet):
     """Per-label positive and negative weights for a weighted loss, from the training rows only.
 
     \b
     Uncertain (-1) and missing labels are not counted (reported as ignored).
+    A label with no positives or no negatives in those rows gets neutral weights
+    (pos_weight 1) and a warning, unless --drop-empty leaves it out.
 
     \b
     Examples:
@@ -55,7 +57,8 @@ def weights(manifest, output, split, split_col, scheme, beta, sqrt, clip, labels
     for col, just in (("label", "left"), ("positive", "right"), ("negative", "right"), ("ignored", "right"), ("w_pos", "right"), ("w_neg", "right")):
         table.add_column(col, justify=just)
     for w in result.weights:
-        table.add_row(w.label, f"{w.n_pos:,}", f"{w.n_neg:,}", f"{w.n_ignored:,}", f"{w.w_pos:.4f}", f"{w.w_neg:.4f}")
+        mark = " (neutral)" if w.neutral else ""
+        table.add_row(f"{w.label}{mark}", f"{w.n_pos:,}", f"{w.n_neg:,}", f"{w.n_ignored:,}", f"{w.w_pos:.4f}", f"{w.w_neg:.4f}")
     print_table(table)
     click.echo(f"Wrote {output}", err=True)
 

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..fileio import atomic_write, file_fingerprint
 from ..manifest import read_manifest, write_manifest
-from ..splitting import MISSING_GROUP_POLICIES, SplitQuality, split_manifest
+from ..splitting import MISSING_GROUP_POLICIES, SplitQuality, split_manifest, stratify_by_items
 from ._ui import print_table, status
 from ._options import comma_list
 
@@ -58,7 +58,10 @@ def _summary(q: SplitQuality) -> str:
 @click.option("--folds", type=int, help="Also (or only) write a fold column 0..K-1; with --ratios the last part is held out.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for tie-breaking: the same seed gives the same bytes.")
 @click.option("--stratify", multiple=True, metavar="LABEL,...", help="Label columns to balance [default: all label columns].")
-@click.option("--stratify-by", multiple=True, metavar="COL,...", help="Categorical metadata columns to balance too (sex, view, site).")
+@click.option(
+    "--stratify-by", multiple=True, metavar="COL,...",
+    help="Metadata columns to balance too (sex, view, site). COL:WIDTH or COL:EDGE,EDGE,... bins a numeric column; age is binned in decades by default.",
+)
 @click.option("--keep-existing", is_flag=True, help="Rows that already have a split keep it; their groups follow them.")
 @click.option("--missing-group", type=click.Choice(MISSING_GROUP_POLICIES), default="error", show_default=True, help="Rows without a group: fail, or make each its own group.")
 @click.option("--report", "report_path", metavar="FILE.json", help="Write the quality report as JSON.")
@@ -75,6 +78,7 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
     Examples:
       mdprep split nih.parquet --ratios 0.7,0.1,0.2 --seed 0 -o nih-split.parquet
       mdprep split nih.parquet --folds 5 --stratify-by sex,view -o nih-5fold.parquet
+      mdprep split chex.parquet --stratify-by sex,age:0,18,40,65,120 -o chex-split.parquet
       mdprep split nih.parquet --ratios 0.8,0.2 --names trainval,test --folds 5 -o cv.parquet --report split.json
     """
     names_list = comma_list([names]) if names else None
@@ -88,7 +92,7 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
             folds=folds,
             seed=seed,
             stratify=comma_list(stratify) if stratify else None,
-            stratify_by=comma_list(stratify_by),
+            stratify_by=stratify_by_items(stratify_by),
             keep_existing=keep_existing,
             missing_group=missing_group,
             inputs=[file_fingerprint(manifest)],
