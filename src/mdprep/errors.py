@@ -77,8 +77,8 @@ class MissingColumnError(InputError):
         hint: str = "",
     ) -> None:
         where = f" in {path}" if path else ""
-        miss = ", ".join(repr(c) for c in missing)
-        have = ", ".join(repr(c) for c in present)
+        miss = examples_text(missing, len(missing), limit=20)
+        have = examples_text(present, len(present), limit=50)
         msg = f"column{'s' if len(missing) > 1 else ''} {miss} not found{where}; the columns present are: {have}"
         if hint:
             msg += f". {hint}"
@@ -137,8 +137,44 @@ class ManifestValidationError(MdprepError):
         self.path = path
 
 
+#: The longest quoted value in a message; longer ones are cut with an ellipsis.
+EXAMPLE_WIDTH = 60
+
+
+def short_repr(value: Any, width: int = EXAMPLE_WIDTH) -> str:
+    """``repr(value)``, cut to ``width`` characters with ``…`` (a string keeps its closing quote).
+
+    >>> short_repr("1 2 3 " * 20, width=16)
+    "'1 2 3 1 2 3 1…'"
+    >>> short_repr(12)
+    '12'
+    """
+    text = repr(value)
+    if len(text) <= width:
+        return text
+    if isinstance(value, str):
+        return text[: width - 2] + "…" + text[-1]
+    return text[: width - 1] + "…"
+
+
+def cut_text(text: str, width: int = 200) -> str:
+    """``text`` cut to ``width`` characters with ``…``, for messages that quote a library's error.
+
+    >>> cut_text("Failed to parse string: 'xxxxxxxx'", width=30)
+    "Failed to parse string: 'xxxx…"
+    """
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def examples_text(values: Sequence[Any], total: int, limit: int = 5) -> str:
-    """Render up to ``limit`` example values as ``'a', 'b', ... (N in all)``."""
-    shown = ", ".join(repr(v) for v in list(values)[:limit])
+    """Render up to ``limit`` example values as ``'a', 'b', ... (N in all)``.
+
+    Each value is quoted by :func:`short_repr`, so a message stays short however
+    long the values are (run-length-encoded masks, free-text reports).
+
+    >>> examples_text(["a", "x" * 100], 7)
+    "'a', 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…', ... (7 in all)"
+    """
+    shown = ", ".join(short_repr(v) for v in list(values)[:limit])
     more = f", ... ({total} in all)" if total > limit else ""
     return shown + more

@@ -58,8 +58,33 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None) -> Iterato
         raise
 
 
+#: Separates an archive from the member to read in a path: ``labels.zip::train.csv``.
+MEMBER_SEP = "::"
+
+
+def split_member(path: str | os.PathLike) -> tuple[str, str | None]:
+    """Split ``archive.zip::member.csv`` into the archive and the member.
+
+    A path that names an existing file is that file, even if it contains ``::``;
+    otherwise the text after the first ``::`` is the member.
+
+    >>> split_member("labels.zip::train/labels.csv")
+    ('labels.zip', 'train/labels.csv')
+    >>> split_member("labels.csv")
+    ('labels.csv', None)
+    """
+    spath = os.fspath(path)
+    if MEMBER_SEP not in spath or os.path.isfile(spath):
+        return spath, None
+    archive, _, member = spath.partition(MEMBER_SEP)
+    return archive, member
+
+
 def file_fingerprint(path: str | os.PathLike) -> dict:
     """Size and SHA-256 of one file's bytes, with the path as given.
+
+    For a member of an archive (``archive.zip::member.csv``, see :func:`split_member`)
+    the archive's bytes are hashed and the member is recorded.
 
     Examples
     --------
@@ -69,13 +94,17 @@ def file_fingerprint(path: str | os.PathLike) -> dict:
     >>> file_fingerprint(p)["sha256"][:12]
     'ba7816bf8f01'
     """
+    archive, member = split_member(path)
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
+    with open(archive, "rb") as fh:
         while chunk := fh.read(_HASH_CHUNK):
             digest.update(chunk)
             size += len(chunk)
-    return {"path": os.path.normpath(os.fspath(path)), "kind": "file", "size": size, "sha256": digest.hexdigest()}
+    out = {"path": os.path.normpath(os.fspath(path)), "kind": "file", "size": size, "sha256": digest.hexdigest()}
+    if member is not None:
+        out["member"] = member
+    return out
 
 
 def listing_fingerprint(root: str | os.PathLike, relpaths: Iterable[str], sizes: Iterable[int]) -> dict:

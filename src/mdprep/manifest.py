@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .errors import InputError, ManifestValidationError, Violation, examples_text
+from .errors import InputError, ManifestValidationError, Violation, cut_text, examples_text
 from .fileio import atomic_write
 
 FORMAT = "mdprep-manifest"
@@ -300,7 +300,7 @@ def validate_frame(frame: pd.DataFrame, labels: Sequence[str] = ()) -> list[Viol
                         col,
                         int(frame[col].notna().sum()),
                         (),
-                        f"column {col!r} cannot be stored as {arrow_type} ({exc}); fix its values",
+                        f"column {col!r} cannot be stored as {arrow_type} ({cut_text(str(exc))}); fix its values",
                     )
                 )
     out.extend(_label_violations(frame, labels))

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .errors import InputError, MdprepError, MdprepWarning, MissingColumnError, UsageError
+from .errors import InputError, MdprepError, MdprepWarning, MissingColumnError, UsageError, short_repr
 from .fileio import atomic_write
 from .manifest import Manifest, provenance_step
 
@@ -276,7 +276,7 @@ def _warn_ids_in_paths(frame: pd.DataFrame, patients: pd.Series, columns: Sequen
         n = int(sum(hits))
         if n:
             warnings.warn(
-                f"{n} {col} value(s) contain the row's patient id (for example {values[hits].iloc[0]!r}) and are not "
+                f"{n} {col} value(s) contain the row's patient id (for example {short_repr(values[hits].iloc[0])}) and are not "
                 f"rewritten: {'pass --columns image_id' if col == 'image_id' else 'rename the folders or keep this manifest private'}",
                 MdprepWarning,
                 stacklevel=3,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from typing import Sequence
@@ -10,15 +9,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
-from ..errors import EmptyInputError, EncodingError, InputError, ManifestValidationError, MissingColumnError, UsageError, Violation, examples_text
+from ..errors import InputError, ManifestValidationError, MissingColumnError, UsageError, Violation, examples_text
 from ..fileio import file_fingerprint
 from ..labels import UNCERTAIN_POLICIES, apply_uncertain_policy, coerce_label_values, labels_from_lists
 from ..manifest import Manifest, check, frame_from_arrow, provenance_step
 from . import IngestReport, IngestResult, empty_errors, extract_groups, normalize_sex
 from ..manifest import order_columns
+from .table_io import read_table
 
 PRESETS = {
     "nih": "NIH ChestX-ray14 Data_Entry_2017*.csv: pipe-separated 'Finding Labels' into 15 label columns",
@@ -62,157 +60,8 @@ CHEXPERT_LABELS = (
 )
 #: NIH label columns: the findings and "No Finding".
 NIH_LABEL_COLUMNS = NIH_LABELS + ("No Finding",)
-_PARQUET_SUFFIXES = (".parquet", ".pq")
 
 # ----------------------------------------------------------------------------- reading
-
-
-def _split_header(line: str, delimiter: str) -> list[str]:
-    """Column names of a header line, expanding ``Name[a,b]`` that the delimiter split.
-
-    NIH's header has ``OriginalImage[Width,Height]``: two data columns under one
-    bracketed name. It becomes ``OriginalImage[Width]`` and ``OriginalImage[Height]``.
-
-    >>> _split_header("a,Size[w,h],b", ",")
-    ['a', 'Size[w]', 'Size[h]', 'b']
-    """
-    tokens = next(csv.reader([line], delimiter=delimiter))
-    names: list[str] = []
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        if "[" in tok and "]" not in tok.split("[", 1)[1]:
-            j = i
-            while j + 1 < len(tokens) and "]" not in tokens[j]:
-                j += 1
-            group = tokens[i : j + 1]
-            prefix, first = group[0].split("[", 1)
-            parts = [first] + group[1:]
-            parts[-1] = parts[-1].rsplit("]", 1)[0]
-            names += [f"{prefix}[{p.strip()}]" for p in parts]
-            i = j + 1
-        else:
-            names.append(tok.strip())
-            i += 1
-    return names
-
-
-def _first_bad_line(path: str, encoding: str) -> tuple[int, str]:
-    with pa.input_stream(path, compression="detect") as stream:
-        data = stream.read()
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            raw.decode(encoding)
-        except UnicodeDecodeError as exc:
-            return number, f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
-    return 0, ""
-
-
-def _encoding_error(path: str, encoding: str) -> EncodingError:
-    line, what = _first_bad_line(path, "utf-8" if encoding.lower().replace("-", "") == "utf8" else encoding)
-    where = f"line {line}" if line else "somewhere"
-    return EncodingError(
-        f"{where} of {path} is not valid {encoding} ({what}); convert the file to UTF-8 "
-        "(for example `iconv -f latin1 -t utf-8`) or pass --encoding latin-1",
-        path=path,
-        line=line,
-        encoding=encoding,
-    )
-
-
-def read_table(
-    path: str | os.PathLike,
-    *,
-    sep: str | None = None,
-    string_columns: Sequence[str] = (),
-    encoding: str = "utf-8",
-) -> pa.Table:
-    """Read a CSV, TSV (optionally .gz/.bz2/.zst compressed) or Parquet file into Arrow.
-
-    ``string_columns`` are read as text whatever they look like (identifiers such
-    as ``00012`` keep their zeros). Only an empty field is null. Bracketed header
-    names that contain the delimiter are expanded (see :func:`_split_header`).
-
-    Raises :class:`~mdprep.errors.EmptyInputError` for an empty file or a header
-    without rows, and :class:`~mdprep.errors.EncodingError` naming the first line
-    that is not valid in ``encoding``.
-    """
-    spath = os.fspath(path)
-    if not os.path.isfile(spath):
-        raise InputError(f"table {spath!r} does not exist; check the path", path=spath)
-    if os.path.getsize(spath) == 0:
-        raise EmptyInputError(f"{spath} is empty; it needs a header line and at least one row", path=spath)
-    lower = spath.lower()
-    if lower.endswith(_PARQUET_SUFFIXES):
-        try:
-            table = pq.read_table(spath)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(f"{spath} is not a readable Parquet file ({exc})", path=spath) from exc
-        table = table.replace_schema_metadata(None)
-        cast = [pa.field(f.name, pa.string()) if (f.name in string_columns and not pa.types.is_string(f.type)) else f for f in table.schema]
-        try:
-            table = table.cast(pa.schema(cast))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise InputError(f"{spath}: cannot read identifier columns as text ({exc})", path=spath) from exc
-    else:
-        table = _read_csv(spath, sep=sep, string_columns=string_columns, encoding=encoding)
-    if table.num_rows == 0:
-        raise EmptyInputError(f"{spath} has a header but no data rows", path=spath)
-    return table
-
-
-def _read_csv(spath: str, *, sep: str | None, string_columns: Sequence[str], encoding: str) -> pa.Table:
-    try:
-        with pa.input_stream(spath, compression="detect") as stream:
-            head = stream.read(1 << 16)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"cannot read {spath}: {exc}", path=spath) from exc
-    first = head.split(b"\n", 1)[0].rstrip(b"\r")
-    try:
-        header_line = first.decode(encoding).lstrip("\ufeff")
-    except UnicodeDecodeError:
-        raise _encoding_error(spath, encoding) from None
-    if not header_line.strip():
-        raise EmptyInputError(f"{spath} has no header line", path=spath)
-    base = re.sub(r"\.(gz|bz2|zst|xz)$", "", spath.lower())
-    if sep is None:
-        if base.endswith((".tsv", ".tab")):
-            sep = "\t"
-        elif base.endswith(".csv"):
-            sep = ","
-        else:
-            sep = "\t" if header_line.count("\t") > header_line.count(",") else ","
-    names = _split_header(header_line, sep)
-    unnamed = [i for i, n in enumerate(names) if n == ""]
-    for i in unnamed:
-        names[i] = f"_unnamed_{i}"
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise InputError(f"{spath} has duplicate column names {examples_text(dupes, len(dupes))}; rename them", path=spath)
-    column_types = {c: pa.string() for c in string_columns if c in names}
-    try:
-        table = pacsv.read_csv(
-            spath,
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, encoding=encoding, block_size=1 << 22),
-            parse_options=pacsv.ParseOptions(delimiter=sep),
-            convert_options=pacsv.ConvertOptions(
-                column_types=column_types, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True
-            ),
-        )
-    except pa.ArrowInvalid as exc:
-        text = str(exc)
-        if "UTF8" in text or "utf8" in text.lower() and "invalid" in text.lower():
-            raise _encoding_error(spath, encoding) from None
-        raise InputError(f"cannot parse {spath} as {'TSV' if sep == chr(9) else 'CSV'}: {text}", path=spath) from exc
-    if any(pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) for f in table.schema):
-        # pyarrow reads a column with bytes that are not valid text as binary.
-        raise _encoding_error(spath, encoding)
-    # A trailing delimiter on every line makes an empty, unnamed column: drop it.
-    for i in unnamed:
-        name = names[i]
-        if table.column(name).null_count == table.num_rows:
-            table = table.drop_columns([name])
-    return table
 
 
 def _require(table_or_frame, columns: Sequence[str], path: str, hint: str = "") -> None:

@@ -15,7 +15,7 @@ import torch
 
 from .. import __version__
 from ..audit import value_overlap
-from ..errors import InputError, MdprepError, MdprepWarning, UsageError
+from ..errors import InputError, MdprepError, MdprepWarning, UsageError, examples_text
 from ..fileio import atomic_write
 from ..manifest import Manifest
 from .data import AUGMENTS, ManifestDataset, cxr_safe
@@ -169,7 +169,7 @@ def train(
     if not overlap.findings.empty:
         n = len(overlap.findings)
         message = (
-            f"{n} patient(s) appear in more than one split (for example {', '.join(overlap.findings['key'].head(3))}); "
+            f"{n} patient(s) appear in more than one split (for example {examples_text(overlap.findings['key'].tolist(), n, limit=3)}); "
             "metrics on such a split are inflated. Re-split with `mdprep split`, or pass --allow-leakage"
         )
         if not allow_leakage:
