@@ -198,6 +198,16 @@ def _parse_age(s: str) -> Any:
     return round(int(s[:-1]) * _AGE_UNITS[s[-1].upper()], 4)
 
 
+def parse_age(text: str) -> float | None:
+    """Age in years of a DICOM AS value (``058Y``, ``006M``, ``003W``, ``010D``); None when it is not one.
+
+    >>> parse_age("058Y"), parse_age("006M"), parse_age("58")
+    (58.0, 0.5, None)
+    """
+    value = _parse_age(text)
+    return None if value is INVALID else value
+
+
 def _parse_one(s: str, vr: str) -> Any:
     s = s.strip(" \x00")
     if s == "":

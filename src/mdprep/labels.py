@@ -1,4 +1,5 @@
-"""Label columns: parsing label lists, coercing one-hot values, uncertainty policies.
+"""Label columns: parsing label lists, coercing one-hot values, derived labels, label-name
+harmonisation, blank and uncertainty policies, and combining several rows per image.
 
 Touches pandas objects only. A label column holds ``int8`` values 1 (positive),
 0 (negative), -1 (uncertain) or null (not mentioned); see docs/manifest.md.
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 import ast
 import json
-from typing import Iterable, Sequence
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .errors import ManifestValidationError, UsageError, Violation, examples_text
+from .errors import InputError, ManifestValidationError, MissingColumnError, UsageError, Violation, examples_text
 from .manifest import NEGATIVE, POSITIVE, UNCERTAIN, label_value_violation
 
 #: What ``--uncertain`` may say, and what it does to -1.
@@ -23,6 +27,20 @@ UNCERTAIN_POLICIES = {
     "zeros": "count uncertain as negative (U-Zeros)",
     "ignore": "treat uncertain as not mentioned (null)",
 }
+#: What ``--blank`` may say about label cells that were blank (null) in the source.
+BLANK_POLICIES = {
+    "missing": "a blank cell is not mentioned (null)",
+    "negative": "a blank cell is negative (0)",
+}
+#: How ``--aggregate`` combines several rows (readers, boxes, masks) of one image.
+AGGREGATE_POLICIES = {
+    "error": "refuse a table that repeats an image id",
+    "any": "1 if any row says 1, else -1 if any says -1, else 0 if any says 0",
+    "majority": "the value of more than half of the non-null votes; a tie is -1 (uncertain)",
+    "all": "1 if every non-null vote is 1, else 0 if any vote is 0, else -1",
+}
+#: Cell texts of a label-list column that mean "no value" (Python's ``str(nan)`` and ``str(None)``).
+_NULL_TEXTS = frozenset({"nan", "None"})
 
 
 def parse_label_list(text: str, sep: str = "|") -> list[str]:
@@ -40,8 +58,12 @@ def parse_label_list(text: str, sep: str = "|") -> list[str]:
     ['Effusion', 'Mass']
     >>> parse_label_list("")
     []
+    >>> parse_label_list("nan")
+    []
     """
     s = text.strip()
+    if s in _NULL_TEXTS:
+        return []
     items: Iterable
     if len(s) >= 2 and s[0] == "[" and s[-1] == "]":
         try:
@@ -66,8 +88,9 @@ def labels_from_lists(
 
     Each distinct cell is parsed once (public tables have a few hundred distinct
     combinations for 100k rows), then broadcast to the rows by their codes. A row
-    whose cell is empty or null has every label null (not mentioned); a row with
-    labels has 1 for those and 0 for the others.
+    whose cell is empty, null, an empty list (``[]``) or the text ``nan``/``None``
+    has every label null (not mentioned); a row with labels has 1 for those and 0
+    for the others.
 
     Parameters
     ----------
@@ -188,3 +211,445 @@ def apply_uncertain_policy(frame: pd.DataFrame, labels: Sequence[str], policy: s
         else:
             out[col] = s.mask(is_unc, pd.NA)
     return out
+
+
+# ----------------------------------------------------------------------------- blank cells
+
+
+def parse_blank_specs(specs: str | Sequence[str] | None) -> tuple[str, dict[str, str]]:
+    """The global blank policy and the per-label ones, from ``--blank`` values.
+
+    Each spec is a policy (``negative``) or ``LABEL=POLICY``. A per-label policy wins
+    over the global one; without a global one it is ``missing``.
+
+    Raises :class:`~mdprep.errors.UsageError` quoting every bad spec.
+
+    >>> parse_blank_specs(["negative", "No Finding=missing"])
+    ('negative', {'No Finding': 'missing'})
+    >>> parse_blank_specs(None)
+    ('missing', {})
+    """
+    specs = [specs] if isinstance(specs, str) else list(specs or ())
+    default: str | None = None
+    per_label: dict[str, str] = {}
+    bad: list[str] = []
+    for spec in specs:
+        name, eq, policy = spec.rpartition("=")
+        name, policy = name.strip(), policy.strip().lower()
+        if policy not in BLANK_POLICIES or (eq and not name):
+            bad.append(spec)
+        elif not eq:
+            if default is not None and default != policy:
+                bad.append(spec)
+            default = policy
+        elif per_label.get(name, policy) != policy:
+            bad.append(spec)
+        else:
+            per_label[name] = policy
+    if bad:
+        raise UsageError(
+            f"--blank {examples_text(bad, len(bad))}: write POLICY or LABEL=POLICY, once per label, with POLICY one of "
+            f"{', '.join(BLANK_POLICIES)} (for example --blank negative --blank 'No Finding=missing')",
+            specs=bad,
+        )
+    return default or "missing", per_label
+
+
+def apply_blank_policy(
+    frame: pd.DataFrame, labels: Sequence[str], default: str = "missing", per_label: Mapping[str, str] | None = None
+) -> tuple[pd.DataFrame, int]:
+    """Return ``frame`` with blank label cells made negative where the policy says so.
+
+    Only rows that have at least one label value are touched: a row without any
+    label (a study without a label row, an empty label list) stays unlabeled, since
+    a missing label row says nothing about findings. ``per_label`` names are label
+    columns (see :func:`resolve_label_names`). Returns the frame and how many cells
+    were set to 0.
+
+    >>> f = pd.DataFrame({"A": pd.array([1, None, None], dtype="Int8"), "B": pd.array([None, 0, None], dtype="Int8")})
+    >>> out, n = apply_blank_policy(f, ["A", "B"], "negative")
+    >>> out["A"].tolist(), out["B"].tolist(), n
+    ([1, 0, <NA>], [0, 0, <NA>], 2)
+    """
+    per_label = dict(per_label or {})
+    negative = [c for c in labels if per_label.get(c, default) == "negative"]
+    if not negative:
+        return frame, 0
+    labelled = frame[list(labels)].notna().any(axis=1)
+    out = frame.copy()
+    filled = 0
+    for col in negative:
+        fill = out[col].isna() & labelled
+        filled += int(fill.sum())
+        out[col] = out[col].mask(fill, NEGATIVE)
+    return out, filled
+
+
+# ----------------------------------------------------------------------------- derived labels
+
+#: The syntax of ``--label-when``, for messages and docs.
+LABEL_WHEN_SYNTAX = "NAME:COLUMN==VALUE or NAME:COLUMN!=VALUE"
+_RULE = re.compile(r"^\s*(?P<name>[^:]*?)\s*:\s*(?P<column>.*?)\s*(?P<op>==|!=)\s*(?P<value>.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """A derived binary label: ``name`` is 1 when ``column`` is (``==``) or is not (``!=``) ``value``.
+
+    Cells are compared as stripped text; a blank cell gives null.
+    """
+
+    name: str
+    column: str
+    op: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.column}{self.op}{self.value}"
+
+
+def parse_label_rules(specs: str | Sequence[str] | None) -> list[LabelRule]:
+    """Parse ``--label-when`` specs such as ``Pneumothorax:EncodedPixels!=-1``.
+
+    Raises :class:`~mdprep.errors.UsageError` quoting every bad spec and the syntax.
+
+    >>> parse_label_rules(["Pneumonia: Target == 1"])
+    [LabelRule(name='Pneumonia', column='Target', op='==', value='1')]
+    """
+    specs = [specs] if isinstance(specs, str) else list(specs or ())
+    rules: list[LabelRule] = []
+    bad: list[str] = []
+    for spec in specs:
+        m = _RULE.match(spec)
+        if not m or not all(m.group(g) for g in ("name", "column", "value")):
+            bad.append(spec)
+            continue
+        rules.append(LabelRule(m["name"], m["column"], m["op"], m["value"]))
+    if bad:
+        raise UsageError(
+            f"--label-when {examples_text(bad, len(bad))} is not {LABEL_WHEN_SYNTAX} "
+            "(for example 'Pneumothorax:EncodedPixels!=-1' or 'Pneumonia:Target==1')",
+            specs=bad,
+        )
+    names = [r.name for r in rules]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UsageError(f"--label-when defines {examples_text(dupes, len(dupes))} more than once; give each label one rule")
+    return rules
+
+
+def find_column(columns: Sequence[str], name: str) -> str | None:
+    """``name`` among ``columns``, exactly or else ignoring surrounding white space.
+
+    >>> find_column(["ImageId", " EncodedPixels"], "EncodedPixels")
+    ' EncodedPixels'
+    """
+    if name in columns:
+        return name
+    hits = [c for c in columns if str(c).strip() == name.strip()]
+    return hits[0] if len(hits) == 1 else None
+
+
+def derive_labels(source: pd.DataFrame, rules: Sequence[LabelRule], *, path: str | None = None) -> pd.DataFrame:
+    """Binary ``Int8`` label columns computed from ``source`` by ``rules`` (see :class:`LabelRule`).
+
+    Text cells are stripped before comparing (SIIM's ``' -1'`` equals ``-1``); a
+    numeric column compares numerically when the value is a number. A blank cell
+    gives null. Raises :class:`~mdprep.errors.MissingColumnError` naming every
+    column that is not in ``source``.
+
+    >>> src = pd.DataFrame({"px": [" -1", "1 5", None]})
+    >>> derive_labels(src, parse_label_rules("Ptx:px!=-1"))["Ptx"].tolist()
+    [0, 1, <NA>]
+    """
+    present = list(source.columns)
+    found = {r.column: find_column(present, r.column) for r in rules}
+    missing = [c for c, hit in found.items() if hit is None]
+    if missing:
+        raise MissingColumnError(missing, present, path=path, hint=f"--label-when {LABEL_WHEN_SYNTAX} names a column of the table")
+    out: dict[str, pd.Series] = {}
+    for rule in rules:
+        s = source[found[rule.column]]
+        number = pd.to_numeric(pd.Series([rule.value]), errors="coerce").iloc[0]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) and pd.notna(number):
+            blank = s.isna()
+            equal = s == number
+        else:
+            text = s.astype("str").str.strip()
+            blank = text.isna() | (text == "")
+            equal = text == rule.value
+        hit = equal.fillna(False).to_numpy(dtype=bool)
+        if rule.op == "!=":
+            hit = ~hit
+        out[rule.name] = pd.Series(pd.arrays.IntegerArray(hit.astype(np.int8), blank.to_numpy(dtype=bool)), index=source.index)
+    return pd.DataFrame(out, index=source.index)
+
+
+# ----------------------------------------------------------------------------- label names
+
+#: One spelling for each finding of the public chest X-ray datasets, with every spelling
+#: those datasets use and where it comes from (``--label-map cxr``). Names match ignoring
+#: case, white space and underscores, so PadChest's lower-case names need no entry of their
+#: own unless they differ otherwise; they are listed for the record.
+CXR_LABEL_MAP: dict[str, tuple[tuple[str, str], ...]] = {
+    "No Finding": (
+        ("No Finding", "NIH ChestX-ray14, CheXpert, MIMIC-CXR"),
+        ("No finding", "VinDr-CXR"),
+        ("normal", "PadChest"),
+    ),
+    "Atelectasis": (("Atelectasis", "NIH ChestX-ray14, CheXpert, MIMIC-CXR, VinDr-CXR"), ("atelectasis", "PadChest")),
+    "Cardiomegaly": (("Cardiomegaly", "NIH ChestX-ray14, CheXpert, MIMIC-CXR, VinDr-CXR"), ("cardiomegaly", "PadChest")),
+    "Consolidation": (("Consolidation", "NIH ChestX-ray14, CheXpert, MIMIC-CXR, VinDr-CXR"), ("consolidation", "PadChest")),
+    "Edema": (("Edema", "NIH ChestX-ray14, CheXpert, MIMIC-CXR"), ("pulmonary edema", "PadChest")),
+    "Emphysema": (("Emphysema", "NIH ChestX-ray14"), ("emphysema", "PadChest")),
+    "Fibrosis": (("Fibrosis", "NIH ChestX-ray14"), ("Pulmonary fibrosis", "VinDr-CXR"), ("pulmonary fibrosis", "PadChest")),
+    "Fracture": (("Fracture", "CheXpert, MIMIC-CXR, NIH Google 2019 expert labels"), ("fracture", "PadChest")),
+    "Infiltration": (("Infiltration", "NIH ChestX-ray14, VinDr-CXR"), ("infiltrates", "PadChest")),
+    "Interstitial Lung Disease": (("ILD", "VinDr-CXR"),),
+    "Lung Opacity": (("Lung Opacity", "CheXpert, MIMIC-CXR, VinDr-CXR"),),
+    "Mass": (("Mass", "NIH ChestX-ray14"), ("mass", "PadChest")),
+    "Nodule": (("Nodule", "NIH ChestX-ray14"), ("nodule", "PadChest")),
+    "Nodule/Mass": (("Nodule/Mass", "VinDr-CXR"), ("Nodule or mass", "NIH Google 2019 expert labels")),
+    "Pleural Effusion": (
+        ("Effusion", "NIH ChestX-ray14"),
+        ("Pleural Effusion", "CheXpert, MIMIC-CXR"),
+        ("Pleural effusion", "VinDr-CXR"),
+        ("pleural effusion", "PadChest"),
+    ),
+    "Pleural Thickening": (
+        ("Pleural_Thickening", "NIH ChestX-ray14"),
+        ("Pleural thickening", "VinDr-CXR"),
+        ("pleural thickening", "PadChest"),
+    ),
+    "Pneumonia": (("Pneumonia", "NIH ChestX-ray14, CheXpert, MIMIC-CXR, RSNA Pneumonia (Target)"), ("pneumonia", "PadChest")),
+    "Pneumothorax": (
+        ("Pneumothorax", "NIH ChestX-ray14, CheXpert, MIMIC-CXR, VinDr-CXR, SIIM-ACR, NIH Google 2019 expert labels"),
+        ("pneumothorax", "PadChest"),
+    ),
+}
+#: Names ``--label-map`` accepts besides a file.
+BUILTIN_LABEL_MAPS = {"cxr": CXR_LABEL_MAP}
+
+
+def label_key(name: str) -> str:
+    """How label names are matched: case, white space and underscores ignored.
+
+    >>> label_key(" Pleural_Thickening") == label_key("pleural thickening")
+    True
+    """
+    return re.sub(r"[\s_]+", "", str(name)).casefold()
+
+
+def load_label_map(spec: str | os.PathLike | Mapping[str, str]) -> dict[str, str]:
+    """A label map as ``{label_key(source): target}``.
+
+    ``spec`` is a built-in name (``cxr``, see :data:`CXR_LABEL_MAP`), a mapping, a
+    JSON file holding one object ``{"source": "target"}``, or a CSV file with the
+    columns ``source,target``. Two sources that match alike but map to different
+    targets are an :class:`~mdprep.errors.InputError` (or a
+    :class:`~mdprep.errors.UsageError` for a mapping given in code).
+
+    >>> load_label_map({"Effusion": "Pleural Effusion"})
+    {'effusion': 'Pleural Effusion'}
+    """
+    where = "the label map"
+    if isinstance(spec, Mapping):
+        pairs = [(str(k), str(v)) for k, v in spec.items()]
+        error = UsageError
+    elif os.fspath(spec) in BUILTIN_LABEL_MAPS and not os.path.exists(os.fspath(spec)):
+        table = BUILTIN_LABEL_MAPS[os.fspath(spec)]
+        pairs = [(canon, canon) for canon in table] + [(name, canon) for canon, names in table.items() for name, _ in names]
+        error = UsageError
+    else:
+        path = os.fspath(spec)
+        where, error = path, InputError
+        pairs = _read_label_map_file(path)
+    out: dict[str, str] = {}
+    conflicts: list[str] = []
+    for source, target in pairs:
+        key = label_key(source)
+        if not key or not target.strip():
+            conflicts.append(f"{source!r} -> {target!r}")
+        elif out.setdefault(key, target.strip()) != target.strip():
+            conflicts.append(f"{source!r} -> {target!r} and {out[key]!r}")
+    if conflicts:
+        message = (
+            f"{where} maps {', '.join(conflicts[:5])}{' ...' if len(conflicts) > 5 else ''}: every source name "
+            "(compared ignoring case, spaces and underscores) needs one non-empty target"
+        )
+        raise InputError(message, path=where) if error is InputError else UsageError(message)
+    return out
+
+
+def _read_label_map_file(path: str) -> list[tuple[str, str]]:
+    import csv
+
+    if not os.path.isfile(path):
+        raise InputError(
+            f"label map {path!r} does not exist; give a CSV (source,target) or JSON file, or one of: {', '.join(BUILTIN_LABEL_MAPS)}",
+            path=path,
+        )
+    with open(path, encoding="utf-8-sig") as fh:
+        text = fh.read()
+    if path.lower().endswith(".json") or text.lstrip().startswith("{"):
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"label map {path} is not valid JSON ({exc})", path=path) from exc
+        if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in obj.items()):
+            raise InputError(f'label map {path} must hold one JSON object of names, {{"source": "target", ...}}', path=path)
+        return list(obj.items())
+    rows = list(csv.reader(text.splitlines()))
+    header = [h.strip().lower() for h in rows[0]] if rows else []
+    if header[:2] != ["source", "target"] or any(len(r) < 2 for r in rows[1:] if any(c.strip() for c in r)):
+        raise InputError(
+            f"label map {path} must be a CSV with the header 'source,target' and two names on every line "
+            f"(header found: {', '.join(map(repr, rows[0])) if rows else 'none'})",
+            path=path,
+        )
+    return [(r[0], r[1]) for r in rows[1:] if any(c.strip() for c in r)]
+
+
+def resolve_label_names(names: Iterable[str], labels: Sequence[str], label_map: Mapping[str, str] | None = None, *, option: str = "") -> dict[str, str]:
+    """Each of ``names`` -> the label column it means.
+
+    A name matches a label ignoring case, white space and underscores, either
+    directly or through ``label_map`` (so a source spelling finds its target).
+    Raises :class:`~mdprep.errors.UsageError` listing the names that match none.
+
+    >>> resolve_label_names(["no_finding"], ["No Finding", "Edema"])
+    {'no_finding': 'No Finding'}
+    """
+    by_key = {label_key(lab): lab for lab in labels}
+    out: dict[str, str] = {}
+    unknown: list[str] = []
+    for name in names:
+        key = label_key(name)
+        hit = by_key.get(key)
+        if hit is None and label_map and key in label_map:
+            hit = by_key.get(label_key(label_map[key]))
+        if hit is None:
+            unknown.append(name)
+        else:
+            out[name] = hit
+    if unknown:
+        raise UsageError(
+            f"{option + ' ' if option else ''}names {examples_text(unknown, len(unknown))}, which {'is' if len(unknown) == 1 else 'are'} "
+            f"not a label; the labels are: {', '.join(map(repr, labels)) or 'none'}",
+            names=unknown,
+        )
+    return out
+
+
+def merge_label_values(block: pd.DataFrame) -> pd.Series:
+    """Combine label columns that mean one finding, per row: 1 > -1 > 0 > null.
+
+    >>> b = pd.DataFrame({"a": pd.array([0, None, -1, None], dtype="Int8"), "b": pd.array([1, 0, 0, None], dtype="Int8")})
+    >>> merge_label_values(b).tolist()
+    [1, 0, -1, <NA>]
+    """
+    values = block.to_numpy(dtype="float64", na_value=np.nan)
+    rank = np.select([np.isnan(values), values == NEGATIVE, values == UNCERTAIN], [0, 1, 2], 3).max(axis=1)
+    back = np.array([0, NEGATIVE, UNCERTAIN, POSITIVE], dtype=np.int8)
+    return pd.Series(pd.arrays.IntegerArray(back[rank], rank == 0), index=block.index)
+
+
+def apply_label_map(
+    frame: pd.DataFrame, labels: Sequence[str], label_map: Mapping[str, str]
+) -> tuple[pd.DataFrame, list[str], list[tuple[str, str]], dict[str, list[str]]]:
+    """Rename label columns by ``label_map`` (from :func:`load_label_map`) and merge those that meet.
+
+    Labels the map does not name keep their name. Columns that map to one name are
+    combined with :func:`merge_label_values`. Returns the frame, the new label names
+    (in order of first appearance), the renames ``(source, target)`` and the merges
+    ``{target: [sources]}``. A target that is also a non-label column is a
+    :class:`~mdprep.errors.UsageError`.
+
+    >>> f = pd.DataFrame({"Effusion": pd.array([1, 0], dtype="Int8"), "pleural effusion": pd.array([0, None], dtype="Int8")})
+    >>> out, names, renamed, merged = apply_label_map(f, list(f.columns), load_label_map("cxr"))
+    >>> names, out["Pleural Effusion"].tolist(), merged
+    (['Pleural Effusion'], [1, 0], {'Pleural Effusion': ['Effusion', 'pleural effusion']})
+    """
+    targets = [label_map.get(label_key(lab), lab) for lab in labels]
+    names = list(dict.fromkeys(targets))
+    clash = [n for n in names if n in frame.columns and n not in labels]
+    if clash:
+        raise UsageError(f"the label map gives labels named like other columns ({examples_text(clash, len(clash))}); map them to other names")
+    new: dict[str, pd.Series] = {}
+    renamed: list[tuple[str, str]] = []
+    merged: dict[str, list[str]] = {}
+    for name in names:
+        sources = [lab for lab, t in zip(labels, targets) if t == name]
+        if len(sources) == 1:
+            new[name] = frame[sources[0]]
+            if sources[0] != name:
+                renamed.append((sources[0], name))
+        else:
+            new[name] = merge_label_values(frame[sources])
+            merged[name] = sources
+    if not renamed and not merged:
+        return frame, list(labels), [], {}
+    rest = frame.drop(columns=list(labels))
+    labelled = pd.DataFrame(new, index=frame.index)
+    return pd.concat([rest, labelled], axis=1), names, renamed, merged
+
+
+# ----------------------------------------------------------------------------- several rows per image
+
+
+def combine_votes(values: pd.DataFrame, groups: np.ndarray, n_groups: int, policy: str) -> pd.DataFrame:
+    """One row per group: the label votes of its rows combined by ``policy``.
+
+    ``groups`` gives each row's group (0 .. n_groups-1). Votes are 1, 0, -1; null
+    is no vote. Per group, with ``pos``, ``neg``, ``unc`` votes and ``n`` non-null:
+
+    * ``any``: 1 if pos > 0, else -1 if unc > 0, else 0 if neg > 0, else null;
+    * ``all``: null if n = 0, 1 if pos = n, else 0 if neg > 0, else -1;
+    * ``majority``: null if n = 0, 1 if pos > n/2, 0 if neg > n/2, else -1
+      (an uncertain majority and a tie are both uncertain).
+
+    >>> v = pd.DataFrame({"A": pd.array([1, 0, 0, 1, None], dtype="Int8")})
+    >>> g = np.array([0, 0, 0, 1, 2])
+    >>> [combine_votes(v, g, 3, p)["A"].tolist() for p in ("any", "all", "majority")]
+    [[1, 1, <NA>], [0, 1, <NA>], [0, 1, <NA>]]
+    """
+    if policy not in AGGREGATE_POLICIES or policy == "error":
+        raise UsageError(f"unknown aggregation {policy!r}; choose one of any, majority, all", policy=policy)
+    out: dict[str, pd.arrays.IntegerArray] = {}
+    for col in values.columns:
+        v = values[col].to_numpy(dtype="float64", na_value=np.nan)
+        pos, neg, unc = (np.bincount(groups, weights=(v == x), minlength=n_groups) for x in (POSITIVE, NEGATIVE, UNCERTAIN))
+        n = pos + neg + unc
+        if policy == "any":
+            result = np.select([pos > 0, unc > 0, neg > 0], [POSITIVE, UNCERTAIN, NEGATIVE], np.nan)
+        elif policy == "all":
+            result = np.select([n == 0, pos == n, neg > 0], [np.nan, POSITIVE, NEGATIVE], UNCERTAIN)
+        else:
+            result = np.select([n == 0, 2 * pos > n, 2 * neg > n], [np.nan, POSITIVE, NEGATIVE], UNCERTAIN)
+        null = np.isnan(result)
+        out[col] = pd.arrays.IntegerArray(np.where(null, 0, result).astype(np.int8), null)
+    return pd.DataFrame(out, index=pd.RangeIndex(n_groups))
+
+
+def aggregate_labels(
+    values: pd.DataFrame, images: np.ndarray, n_images: int, policy: str, readers: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Label votes of several rows per image combined into one row per image.
+
+    ``images`` gives each row's image (0 .. n_images-1). With ``readers`` (one code per
+    row, -1 for a blank reader, which counts as one reader of its own), the rows of
+    one reader for one image are first combined with ``any``; the readers then vote
+    by ``policy`` (see :func:`combine_votes`). Without, each row is one vote.
+
+    >>> v = pd.DataFrame({"A": pd.array([1, 0, 0, 0], dtype="Int8")})
+    >>> aggregate_labels(v, np.zeros(4, int), 1, "majority", readers=np.array([0, 0, 1, 2]))["A"].tolist()
+    [0]
+    >>> aggregate_labels(v, np.zeros(4, int), 1, "majority", readers=np.array([0, 0, 1, 1]))["A"].tolist()
+    [-1]
+    """
+    if readers is not None:
+        key = images.astype(np.int64) * (int(readers.max(initial=-1)) + 2) + (readers.astype(np.int64) + 1)
+        pairs, uniques = pd.factorize(key)
+        values = combine_votes(values, pairs, len(uniques), "any")
+        images = uniques // (int(readers.max(initial=-1)) + 2)
+    return combine_votes(values, np.asarray(images), n_images, policy)

@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from ..ingest import PRESETS, IngestResult, ingest_dicom, ingest_images, ingest_table, write_errors
-from ..labels import UNCERTAIN_POLICIES
+from ..labels import AGGREGATE_POLICIES, BLANK_POLICIES, LABEL_WHEN_SYNTAX, UNCERTAIN_POLICIES
 from ..manifest import summarize, write_manifest
 from ._options import comma_list, key_file_option
 from ._ui import file_progress, print_table, status
@@ -51,6 +51,8 @@ def render_summary(result: IngestResult, output: str, errors_path: str | None, q
     lost = bool(rep.skipped or rep.failed)
     if lost or not quiet:
         line = f"{rep.found} found = {rep.ingested} ingested + {rep.skipped} skipped + {rep.failed} failed"
+        if rep.aggregated:
+            line += f" + {rep.aggregated} aggregated"
         if rep.lenient:
             line += f" ({rep.lenient} read without the DICOM preamble, marked lenient_read)"
         click.echo(line, err=True)
@@ -176,12 +178,37 @@ def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_p
     help="Uncertain (-1) labels: " + "; ".join(f"{k}: {v}" for k, v in UNCERTAIN_POLICIES.items()),
 )
 @click.option("--image-col", help="generic: column with the image id [default: image_id, else the path column].")
-@click.option("--patient-col", default="patient_id", show_default=True, help="generic: column with the patient id.")
+@click.option(
+    "--patient-col", help="generic: column with the patient id [default: patient_id, else PatientID, patientId, 'Patient ID' or subject_id]."
+)
 @click.option("--path-col", help="generic: column with the image path [default: path, else the image column].")
-@click.option("--study-col", help="generic: column with the study id [default: study_id if present].")
+@click.option("--study-col", help="generic: column with the study id [default: study_id, else StudyInstanceUID or StudyID].")
 @click.option("--labels-col", help="generic: one column listing each image's findings ('A|B' or ['A', 'B']).")
 @click.option("--labels-sep", default="|", show_default=True, help="generic: separator inside --labels-col.")
-@click.option("--label-cols", multiple=True, metavar="A,B,...", help="generic: one-hot label columns (1/0/-1/blank).")
+@click.option("--label-cols", multiple=True, metavar="A,B,...", help="generic: one-hot label columns (1/0/-1/blank, yes/no).")
+@click.option(
+    "--label-when",
+    "label_when",
+    multiple=True,
+    metavar="NAME:COLUMN==VALUE",
+    help=f"A binary label from a column: {LABEL_WHEN_SYNTAX}, compared as stripped text; a blank cell gives null. Repeatable.",
+)
+@click.option(
+    "--blank",
+    multiple=True,
+    metavar="POLICY|LABEL=POLICY",
+    help="Label cells blank in the source: " + "; ".join(f"{k}: {v}" for k, v in BLANK_POLICIES.items()) + ". Global or per label (wins); repeatable [default: missing].",
+)
+@click.option("--label-map", metavar="FILE|cxr", help="Rename and merge label names: a CSV (source,target) or JSON file, or 'cxr' for the built-in map of public chest X-ray names.")
+@click.option(
+    "--aggregate",
+    type=click.Choice(list(AGGREGATE_POLICIES)),
+    default="error",
+    show_default=True,
+    help="Several rows per image: " + "; ".join(f"{k}: {v}" for k, v in AGGREGATE_POLICIES.items()) + ".",
+)
+@click.option("--reader-col", metavar="COLUMN", help="With --aggregate: each row's reader; one reader's rows are combined with 'any' before readers vote.")
+@click.option("--col", "columns", multiple=True, metavar="CANONICAL=SOURCE", help="Take a canonical column (sex, age, view, study_date, split, ...) from a source column. Repeatable.")
 @click.option("--sep", help="Field delimiter [default: from the file name, else sniffed].")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the table.")
 @click.option("--image-ext", default="jpg", show_default=True, help="MIMIC-CXR: file ending of the built paths (jpg or dcm).")
@@ -189,16 +216,23 @@ def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_p
 @_pseudonymize
 @key_file_option
 @_quiet
-def ingest_table_cmd(table, preset, output, metadata, uncertain, image_col, patient_col, path_col, study_col, labels_col, labels_sep, label_cols, sep, encoding, image_ext, image_root, pseudonymize, key_file, quiet):
+def ingest_table_cmd(
+    table, preset, output, metadata, uncertain, image_col, patient_col, path_col, study_col, labels_col, labels_sep, label_cols,
+    label_when, blank, label_map, aggregate, reader_col, columns, sep, encoding, image_ext, image_root, pseudonymize, key_file, quiet,
+):
     """Turn a dataset's label table (CSV, TSV, gzip, Parquet) into a manifest.
 
     \b
     Examples:
       mdprep ingest table Data_Entry_2017_v2020.csv.gz --preset nih -o nih.parquet
-      mdprep ingest table train.csv --preset chexpert --uncertain ignore -o chexpert.parquet
+      mdprep ingest table train.csv --preset chexpert --blank negative --uncertain ignore -o chexpert.parquet
       mdprep ingest table mimic-cxr-2.0.0-chexpert.csv.gz --preset mimic \\
         --metadata mimic-cxr-2.0.0-metadata.csv.gz -o mimic.parquet
       mdprep ingest table labels.tsv --image-col file --patient-col subject --labels-col findings -o m.parquet
+      mdprep ingest table vinbigdata-train.csv.gz --patient-col image_id --labels-col class_name \\
+        --aggregate majority --reader-col rad_id -o vindr.parquet
+      mdprep ingest table stage_2_train_labels.csv --image-col patientId --patient-col patientId \\
+        --label-when 'Pneumonia:Target==1' --aggregate any -o rsna.parquet
     """
     with status(f"Reading {table}", quiet):
         result = ingest_table(
@@ -213,6 +247,12 @@ def ingest_table_cmd(table, preset, output, metadata, uncertain, image_col, pati
             labels_col=labels_col,
             labels_sep=labels_sep,
             label_cols=comma_list(label_cols),
+            label_when=list(label_when),
+            blank=list(blank),
+            label_map=label_map,
+            aggregate=aggregate,
+            reader_col=reader_col,
+            columns=list(columns),
             sep=sep,
             encoding=encoding,
             image_ext=image_ext,

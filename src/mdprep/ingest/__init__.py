@@ -2,7 +2,7 @@
 
 Every source returns an :class:`IngestResult`: the manifest, a table of the inputs
 that did not become rows (with why), and an :class:`IngestReport` whose counts
-reconcile (``found == ingested + skipped + failed``).
+reconcile (``found == ingested + skipped + failed + aggregated``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ ERROR_COLUMNS = ("path", "outcome", "error_type", "message")
 
 @dataclass(frozen=True)
 class IngestReport:
-    """Counts that reconcile: every input item is ingested, skipped or failed.
+    """Counts that reconcile: every input item is ingested, skipped, failed or aggregated.
 
     Attributes
     ----------
@@ -37,6 +37,9 @@ class IngestReport:
         Inputs that are not images of this source (a text file in a DICOM tree).
     failed : int
         Inputs that should have been images but could not be read.
+    aggregated : int
+        Table rows combined into another row of the same image (``ingest table
+        --aggregate``): the rows found minus the images they gave.
     lenient : int
         DICOM files read without the Part 10 preamble.
     unlabeled : int
@@ -53,6 +56,7 @@ class IngestReport:
     ingested: int
     skipped: int = 0
     failed: int = 0
+    aggregated: int = 0
     lenient: int = 0
     unlabeled: int = 0
     invalid_values: Mapping[str, int] = field(default_factory=dict)
@@ -61,7 +65,7 @@ class IngestReport:
 
     @property
     def reconciles(self) -> bool:
-        return self.found == self.ingested + self.skipped + self.failed
+        return self.found == self.ingested + self.skipped + self.failed + self.aggregated
 
 
 @dataclass(frozen=True)
