@@ -4,6 +4,7 @@
     python3 tasks.py demo    # install mdprep in .venv and run the demo pipeline
     python3 tasks.py test    # install mdprep with its test tools and run the whole suite
     python3 tasks.py bench   # run the benchmarks under bench/ (fetches real tables)
+    python3 tasks.py acceptance  # ingest every public chest X-ray table, check counts against pandas
 
 Extra arguments go to the underlying command (pytest, mdprep demo).
 """
@@ -67,7 +68,7 @@ def ensure_chromium() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"demo", "test", "bench"}:
+    if not argv or argv[0] not in {"demo", "test", "bench", "acceptance"}:
         print(__doc__)
         return 2
     job, rest = argv[0], argv[1:]
@@ -81,6 +82,9 @@ def main(argv: list[str]) -> int:
             result = subprocess.run([str(PY), "-m", "pytest", *rest], cwd=ROOT)
             # pytest exits 5 when it collects nothing: that is a failure here, not a pass.
             return 1 if result.returncode == 5 else result.returncode
+        elif job == "acceptance":
+            ensure_venv("dev")
+            run(PY, "bench/acceptance_tables.py", *rest)
         else:
             ensure_venv("dev,train,bench")
             run(PY, "bench/run_all.py", *rest)

@@ -18,6 +18,12 @@ TXV_VERSION = "1.5.7"
 TABLES = {
     "nih": "torchxrayvision/data/Data_Entry_2017_v2020.csv.gz",
     "chexpert": "torchxrayvision/data/chexpert_train.csv.gz",
+    "padchest": "torchxrayvision/data/PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz",
+    "vindr": "torchxrayvision/data/vinbigdata-train.csv.gz",
+    "siim": "torchxrayvision/data/siim-pneumothorax-train-rle.csv.gz",
+    "rsna_labels": "torchxrayvision/data/kaggle_stage_2_train_labels.csv.zip",
+    "rsna_headers": "torchxrayvision/data/kaggle_stage_2_train_images_dicom_headers.csv.gz",
+    "nih_google": "torchxrayvision/data/google2019_nih-chest-xray-labels.csv.gz",
 }
 
 
