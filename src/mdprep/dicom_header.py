@@ -252,8 +252,6 @@ _ACCEPTED_VRS: dict[str, frozenset] = {
     "AS": frozenset({"AS"}),
     "AT": frozenset({"AT"}),
 }
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
-_INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 
 
 def _fit_number(value: Any, target: str) -> Any:
@@ -275,14 +273,19 @@ def _parse_one(s: str, target: str) -> Any:
     if s == "":
         return None
     if target in _NUMBER_VRS:
+        # int() and float() also take "1_000", non-ASCII digits, "nan" and "inf"; DS and IS do not.
+        if not s.isascii() or "_" in s:
+            return INVALID
         try:
-            if _INTEGER.match(s):
+            if target in _FLOAT_VRS:
+                f = float(s)
+                return f if math.isfinite(f) else INVALID
+            try:
                 return _fit_number(int(s), target)
-            if _DECIMAL.match(s):
+            except ValueError:  # "512.0" in an integer attribute
                 return _fit_number(float(s), target)
-        except (OverflowError, ValueError):  # thousands of digits
-            pass
-        return INVALID
+        except (OverflowError, ValueError):  # not a number, or thousands of digits
+            return INVALID
     if target == "DA":
         return _parse_date(s)
     if target == "AS":
@@ -646,7 +649,7 @@ def _missing_pixels(found: dict, size: int) -> HeaderResult | None:
     )
 
 
-def _special(mode: int, size: int) -> HeaderResult:
+def _special(mode: int) -> HeaderResult:
     if stat.S_ISDIR(mode):
         return HeaderResult(FAILED, 0, error_type="IsADirectoryError", message="a folder, not a file")
     kind = special_file_kind(mode)
@@ -690,7 +693,7 @@ def _read_header(path: str, columns: Sequence[TagColumn], missing_patient: str) 
         with open(fd, "rb", buffering=0) as fh:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                return _special(st.st_mode, st.st_size)
+                return _special(st.st_mode)
             size = st.st_size
             buf = fh.read(_READ_SIZE)
             if len(buf) >= 132 and buf[128:132] == b"DICM":
