@@ -672,7 +672,8 @@ def read_header(path: str, columns: Sequence[TagColumn], missing_patient: str = 
     --------
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "notes.txt")
-    >>> _ = open(p, "w").write("not an image")
+    >>> with open(p, "w") as fh:
+    ...     _ = fh.write("not an image")
     >>> read_header(p, header_columns()).outcome
     'skipped'
     """

@@ -18,8 +18,11 @@ from ._ui import file_progress, print_table, status
 
 
 def _read_file_list(source: str | None) -> list[str] | None:
-    """Lines of ``source`` ('-' for stdin); bytes that are not UTF-8 survive as surrogate escapes,
-    so such a path becomes an UndecodablePath error row instead of stopping the run."""
+    """Lines of ``source`` ('-' for stdin), with bytes that are not UTF-8 kept as surrogate escapes.
+
+    A listed path that is not UTF-8 thus becomes an UndecodablePath error row instead of
+    stopping the run; a list that cannot be opened is bad input.
+    """
     if source is None:
         return None
     if source == "-":
