@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -137,3 +138,313 @@ def test_heavy_parent_uses_a_fork_server_with_the_same_result(dicom_tree, monkey
     served = ingest_dicom(dicom_tree.root, workers=2)
     pd.testing.assert_frame_equal(baseline.manifest.frame, served.manifest.frame)
     pd.testing.assert_frame_equal(baseline.errors, served.errors)
+
+
+# ----------------------------------------------------------------------------- odd values and odd trees
+
+
+def _small_tree(root, patients=3):
+    return write_dicom_tree(root, patients=patients, images_per_patient=1, shape=(4, 4), private_tags=0)
+
+
+def _set_element(path, tag, vr, value):
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    if tag in ds:
+        del ds[tag]
+    if vr is not None:
+        ds.add_new(tag, vr, value)
+    ds.save_as(path)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_values_with_foreign_vrs_never_abort_the_run(tmp_path):
+    root = tmp_path / "t"
+    write_dicom_tree(root, patients=6, images_per_patient=1, shape=(4, 4), private_tags=0)
+    odd = {
+        "PAT00000": (0x00280010, "LO", "abc"),  # Rows as text
+        "PAT00001": (0x00280011, "DS", "1e30"),  # Columns beyond US
+        "PAT00002": (0x00080020, "US", 1),  # StudyDate as a number
+        "PAT00003": (0x00100040, "US", 5),  # PatientSex as a number
+        "PAT00004": (0x00280030, "AT", [0x00100010, 0x00100020]),  # PixelSpacing as tags
+        "PAT00005": (0x00100020, "US", 9),  # PatientID as a number: no patient, no row
+    }
+    for patient, (tag, vr, value) in odd.items():
+        _set_element(root / patient / "study0" / "img000.dcm", tag, vr, value)
+    result = ingest_dicom(root, workers=1)
+    rep = result.report
+    assert (rep.found, rep.ingested, rep.failed) == (6, 5, 1) and rep.reconciles
+    assert dict(rep.invalid_values) == {"columns": 1, "pixel_spacing": 1, "rows": 1, "sex": 1, "study_date": 1}
+    assert result.errors["error_type"].tolist() == ["InvalidPatientID"]
+    frame = result.manifest.frame.set_index("patient_id")
+    assert pd.isna(frame.loc["PAT00002", "study_date"]) and pd.isna(frame.loc["PAT00000", "rows"])
+    assert frame.loc["PAT00001", "rows"] == 4
+    write_manifest(result.manifest, tmp_path / "m.parquet")
+
+
+def test_a_value_arrow_refuses_costs_its_file_only(tmp_path, monkeypatch):
+    import mdprep.ingest.dicom as dicom_ingest
+    from mdprep.dicom_header import read_header
+
+    root = tmp_path / "t"
+    _small_tree(root)
+
+    def corrupt(path, columns, missing_patient="error"):
+        res = read_header(path, columns, missing_patient)
+        if "PAT00001" in path:  # a reader bug: text where a number belongs
+            at = [c.column for c in columns].index("rows")
+            res = replace(res, values=res.values[:at] + ("many",) + res.values[at + 1 :])
+        return res
+
+    monkeypatch.setattr(dicom_ingest, "read_header", corrupt)
+    result = ingest_dicom(root, workers=1)
+    assert (result.report.ingested, result.report.failed) == (2, 1)
+    row = result.errors.iloc[0]
+    assert (row["path"], row["error_type"]) == ("PAT00001/study0/img000.dcm", "UnstorableValue")
+    assert "'many' of column 'rows' cannot be stored as int64" in row["message"]
+
+
+def _special_entries(root):
+    """Plant every kind of entry a walk must account for; return what it should report (path -> outcome)."""
+    import socket
+
+    (root / "fifo.dcm").parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(root / "fifo.dcm")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "s.sock"))
+    os.symlink("/dev/null", root / "null.dcm")
+    os.symlink("nowhere.dcm", root / "dangling.dcm")
+    os.symlink("loop_b", root / "loop_a")
+    os.symlink("loop_a", root / "loop_b")
+    os.symlink("..", root / "PAT00000" / "up")
+    os.symlink("PAT00001", root / "alias")
+    fd = os.open(os.fsencode(root) + b"/bad\xff.dcm", os.O_CREAT | os.O_WRONLY)
+    os.write(fd, (root / "PAT00000" / "study0" / "img000.dcm").read_bytes())
+    os.close(fd)
+    expected = {
+        "fifo.dcm": "skipped:Fifo",
+        "s.sock": "skipped:Socket",
+        "null.dcm": "skipped:Device",
+        "dangling.dcm": "skipped:DanglingSymlink",
+        "loop_a": "skipped:SymlinkLoop",
+        "loop_b": "skipped:SymlinkLoop",
+        "PAT00000/up": "skipped:SymlinkLoop",
+        "alias": "skipped:DuplicateFolder",
+        "bad\\xff.dcm": "failed:UndecodablePath",
+    }
+    return sock, expected
+
+
+def test_the_walk_accounts_for_every_entry(tmp_path):
+    root = tmp_path / "t"
+    _small_tree(root)
+    outside = tmp_path / "elsewhere"
+    _small_tree(outside, patients=1)
+    os.symlink(outside, root / "linked")  # a folder outside the root, read under the link's path
+    os.symlink("PAT00002/study0/img000.dcm", root / "file_link.dcm")  # a symlinked file is read
+    sock, expected = _special_entries(root)
+    try:
+        result = ingest_dicom(root, workers=1)
+    finally:
+        sock.close()
+    got = _outcomes(result)
+    for path, outcome in expected.items():
+        assert got.pop(path) == outcome, path
+    assert sorted(got) == ["PAT00000/study0/img000.dcm", "PAT00001/study0/img000.dcm", "PAT00002/study0/img000.dcm", "file_link.dcm", "linked/PAT00000/study0/img000.dcm"]
+    rep = result.report
+    assert rep.reconciles and (rep.found, rep.ingested, rep.skipped, rep.failed) == (14, 5, 8, 1)
+    write_errors(result.errors, tmp_path / "errors.parquet")  # the escaped path is text
+    write_manifest(result.manifest, tmp_path / "m.parquet")
+
+
+def test_collect_files_accounts_for_the_same_entries(tmp_path):
+    from mdprep.ingest.files import collect_files
+
+    root = tmp_path / "t"
+    _small_tree(root)
+    sock, expected = _special_entries(root)
+    sock.close()  # the socket file stays
+    listing = collect_files(root)
+    assert {p: f"{o}:{t}" for p, o, t, _ in listing.refused} == expected
+    assert listing.relpaths == ["PAT00000/study0/img000.dcm", "PAT00001/study0/img000.dcm", "PAT00002/study0/img000.dcm"]
+
+
+def test_an_unlistable_folder_is_an_error_row(tmp_path, monkeypatch):
+    # Running as root ignores permissions, so the refusal comes from a patched os.scandir.
+    root = tmp_path / "t"
+    _small_tree(root)
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if os.path.basename(path) == "PAT00001":
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = ingest_dicom(root, workers=1)
+    assert result.report.reconciles and (result.report.ingested, result.report.failed) == (2, 1)
+    row = result.errors.iloc[0]
+    assert (row["path"], row["error_type"]) == ("PAT00001/", "PermissionError") and "Permission denied" in row["message"]
+
+
+def test_an_unlistable_root_is_bad_input(tmp_path, monkeypatch):
+    root = tmp_path / "t"
+    _small_tree(root)
+
+    def scandir(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(InputError, match="cannot list .*Permission denied"):
+        ingest_dicom(root, workers=1)
+
+
+def _png_header(width, height):
+    """A PNG that declares ``width`` x ``height`` pixels in 60-odd bytes (PIL reads only the header)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_images_decompression_bombs_fifos_and_bad_names_are_rows(tmp_path):
+    from mdprep.synthetic import write_image_tree
+
+    root = tmp_path / "imgs"
+    write_image_tree(root, patients=2, studies=1, shape=(8, 8))
+    study = root / "patient00000" / "study1"
+    (study / "view3_frontal.png").write_bytes(_png_header(70000, 70000))  # over twice PIL's limit: an error
+    (study / "view4_frontal.png").write_bytes(_png_header(10000, 10000))  # over the limit: PIL only warns
+    os.mkfifo(study / "view5_frontal.png")
+    fd = os.open(os.fsencode(study) + b"/view6_fr\xe9.png", os.O_CREAT | os.O_WRONLY)
+    os.close(fd)
+    result = ingest_images(root, patient_regex=REGEX, workers=1)
+    got = _outcomes(result)
+    assert got["patient00000/study1/view3_frontal.png"] == "failed:DecompressionBomb"
+    assert got["patient00000/study1/view4_frontal.png"] == "failed:DecompressionBomb"
+    assert got["patient00000/study1/view5_frontal.png"] == "skipped:Fifo"
+    assert got["patient00000/study1/view6_fr\\xe9.png"] == "failed:UndecodablePath"
+    rep = result.report
+    assert rep.reconciles and (rep.found, rep.ingested, rep.skipped, rep.failed) == (7, 3, 1, 3)
+    write_errors(result.errors, tmp_path / "e.parquet")
+
+
+def test_a_patient_regex_that_matches_nothing_is_a_usage_error(image_tree, runner, tmp_path):
+    from mdprep.cli import main
+
+    with pytest.raises(UsageError, match=r"matches none of the \d+ image paths, for example 'patient00000/study1/view1_frontal.png'"):
+        ingest_images(image_tree.root, patient_regex=r"(?P<patient>pat_\d+)/", workers=1)
+    out = tmp_path / "m.parquet"
+    res = runner.invoke(main, ["ingest", "images", image_tree.root, "--patient-regex", r"(?P<patient>PAT\d+)", "-o", str(out)])
+    assert res.exit_code == 2 and not out.exists()
+    assert res.stderr.startswith("Error: --patient-regex '(?P<patient>PAT\\\\d+)' matches none of the")
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_tree_without_images_is_empty_input(dicom_tree):
+    with pytest.raises(EmptyInputError, match=r"is an image \(\.png.*for example 'PAT00000/study0/img000.dcm'.*mdprep ingest dicom"):
+        ingest_images(dicom_tree.root, patient_regex=r"(?P<patient>PAT\d+)/", workers=1)
+
+
+def test_file_lists_refuse_undecodable_paths_and_do_not_hang_on_fifos(tmp_path, runner):
+    from mdprep.cli import main
+
+    root = tmp_path / "t"
+    _small_tree(root)
+    os.mkfifo(root / "fifo.dcm")
+    listing = b"PAT00000/study0/img000.dcm\nbad\xff.dcm\nfifo.dcm\n"
+    (tmp_path / "list.txt").write_bytes(listing)
+    errors = tmp_path / "e.csv"
+    res = runner.invoke(main, ["ingest", "dicom", str(root), "--files-from", str(tmp_path / "list.txt"), "-o", str(tmp_path / "m.parquet"), "--errors", str(errors)])
+    assert res.exit_code == 0, res.output
+    assert "3 found = 1 ingested + 1 skipped + 1 failed" in res.stderr
+    rows = pd.read_csv(errors)
+    assert dict(zip(rows["path"], rows["error_type"])) == {"bad\\xff.dcm": "UndecodablePath", "fifo.dcm": "Fifo"}
+    res = runner.invoke(main, ["ingest", "dicom", str(root), "--files-from", "-", "-o", str(tmp_path / "n.parquet"), "-q"], input=listing)
+    assert res.exit_code == 0 and "UndecodablePath 1" in res.stderr
+    res = runner.invoke(main, ["ingest", "dicom", str(root), "--files-from", str(tmp_path / "nope.txt"), "-o", str(tmp_path / "n.parquet")])
+    assert res.exit_code == 2 and res.stderr.startswith("Error: cannot read the --files-from list")
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        ["--tags", "0010,1030,Manufacturer"],
+        ["--tags", "0010,1030", "--tags", "Manufacturer"],
+        ["--tags", "(0010,1030)", "--tags", "Manufacturer"],
+        ["--tags", "00101030,Manufacturer"],
+    ],
+)
+def test_cli_tags_accept_every_tag_spelling(runner, tmp_path, tags):
+    from mdprep.cli import main
+    from mdprep.manifest import read_manifest
+
+    root = tmp_path / "t"
+    _small_tree(root, patients=1)
+    _set_element(root / "PAT00000" / "study0" / "img000.dcm", 0x00101030, "DS", "71.5")
+    out = tmp_path / "m.parquet"
+    res = runner.invoke(main, ["ingest", "dicom", str(root), "-o", str(out), "-q", *tags])
+    assert res.exit_code == 0, res.output
+    frame = read_manifest(out).frame
+    assert frame["patient_weight"].tolist() == [71.5] and frame["manufacturer"].tolist() == ["ACME Imaging"]
+
+
+def test_cli_unknown_tag_is_one_error_line(runner, tmp_path):
+    from mdprep.cli import main
+
+    res = runner.invoke(main, ["ingest", "dicom", str(tmp_path), "-o", str(tmp_path / "m.parquet"), "--tags", "0010,Weight"])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == (
+        "Error: unknown DICOM keyword '0010'; use a keyword from the DICOM dictionary (for example PatientWeight) "
+        "or a tag as GGGG,EEEE (for example 0010,1030)"
+    )
+
+
+def _anonymised_tree(root):
+    """Three files: one with a patient, one without (but with study and series), one without patient or study."""
+    _small_tree(root)
+    _set_element(root / "PAT00001" / "study0" / "img000.dcm", 0x00100020, None, None)
+    path = root / "PAT00002" / "study0" / "img000.dcm"
+    _set_element(path, 0x00100020, None, None)
+    _set_element(path, 0x0020000D, None, None)
+
+
+def test_missing_patient_policies(tmp_path):
+    from pydicom import dcmread
+
+    root = tmp_path / "t"
+    _anonymised_tree(root)
+    default = ingest_dicom(root, workers=1)
+    assert "patient_id_source" not in default.manifest.frame.columns
+    assert default.errors["error_type"].tolist() == ["MissingPatientID", "MissingPatientID"]
+    assert default.manifest.history[-1]["options"]["missing_patient"] == "error"
+    study = ingest_dicom(root, missing_patient="study", workers=1)
+    frame = study.manifest.frame
+    uid = str(dcmread(root / "PAT00001" / "study0" / "img000.dcm").StudyInstanceUID)
+    assert frame["patient_id"].tolist() == ["PAT00000", f"study:{uid}"]
+    assert frame["patient_id_source"].tolist() == ["PatientID", "StudyInstanceUID"]
+    assert study.errors["path"].tolist() == ["PAT00002/study0/img000.dcm"]  # no study to fall back on
+    assert study.manifest.history[-1]["options"]["missing_patient"] == "study"
+    series = ingest_dicom(root, missing_patient="series", workers=1)
+    assert series.report.ingested == 3 and series.manifest.frame["patient_id"].str.startswith("series:").sum() == 2
+    with pytest.raises(UsageError, match="missing_patient 'guess' is not one of error, study, series"):
+        ingest_dicom(root, missing_patient="guess")
+
+
+def test_cli_missing_patient(runner, tmp_path):
+    from mdprep.cli import main
+    from mdprep.manifest import read_manifest
+
+    root = tmp_path / "t"
+    _anonymised_tree(root)
+    out = tmp_path / "m.parquet"
+    res = runner.invoke(main, ["ingest", "dicom", str(root), "-o", str(out), "--missing-patient", "series", "-q"])
+    assert res.exit_code == 0, res.output
+    assert read_manifest(out).frame["patient_id_source"].tolist() == ["PatientID", "SeriesInstanceUID", "SeriesInstanceUID"]
+    res = runner.invoke(main, ["ingest", "dicom", str(root), "-o", str(out), "--missing-patient", "guess"])
+    assert res.exit_code == 2 and "'guess' is not one of 'error', 'study', 'series'" in res.stderr

@@ -17,14 +17,21 @@ Two readers share one value converter:
 
 Value typing follows the VR of the DICOM data dictionary: DS to float, IS and
 binary integers to int, DA to a date, AS to age in years, multi-valued attributes
-to lists, person names to their text form.
+to lists, person names to their text form. A value is read only when the VR it is
+stored with is of the same kind as the dictionary's (text for text, a number for a
+number, DA for a date, AS for an age) and it fits the column's type; otherwise it
+is :data:`INVALID` (stored as null and counted), so one odd file never breaks the
+Arrow column of a whole chunk.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import math
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -32,6 +39,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from .errors import UsageError
+from .fileio import special_file_kind
 
 # ----------------------------------------------------------------------------- tags
 
@@ -90,6 +98,29 @@ PRESET_TAGS: dict[str, str] = {
 }
 
 _TAG_TEXT = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*,?\s*([0-9A-Fa-f]{4})\s*\)?$")
+# One item of a comma-separated tag list: a GGGG,EEEE pair (its comma is not a separator), or anything up to a comma.
+_TAG_ITEM = re.compile(r"\s*(\(?\s*[0-9A-Fa-f]{4}\s*,\s*[0-9A-Fa-f]{4}\s*\)?|[^,]*?)\s*(?:,|\Z)")
+
+
+def split_tag_specs(values: Sequence[str | None]) -> list[str]:
+    """Items of repeated and/or comma-separated tag lists, keeping ``GGGG,EEEE`` whole.
+
+    Examples
+    --------
+    >>> split_tag_specs(["0010,1030,Manufacturer", "(0018,0015)", "PatientWeight, 00181151"])
+    ['0010,1030', 'Manufacturer', '(0018,0015)', 'PatientWeight', '00181151']
+    """
+    out: list[str] = []
+    for value in values:
+        if not value:
+            continue
+        pos = 0
+        while pos < len(value):
+            m = _TAG_ITEM.match(value, pos)  # always matches and consumes at least one character
+            if m.group(1):
+                out.append(m.group(1))
+            pos = m.end()
+    return out
 
 
 def _snake(keyword: str) -> str:
@@ -208,52 +239,123 @@ def parse_age(text: str) -> float | None:
     return None if value is INVALID else value
 
 
-def _parse_one(s: str, vr: str) -> Any:
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+#: Integer range of each integer VR, cut to the int64 column that holds it.
+_INT_RANGE = {
+    "US": (0, 0xFFFF),
+    "SS": (-0x8000, 0x7FFF),
+    "UL": (0, 0xFFFFFFFF),
+    "SL": (-(1 << 31), (1 << 31) - 1),
+    "SV": _INT64,
+    "UV": (0, _INT64[1]),
+    "IS": _INT64,
+}
+_FLOAT_VRS = frozenset({"DS"} | set(_BINARY_FLOAT))
+_STRING_VRS = frozenset(_TEXT_VRS | {"DS", "IS", "DA", "AS"})  # VRs whose value is characters
+_NUMBER_VRS = frozenset({"DS", "IS"} | set(_BINARY_INT) | set(_BINARY_FLOAT))
+#: Dictionary VR -> the stored VRs whose value it can take: text from any character VR,
+#: a number from DS, IS or a binary number, a date only from DA, an age only from AS.
+_ACCEPTED_VRS: dict[str, frozenset] = {
+    **{vr: _STRING_VRS for vr in _TEXT_VRS},
+    **{vr: _NUMBER_VRS for vr in _NUMBER_VRS},
+    "DA": frozenset({"DA"}),
+    "AS": frozenset({"AS"}),
+    "AT": frozenset({"AT"}),
+}
+
+
+def _fit_number(value: Any, target: str) -> Any:
+    """``value`` (int or float) as the Python value of a ``target`` column, or INVALID if it does not fit."""
+    if target in _FLOAT_VRS:
+        f = float(value)  # an int beyond float range raises OverflowError, caught by the caller
+        return f if math.isfinite(f) else INVALID
+    if isinstance(value, float):
+        if not value.is_integer():  # also false for inf and nan
+            return INVALID
+        value = int(value)
+    lo, hi = _INT_RANGE[target]
+    return value if lo <= value <= hi else INVALID
+
+
+def _parse_one(s: str, target: str) -> Any:
+    """One text value (a DS, IS, DA or AS string, or text) as the Python value of a ``target`` column."""
     s = s.strip(" \x00")
     if s == "":
         return None
-    try:
-        if vr == "DS":
-            return float(s)
-        if vr == "IS":
-            f = float(s)
-            return int(f) if f.is_integer() else INVALID
-    except ValueError:
-        return INVALID
-    if vr == "DA":
+    if target in _NUMBER_VRS:
+        # int() and float() also take "1_000", non-ASCII digits, "nan" and "inf"; DS and IS do not.
+        if not s.isascii() or "_" in s:
+            return INVALID
+        try:
+            if target in _FLOAT_VRS:
+                f = float(s)
+                return f if math.isfinite(f) else INVALID
+            try:
+                return _fit_number(int(s), target)
+            except ValueError:  # "512.0" in an integer attribute
+                return _fit_number(float(s), target)
+        except (OverflowError, ValueError):  # not a number, or thousands of digits
+            return INVALID
+    if target == "DA":
         return _parse_date(s)
-    if vr == "AS":
+    if target == "AS":
         return _parse_age(s)
     return s
 
 
 def convert_value(col: TagColumn, raw: bytes, vr: str | None, little: bool, encodings: tuple[str, ...] | None) -> Any:
-    """Typed Python value of one raw element value, ``None`` when empty, :data:`INVALID` when malformed."""
-    vr = col.vr if vr in (None, "UN") else vr
+    """Typed Python value of one raw element value, ``None`` when empty, :data:`INVALID` when malformed.
+
+    ``vr`` is the VR the file stores the element with (``None`` in implicit VR files,
+    where the dictionary's VR applies). The result always fits ``col.arrow_type``:
+    a value stored with a VR of another kind than the dictionary's (``Rows`` as LO,
+    ``StudyDate`` as US, ``PatientID`` as US), a number out of the range of the
+    attribute's VR (``Columns`` as DS ``1e30``), or a non-finite number is INVALID.
+
+    Examples
+    --------
+    >>> rows = tag_column("Rows")
+    >>> convert_value(rows, b"512 ", "IS", True, None), convert_value(rows, b"abc", "LO", True, None) is INVALID
+    (512, True)
+    >>> convert_value(tag_column("StudyDate"), b"\\x01\\x00", "US", True, None) is INVALID
+    True
+    """
+    if vr is None or vr == "UN":
+        vr = col.vr
+    elif len(vr) != 2:
+        vr = vr[:2]  # pydicom's "US or SS" for an ambiguous implicit element
     if not raw:
         return None
-    if vr in _BINARY_INT or vr in _BINARY_FLOAT:
-        code = _BINARY_INT.get(vr) or _BINARY_FLOAT[vr]
-        size = struct.calcsize(code)
-        if len(raw) % size:
-            return INVALID
-        vals = list(struct.unpack(("<" if little else ">") + code * (len(raw) // size), raw))
-        if col.multi:
-            return vals
-        return vals[0] if len(vals) == 1 else INVALID
-    if vr == "AT":
-        if len(raw) % 4:
-            return INVALID
-        fmt = "<" if little else ">"
-        tags = [f"({g:04X},{e:04X})" for g, e in struct.iter_unpack(fmt + "HH", raw)]
-        return tags if col.multi else "\\".join(tags)
-    text = _decode_text(raw, vr, encodings)
-    if col.vr in _TEXT_VRS and not col.multi:
+    target = col.vr
+    if vr not in _ACCEPTED_VRS.get(target, ()):
+        return INVALID
+    try:
+        if vr in _BINARY_INT or vr in _BINARY_FLOAT:
+            code = _BINARY_INT.get(vr) or _BINARY_FLOAT[vr]
+            size = struct.calcsize(code)
+            if len(raw) % size:
+                return INVALID
+            vals = [_fit_number(v, target) for v in struct.unpack(("<" if little else ">") + code * (len(raw) // size), raw)]
+            if any(v is INVALID for v in vals):
+                return INVALID
+            if col.multi:
+                return vals
+            return vals[0] if len(vals) == 1 else INVALID
+        if vr == "AT":
+            if len(raw) % 4:
+                return INVALID
+            fmt = "<" if little else ">"
+            tags = [f"({g:04X},{e:04X})" for g, e in struct.iter_unpack(fmt + "HH", raw)]
+            return tags if col.multi else "\\".join(tags)
+        text = _decode_text(raw, vr, encodings)
+    except (OverflowError, ValueError, LookupError, struct.error):
+        return INVALID
+    if target in _TEXT_VRS and not col.multi:
         # Keep a single text value whole (a stray backslash is data, not a separator).
         text = text.strip(" \x00")
         return text or None
     parts = [text] if vr in _SINGLE_VALUE_TEXT else text.split("\\")
-    values = [_parse_one(p, col.vr) for p in parts]
+    values = [_parse_one(p, target) for p in parts]
     if col.multi:
         if all(v is None for v in values):
             return None
@@ -298,6 +400,7 @@ class HeaderResult:
     has_pixels: bool = False
     error_type: str = ""
     message: str = ""
+    patient_source: str = "PatientID"  # the attribute patient_id came from (see MISSING_PATIENT_POLICIES)
 
 
 # ----------------------------------------------------------------------------- lean reader
@@ -320,7 +423,14 @@ _IMPLICIT_LE = "1.2.840.10008.1.2"
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
-_IDENTITY_TAGS = (0x00100020, 0x0020000D, 0x00080018, 0x00080016)  # PatientID, StudyInstanceUID, SOP instance/class
+_PATIENT_TAG = 0x00100020
+_SOP_CLASS_TAG = 0x00080016
+_STUDY_UID = TagColumn("study_uid", 0x0020000D, "UI", False)
+_SERIES_UID = TagColumn("series_uid", 0x0020000E, "UI", False)
+_IDENTITY_TAGS = (_PATIENT_TAG, _STUDY_UID.tag, 0x00080018, _SOP_CLASS_TAG)  # PatientID, StudyInstanceUID, SOP instance/class
+#: Tags read from every file besides the wanted columns: the character set, the SOP
+#: class (does the file need pixel data?) and the UIDs a missing patient may fall back on.
+_ALWAYS_TAGS = (_CHARSET_TAG, _SOP_CLASS_TAG, _STUDY_UID.tag, _SERIES_UID.tag)
 _READ_SIZE = 1 << 16
 
 
@@ -484,29 +594,118 @@ def _looks_like_raw_dataset(head: bytes) -> bool:
     return group in (0x0002, 0x0008)
 
 
-def _missing_patient(columns: Sequence[TagColumn], values: tuple) -> bool:
-    for col, value in zip(columns, values):
-        if col.column == "patient_id":
-            return value in (None, "")
-    return False
+# ----------------------------------------------------------------------------- policies
+
+#: What to do with a file that has no PatientID: value -> meaning.
+MISSING_PATIENT_POLICIES = {
+    "error": "the file fails with MissingPatientID",
+    "study": "patient_id becomes 'study:' + StudyInstanceUID (the file fails if that is missing too)",
+    "series": "patient_id becomes 'series:' + SeriesInstanceUID (the file fails if that is missing too)",
+}
+_FALLBACKS = {"study": (_STUDY_UID, "StudyInstanceUID"), "series": (_SERIES_UID, "SeriesInstanceUID")}
+
+#: SOP classes that carry pixel data without "Image Storage" in their name.
+_OTHER_PIXEL_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+        "1.2.840.10008.5.1.4.1.1.30",  # Parametric Map Storage (float pixel data)
+        "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume Storage
+        "1.2.840.10008.5.1.4.1.1.81.1",  # Ophthalmic Thickness Map Storage
+        "1.2.840.10008.5.1.4.1.1.82.1",  # Corneal Topography Map Storage
+        "1.2.840.10008.5.1.4.1.1.77.1.5.8",  # Ophthalmic OCT B-scan Volume Analysis Storage
+    }
+)
 
 
-def read_header(path: str, columns: Sequence[TagColumn]) -> HeaderResult:
+@functools.lru_cache(maxsize=1)
+def image_storage_classes() -> frozenset[str]:
+    """SOP class UIDs whose objects must hold pixel data.
+
+    Every SOP class that pydicom's UID dictionary names "... Image Storage ..." (CR,
+    DX, CT, MR, US, secondary capture, ...), and the few pixel-bearing classes named
+    otherwise (:data:`_OTHER_PIXEL_CLASSES`). Structured reports, presentation
+    states, key object selections, RT plans and structure sets, waveforms and
+    encapsulated documents are not in it: they have no pixels by design.
+
+    >>> "1.2.840.10008.5.1.4.1.1.1.1" in image_storage_classes()  # DX for presentation
+    True
+    >>> "1.2.840.10008.5.1.4.1.1.88.22" in image_storage_classes()  # Enhanced SR
+    False
+    """
+    from pydicom.uid import UID_dictionary
+
+    named = {uid for uid, info in UID_dictionary.items() if info[1] == "SOP Class" and "Image Storage" in info[0]}
+    return frozenset(named) | _OTHER_PIXEL_CLASSES
+
+
+def _uid_text(found: dict, tag: int) -> str:
+    item = found.get(tag)
+    return item[1].decode("ascii", "replace").strip(" \x00") if item else ""
+
+
+def _missing_pixels(found: dict, size: int) -> HeaderResult | None:
+    """A TruncatedFile result when an image storage object ends without pixel data."""
+    sop_class = _uid_text(found, _SOP_CLASS_TAG) or _uid_text(found, _MEDIA_CLASS_TAG)
+    if sop_class not in image_storage_classes():
+        return None
+    from pydicom.uid import UID_dictionary
+
+    name = UID_dictionary.get(sop_class, (sop_class,))[0]
+    return HeaderResult(
+        FAILED,
+        size,
+        error_type="TruncatedFile",
+        message=f"the file ends at byte {size} without pixel data, which a {name} object must have; it was probably cut short",
+    )
+
+
+def _special(mode: int) -> HeaderResult:
+    if stat.S_ISDIR(mode):
+        return HeaderResult(FAILED, 0, error_type="IsADirectoryError", message="a folder, not a file")
+    kind = special_file_kind(mode)
+    return HeaderResult(SKIPPED, 0, error_type=kind, message=f"not a regular file ({kind}); not read")
+
+
+def read_header(path: str, columns: Sequence[TagColumn], missing_patient: str = "error") -> HeaderResult:
     """Read the wanted attributes of one file; never raises for a bad file.
+
+    Parameters
+    ----------
+    path : str
+        The file. FIFOs, sockets and devices are skipped without being read.
+    columns : sequence of TagColumn
+        What to read; a column for PatientID (0010,0020) gives the row its patient.
+    missing_patient : {"error", "study", "series"}
+        What a file without PatientID gives (:data:`MISSING_PATIENT_POLICIES`).
 
     Examples
     --------
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "notes.txt")
-    >>> _ = open(p, "w").write("not an image")
+    >>> with open(p, "w") as fh:
+    ...     _ = fh.write("not an image")
     >>> read_header(p, header_columns()).outcome
     'skipped'
     """
-    wanted = {c.tag: i for i, c in enumerate(columns)}
-    wanted.setdefault(_CHARSET_TAG, -1)
     try:
-        with open(path, "rb", buffering=0) as fh:
-            size = os.fstat(fh.fileno()).st_size
+        return _read_header(path, columns, missing_patient)
+    except Exception as exc:  # noqa: BLE001 - a reader bug on one odd file is that file's error row
+        return HeaderResult(FAILED, 0, error_type=type(exc).__name__, message=str(exc) or repr(exc))
+
+
+def _read_header(path: str, columns: Sequence[TagColumn], missing_patient: str) -> HeaderResult:
+    wanted = {c.tag: i for i, c in enumerate(columns)}
+    for tag in _ALWAYS_TAGS:
+        wanted.setdefault(tag, -1)
+    size = 0
+    try:
+        # Non-blocking, so that a FIFO listed by mistake is seen for what it is instead of hanging.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb", buffering=0) as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return _special(st.st_mode)
+            size = st.st_size
             buf = fh.read(_READ_SIZE)
             if len(buf) >= 132 and buf[128:132] == b"DICM":
                 read_size = _READ_SIZE
@@ -521,34 +720,65 @@ def read_header(path: str, columns: Sequence[TagColumn]) -> HeaderResult:
                         fh.seek(0)
                         buf = fh.read(read_size)
             elif _looks_like_raw_dataset(buf):
-                return _read_with_pydicom(path, columns, size, lenient=True)
+                return _read_with_pydicom(path, columns, size, lenient=True, missing_patient=missing_patient)
             else:
                 return HeaderResult(SKIPPED, size, error_type="NotDicom", message="no DICOM preamble and no DICOM data elements")
     except _Unsupported:
-        return _read_with_pydicom(path, columns, size, lenient=False)
+        return _read_with_pydicom(path, columns, size, lenient=False, missing_patient=missing_patient)
     except _Truncated as exc:
         return HeaderResult(FAILED, size, error_type="TruncatedFile", message=str(exc))
     except OSError as exc:
-        return HeaderResult(FAILED, 0, error_type=type(exc).__name__, message=str(exc))
-    media = found.get(_MEDIA_CLASS_TAG)
-    if media and media[1].decode("ascii", "replace").strip(" \x00") == _DICOMDIR_CLASS:
+        return HeaderResult(FAILED, size, error_type=type(exc).__name__, message=str(exc))
+    if _uid_text(found, _MEDIA_CLASS_TAG) == _DICOMDIR_CLASS:
         return HeaderResult(SKIPPED, size, error_type="DicomDir", message="a DICOMDIR index, not an image")
+    if not has_pixels:
+        truncated = _missing_pixels(found, size)
+        if truncated is not None:
+            return truncated
     values, invalid = _values_from_raw(columns, found, little)
-    return _finish(columns, size, values, invalid, lenient=False, has_pixels=has_pixels)
+    return _finish(columns, size, values, invalid, found, little, lenient=False, has_pixels=has_pixels, missing_patient=missing_patient)
 
 
-def _finish(columns, size, values, invalid, *, lenient, has_pixels) -> HeaderResult:
-    if _missing_patient(columns, values):
+def _finish(columns, size, values, invalid, found, little, *, lenient, has_pixels, missing_patient) -> HeaderResult:
+    """The OK result, unless the file has no readable patient (and no fallback for it)."""
+    at = next((i for i, c in enumerate(columns) if c.tag == _PATIENT_TAG), None)
+    source = "PatientID"
+    if at is not None and at in invalid:
+        vr = found[_PATIENT_TAG][0]
+        vr_text = (vr.decode("ascii") if isinstance(vr, bytes) else vr) or "its dictionary VR"
         return HeaderResult(
             FAILED,
             size,
-            error_type="MissingPatientID",
-            message="the file has no PatientID (0010,0020); every manifest row needs a patient",
+            error_type="InvalidPatientID",
+            message=f"the PatientID (0010,0020) stored as {vr_text} cannot be read as text; every manifest row needs a patient",
         )
-    return HeaderResult(OK, size, values=values, invalid=invalid, lenient=lenient, has_pixels=has_pixels)
+    if at is not None and values[at] in (None, ""):
+        fallback = _FALLBACKS.get(missing_patient)
+        if fallback is None:
+            return HeaderResult(
+                FAILED,
+                size,
+                error_type="MissingPatientID",
+                message="the file has no PatientID (0010,0020); every manifest row needs a patient "
+                "(--missing-patient study|series groups such files by study or series)",
+            )
+        col, source = fallback
+        item = found.get(col.tag)
+        uid = convert_value(col, item[1], None, little, None) if item else None
+        if uid is None or uid is INVALID:
+            return HeaderResult(
+                FAILED,
+                size,
+                error_type="MissingPatientID",
+                message=f"the file has neither a PatientID (0010,0020) nor a readable {source} to stand in for it",
+            )
+        values = values[:at] + (f"{missing_patient}:{uid}",) + values[at + 1 :]
+    return HeaderResult(OK, size, values=values, invalid=invalid, lenient=lenient, has_pixels=has_pixels, patient_source=source)
 
 
-def _read_with_pydicom(path: str, columns: Sequence[TagColumn], size: int, *, lenient: bool) -> HeaderResult:
+def _read_with_pydicom(
+    path: str, columns: Sequence[TagColumn], size: int, *, lenient: bool, missing_patient: str = "error"
+) -> HeaderResult:
     import pydicom
     from pydicom.dataelem import RawDataElement
     from pydicom.errors import InvalidDicomError
@@ -566,34 +796,43 @@ def _read_with_pydicom(path: str, columns: Sequence[TagColumn], size: int, *, le
             return HeaderResult(SKIPPED, size, error_type="DicomDir", message="a DICOMDIR index, not an image")
         little = getattr(ds, "is_little_endian", None) is not False
         found: dict[int, tuple[Any, bytes]] = {}
-        for col in list(columns) + [TagColumn("_charset", _CHARSET_TAG, "CS", True)]:
-            source = meta if (col.tag >> 16) == 0x0002 and meta is not None else ds
-            if col.tag not in source:
+        for tag in [c.tag for c in columns] + [*_ALWAYS_TAGS, _MEDIA_CLASS_TAG]:
+            source = meta if (tag >> 16) == 0x0002 and meta is not None else ds
+            if tag in found or tag not in source:
                 continue
-            elem = source.get_item(col.tag)
+            elem = source.get_item(tag)
             if isinstance(elem, RawDataElement):
                 if elem.value is None:
                     continue
-                found[col.tag] = (elem.VR, bytes(elem.value))
+                found[tag] = (elem.VR, bytes(elem.value))
             else:
-                found[col.tag] = (elem.VR, _python_value_bytes(elem.VR, elem.value, little))
-        if not any(t in found for t in _IDENTITY_TAGS):
-            if lenient:
-                return HeaderResult(SKIPPED, size, error_type="NotDicom", message="read leniently but holds no patient, study or instance attributes")
-            return HeaderResult(FAILED, size, error_type="Unreadable", message="has the DICM marker but no readable patient, study or instance attributes")
+                found[tag] = (elem.VR, _python_value_bytes(elem.VR, elem.value, little))
         pixel_tags = [t for t in _PIXEL_TAGS if t in ds]
-        for t in pixel_tags:
-            elem = ds.get_item(t)
+        # Offsets in a deflated data set count inflated bytes: they say nothing of the file's size.
+        deflated = meta is not None and str(meta.get("TransferSyntaxUID", "")) in _DEFLATED
+        for t in [] if deflated else pixel_tags:
+            # keep_deferred: the element as read (value on disk, offset and length known), not its value.
+            elem = ds.get_item(t, keep_deferred=True)
             tell, length = getattr(elem, "value_tell", None), getattr(elem, "length", None)
             if tell is not None and length not in (None, _UNDEFINED) and tell + length > size:
                 return HeaderResult(
                     FAILED, size, error_type="TruncatedFile",
                     message=f"pixel data needs {length} bytes at offset {tell} but the file ends at {size}",
                 )
+        if not pixel_tags:
+            truncated = _missing_pixels(found, size)
+            if truncated is not None:
+                return truncated
+        if not any(t in found for t in _IDENTITY_TAGS):
+            if lenient:
+                return HeaderResult(SKIPPED, size, error_type="NotDicom", message="read leniently but holds no patient, study or instance attributes")
+            return HeaderResult(FAILED, size, error_type="Unreadable", message="has the DICM marker but no readable patient, study or instance attributes")
         values, invalid = _values_from_raw(columns, found, little)
+        return _finish(
+            columns, size, values, invalid, found, little, lenient=lenient, has_pixels=bool(pixel_tags), missing_patient=missing_patient
+        )
     except Exception as exc:  # noqa: BLE001
         return HeaderResult(FAILED, size, error_type=type(exc).__name__, message=str(exc) or repr(exc))
-    return _finish(columns, size, values, invalid, lenient=lenient, has_pixels=bool(pixel_tags))
 
 
 def _python_value_bytes(vr: str, value: Any, little: bool) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -126,3 +127,24 @@ def listing_fingerprint(root: str | os.PathLike, relpaths: Iterable[str], sizes:
         "size": total,
         "sha256": digest.hexdigest(),
     }
+
+
+#: Error type of each kind of directory entry that is neither a regular file nor a folder.
+SPECIAL_FILE_KINDS = {
+    stat.S_IFIFO: "Fifo",
+    stat.S_IFSOCK: "Socket",
+    stat.S_IFCHR: "Device",
+    stat.S_IFBLK: "Device",
+}
+
+
+def special_file_kind(mode: int) -> str:
+    """``Fifo``, ``Socket`` or ``Device`` for the ``st_mode`` of such an entry, else ``SpecialFile``.
+
+    Readers must not open these (a FIFO blocks forever, a device never ends), so
+    walks and readers report them as skipped entries of this type.
+
+    >>> special_file_kind(stat.S_IFIFO | 0o644)
+    'Fifo'
+    """
+    return SPECIAL_FILE_KINDS.get(stat.S_IFMT(mode), "SpecialFile")

@@ -8,6 +8,8 @@ from dataclasses import replace
 import click
 from rich.table import Table
 
+from ..dicom_header import MISSING_PATIENT_POLICIES, split_tag_specs
+from ..errors import InputError
 from ..ingest import PRESETS, IngestResult, ingest_dicom, ingest_images, ingest_table, write_errors
 from ..labels import AGGREGATE_POLICIES, BLANK_POLICIES, LABEL_WHEN_SYNTAX, UNCERTAIN_POLICIES
 from ..manifest import summarize, write_manifest
@@ -16,12 +18,22 @@ from ._ui import file_progress, print_table, status
 
 
 def _read_file_list(source: str | None) -> list[str] | None:
+    """Lines of ``source`` ('-' for stdin), with bytes that are not UTF-8 kept as surrogate escapes.
+
+    A listed path that is not UTF-8 thus becomes an UndecodablePath error row instead of
+    stopping the run; a list that cannot be opened is bad input.
+    """
     if source is None:
         return None
     if source == "-":
-        return sys.stdin.read().splitlines()
-    with open(source, encoding="utf-8") as fh:
-        return fh.read().splitlines()
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            with open(source, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise InputError(f"cannot read the --files-from list {source!r}: {exc.strerror or exc}", path=source) from exc
+    return data.decode("utf-8", "surrogateescape").splitlines()
 
 
 def _pseudonymized(result: IngestResult, pseudonymize: bool, key_file: str | None, quiet: bool) -> IngestResult:
@@ -105,14 +117,26 @@ def ingest() -> None:
 @ingest.command("dicom")
 @click.argument("root", type=click.Path(file_okay=False))
 @_output
-@click.option("--tags", multiple=True, metavar="TAG,...", help="Extra attributes besides the preset: keywords or GGGG,EEEE.")
+@click.option(
+    "--tags",
+    multiple=True,
+    metavar="TAG,...",
+    help="Extra attributes besides the preset: keywords, GGGG,EEEE, (GGGG,EEEE) or GGGGEEEE; comma-separated or repeated.",
+)
+@click.option(
+    "--missing-patient",
+    type=click.Choice(list(MISSING_PATIENT_POLICIES)),
+    default="error",
+    show_default=True,
+    help="Files without PatientID: " + "; ".join(f"{k}: {v}" for k, v in MISSING_PATIENT_POLICIES.items()) + ".",
+)
 @_files_from
 @_workers
 @_errors
 @_pseudonymize
 @key_file_option
 @_quiet
-def ingest_dicom_cmd(root, output, tags, files_from, workers, errors_path, pseudonymize, key_file, quiet):
+def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, workers, errors_path, pseudonymize, key_file, quiet):
     """Read the headers (never the pixels) of every DICOM file under ROOT.
 
     \b
@@ -124,11 +148,19 @@ def ingest_dicom_cmd(root, output, tags, files_from, workers, errors_path, pseud
 
     \b
     Example:
-      mdprep ingest dicom /data/dump -o manifest.parquet --tags Manufacturer,KVP --errors errors.csv
+      mdprep ingest dicom /data/dump -o manifest.parquet --tags Manufacturer,KVP,0018,1151 --errors errors.csv
     """
     files = _read_file_list(files_from)
     with file_progress("Reading DICOM headers", quiet) as bar:
-        result = ingest_dicom(root, files=files, tags=comma_list(tags), workers=workers, on_found=bar.found, on_progress=bar.advance)
+        result = ingest_dicom(
+            root,
+            files=files,
+            tags=split_tag_specs(tags),
+            missing_patient=missing_patient,
+            workers=workers,
+            on_found=bar.found,
+            on_progress=bar.advance,
+        )
     result = _pseudonymized(result, pseudonymize, key_file, quiet)
     _write_outputs(result, output, errors_path)
     render_summary(result, output, errors_path, quiet)

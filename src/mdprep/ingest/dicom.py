@@ -10,14 +10,14 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from ..dicom_header import FAILED, OK, SKIPPED, TagColumn, header_columns, read_header
-from ..errors import EmptyInputError
+from ..dicom_header import FAILED, MISSING_PATIENT_POLICIES, OK, SKIPPED, TagColumn, header_columns, read_header
+from ..errors import EmptyInputError, UsageError
 from ..executor import map_chunks
 from ..fileio import listing_fingerprint
 from ..manifest import CANONICAL_TYPES, Manifest, frame_from_arrow, provenance_step
 from . import IngestReport, IngestResult, canonical_sex, errors_frame
 from ..manifest import order_columns
-from .files import check_root, collect_files, iter_tree
+from .files import check_root, collect_files, escaped_path, iter_tree
 
 
 @dataclass(frozen=True)
@@ -31,42 +31,97 @@ class _Chunk:
     sizes: list[int]
 
 
-def _schema(columns: Sequence[TagColumn]) -> pa.Schema:
+#: Column added when a missing PatientID may fall back on a UID: which attribute gave patient_id.
+PATIENT_SOURCE_COLUMN = "patient_id_source"
+
+
+def _schema(columns: Sequence[TagColumn], with_source: bool = False) -> pa.Schema:
     fields = [pa.field("image_id", pa.string()), pa.field("path", pa.string())]
     fields += [pa.field(c.column, CANONICAL_TYPES.get(c.column, c.arrow_type)) for c in columns]
     fields += [pa.field("lenient_read", pa.bool_()), pa.field("has_pixels", pa.bool_())]
+    if with_source:
+        fields.append(pa.field(PATIENT_SOURCE_COLUMN, pa.string()))
     return pa.schema(fields)
 
 
-def _read_chunk(relpaths: Sequence[str], *, root: str, columns: Sequence[TagColumn]) -> _Chunk:
-    """Read a chunk of files and build its rows as one Arrow record batch (in the worker)."""
-    ok_paths, rows, lenient, pixels, errors, sizes = [], [], [], [], [], []
-    invalid: Counter[str] = Counter()
+@dataclass(frozen=True)
+class _Row:
+    rel: str
+    values: tuple
+    invalid: list[str]  # columns whose value was stored as null
+    lenient: bool
+    has_pixels: bool
+    source: str
+
+
+def _batch(rows: Sequence[_Row], schema: pa.Schema, ncols: int) -> pa.RecordBatch:
+    paths = [r.rel for r in rows]
+    values = list(zip(*(r.values for r in rows))) if rows else [()] * ncols
+    arrays = [pa.array(paths, pa.string()), pa.array(paths, pa.string())]
+    arrays += [pa.array(list(v), type=schema.field(i + 2).type) for i, v in enumerate(values)]
+    arrays += [pa.array([r.lenient for r in rows], pa.bool_()), pa.array([r.has_pixels for r in rows], pa.bool_())]
+    if len(schema) > len(arrays):
+        arrays.append(pa.array([r.source for r in rows], pa.string()))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _unstorable(row: _Row, schema: pa.Schema, columns: Sequence[TagColumn]) -> tuple[str, str, str, str] | None:
+    """The error row of a row that cannot go into ``schema``, or None if it can."""
+    try:
+        _batch([row], schema, len(columns))
+        return None
+    except Exception as exc:  # noqa: BLE001 - anything Arrow refuses
+        for i, value in enumerate(row.values):
+            field = schema.field(i + 2)
+            try:
+                pa.array([value], type=field.type)
+            except Exception as col_exc:  # noqa: BLE001
+                shown = repr(value)
+                shown = shown if len(shown) <= 80 else shown[:77] + "..."
+                message = f"the value {shown} of column {field.name!r} cannot be stored as {field.type} ({col_exc})"
+                return (row.rel, FAILED, "UnstorableValue", message)
+        return (row.rel, FAILED, "UnstorableValue", f"the row cannot be stored ({exc})")
+
+
+def _read_chunk(relpaths: Sequence[str], *, root: str, columns: Sequence[TagColumn], missing_patient: str = "error") -> _Chunk:
+    """Read a chunk of files and build its rows as one Arrow record batch (in the worker).
+
+    The values :func:`read_header` gives always fit their columns; should a file
+    still give one Arrow refuses, that file alone becomes a failed row
+    (``UnstorableValue``) and the rest of the chunk is kept.
+    """
+    rows: list[_Row] = []
+    errors, sizes = [], []
     sex_at = next((i for i, c in enumerate(columns) if c.column == "sex"), None)
     for rel in relpaths:
-        res = read_header(os.path.join(root, rel), columns)
+        res = read_header(os.path.join(root, rel), columns, missing_patient)
         sizes.append(res.size)
-        if res.outcome == OK:
-            ok_paths.append(rel)
-            values = res.values
-            if sex_at is not None:
-                code, known = canonical_sex(values[sex_at])
-                values = values[:sex_at] + (code,) + values[sex_at + 1 :]
-                if not known:
-                    invalid["sex"] += 1
-            rows.append(values)
-            lenient.append(res.lenient)
-            pixels.append(res.has_pixels)
-            for i in res.invalid:
-                invalid[columns[i].column] += 1
-        else:
+        if res.outcome != OK:
             errors.append((rel, res.outcome, res.error_type, res.message))
-    schema = _schema(columns)
-    values = list(zip(*rows)) if rows else [()] * len(columns)
-    arrays = [pa.array(ok_paths, pa.string()), pa.array(ok_paths, pa.string())]
-    arrays += [pa.array(list(v), type=schema.field(i + 2).type) for i, v in enumerate(values)]
-    arrays += [pa.array(lenient, pa.bool_()), pa.array(pixels, pa.bool_())]
-    return _Chunk(pa.RecordBatch.from_arrays(arrays, schema=schema), errors, dict(invalid), list(relpaths), sizes)
+            continue
+        values = res.values
+        invalid = [columns[i].column for i in res.invalid]
+        if sex_at is not None:
+            code, known = canonical_sex(values[sex_at])
+            values = values[:sex_at] + (code,) + values[sex_at + 1 :]
+            if not known:
+                invalid.append("sex")
+        rows.append(_Row(rel, values, invalid, res.lenient, res.has_pixels, res.patient_source))
+    schema = _schema(columns, with_source=missing_patient != "error")
+    try:
+        batch = _batch(rows, schema, len(columns))
+    except Exception:  # noqa: BLE001 - find the file(s) Arrow refuses, keep the others
+        kept = []
+        for row in rows:
+            bad = _unstorable(row, schema, columns)
+            if bad is None:
+                kept.append(row)
+            else:
+                errors.append(bad)
+        rows = kept
+        batch = _batch(rows, schema, len(columns))
+    invalid_counts = Counter(c for row in rows for c in row.invalid)
+    return _Chunk(batch, errors, dict(invalid_counts), list(relpaths), sizes)
 
 
 def _counted(items: Iterable[str], on_found: Callable[[int], None] | None) -> Iterator[str]:
@@ -85,6 +140,7 @@ def ingest_dicom(
     *,
     files: Iterable[str] | None = None,
     tags: Sequence[str] = (),
+    missing_patient: str = "error",
     workers: int | None = None,
     on_found: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -98,7 +154,12 @@ def ingest_dicom(
     files : iterable of str, optional
         Read these files (absolute or relative to ``root``) instead of walking.
     tags : sequence of str
-        Extra attributes (keywords or ``GGGG,EEEE``) besides the preset.
+        Extra attributes (keywords, ``GGGG,EEEE``, ``(GGGG,EEEE)`` or ``GGGGEEEE``) besides the preset.
+    missing_patient : {"error", "study", "series"}
+        A file without PatientID fails (``error``), or takes ``study:<StudyInstanceUID>``
+        (``study``) or ``series:<SeriesInstanceUID>`` (``series``) as its patient, so
+        anonymised collections can be grouped conservatively; a column
+        ``patient_id_source`` then says which attribute gave each row's patient.
     workers : int, optional
         Processes; all cores by default.
     on_found, on_progress : callable, optional
@@ -107,8 +168,13 @@ def ingest_dicom(
     Returns
     -------
     IngestResult
-        Rows for readable DICOM files; non-DICOM files (skipped) and unreadable or
-        incomplete ones (failed) in ``errors``; counts in ``report``.
+        Rows for readable DICOM files; non-DICOM files and special entries (skipped)
+        and unreadable or incomplete ones (failed) in ``errors``; counts in ``report``.
+
+    Raises
+    ------
+    UsageError
+        For an unknown ``missing_patient`` or tag.
 
     Examples
     --------
@@ -120,37 +186,44 @@ def ingest_dicom(
     >>> result.report.ingested, result.manifest.frame["patient_id"].nunique()
     (4, 2)
     """
+    if missing_patient not in MISSING_PATIENT_POLICIES:
+        raise UsageError(
+            f"missing_patient {missing_patient!r} is not one of {', '.join(MISSING_PATIENT_POLICIES)}",
+            missing_patient=missing_patient,
+        )
     columns = header_columns(tags)
     if files is None:
-        # Stream the walk into the workers: reading starts while the walk goes on.
+        # Stream the walk into the workers: reading starts while the walk goes on. The
+        # entries it does not yield (special files, bad names, ...) land in `refused`.
         root_abs, refused = check_root(root), []
-        source: Iterable[str] = _counted(iter_tree(root_abs), on_found)
+        source: Iterable[str] = _counted(iter_tree(root_abs, refused), on_found)
     else:
         listing = collect_files(root, files)
         root_abs, refused, source = listing.root, listing.refused, listing.relpaths
         if on_found:
             on_found(len(listing.relpaths))
     chunks: list[_Chunk] = map_chunks(
-        functools.partial(_read_chunk, root=root_abs, columns=columns),
+        functools.partial(_read_chunk, root=root_abs, columns=columns, missing_patient=missing_patient),
         source,
         workers=workers,
         on_progress=on_progress,
     )
     found = sum(len(c.relpaths) for c in chunks) + len(refused)
     if found == 0:
-        raise EmptyInputError(f"no files found under {os.fspath(root)}; check the path", path=os.fspath(root))
+        shown = escaped_path(os.fspath(root))
+        raise EmptyInputError(f"no files found under {shown}; check the path", path=shown)
     error_rows = sorted(list(refused) + [e for c in chunks for e in c.errors])
     invalid: Counter[str] = Counter()
     for c in chunks:
         invalid.update(c.invalid)
     # Chunks come back in the order the walk (or the sorted list) gave the files.
-    table = pa.Table.from_batches([c.batch for c in chunks], schema=_schema(columns))
+    table = pa.Table.from_batches([c.batch for c in chunks], schema=_schema(columns, with_source=missing_patient != "error"))
     frame = order_columns(frame_from_arrow(table))
 
     errors = errors_frame(error_rows)
     reasons = Counter(f"{o}:{t}" for _, o, t, _ in error_rows)
     inputs = [listing_fingerprint(os.fspath(root), [r for c in chunks for r in c.relpaths], [z for c in chunks for z in c.sizes])]
-    options = {"tags": list(tags), "file_list": files is not None}
+    options = {"tags": list(tags), "file_list": files is not None, "missing_patient": missing_patient}
     # Valid by construction (unique paths, a patient on every row); write_manifest checks again.
     manifest = Manifest(frame=frame, labels=(), root=root_abs).with_step(
         provenance_step("ingest dicom", options, inputs)

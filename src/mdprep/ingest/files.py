@@ -1,84 +1,238 @@
-"""Finding the files of a file-based source: a walked tree or a given list."""
+"""Finding the files of a file-based source: a walked tree or a given list.
+
+A walk accounts for every directory entry under the root. Regular files (and
+symlinks to them) are read. Folders are walked, symlinked folders once each. Any
+other entry becomes an error-table row, so that ``found == ingested + skipped +
+failed`` holds for any tree:
+
+==================  =======  ============================================================
+entry               outcome  error_type
+==================  =======  ============================================================
+dangling symlink    skipped  ``DanglingSymlink``
+symlink cycle       skipped  ``SymlinkLoop`` (a link to a folder above it, or a chain of links)
+link to a folder    skipped  ``DuplicateFolder`` (the folder is already read under another path)
+FIFO                skipped  ``Fifo``
+socket              skipped  ``Socket``
+device              skipped  ``Device``
+undecodable name    failed   ``UndecodablePath`` (the path is not valid UTF-8; shown escaped)
+unlistable folder   failed   ``PermissionError`` (or the OS error), one row for the folder
+==================  =======  ============================================================
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from ..errors import EmptyInputError, InputError
+from ..fileio import special_file_kind
+
+#: An error-table row: (path, outcome, error_type, message).
+ErrorRow = tuple[str, str, str, str]
 
 
 @dataclass(frozen=True)
 class FileList:
-    """Files to read, relative to ``root`` (POSIX separators, sorted), and listed entries refused before reading."""
+    """Files to read, relative to ``root`` (POSIX separators, sorted), and entries refused before reading."""
 
     root: str
     relpaths: list[str]
-    refused: list[tuple[str, str, str, str]]  # error-table rows (path, outcome, error_type, message)
+    refused: list[ErrorRow]  # error-table rows (path, outcome, error_type, message)
 
     @property
     def found(self) -> int:
         return len(self.relpaths) + len(self.refused)
 
 
-def iter_tree(root: str) -> Iterator[str]:
-    """Relative POSIX paths of the regular files under ``root``, in tree order.
+def decodable(path: str) -> bool:
+    """True when ``path`` is valid UTF-8 text (no surrogate escapes of undecodable bytes)."""
+    if path.isascii():
+        return True
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
-    Tree order: each folder's files by name, then its subfolders by name,
-    depth first. It is a generator, so reading can start while the walk goes on,
-    and the order is fixed, so results come out in the same order every time
-    without a sort at the end.
+
+def escaped_path(path: str) -> str:
+    """``path`` as printable text: undecodable bytes written as ``\\xff``.
+
+    >>> escaped_path(os.fsdecode(b"scans/bad\\xff.dcm"))
+    'scans/bad\\\\xff.dcm'
+    """
+    if decodable(path):
+        return path
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def undecodable_row(path: str) -> ErrorRow:
+    """The error row of a path that is not valid UTF-8 (a manifest path must be text)."""
+    return (
+        escaped_path(path),
+        "failed",
+        "UndecodablePath",
+        "the path is not valid UTF-8 (shown with \\x escapes), so it cannot be stored in a manifest; rename the file",
+    )
+
+
+def _rel(path: str, cut: int) -> str:
+    rel = path[cut:]
+    return rel if os.sep == "/" else rel.replace(os.sep, "/")
+
+
+def iter_tree(root: str, problems: list[ErrorRow]) -> Iterator[str]:
+    """Relative POSIX paths of the files to read under ``root``, in tree order.
+
+    Tree order: each folder's files by name, then its subfolders by name, depth
+    first; symlinked folders are walked after the whole real tree, in the order they
+    were met, so a folder reachable both ways is read under its real path. It is a
+    generator, so reading can start while the walk goes on, and the order is fixed,
+    so results come out in the same order every time without a sort at the end.
+
+    Every entry that is not read is appended to ``problems`` as an error-table row
+    (see the module docstring) by the time the generator is exhausted. Symlinks to
+    files are read like files, wherever they point (their path is under ``root``);
+    each real folder is walked once, identified by ``(st_dev, st_ino)``.
+
+    Raises
+    ------
+    InputError
+        When ``root`` itself cannot be listed.
     """
     cut = len(root.rstrip(os.sep)) + 1
+    top = os.stat(root)
+    walked: dict[tuple[int, int], str] = {(top.st_dev, top.st_ino): "."}  # folder identity -> where it was read
     stack = [root]
-    while stack:
+    links: deque[str] = deque()  # symlinked folders, walked after the real tree
+    while stack or links:
+        if not stack:
+            link = links.popleft()
+            try:
+                st = os.stat(link)
+            except OSError as exc:  # the target went away during the walk
+                problems.append((escaped_path(_rel(link, cut)), "failed", type(exc).__name__, str(exc)))
+                continue
+            ident = (st.st_dev, st.st_ino)
+            if ident in walked:
+                problems.append(_revisit_row(link, cut, walked[ident]))
+                continue
+            walked[ident] = _rel(link, cut)
+            stack.append(link)
         folder = stack.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            raise InputError(f"cannot list {folder}: {exc}", path=folder) from exc
+            if folder == root:
+                raise InputError(f"cannot list {escaped_path(folder)}: {exc.strerror or exc}", path=escaped_path(folder)) from exc
+            problems.append(
+                (escaped_path(_rel(folder, cut)) + "/", "failed", type(exc).__name__, f"cannot list the folder: {exc.strerror or exc}")
+            )
+            continue
         subfolders = []
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                subfolders.append(entry.path)
-            elif entry.is_file():
-                rel = entry.path[cut:]
-                yield rel if os.sep == "/" else rel.replace(os.sep, "/")
+            rel = _rel(entry.path, cut)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    ident = (st.st_dev, st.st_ino)
+                    if ident in walked:  # a bind mount of a folder already read
+                        problems.append(_revisit_row(entry.path, cut, walked[ident]))
+                    else:
+                        walked[ident] = rel
+                        subfolders.append(entry.path)
+                    continue
+                if entry.is_file(follow_symlinks=False):
+                    mode = stat.S_IFREG
+                elif entry.is_symlink():
+                    try:
+                        mode = entry.stat().st_mode  # follows the link
+                    except FileNotFoundError:
+                        problems.append((escaped_path(rel), "skipped", "DanglingSymlink", f"a symlink to {_target(entry.path)}, which does not exist"))
+                        continue
+                    except OSError as exc:
+                        if exc.errno != errno.ELOOP:
+                            raise
+                        problems.append((escaped_path(rel), "skipped", "SymlinkLoop", "a chain of symlinks that never ends"))
+                        continue
+                    if stat.S_ISDIR(mode):
+                        links.append(entry.path)
+                        continue
+                else:
+                    mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                problems.append((escaped_path(rel), "failed", type(exc).__name__, f"cannot inspect the entry: {exc.strerror or exc}"))
+                continue
+            if not stat.S_ISREG(mode):
+                kind = special_file_kind(mode)
+                problems.append((escaped_path(rel), "skipped", kind, f"not a regular file ({kind}); not read"))
+            elif not decodable(rel):
+                problems.append(undecodable_row(rel))
+            else:
+                yield rel
         stack.extend(reversed(subfolders))
+
+
+def _target(link: str) -> str:
+    try:
+        return repr(escaped_path(os.readlink(link)))
+    except OSError:
+        return "a target"
+
+
+def _revisit_row(path: str, cut: int, first: str) -> ErrorRow:
+    """The row of a folder whose real folder was already walked: a loop, or a second way in."""
+    rel = escaped_path(_rel(path, cut))
+    first = "the root folder" if first == "." else repr(escaped_path(first))
+    real, parent = os.path.realpath(path), os.path.realpath(os.path.dirname(path))
+    if parent == real or parent.startswith(real.rstrip(os.sep) + os.sep):
+        return (rel, "skipped", "SymlinkLoop", f"links to {first}, a folder that contains it; not followed, as it would loop")
+    return (rel, "skipped", "DuplicateFolder", f"the same folder as {first}, already read; its files are read once")
 
 
 def check_root(root: str | os.PathLike) -> str:
     """The absolute path of ``root``, which must be a folder."""
     root_s = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root_s):
-        raise InputError(f"{os.fspath(root)!r} is not a folder; give the folder that holds the images", path=os.fspath(root))
+        shown = escaped_path(os.fspath(root))
+        raise InputError(f"{shown!r} is not a folder; give the folder that holds the images", path=shown)
     return root_s
 
 
 def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None) -> FileList:
-    """Every regular file under ``root`` (recursively), or the given ``files``.
+    """Every file to read under ``root`` (recursively), or the given ``files``.
 
-    Listed paths may be absolute or relative to ``root``; a listed path outside
-    ``root`` or listed twice is refused with a row in the error table, and a
-    listed path that does not exist is left for the reader to report as failed.
-    Blank lines are ignored.
+    Without ``files`` the tree is walked with :func:`iter_tree`, whose refused entries
+    (special files, dangling links, undecodable names, unlistable folders) are in
+    ``refused``. Listed paths may be absolute or relative to ``root``; a listed path
+    outside ``root``, listed twice, or not valid UTF-8 is refused with a row in the
+    error table, and a listed path that does not exist is left for the reader to
+    report as failed. Blank lines are ignored.
     """
     root_s = check_root(root)
     if files is None:
-        rels = sorted(iter_tree(root_s))
-        if not rels:
-            raise EmptyInputError(f"no files found under {os.fspath(root)}; check the path", path=os.fspath(root))
-        return FileList(root_s, rels, [])
+        problems: list[ErrorRow] = []
+        rels = sorted(iter_tree(root_s, problems))
+        if not rels and not problems:
+            raise EmptyInputError(f"no files found under {escaped_path(os.fspath(root))}; check the path", path=escaped_path(os.fspath(root)))
+        return FileList(root_s, rels, problems)
     rels, refused, seen = [], [], set()
     for raw in files:
         entry = raw.strip()
         if not entry:
             continue
+        if not decodable(entry):
+            refused.append(undecodable_row(entry))
+            continue
         full = entry if os.path.isabs(entry) else os.path.join(root_s, entry)
         rel = os.path.relpath(os.path.normpath(full), root_s).replace(os.sep, "/")
         if rel == ".." or rel.startswith("../"):
-            refused.append((entry, "failed", "OutsideRoot", f"the file is not under the root {root_s}; pass a root that contains it"))
+            refused.append((entry, "failed", "OutsideRoot", f"the file is not under the root {escaped_path(root_s)}; pass a root that contains it"))
         elif rel in seen:
             refused.append((entry, "skipped", "DuplicatePath", "listed more than once; read once"))
         else:

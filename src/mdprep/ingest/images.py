@@ -5,19 +5,21 @@ from __future__ import annotations
 import functools
 import os
 import re
+import stat
+import warnings
 from collections import Counter
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..errors import UsageError
+from ..errors import EmptyInputError, UsageError, examples_text
 from ..executor import map_chunks
-from ..fileio import listing_fingerprint
+from ..fileio import listing_fingerprint, special_file_kind
 from ..manifest import Manifest, check, provenance_step
 from . import IngestReport, IngestResult, errors_frame, extract_groups
 from ..manifest import order_columns
-from .files import collect_files
+from .files import collect_files, escaped_path
 
 #: File name endings read as images (case-insensitive).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -45,20 +47,52 @@ def compile_path_regex(pattern: str) -> re.Pattern:
 
 
 def _read_image_headers(relpaths: Sequence[str], *, root: str) -> list[tuple]:
-    """Width, height, mode and format from each image's header; no pixels are decoded."""
-    from PIL import Image, UnidentifiedImageError
+    """Width, height, mode and format from each image's header; no pixels are decoded.
+
+    An image whose size PIL considers a decompression bomb (more than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels, warning or error alike) fails with
+    ``DecompressionBomb``: every later step that decodes it would run out of memory.
+    FIFOs, sockets and devices are skipped without being read; any other error is
+    the file's error row, never the run's.
+    """
+    from PIL import Image
 
     out = []
     for rel in relpaths:
         path = os.path.join(root, rel)
+        size = 0
         try:
-            size = os.path.getsize(path)
-            with Image.open(path) as im:
-                out.append(("ok", size, im.size[0], im.size[1], im.mode, im.format, "", ""))
-        except (UnidentifiedImageError, SyntaxError, ValueError, OSError) as exc:
-            size = os.path.getsize(path) if os.path.exists(path) else 0
-            out.append(("failed", size, None, None, None, None, type(exc).__name__, str(exc)))
+            # Non-blocking, so that a FIFO listed by mistake is seen for what it is instead of hanging.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with open(fd, "rb") as fh:
+                st = os.fstat(fd)
+                if stat.S_ISDIR(st.st_mode):
+                    out.append(("failed", 0, None, None, None, None, "IsADirectoryError", "a folder, not a file"))
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    kind = special_file_kind(st.st_mode)
+                    out.append(("skipped", 0, None, None, None, None, kind, f"not a regular file ({kind}); not read"))
+                    continue
+                size = st.st_size
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(fh) as im:
+                        out.append(("ok", size, im.size[0], im.size[1], im.mode, im.format, "", ""))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            out.append(("failed", size, None, None, None, None, "DecompressionBomb", str(exc)))
+        except Exception as exc:  # noqa: BLE001 - any reader failure is this file's error row
+            out.append(("failed", size, None, None, None, None, type(exc).__name__, str(exc) or repr(exc)))
     return out
+
+
+def _no_match_error(regex: re.Pattern, images: pd.Series) -> UsageError:
+    examples = examples_text(images.head(3).tolist(), len(images), limit=3)
+    return UsageError(
+        f"--patient-regex {regex.pattern!r} matches none of the {len(images)} image paths, for example {examples}; "
+        "it is searched in each path relative to ROOT, so write it for paths like these",
+        pattern=regex.pattern,
+        examples=images.head(3).tolist(),
+    )
 
 
 def ingest_images(
@@ -79,7 +113,17 @@ def ingest_images(
     sets number studies per patient. Width and height come from the image header.
 
     Files with other endings are skipped; images whose path does not match the
-    regex, or whose header cannot be read, fail with a row in ``errors``.
+    regex, or whose header cannot be read (decompression bombs included), fail with
+    a row in ``errors``. Special entries of the tree are counted as in
+    :func:`mdprep.ingest.files.iter_tree`.
+
+    Raises
+    ------
+    UsageError
+        When ``patient_regex`` is invalid, has no ``patient`` group, or matches none
+        of the image paths (the message shows some of them).
+    EmptyInputError
+        When no file under ``root`` is an image.
 
     Examples
     --------
@@ -95,7 +139,17 @@ def ingest_images(
     listing = collect_files(root, files)
     rels = pd.Series(listing.relpaths, dtype="str")
     is_image = rels.str.lower().str.endswith(IMAGE_EXTENSIONS).to_numpy(dtype=bool) if len(rels) else np.zeros(0, bool)
+    if not is_image.any():
+        shown = escaped_path(os.fspath(root))
+        others = rels.tolist() + [row[0] for row in listing.refused]
+        raise EmptyInputError(
+            f"none of the {listing.found} entries under {shown} is an image ({', '.join(IMAGE_EXTENSIONS)}), for example "
+            f"{examples_text(others[:3], len(others), limit=3)}; for DICOM files use `mdprep ingest dicom`",
+            path=shown,
+        )
     groups_all, matched = extract_groups(rels, regex)
+    if not matched[is_image].any():
+        raise _no_match_error(regex, rels[is_image])
     to_read = rels[is_image & matched].tolist()
     if on_found:
         on_found(len(to_read))
