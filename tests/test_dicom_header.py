@@ -118,6 +118,9 @@ def test_malformed_values_become_null_and_are_counted(tmp_path):
         ("DA", b"19991332", False, INVALID),
         ("AS", b"010W", False, round(70 / 365.25, 4)),
         ("AS", b"003D", False, round(3 / 365.25, 4)),
+        ("AS", b"43", False, 43.0),  # no unit, as RSNA Pneumonia's files store it: years
+        ("AS", b"43X", False, INVALID),
+        ("AS", b"1234", False, INVALID),
         ("CS", b"PA ", False, "PA"),
         ("CS", b"A\\B ", True, ["A", "B"]),
         ("UI", b"1.2.3\x00", False, "1.2.3"),

@@ -224,6 +224,9 @@ _AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
 
 def _parse_age(s: str) -> Any:
     s = s.strip()
+    if s.isascii() and s.isdigit() and len(s) <= 3:
+        # No unit: not valid AS, but real archives write it so (RSNA Pneumonia's "43"); years.
+        return float(int(s))
     if len(s) < 2 or not s[:-1].isdigit() or s[-1].upper() not in _AGE_UNITS:
         return INVALID
     return round(int(s[:-1]) * _AGE_UNITS[s[-1].upper()], 4)
@@ -232,8 +235,11 @@ def _parse_age(s: str) -> Any:
 def parse_age(text: str) -> float | None:
     """Age in years of a DICOM AS value (``058Y``, ``006M``, ``003W``, ``010D``); None when it is not one.
 
-    >>> parse_age("058Y"), parse_age("006M"), parse_age("58")
-    (58.0, 0.5, None)
+    Up to three digits without a unit (``43``, as RSNA Pneumonia's files store it) are read
+    as years.
+
+    >>> parse_age("058Y"), parse_age("006M"), parse_age("58"), parse_age("58X")
+    (58.0, 0.5, 58.0, None)
     """
     value = _parse_age(text)
     return None if value is INVALID else value
