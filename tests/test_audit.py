@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import xml.etree.ElementTree as ET
@@ -10,7 +11,7 @@ import pytest
 
 from mdprep.audit import audit, near_duplicate_pairs, to_junit, to_markdown, value_overlap
 from mdprep.cli import main
-from mdprep.errors import UsageError
+from mdprep.errors import MdprepWarning, UsageError
 from mdprep.hashing import hash_manifest
 from mdprep.manifest import Manifest, read_manifest, write_manifest
 from mdprep.synthetic import write_dicom_tree, write_leaky_cohort
@@ -228,3 +229,75 @@ def test_cli_hash(runner, leaky, tmp_path):
     assert out["phash"].notna().all() and str(out["phash"].dtype) == "UInt64"
     res = runner.invoke(main, ["hash", str(src), "-o", str(tmp_path / "h.parquet"), "--root", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "--root" in res.stderr
+
+
+def test_hash_reads_only_regular_files_within_the_cap(tmp_path):
+    import os
+
+    from PIL import Image
+
+    root = tmp_path / "root"
+    root.mkdir()
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(root / "a.png")
+    os.mkfifo(root / "pipe.png")  # opening it for reading would block forever
+    (root / "folder.dcm").mkdir()
+    with open(root / "big.dcm", "wb") as fh:
+        fh.truncate(3 << 20)  # 3 MiB, over a 1 MiB cap
+    paths = ["a.png", "pipe.png", "folder.dcm", "big.dcm", "/dev/zero", "missing.png"]
+    frame = pd.DataFrame({"image_id": paths, "path": paths, "patient_id": "p"})
+    with pytest.warns(MdprepWarning, match="1 row"):  # /dev/zero, read on purpose
+        result = hash_manifest(Manifest(frame, root=str(root)), workers=1, max_bytes=1 << 20, allow_outside_root=True)
+    assert (result.hashed, result.failed) == (1, 5)
+    errors = result.errors.set_index("path")
+    assert errors["error_type"].to_dict() == {
+        "pipe.png": "NotRegularFile", "folder.dcm": "NotRegularFile", "big.dcm": "TooLarge",
+        "/dev/zero": "NotRegularFile", "missing.png": "FileNotFoundError",
+    }
+    assert errors.loc["/dev/zero", "message"].startswith("a character device, not a regular file")
+    assert errors.loc["big.dcm", "message"] == "3,145,728 bytes, over the limit of 1,048,576 bytes; raise --max-bytes to read it"
+    assert result.manifest.history[-1]["options"]["max_bytes"] == 1 << 20
+    # Within the default cap the same file is read and hashed; it only fails to decode.
+    again = hash_manifest(Manifest(frame.iloc[[3]], root=str(root)), workers=1)
+    assert again.manifest.frame["file_sha256"].tolist() == [hashlib.sha256(bytes(3 << 20)).hexdigest()]
+    assert again.errors["error_type"].tolist() == ["AttributeError"]
+
+
+def test_hash_error_files_are_byte_identical_across_runs(runner, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "root"
+    root.mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(root / "ok.png")
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (root / "junk.jpg").write_bytes(b"not an image")
+    paths = ["ok.png", "corrupt.png", "junk.jpg", "gone.png"]
+    src = tmp_path / "m.parquet"
+    write_manifest(Manifest(pd.DataFrame({"image_id": paths, "path": paths, "patient_id": "p"}), root=str(root)), src)
+    outputs = []
+    for run in ("a", "b"):
+        res = runner.invoke(main, ["hash", str(src), "-o", str(tmp_path / f"{run}.parquet"), "--errors", str(tmp_path / f"{run}.csv"), "--workers", "1"])
+        assert res.exit_code == 0, res.stderr
+        assert "4 images = 1 hashed + 3 failed" in res.stderr
+        outputs.append((tmp_path / f"{run}.csv").read_bytes())
+    assert outputs[0] == outputs[1]
+    text = outputs[0].decode()
+    assert " at 0x" not in text and "cannot identify image file <_io.BytesIO object>" in text
+    assert "gone.png,FileNotFoundError,No such file or directory" in text
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_cli_hash_max_bytes_takes_units(runner, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "root"
+    root.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(root / "a.png")
+    src = tmp_path / "m.parquet"
+    write_manifest(Manifest(pd.DataFrame({"image_id": ["a"], "path": ["a.png"], "patient_id": "p"}), root=str(root)), src)
+    res = runner.invoke(main, ["hash", str(src), "-o", str(tmp_path / "h.parquet"), "--workers", "1", "--max-bytes", "1K", "--errors", str(tmp_path / "e.csv")])
+    assert res.exit_code == 0 and "1 images = 0 hashed + 1 failed" in res.stderr
+    assert "TooLarge" in (tmp_path / "e.csv").read_text()
+    res = runner.invoke(main, ["hash", str(src), "-o", str(tmp_path / "h.parquet"), "--workers", "1", "--max-bytes", "64KiB", "-q"])
+    assert res.exit_code == 0 and read_manifest(tmp_path / "h.parquet").history[-1]["options"]["max_bytes"] == 65536
+    res = runner.invoke(main, ["hash", str(src), "-o", str(tmp_path / "h.parquet"), "--max-bytes", "lots"])
+    assert res.exit_code == 2 and "'lots' is not a size" in res.stderr

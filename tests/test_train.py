@@ -156,3 +156,47 @@ def test_undefined_auc_does_not_crash(shapes, tmp_path):
     f.loc[f["split"] == "val", "stripes"] = 0
     r = train(m.with_frame(f), root=str(root), out_dir=str(tmp_path / "run"), arch="small", epochs=1, image_size=32, device="cpu")
     assert r.metrics["epochs"][0]["val_auc"]["stripes"] is None
+
+
+@pytest.fixture
+def broken_set(tmp_path):
+    """Twelve tiny images, six patients split by patient; one missing, one corrupt, one a FIFO."""
+    import os
+
+    root = tmp_path / "img"
+    frame = write_shapes_dataset(root, images=12, size=24, seed=1, dicom_every=5)
+    frame["split"] = np.where(frame["patient_id"] <= "S00002", "train", np.where(frame["patient_id"] == "S00005", "test", "val"))
+    (root / "img00001.png").unlink()  # train
+    (root / "img00006.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # val
+    (root / "img00011.png").unlink()
+    os.mkfifo(root / "img00011.png")  # test: reading it would block forever
+    return Manifest(frame, labels=SHAPE_LABELS, root=str(root)), root
+
+
+def test_unreadable_images_stop_training_before_the_first_epoch(broken_set, tmp_path, runner):
+    from mdprep.errors import InputError
+
+    m, root = broken_set
+    kw = dict(root=str(root), arch="small", epochs=1, batch_size=4, image_size=16, device="cpu")
+    with pytest.raises(InputError) as info:
+        train(m, out_dir=str(tmp_path / "run"), **kw)
+    msg = info.value.message
+    assert msg.startswith("2 image(s) that training would read are missing or do not decode: ")
+    assert "'img00001.png' at 'img00001.png' (FileNotFoundError: No such file or directory)" in msg
+    assert "'img00006.png' at 'img00006.png' (UnidentifiedImageError: cannot identify image file <_io.BytesIO object>)" in msg
+    assert "--skip-missing" in msg and not (tmp_path / "run").exists()
+    # Test rows are read only with --evaluate-test: then the FIFO is found too, without blocking.
+    with pytest.raises(InputError, match=r"^3 image\(s\).*'img00011.png' \(NotRegularFile: a FIFO"):
+        train(m, out_dir=str(tmp_path / "run"), evaluate_test=True, **kw)
+    path = tmp_path / "m.parquet"
+    write_manifest(m, path)
+    args = ["train", str(path), "--out", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--device", "cpu", "-q"]
+    res = runner.invoke(main, args)
+    assert res.exit_code == 2 and res.stderr.startswith("Error: 2 image(s) that training would read") and "Traceback" not in res.stderr
+    res = runner.invoke(main, [*args, "--skip-missing", "--evaluate-test"])
+    assert res.exit_code == 0, res.stderr
+    assert "Warning: 3 image(s) that training would read are missing or do not decode" in res.stderr and "skipped (--skip-missing)" in res.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["skipped_images"]["count"] == 3
+    assert [r["image_id"] for r in metrics["skipped_images"]["rows"]] == ["img00001.png", "img00006.png", "img00011.png"]
+    assert metrics["rows"] == {"train": 5, "val": 3, "test": 1} and metrics["options"]["skip_missing"] is True

@@ -19,18 +19,104 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
+import stat
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, MdprepWarning, UsageError, cut_text
 from .executor import map_chunks
+from .fileio import paths_outside_root
 from .imaging import grey_8bit, load_pixels
 from .manifest import Manifest, provenance_step
 
 HASH_COLUMNS = ("file_sha256", "pixel_sha256", "phash")
+
+#: The largest image file that is read (``mdprep hash --max-bytes``; ``mdprep train`` uses it as is): 2 GiB.
+MAX_BYTES = 2 << 30
+
+#: Bytes per read while a file is hashed.
+READ_CHUNK = 1 << 20
+
+
+class NotRegularFile(OSError):
+    """The path names a folder, a FIFO, a device or a socket: never read, so never a hang."""
+
+
+class TooLarge(OSError):
+    """The file is larger than the size cap: never read, so never an out-of-memory kill."""
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_stat(st: os.stat_result, max_bytes: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise NotRegularFile(f"{kind}, not a regular file; only regular files are read")
+    if st.st_size > max_bytes:
+        raise TooLarge(f"{st.st_size:,} bytes, over the limit of {max_bytes:,} bytes; raise --max-bytes to read it")
+
+
+def read_image_bytes(path: str, *, max_bytes: int = MAX_BYTES, digest=None) -> bytes:
+    """The bytes of one regular file of at most ``max_bytes``, read in chunks.
+
+    The file is checked with ``os.stat`` before it is opened, so a FIFO, a device
+    (``/dev/zero``) or a folder is never read, and a file over the cap is never
+    loaded; it is opened with ``O_NONBLOCK`` and checked again, so a file swapped
+    for a FIFO in between cannot block either, and the read stops at the cap if the
+    file grew. ``digest`` (a ``hashlib`` object), if given, is updated chunk by chunk.
+
+    Raises
+    ------
+    NotRegularFile, TooLarge, OSError
+        The file cannot be read within these rules.
+
+    Examples
+    --------
+    >>> read_image_bytes("/dev/zero")
+    Traceback (most recent call last):
+    ...
+    mdprep.hashing.NotRegularFile: a character device, not a regular file; only regular files are read
+    """
+    _check_stat(os.stat(path), max_bytes)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        _check_stat(os.fstat(fh.fileno()), max_bytes)
+        parts, total = [], 0
+        while chunk := fh.read(min(READ_CHUNK, max_bytes + 1 - total)):
+            total += len(chunk)
+            if total > max_bytes:
+                raise TooLarge(f"over the limit of {max_bytes:,} bytes (the file grew while it was read); raise --max-bytes to read it")
+            if digest is not None:
+                digest.update(chunk)
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def error_text(exc: BaseException) -> tuple[str, str]:
+    """``(error_type, message)`` of one file's failure, the same on every run.
+
+    An operating-system error gives its reason without the path (the row has it);
+    object addresses (``<_io.BytesIO object at 0x7f...>``) are removed, and the
+    message is cut to 300 characters.
+
+    >>> error_text(ValueError("cannot identify image file <_io.BytesIO object at 0x7f3a2c1b9d00>"))
+    ('ValueError', 'cannot identify image file <_io.BytesIO object>')
+    >>> error_text(FileNotFoundError(2, "No such file or directory", "/data/x.png"))
+    ('FileNotFoundError', 'No such file or directory')
+    """
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or repr(exc))
+    return type(exc).__name__, cut_text(_ADDRESS.sub("", text), 300)
+
+
 def phash64(grey: np.ndarray) -> int:
     """imagehash's pHash of an 8-bit grey array as an unsigned 64-bit integer."""
     import imagehash
@@ -46,23 +132,29 @@ def pixel_digest(arr: np.ndarray) -> str:
     return hashlib.sha256(head + np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
-def hash_image(path: str) -> tuple[str | None, str | None, int | None, str, str]:
-    """``(file_sha256, pixel_sha256, phash, error_type, message)`` of one file; never raises."""
+def hash_image(path: str, *, max_bytes: int = MAX_BYTES) -> tuple[str | None, str | None, int | None, str, str]:
+    """``(file_sha256, pixel_sha256, phash, error_type, message)`` of one file; never raises.
+
+    The file is read once, in chunks, through :func:`read_image_bytes` (regular
+    files of at most ``max_bytes`` only); the bytes are hashed as they arrive and
+    then decoded. Messages come from :func:`error_text`, so they are the same on
+    every run.
+    """
+    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        return None, None, None, type(exc).__name__, str(exc)
-    file_hash = hashlib.sha256(data).hexdigest()
+        data = read_image_bytes(path, max_bytes=max_bytes, digest=digest)
+    except (OSError, ValueError) as exc:  # ValueError: a path with a NUL byte
+        return None, None, None, *error_text(exc)
+    file_hash = digest.hexdigest()
     try:
         arr, invert = load_pixels(path, data)
         return file_hash, pixel_digest(arr), phash64(grey_8bit(arr, invert)), "", ""
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's error row
-        return file_hash, None, None, type(exc).__name__, str(exc) or repr(exc)
+        return file_hash, None, None, *error_text(exc)
 
 
-def _hash_chunk(paths: Sequence[str], *, root: str) -> list[tuple]:
-    return [hash_image(os.path.join(root, p)) for p in paths]
+def _hash_chunk(paths: Sequence[str], *, root: str, max_bytes: int) -> list[tuple]:
+    return [hash_image(os.path.join(root, p), max_bytes=max_bytes) for p in paths]
 
 
 @dataclass(frozen=True)
@@ -79,20 +171,57 @@ def hash_manifest(
     root: str | os.PathLike | None = None,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    max_bytes: int = MAX_BYTES,
+    allow_outside_root: bool = False,
 ) -> HashResult:
     """Add ``file_sha256``, ``pixel_sha256`` and ``phash`` columns, reading every image once.
 
-    ``root`` defaults to the manifest's recorded root. A file that cannot be read or
-    decoded keeps null hashes and gets a row in ``errors``; the audit counts such rows
-    as unchecked.
+    Parameters
+    ----------
+    manifest : Manifest
+        Rows to hash; ``path`` is relative to the root.
+    root : str or path, optional
+        The folder the paths are relative to [default: the manifest's recorded root].
+    workers : int, optional
+        Processes reading images [default: all cores].
+    on_progress : callable, optional
+        Called with the number of files done.
+    max_bytes : int
+        The largest file read [default: 2 GiB]; a larger one is a failed row
+        (``TooLarge``), as is anything but a regular file (``NotRegularFile``).
+    allow_outside_root : bool
+        Read paths that lead outside the root (``../x``, absolute paths elsewhere,
+        links out of the root) instead of refusing the manifest; a warning counts them.
+
+    Returns
+    -------
+    HashResult
+        The manifest with the hash columns, the error rows (``path``, ``error_type``,
+        ``message``, the same on every run) and the counts. A file that cannot be
+        read or decoded keeps null hashes; the audit counts such rows as unchecked.
+
+    Raises
+    ------
+    InputError
+        No usable root, or paths that leave it (see
+        :func:`mdprep.fileio.paths_outside_root`) without ``allow_outside_root``.
+    UsageError
+        ``max_bytes`` is below 1.
     """
+    if int(max_bytes) < 1:
+        raise UsageError(f"--max-bytes {max_bytes!r}: give a size of at least 1 byte")
     root_s = os.fspath(root) if root is not None else manifest.root
     if not root_s:
         raise InputError("this manifest records no image folder; pass --root DIR, the folder its paths are relative to")
     if not os.path.isdir(root_s):
         raise InputError(f"image root {root_s!r} is not a folder; pass --root DIR", path=root_s)
-    paths = manifest.frame["path"].tolist()
-    parts = map_chunks(functools.partial(_hash_chunk, root=os.path.abspath(root_s)), paths, workers=workers, on_progress=on_progress)
+    root_abs = os.path.abspath(root_s)
+    paths = manifest.frame["path"].astype("str").tolist()
+    outside = paths_outside_root(root_abs, paths, allow_outside_root=allow_outside_root)
+    if outside.any():
+        warnings.warn(f"{int(outside.sum())} row(s) read from outside the image root {root_abs!r} (--allow-outside-root)", MdprepWarning, stacklevel=2)
+    task = functools.partial(_hash_chunk, root=root_abs, max_bytes=int(max_bytes))
+    parts = map_chunks(task, paths, workers=workers, on_progress=on_progress)
     rows = [r for part in parts for r in part]
     frame = manifest.frame.copy()
     frame["file_sha256"] = pd.Series([r[0] for r in rows], index=frame.index, dtype="str")
@@ -100,6 +229,7 @@ def hash_manifest(
     frame["phash"] = pd.array([r[2] for r in rows], dtype="UInt64")
     failed = [(p, r[3], r[4]) for p, r in zip(paths, rows) if r[3]]
     errors = pd.DataFrame(failed, columns=["path", "error_type", "message"]).astype("str")
-    step = provenance_step("hash", {"root": os.path.abspath(root_s)}, [])
+    options = {"root": root_abs, "max_bytes": int(max_bytes), "allow_outside_root": bool(allow_outside_root)}
+    step = provenance_step("hash", options, [])
     result = manifest.with_frame(frame).with_step(step)
     return HashResult(result, errors, hashed=len(paths) - len(failed), failed=len(failed))

@@ -29,15 +29,47 @@ from ._ui import file_progress, print_table
 from ._options import comma_list
 
 
+class ByteSize(click.ParamType):
+    """A size in bytes: ``2147483648``, or with a binary unit: ``512K``, ``64M``, ``2G``, ``1T`` (``2GiB`` too)."""
+
+    name = "SIZE"
+    _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        import re
+
+        match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*", str(value).upper())
+        if not match or int(match[1]) < 1:
+            self.fail(f"{value!r} is not a size; give bytes (2147483648) or a number with K, M, G or T (2G)", param, ctx)
+        return int(match[1]) * self._UNITS[match[2]]
+
+
+#: ``--allow-outside-root``, shared by the commands that read image files (hash, train).
+allow_outside_root_option = click.option(
+    "--allow-outside-root",
+    is_flag=True,
+    help="Read manifest paths that lead outside the root (../x, absolute paths, links out of it) instead of refusing them.",
+)
+
+
 @click.command("hash")
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write with file_sha256, pixel_sha256 and phash columns.")
 @click.option("--root", type=click.Path(file_okay=False), help="Folder the manifest's paths are relative to [default: the recorded root].")
 @click.option("--workers", type=click.IntRange(min=1), help="Processes reading images [default: all cores].")
 @click.option("--errors", "errors_path", metavar="FILE", help="Write the files that could not be hashed (.csv or .parquet).")
+@click.option("--max-bytes", type=ByteSize(), default="2G", show_default=True, help="Largest file read; a larger one is a failed row (TooLarge). Units K, M, G, T are powers of 1024.")
+@allow_outside_root_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def hash_cmd(manifest, output, root, workers, errors_path, quiet):
+def hash_cmd(manifest, output, root, workers, errors_path, max_bytes, allow_outside_root, quiet):
     """Hash every image of MANIFEST once (bytes, decoded pixels, perceptual hash) for the audit.
+
+    \b
+    Only regular files under the root are read: paths that lead outside it are
+    refused (--allow-outside-root reads them), and folders, FIFOs, devices and files
+    over --max-bytes are failed rows.
 
     \b
     Needs the hash extra: pip install 'mdprep[hash]'.
@@ -51,7 +83,7 @@ def hash_cmd(manifest, output, root, workers, errors_path, quiet):
     m = read_manifest(manifest)
     with file_progress("Hashing images", quiet) as bar:
         bar.found(len(m.frame))
-        result = hash_manifest(m, root=root, workers=workers, on_progress=bar.advance)
+        result = hash_manifest(m, root=root, workers=workers, on_progress=bar.advance, max_bytes=max_bytes, allow_outside_root=allow_outside_root)
     write_manifest(result.manifest, output)
     if errors_path:
         write_errors(result.errors, errors_path)

@@ -9,6 +9,7 @@ from rich.table import Table
 from ..errors import UsageError
 from ..manifest import read_manifest
 from ._ui import _animate, print_table
+from .audit import allow_outside_root_option
 
 ARCHES = ("densenet121", "resnet18", "small")
 
@@ -38,9 +39,16 @@ ARCHES = ("densenet121", "resnet18", "small")
 @click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes (0: load in the main process).")
 @click.option("--evaluate-test", is_flag=True, help="Score the test rows once, with the selected checkpoint, at the end.")
 @click.option("--allow-leakage", is_flag=True, help="Train even if patients appear in more than one split (not recommended).")
+@allow_outside_root_option
+@click.option("--skip-missing", is_flag=True, help="Leave out rows whose image is missing or does not decode (counted, listed in metrics.json) instead of refusing to start.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables.")
-def train(manifest, root, weights_path, out_dir, arch, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, hflip, device, seed, workers, evaluate_test, allow_leakage, quiet):
+def train(manifest, root, weights_path, out_dir, arch, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, hflip, device, seed, workers, evaluate_test, allow_leakage, allow_outside_root, skip_missing, quiet):
     """Train a multi-label classifier on the train rows, pick the epoch on val.
+
+    \b
+    Before the first epoch every image to read is checked: it must lie under the
+    root (--allow-outside-root reads others) and decode (--skip-missing leaves out
+    those that do not).
 
     \b
     Needs the train extra (torch): pip install 'mdprep[train]'; install the CPU or CUDA
@@ -87,6 +95,7 @@ def train(manifest, root, weights_path, out_dir, arch, epochs, batch_size, image
             m, root=root, out_dir=out_dir, weights_path=weights_path, arch=arch, epochs=epochs, batch_size=batch_size,
             image_size=image_size, lr=lr, pretrained=pretrained, freeze=freeze_backbone, augment=augment, hflip=hflip,
             device=device, seed=seed, evaluate_test=evaluate_test, allow_leakage=allow_leakage, workers=workers,
+            allow_outside_root=allow_outside_root, skip_missing=skip_missing,
             on_batch=on_batch, on_epoch=on_epoch,
         )
     finally:

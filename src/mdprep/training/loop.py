@@ -15,10 +15,10 @@ import torch
 
 from .. import __version__
 from ..audit import value_overlap
-from ..errors import InputError, MdprepError, MdprepWarning, UsageError, examples_text
-from ..fileio import atomic_write
+from ..errors import InputError, MdprepError, MdprepWarning, UsageError, cut_text, examples_text, short_repr
+from ..fileio import atomic_write, paths_outside_root
 from ..manifest import Manifest
-from .data import AUGMENTS, ManifestDataset, cxr_safe
+from .data import AUGMENTS, ManifestDataset, cxr_safe, unreadable_images
 from .models import ARCHITECTURES, build_model, freeze_backbone, load_pretrained
 
 
@@ -79,6 +79,14 @@ def roc_auc_per_label(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray,
     return out
 
 
+def _image_examples(bad, limit: int = 3) -> str:
+    """``'id' at 'path' (Error: reason)`` for the first rows of an :func:`unreadable_images` table."""
+    shown = "; ".join(
+        f"{short_repr(r.image_id)} at {short_repr(r.path)} ({r.error_type}: {cut_text(r.message, 80)})" for r in bad.head(limit).itertuples()
+    )
+    return shown + (f"; ... ({len(bad)} in all)" if len(bad) > limit else "")
+
+
 def _mean(aucs: dict) -> float | None:
     defined = [v for v in aucs.values() if v is not None]
     return float(np.mean(defined)) if defined else None
@@ -124,6 +132,31 @@ def _evaluate(model, loader, device, w_pos, w_neg, labels) -> dict:
     return {"loss": loss_sum / max(batches, 1), "auc": aucs, "mean_auc": _mean(aucs), "rows": int(len(p))}
 
 
+def _check_images(parts: dict, root: str, *, evaluate_test: bool, allow_outside_root: bool, skip_missing: bool, workers: int):
+    """The parts with unreadable images left out (``skip_missing``), and the table of those images.
+
+    Raises :class:`InputError` for paths outside the root (unless allowed) and, without
+    ``skip_missing``, for images that are missing or do not decode.
+    """
+    import pandas as pd
+
+    read = [k for k in ("train", "val", "test") if k != "test" or evaluate_test]
+    used = pd.concat([parts[k] for k in read])
+    outside = paths_outside_root(root, used["path"].astype("str"), allow_outside_root=allow_outside_root)
+    if outside.any():
+        warnings.warn(f"{int(outside.sum())} row(s) read from outside the image root {root!r} (--allow-outside-root)", MdprepWarning, stacklevel=3)
+    bad = unreadable_images(used, root, workers=workers)
+    if bad.empty:
+        return parts, bad
+    what = f"{len(bad)} image(s) that training would read are missing or do not decode: {_image_examples(bad)}"
+    if not skip_missing:
+        raise InputError(f"{what}. Fix or remove these rows, or pass --skip-missing to train without them", path=root, count=len(bad), examples=bad.head(5).to_dict(orient="records"))
+    warnings.warn(f"{what}; skipped (--skip-missing), listed in metrics.json", MdprepWarning, stacklevel=3)
+    ids = set(bad["image_id"])
+    kept = {k: (v[~v["image_id"].astype("str").isin(ids)] if k in read else v) for k, v in parts.items()}
+    return kept, bad
+
+
 def train(
     manifest: Manifest,
     *,
@@ -143,6 +176,8 @@ def train(
     seed: int = 0,
     evaluate_test: bool = False,
     allow_leakage: bool = False,
+    allow_outside_root: bool = False,
+    skip_missing: bool = False,
     workers: int = 0,
     split_col: str = "split",
     on_batch: Callable[[int, int], None] | None = None,
@@ -152,6 +187,15 @@ def train(
 
     Writes ``out_dir/best.pt`` (the best epoch's weights, labels and settings) and
     ``out_dir/metrics.json`` (per epoch and label); returns the same metrics.
+
+    Before the first epoch, every image the run will read (train and val rows, and
+    test rows with ``evaluate_test``) must lie under the root (see
+    :func:`mdprep.fileio.paths_outside_root`; ``allow_outside_root`` reads the
+    others with a warning) and must decode, through the dataset's own decoding step,
+    using ``max(1, workers)`` processes. Images that are missing or do not decode
+    raise an :class:`~mdprep.errors.InputError` naming their rows, or with
+    ``skip_missing`` are left out with a warning and listed in the metrics
+    (``skipped_images``).
     """
     if arch not in ARCHITECTURES:
         raise UsageError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -187,6 +231,9 @@ def train(
     parts = {name: frame[frame[split_col] == name] for name in ("train", "val", "test")}
     if parts["train"].empty:
         raise UsageError(f"no rows have {split_col} == 'train'")
+    parts, skipped = _check_images(parts, root, evaluate_test=evaluate_test, allow_outside_root=allow_outside_root, skip_missing=skip_missing, workers=workers)
+    if parts["train"].empty:
+        raise UsageError(f"no train rows are left after skipping {len(skipped)} unreadable image(s): {_image_examples(skipped)}")
     generator = _seed_everything(seed)
     dev = _device(device)
     model = build_model(arch, len(labels))
@@ -256,9 +303,11 @@ def train(
         "arch": arch,
         "device": str(dev),
         "rows": {k: len(v) for k, v in sets.items()},
+        "skipped_images": {"count": len(skipped), "rows": skipped.to_dict(orient="records")},
         "options": {
             "epochs": epochs, "batch_size": batch_size, "image_size": image_size, "lr": lr, "augment": augment, "hflip": hflip,
             "seed": seed, "weights": weights_path, "pretrained": pretrained, "freeze_backbone": freeze, "frozen_tensors": frozen,
+            "skip_missing": skip_missing, "allow_outside_root": allow_outside_root,
         },
         "pretrained": pretrained_report,
         "epochs": history,
