@@ -1,8 +1,9 @@
 """The ``mdprep`` command: a thin layer over the library.
 
 Each command parses options, calls one library function, writes its result and
-prints a summary on stderr. Library errors become ``Error: ...`` and exit code 2
-in one place (:class:`MdprepGroup`); exit code 1 means a check ran and failed.
+prints a summary on stderr. Library and environment errors become ``Error: ...``
+and exit code 2 in one place (:class:`MdprepGroup`); exit code 1 means a check ran
+and failed; an unexpected exception is a bug, exit code 3.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ Example:
 
 Shell completion: eval "$(_MDPREP_COMPLETE=bash_source mdprep)" (docs/getting-started.md).
 
-Exit codes: 0 success, 1 a check failed, 2 bad input or usage.
+Exit codes: 0 success, 1 a check failed, 2 bad input, usage or environment, 3 a bug in mdprep.
 """,
 )
 @click.version_option(__version__, prog_name="mdprep")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an internal error (exit code 3); also MDPREP_DEBUG=1.")
+def main(debug: bool) -> None:
     """Prepare medical-imaging datasets for deep learning and prove they are safe to train on."""
 
 

@@ -7,7 +7,9 @@ progress bars and summaries (errors and warnings are still printed).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import traceback
 import warnings
 from typing import Callable, Iterator
 
@@ -18,8 +20,12 @@ from rich.table import Table
 
 from ..errors import ManifestValidationError, MdprepError, MdprepWarning
 
-#: Exit codes, decided here and nowhere else.
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+#: Exit codes, decided here and nowhere else (docs/getting-started.md#exit-codes):
+#: 0 success, 1 a check ran and failed, 2 bad input, usage or environment,
+#: 3 a bug in mdprep (an unexpected exception), 130 interrupted (Ctrl-C).
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: Set to 1 (or pass ``mdprep --debug``) to see the traceback of an internal error.
+DEBUG_ENV = "MDPREP_DEBUG"
 
 
 def stderr_console() -> Console:
@@ -47,9 +53,63 @@ def _error_text(error: MdprepError) -> str:
     return error.message
 
 
+class EnvironmentProblem(click.ClickException):
+    """The machine, not mdprep, said no (disk full, read-only folder, out of memory): exit code 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class InternalError(click.ClickException):
+    """An exception mdprep did not expect: a bug, exit code 3, never mistaken for a failed check."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class Interrupted(click.ClickException):
+    exit_code = EXIT_INTERRUPTED
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``No space left on device: 'out.parquet'`` with what to do, for the errors the environment gives."""
+    reason = exc.strerror or type(exc).__name__
+    where = f": {exc.filename!r}" if exc.filename is not None else ""
+    hint = {
+        28: "free some space or write elsewhere",  # ENOSPC
+        13: "check the permissions, or write elsewhere",  # EACCES
+        30: "the file system is read-only; write elsewhere",  # EROFS
+        21: "give a file name, not a folder",  # EISDIR
+        2: "check the path",  # ENOENT
+        20: "a part of the path is a file, not a folder; check the path",  # ENOTDIR
+    }.get(exc.errno, "check the path and the disk")
+    return f"{reason}{where}; {hint}"
+
+
+def debug_wanted() -> bool:
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx else None
+    return bool(root and root.params.get("debug")) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _command_name(exc: BaseException) -> str:
+    """The command that was running (``mdprep ingest table``): the deepest click context the error passed."""
+    deepest = click.get_current_context(silent=True)
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        ctx = frame.f_locals.get("ctx")
+        if isinstance(ctx, click.Context):
+            deepest = ctx
+    return deepest.command_path if deepest else "mdprep"
+
+
 @contextlib.contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn library errors into exit code 2 and library warnings into ``Warning:`` lines."""
+    """Map every way a command can end to its exit code, in one place.
+
+    Library errors (:class:`~mdprep.errors.MdprepError`) and errors of the environment
+    (``OSError``: disk full, read-only folder; ``MemoryError``) become one ``Error:``
+    line and exit code 2. Any other exception is a bug: one line naming the command
+    and the exception, exit code 3, and the traceback only with ``--debug`` or
+    ``MDPREP_DEBUG=1``. Library warnings become ``Warning:`` lines.
+    """
     with warnings.catch_warnings():
         original = warnings.showwarning
 
@@ -65,6 +125,27 @@ def reported_errors() -> Iterator[None]:
             yield
         except MdprepError as exc:
             raise BadInput(exc) from exc
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted; outputs written so far are complete, nothing half-written was left") from None
+        except OSError as exc:
+            if debug_wanted():
+                traceback.print_exc()
+            raise EnvironmentProblem(_os_error_text(exc)) from exc
+        except MemoryError as exc:
+            raise EnvironmentProblem("out of memory; close other programs, or give fewer rows or --workers 1") from exc
+        except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into exit code 3
+            if debug_wanted():
+                traceback.print_exc()
+                hint = "the traceback is above"
+            else:
+                hint = f"rerun with --debug (or {DEBUG_ENV}=1) for the traceback"
+            detail = " ".join(str(exc).split())[:200]
+            raise InternalError(
+                f"internal error in `{_command_name(exc)}`: {type(exc).__name__}: {detail} (a bug in mdprep, not a "
+                f"problem with your data; {hint}, and please report it)"
+            ) from exc
 
 
 class FileProgress:
