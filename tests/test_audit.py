@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mdprep.audit import audit, near_duplicate_pairs, to_junit, to_markdown, value_overlap
 from mdprep.cli import main
@@ -192,7 +195,8 @@ def test_cli_exit_codes_and_outputs(runner, leaky, tmp_path):
     write_manifest(manifest, path)
     res = runner.invoke(main, ["audit-leakage", str(path), "--json", str(tmp_path / "a.json"), "--junit", str(tmp_path / "a.xml"), "--markdown", str(tmp_path / "a.md")])
     assert res.exit_code == 1, res.stderr
-    assert res.stdout == "" and "Leakage found: " in res.stderr and "patient_overlap (splits)" in res.stderr
+    verdict = res.stderr.strip().splitlines()[-1]
+    assert res.stdout == "" and verdict.startswith("Leakage found by 5 of 10 checks (7 ran; 3 skipped: no column): ") and "patient_overlap (splits)" in verdict
     assert json.loads((tmp_path / "a.json").read_text())["result"] == "failed"
     ET.parse(tmp_path / "a.xml")
     # Several files, each one split; a clean pair passes.
@@ -201,7 +205,7 @@ def test_cli_exit_codes_and_outputs(runner, leaky, tmp_path):
     for name in ("train", "test"):
         write_manifest(Manifest(clean[clean["split"] == name].drop(columns=["split"]), root=str(root)), tmp_path / f"{name}.parquet")
     res = runner.invoke(main, ["audit-leakage", str(tmp_path / "train.parquet"), str(tmp_path / "test.parquet"), "-q"])
-    assert res.exit_code == 0 and res.stderr.strip().endswith("No leakage found")
+    assert res.exit_code == 0 and res.stderr.strip().splitlines()[-1] == "No leakage found in 7 of 10 checks (3 skipped: no column)"
     allow = tmp_path / "allow.json"
     allow.write_text(json.dumps([{"check": "patient_overlap", "key": "P000", "reason": "reviewed"}]))
     res = runner.invoke(main, ["audit-leakage", str(path), "--checks", "patient_overlap", "--allow", str(allow), "-q"])
@@ -301,3 +305,220 @@ def test_cli_hash_max_bytes_takes_units(runner, tmp_path):
     assert res.exit_code == 0 and read_manifest(tmp_path / "h.parquet").history[-1]["options"]["max_bytes"] == 65536
     res = runner.invoke(main, ["hash", str(src), "-o", str(tmp_path / "h.parquet"), "--max-bytes", "lots"])
     assert res.exit_code == 2 and "'lots' is not a size" in res.stderr
+
+
+# ----------------------------------------------------------------------------- no false green
+
+
+def _plain(n_patients: int = 3, images: int = 2) -> pd.DataFrame:
+    """A patient-clean split with ids and patients only: most checks have no column."""
+    rows = [(f"P{p}/{i}.png", f"P{p}", "train" if p % 2 == 0 else "test") for p in range(n_patients) for i in range(images)]
+    f = pd.DataFrame(rows, columns=["image_id", "patient_id", "split"])
+    return f.assign(path=f["image_id"])
+
+
+def test_verdict_counts_checks_that_ran_and_groups_skips_by_reason():
+    f = _plain().assign(study_id=None)
+    report = audit(f)
+    assert report.verdict == "No leakage found in 2 of 10 checks (8 skipped: 7 no column, 1 empty column)"
+    counts = report.counts()
+    assert counts == {
+        "checks": 10, "ran": 2, "skipped": 8, "failed": 0, "warnings": 0, "with_unchecked_rows": 0,
+        "unmet_requirements": 0, "skipped_by_reason": {"no column": 7, "empty column": 1},
+    }
+    doc = json.loads(report.to_json())
+    assert doc["verdict"] == report.verdict and doc["counts"] == counts and doc["degenerate_grouping"] is None
+    assert next(c for c in doc["checks"] if c["check"] == "study_overlap")["skip_kind"] == "empty column"
+    suite = ET.fromstring(to_junit(report)).find("testsuite")
+    skips = {tc.get("name"): tc.find("skipped").get("message") for tc in suite.iter("testcase") if tc.find("skipped") is not None}
+    assert len(skips) == int(suite.get("skipped")) == 8 and skips["study_overlap"] == "'study_id' is empty in every row"
+    assert {p.get("name"): p.get("value") for p in suite.find("properties")}["verdict"] == report.verdict
+    assert report.verdict in to_markdown(report)
+    # A leak, a row without a patient id, and folds: every check counts once per partition.
+    f = _plain().assign(fold=[0, 0, 1, 1, 0, 0])
+    f.loc[0, "split"] = "test"
+    f.loc[5, "patient_id"] = None
+    report = audit(f)
+    assert report.verdict == (
+        "Leakage found by 1 of 20 checks (4 ran; 16 skipped: no column; 2 with unchecked rows): patient_overlap (splits)"
+    )
+    doc = json.loads(report.to_json())
+    assert (doc["counts"]["ran"], doc["counts"]["skipped"], doc["counts"]["failed"]) == (4, 16, 1)
+    suite = ET.fromstring(to_junit(report)).find("testsuite")
+    assert suite.get("tests") == "20" and suite.get("failures") == "1" and suite.get("skipped") == "16"
+    assert "Leakage found by 1 of 20 checks" in to_markdown(report)
+
+
+def test_require_fails_the_gate_when_a_named_check_could_not_fully_run():
+    f = _plain().assign(file_sha256=["h0", "h1", "h2", "h3", None, "h5"])
+    assert audit(f).exit_code == 0  # unchecked rows alone do not fail the gate...
+    report = audit(f, require=["duplicate_file", "near_duplicate"])
+    assert report.exit_code == 1 and not report.failed  # ...but a required check must look at every row
+    assert [r.check for r in report.unmet] == ["duplicate_file", "near_duplicate"]
+    assert report.verdict.startswith(
+        "Gate failed, 2 required check(s) did not fully run: duplicate_file (splits: 1 row(s) unchecked), "
+        "near_duplicate (splits: skipped, no column); no leakage found in 3 of 10 checks"
+    )
+    doc = json.loads(report.to_json())
+    assert doc["result"] == "failed" and doc["required"] == ["duplicate_file", "near_duplicate"] and doc["counts"]["unmet_requirements"] == 2
+    dup = next(c for c in doc["checks"] if c["check"] == "duplicate_file")
+    assert dup["verdict"] == "failed" and dup["required"] and not dup["complete"]
+    suite = ET.fromstring(to_junit(report)).find("testsuite")
+    failures = {tc.get("name"): tc.find("failure") for tc in suite.iter("testcase") if tc.find("failure") is not None}
+    assert set(failures) == {"duplicate_file", "near_duplicate"} and suite.get("failures") == "2"
+    assert failures["near_duplicate"].get("type") == "required-check-not-run" and "no 'phash' column" in failures["near_duplicate"].get("message")
+    assert "required but did not fully run: 6 finding(s)" not in to_markdown(report) and "❌ `duplicate_file`" in to_markdown(report)
+    # all: every check that runs; a complete audit passes.
+    full = f.assign(file_sha256=[f"h{i}" for i in range(6)])
+    assert audit(full, checks=["image_overlap", "patient_overlap", "duplicate_file"], require=["all"]).exit_code == 0
+    assert len(audit(full, require=["all"]).unmet) == 7
+    with pytest.raises(UsageError, match=r"unknown checks \['nope'\]; choose among image_overlap, .*temporal, or all") as err:
+        audit(full, require=["nope", "temporal"])
+    assert "temporal would not run" in str(err.value) and "--time-col" in str(err.value)
+    with pytest.raises(UsageError, match="near_duplicate would not run: add it to --checks"):
+        audit(full, checks=["image_overlap"], require=["near_duplicate"])
+
+
+def test_degenerate_grouping_warns_and_the_verdict_says_so():
+    from mdprep.audit import degenerate_grouping
+    from mdprep.errors import MdprepWarning
+
+    f = _plain(4, 1)
+    f["patient_id"] = f["image_id"]
+    with pytest.warns(MdprepWarning, match="patient_id equals image_id on every row"):
+        report = audit(f)
+    assert report.exit_code == 0 and report.degenerate_grouping["kind"] == "group_is_image"
+    assert report.verdict.endswith("; note: degenerate grouping (patient_id equals image_id on every row), patient_overlap had nothing to compare")
+    assert json.loads(report.to_json())["degenerate_grouping"]["kind"] == "group_is_image"
+    assert "degenerate grouping" in _keys(report, "patient_overlap").to_dict()["caveat"]
+    with pytest.warns(MdprepWarning):
+        assert audit(f, require=["patient_overlap"]).exit_code == 1
+    # One image per patient while a study holds two: the patient ids are per image.
+    g = _plain(4, 1).assign(study_id=["S1", "S1", "S2", "S3"])
+    found = degenerate_grouping(g)
+    assert found["kind"] == "one_image_per_group" and found["column"] == "study_id" and "'S1' has 2 images" in found["message"]
+    with pytest.warns(MdprepWarning, match="pass --group study_id"):
+        assert "one image per patient_id while study_id groups images" in audit(g).verdict
+    # Sound groupings, and one image per patient with nothing that would group them, are not flagged.
+    assert degenerate_grouping(_plain()) is None
+    assert degenerate_grouping(_plain(4, 1)) is None
+    assert degenerate_grouping(_plain(4, 1).assign(study_id=["S1", "S2", "S3", None])) is None
+    assert degenerate_grouping(f.iloc[:1]) is None
+    assert degenerate_grouping(_plain(), "image_id")["summary"] == "the group is image_id itself"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MdprepWarning)
+        audit(_plain())
+        audit(f, checks=["image_overlap"])  # no patient check, nothing to warn about
+
+
+def test_cli_require_degenerate_and_verdict(runner, tmp_path):
+    f = _plain(4, 1)
+    f["patient_id"] = f["image_id"]
+    path = tmp_path / "m.parquet"
+    write_manifest(Manifest(f), path)
+    res = runner.invoke(main, ["audit-leakage", str(path), "-q"])
+    assert res.exit_code == 0, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[0].startswith("Warning: degenerate grouping: patient_id equals image_id on every row (4 rows)")
+    assert lines[-1] == (
+        "No leakage found in 2 of 10 checks (8 skipped: no column); "
+        "note: degenerate grouping (patient_id equals image_id on every row), patient_overlap had nothing to compare"
+    )
+    res = runner.invoke(main, ["audit-leakage", str(path), "--require", "patient_overlap", "-q"])
+    assert res.exit_code == 1 and "Gate failed, 1 required check(s) did not fully run: patient_overlap (splits: degenerate grouping)" in res.stderr
+    res = runner.invoke(main, ["audit-leakage", str(path), "--require", "image_overlap,near_dup", "--require", "all"])
+    assert res.exit_code == 2 and res.stderr.startswith("Error: --require names unknown checks ['near_dup']; choose among image_overlap,")
+    res = runner.invoke(main, ["audit-leakage", str(path), "--require", "all", "--json", str(tmp_path / "a.json"), "--junit", str(tmp_path / "a.xml")])
+    assert res.exit_code == 1 and json.loads((tmp_path / "a.json").read_text())["counts"]["unmet_requirements"] == 9
+    assert ET.parse(tmp_path / "a.xml").getroot().find("testsuite").get("failures") == "9"
+
+
+# ----------------------------------------------------------------------------- escaping what the reports quote
+
+HOSTILE = ["<img src=x onerror=alert(1)>", "a|b|c", "tick`code`", "**bold** [x](javascript:alert(1))", "1. list", "- item", "# head", "  indented"]
+
+
+def _hostile_frame(ids) -> pd.DataFrame:
+    """Every id in train and again (as a second image of the same patient) in test, so each is quoted as a finding."""
+    n = len(ids)
+    # object columns: a frame built in Python may hold lone surrogates, which Arrow strings refuse.
+    return pd.DataFrame(
+        {
+            "image_id": pd.Series([*ids, *[f"{x}#2" for x in ids]], dtype=object),
+            "path": [f"{i}.png" for i in range(2 * n)],
+            "patient_id": pd.Series([*ids, *ids], dtype=object),
+            "split": pd.Series(["train"] * n + ["test"] * n, dtype=object),
+        }
+    )
+
+
+def test_markdown_escapes_html_pipes_and_backticks_in_ids():
+    from markdown_it import MarkdownIt
+
+    from mdprep.audit import markdown_text
+
+    report = audit(_hostile_frame(HOSTILE), checks=["image_overlap", "patient_overlap"])
+    md = to_markdown(report, examples=len(HOSTILE))
+    assert "<img" not in md and "&lt;img src=x onerror=alert(1)&gt;" in md
+    html = MarkdownIt("commonmark").enable("table").render(md)
+    data = html.split("<tbody>")[1]  # what follows the header row: cells and findings quoting the ids
+    assert "<img" not in data and "<a " not in data and "<h1>" not in data and "<ol" not in data and "<code>" in data
+    assert data.count("<strong>") == 1  # the heading of the one check with findings, none from the ids
+    rows = [r for r in html.split("<tr>")[2:]]
+    assert len(rows) == 2 and all(r.count("<td>") == 3 for r in rows)
+    items = html.split("<ul>")[1].split("</ul>")[0]
+    assert items.count("<li>") == len(HOSTILE) and "<ul" not in items  # one flat item per finding
+    text = MarkdownIt("commonmark").render(markdown_text("a <b>|`c`* \\ _d_ ~~e~~ $x$"))
+    assert text == "<p>a &lt;b&gt;|`c`* \\ _d_ ~~e~~ $x$</p>\n"
+
+
+CONTROLS = "".join(map(chr, [*range(0x20), 0x7F, 0x85, 0xFFFE, 0xFFFF, 0xD800, 0xDFFF, 0x202E]))
+
+
+def test_junit_parses_with_every_control_character_in_the_ids():
+    ids = [f"id{c}x" for c in CONTROLS] + ["all" + CONTROLS]
+    report = audit(_hostile_frame(ids), checks=["image_overlap", "patient_overlap"])
+    assert report.exit_code == 1
+    xml = to_junit(report)
+    root = ET.fromstring(xml.encode("utf-8"))
+    failure = next(tc for tc in root.iter("testcase") if tc.get("name") == "patient_overlap").find("failure")
+    assert "id\\x1bx" in failure.text and "id\\x00x" in failure.text and "id\\ud800x" in failure.text and "id\\ufffex" in failure.text
+    md = to_markdown(report, examples=len(ids))
+    md.encode("utf-8")
+    assert not any(c in md for c in CONTROLS.replace("\n", ""))
+    assert json.loads(report.to_json())["checks"][1]["findings"][0]["key"] in ids  # JSON keeps the raw id
+
+
+#: Any character at all, with controls, surrogates and Markdown punctuation drawn often.
+ANY_CHAR = st.one_of(st.characters(exclude_categories=()), st.characters(categories=["Cs", "Cc", "Cf"]), st.sampled_from(list("<>&|`*_[]#-1. \\")))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ids=st.lists(st.text(ANY_CHAR, min_size=1, max_size=12), min_size=1, max_size=4, unique=True),
+    split_name=st.text(ANY_CHAR, min_size=1, max_size=8),
+)
+def test_reports_stay_valid_for_arbitrary_ids(ids, split_name):
+    f = _hostile_frame(ids)
+    f["split"] = f["split"].where(f["split"] == "train", "train" + split_name)  # the split names come from data too
+    report = audit(f, checks=["image_overlap", "patient_overlap"])
+    root = ET.fromstring(to_junit(report).encode("utf-8"))
+    assert int(root.find("testsuite").get("tests")) == 2
+    md = to_markdown(report, examples=4)
+    md.encode("utf-8")
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    # Every table row keeps its three cells: a pipe in the data is escaped.
+    assert all(len(re.split(r"(?<!\\)\|", line)) == 5 for line in table)
+    assert "<" not in "".join(md.split("\n", 1)[1:])
+
+
+def test_cli_shows_data_with_markup_and_controls_literally(runner, tmp_path):
+    f = _hostile_frame(["p[/]1\x1b[2J", "q[bold]2"])
+    for name in ("train", "test"):
+        write_manifest(Manifest(f[f["split"] == name].drop(columns=["split"])), tmp_path / f"{name}.parquet")
+    res = runner.invoke(main, ["audit-leakage", str(tmp_path / "train.parquet"), str(tmp_path / "test.parquet"), "--names", "tr[/]ain,te[red]st"])
+    assert res.exit_code == 1, res.stderr
+    assert "\x1b" not in res.stderr and "  p[/]1\\x1b[2J: te[red]st / tr[/]ain, 2 row(s)" in res.stderr
+    assert "2 finding(s) (te[red]st/tr[/]ain: 2" in res.stderr  # the table shows the names, not rich markup

@@ -122,3 +122,32 @@ def test_pre_commit_hook_and_workflow_call_real_commands():
     workflow = yaml.safe_load(open(os.path.join(root, "examples", "github-actions", "mdprep-check.yml")))
     steps = workflow["jobs"]["gate"]["steps"]
     assert any("mdprep check" in s.get("run", "") and "--junit" in s.get("run", "") for s in steps)
+
+
+def test_check_says_how_many_checks_ran_and_honours_require(runner, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    import pandas as pd
+
+    ids = [f"img{i}.png" for i in range(6)]
+    frame = pd.DataFrame({"image_id": ids, "path": ids, "patient_id": ["P1", "P1", "P2", "P2", "P3", "P3"], "split": ["train"] * 4 + ["test"] * 2})
+    write_manifest(Manifest(frame), tmp_path / "m.parquet")
+    res = runner.invoke(main, ["check", str(tmp_path / "m.parquet"), "-q"])
+    assert res.exit_code == 0, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "No leakage found in 2 of 10 checks (8 skipped: no column)"
+    junit = tmp_path / "c.xml"
+    res = runner.invoke(main, ["check", str(tmp_path / "m.parquet"), "--require", "patient_overlap,near_duplicate", "--junit", str(junit), "-q"])
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines()[-1] == (
+        "Gate failed, 1 required check(s) did not fully run: near_duplicate (splits: skipped, no column); "
+        "no leakage found in 2 of 10 checks (8 skipped: no column)"
+    )
+    failure = next(tc for tc in ET.parse(junit).getroot().iter("testcase") if tc.get("name") == "near_duplicate").find("failure")
+    assert failure.get("type") == "required-check-not-run"
+    res = runner.invoke(main, ["check", str(tmp_path / "m.parquet"), "--require", "patient"])
+    assert res.exit_code == 2 and "\nError: --require names unknown checks ['patient']; choose among image_overlap," in res.stderr
+    # One image per patient id, the id being the image's: the gate passes, and says it had nothing to compare.
+    write_manifest(Manifest(frame.assign(patient_id=ids)), tmp_path / "per-image.parquet")
+    res = runner.invoke(main, ["check", str(tmp_path / "per-image.parquet"), "-q"])
+    assert res.exit_code == 0 and "Warning: degenerate grouping: patient_id equals image_id on every row (6 rows)" in res.stderr
+    assert res.stderr.strip().endswith("note: degenerate grouping (patient_id equals image_id on every row), patient_overlap had nothing to compare")

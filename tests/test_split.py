@@ -346,3 +346,30 @@ def test_cli_bins_and_bad_spec(runner, tmp_path):
     res = runner.invoke(main, ["split", str(src), "--stratify-by", "age:abc,sex:5", "-o", str(out)])
     assert res.exit_code == 2 and res.stderr.startswith("Error: --stratify-by 'age:abc'")
     assert "'sex:5': column 'sex' holds str values" in res.stderr  # every bad spec at once
+
+
+def test_degenerate_grouping_warns():
+    import warnings
+
+    m = cohort(patients=30, max_images=1, prevalence=(0.3, 0.3, 0.3))
+    per_image = m.with_frame(m.frame.assign(patient_id=m.frame["image_id"]))
+    with pytest.warns(MdprepWarning, match=r"degenerate grouping: patient_id equals image_id on every row \(30 rows\).*does not prevent patient leakage"):
+        split_manifest(per_image, ratios=(0.8, 0.2))
+    # Every patient holds one image while studies hold two: the patient ids are per image.
+    studies = m.with_frame(m.frame.assign(study_id=[f"S{i // 2}" for i in range(len(m.frame))]))
+    with pytest.warns(MdprepWarning, match=r"every patient_id holds exactly one image \(30 rows\) while study_id puts 30 of them together.*--group study_id"):
+        split_manifest(studies, ratios=(0.8, 0.2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MdprepWarning)  # rare labels in so small a cohort
+        warnings.filterwarnings("error", message="degenerate grouping", category=MdprepWarning)
+        split_manifest(studies, ratios=(0.8, 0.2), group="study_id")  # a study groups two images: sound
+        split_manifest(m, ratios=(0.8, 0.2))  # one image per patient and nothing that groups them: nothing to say
+        split_manifest(cohort(patients=30), ratios=(0.8, 0.2))
+
+
+def test_cli_split_degenerate_grouping_warning(runner, tmp_path):
+    m = cohort(patients=12, max_images=1, prevalence=(0.4, 0.4, 0.4))
+    write_manifest(m.with_frame(m.frame.assign(patient_id=m.frame["image_id"])), tmp_path / "m.parquet")
+    res = runner.invoke(main, ["split", str(tmp_path / "m.parquet"), "--ratios", "0.5,0.5", "-o", str(tmp_path / "s.parquet"), "-q"])
+    assert res.exit_code == 0, res.stderr
+    assert res.stderr.startswith("Warning: degenerate grouping: patient_id equals image_id on every row (12 rows)")

@@ -5,7 +5,12 @@ Touches DataFrames only: the checks run on manifest columns, with no image acces
 returns a :class:`CheckResult` (plain data); :func:`audit` runs them all and
 collects every finding before anything is reported, and
 :attr:`AuditReport.exit_code` decides the exit code in one place:
-0 clean, 1 leakage found.
+0 clean, 1 leakage found or a required check could not fully run.
+
+No false green: the verdict says how many checks ran and why the others were
+skipped, a check named in ``require`` fails the gate when it could not look at
+every row, and a degenerate grouping (one image per patient) is reported.
+Every report format escapes what it quotes (see :func:`visible`).
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, MissingColumnError, UsageError
+from .errors import InputError, MdprepWarning, MissingColumnError, UsageError, short_repr
 from .manifest import Manifest
 
 #: Checks that compare one column's values across splits: check name -> column.
@@ -52,6 +60,11 @@ ALL_CHECKS = tuple(VALUE_CHECKS) + ("near_duplicate", "same_person", "temporal")
 WARNING_CHECKS = frozenset({"same_person"})
 PERSON_COLUMNS = ("birth_date", "sex")
 FINDING_COLUMNS = ["key", "splits", "rows", "image_ids", "detail"]
+#: Why a check could not run, as grouped in the verdict line.
+SKIP_KINDS = ("no column", "empty column", "no dated train rows")
+#: Columns that group images (a study, a series): when they do while every patient
+#: holds a single image, the patient column is not a grouping (see :func:`degenerate_grouping`).
+GROUPING_COLUMNS = ("study_id", "series_uid")
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,9 @@ class CheckResult:
     affected, their ``image_ids``, a ``detail`` and whether it is ``allowed``.
     ``pairs`` sums them per pair of splits. Rows the check could not look at (no
     value in its column) are counted in ``unchecked_rows``, never passed silently.
+    A skipped check says why in ``reason`` and ``skip_kind`` (one of
+    :data:`SKIP_KINDS`). ``caveat`` says why a pass means less than it seems (a
+    degenerate grouping). ``required`` checks fail the gate unless ``complete``.
     """
 
     check: str
@@ -75,6 +91,9 @@ class CheckResult:
     unchecked_rows: int
     reason: str = ""
     gate: bool = True
+    skip_kind: str = ""
+    required: bool = False
+    caveat: str = ""
 
     @property
     def blocking(self) -> pd.DataFrame:
@@ -89,12 +108,34 @@ class CheckResult:
         return self.gate and self.status in ("failed", "warning") and not self.blocking.empty
 
     @property
+    def complete(self) -> bool:
+        """Whether the check ran on every row with nothing to qualify its result."""
+        return self.status != "skipped" and self.unchecked_rows == 0 and not self.caveat
+
+    @property
+    def incomplete_reason(self) -> str:
+        """Why the check did not fully run ("" when it did)."""
+        if self.status == "skipped":
+            return f"skipped, {self.reason}"
+        reasons = []
+        if self.unchecked_rows:
+            reasons.append(f"{self.unchecked_rows} row(s) unchecked (no value)")
+        if self.caveat:
+            reasons.append(self.caveat)
+        return "; ".join(reasons)
+
+    @property
+    def unmet(self) -> bool:
+        """Whether this is a required check that could not fully run (fails the gate)."""
+        return self.required and not self.complete
+
+    @property
     def verdict(self) -> str:
         """What a person sees: failed (fails the gate), warning (findings that do not), passed or skipped."""
+        if self.fails_gate or self.unmet:
+            return "failed"
         if self.status == "skipped":
             return "skipped"
-        if self.fails_gate:
-            return "failed"
         return "warning" if not self.blocking.empty else "passed"
 
     def to_dict(self) -> dict:
@@ -109,6 +150,10 @@ class CheckResult:
             "checked_rows": self.checked_rows,
             "unchecked_rows": self.unchecked_rows,
             "reason": self.reason,
+            "skip_kind": self.skip_kind,
+            "caveat": self.caveat,
+            "required": self.required,
+            "complete": self.complete,
             "pairs": [
                 {"splits": [a, b], "shared": int(s), "rows": int(r)}
                 for a, b, s, r in self.pairs[["split_a", "split_b", "shared", "rows"]].itertuples(index=False)
@@ -144,8 +189,10 @@ def _result(check, partition, findings, pairs, checked, unchecked, severity="err
     return CheckResult(check, partition, status, severity, findings, pairs, checked, unchecked)
 
 
-def skipped(check: str, partition: str, reason: str, rows: int) -> CheckResult:
-    return CheckResult(check, partition, "skipped", "warning" if check in WARNING_CHECKS else "error", _empty_findings(), _empty_pairs(), 0, rows, reason)
+def skipped(check: str, partition: str, reason: str, rows: int, kind: str = "no column") -> CheckResult:
+    """A check that could not run: every row unchecked, ``reason`` for people, ``kind`` (:data:`SKIP_KINDS`) for counts."""
+    severity = "warning" if check in WARNING_CHECKS else "error"
+    return CheckResult(check, partition, "skipped", severity, _empty_findings(), _empty_pairs(), 0, rows, reason, skip_kind=kind)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -194,7 +241,7 @@ def value_overlap(frame: pd.DataFrame, column: str, *, split_col: str = "split",
     present = values.notna().to_numpy()
     unchecked = int((~present).sum())
     if not present.any():
-        return skipped(check, partition, f"{column!r} is empty in every row", len(frame))
+        return skipped(check, partition, f"{column!r} is empty in every row", len(frame), "empty column")
     vcodes, vuniq = pd.factorize(values[present], sort=False)
     scodes, snames = pd.factorize(frame[split_col][present], sort=True)
     n_splits = len(snames)
@@ -222,7 +269,8 @@ def value_overlap(frame: pd.DataFrame, column: str, *, split_col: str = "split",
     split_names = np.asarray([str(s) for s in snames], dtype=object)
     findings = pd.DataFrame(
         {
-            "key": [str(v) for v in np.asarray(vuniq, dtype=object)[leaking]],
+            # object, like _empty_findings: a key is any str (Arrow strings refuse lone surrogates).
+            "key": pd.Series([str(v) for v in np.asarray(vuniq, dtype=object)[leaking]], dtype=object),
             "splits": [tuple(split_names[row > 0]) for row in matrix],
             "rows": matrix.sum(axis=1),
             "image_ids": [list(map(str, x)) for x in id_lists],
@@ -306,7 +354,7 @@ def near_duplicates(frame: pd.DataFrame, *, threshold: int = 4, split_col: str =
         return skipped(check, partition, "no 'phash' column: run `mdprep hash` first", len(frame))
     present = frame["phash"].notna().to_numpy()
     if not present.any():
-        return skipped(check, partition, "'phash' is empty in every row: run `mdprep hash` first", len(frame))
+        return skipped(check, partition, "'phash' is empty in every row: run `mdprep hash` first", len(frame), "empty column")
     sub = frame.loc[present, ["image_id", "phash", split_col]]
     exact = value_overlap(sub, "phash", split_col=split_col, check=check, partition=partition)
     exact_findings = exact.findings.assign(detail="distance 0")
@@ -376,7 +424,7 @@ def temporal(frame: pd.DataFrame, *, time_col: str, train: str = "train", split_
     present = times.notna().to_numpy()
     is_train = (frame[split_col].astype("str") == train).to_numpy()
     if not (present & is_train).any():
-        return skipped(check, partition, f"no dated rows in split {train!r}", len(frame))
+        return skipped(check, partition, f"no dated rows in split {train!r}", len(frame), "no dated train rows")
     latest = times[present & is_train].max()
     early = present & ~is_train & (times < latest).to_numpy()
     rows = []
@@ -392,21 +440,83 @@ def temporal(frame: pd.DataFrame, *, time_col: str, train: str = "train", split_
 
 @dataclass(frozen=True)
 class AuditReport:
-    """Every check's result; the exit code is decided here and nowhere else."""
+    """Every check's result; the exit code is decided here and nowhere else.
+
+    ``required`` names the checks that must fully run; ``degenerate_grouping`` is
+    the finding of :func:`degenerate_grouping` (None when the grouping is sound).
+    """
 
     checks: tuple[CheckResult, ...]
     inputs: tuple[dict, ...]
     unassigned_rows: int = 0
     options: dict = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    degenerate_grouping: dict | None = None
 
     @property
     def failed(self) -> tuple[CheckResult, ...]:
+        """Checks whose findings fail the gate (leakage)."""
         return tuple(c for c in self.checks if c.fails_gate)
 
     @property
+    def unmet(self) -> tuple[CheckResult, ...]:
+        """Required checks that could not fully run (skipped, rows unchecked, degenerate grouping)."""
+        return tuple(c for c in self.checks if c.unmet)
+
+    @property
     def exit_code(self) -> int:
-        """0 when no gating check found unallowed leakage, 1 otherwise."""
-        return 1 if self.failed else 0
+        """0 when no gating check found unallowed leakage and every required check fully ran, 1 otherwise."""
+        return 1 if self.failed or self.unmet else 0
+
+    def counts(self) -> dict:
+        """How many checks (one per check and partition) ran, were skipped (by reason), failed, warned.
+
+        ``with_unchecked_rows`` counts checks that ran but could not look at every row.
+        """
+        skipped_ = [c for c in self.checks if c.status == "skipped"]
+        by_kind = Counter(c.skip_kind or "other" for c in skipped_)
+        ran = [c for c in self.checks if c.status != "skipped"]
+        return {
+            "checks": len(self.checks),
+            "ran": len(ran),
+            "skipped": len(skipped_),
+            "failed": len(self.failed),
+            "warnings": sum(1 for c in ran if not c.fails_gate and not c.blocking.empty),
+            "with_unchecked_rows": sum(1 for c in ran if c.unchecked_rows),
+            "unmet_requirements": len(self.unmet),
+            "skipped_by_reason": dict(sorted(by_kind.items(), key=lambda kv: (-kv[1], kv[0]))),
+        }
+
+    @property
+    def verdict(self) -> str:
+        """The one verdict line: how many checks ran, why the others did not, and what failed.
+
+        >>> f = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p", "q"], "split": ["train", "test"]})
+        >>> audit(f, checks=["image_overlap", "patient_overlap", "study_overlap"]).verdict
+        'No leakage found in 2 of 3 checks (1 skipped: no column)'
+        """
+        c = self.counts()
+        parts = []
+        if c["skipped"]:
+            kinds = c["skipped_by_reason"]
+            reasons = next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{n} {k}" for k, n in kinds.items())
+            parts.append(f"{c['skipped']} skipped: {reasons}")
+        if c["with_unchecked_rows"]:
+            parts.append(f"{c['with_unchecked_rows']} with unchecked rows")
+        if self.failed:
+            detail = "; ".join([f"{c['ran']} ran", *parts])
+            names = ", ".join(f"{r.check} ({r.partition}s)" for r in self.failed)
+            line = f"Leakage found by {c['failed']} of {c['checks']} checks ({detail}): {names}"
+        else:
+            line = f"No leakage found in {c['ran']} of {c['checks']} checks" + (f" ({'; '.join(parts)})" if parts else "")
+        if self.unmet:
+            unmet = f"{len(self.unmet)} required check(s) did not fully run: " + ", ".join(
+                f"{r.check} ({r.partition}s: {_incomplete_short(r)})" for r in self.unmet
+            )
+            line = f"{line}; {unmet}" if self.failed else f"Gate failed, {unmet}; {line[0].lower()}{line[1:]}"
+        if self.degenerate_grouping:
+            line += f"; note: degenerate grouping ({self.degenerate_grouping['summary']}), patient_overlap had nothing to compare"
+        return visible(line)
 
     def to_dict(self) -> dict:
         return {
@@ -414,6 +524,10 @@ class AuditReport:
             "version": 1,
             "result": "failed" if self.exit_code else "passed",
             "exit_code": self.exit_code,
+            "verdict": self.verdict,
+            "counts": self.counts(),
+            "required": list(self.required),
+            "degenerate_grouping": self.degenerate_grouping,
             "inputs": list(self.inputs),
             "unassigned_rows": self.unassigned_rows,
             "options": self.options,
@@ -422,6 +536,92 @@ class AuditReport:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
+
+
+def _incomplete_short(result: CheckResult) -> str:
+    if result.status == "skipped":
+        return f"skipped, {result.skip_kind}"
+    parts = [f"{result.unchecked_rows} row(s) unchecked"] if result.unchecked_rows else []
+    return ", ".join(parts + (["degenerate grouping"] if result.caveat else []))
+
+
+def degenerate_grouping(frame: pd.DataFrame, group: str = "patient_id", *, image_col: str = "image_id") -> dict | None:
+    """Whether ``group`` fails to group images, so a patient-level check has nothing to compare.
+
+    Two cases, checked with column operations (a sample of the first rows first, so
+    a sound grouping costs next to nothing):
+
+    * ``group_is_image``: ``group`` equals ``image_col`` on every row that has one
+      (or is ``image_col`` itself);
+    * ``one_image_per_group``: every ``group`` value holds exactly one image while a
+      column of :data:`GROUPING_COLUMNS` (``study_id``, ``series_uid``) puts several
+      images together: one study under several "patients".
+
+    Returns None for a sound grouping (or fewer than two rows with a group), else a
+    dict with ``kind``, ``group``, ``rows``, ``column`` (the grouping column, or
+    None), ``summary`` (a few words), ``message`` and ``hint``.
+
+    Examples
+    --------
+    >>> f = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["a", "b"]})
+    >>> degenerate_grouping(f)["kind"]
+    'group_is_image'
+    >>> degenerate_grouping(f.assign(patient_id=["p", "p"])) is None
+    True
+    """
+    if group not in frame.columns or image_col not in frame.columns:
+        return None
+    grouping = [c for c in GROUPING_COLUMNS if c != group and c in frame.columns]
+    # The first rows settle a sound grouping without touching the whole column: one row whose
+    # group is not its image id rules out the first case, one repeated group the second.
+    # Identifiers are text, compared as they are (a frame built in Python may hold any str).
+    head = frame.iloc[:1000]
+    head_present = head[group].notna().to_numpy()
+    head_values = head[group][head_present]
+    maybe_image = group == image_col or bool(
+        (head_values.to_numpy(dtype=object) == head[image_col][head_present].to_numpy(dtype=object)).all()
+    )
+    maybe_single = bool(grouping) and not head_values.duplicated().any()
+    if not (maybe_image or maybe_single):
+        return None
+    present = frame[group].notna().to_numpy()
+    n = int(present.sum())
+    if n < 2:
+        return None
+    values = frame[group][present]
+    if group == image_col or (maybe_image and (values.to_numpy(dtype=object) == frame[image_col][present].to_numpy(dtype=object)).all()):
+        summary = f"the group is {image_col} itself" if group == image_col else f"{group} equals {image_col} on every row"
+        return {
+            "kind": "group_is_image",
+            "group": group,
+            "rows": n,
+            "column": None,
+            "summary": summary,
+            "message": f"{summary} ({n:,} rows), so {group} groups nothing",
+            "hint": f"give each image its real patient id, or pass --group with a column that groups images ({', '.join(GROUPING_COLUMNS)})",
+        }
+    if not maybe_single or values.duplicated().any():
+        return None
+    for col in grouping:
+        other = frame[col][present].dropna()
+        shared = other.duplicated(keep=False).to_numpy()
+        if not shared.any():
+            continue
+        sizes = other[shared].value_counts(sort=True)
+        example, size = str(sizes.index[0]), int(sizes.iloc[0])
+        return {
+            "kind": "one_image_per_group",
+            "group": group,
+            "rows": n,
+            "column": col,
+            "summary": f"one image per {group} while {col} groups images",
+            "message": (
+                f"every {group} holds exactly one image ({n:,} rows) while {col} puts {int(shared.sum()):,} of them together "
+                f"(e.g. {col} {short_repr(example)} has {size} images under {size} different {group}s)"
+            ),
+            "hint": f"give the images of one patient the same {group}, or pass --group {col}",
+        }
+    return None
 
 
 def load_allow_list(path: str | os.PathLike) -> list[dict]:
@@ -473,6 +673,7 @@ def audit(
     time_col: str | None = None,
     train_split: str = "train",
     inputs: Sequence[dict] = (),
+    require: Sequence[str] | None = None,
 ) -> AuditReport:
     """Run every leakage check between the splits of ``frame`` (and between its folds).
 
@@ -494,11 +695,24 @@ def audit(
         Reviewed findings (``check`` and ``key``) reported but not failing.
     threshold : int
         Hamming distance for ``near_duplicate``.
+    require : sequence of str, optional
+        Checks that must fully run, or ``["all"]`` for every check that runs. A
+        required check fails the gate (exit code 1) when it was skipped, left rows
+        unchecked (no value: a missing UID, a file that could not be hashed) or, for
+        ``patient_overlap``, ran on a degenerate grouping.
+
+    Warns
+    -----
+    MdprepWarning
+        When the grouping is degenerate (see :func:`degenerate_grouping`): the
+        report carries it and its verdict says so.
 
     Examples
     --------
     >>> f = pd.DataFrame({"image_id": ["a", "b"], "path": ["a", "b"], "patient_id": ["p", "p"], "split": ["train", "test"]})
     >>> audit(f).exit_code
+    1
+    >>> audit(f.assign(patient_id=["p", "q"]), require=["near_duplicate"]).exit_code
     1
     """
     if split_col not in frame.columns:
@@ -517,12 +731,23 @@ def audit(
     unknown = sorted(gating - set(ALL_CHECKS))
     if unknown:
         raise UsageError(f"--fail-on names unknown checks {unknown}; choose among {', '.join(ALL_CHECKS)}")
+    required = _required_checks(require, wanted)
     value_checks = dict(VALUE_CHECKS, patient_overlap=group)
     partitions = [("split", split_col)]
     if fold_col and fold_col in frame.columns and frame[fold_col].notna().any():
         partitions.append(("fold", fold_col))
     results: list[CheckResult] = []
     unassigned = int(frame[split_col].isna().sum())
+    degenerate = None
+    if "patient_overlap" in wanted:
+        degenerate = degenerate_grouping(frame[frame[split_col].notna()] if unassigned else frame, group)
+    if degenerate:
+        warnings.warn(
+            visible(f"degenerate grouping: {degenerate['message']}; patient_overlap compares single images, so a pass says "
+                    f"nothing about a patient in two splits: {degenerate['hint']}"),
+            MdprepWarning,
+            stacklevel=2,
+        )
     for partition, col in partitions:
         sub = frame[frame[col].notna()]
         if partition == "fold":
@@ -538,7 +763,8 @@ def audit(
                 if partition == "fold":
                     continue
                 r = temporal(sub, time_col=time_col, train=train_split, split_col=col, partition=partition)
-            r = replace(_apply_allow(r, allow), gate=check in gating)
+            caveat = f"degenerate grouping: {degenerate['message']}" if degenerate and check == "patient_overlap" else ""
+            r = replace(_apply_allow(r, allow), gate=check in gating, required=check in required, caveat=caveat)
             results.append(r)
     options = {
         "split_col": split_col,
@@ -550,8 +776,29 @@ def audit(
         "person_columns": list(person_columns),
         "time_col": time_col,
         "allow_entries": len(allow),
+        "require": sorted(required),
     }
-    return AuditReport(tuple(results), tuple(inputs), unassigned, options)
+    return AuditReport(tuple(results), tuple(inputs), unassigned, options, tuple(c for c in wanted if c in required), degenerate)
+
+
+def _required_checks(require: Sequence[str] | None, wanted: Sequence[str]) -> set[str]:
+    """The checks named by ``require`` (``all``: every check that runs); every bad name in one error."""
+    if not require:
+        return set()
+    names = list(require)
+    if "all" in names:
+        names = [n for n in names if n != "all"] + list(wanted)
+    unknown = sorted(set(names) - set(ALL_CHECKS))
+    not_run = [n for n in dict.fromkeys(names) if n in ALL_CHECKS and n not in wanted]
+    problems = []
+    if unknown:
+        problems.append(f"unknown checks {unknown}; choose among {', '.join(ALL_CHECKS)}, or all")
+    if not_run:
+        hint = " (temporal also needs --time-col)" if "temporal" in not_run else ""
+        problems.append(f"{', '.join(not_run)} would not run: add {'them' if len(not_run) > 1 else 'it'} to --checks{hint}")
+    if problems:
+        raise UsageError("--require names " + "; ".join(problems), unknown=unknown, not_run=not_run)
+    return set(names)
 
 
 def combine_manifests(manifests: Sequence[Manifest], names: Sequence[str], *, split_col: str = "split") -> pd.DataFrame:
@@ -568,8 +815,75 @@ def combine_manifests(manifests: Sequence[Manifest], names: Sequence[str], *, sp
 
 # ----------------------------------------------------------------------------- report formats
 
+#: Characters no report shows raw: C0 controls (tab and newlines included: a quoted id
+#: stays on its line), DEL and C1 controls, lone surrogates, U+FFFE/U+FFFF (not allowed
+#: in XML), line and paragraph separators and bidirectional overrides (text that reads
+#: differently from what it is).
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape_char(m: re.Match) -> str:
+    ch = m.group(0)
+    code = ord(ch)
+    return _NAMED.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def visible(text: str) -> str:
+    r"""``text`` with every control, lone surrogate and noncharacter as a visible escape.
+
+    What the reports quote (ids, split names, hashes) comes from data; written out as
+    is, a control character breaks the JUnit XML, a newline breaks a Markdown table and
+    an escape sequence rewrites a terminal line.
+
+    >>> visible("a\x1bb\nc\ud800")
+    'a\\x1bb\\nc\\ud800'
+    """
+    return _INVISIBLE.sub(_escape_char, str(text))
+
+
+_MD_SPECIAL = re.compile(r"[\\`*_\[\]|~#$<>&]")
+_MD_ENTITY = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+_MD_BLOCK_START = re.compile(r"\d+(?=[.)])|[-+=]")
+
+
+def markdown_text(text: str) -> str:
+    r"""``text`` as literal Markdown (GitHub flavour): no HTML, no link, no emphasis, no table cell break.
+
+    Controls become visible escapes (:func:`visible`), ``<``, ``>`` and ``&`` become
+    entities, Markdown punctuation (backslash, backtick, ``* _ [ ] | ~ # $``) gets a
+    backslash, and a start that would open a list or a heading is escaped too.
+
+    >>> markdown_text("<img src=x> a|b `c`")
+    '&lt;img src=x&gt; a\\|b \\`c\\`'
+    >>> markdown_text("1. x")
+    '1\\. x'
+    """
+    out = _MD_SPECIAL.sub(lambda m: _MD_ENTITY.get(m.group(0)) or "\\" + m.group(0), visible(text))
+    body = out.lstrip(" ")
+    # Leading spaces would indent a code block; "1." or "-" at the start would open a list.
+    lead = "&#32;" * (len(out) - len(body))
+    start = _MD_BLOCK_START.match(body)
+    if start:
+        mark = start.group(0)
+        body = (mark + "\\" if mark[0].isdigit() else "\\" + mark) + body[start.end():]
+    return lead + body
+
+
+def _xml_text(text: str) -> str:
+    from xml.sax.saxutils import escape
+
+    return escape(visible(text))
+
+
+def _xml_attr(text: str) -> str:
+    from xml.sax.saxutils import quoteattr
+
+    return quoteattr(visible(text))
+
 
 def finding_lines(result: CheckResult, limit: int = 5) -> list[str]:
+    """The first ``limit`` findings of ``result``, one line each, controls escaped (:func:`visible`)."""
     lines = []
     shown = result.findings[["key", "splits", "rows", "image_ids", "detail", "allowed"]].head(limit)
     for key, splits, rows, ids, detail, allowed in shown.itertuples(index=False):
@@ -577,13 +891,23 @@ def finding_lines(result: CheckResult, limit: int = 5) -> list[str]:
         images = ", ".join(ids[:4]) + (", ..." if len(ids) > 4 else "")
         extra = f"; {detail}" if detail else ""
         mark = " [allowed]" if allowed else ""
-        lines.append(f"{key}: {' / '.join(splits)}, {rows} row(s): {images}{extra}{mark}")
+        lines.append(visible(f"{key}: {' / '.join(splits)}, {rows} row(s): {images}{extra}{mark}"))
     if len(result.findings) > limit:
         lines.append(f"... {len(result.findings) - limit} more")
     return lines
 
 
 def summary_line(result: CheckResult) -> str:
+    """One line about ``result``: why it was skipped, or its findings per pair of splits and unchecked rows."""
+    text = _summary_text(result)
+    if result.unmet:
+        text = f"required but did not fully run: {text}"
+    elif result.caveat and result.status != "skipped":
+        text += f"; {result.caveat}"
+    return visible(text)
+
+
+def _summary_text(result: CheckResult) -> str:
     if result.status == "skipped":
         return result.reason
     n = len(result.findings)
@@ -594,49 +918,67 @@ def summary_line(result: CheckResult) -> str:
         text += f", {allowed} allowed"
     if result.unchecked_rows:
         text += f"; {result.unchecked_rows} row(s) unchecked (no value)"
+    if result.unmet and result.caveat:
+        text += f"; {result.caveat}"
     return text
 
 
 def to_junit(report: AuditReport) -> str:
-    """JUnit XML: one test case per check; a failing check is a real ``<failure>``."""
-    from xml.sax.saxutils import escape, quoteattr
+    """JUnit XML: one test case per check; a failing check is a real ``<failure>``.
 
+    A skipped check is ``<skipped message=...>`` unless it was required (then it is a
+    failure, ``type="required-check-not-run"``); the verdict line and any degenerate
+    grouping are suite properties. Quoted data goes through :func:`visible`, so the
+    file always parses.
+    """
     cases = []
+    failures = skipped_n = 0
     for r in report.checks:
-        name = quoteattr(r.check)
-        classname = quoteattr(f"mdprep.audit-leakage.{r.partition}")
+        name = _xml_attr(r.check)
+        classname = _xml_attr(f"mdprep.audit-leakage.{r.partition}")
         body = ""
-        if r.status == "skipped":
-            body = f"<skipped message={quoteattr(r.reason)}/>"
-        elif r.fails_gate:
+        if r.fails_gate:
             text = "\n".join([DESCRIPTIONS[r.check], summary_line(r), *finding_lines(r, 50)])
-            body = f"<failure message={quoteattr(summary_line(r))} type=\"leakage\">{escape(text)}</failure>"
+            body = f"<failure message={_xml_attr(summary_line(r))} type=\"leakage\">{_xml_text(text)}</failure>"
+        elif r.unmet:
+            text = f"{r.check} is required (--require) but did not fully run: {r.incomplete_reason}"
+            body = f"<failure message={_xml_attr(text)} type=\"required-check-not-run\">{_xml_text(text)}</failure>"
+        elif r.status == "skipped":
+            body = f"<skipped message={_xml_attr(r.reason)}/>"
         elif not r.findings.empty:
-            body = f"<system-out>{escape(chr(10).join([summary_line(r), *finding_lines(r, 50)]))}</system-out>"
+            body = f"<system-out>{_xml_text(chr(10).join([summary_line(r), *finding_lines(r, 50)]))}</system-out>"
+        elif r.unchecked_rows or r.caveat:
+            body = f"<system-out>{_xml_text(summary_line(r))}</system-out>"
+        failures += body.startswith("<failure")
+        skipped_n += body.startswith("<skipped")
         cases.append(f"    <testcase classname={classname} name={name}>{body}</testcase>")
-    failures = len(report.failed)
-    skipped_n = sum(1 for r in report.checks if r.status == "skipped")
+    properties = [("verdict", report.verdict)]
+    if report.degenerate_grouping:
+        properties.append(("degenerate_grouping", report.degenerate_grouping["message"]))
+    props = "".join(f"\n      <property name={_xml_attr(k)} value={_xml_attr(v)}/>" for k, v in properties)
+    n = len(report.checks)
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<testsuites name="mdprep audit-leakage" tests="{len(report.checks)}" failures="{failures}" skipped="{skipped_n}">\n'
-        f'  <testsuite name="mdprep audit-leakage" tests="{len(report.checks)}" failures="{failures}" errors="0" skipped="{skipped_n}">\n'
+        f'<testsuites name="mdprep audit-leakage" tests="{n}" failures="{failures}" skipped="{skipped_n}">\n'
+        f'  <testsuite name="mdprep audit-leakage" tests="{n}" failures="{failures}" errors="0" skipped="{skipped_n}">\n'
+        f"    <properties>{props}\n    </properties>\n"
         + "\n".join(cases)
         + "\n  </testsuite>\n</testsuites>\n"
     )
 
 
 def to_markdown(report: AuditReport, *, examples: int = 3) -> str:
-    """A short Markdown summary for a pull-request comment."""
+    """A short Markdown summary for a pull-request comment; every quoted value goes through :func:`markdown_text`."""
     verdict = "FAILED" if report.exit_code else "passed"
     icon = {"passed": "✅", "failed": "❌", "warning": "⚠️", "skipped": "⏭️"}
-    lines = [f"### mdprep audit-leakage: {verdict}", "", "| check | between | result |", "|---|---|---|"]
+    lines = [f"### mdprep audit-leakage: {verdict}", "", markdown_text(report.verdict), "", "| check | between | result |", "|---|---|---|"]
     for r in report.checks:
-        lines.append(f"| {icon[r.verdict]} `{r.check}` | {r.partition}s | {summary_line(r)} |")
+        lines.append(f"| {icon[r.verdict]} `{r.check}` | {r.partition}s | {markdown_text(summary_line(r))} |")
     for r in report.checks:
         if r.findings.empty:
             continue
         lines += ["", f"**{r.check}** ({r.partition}s): " + DESCRIPTIONS[r.check]]
-        lines += [f"- {line}" for line in finding_lines(r, examples)]
+        lines += [f"- {markdown_text(line)}" for line in finding_lines(r, examples)]
     if report.unassigned_rows:
         lines += ["", f"{report.unassigned_rows} row(s) have no split and were not audited."]
     return "\n".join(lines) + "\n"

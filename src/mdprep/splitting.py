@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from .audit import degenerate_grouping, visible
 from .errors import MdprepWarning, MissingColumnError, UsageError, examples_text
 from .manifest import Manifest, check, order_columns, provenance_step
 
@@ -795,6 +796,14 @@ def split_manifest(
             )
         group_values = group_values.where(~missing, "\x00row:" + pd.Series(np.arange(len(frame)), index=frame.index).astype("str"))
         notes.append(f"{int(missing.sum())} row(s) without {group} became groups of their own (--missing-group own)")
+    degenerate = degenerate_grouping(frame, group)
+    if degenerate:
+        warnings.warn(
+            visible(f"degenerate grouping: {degenerate['message']}; the split keeps no patient's images together, "
+                    f"so it does not prevent patient leakage: {degenerate['hint']}"),
+            MdprepWarning,
+            stacklevel=2,
+        )
     codes, uniques = pd.factorize(group_values.to_numpy(), sort=True)
     positives, strat_names = _stratification_matrix(frame, labels, [(st.column, values) for st, values in strata])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import click
+from rich.markup import escape as escape_markup
 from rich.table import Table
 
 from ..audit import (
@@ -20,6 +21,7 @@ from ..audit import (
     load_allow_list,
     to_junit,
     to_markdown,
+    visible,
 )
 from ..fileio import atomic_write, file_fingerprint
 from ..hashing import HASH_COLUMNS, hash_manifest
@@ -99,6 +101,10 @@ _AUDIT_OPTIONS = [
     click.option("--group", default="patient_id", show_default=True, help="Column for patient_overlap."),
     click.option("--checks", "checks", multiple=True, metavar="CHECK,...", help=f"Checks to run [default: all]: {', '.join(ALL_CHECKS)}."),
     click.option("--fail-on", multiple=True, metavar="CHECK,...", help="Checks whose findings fail the gate [default: all but same_person]."),
+    click.option(
+        "--require", multiple=True, metavar="CHECK,...|all",
+        help="Checks that must fully run: the gate fails (exit 1) when one is skipped, leaves rows unchecked, or (patient_overlap) runs on a degenerate grouping.",
+    ),
     click.option("--allow", "allow_path", type=click.Path(dir_okay=False), help="JSON list of reviewed findings ({check, key, reason}) reported but not failing."),
     click.option("--threshold", default=4, show_default=True, type=int, help="Hamming distance for near_duplicate."),
     click.option("--person-cols", default=",".join(PERSON_COLUMNS), show_default=True, help="Columns that together suggest one person (same_person)."),
@@ -130,25 +136,30 @@ def audit_leakage(manifests, **options):
     between folds too), or several manifests, each one split. Hash columns from
     `mdprep hash` enable the duplicate and near-duplicate checks; checks that cannot
     run are reported as skipped, and rows without a value are counted as unchecked.
+    The verdict line says how many checks ran; --require makes a check that could
+    not fully run fail the gate.
 
     \b
-    Exit codes: 0 no leakage, 1 leakage found (the gate fails), 2 bad input or usage.
+    Exit codes: 0 no leakage, 1 leakage found or a required check did not fully run
+    (the gate fails), 2 bad input or usage.
 
     \b
     Examples:
       mdprep audit-leakage nih-split.parquet --junit audit.xml --markdown audit.md
       mdprep audit-leakage train.parquet val.parquet test.parquet --allow reviewed.json
+      mdprep audit-leakage hashed-split.parquet --require patient_overlap,duplicate_pixels,near_duplicate
     """
     click.get_current_context().exit(run_audit(manifests, **options))
 
 
-def run_audit(manifests, names, split_col, group, checks, fail_on, allow_path, threshold, person_cols, time_col, temporal, train_split, json_path, junit_path, markdown_path, quiet) -> int:
+def run_audit(manifests, names, split_col, group, checks, fail_on, require, allow_path, threshold, person_cols, time_col, temporal, train_split, json_path, junit_path, markdown_path, quiet) -> int:
     """Load the manifests, run the audit, write the reports, print the summary; return the exit code."""
     person_columns = comma_list([person_cols])
     if temporal and not time_col:
         raise click.UsageError("--temporal needs --time-col (the date of each image)")
     check_list = comma_list(checks) if checks else None
     gate = comma_list(fail_on) if fail_on else None
+    required = comma_list(require) if require else None
     if gate is None and time_col and not temporal:
         # Dates were given but the split is not by time: report early images, do not fail on them.
         gate = [c for c in ALL_CHECKS if c not in WARNING_CHECKS and c != "temporal"]
@@ -174,6 +185,7 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, allow_path, t
         time_col=time_col,
         train_split=train_split,
         inputs=inputs,
+        require=required,
     )
     for path, text in ((json_path, report.to_json), (junit_path, lambda: to_junit(report)), (markdown_path, lambda: to_markdown(report))):
         if path:
@@ -187,17 +199,16 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, allow_path, t
         table.add_column("details", overflow="fold")
         colour = {"passed": "green", "failed": "red", "warning": "yellow", "skipped": "dim"}
         for r in report.checks:
-            table.add_row(r.check, f"{r.partition}s", f"[{colour[r.verdict]}]{r.verdict}[/]", summary_line(r))
+            # Split names and reasons come from the data: never read as rich markup.
+            table.add_row(r.check, f"{r.partition}s", f"[{colour[r.verdict]}]{r.verdict}[/]", escape_markup(summary_line(r)))
         print_table(table)
         for r in report.failed:
             click.echo(f"{r.check} ({r.partition}s): {DESCRIPTIONS[r.check]}", err=True)
             for line in finding_lines(r, 5):
                 click.echo(f"  {line}", err=True)
     if report.unassigned_rows:
-        click.echo(f"Warning: {report.unassigned_rows} row(s) have no {split_col} and were not audited", err=True)
-    failed = [f"{r.check} ({r.partition}s)" for r in report.failed]
-    verdict = f"Leakage found: {', '.join(failed)}" if failed else "No leakage found"
-    click.echo(verdict, err=True)
+        click.echo(f"Warning: {report.unassigned_rows} row(s) have no {visible(split_col)} and were not audited", err=True)
+    click.echo(report.verdict, err=True)
     return report.exit_code
 
 
@@ -208,8 +219,9 @@ def check(manifests, **options):
     """The one-stop CI gate: the manifest contract, then the leakage audit.
 
     \b
-    Exit codes: 0 all clean, 1 a manifest breaks the contract or leakage was found,
-    2 bad input or usage. Takes the options and report formats of audit-leakage.
+    Exit codes: 0 all clean, 1 a manifest breaks the contract, leakage was found or a
+    required check did not fully run, 2 bad input or usage. Takes the options and
+    report formats of audit-leakage (--require included).
 
     \b
     Example (in CI):
