@@ -30,6 +30,7 @@ from mdprep.pseudonyms import (
     load_key,
     load_path_map,
     parse_key,
+    pseudonymised_paths,
     pseudonymization_state,
     pseudonymize,
     resolve_paths,
@@ -389,6 +390,8 @@ def test_image_ids_and_paths_are_pseudonymised_with_a_private_path_map(tmp_path)
     assert stat.S_IMODE(os.stat(tmp_path / "paths.csv").st_mode) == 0o600
     resolved = resolve_paths(result.manifest, load_path_map(tmp_path / "paths.csv"))
     assert resolved.frame["path"].tolist() == m.frame["path"].tolist()
+    hidden = pseudonymised_paths(pd.Series([m.frame["path"].iloc[3], "elsewhere/PAT9999.png"]), load_path_map(tmp_path / "paths.csv"))
+    assert hidden.tolist() == [out["path"].iloc[3], "<unknown path>"]
     other = pseudonymize(m, KEY_B).manifest
     with pytest.raises(InputError, match="not in the path map") as err:
         resolve_paths(other, load_path_map(tmp_path / "paths.csv"))

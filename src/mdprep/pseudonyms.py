@@ -974,7 +974,7 @@ def pseudonymize(
             "once you have checked that they identify no one",
             columns=names,
         )
-    out = frame.copy()
+    out: dict[str, pd.Series] = {}  # built once at the end: dropping columns one by one is quadratic
     patients = frame["patient_id"].astype("str") if "patient_id" in frame.columns else None
     offsets = None
     if dates == "shift" and any(s.how in ("date", "dt") for s in steps):
@@ -984,8 +984,9 @@ def pseudonymize(
     final: list[_Step] = []
     for step in steps:
         col, reason = step.column, step.reason
-        if step.how == "drop":
-            out = out.drop(columns=[col])
+        if step.how in ("keep", "drop"):
+            if step.how == "keep":
+                out[col] = frame[col]
         elif step.how in ("hex", "uid"):
             before = frame[col].astype("str")
             fn = hex_pseudonym if step.how == "hex" else uid_pseudonym
@@ -1047,7 +1048,7 @@ def pseudonymize(
         "cap_age": cap_age,
         "annex_e": "PS3.15 2024b Table E.1-1",
     }
-    result = manifest.with_frame(out).with_step(provenance_step("pseudonymize", options, []))
+    result = manifest.with_frame(pd.DataFrame(out, index=frame.index)).with_step(provenance_step("pseudonymize", options, []))
     mapping = pd.concat(maps, ignore_index=True) if maps else pd.DataFrame(columns=["column", "original", "pseudonym"])
     return PseudonymResult(result, treatments, mapping, path_map, fingerprint)
 
@@ -1107,6 +1108,17 @@ def resolve_paths(manifest: Manifest, path_map: Mapping[str, str]) -> Manifest:
             missing=len(bad),
         )
     return manifest.with_frame(manifest.frame.assign(path=real.astype("str")))
+
+
+def pseudonymised_paths(real_paths: pd.Series, path_map: Mapping[str, str]) -> pd.Series:
+    """Real paths back to their pseudonyms (the inverse of :func:`resolve_paths`), for error tables.
+
+    A command that read files through :func:`resolve_paths` reports failures by path;
+    this keeps those reports free of real paths. A path the map does not know becomes
+    ``<unknown path>``, never itself.
+    """
+    inverse = {real: pseudo for pseudo, real in path_map.items()}
+    return real_paths.astype("str").map(inverse).fillna("<unknown path>").astype("str")
 
 
 # ----------------------------------------------------------------------------- comparing manifests
