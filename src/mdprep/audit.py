@@ -804,11 +804,15 @@ def _required_checks(require: Sequence[str] | None, wanted: Sequence[str]) -> se
 def combine_manifests(manifests: Sequence[Manifest], names: Sequence[str], *, split_col: str = "split") -> pd.DataFrame:
     """One frame from several manifests, each one split named by ``names``.
 
-    Pseudonymised manifests must share their key: ids made with different keys
-    never match, so comparing them would pass for the wrong reason.
+    Pseudonymised manifests must share their key and their number of passes (see
+    :func:`mdprep.pseudonyms.pseudonymization_state`): ids made otherwise never
+    match, so comparing them would pass for the wrong reason (UsageError).
     """
+    from .pseudonyms import check_same_pseudonymization
+
     if len(names) != len(manifests) or len(set(names)) != len(names):
         raise UsageError(f"--names needs {len(manifests)} distinct names, one per manifest")
+    check_same_pseudonymization(manifests, names)
     frames = [m.frame.assign(**{split_col: n}) for m, n in zip(manifests, names)]
     return pd.concat(frames, ignore_index=True, sort=False)
 

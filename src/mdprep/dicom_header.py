@@ -124,6 +124,14 @@ def split_tag_specs(values: Sequence[str | None]) -> list[str]:
 
 
 def _snake(keyword: str) -> str:
+    """The manifest column name of a DICOM keyword.
+
+    A plural acronym stays one word (``OtherPatientIDs`` -> ``other_patient_ids``).
+
+    >>> _snake("OtherPatientIDs"), _snake("SOPInstanceUID"), _snake("PatientBirthName")
+    ('other_patient_ids', 'sop_instance_uid', 'patient_birth_name')
+    """
+    keyword = re.sub(r"(?<=[A-Z])([A-Z])s(?=[A-Z0-9]|$)", lambda m: m.group(1).lower() + "s", keyword)
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", keyword).lower()
 
 

@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import click
 
+from ..errors import UsageError
 from ..manifest import read_manifest, write_manifest
-from ..pseudonyms import DATE_POLICIES, load_key, pseudonymize, write_key_file, write_mapping
+from ..pseudonyms import DATE_POLICIES, PATH_POLICIES, PSEUDONYMISED, load_key, pseudonymize, write_key_file, write_mapping, write_path_map
 from ._ui import echo
 from ._options import comma_list, key_file_option
 
-def summary(result, quiet: bool) -> None:
-    """What was transformed, dropped and kept, with the PS3.15 Annex E handling."""
-    echo(f"Pseudonymised with key fingerprint {result.fingerprint} ({len(result.manifest.frame):,} rows)", quiet)
-    for col, note in result.transformed.items():
-        echo(f"  transformed {col}: {note}", quiet)
-    for col, note in result.dropped.items():
-        echo(f"  dropped {col}: {note}", quiet)
-    if result.kept:
-        echo(f"  kept {', '.join(result.kept)}: Retain Patient Characteristics Option", quiet)
+
+def summary(result, quiet: bool, path_map: str | None = None) -> None:
+    """Every column with its treatment (pseudonymised, shifted, cut to year, dropped, kept, emptied) and why.
+
+    Columns that share a treatment and a reason share a line. Names only, never values.
+    """
+    t = result.treatments
+    echo(f"Pseudonymised with key fingerprint {result.fingerprint} ({len(result.manifest.frame):,} rows, {len(t)} columns)", quiet)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for col, treatment, reason in t[["column", "treatment", "reason"]].itertuples(index=False):
+        groups.setdefault((treatment, reason), []).append(col)
+    for (treatment, reason), cols in groups.items():
+        echo(f"  {treatment:<13} {', '.join(cols)}: {reason}", quiet)
+    paths_done = bool(len(t[(t["column"] == "path") & (t["treatment"] == PSEUDONYMISED)]))
+    if paths_done and not path_map:
+        click.echo(
+            "Note: paths were pseudonymised and no path map was written, so `mdprep hash` and `mdprep train` cannot find "
+            "the files from this manifest; keep the raw manifest private, or pseudonymise it with --path-map FILE "
+            "(or --paths keep)",
+            err=True,
+        )
 
 
 @click.command("keygen")
@@ -39,27 +52,58 @@ def keygen(key_file):
 @click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Pseudonymised manifest to write.")
 @key_file_option
 @click.option("--columns", metavar="COL,...", help="More identifier columns (names ending in 'uid' become UIDs).")
-@click.option("--dates", type=click.Choice(DATE_POLICIES), default="shift", show_default=True, help="Dates: shift per patient (intervals kept), keep the year, or drop.")
+@click.option("--dates", type=click.Choice(DATE_POLICIES), default="shift", show_default=True, help="Every date and date-time: shift per patient (intervals kept), keep the year, or drop.")
+@click.option(
+    "--paths",
+    type=click.Choice(PATH_POLICIES),
+    default="auto",
+    show_default=True,
+    help="Paths: pseudonymise them (auto: when any path spells out an identifier of its row), keep them, or empty them.",
+)
+@click.option("--path-map", "path_map", metavar="FILE.csv", help="Also write pseudonymised path -> real path (0600; never commit it), for hash and train.")
+@click.option("--keep-columns", multiple=True, metavar="COL,...", help="Keep these columns as they are (after checking they identify no one).")
+@click.option("--drop-columns", multiple=True, metavar="COL,...", help="Drop these columns.")
 @click.option("--cap-age/--no-cap-age", default=True, show_default=True, help="Ages over 89 become 90.")
 @click.option("--mapping", "mapping_path", metavar="FILE.csv", help="Also write original-to-pseudonym pairs (0600; never commit it).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary.")
-def pseudonymize_cmd(manifest, output, key_file, columns, dates, cap_age, mapping_path, quiet):
+def pseudonymize_cmd(manifest, output, key_file, columns, dates, paths, path_map, keep_columns, drop_columns, cap_age, mapping_path, quiet):
     """Replace identifiers with keyed pseudonyms so the manifest can be committed.
 
     \b
-    Patient, study and accession ids become keyed hex strings; DICOM UIDs become
-    2.25 UIDs; dates are shifted per patient; direct identifiers are dropped.
+    Patient, study, accession and image ids become keyed hex strings; DICOM UIDs
+    become 2.25 UIDs; paths that spell out an identifier become keyed names; every
+    date moves by one offset per patient; DICOM attributes get their PS3.15 Annex E
+    action; names, record numbers, addresses, telephone numbers and e-mail are
+    dropped; free text is refused until --keep-columns or --drop-columns names it.
     The same key always gives the same pseudonyms, so splits and audits still work.
 
     \b
     Example:
-      MDPREP_PSEUDONYM_KEY=$(cat site.key) mdprep pseudonymize dicom.parquet -o dicom-pseudo.parquet
+      MDPREP_PSEUDONYM_KEY=$(cat site.key) mdprep pseudonymize dicom.parquet -o dicom-pseudo.parquet --path-map private/paths.csv
     """
     key = load_key(key_file)
     m = read_manifest(manifest)
-    result = pseudonymize(m, key, columns=comma_list([columns]) if columns else (), dates=dates, cap_age=cap_age, keep_mapping=bool(mapping_path))
+    if path_map and paths in ("keep", "drop"):
+        raise UsageError(f"--path-map needs pseudonymised paths; with --paths {paths} there is nothing to map")
+    result = pseudonymize(
+        m,
+        key,
+        columns=comma_list([columns]) if columns else (),
+        dates=dates,
+        cap_age=cap_age,
+        keep_mapping=bool(mapping_path),
+        paths=paths,
+        keep_columns=comma_list(keep_columns),
+        drop_columns=comma_list(drop_columns),
+    )
     write_manifest(result.manifest, output)
     if mapping_path:
         write_mapping(result.mapping, mapping_path)
         click.echo(f"Warning: {mapping_path} links pseudonyms back to real ids (permissions 0600); never commit it", err=True)
-    summary(result, quiet)
+    if path_map:
+        if len(result.path_map):
+            write_path_map(result.path_map, path_map)
+            click.echo(f"Warning: {path_map} links pseudonymised paths back to real ones (permissions 0600); never commit it", err=True)
+        else:
+            click.echo(f"Note: no path spells out an identifier, so paths were kept and {path_map} was not written", err=True)
+    summary(result, quiet, path_map=path_map if len(result.path_map) else None)
