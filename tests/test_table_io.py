@@ -277,3 +277,72 @@ def test_cli_reads_a_zip_member_and_records_it(runner, tmp_path):
     assert m.frame["image_id"].tolist() == ["001", "002"] and m.frame["patient_id"].tolist() == ["7", "8"]
     source = m.history[0]["inputs"][0]
     assert source["member"] == "train.csv" and source["size"] == path.stat().st_size
+
+
+# ----------------------------------------------------------------------------- binary data and wide encodings
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+
+
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        (PNG, "a PNG image"),
+        (b"\xff\xd8\xff\xe0" + bytes(200), "a JPEG image"),
+        (bytes(128) + b"DICM" + bytes(100), "a DICOM file"),
+        (b"image_id,patient_id\n\x00\x01\x02\x03,1\n", "binary data"),
+    ],
+)
+def test_binary_files_are_named_not_blamed_on_the_encoding(tmp_path, data, what):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(data)
+    with pytest.raises(InputError, match=f"is not a text table \\(it looks like {what}") as err:
+        read_table(path)
+    assert "latin-1" not in str(err.value) and not isinstance(err.value, EncodingError)
+
+
+def test_a_zip_inside_a_zip_is_named(tmp_path):
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.writestr("labels.csv", "image_id,patient_id\na,1\n")
+    path = _zip(tmp_path / "outer.zip", {"inner.zip": inner.getvalue()})
+    with pytest.raises(InputError, match="it looks like a zip archive inside the archive"):
+        read_table(path)
+
+
+def test_utf16_text_gets_the_encoding_that_reads_it(runner, tmp_path):
+    text = "image_id,patient_id\n001.png,007\n"
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(text.encode("utf-16"))  # with a byte-order mark
+    with pytest.raises(EncodingError, match="UTF-16 byte-order mark: it is UTF-16 text, not utf-8; pass --encoding utf-16$"):
+        read_table(bom)
+    assert read_table(bom, encoding="utf-16").to_pylist() == [{"image_id": "001.png", "patient_id": "007"}]
+    plain = tmp_path / "le.csv"
+    plain.write_bytes(text.encode("utf-16-le"))  # no byte-order mark
+    with pytest.raises(EncodingError, match="UTF-16 text without a byte-order mark .*pass --encoding utf-16-le"):
+        read_table(plain)
+    res = runner.invoke(main, ["ingest", "table", str(plain), "--encoding", "utf-16", "-o", str(tmp_path / "m.parquet")])
+    assert res.exit_code == 2 and res.stderr.strip().splitlines() == [
+        f"Error: {plain} has no byte-order mark, so its utf-16 byte order is unknown; pass --encoding utf-16-le"
+    ]
+    assert read_table(plain, encoding="utf-16-le").num_rows == 1
+
+
+def test_8bit_text_in_another_encoding_than_given_gets_advice_that_fits(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes("image_id,patient_id\na,1\nb,ü\n".encode("utf-16-le")[:-3])  # cut in the middle of a character
+    with pytest.raises(EncodingError) as err:
+        read_table(path, encoding="utf-16-le")
+    assert "or pass --encoding latin-1" not in str(err.value) and "check the file's encoding" in str(err.value)
+
+
+def test_duplicate_names_after_stripping_quote_the_raw_cells(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("image_id,patient_id,a,a \n1,p,x,y\n")
+    with pytest.raises(InputError) as err:
+        read_table(path)
+    assert str(err.value) == (
+        f"{path} has duplicate column names 'a' (the header cells 'a', 'a ' are the same name once the white space "
+        "around names is stripped); rename them"
+    )

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from mdprep.cli import main
-from mdprep.errors import InputError, ManifestValidationError, MissingColumnError, UsageError
+from mdprep.errors import InputError, ManifestValidationError, MdprepWarning, MissingColumnError, UsageError
 from mdprep.ingest import ingest_table
 from mdprep.labels import (
     aggregate_labels,
@@ -27,7 +28,11 @@ from mdprep.labels import (
     parse_label_rules,
 )
 from mdprep.manifest import read_manifest
-from mdprep.synthetic import CHEXPERT_LABELS, write_chexpert_table
+from mdprep.synthetic import CHEXPERT_LABELS, write_chexpert_table, write_mimic_tables, write_nih_table
+
+
+# Box and reader columns that aggregation drops are expected here; tests that check the warning catch it.
+pytestmark = pytest.mark.filterwarnings(r"ignore:column\(s\) .* were dropped:mdprep.errors.MdprepWarning")
 
 
 def _int8(values):
@@ -75,7 +80,8 @@ def test_repeated_images_are_refused_by_default_with_the_hint(vindr):
 
 
 def test_majority_with_readers_votes_once_per_reader(vindr):
-    r = ingest_table(vindr, patient_col="image_id", labels_col="class_name", aggregate="majority", reader_col="rad_id")
+    with pytest.warns(MdprepWarning) as caught:
+        r = ingest_table(vindr, patient_col="image_id", labels_col="class_name", aggregate="majority", reader_col="rad_id")
     f = r.manifest.frame
     assert f["image_id"].tolist() == ["a", "b", "c", "d"]
     a = _labels(r, "a")
@@ -86,7 +92,7 @@ def test_majority_with_readers_votes_once_per_reader(vindr):
     rep = r.report
     assert rep.found == 11 and rep.ingested == 4 and rep.aggregated == 7 and rep.reconciles
     assert any("11 rows aggregated into 4 images" in n for n in rep.notes)
-    dropped = [n for n in rep.notes if "were dropped" in n]
+    dropped = [str(w.message) for w in caught if "were dropped" in str(w.message)]
     assert len(dropped) == 1 and all(c in dropped[0] for c in ("'class_id'", "'rad_id'", "'x_min'", "'y_max'"))
     assert {"class_id", "rad_id", "x_min"}.isdisjoint(f.columns)
 
@@ -141,7 +147,7 @@ def test_constant_columns_are_kept_and_nulls_checked_by_line_before_aggregating(
     r = ingest_table(path, labels_col="label", aggregate="any")
     assert r.manifest.frame["site"].tolist() == ["s1", "s2"] and "box" not in r.manifest.frame.columns
     path.write_text("image_id,patient_id,label\nx,p1,A\nx,,B\n")
-    with pytest.raises(ManifestValidationError, match="lines 3"):
+    with pytest.raises(ManifestValidationError, match="line 3"):
         ingest_table(path, labels_col="label", aggregate="any")
 
 
@@ -255,9 +261,15 @@ def test_blank_negative_on_chexpert_leaves_uncertain_and_unlabeled_rows_alone(tm
 
 def test_blank_specs_errors():
     assert parse_blank_specs("negative") == ("negative", {})
-    for bad in (["maybe"], ["negative", "missing"], ["A=maybe"], ["=negative"], ["A=negative", "A=missing"]):
+    for bad in (["maybe"], ["A=maybe"], ["=negative"]):
         with pytest.raises(UsageError, match="POLICY or LABEL=POLICY"):
             parse_blank_specs(bad)
+    # Valid syntax, contradicting values: said as such.
+    with pytest.raises(UsageError, match=r"--blank was given 2 global policies \('negative', 'missing'\); give one global policy"):
+        parse_blank_specs(["negative", "missing"])
+    with pytest.raises(UsageError, match=r"one label two policies: 'No Finding=negative' and 'nofinding=missing'"):
+        parse_blank_specs(["No Finding=negative", "nofinding=missing"])
+    assert parse_blank_specs(["negative", "negative", "A=missing", "a=missing"]) == ("negative", {"A": "missing"})
 
 
 def test_blank_unknown_label_lists_the_labels(tmp_path):
@@ -468,3 +480,243 @@ def test_cli_label_when_and_col(runner, tmp_path):
     assert res.exit_code == 0, res.stderr
     f = read_manifest(out).frame
     assert f["Pneumonia"].tolist() == [0, 1] and f["split"].tolist() == ["train", "test"]
+
+
+# ----------------------------------------------------------------------------- tester's findings: folds
+
+
+FOLDS = "image_id,patient_id,f\n1,p1,0\n2,p2,1.5\n3,p3,x\n4,p4,-3\n5,p5,99999\n6,p6,\n7,p7,2\n"
+
+
+def test_fold_values_that_are_not_fold_numbers_are_an_error(runner, tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text(FOLDS)
+    with pytest.raises(InputError) as err:
+        ingest_table(path, columns=["fold=f"])
+    msg = str(err.value)
+    assert "column 'f' (read as fold)" in msg and "4 value(s) that are not whole numbers from 0 to 32767" in msg
+    assert "'1.5', 'x', '-3', '99999'" in msg and "lines 3, 4, 5, 6" in msg and err.value.fields["values"][0] == "1.5"
+    plain = tmp_path / "plain.csv"
+    plain.write_text(FOLDS.replace(",f\n", ",fold\n"))
+    with pytest.raises(InputError, match=r"column 'fold' of .* 4 value\(s\) that are not whole numbers"):
+        ingest_table(plain)
+    res = runner.invoke(main, ["ingest", "table", str(plain), "-o", str(tmp_path / "m.parquet")])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("Error: column 'fold'")
+    good = tmp_path / "good.csv"
+    good.write_text("image_id,patient_id,f\n1,p1,0\n2,p2,1.0\n3,p3,\n")
+    f = ingest_table(good, columns=["fold=f"]).manifest.frame
+    assert f["fold"].tolist() == [0, 1, pd.NA] and str(f["fold"].dtype) == "Int16"
+
+
+def test_split_names_given_as_fold_suggest_split(tmp_path):
+    path = tmp_path / "google.csv"
+    path.write_text("image_id,patient_id,Set Id\n1,p1,train\n2,p2,test\n3,p3,val\n")
+    with pytest.raises(InputError) as err:
+        ingest_table(path, columns=["fold=Set Id"])
+    assert "holds names ('train', 'test', 'val'; lines 2, 3, 4)" in str(err.value)
+    assert "use --col 'split=Set Id'" in str(err.value)
+    assert ingest_table(path, columns=["split=Set Id"]).manifest.frame["split"].tolist() == ["train", "test", "val"]
+
+
+# ----------------------------------------------------------------------------- --label-when compares numbers
+
+
+def test_label_when_compares_numbers_when_value_and_column_are_numbers(tmp_path):
+    rsna = tmp_path / "rsna.csv"
+    rsna.write_text("patientId,Target\na,1\nb,0\nc,1\nd,\n")
+    opts = dict(image_col="patientId", patient_col="patientId")
+    for value in ("1", "1.0", " 1.00"):
+        assert ingest_table(rsna, label_when=[f"P:Target=={value}"], **opts).manifest.frame["P"].tolist() == [1, 0, 1, pd.NA]
+    pq_path = tmp_path / "rsna.parquet"
+    pd.DataFrame({"patientId": list("abc"), "Target": [1.0, 0.0, None]}).to_parquet(pq_path)
+    assert ingest_table(pq_path, label_when=["P:Target==1.0"], **opts).manifest.frame["P"].tolist() == [1, 0, pd.NA]
+    # A column that is not all numbers compares text: '-1' is not '-1.0'.
+    siim = tmp_path / "siim.csv"
+    siim.write_text("ImageId, EncodedPixels\na, -1\nb,1 5 9 2\n")
+    r = ingest_table(siim, image_col="ImageId", patient_col="ImageId", label_when=["Ptx:EncodedPixels!=-1"])
+    assert r.manifest.frame["Ptx"].tolist() == [0, 1]
+
+
+def test_label_when_value_found_nowhere_warns_with_the_common_values(runner, tmp_path):
+    path = tmp_path / "rsna.csv"
+    path.write_text("patientId,Target\n" + "".join(f"p{i},{'1' if i % 3 == 0 else '0'}\n" for i in range(9)))
+    opts = dict(image_col="patientId", patient_col="patientId")
+    with pytest.warns(MdprepWarning) as caught:
+        r = ingest_table(path, label_when=["Pneumonia:Target==yes"], **opts)
+    assert r.manifest.frame["Pneumonia"].sum() == 0
+    assert [str(w.message) for w in caught] == [
+        "--label-when 'Pneumonia:Target==yes': no cell of column 'Target' is 'yes', so 'Pneumonia' is 0 in every row "
+        "with a value; the column's most common values are '0' (6 rows), '1' (3 rows)"
+    ]
+    res = runner.invoke(main, ["ingest", "table", str(path), "--image-col", "patientId", "--patient-col", "patientId",
+                               "--label-when", "Pneumonia:Target!=2", "-q", "-o", str(tmp_path / "m.parquet")])
+    assert res.exit_code == 0 and "Warning: --label-when 'Pneumonia:Target!=2': no cell of column 'Target' is '2', so 'Pneumonia' is 1" in res.stderr
+
+
+# ----------------------------------------------------------------------------- label names that clash
+
+
+def test_labels_named_like_manifest_columns_are_refused_and_a_label_map_renames_them(runner, tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("image_id,patient_id,findings,note\n1,p1,path|Mass,x\n2,p2,patient_id,y\n3,p3,note,z\n")
+    with pytest.raises(UsageError) as err:
+        ingest_table(path, labels_col="findings")
+    msg = str(err.value)
+    assert "label(s) 'path', 'patient_id' found in --labels-col 'findings' are names of manifest columns" in msg
+    assert f"label(s) 'note' found in --labels-col 'findings' are names of other columns of {path}" in msg
+    assert "rename them with --label-map" in msg and err.value.fields["names"] == ["path", "patient_id", "note"]
+    rename = tmp_path / "rename.csv"
+    rename.write_text("source,target\npath,Path finding\npatient_id,Patient finding\nnote,Note finding\n")
+    m = ingest_table(path, labels_col="findings", label_map=rename).manifest
+    assert m.labels == ("Mass", "Note finding", "Path finding", "Patient finding") and m.frame["note"].tolist() == ["x", "y", "z"]
+    res = runner.invoke(main, ["ingest", "table", str(path), "--labels-col", "findings", "-o", str(tmp_path / "m.parquet")])
+    assert res.exit_code == 2 and res.stderr.startswith("Error: label(s) 'path', 'patient_id'") and "Traceback" not in res.stderr
+
+
+def test_label_when_names_like_manifest_or_table_columns(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("image_id,patient_id,Target,site\na,1,1,x\na,1,0,x\n")
+    for name in ("path", "source_rows", "fold"):
+        with pytest.raises(UsageError, match=f"--label-when names '{name}', names of manifest columns"):
+            ingest_table(path, label_when=[f"{name}:Target==1"], aggregate="any")
+    with pytest.raises(UsageError, match=f"--label-when names 'site', names of other columns of {path}"):
+        ingest_table(path, label_when=["site:Target==1"], aggregate="any")
+    with pytest.raises(UsageError, match=r"the label map gives labels 'study_id', names of manifest columns"):
+        ingest_table(path, label_when=["P:Target==1"], label_map={"P": "study_id"}, aggregate="any")
+
+
+# ----------------------------------------------------------------------------- identifiers, --sep, metadata
+
+
+def test_white_space_around_identifiers_is_stripped_with_a_warning(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('image_id,patient_id,A\n1.png,p1,1\n2.png, p1,0\n3.png,p1 ,1\n"4.png ",p2,0\n5.png,"  ",1\n')
+    with pytest.warns(MdprepWarning, match=r"removed white space around identifiers: 1 image_id, 1 path, 3 patient_id value\(s\)"):
+        with pytest.raises(ManifestValidationError, match=r"1 row\(s\) have no patient_id \(line 6\)"):
+            ingest_table(path, label_cols=["A"])
+    path.write_text('image_id,patient_id,A\n1.png,p1,1\n2.png, p1,0\n3.png,p1 ,1\n"3.png ",p1,0\n')
+    with pytest.warns(MdprepWarning), pytest.raises(InputError, match=r"1 image id\(s\) .* for example '3.png'"):
+        ingest_table(path, label_cols=["A"])
+    with pytest.warns(MdprepWarning):
+        r = ingest_table(path, label_cols=["A"], aggregate="any")
+    f = r.manifest.frame
+    assert f["image_id"].tolist() == ["1.png", "2.png", "3.png"] and set(f["patient_id"]) == {"p1"}
+
+
+@pytest.mark.parametrize("preset", ["nih", "chexpert", "mimic"])
+def test_sep_is_honoured_and_recorded_by_every_preset(tmp_path, preset):
+    comma, semi = tmp_path / "comma.csv", tmp_path / "semi.txt"
+    extra = {}
+    if preset == "nih":
+        write_nih_table(comma, patients=4)
+    elif preset == "chexpert":
+        write_chexpert_table(comma, patients=4)
+    else:
+        meta = tmp_path / "meta.csv"
+        write_mimic_tables(comma, meta, patients=4)
+        semi_meta = tmp_path / "meta.txt"
+        pd.read_csv(meta, dtype=str).to_csv(semi_meta, sep=";", index=False)
+        extra = {"metadata": semi_meta}
+    pd.read_csv(comma, dtype=str, keep_default_na=False).to_csv(semi, sep=";", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MdprepWarning)
+        want = ingest_table(comma, preset=preset, metadata=tmp_path / "meta.csv" if extra else None).manifest
+        got = ingest_table(semi, preset=preset, sep=";", **extra).manifest
+    assert got.frame.equals(want.frame) and got.labels == want.labels
+    assert got.history[-1]["options"]["sep"] == ";" and want.history[-1]["options"]["sep"] is None
+
+
+def test_unparsed_metadata_is_quoted_and_its_source_kept(runner, tmp_path):
+    path = tmp_path / "headers.csv"
+    path.write_text(
+        "image_id,PatientID,PatientSex,PatientAge,StudyDate,sex_note\n"
+        "a,p1,M,058Y,20200101,x\nb,p2,X,abc,2020-13-45,y\nc,p3,unknown,40,notadate,z\nd,p4,F,,20200102,w\n"
+    )
+    r = ingest_table(path)
+    f, rep = r.manifest.frame, r.report
+    assert rep.invalid_values == {"sex": 1, "age": 1, "study_date": 2}
+    assert rep.invalid_examples == {"sex": ("X",), "age": ("abc",), "study_date": ("2020-13-45", "notadate")}
+    assert f["StudyDate"].tolist() == ["20200101", "2020-13-45", "notadate", "20200102"] and f["study_date"].isna().sum() == 2
+    assert f["PatientSex"].tolist() == ["M", "X", "unknown", "F"] and f["PatientAge"].tolist()[:2] == ["058Y", "abc"]
+    assert any("kept the source column(s) 'PatientSex' (sex), 'PatientAge' (age), 'StudyDate' (study_date)" in n for n in rep.notes)
+    res = runner.invoke(main, ["ingest", "table", str(path), "-q", "-o", str(tmp_path / "m.parquet")])
+    assert res.exit_code == 0
+    assert res.stderr.splitlines() == [
+        "Warning: 1 value(s) of 'sex' did not parse and were stored as null: 'X'",
+        "Warning: 1 value(s) of 'age' did not parse and were stored as null: 'abc'",
+        "Warning: 2 value(s) of 'study_date' did not parse and were stored as null: '2020-13-45', 'notadate'",
+    ]
+    # Values that all parse leave no source column behind.
+    path.write_text("image_id,PatientID,StudyDate\na,p1,20200101\n")
+    assert "StudyDate" not in ingest_table(path).manifest.frame.columns
+
+
+# ----------------------------------------------------------------------------- list cells, label maps, Parquet rows
+
+
+def test_malformed_list_cells_are_an_error_listing_them(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "image_id,patient_id,f\n1,p1,\"['A', 'B'\"\n2,p2,\"[['A']]\"\n3,p3,\"[1, 2]\"\n4,p4,A| |B|\n"
+        "5,p5,\"{'A': 1}\"\n6,p6,\"[\"\"A\"\", \"\"b\"\"]\"\n7,p7,\"[C, D]\"\n"
+    )
+    with pytest.raises(InputError) as err:
+        ingest_table(path, labels_col="f")
+    assert str(err.value) == (
+        f"3 cell(s) of 'f' in {path} start with '[' or '{{' but are not a flat list of names: \"['A', 'B'\", \"[['A']]\", "
+        "\"{'A': 1}\" (lines 2, 3, 6); write each as a list such as ['A', 'B'] or as A|B"
+    )
+    pq_path = tmp_path / "t.parquet"
+    pd.DataFrame({"image_id": ["1", "2"], "patient_id": ["p", "q"], "f": ["['A']", "[['A']]"]}).to_parquet(pq_path)
+    with pytest.raises(InputError, match=r"\(row 2, counting from 1\)"):
+        ingest_table(pq_path, labels_col="f")
+    good = tmp_path / "good.csv"
+    good.write_text("image_id,patient_id,f\n3,p3,\"[1, 2]\"\n4,p4,A| |B|\n6,p6,\"[\"\"A\"\", \"\"b\"\"]\"\n7,p7,\"[C, D]\"\n")
+    m = ingest_table(good, labels_col="f").manifest
+    assert m.labels == ("1", "2", "A", "B", "C", "D", "b")
+    with pytest.raises(UsageError, match="--labels-sep is empty"):
+        ingest_table(good, labels_col="f", labels_sep="")
+
+
+def test_label_map_file_errors_name_the_file(tmp_path):
+    latin = tmp_path / "map.csv"
+    latin.write_bytes("source,target\nEffusion,Épanchement\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"line 2 of label map .*map.csv is not valid UTF-8 \(byte 0xc9\); save the file as UTF-8"):
+        load_label_map(latin)
+    js = tmp_path / "map.json"
+    js.write_bytes('{\n "Effusion": "Épanchement"}'.encode("latin-1"))
+    with pytest.raises(InputError, match="line 2 of label map .*map.json is not valid UTF-8"):
+        load_label_map(js)
+    with pytest.raises(InputError, match="is a folder; give a CSV"):
+        load_label_map(tmp_path)
+
+
+def test_missing_patient_in_parquet_is_reported_by_row(tmp_path):
+    path = tmp_path / "t.parquet"
+    pd.DataFrame({"image_id": ["a", "b", "c"], "patient_id": ["1", "2", None]}).to_parquet(path)
+    with pytest.raises(ManifestValidationError, match=r"1 row\(s\) have no patient_id \(row 3, counting from 1\)"):
+        ingest_table(path)
+
+
+def test_blank_policies_that_meet_through_the_label_map(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("image_id,patient_id,Effusion,Mass\na,1,1,\nb,2,,1\n")
+    with pytest.raises(UsageError, match="--blank gives label 'Pleural Effusion' two policies: Effusion=negative and pleural effusion=missing"):
+        ingest_table(path, label_cols=["Effusion", "Mass"], label_map="cxr", blank=["Effusion=negative", "pleural effusion=missing"])
+
+
+# ----------------------------------------------------------------------------- --quiet
+
+
+def test_quiet_keeps_warnings_and_aggregation_but_not_notes(runner, vindr, tmp_path):
+    out = tmp_path / "m.parquet"
+    args = ["ingest", "table", str(vindr), "--patient-col", "image_id", "--labels-col", "class_name", "--aggregate", "any", "-o", str(out)]
+    loud = runner.invoke(main, args)
+    assert loud.exit_code == 0 and "Note: 11 rows aggregated into 4 images" in loud.stderr and "Wrote" in loud.stderr
+    quiet = runner.invoke(main, args + ["-q"])
+    assert quiet.exit_code == 0
+    assert quiet.stderr.splitlines() == [
+        "Warning: column(s) 'class_id', 'rad_id', 'x_min', 'y_min', 'x_max', 'y_max' differ between rows of one image "
+        "(readers, boxes, masks) and were dropped",
+        "11 found = 4 ingested + 0 skipped + 0 failed + 7 aggregated",
+    ]

@@ -122,8 +122,30 @@ class Violation:
         return self.message
 
 
+#: Violations a message lists; the others are counted, with their columns.
+MAX_LISTED_VIOLATIONS = 10
+
+
+def more_violations_text(violations: Sequence[Violation]) -> str:
+    """``... and N more rules broken (columns 'a', 'b', ...)`` for the violations a message leaves out, or ``""``.
+
+    >>> more_violations_text([Violation("bad_label_value", f"L{i}", 1) for i in range(12)])
+    "... and 2 more rules broken (columns 'L10', 'L11')"
+    """
+    rest = list(violations)[MAX_LISTED_VIOLATIONS:]
+    if not rest:
+        return ""
+    columns = list(dict.fromkeys(v.column for v in rest if v.column))
+    where = f" (columns {examples_text(columns, len(columns), limit=10)})" if columns else ""
+    return f"... and {len(rest)} more rule{'s' if len(rest) != 1 else ''} broken{where}"
+
+
 class ManifestValidationError(MdprepError):
-    """The manifest breaks its contract; ``violations`` lists every broken rule."""
+    """The manifest breaks its contract; ``violations`` lists every broken rule.
+
+    The message lists the first :data:`MAX_LISTED_VIOLATIONS` and counts the rest;
+    ``violations`` holds them all.
+    """
 
     code = "invalid_manifest"
 
@@ -132,7 +154,9 @@ class ManifestValidationError(MdprepError):
         where = f"{path}: " if path else ""
         n = len(self.violations)
         head = f"{where}the manifest breaks {n} rule{'s' if n != 1 else ''} of the contract (docs/manifest.md)"
-        body = "; ".join(v.describe() for v in self.violations)
+        listed = [v.describe() for v in self.violations[:MAX_LISTED_VIOLATIONS]]
+        more = more_violations_text(self.violations)
+        body = "; ".join(listed + ([more] if more else []))
         super().__init__(f"{head}: {body}", path=path, violations=self.violations)
         self.path = path
 

@@ -11,14 +11,15 @@ import ast
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, ManifestValidationError, MissingColumnError, UsageError, Violation, examples_text
-from .manifest import NEGATIVE, POSITIVE, UNCERTAIN, label_value_violation
+from .errors import InputError, ManifestValidationError, MdprepWarning, MissingColumnError, UsageError, Violation, examples_text, short_repr
+from .manifest import LABEL_VALUES, NEGATIVE, POSITIVE, UNCERTAIN
 
 #: What ``--uncertain`` may say, and what it does to -1.
 UNCERTAIN_POLICIES = {
@@ -43,12 +44,42 @@ AGGREGATE_POLICIES = {
 _NULL_TEXTS = frozenset({"nan", "None"})
 
 
+class MalformedListError(ValueError):
+    """A label-list cell that opens a list literal (``[`` or ``{``) but is not a flat list of names."""
+
+
+def rows_text(positions: Sequence[int], total: int, first_line: int | None = None) -> str:
+    """Where rows are, for messages: ``lines 3, 5`` in a text table, ``rows 2, 4, counting from 1`` otherwise.
+
+    ``positions`` are 0-based row positions; ``first_line`` is the line of the first row
+    (2 below a one-line header) or None when the table has no lines (Parquet).
+
+    >>> rows_text([1, 3], 2, first_line=2), rows_text([1, 3], 2)
+    ('lines 3, 5', 'rows 2, 4, counting from 1')
+    """
+    if first_line is None:
+        shown = [int(p) + 1 for p in positions]
+        return f"row{'s' if total > 1 else ''} {examples_text(shown, total)}, counting from 1"
+    shown = [int(p) + first_line for p in positions]
+    return f"line{'s' if total > 1 else ''} {examples_text(shown, total)}"
+
+
+def _scalar(item: object) -> bool:
+    return item is None or isinstance(item, (str, int, float, bool))
+
+
 def parse_label_list(text: str, sep: str = "|") -> list[str]:
     """Split one cell of a label-list column into label names.
 
-    A cell written as a JSON or Python list literal (``['a', 'b']``) is parsed as
-    one; otherwise it is split on ``sep``. Entries are stripped of white space and
-    empty entries dropped.
+    A cell that starts with ``[`` is read as a JSON or Python list literal
+    (``['a', 'b']``); one whose literal does not parse but that ends with ``]`` and
+    holds no other bracket is split on commas (``[a, b]``). Otherwise the cell is
+    split on ``sep``. Entries are stripped of white space; empty entries and
+    ``None`` are dropped.
+
+    Raises :class:`MalformedListError` for a cell that starts with ``[`` or ``{`` but
+    is not a flat list of names: an unclosed list (``['a', 'b'``), a nested list
+    (``[['a']]``), a dict or a set.
 
     Examples
     --------
@@ -60,29 +91,43 @@ def parse_label_list(text: str, sep: str = "|") -> list[str]:
     []
     >>> parse_label_list("nan")
     []
+    >>> parse_label_list("[['Mass']]")
+    Traceback (most recent call last):
+    ...
+    mdprep.labels.MalformedListError: a nested list
     """
     s = text.strip()
     if s in _NULL_TEXTS:
         return []
     items: Iterable
-    if len(s) >= 2 and s[0] == "[" and s[-1] == "]":
+    if s[:1] in ("[", "{"):
         try:
             items = json.loads(s)
         except ValueError:
             try:
                 items = ast.literal_eval(s)
-            except (ValueError, SyntaxError):
-                items = s[1:-1].split(",")
-                items = [i.strip().strip("'\"") for i in items]
-        if isinstance(items, str) or not isinstance(items, (list, tuple)):
-            items = [items]
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                inner = s[1:-1]
+                if s[0] != "[" or s[-1] != "]" or any(c in inner for c in "[]{}"):
+                    raise MalformedListError("not a list literal (is a bracket or quote not closed?)") from None
+                items = [i.strip().strip("'\"") for i in inner.split(",")]
+        if not isinstance(items, (list, tuple)):
+            raise MalformedListError(f"a {type(items).__name__}, not a list")
+        if not all(_scalar(i) for i in items):
+            raise MalformedListError("a nested list" if any(isinstance(i, (list, tuple)) for i in items) else "a list of non-names")
     else:
         items = s.split(sep) if sep else [s]
-    return [str(i).strip() for i in items if str(i).strip()]
+    return [str(i).strip() for i in items if i is not None and str(i).strip()]
 
 
 def labels_from_lists(
-    values: pd.Series, *, sep: str = "|", known: Sequence[str] = ()
+    values: pd.Series,
+    *,
+    sep: str = "|",
+    known: Sequence[str] = (),
+    column: str | None = None,
+    path: str | None = None,
+    first_line: int | None = None,
 ) -> tuple[pd.DataFrame, list[str], int]:
     """One-hot label columns from a column of label lists.
 
@@ -100,10 +145,19 @@ def labels_from_lists(
     known : sequence of str
         Labels that get a column even when absent, in this order; labels found
         that are not known follow in sorted order.
+    column, path, first_line
+        For messages: the column's name, the table, and the line of the first row
+        (None for a table without lines, such as Parquet: rows are then counted).
 
     Returns
     -------
     (frame, labels, unlabeled_rows)
+
+    Raises
+    ------
+    InputError
+        Cells that start with ``[`` or ``{`` but are not flat lists (see
+        :func:`parse_label_list`), all of them counted, a few quoted with their lines.
 
     Examples
     --------
@@ -112,7 +166,29 @@ def labels_from_lists(
     (['A', 'B'], [1, 0, <NA>], 1)
     """
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    parsed = [parse_label_list(str(u), sep) for u in uniques]
+    parsed: list[list[str]] = []
+    malformed: dict[int, str] = {}
+    for u, cell in enumerate(uniques):
+        try:
+            parsed.append(parse_label_list(str(cell), sep))
+        except MalformedListError as exc:
+            malformed[u] = str(exc)
+            parsed.append([])
+    if malformed:
+        bad_rows = np.flatnonzero(np.isin(codes, list(malformed)))
+        cells = [str(uniques[u]) for u in malformed]
+        where = f" in {path}" if path else ""
+        name = f"{column!r}" if column else "the label list column"
+        raise InputError(
+            f"{len(bad_rows)} cell(s) of {name}{where} start with '[' or '{{' but are not a flat list of names: "
+            f"{examples_text(cells, len(cells))} ({rows_text(bad_rows[:5], len(bad_rows), first_line)}); "
+            f"write each as a list such as ['A', 'B'] or as A{sep}B",
+            path=path,
+            column=column,
+            cells=cells[:20],
+            reasons=[malformed[u] for u in list(malformed)[:20]],
+            rows=bad_rows[:20].tolist(),
+        )
     found = sorted({name for items in parsed for name in items} - set(known))
     names = list(known) + found
     index = {n: i for i, n in enumerate(names)}
@@ -141,8 +217,9 @@ def coerce_label_values(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataF
     """Turn one-hot label columns into ``Int8`` with values 1/0/-1/null.
 
     Accepts numbers (``1``, ``1.0``, ``-1``), their text forms, booleans and blanks.
-    Collects every bad value of every column, then raises one
-    :class:`~mdprep.errors.ManifestValidationError` naming them all.
+    Collects every bad value of every column, text that is not a number and numbers
+    outside {1, 0, -1} alike, then raises one
+    :class:`~mdprep.errors.ManifestValidationError` with one violation per column.
 
     >>> coerce_label_values(pd.DataFrame({"A": ["1.0", "", "-1"]}), ["A"])["A"].tolist()
     [1, <NA>, -1]
@@ -151,9 +228,9 @@ def coerce_label_values(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataF
     violations: list[Violation] = []
     for col in columns:
         s = frame[col]
-        if pd.api.types.is_bool_dtype(s):
-            numeric = s.astype("Float64")
-        elif pd.api.types.is_numeric_dtype(s):
+        unparsed_values: list = []
+        n_unparsed = 0
+        if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
             numeric = s.astype("Float64")
         else:
             text = s.astype("str").str.strip()
@@ -162,23 +239,28 @@ def coerce_label_values(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataF
             numeric = numeric.mask(lower.isin(_TRUE), 1.0).mask(lower.isin(_FALSE), 0.0)
             blank = text.isna() | (text == "")
             unparsed = numeric.isna() & ~blank
-            if unparsed.any():
-                bad = pd.unique(text[unparsed])
-                violations.append(
-                    Violation(
-                        "bad_label_value",
-                        col,
-                        int(unparsed.sum()),
-                        tuple(bad[:5]),
-                        f"label column {col!r} has {int(unparsed.sum())} value(s) that are not numbers: "
-                        f"{examples_text(list(bad), len(bad))}",
-                    )
-                )
-                continue
+            n_unparsed = int(unparsed.sum())
+            unparsed_values = list(pd.unique(text[unparsed]))
         arr = numeric.to_numpy(dtype="float64", na_value=np.nan)
-        violation = label_value_violation(col, arr)
-        if violation:
-            violations.append(violation)
+        outside = ~np.isnan(arr) & ~np.isin(arr, LABEL_VALUES)
+        n_outside = int(outside.sum())
+        if n_unparsed or n_outside:
+            distinct = pd.unique(arr[outside])
+            numbers = [int(v) if float(v).is_integer() else float(v) for v in distinct]
+            parts = []
+            if n_unparsed:
+                parts.append(f"{n_unparsed} that are not numbers: {examples_text(unparsed_values, len(unparsed_values), limit=3)}")
+            if n_outside:
+                parts.append(f"{n_outside} outside {{1, 0, -1, null}}: {examples_text(numbers, len(numbers), limit=3)}")
+            violations.append(
+                Violation(
+                    "bad_label_value",
+                    col,
+                    n_unparsed + n_outside,
+                    tuple((unparsed_values + numbers)[:5]),
+                    f"label column {col!r} has {n_unparsed + n_outside} bad value(s), {'; '.join(parts)}",
+                )
+            )
             continue
         nan = np.isnan(arr)
         out[col] = pd.Series(pd.arrays.IntegerArray(np.where(nan, 0, arr).astype(np.int8), nan), index=frame.index)
@@ -220,9 +302,12 @@ def parse_blank_specs(specs: str | Sequence[str] | None) -> tuple[str, dict[str,
     """The global blank policy and the per-label ones, from ``--blank`` values.
 
     Each spec is a policy (``negative``) or ``LABEL=POLICY``. A per-label policy wins
-    over the global one; without a global one it is ``missing``.
+    over the global one; without a global one it is ``missing``. Giving a spec twice
+    is harmless.
 
-    Raises :class:`~mdprep.errors.UsageError` quoting every bad spec.
+    Raises :class:`~mdprep.errors.UsageError` quoting every malformed spec; for two
+    different global policies; and for two policies of one label (names compared
+    as :func:`label_key` does, ignoring case, spaces and underscores).
 
     >>> parse_blank_specs(["negative", "No Finding=missing"])
     ('negative', {'No Finding': 'missing'})
@@ -230,29 +315,42 @@ def parse_blank_specs(specs: str | Sequence[str] | None) -> tuple[str, dict[str,
     ('missing', {})
     """
     specs = [specs] if isinstance(specs, str) else list(specs or ())
-    default: str | None = None
-    per_label: dict[str, str] = {}
+    global_specs: list[tuple[str, str]] = []
+    per_label: dict[str, tuple[str, str, str]] = {}  # label_key -> (name, policy, spec)
     bad: list[str] = []
+    conflicts: list[str] = []
     for spec in specs:
         name, eq, policy = spec.rpartition("=")
         name, policy = name.strip(), policy.strip().lower()
         if policy not in BLANK_POLICIES or (eq and not name):
             bad.append(spec)
         elif not eq:
-            if default is not None and default != policy:
-                bad.append(spec)
-            default = policy
-        elif per_label.get(name, policy) != policy:
-            bad.append(spec)
+            global_specs.append((spec, policy))
         else:
-            per_label[name] = policy
+            first = per_label.setdefault(label_key(name), (name, policy, spec))
+            if first[1] != policy:
+                conflicts.append(f"{first[2]!r} and {spec!r}")
     if bad:
         raise UsageError(
-            f"--blank {examples_text(bad, len(bad))}: write POLICY or LABEL=POLICY, once per label, with POLICY one of "
+            f"--blank {examples_text(bad, len(bad))}: write POLICY or LABEL=POLICY with POLICY one of "
             f"{', '.join(BLANK_POLICIES)} (for example --blank negative --blank 'No Finding=missing')",
             specs=bad,
         )
-    return default or "missing", per_label
+    policies = list(dict.fromkeys(p for _, p in global_specs))
+    if len(policies) > 1:
+        given = [s for s, _ in global_specs]
+        raise UsageError(
+            f"--blank was given {len(policies)} global policies ({examples_text(given, len(given))}); give one global "
+            "policy, and LABEL=POLICY for the labels that differ (for example --blank negative --blank 'No Finding=missing')",
+            specs=given,
+        )
+    if conflicts:
+        raise UsageError(
+            f"--blank gives one label two policies: {'; '.join(conflicts[:5])} (label names match ignoring case, spaces "
+            "and underscores); give each label one policy",
+            conflicts=conflicts,
+        )
+    return (policies[0] if policies else "missing"), {name: policy for name, policy, _ in per_label.values()}
 
 
 def apply_blank_policy(
@@ -296,7 +394,8 @@ _RULE = re.compile(r"^\s*(?P<name>[^:]*?)\s*:\s*(?P<column>.*?)\s*(?P<op>==|!=)\
 class LabelRule:
     """A derived binary label: ``name`` is 1 when ``column`` is (``==``) or is not (``!=``) ``value``.
 
-    Cells are compared as stripped text; a blank cell gives null.
+    Cells are compared as numbers when ``value`` and every non-blank cell are numbers,
+    else as stripped text; a blank cell gives null (see :func:`derive_labels`).
     """
 
     name: str
@@ -350,17 +449,34 @@ def find_column(columns: Sequence[str], name: str) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
+def _number(text: str) -> float | None:
+    """``text`` as a finite number, or None."""
+    value = pd.to_numeric(pd.Series([text.strip()]), errors="coerce").iloc[0]
+    return float(value) if pd.notna(value) and np.isfinite(value) else None
+
+
 def derive_labels(source: pd.DataFrame, rules: Sequence[LabelRule], *, path: str | None = None) -> pd.DataFrame:
     """Binary ``Int8`` label columns computed from ``source`` by ``rules`` (see :class:`LabelRule`).
 
-    Text cells are stripped before comparing (SIIM's ``' -1'`` equals ``-1``); a
-    numeric column compares numerically when the value is a number. A blank cell
-    gives null. Raises :class:`~mdprep.errors.MissingColumnError` naming every
-    column that is not in ``source``.
+    A rule compares numbers when its value is a number and every non-blank cell of
+    the column is one (a numeric column, or text such as RSNA's ``0``/``1``), so
+    ``1``, ``1.0`` and ``"1.0"`` are equal. Otherwise it compares text, cells
+    stripped of surrounding white space (SIIM's ``' -1'`` equals ``-1``). A blank
+    cell gives null.
 
-    >>> src = pd.DataFrame({"px": [" -1", "1 5", None]})
+    A value that no cell of the column has makes a label that is the same in every
+    row: almost always a typo. It is kept, with a
+    :class:`~mdprep.errors.MdprepWarning` quoting the value and the column's most
+    common values.
+
+    Raises :class:`~mdprep.errors.MissingColumnError` naming every column that is
+    not in ``source``.
+
+    >>> src = pd.DataFrame({"px": [" -1", "1 5", None], "t": ["1", "0", "1"]})
     >>> derive_labels(src, parse_label_rules("Ptx:px!=-1"))["Ptx"].tolist()
     [0, 1, <NA>]
+    >>> derive_labels(src, parse_label_rules("P:t==1.0"))["P"].tolist()
+    [1, 0, 1]
     """
     present = list(source.columns)
     found = {r.column: find_column(present, r.column) for r in rules}
@@ -369,20 +485,38 @@ def derive_labels(source: pd.DataFrame, rules: Sequence[LabelRule], *, path: str
         raise MissingColumnError(missing, present, path=path, hint=f"--label-when {LABEL_WHEN_SYNTAX} names a column of the table")
     out: dict[str, pd.Series] = {}
     for rule in rules:
-        s = source[found[rule.column]]
-        number = pd.to_numeric(pd.Series([rule.value]), errors="coerce").iloc[0]
-        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) and pd.notna(number):
-            blank = s.isna()
-            equal = s == number
-        else:
-            text = s.astype("str").str.strip()
-            blank = text.isna() | (text == "")
-            equal = text == rule.value
-        hit = equal.fillna(False).to_numpy(dtype=bool)
-        if rule.op == "!=":
-            hit = ~hit
-        out[rule.name] = pd.Series(pd.arrays.IntegerArray(hit.astype(np.int8), blank.to_numpy(dtype=bool)), index=source.index)
+        column = found[rule.column]
+        s = source[column]
+        if pd.api.types.is_bool_dtype(s):
+            s = s.astype("str").where(s.notna())
+        # Each distinct cell is read once: as stripped text, and as a number where it is one.
+        codes, uniques = pd.factorize(s, use_na_sentinel=True)
+        texts = pd.Series([str(u).strip() for u in uniques], dtype="object")
+        numbers = pd.to_numeric(texts, errors="coerce").to_numpy(dtype="float64") if len(texts) else np.empty(0)
+        blank_unique = (texts == "").to_numpy()
+        value = _number(rule.value)
+        numeric = value is not None and bool(np.isfinite(numbers[~blank_unique]).all())
+        equal_unique = numbers == value if numeric else (texts == rule.value.strip()).to_numpy()
+        blank = (codes == -1) | np.append(blank_unique, True)[codes]
+        equal = np.append(equal_unique, False)[codes] & ~blank
+        if not equal.any() and not blank.all():
+            _warn_value_not_found(rule, column, texts[~blank_unique], np.bincount(codes[codes >= 0], minlength=len(uniques))[~blank_unique])
+        hit = ~equal if rule.op == "!=" else equal
+        out[rule.name] = pd.Series(pd.arrays.IntegerArray(hit.astype(np.int8), blank), index=source.index)
     return pd.DataFrame(out, index=source.index)
+
+
+def _warn_value_not_found(rule: LabelRule, column: str, texts: pd.Series, counts: np.ndarray) -> None:
+    order = np.argsort(-counts, kind="stable")[:5]
+    common = ", ".join(f"{short_repr(texts.iloc[i])} ({int(counts[i]):,} row{'s' if counts[i] != 1 else ''})" for i in order)
+    more = f" and {len(texts) - 5:,} other values" if len(texts) > 5 else ""
+    constant = 1 if rule.op == "!=" else 0
+    warnings.warn(
+        f"--label-when '{rule}': no cell of column {column!r} is {short_repr(rule.value)}, so {rule.name!r} is {constant} "
+        f"in every row with a value; the column's most common values are {common}{more}",
+        MdprepWarning,
+        stacklevel=3,
+    )
 
 
 # ----------------------------------------------------------------------------- label names
@@ -484,13 +618,28 @@ def load_label_map(spec: str | os.PathLike | Mapping[str, str]) -> dict[str, str
 def _read_label_map_file(path: str) -> list[tuple[str, str]]:
     import csv
 
+    if os.path.isdir(path):
+        raise InputError(f"label map {path!r} is a folder; give a CSV (source,target) or JSON file, or one of: {', '.join(BUILTIN_LABEL_MAPS)}", path=path)
     if not os.path.isfile(path):
         raise InputError(
             f"label map {path!r} does not exist; give a CSV (source,target) or JSON file, or one of: {', '.join(BUILTIN_LABEL_MAPS)}",
             path=path,
         )
-    with open(path, encoding="utf-8-sig") as fh:
-        text = fh.read()
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise InputError(f"cannot read label map {path}: {exc}", path=path) from exc
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"line {line} of label map {path} is not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8 "
+            "(for example `iconv -f latin1 -t utf-8`)",
+            path=path,
+            line=line,
+        ) from None
     if path.lower().endswith(".json") or text.lstrip().startswith("{"):
         try:
             obj = json.loads(text)
@@ -637,9 +786,10 @@ def aggregate_labels(
     """Label votes of several rows per image combined into one row per image.
 
     ``images`` gives each row's image (0 .. n_images-1). With ``readers`` (one code per
-    row, -1 for a blank reader, which counts as one reader of its own), the rows of
-    one reader for one image are first combined with ``any``; the readers then vote
-    by ``policy`` (see :func:`combine_votes`). Without, each row is one vote.
+    row, -1 for a blank reader), the rows of one reader for one image are first
+    combined with ``any``; the readers then vote by ``policy`` (see
+    :func:`combine_votes`). All the rows of one image with a blank reader count
+    together as one reader. Without ``readers``, each row is one vote.
 
     >>> v = pd.DataFrame({"A": pd.array([1, 0, 0, 0], dtype="Int8")})
     >>> aggregate_labels(v, np.zeros(4, int), 1, "majority", readers=np.array([0, 0, 1, 2]))["A"].tolist()

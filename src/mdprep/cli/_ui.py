@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..errors import ManifestValidationError, MdprepError, MdprepWarning
+from ..errors import MAX_LISTED_VIOLATIONS, ManifestValidationError, MdprepError, MdprepWarning, more_violations_text
 
 #: Exit codes, decided here and nowhere else (docs/getting-started.md#exit-codes):
 #: 0 success, 1 a check ran and failed, 2 bad input, usage or environment,
@@ -48,7 +48,10 @@ def _error_text(error: MdprepError) -> str:
         # The summary, then every violation on a line of its own.
         where = f"{error.path}: " if error.path else ""
         lines = [f"{where}the manifest breaks {len(error.violations)} rules of the contract (docs/manifest.md):"]
-        lines += [f"  - {v.message}" for v in error.violations]
+        lines += [f"  - {v.message}" for v in error.violations[:MAX_LISTED_VIOLATIONS]]
+        more = more_violations_text(error.violations)
+        if more:
+            lines.append(f"  {more}")
         return "\n".join(lines)
     return error.message
 

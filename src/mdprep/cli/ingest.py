@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from ..dicom_header import MISSING_PATIENT_POLICIES, split_tag_specs
-from ..errors import InputError
+from ..errors import InputError, examples_text
 from ..ingest import PRESETS, IngestResult, ingest_dicom, ingest_images, ingest_table, write_errors
 from ..labels import AGGREGATE_POLICIES, BLANK_POLICIES, LABEL_WHEN_SYNTAX, UNCERTAIN_POLICIES
 from ..manifest import summarize, write_manifest
@@ -56,12 +56,17 @@ def _write_outputs(result: IngestResult, output: str, errors_path: str | None) -
 
 
 def render_summary(result: IngestResult, output: str, errors_path: str | None, quiet: bool) -> None:
-    """Rows, patients, images per patient, reconciled counts, label prevalence, warnings."""
+    """Rows, patients, images per patient, reconciled counts, label prevalence, warnings and notes.
+
+    ``quiet`` keeps what reports lost or changed data: the reconciled counts when an
+    input was skipped, failed or aggregated into another row, and the warnings. Notes
+    (informational) and the summary tables are left out.
+    """
     rep = result.report
     s = summarize(result.manifest)
-    # What was not ingested is reported even with --quiet: nothing is lost silently.
+    # What was not ingested as a row of its own is reported even with --quiet: nothing is lost silently.
     lost = bool(rep.skipped or rep.failed)
-    if lost or not quiet:
+    if lost or rep.aggregated or not quiet:
         line = f"{rep.found} found = {rep.ingested} ingested + {rep.skipped} skipped + {rep.failed} failed"
         if rep.aggregated:
             line += f" + {rep.aggregated} aggregated"
@@ -73,13 +78,15 @@ def render_summary(result: IngestResult, output: str, errors_path: str | None, q
         hint = f"listed in {errors_path}" if errors_path else "pass --errors FILE to list them"
         click.echo(f"Not ingested: {reasons} ({hint})", err=True)
     for column, n in rep.invalid_values.items():
-        click.echo(f"Warning: {n} value(s) of {column!r} did not parse and were stored as null", err=True)
+        bad = rep.invalid_examples.get(column, ())
+        shown = f": {examples_text(bad, len(bad))}" if bad else ""
+        click.echo(f"Warning: {n} value(s) of {column!r} did not parse and were stored as null{shown}", err=True)
     if rep.unlabeled:
         click.echo(f"Warning: {rep.unlabeled} row(s) have no label at all; kept with null labels", err=True)
-    for note in rep.notes:
-        click.echo(f"Note: {note}", err=True)
     if quiet:
         return
+    for note in rep.notes:
+        click.echo(f"Note: {note}", err=True)
     table = Table(title=f"Wrote {output}", title_justify="left", show_header=False, box=None)
     table.add_row("rows", f"{s.rows:,}")
     table.add_row("patients", f"{s.patients:,}")
@@ -98,7 +105,7 @@ def render_summary(result: IngestResult, output: str, errors_path: str | None, q
 
 
 _output = click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write (atomically); '-' for stdout.")
-_quiet = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary on stderr.")
+_quiet = click.option("-q", "--quiet", is_flag=True, help="No progress bars, summary or notes on stderr (warnings and errors stay).")
 _workers = click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes reading files [default: all cores].")
 _errors = click.option(
     "--errors", "errors_path", metavar="FILE", help="Write every file that gave no row (path, outcome, error type, message); .csv or .parquet."
@@ -223,7 +230,7 @@ def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_p
     "label_when",
     multiple=True,
     metavar="NAME:COLUMN==VALUE",
-    help=f"A binary label from a column: {LABEL_WHEN_SYNTAX}, compared as stripped text; a blank cell gives null. Repeatable.",
+    help=f"A binary label from a column: {LABEL_WHEN_SYNTAX}, compared as numbers when VALUE and the column are numbers, else as stripped text; a blank cell gives null. Repeatable.",
 )
 @click.option(
     "--blank",

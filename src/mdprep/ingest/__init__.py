@@ -50,6 +50,8 @@ class IngestReport:
         ``"outcome:error_type"`` -> count, for skipped and failed inputs.
     notes : tuple of str
         Anything else the user must know (joined rows that found no partner, ...).
+    invalid_examples : dict
+        Column -> a few distinct values (as text) counted in ``invalid_values``, for messages.
     """
 
     found: int
@@ -62,6 +64,7 @@ class IngestReport:
     invalid_values: Mapping[str, int] = field(default_factory=dict)
     reasons: Mapping[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    invalid_examples: Mapping[str, tuple] = field(default_factory=dict)
 
     @property
     def reconciles(self) -> bool:

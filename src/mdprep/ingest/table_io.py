@@ -63,6 +63,26 @@ _PARQUET_MAGIC = b"PAR1"
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 #: Errors of reading and decompressing bytes (not of parsing them).
 _READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, RuntimeError, NotImplementedError)
+#: Bytes looked at to tell text from binary data.
+_SNIFF_SIZE = 1024
+#: (magic bytes, what they are) of files that are sometimes given in place of a table.
+_BINARY_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"PK\x03\x04", "a zip archive inside the archive or compressed file"),
+    (b"%PDF", "a PDF document"),
+    (b"PAR1", "a Parquet file inside compression (Parquet is read as it is, or from a zip archive)"),
+)
+#: Byte-order marks of the encodings wider than one byte, longest first.
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 # ----------------------------------------------------------------------------- identifiers
 
@@ -231,6 +251,81 @@ def _text_encoding(encoding: str) -> codecs.CodecInfo:
     return info
 
 
+def _head(src: _Source) -> bytes | None:
+    """The first bytes of the (decompressed) table, or None when they cannot be read here."""
+    try:
+        with _open(src) as stream:
+            return bytes(stream.read(_SNIFF_SIZE))
+    except (pa.ArrowException, *_READ_ERRORS):
+        return None  # reported by the reader with its context
+
+
+def _utf16_without_bom(head: bytes) -> str | None:
+    """``utf-16-le`` or ``utf-16-be`` when ``head`` looks like ASCII text in that encoding, else None."""
+    even, odd = head[0::2], head[1::2]
+    if len(head) < 4:
+        return None
+    if odd.count(0) >= 0.9 * len(odd) and not even.count(0):
+        return "utf-16-le"
+    if even.count(0) >= 0.9 * len(even) and not odd.count(0):
+        return "utf-16-be"
+    return None
+
+
+def _check_text(src: _Source, info: codecs.CodecInfo) -> None:
+    """Refuse binary data, and text in an encoding other than ``info``'s that its first bytes give away.
+
+    Images, archives and other binary files given in place of a table are named
+    (``it looks like a PNG image``) rather than reported as badly encoded text. A
+    UTF-16/32 byte-order mark, or the NUL bytes of UTF-16 text without one, get the
+    ``--encoding`` that reads them.
+    """
+    head = _head(src)
+    if not head:
+        return
+    label = src.label
+    wide = info.name.startswith(("utf-16", "utf-32"))
+    for magic, what in _BINARY_MAGIC:
+        if head.startswith(magic):
+            raise InputError(f"{label} is not a text table (it looks like {what}); give the CSV, TSV or Parquet table", path=label, looks_like=what)
+    if head[128:132] == b"DICM":
+        what = "a DICOM file"
+        raise InputError(
+            f"{label} is not a text table (it looks like {what}); read DICOM files with `mdprep ingest dicom`", path=label, looks_like=what
+        )
+    compressed = _compression(head)
+    if compressed:
+        what = f"{compressed} data compressed twice"
+        raise InputError(f"{label} is not a text table (it looks like {what}); decompress it once and give the result", path=label, looks_like=what)
+    bom = next((name for mark, name in _WIDE_BOMS if head.startswith(mark)), None)
+    if wide:
+        if info.name in ("utf-16", "utf-32") and bom is None:
+            guess = _utf16_without_bom(head) if info.name == "utf-16" else None
+            hint = f"pass --encoding {guess}" if guess else f"pass --encoding {info.name}-le or {info.name}-be"
+            raise EncodingError(
+                f"{label} has no byte-order mark, so its {info.name} byte order is unknown; {hint}", path=label, line=1, encoding=info.name
+            )
+        return
+    if bom is not None:
+        raise EncodingError(
+            f"{label} starts with a {bom.upper()} byte-order mark: it is {bom.upper()} text, not {info.name}; pass --encoding {bom}",
+            path=label,
+            line=1,
+            encoding=info.name,
+        )
+    if b"\x00" in head:
+        guess = _utf16_without_bom(head)
+        if guess:
+            raise EncodingError(
+                f"{label} looks like UTF-16 text without a byte-order mark (every other byte is NUL); pass --encoding {guess}",
+                path=label,
+                line=1,
+                encoding=info.name,
+            )
+        what = "binary data: it holds NUL bytes"
+        raise InputError(f"{label} is not a text table (it looks like {what}); give the CSV, TSV or Parquet table", path=label, looks_like=what)
+
+
 def _first_bad_line(src: _Source, encoding: str) -> tuple[int, str]:
     """The line number and what is wrong at the first byte not valid in ``encoding`` (0 if none).
 
@@ -244,7 +339,9 @@ def _first_bad_line(src: _Source, encoding: str) -> tuple[int, str]:
             chunk = stream.read(_DECODE_CHUNK)
             try:
                 decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as exc:
+            except UnicodeError as exc:
+                if not isinstance(exc, UnicodeDecodeError):  # no position: the codec refused the stream
+                    return 1 + newlines, str(exc)
                 data = bytes(exc.object)
                 carried = len(data) - len(chunk) if data.endswith(chunk) else 0  # held back from the last chunk
                 before = data[: exc.start]
@@ -260,11 +357,22 @@ def _first_bad_line(src: _Source, encoding: str) -> tuple[int, str]:
 
 
 def _encoding_error(src: _Source, encoding: str) -> EncodingError:
-    line, what = _first_bad_line(src, encoding)
+    """The first line not valid in ``encoding``, with advice that fits what the bytes look like.
+
+    Binary data and UTF-16/32 text were refused before parsing (:func:`_check_text`),
+    so bytes that are not UTF-8 here are 8-bit text: Latin-1 or cp1252 reads them.
+    """
+    try:
+        line, what = _first_bad_line(src, encoding)
+    except (pa.ArrowException, *_READ_ERRORS):
+        line, what = 0, "the file could not be decoded"
     where = f"line {line}" if line else "somewhere"
+    if codecs.lookup(encoding).name == "utf-8":
+        advice = "convert the file to UTF-8 (for example `iconv -f latin1 -t utf-8`) or pass --encoding latin-1"
+    else:
+        advice = "check the file's encoding and pass it with --encoding (utf-8, latin-1, cp1252, utf-16, ...)"
     return EncodingError(
-        f"{where} of {src.label} is not valid {encoding} ({what}); convert the file to UTF-8 "
-        "(for example `iconv -f latin1 -t utf-8`) or pass --encoding latin-1",
+        f"{where} of {src.label} is not valid {encoding} ({what}); {advice}",
         path=src.label,
         line=line,
         encoding=encoding,
@@ -340,6 +448,18 @@ def read_table(
     if table.num_rows == 0:
         raise EmptyInputError(f"{src.label} has a header but no data rows", path=src.label)
     return table
+
+
+def is_parquet_table(path: str | os.PathLike, member: str | None = None) -> bool:
+    """Whether :func:`read_table` reads ``path`` as Parquet (rows) rather than text (lines).
+
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "t.csv")
+    >>> _ = open(p, "w").write("a\\n1\\n")
+    >>> is_parquet_table(p)
+    False
+    """
+    return _resolve(path, member).parquet
 
 
 def _text_column_type(t: pa.DataType) -> bool:
@@ -441,7 +561,7 @@ def _read_header(src: _Source, sep: str | None, encoding: str, utf8: bool) -> tu
                     f"cannot read the header of {src.label}: {exc}; is a quote in the header not closed?", path=src.label
                 ) from exc
             return cells, sep, blank + reader.line_num, chars
-        except UnicodeDecodeError:
+        except UnicodeError:
             raise _encoding_error(src, encoding) from None
         finally:
             with contextlib.suppress(ValueError):
@@ -473,6 +593,7 @@ def _read_csv(src: _Source, *, sep: str | None, string_columns: Sequence[str], e
         sep = "\t"
     if sep is not None and len(sep) != 1:
         raise UsageError(f"the delimiter must be one character, not {sep!r}; for a tab write --sep '\\t'", sep=sep)
+    _check_text(src, info)
     try:
         cells, sep, header_lines, header_chars = _read_header(src, sep, encoding, utf8)
     except _READ_ERRORS as exc:
@@ -485,7 +606,18 @@ def _read_csv(src: _Source, *, sep: str | None, string_columns: Sequence[str], e
             unnamed.add(names[i])
     dupes = sorted(n for n, k in collections.Counter(names).items() if k > 1)
     if dupes:
-        raise InputError(f"{src.label} has duplicate column names {examples_text(dupes, len(dupes))}; rename them", path=src.label)
+        raw = [c for c in cells if c.strip() in dupes]
+        stripped = ""
+        if len(set(raw)) > len(dupes):  # cells that differ only in surrounding white space
+            stripped = (
+                f" (the header cells {examples_text(raw, len(raw), limit=10)} are the same name once the white space "
+                "around names is stripped)"
+            )
+        raise InputError(
+            f"{src.label} has duplicate column names {examples_text(dupes, len(dupes))}{stripped}; rename them",
+            path=src.label,
+            duplicates=dupes,
+        )
     column_types = {n: pa.string() for n in names if n in string_columns or is_identifier_column(n)}
     # The skipped header lines must fit in pyarrow's first block (4 bytes a character at most).
     block_size = max(BLOCK_SIZE, 4 * header_chars + 64)
@@ -510,7 +642,7 @@ def _read_csv(src: _Source, *, sep: str | None, string_columns: Sequence[str], e
                     ),
                 )
             break
-        except UnicodeDecodeError:
+        except UnicodeError:
             raise _encoding_error(src, encoding) from None
         except pa.ArrowInvalid as exc:
             text = str(exc)

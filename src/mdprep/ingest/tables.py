@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Mapping, Sequence
+import shlex
+import warnings
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..errors import InputError, ManifestValidationError, MissingColumnError, UsageError, Violation, examples_text
+from ..errors import InputError, ManifestValidationError, MdprepWarning, MissingColumnError, UsageError, Violation, examples_text
 from ..fileio import file_fingerprint
 from ..labels import (
     AGGREGATE_POLICIES,
@@ -22,16 +24,17 @@ from ..labels import (
     coerce_label_values,
     derive_labels,
     find_column,
+    label_key,
     labels_from_lists,
     load_label_map,
     parse_blank_specs,
     parse_label_rules,
     resolve_label_names,
+    rows_text,
 )
-from ..manifest import CANONICAL_TYPES, REQUIRED_COLUMNS, Manifest, check, frame_from_arrow, provenance_step, validate_frame
-from . import IngestReport, IngestResult, empty_errors, extract_groups, normalize_sex
-from ..manifest import order_columns
-from .table_io import read_table
+from ..manifest import CANONICAL_TYPES, REQUIRED_COLUMNS, Manifest, check, frame_from_arrow, order_columns, provenance_step, validate_frame
+from . import UNKNOWN_SEX, IngestReport, IngestResult, empty_errors, extract_groups, normalize_sex
+from .table_io import is_parquet_table, read_table
 
 PRESETS = {
     "nih": "NIH ChestX-ray14 Data_Entry_2017*.csv: pipe-separated 'Finding Labels' into 15 label columns",
@@ -109,6 +112,14 @@ COLUMN_TARGETS = tuple(c for c in CANONICAL_TYPES if c not in ("image_id", "path
 _TEXT_TARGETS = ("image_id", "path", "patient_id", "study_id", "series_uid", "sop_uid", "accession", "study_date")
 #: Columns an aggregated image must agree on across its rows.
 _ONE_PER_IMAGE = ("patient_id", "path", "study_id")
+#: Identifier columns whose values are stripped of surrounding white space (``' p1'`` is ``p1``).
+ID_COLUMNS = ("image_id", "path", "patient_id", "study_id", "series_uid", "sop_uid", "accession")
+#: Column names a label may not take: the canonical columns and what ``--aggregate`` adds.
+RESERVED_COLUMNS = (*CANONICAL_TYPES, "source_rows")
+#: Canonical columns whose source text is kept, under its own name, when some of it does not parse.
+_PARSED_TARGETS = ("sex", "age", "study_date")
+#: The largest fold number (``fold`` is int16).
+_MAX_FOLD = np.iinfo(np.int16).max
 
 
 def _spelling_key(name: str) -> str:
@@ -161,21 +172,37 @@ def parse_column_specs(columns: Mapping[str, str] | Sequence[str] | None) -> dic
 
 
 # ----------------------------------------------------------------------------- presets
-#
-# Each preset returns the row-level frame (canonical columns, label columns, other columns),
-# the label names, notes, and the source frame aligned with it row for row, from which
-# --label-when, --col and --reader-col take their columns.
-
-_Parsed = tuple[pd.DataFrame, list[str], list[str], pd.DataFrame]
 
 
-def _nih(path: str, encoding: str, text_columns: Sequence[str]) -> _Parsed:
+class _Parsed(NamedTuple):
+    """What a preset read, row for row.
+
+    ``frame`` holds the canonical and other columns, ``labels`` the label columns
+    (kept apart until their names are final, so a label may be named like another
+    column until ``--label-map`` renames it), ``source`` the table as read (from which
+    ``--label-when``, ``--col`` and ``--reader-col`` take their columns) and
+    ``origins`` the source column of each canonical column that was renamed.
+    """
+
+    frame: pd.DataFrame
+    labels: pd.DataFrame
+    notes: list[str]
+    source: pd.DataFrame
+    origins: dict[str, str]
+
+
+def _nih(path: str, encoding: str, sep: str | None, text_columns: Sequence[str], first_line: int | None) -> _Parsed:
     table = read_table(
-        path, string_columns=["Image Index", "Patient ID", "Finding Labels", "Patient Gender", "View Position", *text_columns], encoding=encoding
+        path,
+        sep=sep,
+        string_columns=["Image Index", "Patient ID", "Finding Labels", "Patient Gender", "View Position", *text_columns],
+        encoding=encoding,
     )
     _require(table, ["Image Index", "Finding Labels", "Patient ID"], path, "is this an NIH Data_Entry_2017 table?")
     src = frame_from_arrow(table)
-    labels, names, _ = labels_from_lists(src["Finding Labels"], sep="|", known=NIH_LABEL_COLUMNS)
+    labels, names, _ = labels_from_lists(
+        src["Finding Labels"], sep="|", known=NIH_LABEL_COLUMNS, column="Finding Labels", path=path, first_line=first_line
+    )
     frame = pd.DataFrame({"image_id": src["Image Index"], "path": src["Image Index"], "patient_id": src["Patient ID"]})
     notes = []
     extra = [n for n in names if n not in NIH_LABEL_COLUMNS]
@@ -191,29 +218,31 @@ def _nih(path: str, encoding: str, text_columns: Sequence[str]) -> _Parsed:
         "OriginalImagePixelSpacing[x]": "pixel_spacing_x",
         "OriginalImagePixelSpacing[y]": "pixel_spacing_y",
     }
+    origins = {}
     for source, target in renames.items():
         if source in src.columns:
             frame[target] = src[source]
-    frame = pd.concat([frame, labels], axis=1)
-    return frame, names, notes, src
+            origins[target] = source
+    return _Parsed(frame, labels, notes, src, origins)
 
 
 _CHEXPERT_PATH = re.compile(r"(?P<patient>patient\d+)/(?P<study>study\d+)/")
 
 
-def _chexpert(path: str, encoding: str, text_columns: Sequence[str]) -> _Parsed:
-    table = read_table(path, string_columns=["Path", "Sex", "Frontal/Lateral", "AP/PA", *text_columns], encoding=encoding)
+def _chexpert(path: str, encoding: str, sep: str | None, text_columns: Sequence[str], first_line: int | None) -> _Parsed:
+    table = read_table(path, sep=sep, string_columns=["Path", "Sex", "Frontal/Lateral", "AP/PA", *text_columns], encoding=encoding)
     _require(table, ["Path", *CHEXPERT_LABELS], path, "is this a CheXpert train.csv or valid.csv?")
     src = frame_from_arrow(table)
     parts, matched = extract_groups(src["Path"], _CHEXPERT_PATH)
     bad = pd.Series(~matched, index=src.index)
     if bad.any():
-        rows = (np.flatnonzero(bad.to_numpy()) + 2).tolist()  # +1 header, +1 one-based
+        rows = np.flatnonzero(bad.to_numpy())
         raise InputError(
-            f"{int(bad.sum())} Path value(s) in {path} have no patientNNNNN/studyN/ part (lines "
-            f"{examples_text(rows, len(rows))}); fix them or use --preset generic",
+            f"{len(rows)} Path value(s) in {path} have no patientNNNNN/studyN/ part "
+            f"({examples_text(src['Path'][bad].tolist(), len(rows))}; {rows_text(rows[:5], len(rows), first_line)}); "
+            "fix them or use --preset generic",
             path=path,
-            lines=rows[:20],
+            rows=rows[:20].tolist(),
         )
     frame = pd.DataFrame({"image_id": src["Path"], "path": src["Path"], "patient_id": parts["patient"]})
     frame["study_id"] = parts["patient"] + "/" + parts["study"]
@@ -222,24 +251,28 @@ def _chexpert(path: str, encoding: str, text_columns: Sequence[str]) -> _Parsed:
         if "Frontal/Lateral" in src.columns:
             view = view.where(view.notna(), src["Frontal/Lateral"].str.upper().where(src["Frontal/Lateral"] == "Lateral"))
         frame["view"] = view
+    origins = {}
     for source, target in (("Sex", "sex"), ("Age", "age"), ("Frontal/Lateral", "frontal_lateral")):
         if source in src.columns:
             frame[target] = src[source]
+            origins[target] = source
     labels = coerce_label_values(src, CHEXPERT_LABELS)
     extra = [c for c in src.columns if c not in {"Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS}]
-    frame = pd.concat([frame, labels, src[extra]], axis=1)
-    return frame, list(CHEXPERT_LABELS), [], src
+    frame = pd.concat([frame, src[extra]], axis=1)
+    return _Parsed(frame, labels, [], src, origins)
 
 
-def _mimic(path: str, metadata: str | None, encoding: str, image_ext: str, text_columns: Sequence[str]) -> _Parsed:
+def _mimic(path: str, metadata: str | None, encoding: str, sep: str | None, image_ext: str, text_columns: Sequence[str]) -> _Parsed:
     if not metadata:
         raise UsageError(
             "--preset mimic needs the metadata table too: pass --metadata mimic-cxr-2.0.0-metadata.csv.gz", preset="mimic"
         )
     keys = ["subject_id", "study_id"]
-    lab = frame_from_arrow(read_table(path, string_columns=[*keys, *text_columns], encoding=encoding))
+    lab = frame_from_arrow(read_table(path, sep=sep, string_columns=[*keys, *text_columns], encoding=encoding))
     _require(lab, keys, path, "is this a MIMIC-CXR *-chexpert.csv or *-negbio.csv table?")
-    meta = frame_from_arrow(read_table(metadata, string_columns=["dicom_id", *keys, "StudyDate", "ViewPosition", *text_columns], encoding=encoding))
+    meta = frame_from_arrow(
+        read_table(metadata, sep=sep, string_columns=["dicom_id", *keys, "StudyDate", "ViewPosition", *text_columns], encoding=encoding)
+    )
     _require(meta, ["dicom_id", *keys], metadata, "is this the MIMIC-CXR metadata table?")
     label_names = [c for c in lab.columns if c not in keys]
     dup = lab.duplicated(keys, keep=False)
@@ -258,23 +291,30 @@ def _mimic(path: str, metadata: str | None, encoding: str, image_ext: str, text_
     no_images = len(lab) - len(lab.merge(imaged, on=keys, how="inner"))
     notes = []
     if no_images:
-        notes.append(f"{no_images} labelled stud{'y has' if no_images == 1 else 'ies have'} no image in the metadata table and gave no rows")
+        warnings.warn(
+            f"{no_images} labelled stud{'y has' if no_images == 1 else 'ies have'} no image in {metadata} and gave no rows",
+            MdprepWarning,
+            stacklevel=3,
+        )
     subject = joined["subject_id"].astype("str")
     study = joined["study_id"].astype("str")
     frame = pd.DataFrame({"image_id": joined["dicom_id"]})
     frame["path"] = "files/p" + subject.str[:2] + "/p" + subject + "/s" + study + "/" + joined["dicom_id"] + "." + image_ext
     frame["patient_id"] = subject
     frame["study_id"] = study
+    origins = {}
     if "ViewPosition" in joined.columns:
         frame["view"] = joined["ViewPosition"]
+        origins["view"] = "ViewPosition"
     if "StudyDate" in joined.columns:
         frame["study_date"] = joined["StudyDate"]
+        origins["study_date"] = "StudyDate"
     rest = [c for c in meta.columns if c not in {"dicom_id", *keys, "ViewPosition", "StudyDate"}]
-    frame = pd.concat([frame, joined[label_names], joined[rest]], axis=1)
+    frame = pd.concat([frame, joined[rest]], axis=1)
     labelled = int(len(frame) - unlabeled)
     if unlabeled:
         notes.append(f"{unlabeled} image(s) belong to studies without a label row; kept with null labels ({labelled} labelled)")
-    return frame, label_names, notes, joined.drop(columns="_merge")
+    return _Parsed(frame, joined[label_names], notes, joined.drop(columns="_merge"), origins)
 
 
 def _generic(
@@ -291,6 +331,7 @@ def _generic(
     label_cols: Sequence[str],
     columns: Mapping[str, str],
     text_columns: Sequence[str],
+    first_line: int | None,
 ) -> _Parsed:
     if labels_col and label_cols:
         raise UsageError("give labels either as one list column (--labels-col) or as one-hot columns (--label-cols), not both")
@@ -354,23 +395,23 @@ def _generic(
     if spelled:
         notes.append(f"read {', '.join(spelled)} (recognised spellings; --col CANONICAL=SOURCE or --patient-col/--study-col choose others)")
     used = {image_col, path_col, patient_col, study_col, labels_col, *label_cols, *mapped.values()}
-    names: list[str] = []
     label_frame = pd.DataFrame(index=src.index)
     if labels_col:
-        label_frame, names, _ = labels_from_lists(src[labels_col], sep=labels_sep)
+        label_frame, _, _ = labels_from_lists(src[labels_col], sep=labels_sep, column=labels_col, path=path, first_line=first_line)
     elif label_cols:
         label_frame = coerce_label_values(src, label_cols)
-        names = list(label_cols)
-    clash = [n for n in names if n in src.columns and n not in used]
-    if clash:
-        raise UsageError(f"label names {examples_text(clash, len(clash))} are also column names of {path}; rename those columns")
     rest = [c for c in src.columns if c not in used]
     shadowed = [c for c in rest if c in frame.columns]
     if shadowed:
-        notes.append(f"column(s) {', '.join(shadowed)} of the table were replaced by the chosen --*-col columns")
+        warnings.warn(
+            f"column(s) {examples_text(shadowed, len(shadowed), limit=10)} of {path} were dropped: the columns chosen by "
+            "--image-col/--path-col/--patient-col/--study-col/--col take their names",
+            MdprepWarning,
+            stacklevel=3,
+        )
         rest = [c for c in rest if c not in shadowed]
-    frame = pd.concat([frame, label_frame, src[rest]], axis=1)
-    return frame, names, notes, src
+    frame = pd.concat([frame, src[rest]], axis=1)
+    return _Parsed(frame, label_frame, notes, src, {t: s for t, s in mapped.items() if s != t})
 
 
 # ----------------------------------------------------------------------------- canonical types
@@ -404,36 +445,136 @@ def _parse_dates(values: pd.Series) -> pd.Series:
     return dates
 
 
-def _coerce_canonical(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Bring canonical metadata columns to their contract types; count values that do not fit."""
+def _bad_values(raw: pd.Series, bad: pd.Series) -> list:
+    """A few distinct values of ``raw`` where ``bad``, for messages."""
+    return list(pd.unique(raw[bad].astype("str")))[:5]
+
+
+def _coerce_canonical(
+    frame: pd.DataFrame, origins: Mapping[str, str], labels: Sequence[str]
+) -> tuple[pd.DataFrame, dict[str, int], dict[str, tuple], list[str]]:
+    """Bring canonical metadata columns to their contract types.
+
+    Values of ``sex``, ``age`` and ``study_date`` that do not parse become null and
+    are counted, with a few of them quoted. When such a column was renamed from a
+    source column (``StudyDate``, ``Patient Gender``, ``--col``), that column is kept
+    under its own name beside the canonical one, so the original text is not lost.
+    Returns the frame, the counts, the examples and notes.
+    """
     invalid: dict[str, int] = {}
+    examples: dict[str, tuple] = {}
+    notes: list[str] = []
+    raw = {c: frame[c] for c in _PARSED_TARGETS if c in frame.columns}
     if "sex" in frame.columns:
         frame["sex"], n = normalize_sex(frame["sex"])
         if n:
-            invalid["sex"] = n
+            text = raw["sex"].astype("str").str.strip()
+            bad = frame["sex"].isna() & raw["sex"].notna() & ~text.str.upper().isin(UNKNOWN_SEX)
+            invalid["sex"], examples["sex"] = n, tuple(_bad_values(text, bad))
     if "age" in frame.columns and not pd.api.types.is_float_dtype(frame["age"]):
         age = _parse_ages(frame["age"])
-        n = int((age.isna() & frame["age"].notna()).sum())
-        if n:
-            invalid["age"] = n
+        bad = age.isna() & frame["age"].notna()
+        if bad.any():
+            invalid["age"], examples["age"] = int(bad.sum()), tuple(_bad_values(frame["age"], bad))
         frame["age"] = age.astype("float32")
     elif "age" in frame.columns:
         frame["age"] = frame["age"].astype("float32")
     if "study_date" in frame.columns and not isinstance(frame["study_date"].dtype, pd.ArrowDtype):
         dates = _parse_dates(frame["study_date"])
-        n = int((dates.isna() & frame["study_date"].notna()).sum())
-        if n:
-            invalid["study_date"] = n
+        bad = dates.isna() & frame["study_date"].notna()
+        if bad.any():
+            invalid["study_date"], examples["study_date"] = int(bad.sum()), tuple(_bad_values(frame["study_date"], bad))
         frame["study_date"] = pd.array(dates.dt.date.where(dates.notna(), None), dtype=pd.ArrowDtype(pa.date32()))
+    kept = []
+    for target in invalid:
+        source = origins.get(target)
+        if source and source != target and source not in frame.columns and source not in labels:
+            frame[source] = raw[target]
+            kept.append(f"{source!r} ({target})")
+    if kept:
+        notes.append(
+            f"kept the source column(s) {', '.join(kept)} beside the canonical column(s): some of their values did not "
+            "parse, and the source keeps the original text"
+        )
     if "fold" in frame.columns:
-        frame["fold"] = pd.to_numeric(frame["fold"], errors="coerce").astype("Int16")
+        frame["fold"] = pd.to_numeric(frame["fold"], errors="coerce").astype("Int16")  # checked by _check_folds
     for col in ("split", "view", "accession", "series_uid", "sop_uid", "study_id"):
         if col in frame.columns:
             frame[col] = frame[col].astype("str")
     if "view" in frame.columns:
         # PadChest writes a missing ViewPosition as the text 'nan' (Python's str of NaN).
         frame["view"] = frame["view"].mask(frame["view"].isin(("nan", "None")))
-    return frame, invalid
+    return frame, invalid, examples, notes
+
+
+def _check_folds(frame: pd.DataFrame, source: str, path: str, first_line: int | None) -> None:
+    """A ``fold`` column holds cross-validation fold numbers 0..K-1 (whole, >= 0, int16) or blanks.
+
+    Raises :class:`~mdprep.errors.InputError` quoting the values that are not; a
+    column of names (``train``, ``test``) gets the advice to read it as ``split``.
+    """
+    values = frame["fold"]
+    if pd.api.types.is_bool_dtype(values):
+        numbers = pd.Series(np.nan, index=values.index)
+        blank = values.isna()
+    elif pd.api.types.is_numeric_dtype(values):
+        numbers = values.astype("float64")
+        blank = values.isna()
+    else:
+        text = values.astype("str").str.strip()
+        blank = text.isna() | (text == "")
+        numbers = pd.to_numeric(text.where(~blank), errors="coerce").astype("float64")
+    ok = blank | (numbers.notna() & (numbers % 1 == 0) & (numbers >= 0) & (numbers <= _MAX_FOLD))
+    if ok.all():
+        return
+    bad = ~ok.to_numpy()
+    rows = np.flatnonzero(bad)
+    shown = _bad_values(values, pd.Series(bad, index=values.index))
+    column = f"column {source!r} (read as fold)" if source != "fold" else "column 'fold'"
+    where = rows_text(rows[:5], len(rows), first_line)
+    if numbers[~blank].isna().all():
+        raise InputError(
+            f"{column} of {path} holds names ({examples_text(shown, len(shown))}; {where}), but fold is a "
+            f"cross-validation fold number 0..K-1; for train/val/test names use --col {shlex.quote('split=' + source)}",
+            path=path,
+            column=source,
+            values=shown,
+        )
+    raise InputError(
+        f"{column} of {path} has {len(rows)} value(s) that are not whole numbers from 0 to {_MAX_FOLD}: "
+        f"{examples_text(shown, len(shown))} ({where}); folds are numbered 0..K-1 (docs/manifest.md)",
+        path=path,
+        column=source,
+        values=shown,
+    )
+
+
+def _strip_identifiers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Identifiers without surrounding white space (``' p1'``, ``'p1 '`` and ``'p1'`` are one patient).
+
+    An identifier that is only white space becomes null. What changed is counted per
+    column in a :class:`~mdprep.errors.MdprepWarning`.
+    """
+    changed: list[str] = []
+    examples: list[str] = []
+    for col in ID_COLUMNS:
+        if col not in frame.columns:
+            continue
+        values = frame[col].astype("str")
+        stripped = values.str.strip()
+        differs = (values.notna() & (values != stripped)).to_numpy(dtype=bool)
+        if differs.any():
+            frame[col] = stripped.mask(stripped == "")
+            changed.append(f"{int(differs.sum())} {col}")
+            examples += [v for v in pd.unique(values[differs]) if v not in examples][:3]
+    if changed:
+        warnings.warn(
+            f"removed white space around identifiers: {', '.join(changed)} value(s), for example "
+            f"{examples_text(examples, len(examples), limit=3)}; ids that differed only in it are now one",
+            MdprepWarning,
+            stacklevel=3,
+        )
+    return frame
 
 
 # ----------------------------------------------------------------------------- several rows per image
@@ -441,7 +582,7 @@ def _coerce_canonical(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]
 _AGGREGATE_HINT = "pass --aggregate any|majority|all (one row per reader or box)"
 
 
-def _check_rows(frame: pd.DataFrame, path: str, aggregate: str) -> None:
+def _check_rows(frame: pd.DataFrame, path: str, aggregate: str, first_line: int | None) -> None:
     """Before aggregating, the row-level identifiers: nulls by line, and repeats when not aggregating."""
     violations = validate_frame(frame[[c for c in REQUIRED_COLUMNS if c in frame.columns]])
     repeats = [v for v in violations if v.check == "duplicate_image_id"]
@@ -461,7 +602,7 @@ def _check_rows(frame: pd.DataFrame, path: str, aggregate: str) -> None:
             raise InputError(message, path=path, repeated_images=n_images, rows=n_rows, examples=examples)
         others = others + [Violation("duplicate_image_id", "image_id", n_rows, tuple(examples), message)]
     if others:
-        raise _explain_table_violations(ManifestValidationError(others), path)
+        raise _explain_table_violations(ManifestValidationError(others), path, first_line)
 
 
 def _varying_columns(frame: pd.DataFrame, columns: Sequence[str], groups: np.ndarray) -> list[str]:
@@ -501,8 +642,11 @@ def _aggregate(
             columns=conflicting,
         )
     if varying:
-        notes.append(
-            f"column(s) {', '.join(map(repr, varying))} differ between rows of one image (readers, boxes, masks) and were dropped"
+        warnings.warn(
+            f"column(s) {examples_text(varying, len(varying), limit=10)} differ between rows of one image (readers, boxes, "
+            "masks) and were dropped",
+            MdprepWarning,
+            stacklevel=3,
         )
     kept = [c for c in others if c not in varying]
     out = frame.iloc[first][["image_id", *kept]].reset_index(drop=True)
@@ -614,6 +758,10 @@ def ingest_table(
         raise UsageError(f"unknown --aggregate policy {aggregate!r}; choose one of {', '.join(AGGREGATE_POLICIES)}", aggregate=aggregate)
     if reader_col and aggregate == "error":
         raise UsageError(f"--reader-col {reader_col!r} only matters when rows are aggregated: {_AGGREGATE_HINT}")
+    if sep == "\\t":
+        sep = "\t"  # --sep '\t' as typed in a shell: one tab, recorded as one
+    if not labels_sep:
+        raise UsageError("--labels-sep is empty; give the character between the findings of a cell, for example --labels-sep '|' or --labels-sep ','")
     generic_opts = dict(image_col=image_col, path_col=path_col, study_col=study_col, labels_col=labels_col, label_cols=list(label_cols))
     if preset != "generic" and patient_col not in (None, "patient_id"):
         generic_opts["patient_col"] = patient_col
@@ -625,15 +773,18 @@ def ingest_table(
     column_map = parse_column_specs(columns)
     label_mapping = load_label_map(label_map) if label_map is not None else None
     text_columns = list(dict.fromkeys([r.column for r in rules] + list(column_map.values()) + ([reader_col] if reader_col else [])))
+    # Rows are lines of a text table (header on line 1) and counted rows of Parquet.
+    first_line = None if is_parquet_table(spath) else 2
 
     if preset == "nih":
-        frame, labels, notes, source = _nih(spath, encoding, text_columns)
+        parsed = _nih(spath, encoding, sep, text_columns, first_line)
     elif preset == "chexpert":
-        frame, labels, notes, source = _chexpert(spath, encoding, text_columns)
+        parsed = _chexpert(spath, encoding, sep, text_columns, first_line)
     elif preset == "mimic":
-        frame, labels, notes, source = _mimic(spath, os.fspath(metadata) if metadata else None, encoding, image_ext, text_columns)
+        parsed = _mimic(spath, os.fspath(metadata) if metadata else None, encoding, sep, image_ext, text_columns)
+        first_line = None  # rows of the metadata table, joined
     else:
-        frame, labels, notes, source = _generic(
+        parsed = _generic(
             spath,
             encoding=encoding,
             sep=sep,
@@ -646,32 +797,61 @@ def ingest_table(
             label_cols=label_cols,
             columns=column_map,
             text_columns=text_columns,
+            first_line=first_line,
         )
+    frame, label_frame, notes, source, origins = parsed
+    origins = dict(origins)
     if preset != "generic" and column_map:
-        frame = _apply_column_map(frame, labels, source, column_map, spath, notes)
+        frame = _apply_column_map(frame, source, column_map, spath, notes, origins)
+    derived_names: list[str] = []
     if rules:
         derived = derive_labels(source, rules, path=spath)
         read = {find_column(list(source.columns), r.column) for r in rules}
-        frame = frame.drop(columns=[c for c in read if c in frame.columns and c not in CANONICAL_TYPES and c not in labels])
-        clash = [n for n in derived.columns if n in frame.columns]
-        if clash:
-            raise UsageError(f"--label-when names {examples_text(clash, len(clash))}, already a column of the table; choose another name")
-        frame = pd.concat([frame, derived], axis=1)
-        labels = list(labels) + list(derived.columns)
+        frame = frame.drop(columns=[c for c in read if c in frame.columns and c not in CANONICAL_TYPES])
+        again = [n for n in derived.columns if n in label_frame.columns]
+        if again:
+            raise UsageError(
+                f"--label-when names {examples_text(again, len(again))}, already a label read from the table; choose another name",
+                names=again,
+            )
+        label_frame = pd.concat([label_frame, derived], axis=1)
+        derived_names = list(derived.columns)
+    labels = list(label_frame.columns)
+    merged: dict[str, list[str]] = {}
     if label_mapping is not None:
-        frame, labels, renamed, merged = apply_label_map(frame, labels, label_mapping)
+        label_frame, labels, renamed, merged = apply_label_map(label_frame, labels, label_mapping)
         if merged:
             notes.append("label map merged " + "; ".join(f"{', '.join(map(repr, s))} into {t!r}" for t, s in merged.items()))
         if renamed:
             notes.append("label map renamed " + ", ".join(f"{s!r} to {t!r}" for s, t in renamed))
+    _check_label_names(
+        labels, frame.columns, spath, derived=derived_names, mapped=label_mapping, origin=_label_origin(preset, labels_col, label_cols)
+    )
+    frame = pd.concat([frame, label_frame], axis=1)
     per_label = resolve_label_names(blank_per, labels, label_mapping, option="--blank")
-    frame, filled = apply_blank_policy(frame, labels, blank_default, {per_label[k]: v for k, v in blank_per.items()})
+    blank_labels: dict[str, tuple[str, str]] = {}
+    for name, label in per_label.items():
+        first = blank_labels.setdefault(label, (name, blank_per[name]))
+        if first[1] != blank_per[name]:
+            raise UsageError(
+                f"--blank gives label {label!r} two policies: {first[0]}={first[1]} and {name}={blank_per[name]} "
+                "(both names mean that label); give it one policy"
+            )
+    frame, filled = apply_blank_policy(frame, labels, blank_default, {lab: policy for lab, (_, policy) in blank_labels.items()})
     if filled:
         notes.append(f"{filled} blank label cell(s) of labelled rows counted as negative (--blank)")
 
+    frame = _strip_identifiers(frame)
     found = len(frame)
-    _check_rows(frame, spath, aggregate)
+    _check_rows(frame, spath, aggregate, first_line)
+    if "fold" in frame.columns:
+        _check_folds(frame, origins.get("fold", "fold"), spath, first_line)
     if aggregate != "error":
+        if "source_rows" in frame.columns:
+            raise UsageError(
+                f"{spath} has a column named 'source_rows', which --aggregate writes (rows per image); rename that column first",
+                path=spath,
+            )
         readers = None
         if reader_col:
             hit = find_column(list(source.columns), reader_col)
@@ -682,14 +862,15 @@ def ingest_table(
         notes += more
     unlabeled = int(frame[list(labels)].isna().all(axis=1).sum()) if labels else 0
     frame = apply_uncertain_policy(frame, labels, uncertain)
-    frame, invalid = _coerce_canonical(frame)
+    frame, invalid, invalid_examples, more = _coerce_canonical(frame, origins, labels)
+    notes += more
     frame = order_columns(frame.reset_index(drop=True), labels)
     inputs = [file_fingerprint(spath)] + ([file_fingerprint(metadata)] if metadata else [])
     if label_map is not None and not isinstance(label_map, Mapping) and os.path.isfile(os.fspath(label_map)):
         inputs.append(file_fingerprint(label_map))
-    options: dict = {"preset": preset, "uncertain": uncertain, "encoding": encoding}
+    options: dict = {"preset": preset, "uncertain": uncertain, "encoding": encoding, "sep": sep}
     if preset == "generic":
-        options.update(patient_col=patient_col, labels_sep=labels_sep, sep=sep, **generic_opts)
+        options.update(patient_col=patient_col, labels_sep=labels_sep, **generic_opts)
     if preset == "mimic":
         options["image_ext"] = image_ext
     if rules:
@@ -707,20 +888,78 @@ def ingest_table(
     try:
         check(manifest, path=spath)
     except ManifestValidationError as exc:
-        raise _explain_table_violations(exc, spath) if aggregate == "error" else exc from None
+        raise _explain_table_violations(exc, spath, first_line) if aggregate == "error" else exc from None
     report = IngestReport(
         found=found,
         ingested=len(frame),
         aggregated=found - len(frame),
         unlabeled=unlabeled,
         invalid_values=invalid,
+        invalid_examples=invalid_examples,
         notes=tuple(notes),
     )
     return IngestResult(manifest=manifest, errors=empty_errors(), report=report)
 
 
+def _label_origin(preset: str, labels_col: str | None, label_cols: Sequence[str]) -> str:
+    if labels_col:
+        return f"found in --labels-col {labels_col!r}"
+    if label_cols:
+        return "given by --label-cols"
+    return f"read by preset {preset!r}"
+
+
+def _check_label_names(
+    labels: Sequence[str],
+    columns: Sequence[str],
+    path: str,
+    *,
+    derived: Sequence[str],
+    mapped: Mapping[str, str] | None,
+    origin: str,
+) -> None:
+    """Label names, final after ``--label-map``, must not be manifest or table column names.
+
+    Raises one :class:`~mdprep.errors.UsageError` that names every clash and says,
+    for each kind of label (read, ``--label-when``, a map target), how to rename it.
+    """
+    reserved = [n for n in labels if n in RESERVED_COLUMNS]
+    taken = [n for n in labels if n not in RESERVED_COLUMNS and n in set(columns)]
+    if not reserved and not taken:
+        return
+    targets = set(mapped.values()) if mapped else set()
+
+    def kind(name: str) -> str:
+        if name in derived:
+            return "derived"
+        if name in targets and label_key(name) not in (mapped or {}):
+            return "mapped"
+        return "read"
+
+    problems: list[str] = []
+    for names, what in (
+        (reserved, "names of manifest columns (canonical columns and source_rows cannot be labels)"),
+        (taken, f"names of other columns of {path}"),
+    ):
+        groups: dict[str, list[str]] = {}
+        for n in names:
+            groups.setdefault(kind(n), []).append(n)
+        for k, group in groups.items():
+            shown = examples_text(group, len(group), limit=10)
+            if k == "derived":
+                problems.append(f"--label-when names {shown}, {what}; choose another NAME")
+            elif k == "mapped":
+                problems.append(f"the label map gives labels {shown}, {what}; map them to other names")
+            else:
+                problems.append(
+                    f"label(s) {shown} {origin} are {what}; rename them with --label-map, a CSV file with the header "
+                    f"source,target and a line such as {group[0]},{group[0]} finding"
+                )
+    raise UsageError("; ".join(problems), names=reserved + taken)
+
+
 def _apply_column_map(
-    frame: pd.DataFrame, labels: Sequence[str], source: pd.DataFrame, column_map: Mapping[str, str], path: str, notes: list[str]
+    frame: pd.DataFrame, source: pd.DataFrame, column_map: Mapping[str, str], path: str, notes: list[str], origins: dict[str, str]
 ) -> pd.DataFrame:
     """``--col`` for the presets: canonical columns from source columns, replacing the preset's."""
     present = list(source.columns)
@@ -734,18 +973,24 @@ def _apply_column_map(
     frame = frame.copy()
     for target, col in found.items():
         frame[target] = source[col].to_numpy()
-    read = [c for c in found.values() if c in frame.columns and c not in CANONICAL_TYPES and c not in labels]
+        origins[target] = col
+    read = [c for c in found.values() if c in frame.columns and c not in CANONICAL_TYPES]
     return frame.drop(columns=read)
 
 
-def _explain_table_violations(exc: ManifestValidationError, path: str) -> ManifestValidationError:
-    """Row numbers in a table are line numbers for the user (header is line 1)."""
+def _explain_table_violations(exc: ManifestValidationError, path: str, first_line: int | None) -> ManifestValidationError:
+    """Row numbers as the user finds them: lines of a text table (header is line 1), rows of Parquet."""
     fixed = []
     for v in exc.violations:
         if v.check == "null_value":
-            lines = [r + 2 for r in v.examples]
             fixed.append(
-                Violation(v.check, v.column, v.count, tuple(lines), f"{v.count} row(s) have no {v.column} (lines {examples_text(lines, v.count)}); every image needs one")
+                Violation(
+                    v.check,
+                    v.column,
+                    v.count,
+                    v.examples,
+                    f"{v.count} row(s) have no {v.column} ({rows_text(v.examples, v.count, first_line)}); every image needs one",
+                )
             )
         else:
             fixed.append(v)
