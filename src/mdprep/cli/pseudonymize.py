@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..fileio import check_outputs
 from ..manifest import read_manifest, write_manifest
 from ..pseudonyms import DATE_POLICIES, load_key, pseudonymize, write_key_file, write_mapping
 from ._ui import echo
@@ -30,13 +31,14 @@ def keygen(key_file):
     Example:
       mdprep keygen ~/.mdprep/site.key
     """
+    check_outputs({}, {"KEY_FILE": key_file})
     write_key_file(key_file)
     click.echo(f"Wrote a new key to {key_file} (permissions 0600); keep it secret and out of version control", err=True)
 
 
 @click.command("pseudonymize")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Pseudonymised manifest to write.")
+@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Pseudonymised manifest to write; '-' for stdout.")
 @key_file_option
 @click.option("--columns", metavar="COL,...", help="More identifier columns (names ending in 'uid' become UIDs).")
 @click.option("--dates", type=click.Choice(DATE_POLICIES), default="shift", show_default=True, help="Dates: shift per patient (intervals kept), keep the year, or drop.")
@@ -55,6 +57,7 @@ def pseudonymize_cmd(manifest, output, key_file, columns, dates, cap_age, mappin
     Example:
       MDPREP_PSEUDONYM_KEY=$(cat site.key) mdprep pseudonymize dicom.parquet -o dicom-pseudo.parquet
     """
+    check_outputs({"MANIFEST": manifest, "--key-file": key_file}, {"-o/--output": output, "--mapping": mapping_path}, stdout={"-o/--output"})
     key = load_key(key_file)
     m = read_manifest(manifest)
     result = pseudonymize(m, key, columns=comma_list([columns]) if columns else (), dates=dates, cap_age=cap_age, keep_mapping=bool(mapping_path))
