@@ -128,10 +128,16 @@ def map_chunks(
         return results
     with _pool(workers) as pool:
         futures = []
-        for chunk in chunks:
-            future = pool.submit(func, chunk)
-            if on_progress:
-                future.add_done_callback(lambda _f, k=len(chunk): on_progress(k))
-            futures.append(future)
-        results = [f.result() for f in futures]
+        try:
+            for chunk in chunks:
+                future = pool.submit(func, chunk)
+                if on_progress:
+                    future.add_done_callback(lambda _f, k=len(chunk): on_progress(k))
+                futures.append(future)
+            results = [f.result() for f in futures]
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) or failed: drop the chunks not started yet
+            # instead of working through them before the error can surface.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return results

@@ -1,31 +1,107 @@
-"""File-system helpers: atomic writes and input fingerprints.
+"""File-system helpers: atomic writes, standard streams, output guards and input fingerprints.
 
 Touches only the file system; knows nothing of manifests or of the command line.
+``-`` is standard input as an input and standard output as an output
+(:func:`stdin_file`, :func:`write_text`); :func:`check_outputs` refuses outputs
+that would destroy an input.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import errno
 import hashlib
 import os
+import re
+import shutil
 import stat
+import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Collection, Iterable, Iterator, Mapping, Sequence
 
 _HASH_CHUNK = 1 << 20
 
 
+#: The path that means standard input (as an input) or standard output (as an output).
+STDIO = "-"
+#: Temporary files of :func:`atomic_write`: ``.NAME.<pid>.<random>.tmp`` beside the target.
+_TEMP_NAME = re.compile(r"\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp")
+
+
+def is_stdio(path: str | os.PathLike | None) -> bool:
+    """Whether ``path`` is ``-``: standard input as an input, standard output as an output.
+
+    >>> is_stdio("-"), is_stdio("./-"), is_stdio(None)
+    (True, False, False)
+    """
+    return path is not None and not hasattr(path, "write") and os.fspath(path) == STDIO
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # another user's process (or a number we cannot ask about): assume alive
+    return True
+
+
+def remove_stale_temps(target: str | os.PathLike) -> list[str]:
+    """Remove the temporary files that dead processes left beside ``target``; return their paths.
+
+    :func:`atomic_write` names its temporary file ``.NAME.<pid>.<random>.tmp``. A
+    process killed with SIGKILL (or by a power cut) cannot remove its own, so the
+    next write of the same target removes every such file whose process is gone.
+    Files of live processes (a concurrent write) and files named otherwise are left
+    alone. The process ids are those of this machine: on a folder shared between
+    machines, a temporary file of another machine's running write could look stale.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, subprocess, sys
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    >>> _ = (d / f".m.parquet.{dead}.x1y2.tmp").write_bytes(b"half")
+    >>> [pathlib.Path(p).name for p in remove_stale_temps(d / "m.parquet")] == [f".m.parquet.{dead}.x1y2.tmp"]
+    True
+    """
+    target = Path(target)
+    folder = target.parent if str(target.parent) else Path(".")
+    prefix = f".{target.name}"
+    removed = []
+    try:
+        entries = [e.name for e in os.scandir(folder) if e.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for name in entries:
+        match = _TEMP_NAME.fullmatch(name, len(prefix))
+        if match and not _pid_alive(int(match["pid"])):
+            with contextlib.suppress(OSError):
+                os.unlink(folder / name)
+                removed.append(os.fspath(folder / name))
+    return removed
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, *, mode: int | None = None) -> Iterator[Path]:
+def atomic_write(path: str | os.PathLike, *, mode: int | None = None, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` on success.
 
     ``mode`` sets the file's permissions (0600 for secrets); by default the usual
     permissions under the umask. The temporary file is 0600 until then.
+    ``exclusive`` never replaces an existing file: :class:`FileExistsError` if
+    ``path`` exists, before the block runs and again (atomically) at the end.
 
     An interrupted or failed write never leaves a half-written file where a good
-    one was expected: the temporary file lives in the same folder (so the rename
-    is atomic on POSIX) and is removed if the block raises.
+    one was expected: the temporary file (``.NAME.<pid>.<random>.tmp``) lives in
+    the same folder, so the rename is atomic on POSIX, and it is removed if the
+    block raises, Ctrl-C and SIGTERM (under the ``mdprep`` command) included.
+    Temporary files that killed processes left beside ``path`` are removed first
+    (:func:`remove_stale_temps`).
 
     Examples
     --------
@@ -39,7 +115,10 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None) -> Iterato
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    if exclusive and os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(target))
+    remove_stale_temps(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -52,11 +131,220 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None) -> Iterato
             os.umask(umask)
             mode = 0o666 & ~umask
         os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        if exclusive:
+            _link_exclusive(tmp, target)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _link_exclusive(tmp: Path, target: Path) -> None:
+    """Give ``tmp`` the name ``target`` unless ``target`` exists (then :class:`FileExistsError`)."""
+    try:
+        os.link(tmp, target)  # fails if target exists: no window where another file is replaced
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(target)) from None
+        os.replace(tmp, target)
+        return
+    tmp.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str, *, mode: int | None = None) -> None:
+    """Write ``text`` (UTF-8) atomically to ``path``, or to standard output when ``path`` is ``-``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.json"
+    >>> write_text(p, "{}\\n")
+    >>> p.read_text()
+    '{}\\n'
+    """
+    if is_stdio(path):
+        out = getattr(sys.stdout, "buffer", None)
+        if out is None:
+            sys.stdout.write(text)
+        else:
+            out.write(text.encode("utf-8"))
+        sys.stdout.flush()
+        return
+    with atomic_write(path, mode=mode) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def stdout_binary() -> BinaryIO:
+    """Standard output as a binary stream (for Parquet bytes), looked up at call time."""
+    return getattr(sys.stdout, "buffer", sys.stdout)
+
+
+# ----------------------------------------------------------------------------- standard input
+
+#: (stream, spooled file) of the standard input read so far; one per stream.
+_STDIN_SPOOL: list = []
+
+
+def _drop_stdin_spool() -> None:
+    while _STDIN_SPOOL:
+        _, name = _STDIN_SPOOL.pop()
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+
+
+atexit.register(_drop_stdin_spool)
+
+
+def stdin_file() -> str:
+    """The path of a private copy of standard input, for readers that need a file.
+
+    Standard input is read once, to its end, into a 0600 temporary file that is
+    removed when the process exits (or when standard input is replaced, as click's
+    test runner does); every later call returns the same file, so a command may read
+    ``-`` twice (``check`` validates, then audits).
+
+    Raises
+    ------
+    UsageError
+        Standard input is a terminal (nothing was piped in).
+    EmptyInputError
+        Standard input is empty.
+    """
+    from .errors import EmptyInputError, UsageError
+
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    if not (_STDIN_SPOOL and _STDIN_SPOOL[0][0] is stream):
+        _drop_stdin_spool()
+        isatty = getattr(stream, "isatty", None)
+        if isatty is not None and isatty():
+            raise UsageError("'-' reads standard input, but it is a terminal; pipe the data in (mdprep ... -o - | mdprep COMMAND -) or give a file")
+        fd, name = tempfile.mkstemp(prefix="mdprep-stdin-")
+        _STDIN_SPOOL.append((stream, name))
+        with os.fdopen(fd, "wb") as fh:
+            shutil.copyfileobj(stream, fh, _HASH_CHUNK)
+    name = _STDIN_SPOOL[0][1]
+    if os.path.getsize(name) == 0:
+        raise EmptyInputError("standard input ('-') is empty; pipe a file into it, or give its path", path=STDIO)
+    return name
+
+
+def check_outputs(
+    inputs: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike] | None],
+    outputs: Mapping[str, str | os.PathLike | None],
+    *,
+    stdout: Collection[str] = (),
+    folders: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+    """Refuse outputs that would destroy an input or each other, before any work is done.
+
+    The rules, every violation collected into one error:
+
+    * an output may not name an input: the same path, the same file through a
+      symbolic link (``realpath``), or through a hard link (same device and inode);
+    * two outputs may not name one file;
+    * an output may not be an existing folder (or end in ``/``);
+    * ``-`` (standard output) only for the outputs in ``stdout``, and for one of
+      them at most; ``-`` (standard input) for one input at most.
+
+    Inputs that do not exist are not compared (nothing there to destroy; reading
+    them fails with its own message). An input ``archive.zip::member`` is its archive.
+
+    Parameters
+    ----------
+    inputs : mapping
+        The command's input files and folders by label (``"MANIFEST"``, ``"--metadata"``);
+        a value may be a list (several manifests) or None (not given).
+    outputs : mapping
+        The files the command writes by label (``"-o/--output"``); None when not given.
+    stdout : collection of str
+        Labels of the outputs that may be ``-``.
+    folders : mapping, optional
+        Outputs that are folders, with the names of the files the command writes in
+        them (``{"--out": ("best.pt", "metrics.json")}``); those files are compared.
+
+    Raises
+    ------
+    UsageError
+        Listing every clash, with both paths.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp(); src = os.path.join(d, "t.csv"); _ = open(src, "w").write("a\\n")
+    >>> check_outputs({"TABLE": src}, {"-o/--output": os.path.join(d, "m.parquet")})
+    >>> check_outputs({"TABLE": src}, {"-o/--output": src})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mdprep.errors.UsageError: -o/--output '...t.csv' is the input TABLE '...t.csv'; mdprep never writes over its inputs: choose another output path
+    """
+    from .errors import UsageError
+
+    folders = dict(folders or {})
+    problems: list[str] = []
+    given_inputs: list[tuple[str, str]] = []
+    for label, value in inputs.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        given_inputs += [(label, os.fspath(v)) for v in values if v is not None]
+    from_stdin = [label for label, p in given_inputs if p == STDIO]
+    if len(from_stdin) > 1:
+        problems.append(f"{' and '.join(dict.fromkeys(from_stdin))} read standard input ('-') {len(from_stdin)} times; only one input can come from it")
+    existing = [(label, split_member(p)[0]) for label, p in given_inputs if p != STDIO]
+    existing = list(dict.fromkeys((label, p) for label, p in existing if os.path.lexists(p)))
+
+    written: list[tuple[str, str]] = []  # (label, file path)
+    to_stdout = []
+    for label, value in outputs.items():
+        if value is None:
+            continue
+        path = os.fspath(value)
+        if path == STDIO:
+            if label in stdout:
+                to_stdout.append(label)
+            else:
+                what = "a folder" if label in folders else "a file"
+                problems.append(f"{label} cannot be '-' (standard output); give {what} path")
+            continue
+        if label in folders:
+            if os.path.exists(path) and not os.path.isdir(path):
+                problems.append(f"{label} {path!r} is a file; give a folder")
+                continue
+            written += [(f"{label} ({name})", os.path.join(path, name)) for name in folders[label]]
+            continue
+        if path.endswith(("/", os.sep)) or os.path.isdir(path):
+            problems.append(f"{label} {path!r} is a folder; give a file path (for example {os.path.join(path, 'NAME')!r})")
+            continue
+        written.append((label, path))
+    if len(to_stdout) > 1:
+        problems.append(f"{' and '.join(to_stdout)} {'both' if len(to_stdout) == 2 else 'all'} go to standard output ('-'); only one output can: give the others file paths")
+    for i, (label, path) in enumerate(written):
+        for in_label, in_path in existing:
+            how = _same_file(path, in_path)
+            if how:
+                problems.append(f"{label} {path!r} {how} the input {in_label} {in_path!r}; mdprep never writes over its inputs: choose another output path")
+        for other_label, other in written[:i]:
+            if _same_file(path, other):
+                problems.append(f"{other_label} {other!r} and {label} {path!r} name the same file; give each output its own path")
+    if problems:
+        problems = list(dict.fromkeys(problems))
+        raise UsageError("; ".join(problems), problems=problems)
+
+
+def _same_file(a: str, b: str) -> str | None:
+    """How paths ``a`` and ``b`` name one file (the words for a message), or None."""
+    if os.path.abspath(a) == os.path.abspath(b):
+        return "is"
+    try:
+        if os.path.realpath(a) == os.path.realpath(b):
+            return "is the same file (through a symbolic link) as"
+        if os.path.samefile(a, b):
+            return "is the same file (through a hard link) as"
+    except (OSError, ValueError):  # one does not exist, or a NUL byte: not the same file
+        pass
+    return None
 
 
 #: Separates an archive from the member to read in a path: ``labels.zip::train.csv``.
@@ -85,7 +373,8 @@ def file_fingerprint(path: str | os.PathLike) -> dict:
     """Size and SHA-256 of one file's bytes, with the path as given.
 
     For a member of an archive (``archive.zip::member.csv``, see :func:`split_member`)
-    the archive's bytes are hashed and the member is recorded.
+    the archive's bytes are hashed and the member is recorded. ``-`` is standard
+    input (:func:`stdin_file`), recorded as ``-``.
 
     Examples
     --------
@@ -98,7 +387,7 @@ def file_fingerprint(path: str | os.PathLike) -> dict:
     archive, member = split_member(path)
     digest = hashlib.sha256()
     size = 0
-    with open(archive, "rb") as fh:
+    with open(stdin_file() if archive == STDIO else archive, "rb") as fh:
         while chunk := fh.read(_HASH_CHUNK):
             digest.update(chunk)
             size += len(chunk)

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import InputError, ManifestValidationError, Violation, cut_text, examples_text
-from .fileio import atomic_write
+from .fileio import atomic_write, is_stdio, stdin_file, stdout_binary
 
 FORMAT = "mdprep-manifest"
 FORMAT_VERSION = 1
@@ -399,7 +399,7 @@ def from_arrow(table: pa.Table, *, path: str | None = None) -> Manifest:
 def write_manifest(manifest: Manifest, path: str | os.PathLike | BinaryIO) -> None:
     """Validate ``manifest`` and write it as Parquet, atomically when ``path`` is a path.
 
-    ``path`` may also be a writable binary stream (``sys.stdout.buffer``). Raises
+    ``path`` may also be a writable binary stream, or ``-`` for standard output. Raises
     :class:`~mdprep.errors.ManifestValidationError` listing every violation and
     writes nothing when the manifest breaks the contract.
     """
@@ -408,10 +408,14 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike | BinaryIO) -> No
 
 
 def write_table(table: pa.Table, path: str | os.PathLike | BinaryIO) -> None:
-    """Write any Arrow table deterministically (zstd, fixed row groups); atomically to a path."""
+    """Write any Arrow table deterministically (zstd, fixed row groups); atomically to a path, ``-`` for stdout."""
     options = dict(compression="zstd", row_group_size=1 << 20)
+    if is_stdio(path):
+        path = stdout_binary()
     if hasattr(path, "write"):
         pq.write_table(table, path, **options)
+        if hasattr(path, "flush"):
+            path.flush()
         return
     with atomic_write(path) as tmp:
         pq.write_table(table, tmp, **options)
@@ -421,7 +425,8 @@ def read_manifest(path: str | os.PathLike, *, validate_contract: bool = True, co
     """Read a manifest written by mdprep, validating the contract unless told not to.
 
     ``columns`` reads only those columns (those absent are ignored), for commands
-    that need a few columns of a large manifest.
+    that need a few columns of a large manifest. ``-`` reads standard input
+    (:func:`mdprep.fileio.stdin_file`).
 
     Examples
     --------
@@ -433,16 +438,18 @@ def read_manifest(path: str | os.PathLike, *, validate_contract: bool = True, co
     ['p1']
     """
     spath = os.fspath(path)
-    if not os.path.exists(spath):
+    source = stdin_file() if is_stdio(spath) else spath
+    if not os.path.exists(source):
         raise InputError(f"manifest {spath!r} does not exist; check the path or create it with `mdprep ingest`", path=spath)
     try:
         if columns is not None:
-            present = set(pq.read_schema(spath).names)
-            table = pq.read_table(spath, columns=[c for c in dict.fromkeys(columns) if c in present])
+            present = set(pq.read_schema(source).names)
+            table = pq.read_table(source, columns=[c for c in dict.fromkeys(columns) if c in present])
         else:
-            table = pq.read_table(spath)
+            table = pq.read_table(source)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{spath} is not a readable Parquet file ({exc})", path=spath) from exc
+        shown = "standard input ('-')" if source != spath else spath
+        raise InputError(f"{shown} is not a readable Parquet file ({str(exc).replace(source, spath)})", path=spath) from exc
     manifest = from_arrow(table, path=spath)
     if columns is not None:
         # Only the columns asked for: labels that were left out are not part of this view.

@@ -304,15 +304,17 @@ def generate_key() -> str:
 
 
 def write_key_file(path: str | os.PathLike) -> None:
-    """Write a new key to ``path`` with permissions 0600; refuses to overwrite a file."""
+    """Write a new key to ``path`` with permissions 0600; refuses to overwrite a file.
+
+    The write is atomic: a failure (disk full, interrupted) leaves no empty or partial
+    key file behind, and a file that appears meanwhile is never replaced.
+    """
     p = os.fspath(path)
     try:
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with atomic_write(p, mode=0o600, exclusive=True) as tmp:
+            tmp.write_text(generate_key() + "\n", encoding="ascii")
     except FileExistsError:
         raise UsageError(f"{p} already exists; keygen never overwrites a key (losing it makes old pseudonyms unmatchable)") from None
-    with os.fdopen(fd, "w") as fh:
-        fh.write(generate_key() + "\n")
-    os.chmod(p, 0o600)
 
 
 _PASSPHRASE = re.compile(r"[\W\d_]*([A-Z]?[a-z]{2,}|[A-Z]{2,})([\W_]+\d*[\W_]*([A-Z]?[a-z]{2,}|[A-Z]{2,})){2,}[\W\d_]*")

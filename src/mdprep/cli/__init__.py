@@ -11,14 +11,18 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from ._ui import reported_errors
+from ._ui import reported_errors, termination_unwinds
 
 
 class MdprepGroup(click.Group):
-    """A click group that maps every library error of its commands in one place."""
+    """A click group that maps every library error of its commands in one place.
+
+    SIGTERM and SIGHUP unwind the command like Ctrl-C (:func:`._ui.termination_unwinds`),
+    so no temporary file of an atomic write is left behind.
+    """
 
     def invoke(self, ctx: click.Context):
-        with reported_errors():
+        with reported_errors(), termination_unwinds():
             return super().invoke(ctx)
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from typing import Callable, Iterator
@@ -22,7 +24,8 @@ from ..errors import MAX_LISTED_VIOLATIONS, ManifestValidationError, MdprepError
 
 #: Exit codes, decided here and nowhere else (docs/getting-started.md#exit-codes):
 #: 0 success, 1 a check ran and failed, 2 bad input, usage or environment,
-#: 3 a bug in mdprep (an unexpected exception), 130 interrupted (Ctrl-C).
+#: 3 a bug in mdprep (an unexpected exception), 130 interrupted (Ctrl-C), 128 + N terminated
+#: by signal N (143 for SIGTERM, 129 for SIGHUP).
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 #: Set to 1 (or pass ``mdprep --debug``) to see the traceback of an internal error.
 DEBUG_ENV = "MDPREP_DEBUG"
@@ -70,6 +73,51 @@ class InternalError(click.ClickException):
 
 class Interrupted(click.ClickException):
     exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, message: str, exit_code: int = EXIT_INTERRUPTED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP) arrived: unwinds like Ctrl-C so atomic writes remove their temporary files."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def termination_unwinds() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP raise :class:`Terminated` instead of killing the process.
+
+    Python's default for them is to die on the spot, leaving the temporary files of
+    :func:`~mdprep.fileio.atomic_write` behind; raised as an exception, they unwind
+    the stack like Ctrl-C and every ``finally`` runs. Worker processes forked
+    meanwhile keep the default (die at once). A signal already ignored (``nohup``)
+    or handled by the embedding program is left alone, and so is everything outside
+    the main thread (where signal handlers cannot be set).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked worker inherited this handler: die as the signal says
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated(signum)
+
+    # Only signals that would kill the process: one ignored on purpose (nohup) stays ignored.
+    signums = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None and signal.getsignal(s) == signal.SIG_DFL]
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def _os_error_text(exc: OSError) -> str:
@@ -130,7 +178,10 @@ def reported_errors() -> Iterator[None]:
             raise BadInput(exc) from exc
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Terminated):
+                name = signal.Signals(exc.signum).name
+                raise Interrupted(f"terminated ({name}); outputs written so far are complete, nothing half-written was left", 128 + exc.signum) from None
             raise Interrupted("interrupted; outputs written so far are complete, nothing half-written was left") from None
         except OSError as exc:
             if debug_wanted():

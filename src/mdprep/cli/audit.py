@@ -23,7 +23,7 @@ from ..audit import (
     to_markdown,
     visible,
 )
-from ..fileio import atomic_write, file_fingerprint
+from ..fileio import check_outputs, file_fingerprint, write_text
 from ..hashing import HASH_COLUMNS, hash_manifest
 from ..manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
 from ..pseudonyms import check_same_key
@@ -58,7 +58,7 @@ allow_outside_root_option = click.option(
 
 @click.command("hash")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write with file_sha256, pixel_sha256 and phash columns.")
+@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write with file_sha256, pixel_sha256 and phash columns; '-' for stdout.")
 @click.option("--root", type=click.Path(file_okay=False), help="Folder the manifest's paths are relative to [default: the recorded root].")
 @click.option("--workers", type=click.IntRange(min=1), help="Processes reading images [default: all cores].")
 @click.option("--errors", "errors_path", metavar="FILE", help="Write the files that could not be hashed (.csv or .parquet).")
@@ -82,6 +82,7 @@ def hash_cmd(manifest, output, root, workers, errors_path, max_bytes, allow_outs
     """
     from ..ingest import write_errors
 
+    check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--errors": errors_path}, stdout={"-o/--output"})
     m = read_manifest(manifest)
     with file_progress("Hashing images", quiet) as bar:
         bar.found(len(m.frame))
@@ -111,11 +112,17 @@ _AUDIT_OPTIONS = [
     click.option("--time-col", help="Date column for the temporal check."),
     click.option("--temporal", is_flag=True, help="The split is by time: fail when val/test images predate the latest train image."),
     click.option("--train-split", default="train", show_default=True, help="Name of the training split (temporal check)."),
-    click.option("--json", "json_path", metavar="FILE", help="Write the full report (schema mdprep-audit-report v1)."),
+    click.option("--json", "json_path", metavar="FILE", help="Write the full report (schema mdprep-audit-report v1); '-' for stdout."),
     click.option("--junit", "junit_path", metavar="FILE", help="Write JUnit XML: one test case per check."),
     click.option("--markdown", "markdown_path", metavar="FILE", help="Write a short Markdown summary for a pull request."),
     click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line."),
 ]
+
+
+def check_audit_outputs(manifests, options) -> None:
+    """The report files of `audit-leakage` and `check` never overwrite a manifest, the allow list or each other."""
+    reports = {"--json": options["json_path"], "--junit": options["junit_path"], "--markdown": options["markdown_path"]}
+    check_outputs({"MANIFESTS": list(manifests), "--allow": options["allow_path"]}, reports, stdout=set(reports))
 
 
 def audit_options(command):
@@ -149,6 +156,7 @@ def audit_leakage(manifests, **options):
       mdprep audit-leakage train.parquet val.parquet test.parquet --allow reviewed.json
       mdprep audit-leakage hashed-split.parquet --require patient_overlap,duplicate_pixels,near_duplicate
     """
+    check_audit_outputs(manifests, options)
     click.get_current_context().exit(run_audit(manifests, **options))
 
 
@@ -189,8 +197,7 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, require, allo
     )
     for path, text in ((json_path, report.to_json), (junit_path, lambda: to_junit(report)), (markdown_path, lambda: to_markdown(report))):
         if path:
-            with atomic_write(path) as tmp:
-                tmp.write_text(text(), encoding="utf-8")
+            write_text(path, text())
     if not quiet:
         table = Table(title="Leakage audit", title_justify="left")
         table.add_column("check")
@@ -230,6 +237,7 @@ def check(manifests, **options):
     from ..manifest import validate as validate_manifest
     from ._ui import EXIT_CHECK_FAILED
 
+    check_audit_outputs(manifests, options)
     broken = 0
     for path in manifests:
         violations = validate_manifest(read_manifest(path, validate_contract=False))
@@ -246,7 +254,7 @@ def check(manifests, **options):
 
 @click.command("report")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, metavar="report.html", help="The HTML file to write (self-contained, no network needed).")
+@click.option("-o", "--output", required=True, metavar="report.html", help="The HTML file to write (self-contained, no network needed); '-' for stdout.")
 @click.option("--audit", "audit_path", type=click.Path(dir_okay=False), help="An audit report from `mdprep audit-leakage --json`.")
 @click.option("--title", default=None, help="Page title [default: the manifest's file name].")
 def report(manifest, output, audit_path, title):
@@ -261,8 +269,8 @@ def report(manifest, output, audit_path, title):
 
     from ..report import build_report, load_audit
 
+    check_outputs({"MANIFEST": manifest, "--audit": audit_path}, {"-o/--output": output}, stdout={"-o/--output"})
     m = read_manifest(manifest)
     page = build_report(m, audit=load_audit(audit_path) if audit_path else None, title=title or f"mdprep report: {os.path.basename(manifest)}")
-    with atomic_write(output) as tmp:
-        tmp.write_text(page, encoding="utf-8")
+    write_text(output, page)
     click.echo(f"Wrote {output}", err=True)

@@ -7,7 +7,7 @@ import json
 import click
 from rich.table import Table
 
-from ..fileio import atomic_write, file_fingerprint
+from ..fileio import check_outputs, file_fingerprint, write_text
 from ..ingest import write_errors
 from ..manifest import read_manifest, write_manifest
 from ..resample import STRATEGIES, resample_manifest
@@ -18,7 +18,7 @@ from ._options import comma_list
 
 @click.command("weights")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, metavar="weights.json", help="Weights document to write (schema mdprep-weights v1).")
+@click.option("-o", "--output", required=True, metavar="weights.json", help="Weights document to write (schema mdprep-weights v1); '-' for stdout.")
 @click.option("--split", default="train", show_default=True, help="Rows to count: a split name, or 'all' (warns when that includes val/test).")
 @click.option("--split-col", default="split", show_default=True, help="Column holding the split names.")
 @click.option("--scheme", type=click.Choice(SCHEMES), default="balanced", show_default=True, help="How counts become weights (docs/weights.md).")
@@ -41,14 +41,14 @@ def weights(manifest, output, split, split_col, scheme, beta, sqrt, clip, labels
       mdprep weights nih-split.parquet -o weights.json
       mdprep weights nih-split.parquet --scheme pos-weight --sqrt --clip 50 -o weights.json
     """
+    check_outputs({"MANIFEST": manifest}, {"-o/--output": output}, stdout={"-o/--output"})
     m = read_manifest(manifest)
     result = compute_weights(
         m, split=split, split_col=split_col, scheme=scheme, beta=beta, sqrt=sqrt, clip=clip,
         labels=comma_list([labels]) if labels else None, drop_empty=drop_empty,
     )
     doc = result.document({"manifest": file_fingerprint(manifest), "manifest_history": list(m.history)})
-    with atomic_write(output) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    write_text(output, json.dumps(doc, indent=2) + "\n")
     for note in result.notes:
         click.echo(f"Note: {note}", err=True)
     if quiet:
@@ -65,7 +65,7 @@ def weights(manifest, output, split, split_col, scheme, beta, sqrt, clip, labels
 
 @click.command("resample")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Resampled manifest to write.")
+@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Resampled manifest to write; '-' for stdout.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), required=True, help="over, under (one --target), ml-ros, ml-rus (all labels), patient-cap, smote, adasyn (--features).")
 @click.option("--split", default="train", show_default=True, help="The split to resample; val and test are refused.")
 @click.option("--split-col", default="split", show_default=True, help="Column holding the split names.")
@@ -90,6 +90,7 @@ def resample(manifest, output, strategy, split, split_col, target, ratio, percen
       mdprep resample nih-split.parquet --strategy over --target Hernia --ratio 0.1 -o hernia.parquet
       mdprep resample nih-split.parquet --strategy patient-cap --cap 10 --removed capped.csv -o capped.parquet
     """
+    check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--removed": removed_path}, stdout={"-o/--output"})
     m = read_manifest(manifest)
     result = resample_manifest(
         m, strategy=strategy, split=split, split_col=split_col, target=target, ratio=ratio, percent=percent, cap=cap,

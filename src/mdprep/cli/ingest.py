@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..dicom_header import MISSING_PATIENT_POLICIES, split_tag_specs
 from ..errors import InputError, examples_text
+from ..fileio import check_outputs
 from ..ingest import PRESETS, IngestResult, ingest_dicom, ingest_images, ingest_table, write_errors
 from ..labels import AGGREGATE_POLICIES, BLANK_POLICIES, LABEL_WHEN_SYNTAX, UNCERTAIN_POLICIES
 from ..manifest import summarize, write_manifest
@@ -157,6 +158,7 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, workers, e
     Example:
       mdprep ingest dicom /data/dump -o manifest.parquet --tags Manufacturer,KVP,0018,1151 --errors errors.csv
     """
+    check_outputs({"--files-from": files_from, "--key-file": key_file}, {"-o/--output": output, "--errors": errors_path}, stdout={"-o/--output"})
     files = _read_file_list(files_from)
     with file_progress("Reading DICOM headers", quiet) as bar:
         result = ingest_dicom(
@@ -196,6 +198,7 @@ def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_p
       mdprep ingest images CheXpert-v1.0-small/train -o images.parquet \\
         --patient-regex '(?P<patient>patient\\d+)/(?P<study>study\\d+)/view\\d+_(?P<view>frontal|lateral)'
     """
+    check_outputs({"--files-from": files_from, "--key-file": key_file}, {"-o/--output": output, "--errors": errors_path}, stdout={"-o/--output"})
     files = _read_file_list(files_from)
     with file_progress("Reading image headers", quiet) as bar:
         result = ingest_images(root, patient_regex=patient_regex, files=files, workers=workers, on_found=bar.found, on_progress=bar.advance)
@@ -273,6 +276,7 @@ def ingest_table_cmd(
       mdprep ingest table stage_2_train_labels.csv --image-col patientId --patient-col patientId \\
         --label-when 'Pneumonia:Target==1' --aggregate any -o rsna.parquet
     """
+    check_outputs({"TABLE": table, "--metadata": metadata, "--label-map": label_map, "--key-file": key_file}, {"-o/--output": output}, stdout={"-o/--output"})
     with status(f"Reading {table}", quiet):
         result = ingest_table(
             table,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
+from ..fileio import check_outputs
 from ..manifest import read_manifest, write_manifest
 from ..pseudonyms import DATE_POLICIES, PATH_POLICIES, PSEUDONYMISED, load_key, pseudonymize, write_key_file, write_mapping, write_path_map
 from ._ui import echo
@@ -43,13 +44,14 @@ def keygen(key_file):
     Example:
       mdprep keygen ~/.mdprep/site.key
     """
+    check_outputs({}, {"KEY_FILE": key_file})
     write_key_file(key_file)
     click.echo(f"Wrote a new key to {key_file} (permissions 0600); keep it secret and out of version control", err=True)
 
 
 @click.command("pseudonymize")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Pseudonymised manifest to write.")
+@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Pseudonymised manifest to write; '-' for stdout.")
 @key_file_option
 @click.option("--columns", metavar="COL,...", help="More identifier columns (names ending in 'uid' become UIDs).")
 @click.option("--dates", type=click.Choice(DATE_POLICIES), default="shift", show_default=True, help="Every date and date-time: shift per patient (intervals kept), keep the year, or drop.")
@@ -81,6 +83,7 @@ def pseudonymize_cmd(manifest, output, key_file, columns, dates, paths, path_map
     Example:
       MDPREP_PSEUDONYM_KEY=$(cat site.key) mdprep pseudonymize dicom.parquet -o dicom-pseudo.parquet --path-map private/paths.csv
     """
+    check_outputs({"MANIFEST": manifest, "--key-file": key_file}, {"-o/--output": output, "--mapping": mapping_path, "--path-map": path_map}, stdout={"-o/--output"})
     key = load_key(key_file)
     m = read_manifest(manifest)
     if path_map and paths in ("keep", "drop"):

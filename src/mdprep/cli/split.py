@@ -7,7 +7,7 @@ import json
 import click
 from rich.table import Table
 
-from ..fileio import atomic_write, file_fingerprint
+from ..fileio import check_outputs, file_fingerprint, write_text
 from ..manifest import read_manifest, write_manifest
 from ..splitting import MISSING_GROUP_POLICIES, SplitQuality, split_manifest, stratify_by_items
 from ._ui import print_table, status
@@ -51,7 +51,7 @@ def _summary(q: SplitQuality) -> str:
 
 @click.command("split")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write with a split and/or fold column.")
+@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write with a split and/or fold column; '-' for stdout.")
 @click.option("--group", default="patient_id", show_default=True, help="Column whose values never cross parts (patient, study, site).")
 @click.option("--ratios", help="Shares of the images per part, summing to 1 [default: 0.7,0.1,0.2 unless --folds alone].")
 @click.option("--names", help="Part names [default: train,val,test for 3 ratios, train,test for 2].")
@@ -64,7 +64,7 @@ def _summary(q: SplitQuality) -> str:
 )
 @click.option("--keep-existing", is_flag=True, help="Rows that already have a split keep it; their groups follow them.")
 @click.option("--missing-group", type=click.Choice(MISSING_GROUP_POLICIES), default="error", show_default=True, help="Rows without a group: fail, or make each its own group.")
-@click.option("--report", "report_path", metavar="FILE.json", help="Write the quality report as JSON.")
+@click.option("--report", "report_path", metavar="FILE.json", help="Write the quality report as JSON ('-' for stdout).")
 @click.option("-q", "--quiet", is_flag=True, help="No tables on stderr.")
 def split(manifest, output, group, ratios, names, folds, seed, stratify, stratify_by, keep_existing, missing_group, report_path, quiet):
     """Split MANIFEST into train/val/test and/or K folds; no patient ever crosses parts.
@@ -81,6 +81,7 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
       mdprep split chex.parquet --stratify-by sex,age:0,18,40,65,120 -o chex-split.parquet
       mdprep split nih.parquet --ratios 0.8,0.2 --names trainval,test --folds 5 -o cv.parquet --report split.json
     """
+    check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--report": report_path}, stdout={"-o/--output", "--report"})
     names_list = comma_list([names]) if names else None
     with status(f"Splitting {manifest}", quiet):
         m = read_manifest(manifest)
@@ -99,8 +100,7 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
         )
         write_manifest(result.manifest, output)
     if report_path:
-        with atomic_write(report_path) as tmp:
-            tmp.write_text(json.dumps(result.report(), indent=2, sort_keys=True) + "\n")
+        write_text(report_path, json.dumps(result.report(), indent=2, sort_keys=True) + "\n")
     for note in result.notes:
         click.echo(f"Note: {note}", err=True)
     for q, title in ((result.split_quality, "Split"), (result.fold_quality, "Folds")):

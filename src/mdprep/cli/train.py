@@ -7,6 +7,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import UsageError
+from ..fileio import check_outputs
 from ..manifest import read_manifest
 from ._ui import _animate, print_table
 from .audit import allow_outside_root_option
@@ -59,6 +60,9 @@ def train(manifest, root, weights_path, out_dir, arch, epochs, batch_size, image
       mdprep train nih-split.parquet --root images/ --weights weights.json --out runs/densenet \\
         --arch densenet121 --epochs 10 --evaluate-test
     """
+    check_outputs(
+        {"MANIFEST": manifest, "--weights": weights_path, "--pretrained": pretrained}, {"--out": out_dir}, folders={"--out": ("best.pt", "metrics.json")}
+    )
     try:
         from ..training import train as train_model
     except ImportError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..fileio import check_outputs
 from ..manifest import read_manifest, validate as validate_manifest
 from ._ui import EXIT_CHECK_FAILED, echo
 
@@ -21,6 +22,7 @@ def validate(manifests, quiet):
     Example:
       mdprep validate train.parquet test.parquet
     """
+    check_outputs({"MANIFESTS": list(manifests)}, {})
     failed = False
     for path in manifests:
         manifest = read_manifest(path, validate_contract=False)

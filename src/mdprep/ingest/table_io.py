@@ -20,7 +20,8 @@ into ``1``:
   recognises, in CSV and Parquet alike.
 
 Files are streamed: compressed data is decompressed on the fly into pyarrow, never
-held as one Python string.
+held as one Python string. The path ``-`` is standard input, copied once to a
+private temporary file (:func:`mdprep.fileio.stdin_file`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..errors import EmptyInputError, EncodingError, InputError, UsageError, cut_text, examples_text, short_repr
-from ..fileio import MEMBER_SEP, split_member
+from ..fileio import MEMBER_SEP, STDIO, split_member, stdin_file
 
 #: Bytes pyarrow parses at a time. A row, and the header, must fit in one block; the
 #: block grows (up to :data:`_MAX_BLOCK_SIZE`) when one does not.
@@ -167,6 +168,8 @@ def _resolve(path: str | os.PathLike, member: str | None) -> _Source:
     """Find the file (and zip member) behind ``path`` and what its bytes are."""
     label = os.fspath(path)
     file, named = split_member(label)
+    if file == STDIO:  # standard input, copied to a private file: the readers below need a path
+        file = stdin_file()
     if named is not None:
         if member is not None and member != named:
             raise UsageError(f"{label} names member {named!r} and member={member!r} names another; give one", path=label)
