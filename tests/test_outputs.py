@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -22,7 +23,7 @@ from mdprep.manifest import read_manifest
 from mdprep.pseudonyms import KEY_ENV
 from mdprep.synthetic import write_nih_table
 
-KEY = "ab" * 16 + "0123456789abcdef" * 2
+KEY = hashlib.sha256(b"mdprep test key").hexdigest()  # fixed, and strong enough for key_weakness
 
 
 @pytest.fixture(scope="module")
