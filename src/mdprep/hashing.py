@@ -23,7 +23,7 @@ import re
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -165,6 +165,13 @@ class HashResult:
     failed: int
 
 
+def _without(message: str, real: str, shown: str, root: str) -> str:
+    """``message`` with the file's real path (absolute or relative) replaced by the path the manifest shows."""
+    if real == shown:
+        return message
+    return message.replace(os.path.join(root, real), shown).replace(real, shown)
+
+
 def hash_manifest(
     manifest: Manifest,
     *,
@@ -173,6 +180,7 @@ def hash_manifest(
     on_progress: Callable[[int], None] | None = None,
     max_bytes: int = MAX_BYTES,
     allow_outside_root: bool = False,
+    path_map: Mapping[str, str] | None = None,
 ) -> HashResult:
     """Add ``file_sha256``, ``pixel_sha256`` and ``phash`` columns, reading every image once.
 
@@ -192,6 +200,10 @@ def hash_manifest(
     allow_outside_root : bool
         Read paths that lead outside the root (``../x``, absolute paths elsewhere,
         links out of the root) instead of refusing the manifest; a warning counts them.
+    path_map : mapping, optional
+        Pseudonymised path -> real path (:func:`mdprep.pseudonyms.load_path_map`), for a
+        manifest whose paths were pseudonymised: files are read at their real paths, and
+        the result and its error rows name only the pseudonymised ones.
 
     Returns
     -------
@@ -217,19 +229,26 @@ def hash_manifest(
         raise InputError(f"image root {root_s!r} is not a folder; pass --root DIR", path=root_s)
     root_abs = os.path.abspath(root_s)
     paths = manifest.frame["path"].astype("str").tolist()
-    outside = paths_outside_root(root_abs, paths, allow_outside_root=allow_outside_root)
+    if path_map is not None:
+        from .pseudonyms import resolve_paths
+
+        read = resolve_paths(manifest, path_map).frame["path"].tolist()
+    else:
+        read = paths
+    outside = paths_outside_root(root_abs, read, allow_outside_root=allow_outside_root)
     if outside.any():
         warnings.warn(f"{int(outside.sum())} row(s) read from outside the image root {root_abs!r} (--allow-outside-root)", MdprepWarning, stacklevel=2)
     task = functools.partial(_hash_chunk, root=root_abs, max_bytes=int(max_bytes))
-    parts = map_chunks(task, paths, workers=workers, on_progress=on_progress)
+    parts = map_chunks(task, read, workers=workers, on_progress=on_progress)
     rows = [r for part in parts for r in part]
     frame = manifest.frame.copy()
     frame["file_sha256"] = pd.Series([r[0] for r in rows], index=frame.index, dtype="str")
     frame["pixel_sha256"] = pd.Series([r[1] for r in rows], index=frame.index, dtype="str")
     frame["phash"] = pd.array([r[2] for r in rows], dtype="UInt64")
-    failed = [(p, r[3], r[4]) for p, r in zip(paths, rows) if r[3]]
+    # Error rows name the manifest's path; a decoder's message that quotes the real one gets the pseudonym.
+    failed = [(p, r[3], _without(r[4], real, p, root_abs)) for p, real, r in zip(paths, read, rows) if r[3]]
     errors = pd.DataFrame(failed, columns=["path", "error_type", "message"]).astype("str")
-    options = {"root": root_abs, "max_bytes": int(max_bytes), "allow_outside_root": bool(allow_outside_root)}
+    options = {"root": root_abs, "max_bytes": int(max_bytes), "allow_outside_root": bool(allow_outside_root), "path_map": path_map is not None}
     step = provenance_step("hash", options, [])
     result = manifest.with_frame(frame).with_step(step)
     return HashResult(result, errors, hashed=len(paths) - len(failed), failed=len(failed))

@@ -26,7 +26,7 @@ from ..audit import (
 from ..fileio import check_outputs, file_fingerprint, write_text
 from ..hashing import HASH_COLUMNS, hash_manifest
 from ..manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
-from ..pseudonyms import check_same_key
+from ..pseudonyms import check_same_key, load_path_map
 from ._ui import file_progress, print_table
 from ._options import comma_list
 
@@ -48,6 +48,13 @@ class ByteSize(click.ParamType):
         return int(match[1]) * self._UNITS[match[2]]
 
 
+#: ``--path-map``, shared by the commands that read the images of a pseudonymised manifest (hash, train).
+path_map_option = click.option(
+    "--path-map",
+    type=click.Path(dir_okay=False),
+    help="The private path map `mdprep pseudonymize --path-map` wrote: read each image at its real path; outputs keep the pseudonymised ones.",
+)
+
 #: ``--allow-outside-root``, shared by the commands that read image files (hash, train).
 allow_outside_root_option = click.option(
     "--allow-outside-root",
@@ -64,8 +71,9 @@ allow_outside_root_option = click.option(
 @click.option("--errors", "errors_path", metavar="FILE", help="Write the files that could not be hashed (.csv or .parquet).")
 @click.option("--max-bytes", type=ByteSize(), default="2G", show_default=True, help="Largest file read; a larger one is a failed row (TooLarge). Units K, M, G, T are powers of 1024.")
 @allow_outside_root_option
+@path_map_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def hash_cmd(manifest, output, root, workers, errors_path, max_bytes, allow_outside_root, quiet):
+def hash_cmd(manifest, output, root, workers, errors_path, max_bytes, allow_outside_root, path_map, quiet):
     """Hash every image of MANIFEST once (bytes, decoded pixels, perceptual hash) for the audit.
 
     \b
@@ -82,11 +90,14 @@ def hash_cmd(manifest, output, root, workers, errors_path, max_bytes, allow_outs
     """
     from ..ingest import write_errors
 
-    check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--errors": errors_path}, stdout={"-o/--output"})
+    check_outputs({"MANIFEST": manifest, "--path-map": path_map}, {"-o/--output": output, "--errors": errors_path}, stdout={"-o/--output"})
     m = read_manifest(manifest)
+    real_paths = load_path_map(path_map) if path_map else None
     with file_progress("Hashing images", quiet) as bar:
         bar.found(len(m.frame))
-        result = hash_manifest(m, root=root, workers=workers, on_progress=bar.advance, max_bytes=max_bytes, allow_outside_root=allow_outside_root)
+        result = hash_manifest(
+            m, root=root, workers=workers, on_progress=bar.advance, max_bytes=max_bytes, allow_outside_root=allow_outside_root, path_map=real_paths
+        )
     write_manifest(result.manifest, output)
     if errors_path:
         write_errors(result.errors, errors_path)
