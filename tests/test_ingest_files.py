@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -185,19 +186,18 @@ def test_values_with_foreign_vrs_never_abort_the_run(tmp_path):
 
 def test_a_value_arrow_refuses_costs_its_file_only(tmp_path, monkeypatch):
     import mdprep.ingest.dicom as dicom_ingest
-    from mdprep.dicom_header import read_header
+    from mdprep.dicom_header import read_headers
 
     root = tmp_path / "t"
     _small_tree(root)
 
-    def corrupt(path, columns, missing_patient="error"):
-        res = read_header(path, columns, missing_patient)
-        if "PAT00001" in path:  # a reader bug: text where a number belongs
-            at = [c.column for c in columns].index("rows")
-            res = replace(res, values=res.values[:at] + ("many",) + res.values[at + 1 :])
-        return res
+    def corrupt(paths, columns, missing_patient="error"):
+        out = read_headers(paths, columns, missing_patient)
+        at = [c.column for c in columns].index("rows")
+        # A reader bug: text where a number belongs.
+        return [replace(r, values=r.values[:at] + ("many",) + r.values[at + 1 :]) if "PAT00001" in p else r for p, r in zip(paths, out)]
 
-    monkeypatch.setattr(dicom_ingest, "read_header", corrupt)
+    monkeypatch.setattr(dicom_ingest, "read_headers", corrupt)
     result = ingest_dicom(root, workers=1)
     assert (result.report.ingested, result.report.failed) == (2, 1)
     row = result.errors.iloc[0]
@@ -394,15 +394,37 @@ def test_cli_tags_accept_every_tag_spelling(runner, tmp_path, tags):
     assert frame["patient_weight"].tolist() == [71.5] and frame["manufacturer"].tolist() == ["ACME Imaging"]
 
 
-def test_cli_unknown_tag_is_one_error_line(runner, tmp_path):
+@pytest.mark.parametrize(
+    "tags,message",
+    [
+        (
+            "PatientWeigth",
+            "unknown DICOM keyword 'PatientWeigth'; use a keyword from the DICOM dictionary (for example PatientWeight) "
+            "or a tag as GGGG,EEEE (for example 0010,1030)",
+        ),
+        ("0010,103", "malformed tag '0010,103': expected GGGG,EEEE with 4 hex digits each (for example 0010,1030)"),
+        ("0010,Weight", "malformed tag '0010': expected GGGG,EEEE with 4 hex digits each"),
+        ("ImageID", "tag 'ImageID' would create column 'image_id', which the manifest reserves for its own values"),
+    ],
+)
+def test_cli_bad_tags_are_one_error_line(runner, tmp_path, tags, message):
     from mdprep.cli import main
 
-    res = runner.invoke(main, ["ingest", "dicom", str(tmp_path), "-o", str(tmp_path / "m.parquet"), "--tags", "0010,Weight"])
+    res = runner.invoke(main, ["ingest", "dicom", str(tmp_path), "-o", str(tmp_path / "m.parquet"), "--tags", tags])
     assert res.exit_code == 2
-    assert res.stderr.strip() == (
-        "Error: unknown DICOM keyword '0010'; use a keyword from the DICOM dictionary (for example PatientWeight) "
-        "or a tag as GGGG,EEEE (for example 0010,1030)"
-    )
+    assert res.stderr.startswith("Error: " + message) and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_tags_may_not_name_the_manifest_s_own_columns(tmp_path):
+    from mdprep.dicom_header import header_columns
+    from mdprep.ingest.dicom import RESERVED_COLUMNS
+
+    assert {"image_id", "path", "lenient_read", "has_pixels", "patient_id_source", "split", "fold"} <= set(RESERVED_COLUMNS)
+    with pytest.raises(UsageError, match="tag 'ImageID' would create column 'image_id', which the manifest reserves"):
+        ingest_dicom(tmp_path, tags=["ImageID"])
+    with pytest.raises(UsageError, match="tag '0018,0060' would create column 'kvp', which the manifest reserves"):
+        header_columns(["0018,0060"], reserved=["kvp"])
+    assert header_columns(["Rows"], reserved=["rows"])[-1].column == "transfer_syntax"  # a preset tag: nothing added
 
 
 def _anonymised_tree(root):
@@ -448,3 +470,196 @@ def test_cli_missing_patient(runner, tmp_path):
     assert read_manifest(out).frame["patient_id_source"].tolist() == ["PatientID", "SeriesInstanceUID", "SeriesInstanceUID"]
     res = runner.invoke(main, ["ingest", "dicom", str(root), "-o", str(out), "--missing-patient", "guess"])
     assert res.exit_code == 2 and "'guess' is not one of 'error', 'study', 'series'" in res.stderr
+
+
+# ----------------------------------------------------------------------------- stand-in patients, empty inputs
+
+
+def _study_tree(root):
+    """Study 1: one file with PatientID P1, two without. Study 2: files with P2 and P3, one without."""
+    from pydicom import dcmread
+
+    write_dicom_tree(root, patients=1, images_per_patient=6, shape=(4, 4), private_tags=0)
+    files = sorted(root.rglob("*.dcm"))
+    plan = [("1.2.1", "P1"), ("1.2.1", None), ("1.2.1", None), ("1.2.2", "P2"), ("1.2.2", "P3"), ("1.2.2", None)]
+    for path, (study, patient) in zip(files, plan):
+        ds = dcmread(path)
+        ds.StudyInstanceUID = ds.SeriesInstanceUID = study
+        if patient is None:
+            del ds.PatientID
+        else:
+            ds.PatientID = patient
+        ds.save_as(path)
+    return [str(p.relative_to(root)) for p in files]
+
+
+@pytest.mark.parametrize("policy", ["study", "series"])
+def test_files_without_patient_borrow_the_patient_of_their_study(tmp_path, policy):
+    rels = _study_tree(tmp_path / "t")
+    result = ingest_dicom(tmp_path / "t", missing_patient=policy, workers=1)
+    frame = result.manifest.frame.set_index("path")
+    attribute = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}[policy]
+    assert frame.loc[rels, "patient_id"].tolist() == ["P1", "P1", "P1", "P2", "P3", f"{policy}:1.2.2"]
+    borrowed = f"{attribute} (PatientID of the {policy})"
+    assert frame.loc[rels, "patient_id_source"].tolist() == ["PatientID", borrowed, borrowed, "PatientID", "PatientID", attribute]
+    assert result.report.notes == (
+        f"2 file(s) without PatientID took the PatientID that the other files of their {policy} carry (patient_id_source '{borrowed}')",
+        f"1 file(s) without PatientID belong to a {policy} whose other files carry several PatientIDs ({attribute} '1.2.2'); "
+        f"they keep '{policy}:<{attribute}>' as their patient",
+    )
+
+
+def test_a_tree_or_list_without_dicom_files_is_empty_input(tmp_path, runner):
+    from mdprep.cli import main
+
+    root = tmp_path / "t"
+    root.mkdir()
+    (root / "notes.txt").write_text("hello")
+    (root / "scan.dcm").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    os.symlink("nowhere.dcm", root / "dangling.dcm")
+    with pytest.raises(EmptyInputError, match=r"no DICOM file among the 3 files found under .*\(NotDicom 2, DanglingSymlink 1\); check the path"):
+        ingest_dicom(root, workers=1)
+    (tmp_path / "list.txt").write_text("a.dcm\nb.dcm\n")
+    out = tmp_path / "m.parquet"
+    res = runner.invoke(main, ["ingest", "dicom", str(root), "--files-from", str(tmp_path / "list.txt"), "-o", str(out)])
+    assert res.exit_code == 2 and not out.exists()
+    assert res.stderr.startswith("Error: no DICOM file among the 2 files listed (FileNotFoundError 2); check the list")
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_pydicom_warnings_are_counted_per_file_not_printed(tmp_path, runner):
+    from pydicom import dcmread
+
+    from mdprep.cli import main
+
+    root = tmp_path / "t"
+    _small_tree(root)
+    for path in sorted(root.rglob("*.dcm"))[:2]:
+        ds = dcmread(path)
+        ds.SpecificCharacterSet = "ISO_IR 999"
+        with pytest.warns(UserWarning):
+            ds.save_as(path)
+    result = ingest_dicom(root, workers=1)
+    assert result.report.notes == ("2 file(s): unknown character set 'ISO_IR 999'; its text was decoded as ASCII/Latin-1",)
+    res = runner.invoke(main, ["ingest", "dicom", str(root), "-o", str(tmp_path / "m.parquet"), "-q"])
+    assert res.exit_code == 0
+    assert res.stderr == "Note: 2 file(s): unknown character set 'ISO_IR 999'; its text was decoded as ASCII/Latin-1\n"
+
+
+# ----------------------------------------------------------------------------- file lists
+
+
+def test_file_list_lines_keep_their_whitespace(tmp_path, runner):
+    from mdprep.cli import main
+    from mdprep.manifest import read_manifest
+
+    root = tmp_path / "t"
+    _small_tree(root, patients=1)
+    data = (root / "PAT00000" / "study0" / "img000.dcm").read_bytes()
+    names = ["form\x0cfeed.dcm", "nel\u0085x.dcm", " trailing space .dcm", "tab\tname.dcm"]
+    for name in names:
+        (root / name).write_bytes(data)
+    listing = "".join(f"{n}\n" for n in names[:2]) + f"{names[2]}\r\n\n{names[3]}"  # CRLF, an empty line, no final newline
+    (tmp_path / "list.txt").write_text(listing, encoding="utf-8")
+    out = tmp_path / "m.parquet"
+    res = runner.invoke(main, ["ingest", "dicom", str(root), "--files-from", str(tmp_path / "list.txt"), "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    assert sorted(read_manifest(out).frame["path"]) == sorted(names)
+
+
+def test_listed_entries_get_the_walk_s_outcomes(tmp_path):
+    from mdprep.ingest.files import collect_files
+
+    root = tmp_path / "t"
+    _small_tree(root)
+    sock, expected = _special_entries(root)
+    sock.close()
+    walked = {p: f"{o}:{t}" for p, o, t, _ in collect_files(root).refused}
+    # Every refused entry but the folder links, listed (the undecodable one as a --files-from line gives it).
+    listed_names = [p for p in expected if p not in ("PAT00000/up", "alias", "bad\\xff.dcm")] + ["./bad\udcff.dcm"]
+    listing = collect_files(root, listed_names)
+    listed = {p: f"{o}:{t}" for p, o, t, _ in listing.refused}
+    assert len(listed) == len(listed_names) == 7 and listing.relpaths == []
+    for rel in listed:
+        assert listed[rel] == walked[rel], rel  # one classification for both, and the same normalised path
+    # Folders are walked, not listed: a listed folder (or link to one) is skipped, with its path in the row.
+    folder = collect_files(root, ["PAT00001", "alias", "PAT00000/study0/"]).refused
+    assert [(p, o, t) for p, o, t, _ in folder] == [("PAT00001", "skipped", "Folder"), ("alias", "skipped", "Folder"), ("PAT00000/study0", "skipped", "Folder")]
+    assert all("Errno" not in m for *_, m in folder)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def test_patient_regex_groups_may_not_overwrite_manifest_columns(image_tree, monkeypatch):
+    import mdprep.ingest.images as images
+
+    monkeypatch.setattr(images, "_read_image_headers", lambda *a, **k: pytest.fail("read images before refusing the regex"))
+    for group in ("path", "patient_id", "image_id", "width", "height", "split", "sex", "age", "fold", "study_date", "color_mode", "format"):
+        with pytest.raises(UsageError, match=rf"has the group\(s\) '{group}', named after column\(s\) the manifest fills itself; rename them \(reserved: image_id, path, "):
+            ingest_images(image_tree.root, patient_regex=rf"(?P<patient>patient\d+)/(?P<{group}>study\d+)", workers=1)
+
+
+def test_free_groups_become_columns(image_tree):
+    result = ingest_images(image_tree.root, patient_regex=r"(?P<patient>patient\d+)/(?P<visit>study\d+)/view(?P<k>\d)", workers=1)
+    frame = result.manifest.frame
+    assert frame["visit"].str.match(r"study\d$").all() and set(frame["k"]) == {"1", "2"} and "study_id" not in frame
+
+
+def test_a_patient_group_that_is_always_empty_is_a_usage_error(image_tree, tmp_path, runner):
+    from mdprep.cli import main
+
+    out = tmp_path / "m.parquet"
+    res = runner.invoke(main, ["ingest", "images", image_tree.root, "--patient-regex", "(?P<patient>x*)", "-o", str(out)])
+    assert res.exit_code == 2 and not out.exists()
+    assert "its group 'patient' is empty in every one" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    # Empty for some paths only: those fail without being read, the others are rows.
+    result = ingest_images(image_tree.root, patient_regex=r"(?P<patient>patient0000[01]|)/", workers=1)
+    got = _outcomes(result)
+    assert got["patient00002/study1/view1_frontal.png"] == "failed:PatternMismatch"
+    assert set(result.manifest.frame["patient_id"]) == {"patient00000", "patient00001"}
+
+
+def test_patient_regex_means_what_python_says(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for name in ("patient7/a.png", "patient\u0663/b.png"):  # an Arabic-Indic digit 3: Python's \d takes it, RE2's does not
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (4, 4)).save(root / name)
+    result = ingest_images(root, patient_regex=r"(?P<patient>patient\d)/", workers=1)
+    assert sorted(result.manifest.frame["patient_id"]) == ["patient7", "patient\u0663"]
+    with pytest.raises(UsageError, match=r"matches none of the 2 image paths.*Python's re warns: Possible nested set.*write \[0-9\]"):
+        ingest_images(root, patient_regex=r"(?P<patient>patient[[:digit:]])/", workers=1)
+
+
+def test_images_cut_short_are_truncated(tmp_path):
+    import io
+
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    (root / "p1").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), "L")
+    encoded = {}
+    for fmt, ext in (("PNG", "png"), ("JPEG", "jpg"), ("TIFF", "tif"), ("BMP", "bmp")):
+        buf = io.BytesIO()
+        im.save(buf, fmt)
+        encoded[ext] = buf.getvalue()
+        (root / "p1" / f"whole.{ext}").write_bytes(encoded[ext])
+        (root / "p1" / f"cut.{ext}").write_bytes(encoded[ext][: len(encoded[ext]) * 2 // 3] if ext != "tif" else encoded[ext][:2000])
+    (root / "p1" / "padded.jpg").write_bytes(encoded["jpg"] + bytes(100))  # padding after EOI
+    (root / "p1" / "trailer.png").write_bytes(encoded["png"] + b"appended data")  # bytes after IEND
+    (root / "p1" / "trailer.jpg").write_bytes(encoded["jpg"] + b"appended data")
+    (root / "p1" / "empty.png").write_bytes(b"")
+    (root / "p1" / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    result = ingest_images(root, patient_regex=r"(?P<patient>p\d)/", workers=1)
+    got = _outcomes(result)
+    for ext in ("png", "jpg", "tif", "bmp"):
+        assert got[f"p1/whole.{ext}"] == "ok" and got[f"p1/cut.{ext}"] == "failed:TruncatedFile", ext
+    assert got["p1/padded.jpg"] == got["p1/trailer.png"] == got["p1/trailer.jpg"] == "ok"
+    messages = dict(zip(result.errors["path"], result.errors["message"]))
+    assert messages["p1/cut.png"].startswith("the PNG ends at byte") and "FFD9" in messages["p1/cut.jpg"]
+    assert messages["p1/empty.png"] == "an empty file"
+    assert all("<_io." not in m and "name=" not in m for m in messages.values())

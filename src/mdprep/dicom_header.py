@@ -33,12 +33,14 @@ import os
 import re
 import stat
 import struct
-from dataclasses import dataclass
+import warnings
+import zlib
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import pyarrow as pa
 
-from .errors import UsageError
+from .errors import UsageError, cut_text, short_repr
 from .fileio import special_file_kind
 
 # ----------------------------------------------------------------------------- tags
@@ -98,8 +100,11 @@ PRESET_TAGS: dict[str, str] = {
 }
 
 _TAG_TEXT = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*,?\s*([0-9A-Fa-f]{4})\s*\)?$")
-# One item of a comma-separated tag list: a GGGG,EEEE pair (its comma is not a separator), or anything up to a comma.
-_TAG_ITEM = re.compile(r"\s*(\(?\s*[0-9A-Fa-f]{4}\s*,\s*[0-9A-Fa-f]{4}\s*\)?|[^,]*?)\s*(?:,|\Z)")
+# One item of a comma-separated tag list: a GGGG,EEEE pair (its comma is not a separator; a pair with
+# the wrong number of digits, such as 0010,103, stays one item, to be refused whole), or anything up to a comma.
+_TAG_ITEM = re.compile(r"\s*(\(?\s*[0-9][0-9A-Fa-f]{0,7}\s*,\s*[0-9A-Fa-f]{1,8}\s*\)?(?=\s*(?:,|\Z))|[^,]*?)\s*(?:,|\Z)")
+# Something written as a tag (hex digits, a comma, parentheses), not as a keyword.
+_TAG_LIKE = re.compile(r"^\(?[\s0-9A-Fa-f]*[0-9][\s0-9A-Fa-f]*(,[\s0-9A-Fa-f]*)?\)?$")
 
 
 def split_tag_specs(values: Sequence[str | None]) -> list[str]:
@@ -155,6 +160,12 @@ def tag_column(spec: str, column: str | None = None) -> TagColumn:
     else:
         tag = tag_for_keyword(text)
         keyword = text
+        if tag is None and _TAG_LIKE.match(text):
+            raise UsageError(
+                f"malformed tag {spec!r}: expected GGGG,EEEE with 4 hex digits each (for example 0010,1030), "
+                "(GGGG,EEEE) or GGGGEEEE, or a keyword such as PatientWeight",
+                tag=spec,
+            )
         if tag is None:
             raise UsageError(
                 f"unknown DICOM keyword {spec!r}; use a keyword from the DICOM dictionary "
@@ -178,17 +189,49 @@ def tag_column(spec: str, column: str | None = None) -> TagColumn:
     return TagColumn(column=name, tag=tag, vr=vr, multi=vm != "1")
 
 
-def header_columns(extra: Sequence[str] = ()) -> list[TagColumn]:
-    """The preset columns followed by any ``extra`` tags (duplicates removed)."""
+def header_columns(extra: Sequence[str] = (), reserved: Sequence[str] = ()) -> list[TagColumn]:
+    """The preset columns followed by any ``extra`` tags (duplicates removed).
+
+    Parameters
+    ----------
+    extra : sequence of str
+        Keywords or tags to read besides the preset.
+    reserved : sequence of str
+        Column names the caller fills itself (``image_id``, ``path``, ...): an extra
+        tag whose column would have one of these names is refused.
+
+    Raises
+    ------
+    UsageError
+        For an unknown or malformed tag, a tag that cannot be a column, or one whose
+        column name is taken.
+
+    Examples
+    --------
+    >>> [c.column for c in header_columns(["KVP"])][-1]
+    'kvp'
+    >>> header_columns(["ImageID"], reserved=["image_id"])
+    Traceback (most recent call last):
+    ...
+    mdprep.errors.UsageError: tag 'ImageID' would create column 'image_id', which the manifest reserves for its own values; this attribute cannot be read with --tags
+    """
     cols = [tag_column(keyword, column) for column, keyword in PRESET_TAGS.items()]
     seen_tags = {c.tag for c in cols}
     seen_names = {c.column for c in cols}
+    reserved_names = set(reserved) - seen_names
     for spec in extra:
         col = tag_column(spec)
         if col.tag in seen_tags:
             continue
+        if col.column in reserved_names:
+            raise UsageError(
+                f"tag {spec!r} would create column {col.column!r}, which the manifest reserves for its own values; "
+                "this attribute cannot be read with --tags",
+                tag=spec,
+                column=col.column,
+            )
         if col.column in seen_names:
-            raise UsageError(f"tag {spec!r} would create column {col.column!r}, which already exists", tag=spec)
+            raise UsageError(f"tag {spec!r} would create column {col.column!r}, which already exists", tag=spec, column=col.column)
         seen_tags.add(col.tag)
         seen_names.add(col.column)
         cols.append(col)
@@ -317,14 +360,43 @@ def _parse_one(s: str, target: str) -> Any:
     return s
 
 
-def convert_value(col: TagColumn, raw: bytes, vr: str | None, little: bool, encodings: tuple[str, ...] | None) -> Any:
+#: C0 control characters; none belongs in a text value except those :func:`_is_text` allows.
+_C0 = re.compile("[\x00-\x1f]")
+#: Control characters DICOM allows in the free-text VRs (PS3.5 6.1.3).
+_FREE_TEXT_CONTROLS = frozenset("\t\n\f\r")
+_ESC = "\x1b"
+
+
+def _is_text(text: str, vr: str, iso2022: bool) -> bool:
+    """True when ``text`` holds no control character its VR does not allow.
+
+    LT, ST and UT may hold TAB, LF, FF and CR; ESC is allowed in the VRs the
+    character set applies to when the file declares ISO 2022 code extensions. Any
+    other C0 control character (binary data read as text: a US value in an implicit
+    VR file, a NUL inside a value) makes the value not text.
+    """
+    if text.isprintable():
+        return True
+    allowed = _FREE_TEXT_CONTROLS if vr in _SINGLE_VALUE_TEXT and vr != "UR" else frozenset()
+    if iso2022 and vr in _CHARSET_VRS:
+        allowed = allowed | {_ESC}
+    return all(c in allowed for c in _C0.findall(text))
+
+
+def convert_value(
+    col: TagColumn, raw: bytes | str, vr: str | None, little: bool, encodings: tuple[str, ...] | None, iso2022: bool = False
+) -> Any:
     """Typed Python value of one raw element value, ``None`` when empty, :data:`INVALID` when malformed.
 
     ``vr`` is the VR the file stores the element with (``None`` in implicit VR files,
-    where the dictionary's VR applies). The result always fits ``col.arrow_type``:
+    where the dictionary's VR applies). ``raw`` is the value's bytes, or its text
+    where pydicom already decoded it. The result always fits ``col.arrow_type``:
     a value stored with a VR of another kind than the dictionary's (``Rows`` as LO,
-    ``StudyDate`` as US, ``PatientID`` as US), a number out of the range of the
-    attribute's VR (``Columns`` as DS ``1e30``), or a non-finite number is INVALID.
+    ``StudyDate`` as US, ``PatientID`` as US or as a sequence), a number out of the
+    range of the attribute's VR (``Columns`` as DS ``1e30``), a non-finite number, or
+    text holding control characters its VR does not allow (binary data read as text
+    in an implicit VR file) is INVALID. ``iso2022`` says the file declares ISO 2022
+    code extensions (ESC is then part of text).
 
     Examples
     --------
@@ -333,43 +405,68 @@ def convert_value(col: TagColumn, raw: bytes, vr: str | None, little: bool, enco
     (512, True)
     >>> convert_value(tag_column("StudyDate"), b"\\x01\\x00", "US", True, None) is INVALID
     True
+    >>> convert_value(tag_column("PatientID"), b"\\x07\\x00", None, True, None) is INVALID  # US 7 in implicit VR
+    True
+    >>> convert_value(tag_column("PatientName"), b"Wang^XiaoDong=", "PN", True, None)
+    'Wang^XiaoDong'
     """
     if vr is None or vr == "UN":
         vr = col.vr
     elif len(vr) != 2:
         vr = vr[:2]  # pydicom's "US or SS" for an ambiguous implicit element
+    if vr == "SQ":
+        return INVALID  # a sequence where a value belongs, even an empty one
     if not raw:
         return None
     target = col.vr
     if vr not in _ACCEPTED_VRS.get(target, ()):
         return INVALID
-    try:
-        if vr in _BINARY_INT or vr in _BINARY_FLOAT:
-            code = _BINARY_INT.get(vr) or _BINARY_FLOAT[vr]
-            size = struct.calcsize(code)
-            if len(raw) % size:
+    if vr in _STRING_VRS and type(raw) is bytes:  # the common case first
+        if encodings is None or vr not in _CHARSET_VRS:
+            text = raw.decode("latin-1")
+        else:
+            try:
+                text = _decode_text(raw, vr, encodings)
+            except (ValueError, LookupError):
                 return INVALID
-            vals = [_fit_number(v, target) for v in struct.unpack(("<" if little else ">") + code * (len(raw) // size), raw)]
-            if any(v is INVALID for v in vals):
-                return INVALID
-            if col.multi:
-                return vals
-            return vals[0] if len(vals) == 1 else INVALID
-        if vr == "AT":
-            if len(raw) % 4:
-                return INVALID
-            fmt = "<" if little else ">"
-            tags = [f"({g:04X},{e:04X})" for g, e in struct.iter_unpack(fmt + "HH", raw)]
-            return tags if col.multi else "\\".join(tags)
-        text = _decode_text(raw, vr, encodings)
-    except (OverflowError, ValueError, LookupError, struct.error):
-        return INVALID
-    if target in _TEXT_VRS and not col.multi:
-        # Keep a single text value whole (a stray backslash is data, not a separator).
-        text = text.strip(" \x00")
-        return text or None
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            if vr in _BINARY_INT or vr in _BINARY_FLOAT:
+                code = _BINARY_INT.get(vr) or _BINARY_FLOAT[vr]
+                size = struct.calcsize(code)
+                if len(raw) % size:
+                    return INVALID
+                vals = [_fit_number(v, target) for v in struct.unpack(("<" if little else ">") + code * (len(raw) // size), raw)]
+                if any(v is INVALID for v in vals):
+                    return INVALID
+                if col.multi:
+                    return vals
+                return vals[0] if len(vals) == 1 else INVALID
+            if vr == "AT":
+                if len(raw) % 4:
+                    return INVALID
+                fmt = "<" if little else ">"
+                tags = [f"({g:04X},{e:04X})" for g, e in struct.iter_unpack(fmt + "HH", raw)]
+                return tags if col.multi else "\\".join(tags)
+            text = _decode_text(raw, vr, encodings)
+        except (OverflowError, ValueError, LookupError, struct.error):
+            return INVALID
+    if target in _TEXT_VRS:
+        # Trailing spaces and NULs pad a value; leading spaces are not significant.
+        text = text.rstrip(" \x00").lstrip(" ")
+        if not text.isprintable() and not _is_text(text, vr, iso2022):
+            return INVALID
+        if not col.multi:
+            # Keep a single text value whole (a stray backslash is data, not a separator).
+            if target == "PN" and text.endswith("="):
+                text = _person_name(text)
+            return text or None
     parts = [text] if vr in _SINGLE_VALUE_TEXT else text.split("\\")
     values = [_parse_one(p, target) for p in parts]
+    if target == "PN":
+        values = [_person_name(v) or None if isinstance(v, str) else v for v in values]
     if col.multi:
         if all(v is None for v in values):
             return None
@@ -381,20 +478,48 @@ def convert_value(col: TagColumn, raw: bytes, vr: str | None, little: bool, enco
     return values[0]
 
 
-def _encodings(raw: bytes | None) -> tuple[str, ...] | None:
+def _person_name(text: str) -> str:
+    """A person name without trailing empty component groups (``A^B=`` is ``A^B``), as pydicom writes it."""
+    return text.rstrip("=").rstrip(" ") if text.endswith("=") else text
+
+
+def _charset(raw: bytes | str | None) -> tuple[tuple[str, ...] | None, bool]:
+    """Python codecs of a SpecificCharacterSet value (None for the default repertoire), and whether it uses ISO 2022.
+
+    An unknown term makes pydicom warn and fall back on the default; the warning is
+    given again for every file that names it, to become that file's note (see
+    :func:`read_header`).
+    """
+    encodings, iso2022, warned = _charset_cached(raw)
+    for message in warned:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return encodings, iso2022
+
+
+@functools.lru_cache(maxsize=256)  # a tree has few distinct character sets; pydicom's lookup is not free
+def _charset_cached(raw: bytes | str | None) -> tuple[tuple[str, ...] | None, bool, tuple[str, ...]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        encodings, iso2022 = _charset_uncached(raw)
+    return encodings, iso2022, tuple(str(w.message) for w in caught)
+
+
+def _charset_uncached(raw: bytes | str | None) -> tuple[tuple[str, ...] | None, bool]:
     if not raw:
-        return None
-    names = [p.strip(" \x00") for p in raw.decode("latin-1").split("\\")]
+        return None, False
+    text = raw if isinstance(raw, str) else raw.decode("latin-1")
+    names = [p.strip(" \x00") for p in text.split("\\")]
     names = [n for n in names if n] or ["ISO_IR 6"]
+    iso2022 = any(n.startswith("ISO 2022") for n in names)
     if names in (["ISO_IR 6"], ["ISO 2022 IR 6"]):
-        return None
+        return None, iso2022
     if names == ["ISO_IR 100"]:
-        return ("latin_1",)
+        return ("latin_1",), False
     if names == ["ISO_IR 192"]:
-        return ("iso_ir_192",)
+        return ("iso_ir_192",), False
     from pydicom.charset import convert_encodings
 
-    return tuple(convert_encodings(names))
+    return tuple(convert_encodings(names)), iso2022
 
 
 # ----------------------------------------------------------------------------- results
@@ -415,6 +540,7 @@ class HeaderResult:
     error_type: str = ""
     message: str = ""
     patient_source: str = "PatientID"  # the attribute patient_id came from (see MISSING_PATIENT_POLICIES)
+    notes: tuple[str, ...] = ()  # what pydicom or Python warned about while reading the file, one line per kind
 
 
 # ----------------------------------------------------------------------------- lean reader
@@ -458,6 +584,10 @@ class _Unsupported(Exception):
 
 class _Truncated(Exception):
     pass
+
+
+class _NoMeta(_Unsupported):
+    """The DICM marker is not followed by a file meta group: perhaps not DICOM at all, so no sign of a cut."""
 
 
 def _element(buf: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
@@ -522,17 +652,31 @@ def _lean_parse(buf: bytes, file_size: int, wanted: dict[int, int]) -> tuple[dic
         tag, vr, length, start = _element(buf, pos, False)
         end = start + length
         if end > n:
+            if end > file_size:
+                raise _Truncated(f"the file ends at byte {file_size}, inside its file meta information")
             raise _NeedMore
         if tag in wanted or tag in (_TS_TAG, _MEDIA_CLASS_TAG):
             found[tag] = (vr, buf[start:end])
         pos = end
+    if pos + 8 > n:
+        if n < file_size:
+            raise _NeedMore
+        if pos < n:
+            where = "inside its file meta information"
+        else:
+            where = "right after the DICM marker" if pos == 132 else "after its file meta information, with no data set"
+        raise _Truncated(f"the file ends at byte {file_size}, {where}")
     ts_raw = found.get(_TS_TAG)
     if ts_raw is None:
-        raise _Unsupported("no transfer syntax in the file meta information")
+        raise _NoMeta("no transfer syntax in the file meta information")
     ts = ts_raw[1].decode("ascii", "replace").strip(" \x00")
     if ts == _BIG_ENDIAN or ts in _DEFLATED:
         raise _Unsupported(f"transfer syntax {ts}")
     implicit = ts == _IMPLICIT_LE
+    if implicit and _explicit_vr_header(buf, pos):
+        # A known fault: the meta says implicit VR but the data set is written in explicit VR.
+        # pydicom notices and reads it as it is (its warning becomes the file's note).
+        raise _Unsupported("an explicit VR data set under an implicit VR transfer syntax")
     # The hot loop: element headers are unpacked inline (no call per element).
     explicit_hdr, implicit_hdr, u32 = _HDR.unpack_from, _IMPLICIT_HDR.unpack_from, _U32.unpack_from
     long_vrs, known_vrs, pixel_tags = _LONG_VRS, _KNOWN_VRS, _PIXEL_TAGS
@@ -568,11 +712,13 @@ def _lean_parse(buf: bytes, file_size: int, wanted: dict[int, int]) -> tuple[dic
         if length == _UNDEFINED:
             if not implicit and vr not in (b"SQ", b"UN"):
                 raise _Unsupported(f"undefined length on VR {vr!r}")
+            if tag in wanted:  # a sequence where a value belongs (PatientID as SQ): not a value
+                found[tag] = (b"SQ", b"")
             pos = _skip_undefined(buf, start, implicit or vr == b"UN")
             continue
         end = start + length
         if end > file_size:
-            raise _Truncated(f"element ({g:04X},{e:04X}) runs past the end of the file")
+            raise _Truncated(f"element ({g:04X},{e:04X}) needs {length} bytes at offset {start} but the file ends at {file_size}")
         if tag in wanted:
             if end > n:
                 raise _NeedMore
@@ -580,9 +726,24 @@ def _lean_parse(buf: bytes, file_size: int, wanted: dict[int, int]) -> tuple[dic
         pos = end
 
 
+def _explicit_vr_header(buf: bytes, pos: int) -> bool:
+    """True when the element at ``pos`` has an explicit VR header: a VR at bytes 4-5 that the dictionary gives its tag."""
+    vr = buf[pos + 4 : pos + 6]
+    if len(vr) < 2 or vr not in _KNOWN_VRS:
+        return False
+    from pydicom.datadict import dictionary_VR
+
+    g, e = struct.unpack_from("<HH", buf, pos)
+    try:
+        expected = dictionary_VR((g << 16) | e)
+    except KeyError:  # a private or unknown tag: a valid VR there is evidence enough
+        return True
+    return vr.decode("ascii") in expected.split(" or ")
+
+
 def _values_from_raw(columns: Sequence[TagColumn], found: dict, little: bool) -> tuple[tuple, tuple[int, ...]]:
     charset = found.get(_CHARSET_TAG)
-    encodings = _encodings(charset[1]) if charset else None
+    encodings, iso2022 = _charset(charset[1]) if charset else (None, False)
     values = []
     invalid = []
     for i, col in enumerate(columns):
@@ -592,12 +753,24 @@ def _values_from_raw(columns: Sequence[TagColumn], found: dict, little: bool) ->
             continue
         vr, raw = item
         vr_text = vr.decode("ascii") if isinstance(vr, bytes) else vr
-        value = convert_value(col, raw, vr_text, little, encodings)
+        value = convert_value(col, raw, vr_text, little, encodings, iso2022)
         if value is INVALID:
             invalid.append(i)
             value = None
         values.append(value)
     return tuple(values), tuple(invalid)
+
+
+def _whole_first_element(head: bytes, size: int) -> bool:
+    """True when the first element of a file without preamble lies whole within the file (evidence it is DICOM)."""
+    if len(head) < 8:
+        return False
+    vr = head[4:6]
+    if vr in _KNOWN_VRS:  # explicit VR little endian
+        if vr in _LONG_VRS:
+            return len(head) >= 12 and 12 + _U32.unpack_from(head, 8)[0] <= size
+        return 8 + (head[6] | (head[7] << 8)) <= size
+    return 8 + _U32.unpack_from(head, 4)[0] <= size
 
 
 def _looks_like_raw_dataset(head: bytes) -> bool:
@@ -613,8 +786,10 @@ def _looks_like_raw_dataset(head: bytes) -> bool:
 #: What to do with a file that has no PatientID: value -> meaning.
 MISSING_PATIENT_POLICIES = {
     "error": "the file fails with MissingPatientID",
-    "study": "patient_id becomes 'study:' + StudyInstanceUID (the file fails if that is missing too)",
-    "series": "patient_id becomes 'series:' + SeriesInstanceUID (the file fails if that is missing too)",
+    "study": "patient_id becomes the PatientID other files of its study carry, else 'study:' + StudyInstanceUID "
+    "(the file fails if that is missing too)",
+    "series": "patient_id becomes the PatientID other files of its series carry, else 'series:' + SeriesInstanceUID "
+    "(the file fails if that is missing too)",
 }
 _FALLBACKS = {"study": (_STUDY_UID, "StudyInstanceUID"), "series": (_SERIES_UID, "SeriesInstanceUID")}
 
@@ -654,7 +829,10 @@ def image_storage_classes() -> frozenset[str]:
 
 def _uid_text(found: dict, tag: int) -> str:
     item = found.get(tag)
-    return item[1].decode("ascii", "replace").strip(" \x00") if item else ""
+    if not item:
+        return ""
+    raw = item[1]
+    return (raw if isinstance(raw, str) else raw.decode("ascii", "replace")).strip(" \x00")
 
 
 def _missing_pixels(found: dict, size: int) -> HeaderResult | None:
@@ -675,18 +853,50 @@ def _missing_pixels(found: dict, size: int) -> HeaderResult | None:
 
 def _special(mode: int) -> HeaderResult:
     if stat.S_ISDIR(mode):
-        return HeaderResult(FAILED, 0, error_type="IsADirectoryError", message="a folder, not a file")
+        return HeaderResult(SKIPPED, 0, error_type="Folder", message="a folder, not a file; not read (list the files in it)")
     kind = special_file_kind(mode)
     return HeaderResult(SKIPPED, 0, error_type=kind, message=f"not a regular file ({kind}); not read")
+
+
+def _os_error(exc: OSError, size: int) -> HeaderResult:
+    """The failed result of an OS error, worded without file descriptors or absolute paths."""
+    return HeaderResult(FAILED, size, error_type=type(exc).__name__, message=f"cannot read the file: {exc.strerror or exc}")
+
+
+#: pydicom and Python warnings -> the note that counts them (one note per kind, files counted per note).
+_WARNING_KINDS: tuple[tuple[re.Pattern, str], ...] = (
+    (re.compile(r"Unknown encoding '(.*?)'"), "unknown character set {0!r}; its text was decoded as ASCII/Latin-1"),
+    (re.compile(r"Incorrect value for Specific Character Set '(.*?)'"), "malformed character set {0!r}; read as the nearest known one"),
+    (re.compile(r"Expected (explicit|implicit) VR, but found (explicit|implicit) VR"), "the data set is in {1} VR although its transfer syntax says {0} VR; read as {1} VR"),
+    (re.compile(r"VR lookup failed"), "private or unknown attributes whose VR could not be looked up; read as UN"),
+    (re.compile(r"exceeds the maximum length of \d+ allowed for VR (\w\w)"), "{0} values longer than the standard allows; read whole"),
+    (re.compile(r"Invalid value for VR (\w\w)"), "{0} values that break the standard's character rules; read as stored"),
+    (re.compile(r"[Ff]ailed to decode|cannot be decoded|invalid continuation|can't decode"), "text that is not valid in its character set; undecodable bytes replaced"),
+)
+
+
+def _warning_note(message: str) -> str:
+    """One warning's kind, as the note reported for it."""
+    for pattern, note in _WARNING_KINDS:
+        m = pattern.search(message)
+        if m:
+            return note.format(*m.groups())
+    # Unknown warnings keep their text, with numbers and tags masked so files of one kind count together.
+    text = re.sub(r"\(\s*[0-9A-Fa-f]{4}\s*,\s*[0-9A-Fa-f]{4}\s*\)|\b\d+\b", "#", message.splitlines()[0] if message else "")
+    return "pydicom warned: " + (text if len(text) <= 120 else text[:119] + "…")
 
 
 def read_header(path: str, columns: Sequence[TagColumn], missing_patient: str = "error") -> HeaderResult:
     """Read the wanted attributes of one file; never raises for a bad file.
 
+    Warnings pydicom (or Python) gives while reading are caught and returned as the
+    result's ``notes``, one per kind, so that the caller reports them per file
+    instead of letting them reach stderr unattributed.
+
     Parameters
     ----------
     path : str
-        The file. FIFOs, sockets and devices are skipped without being read.
+        The file. FIFOs, sockets, devices and folders are skipped without being read.
     columns : sequence of TagColumn
         What to read; a column for PatientID (0010,0020) gives the row its patient.
     missing_patient : {"error", "study", "series"}
@@ -701,10 +911,25 @@ def read_header(path: str, columns: Sequence[TagColumn], missing_patient: str = 
     >>> read_header(p, header_columns()).outcome
     'skipped'
     """
-    try:
-        return _read_header(path, columns, missing_patient)
-    except Exception as exc:  # noqa: BLE001 - a reader bug on one odd file is that file's error row
-        return HeaderResult(FAILED, 0, error_type=type(exc).__name__, message=str(exc) or repr(exc))
+    return read_headers([path], columns, missing_patient)[0]
+
+
+def read_headers(paths: Sequence[str], columns: Sequence[TagColumn], missing_patient: str = "error") -> list[HeaderResult]:
+    """:func:`read_header` for several files, with one warnings catcher for all (cheaper than one per file)."""
+    results = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for path in paths:
+            seen = len(caught)
+            try:
+                result = _read_header(path, columns, missing_patient)
+            except Exception as exc:  # noqa: BLE001 - a reader bug on one odd file is that file's error row
+                result = HeaderResult(FAILED, 0, error_type=type(exc).__name__, message=str(exc) or repr(exc))
+            if len(caught) > seen:
+                result = replace(result, notes=tuple(sorted({_warning_note(str(w.message)) for w in caught[seen:]})))
+                del caught[seen:]
+            results.append(result)
+    return results
 
 
 def _read_header(path: str, columns: Sequence[TagColumn], missing_patient: str) -> HeaderResult:
@@ -715,11 +940,16 @@ def _read_header(path: str, columns: Sequence[TagColumn], missing_patient: str) 
     try:
         # Non-blocking, so that a FIFO listed by mistake is seen for what it is instead of hanging.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with open(fd, "rb", buffering=0) as fh:
+        try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return _special(st.st_mode)
-            size = st.st_size
+        except OSError:
+            os.close(fd)
+            raise
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return _special(st.st_mode)
+        size = st.st_size
+        with open(fd, "rb", buffering=0) as fh:
             buf = fh.read(_READ_SIZE)
             if len(buf) >= 132 and buf[128:132] == b"DICM":
                 read_size = _READ_SIZE
@@ -729,20 +959,21 @@ def _read_header(path: str, columns: Sequence[TagColumn], missing_patient: str) 
                         break
                     except _NeedMore:
                         if len(buf) >= size:
-                            raise _Truncated("the header ends before its last element") from None
+                            raise _Truncated(f"the file ends at byte {size}, inside a data element") from None
                         read_size *= 8
                         fh.seek(0)
                         buf = fh.read(read_size)
             elif _looks_like_raw_dataset(buf):
-                return _read_with_pydicom(path, columns, size, lenient=True, missing_patient=missing_patient)
+                whole = _whole_first_element(buf, size)
+                return _read_with_pydicom(path, columns, size, lenient=True, missing_patient=missing_patient, evidence=whole)
             else:
                 return HeaderResult(SKIPPED, size, error_type="NotDicom", message="no DICOM preamble and no DICOM data elements")
-    except _Unsupported:
-        return _read_with_pydicom(path, columns, size, lenient=False, missing_patient=missing_patient)
+    except _Unsupported as exc:
+        return _read_with_pydicom(path, columns, size, lenient=False, missing_patient=missing_patient, evidence=not isinstance(exc, _NoMeta))
     except _Truncated as exc:
         return HeaderResult(FAILED, size, error_type="TruncatedFile", message=str(exc))
     except OSError as exc:
-        return HeaderResult(FAILED, size, error_type=type(exc).__name__, message=str(exc))
+        return _os_error(exc, size)
     if _uid_text(found, _MEDIA_CLASS_TAG) == _DICOMDIR_CLASS:
         return HeaderResult(SKIPPED, size, error_type="DicomDir", message="a DICOMDIR index, not an image")
     if not has_pixels:
@@ -753,18 +984,31 @@ def _read_header(path: str, columns: Sequence[TagColumn], missing_patient: str) 
     return _finish(columns, size, values, invalid, found, little, lenient=False, has_pixels=has_pixels, missing_patient=missing_patient)
 
 
+def _vr_text(vr: Any) -> str | None:
+    return vr.decode("ascii", "replace") if isinstance(vr, bytes) else vr
+
+
+def _not_text_reason(item: tuple) -> str:
+    """Why a value stored as ``item`` (vr, raw) cannot be read as text, for a message."""
+    vr, raw = _vr_text(item[0]), item[1]
+    if vr == "SQ" or (vr is None and isinstance(raw, bytes) and raw[:4] == b"\xfe\xff\x00\xe0"):
+        return "is stored as a sequence (SQ), not as text"
+    if vr is None or vr in _STRING_VRS or vr == "UN":
+        text = raw if isinstance(raw, str) else raw.decode("latin-1")
+        return f"holds control characters, not text ({short_repr(text.rstrip(' '))})"
+    return f"is stored as {vr}, which cannot be read as text"
+
+
 def _finish(columns, size, values, invalid, found, little, *, lenient, has_pixels, missing_patient) -> HeaderResult:
     """The OK result, unless the file has no readable patient (and no fallback for it)."""
     at = next((i for i, c in enumerate(columns) if c.tag == _PATIENT_TAG), None)
     source = "PatientID"
     if at is not None and at in invalid:
-        vr = found[_PATIENT_TAG][0]
-        vr_text = (vr.decode("ascii") if isinstance(vr, bytes) else vr) or "its dictionary VR"
         return HeaderResult(
             FAILED,
             size,
             error_type="InvalidPatientID",
-            message=f"the PatientID (0010,0020) stored as {vr_text} cannot be read as text; every manifest row needs a patient",
+            message=f"the PatientID (0010,0020) {_not_text_reason(found[_PATIENT_TAG])}; every manifest row needs a patient",
         )
     if at is not None and values[at] in (None, ""):
         fallback = _FALLBACKS.get(missing_patient)
@@ -778,85 +1022,165 @@ def _finish(columns, size, values, invalid, found, little, *, lenient, has_pixel
             )
         col, source = fallback
         item = found.get(col.tag)
-        uid = convert_value(col, item[1], None, little, None) if item else None
-        if uid is None or uid is INVALID:
+        if item is None:
             return HeaderResult(
                 FAILED,
                 size,
                 error_type="MissingPatientID",
-                message=f"the file has neither a PatientID (0010,0020) nor a readable {source} to stand in for it",
+                message=f"the file has neither a PatientID (0010,0020) nor a {source} to stand in for it",
+            )
+        uid = convert_value(col, item[1], _vr_text(item[0]), little, None)
+        if uid is None or uid is INVALID:
+            why = "is empty" if uid is None else _not_text_reason(item)
+            return HeaderResult(
+                FAILED,
+                size,
+                error_type="MissingPatientID",
+                message=f"the file has no PatientID (0010,0020) and no readable {source} to stand in for it (its {source} {why})",
             )
         values = values[:at] + (f"{missing_patient}:{uid}",) + values[at + 1 :]
     return HeaderResult(OK, size, values=values, invalid=invalid, lenient=lenient, has_pixels=has_pixels, patient_source=source)
 
 
+def _deflated_file(path: str) -> bool:
+    """True when the file meta of ``path`` names a deflated transfer syntax (offsets then count inflated bytes)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return any(uid.encode() in head for uid in _DEFLATED)
+
+
+def _truncated(size: int, message: str) -> HeaderResult:
+    return HeaderResult(FAILED, size, error_type="TruncatedFile", message=message)
+
+
 def _read_with_pydicom(
-    path: str, columns: Sequence[TagColumn], size: int, *, lenient: bool, missing_patient: str = "error"
+    path: str, columns: Sequence[TagColumn], size: int, *, lenient: bool, missing_patient: str = "error", evidence: bool = True
 ) -> HeaderResult:
+    """Read one file with pydicom; ``lenient`` for a file without preamble.
+
+    A file pydicom cannot read to its end, or whose last value runs past it, is
+    ``TruncatedFile`` when there is ``evidence`` that it is DICOM: its file meta group,
+    or (read leniently) a first element that lies whole within the file. Without it
+    (the DICM marker followed by random bytes) it is ``Unreadable``, not a file cut short.
+    """
     import pydicom
-    from pydicom.dataelem import RawDataElement
     from pydicom.errors import InvalidDicomError
 
     try:
-        # defer_size keeps large values (pixel data) on disk but records where they are.
-        ds = pydicom.dcmread(path, defer_size=1024, force=lenient)
-    except InvalidDicomError as exc:
-        return HeaderResult(SKIPPED, size, error_type="NotDicom", message=str(exc))
-    except Exception as exc:  # noqa: BLE001 - any reader failure is this file's error row
-        return HeaderResult(FAILED, size, error_type=type(exc).__name__, message=str(exc) or repr(exc))
-    try:
-        meta = getattr(ds, "file_meta", None)
-        if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_CLASS:
-            return HeaderResult(SKIPPED, size, error_type="DicomDir", message="a DICOMDIR index, not an image")
-        little = getattr(ds, "is_little_endian", None) is not False
-        found: dict[int, tuple[Any, bytes]] = {}
-        for tag in [c.tag for c in columns] + [*_ALWAYS_TAGS, _MEDIA_CLASS_TAG]:
-            source = meta if (tag >> 16) == 0x0002 and meta is not None else ds
-            if tag in found or tag not in source:
-                continue
-            elem = source.get_item(tag)
-            if isinstance(elem, RawDataElement):
-                if elem.value is None:
-                    continue
-                found[tag] = (elem.VR, bytes(elem.value))
-            else:
-                found[tag] = (elem.VR, _python_value_bytes(elem.VR, elem.value, little))
-        pixel_tags = [t for t in _PIXEL_TAGS if t in ds]
-        # Offsets in a deflated data set count inflated bytes: they say nothing of the file's size.
-        deflated = meta is not None and str(meta.get("TransferSyntaxUID", "")) in _DEFLATED
-        for t in [] if deflated else pixel_tags:
-            # keep_deferred: the element as read (value on disk, offset and length known), not its value.
-            elem = ds.get_item(t, keep_deferred=True)
+        fh = open(path, "rb")
+    except OSError as exc:
+        return _os_error(exc, size)
+    with fh:
+        try:
+            # defer_size keeps large values (pixel data) on disk but records where they are.
+            ds = pydicom.dcmread(fh, defer_size=1024, force=lenient)
+        except InvalidDicomError as exc:
+            return HeaderResult(SKIPPED, size, error_type="NotDicom", message=str(exc))
+        except Exception as exc:  # noqa: BLE001 - any reader failure is this file's error row
+            text = cut_text(str(exc) or repr(exc))
+            deflated = _deflated_file(path)
+            if evidence and (isinstance(exc, zlib.error) or (not deflated and fh.tell() >= size)):
+                # pydicom ran out of bytes: "No tag to read at file position ...", a short struct unpack, ...
+                if isinstance(exc, zlib.error) and ("incomplete" in text or "truncated" in text):
+                    return _truncated(size, f"the file ends at byte {size}, inside its deflated data set (zlib: {text})")
+                if not deflated:
+                    return _truncated(size, f"the file ends at byte {size}, inside a data element (pydicom: {text})")
+            return HeaderResult(FAILED, size, error_type=type(exc).__name__, message=text)
+        try:
+            return _from_dataset(ds, columns, size, lenient=lenient, missing_patient=missing_patient, evidence=evidence)
+        except Exception as exc:  # noqa: BLE001
+            return HeaderResult(FAILED, size, error_type=type(exc).__name__, message=cut_text(str(exc) or repr(exc)))
+
+
+def _from_dataset(ds: Any, columns: Sequence[TagColumn], size: int, *, lenient: bool, missing_patient: str, evidence: bool = True) -> HeaderResult:
+    """The result of a data set pydicom read (values deferred), checked against the file's size."""
+    from pydicom.dataelem import RawDataElement
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_CLASS:
+        return HeaderResult(SKIPPED, size, error_type="DicomDir", message="a DICOMDIR index, not an image")
+    # Offsets in a deflated data set count inflated bytes: they say nothing of the file's size.
+    deflated = meta is not None and str(meta.get("TransferSyntaxUID", "")) in _DEFLATED
+    if evidence and not deflated:
+        # A value cut short: pydicom reads what is there (or defers it) without complaint.
+        complete, end = 0, None
+        for tag in sorted(ds.keys()):
+            elem = ds.get_item(tag, keep_deferred=True)  # as read: a deferred value (pixel data) stays on disk
             tell, length = getattr(elem, "value_tell", None), getattr(elem, "length", None)
-            if tell is not None and length not in (None, _UNDEFINED) and tell + length > size:
-                return HeaderResult(
-                    FAILED, size, error_type="TruncatedFile",
-                    message=f"pixel data needs {length} bytes at offset {tell} but the file ends at {size}",
-                )
-        if not pixel_tags:
-            truncated = _missing_pixels(found, size)
-            if truncated is not None:
-                return truncated
-        if not any(t in found for t in _IDENTITY_TAGS):
-            if lenient:
-                return HeaderResult(SKIPPED, size, error_type="NotDicom", message="read leniently but holds no patient, study or instance attributes")
-            return HeaderResult(FAILED, size, error_type="Unreadable", message="has the DICM marker but no readable patient, study or instance attributes")
-        values, invalid = _values_from_raw(columns, found, little)
-        return _finish(
-            columns, size, values, invalid, found, little, lenient=lenient, has_pixels=bool(pixel_tags), missing_patient=missing_patient
-        )
-    except Exception as exc:  # noqa: BLE001
-        return HeaderResult(FAILED, size, error_type=type(exc).__name__, message=str(exc) or repr(exc))
+            if tell is None or length in (None, _UNDEFINED):
+                end = None
+                continue
+            end = tell + length
+            if end <= size:
+                complete += 1
+                continue
+            if lenient and not complete:
+                break  # not one whole element: not evidence enough of a DICOM file
+            what = "pixel data" if elem.tag in _PIXEL_TAGS else f"element ({elem.tag >> 16:04X},{elem.tag & 0xFFFF:04X})"
+            return _truncated(size, f"{what} needs {length} bytes at offset {tell} but the file ends at {size}")
+        else:
+            if end is not None and 0 < size - end < 8 and complete:
+                # pydicom stops without a word at an element header cut short.
+                return _truncated(size, f"the file ends at byte {size}, inside the header of the element at offset {end}")
+    little = getattr(ds, "is_little_endian", None) is not False
+    found: dict[int, tuple[Any, bytes | str]] = {}
+    for tag in [c.tag for c in columns] + [*_ALWAYS_TAGS, _MEDIA_CLASS_TAG]:
+        source = meta if (tag >> 16) == 0x0002 and meta is not None else ds
+        if tag in found or tag not in source:
+            continue
+        elem = source.get_item(tag, keep_deferred=True)
+        if elem.VR == "SQ":
+            found[tag] = ("SQ", b"")
+        elif isinstance(elem, RawDataElement):
+            raw = elem.value
+            if raw is None and elem.length:
+                raw = _deferred_value(ds, elem)
+            found[tag] = (elem.VR, bytes(raw or b""))
+        else:
+            found[tag] = (elem.VR, _python_value(elem.VR, elem.value, little))
+    pixel_tags = [t for t in _PIXEL_TAGS if t in ds]
+    if not pixel_tags:
+        truncated = _missing_pixels(found, size)
+        if truncated is not None:
+            return truncated
+    if not any(t in found for t in _IDENTITY_TAGS):
+        if lenient:
+            return HeaderResult(SKIPPED, size, error_type="NotDicom", message="read leniently but holds no patient, study or instance attributes")
+        return HeaderResult(FAILED, size, error_type="Unreadable", message="has the DICM marker but no readable patient, study or instance attributes")
+    values, invalid = _values_from_raw(columns, found, little)
+    return _finish(columns, size, values, invalid, found, little, lenient=lenient, has_pixels=bool(pixel_tags), missing_patient=missing_patient)
 
 
-def _python_value_bytes(vr: str, value: Any, little: bool) -> bytes:
-    """Bytes for an element pydicom already converted (file meta, mostly)."""
+def _deferred_value(ds: Any, elem: Any) -> bytes:
+    """The raw bytes of a value pydicom deferred, read from where pydicom read the data set (never converted)."""
+    from pydicom.filereader import read_deferred_data_element
+
+    src = ds.filename or ds.buffer
+    if ds.filename and ds.buffer is not None and not getattr(ds.buffer, "closed", False):
+        src = ds.buffer
+    return read_deferred_data_element(ds.fileobj_type, src, ds.timestamp, elem).value
+
+
+def _python_value(vr: str, value: Any, little: bool) -> bytes | str:
+    """The raw form of an element pydicom already converted (file meta, mostly).
+
+    Bytes stay bytes (UN and other binary values); numbers of a binary VR are packed
+    back; text stays text, already decoded (never the repr of another type).
+    """
     from pydicom.multival import MultiValue
 
+    vr = vr[:2]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    vals = list(value) if isinstance(value, (list, MultiValue)) else [value]
     if vr in _BINARY_INT or vr in _BINARY_FLOAT:
         code = _BINARY_INT.get(vr) or _BINARY_FLOAT[vr]
-        vals = list(value) if isinstance(value, (list, MultiValue)) else [value]
         return struct.pack(("<" if little else ">") + code * len(vals), *vals)
+    if vr == "AT":  # tags as (group, element) pairs, as the file stores them
+        return b"".join(struct.pack(("<" if little else ">") + "HH", int(t) >> 16, int(t) & 0xFFFF) for t in vals)
     if isinstance(value, (list, MultiValue)):
-        value = "\\".join(str(v) for v in value)
-    return str(value).encode("utf-8")
+        return "\\".join(str(v) for v in value)
+    return "" if value is None else str(value)

@@ -19,10 +19,13 @@ from ._ui import file_progress, print_table, status
 
 
 def _read_file_list(source: str | None) -> list[str] | None:
-    """Lines of ``source`` ('-' for stdin), with bytes that are not UTF-8 kept as surrogate escapes.
+    """Paths listed in ``source`` ('-' for stdin), one per line, with bytes that are not UTF-8 kept as surrogate escapes.
 
-    A listed path that is not UTF-8 thus becomes an UndecodablePath error row instead of
-    stopping the run; a list that cannot be opened is bad input.
+    Lines end at ``\\n`` only (one ``\\r`` before it is dropped, for lists written on
+    Windows); every other character, spaces, form feeds and U+0085 included, is part of
+    the name, and empty lines are ignored (by the library). A listed path that is not
+    UTF-8 thus becomes an UndecodablePath error row instead of stopping the run; a list
+    that cannot be opened is bad input.
     """
     if source is None:
         return None
@@ -34,7 +37,8 @@ def _read_file_list(source: str | None) -> list[str] | None:
                 data = fh.read()
         except OSError as exc:
             raise InputError(f"cannot read the --files-from list {source!r}: {exc.strerror or exc}", path=source) from exc
-    return data.decode("utf-8", "surrogateescape").splitlines()
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def _pseudonymized(result: IngestResult, pseudonymize: bool, key_file: str | None, quiet: bool) -> IngestResult:
@@ -113,7 +117,9 @@ _errors = click.option(
 )
 _pseudonymize = click.option("--pseudonymize", is_flag=True, help="Replace identifiers with keyed pseudonyms before writing (see mdprep pseudonymize).")
 _files_from = click.option(
-    "--files-from", metavar="FILE", help="Read the files listed in FILE (one per line, '-' for stdin) instead of walking ROOT."
+    "--files-from",
+    metavar="FILE",
+    help="Read the files listed in FILE instead of walking ROOT: one path per line ('\\n'-separated, spaces kept), '-' for stdin.",
 )
 
 

@@ -8,10 +8,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
+import pandas as pd
 import pyarrow as pa
 
-from ..dicom_header import FAILED, MISSING_PATIENT_POLICIES, OK, SKIPPED, TagColumn, header_columns, read_header
-from ..errors import EmptyInputError, UsageError
+from ..dicom_header import FAILED, MISSING_PATIENT_POLICIES, OK, SKIPPED, TagColumn, header_columns, read_headers
+from ..errors import EmptyInputError, UsageError, examples_text
 from ..executor import map_chunks
 from ..fileio import listing_fingerprint
 from ..manifest import CANONICAL_TYPES, Manifest, frame_from_arrow, provenance_step
@@ -29,10 +30,20 @@ class _Chunk:
     invalid: dict[str, int]
     relpaths: list[str]
     sizes: list[int]
+    notes: dict[str, int]  # what pydicom warned about -> files
 
 
 #: Column added when a missing PatientID may fall back on a UID: which attribute gave patient_id.
 PATIENT_SOURCE_COLUMN = "patient_id_source"
+#: Columns ``ingest dicom`` fills itself, which no ``--tags`` attribute may name.
+RESERVED_COLUMNS: tuple[str, ...] = tuple(
+    dict.fromkeys(["image_id", "path", "lenient_read", "has_pixels", PATIENT_SOURCE_COLUMN, *CANONICAL_TYPES])
+)
+#: Error types of files that were never read as DICOM: refused by the listing, or the file system said no.
+_NOT_READ_TYPES = frozenset(
+    {"UndecodablePath", "OutsideRoot", "OSError", "FileNotFoundError", "PermissionError", "IsADirectoryError", "NotADirectoryError"}
+)
+
 
 
 def _schema(columns: Sequence[TagColumn], with_source: bool = False) -> pa.Schema:
@@ -92,13 +103,15 @@ def _read_chunk(relpaths: Sequence[str], *, root: str, columns: Sequence[TagColu
     """
     rows: list[_Row] = []
     errors, sizes = [], []
+    notes: Counter[str] = Counter()
     sex_at = next((i for i, c in enumerate(columns) if c.column == "sex"), None)
-    for rel in relpaths:
-        res = read_header(os.path.join(root, rel), columns, missing_patient)
+    results = read_headers([os.path.join(root, rel) for rel in relpaths], columns, missing_patient)
+    for rel, res in zip(relpaths, results):
         sizes.append(res.size)
         if res.outcome != OK:
             errors.append((rel, res.outcome, res.error_type, res.message))
             continue
+        notes.update(res.notes)  # a file without a row has its error row; what pydicom said of it is moot
         values = res.values
         invalid = [columns[i].column for i in res.invalid]
         if sex_at is not None:
@@ -121,7 +134,63 @@ def _read_chunk(relpaths: Sequence[str], *, root: str, columns: Sequence[TagColu
         rows = kept
         batch = _batch(rows, schema, len(columns))
     invalid_counts = Counter(c for row in rows for c in row.invalid)
-    return _Chunk(batch, errors, dict(invalid_counts), list(relpaths), sizes)
+    return _Chunk(batch, errors, dict(invalid_counts), list(relpaths), sizes, dict(notes))
+
+
+#: --missing-patient policy -> (the column holding the UID, the attribute's name, the group's name).
+_FALLBACK_KEYS = {"study": ("study_id", "StudyInstanceUID", "study"), "series": ("series_uid", "SeriesInstanceUID", "series")}
+
+
+def borrow_patient_ids(frame: pd.DataFrame, missing_patient: str) -> tuple[pd.DataFrame, list[str]]:
+    """Give files without PatientID the PatientID the other files of their study (or series) carry.
+
+    With ``--missing-patient study`` a file without PatientID stands in as
+    ``study:<StudyInstanceUID>``. When other files of the same study do carry a
+    PatientID, that stand-in would split one study across two "patients"; so the file
+    takes the study's PatientID instead, and its ``patient_id_source`` says
+    ``StudyInstanceUID (PatientID of the study)``. A study whose files carry several
+    distinct PatientIDs keeps the stand-in (borrowing would have to guess), and a note
+    says so. ``series`` works the same way with SeriesInstanceUID.
+
+    Returns the frame and the notes for the report.
+
+    Examples
+    --------
+    >>> f = pd.DataFrame({"patient_id": ["P1", "study:1.2"], "study_id": ["1.2", "1.2"],
+    ...                   "patient_id_source": ["PatientID", "StudyInstanceUID"]})
+    >>> out, notes = borrow_patient_ids(f, "study")
+    >>> out["patient_id"].tolist(), out["patient_id_source"].tolist()[1]
+    (['P1', 'P1'], 'StudyInstanceUID (PatientID of the study)')
+    """
+    key, attribute, group = _FALLBACK_KEYS[missing_patient]
+    source = frame[PATIENT_SOURCE_COLUMN]
+    stand_in = source.eq(attribute).to_numpy(dtype=bool)
+    if not stand_in.any():
+        return frame, []
+    carried = frame.loc[source.eq("PatientID").to_numpy(dtype=bool), [key, "patient_id"]].dropna()
+    per_group = carried.groupby(key, sort=False)["patient_id"].agg(["nunique", "first"])
+    unique = per_group.loc[per_group["nunique"] == 1, "first"]
+    keys = frame.loc[stand_in, key]
+    borrowed = keys.map(unique)
+    take = borrowed.notna()
+    frame = frame.copy()
+    rows = take.index[take.to_numpy(dtype=bool)]
+    frame.loc[rows, "patient_id"] = borrowed[take]
+    frame.loc[rows, PATIENT_SOURCE_COLUMN] = f"{attribute} (PatientID of the {group})"
+    notes = []
+    if len(rows):
+        notes.append(
+            f"{len(rows)} file(s) without PatientID took the PatientID that the other files of their {group} carry "
+            f"(patient_id_source '{attribute} (PatientID of the {group})')"
+        )
+    ambiguous = keys.isin(per_group.index[per_group["nunique"] > 1])
+    if ambiguous.any():
+        examples = examples_text(sorted(keys[ambiguous].unique()), int(keys[ambiguous].nunique()), limit=3)
+        notes.append(
+            f"{int(ambiguous.sum())} file(s) without PatientID belong to a {group} whose other files carry several "
+            f"PatientIDs ({attribute} {examples}); they keep '{group}:<{attribute}>' as their patient"
+        )
+    return frame, notes
 
 
 def _counted(items: Iterable[str], on_found: Callable[[int], None] | None) -> Iterator[str]:
@@ -156,10 +225,12 @@ def ingest_dicom(
     tags : sequence of str
         Extra attributes (keywords, ``GGGG,EEEE``, ``(GGGG,EEEE)`` or ``GGGGEEEE``) besides the preset.
     missing_patient : {"error", "study", "series"}
-        A file without PatientID fails (``error``), or takes ``study:<StudyInstanceUID>``
-        (``study``) or ``series:<SeriesInstanceUID>`` (``series``) as its patient, so
-        anonymised collections can be grouped conservatively; a column
-        ``patient_id_source`` then says which attribute gave each row's patient.
+        A file without PatientID fails (``error``), or takes the PatientID that the
+        other files of its study (``study``) or series (``series``) carry, else
+        ``study:<StudyInstanceUID>`` or ``series:<SeriesInstanceUID>`` as its patient
+        (see :func:`borrow_patient_ids`), so anonymised collections can be grouped
+        conservatively; a column ``patient_id_source`` then says where each row's
+        patient came from.
     workers : int, optional
         Processes; all cores by default.
     on_found, on_progress : callable, optional
@@ -171,10 +242,17 @@ def ingest_dicom(
         Rows for readable DICOM files; non-DICOM files and special entries (skipped)
         and unreadable or incomplete ones (failed) in ``errors``; counts in ``report``.
 
+    Rows whose values pydicom warned about are counted in ``report.notes``, one
+    line per kind of warning (``2 file(s): unknown character set 'ISO_IR 999'; ...``).
+
     Raises
     ------
     UsageError
-        For an unknown ``missing_patient`` or tag.
+        For an unknown ``missing_patient`` or tag, or a tag whose column the manifest
+        reserves (:data:`RESERVED_COLUMNS`).
+    EmptyInputError
+        When ``root`` holds no file, or no DICOM file at all: every file was skipped
+        (not DICOM, special entries) or could not be opened (listed but missing).
 
     Examples
     --------
@@ -191,7 +269,7 @@ def ingest_dicom(
             f"missing_patient {missing_patient!r} is not one of {', '.join(MISSING_PATIENT_POLICIES)}",
             missing_patient=missing_patient,
         )
-    columns = header_columns(tags)
+    columns = header_columns(tags, reserved=RESERVED_COLUMNS)
     if files is None:
         # Stream the walk into the workers: reading starts while the walk goes on. The
         # entries it does not yield (special files, bad names, ...) land in `refused`.
@@ -209,19 +287,36 @@ def ingest_dicom(
         on_progress=on_progress,
     )
     found = sum(len(c.relpaths) for c in chunks) + len(refused)
+    shown = escaped_path(os.fspath(root))
     if found == 0:
-        shown = escaped_path(os.fspath(root))
         raise EmptyInputError(f"no files found under {shown}; check the path", path=shown)
     error_rows = sorted(list(refused) + [e for c in chunks for e in c.errors])
+    reasons = Counter(f"{o}:{t}" for _, o, t, _ in error_rows)
+    if not any(len(c.batch) for c in chunks) and all(o == SKIPPED or t in _NOT_READ_TYPES for _, o, t, _ in error_rows):
+        counts = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+        if files is not None:
+            where, hint = "listed", f"check the list, and that its paths are relative to {shown} or absolute"
+        else:
+            where, hint = f"found under {shown}", "check the path"
+        raise EmptyInputError(
+            f"no DICOM file among the {found} files {where} ({counts}); {hint} "
+            "(for PNG or JPEG images use `mdprep ingest images`)",
+            path=shown,
+            reasons=dict(reasons),
+        )
     invalid: Counter[str] = Counter()
+    notes: Counter[str] = Counter()
     for c in chunks:
         invalid.update(c.invalid)
+        notes.update(c.notes)
     # Chunks come back in the order the walk (or the sorted list) gave the files.
     table = pa.Table.from_batches([c.batch for c in chunks], schema=_schema(columns, with_source=missing_patient != "error"))
     frame = order_columns(frame_from_arrow(table))
+    fallback_notes: list[str] = []
+    if missing_patient != "error":
+        frame, fallback_notes = borrow_patient_ids(frame, missing_patient)
 
     errors = errors_frame(error_rows)
-    reasons = Counter(f"{o}:{t}" for _, o, t, _ in error_rows)
     inputs = [listing_fingerprint(os.fspath(root), [r for c in chunks for r in c.relpaths], [z for c in chunks for z in c.sizes])]
     options = {"tags": list(tags), "file_list": files is not None, "missing_patient": missing_patient}
     # Valid by construction (unique paths, a patient on every row); write_manifest checks again.
@@ -236,5 +331,6 @@ def ingest_dicom(
         lenient=int(frame["lenient_read"].sum()),
         invalid_values=dict(sorted(invalid.items())),
         reasons=dict(sorted(reasons.items())),
+        notes=tuple(fallback_notes) + tuple(f"{n} file(s): {note}" for note, n in sorted(notes.items())),
     )
     return IngestResult(manifest=manifest, errors=errors, report=report)

@@ -17,6 +17,10 @@ device              skipped  ``Device``
 undecodable name    failed   ``UndecodablePath`` (the path is not valid UTF-8; shown escaped)
 unlistable folder   failed   ``PermissionError`` (or the OS error), one row for the folder
 ==================  =======  ============================================================
+
+A listed path (``--files-from``) gets the same outcome through the same function
+(:func:`classify_entry`); a listed folder is skipped (``Folder``) and a listed path
+that does not exist fails (``FileNotFoundError``).
 """
 
 from __future__ import annotations
@@ -138,7 +142,14 @@ def iter_tree(root: str, problems: list[ErrorRow]) -> Iterator[str]:
         for entry in entries:
             rel = _rel(entry.path, cut)
             try:
-                if entry.is_dir(follow_symlinks=False):
+                kind, row = classify_entry(
+                    entry.path,
+                    rel,
+                    is_dir=entry.is_dir(follow_symlinks=False),
+                    is_file=entry.is_file(follow_symlinks=False),
+                    is_link=entry.is_symlink(),
+                )
+                if kind == "folder":
                     st = entry.stat(follow_symlinks=False)
                     ident = (st.st_dev, st.st_ino)
                     if ident in walked:  # a bind mount of a folder already read
@@ -147,35 +158,50 @@ def iter_tree(root: str, problems: list[ErrorRow]) -> Iterator[str]:
                         walked[ident] = rel
                         subfolders.append(entry.path)
                     continue
-                if entry.is_file(follow_symlinks=False):
-                    mode = stat.S_IFREG
-                elif entry.is_symlink():
-                    try:
-                        mode = entry.stat().st_mode  # follows the link
-                    except FileNotFoundError:
-                        problems.append((escaped_path(rel), "skipped", "DanglingSymlink", f"a symlink to {_target(entry.path)}, which does not exist"))
-                        continue
-                    except OSError as exc:
-                        if exc.errno != errno.ELOOP:
-                            raise
-                        problems.append((escaped_path(rel), "skipped", "SymlinkLoop", "a chain of symlinks that never ends"))
-                        continue
-                    if stat.S_ISDIR(mode):
-                        links.append(entry.path)
-                        continue
-                else:
-                    mode = entry.stat(follow_symlinks=False).st_mode
             except OSError as exc:
                 problems.append((escaped_path(rel), "failed", type(exc).__name__, f"cannot inspect the entry: {exc.strerror or exc}"))
                 continue
-            if not stat.S_ISREG(mode):
-                kind = special_file_kind(mode)
-                problems.append((escaped_path(rel), "skipped", kind, f"not a regular file ({kind}); not read"))
-            elif not decodable(rel):
-                problems.append(undecodable_row(rel))
+            if kind == "link_folder":
+                links.append(entry.path)
+            elif row is not None:
+                problems.append(row)
             else:
                 yield rel
         stack.extend(reversed(subfolders))
+
+
+def classify_entry(path: str, rel: str, *, is_dir: bool, is_file: bool, is_link: bool) -> tuple[str, ErrorRow | None]:
+    """What to do with one entry, for the walk and for a listed path alike.
+
+    ``is_dir``, ``is_file`` and ``is_link`` describe the entry itself (symlinks not
+    followed). Returns ``(kind, row)``: ``("file", None)`` to read it, ``("folder",
+    None)`` for a real folder, ``("link_folder", None)`` for a symlink to a folder,
+    or ``("row", row)`` with the error-table row of an entry that is not read (see
+    the module docstring). Raises OSError when the entry cannot be inspected.
+    """
+    if is_dir:
+        return "folder", None
+    if is_file:
+        mode = stat.S_IFREG
+    elif is_link:
+        try:
+            mode = os.stat(path).st_mode  # follows the link
+        except FileNotFoundError:
+            return "row", (escaped_path(rel), "skipped", "DanglingSymlink", f"a symlink to {_target(path)}, which does not exist")
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            return "row", (escaped_path(rel), "skipped", "SymlinkLoop", "a chain of symlinks that never ends")
+        if stat.S_ISDIR(mode):
+            return "link_folder", None
+    else:
+        mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = special_file_kind(mode)
+        return "row", (escaped_path(rel), "skipped", kind, f"not a regular file ({kind}); not read")
+    if not decodable(rel):
+        return "row", undecodable_row(rel)
+    return "file", None
 
 
 def _target(link: str) -> str:
@@ -209,10 +235,14 @@ def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None) -
 
     Without ``files`` the tree is walked with :func:`iter_tree`, whose refused entries
     (special files, dangling links, undecodable names, unlistable folders) are in
-    ``refused``. Listed paths may be absolute or relative to ``root``; a listed path
-    outside ``root``, listed twice, or not valid UTF-8 is refused with a row in the
-    error table, and a listed path that does not exist is left for the reader to
-    report as failed. Blank lines are ignored.
+    ``refused``. Listed paths may be absolute or relative to ``root`` and are taken
+    as they are (spaces, form feeds and other characters are part of the name); only
+    empty entries are ignored. Each listed path gets the walk's outcome for the same
+    entry (:func:`classify_entry`): a FIFO, socket, device, dangling symlink or
+    symlink loop is skipped, a name that is not valid UTF-8 fails. A listed folder is
+    skipped (``Folder``: a list names files, its folders are not walked), a listed
+    path that does not exist fails (``FileNotFoundError``), and one outside ``root``
+    or listed twice is refused. Paths in rows are relative to ``root``.
     """
     root_s = check_root(root)
     if files is None:
@@ -222,21 +252,36 @@ def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None) -
             raise EmptyInputError(f"no files found under {escaped_path(os.fspath(root))}; check the path", path=escaped_path(os.fspath(root)))
         return FileList(root_s, rels, problems)
     rels, refused, seen = [], [], set()
-    for raw in files:
-        entry = raw.strip()
+    for entry in files:
         if not entry:
             continue
-        if not decodable(entry):
-            refused.append(undecodable_row(entry))
-            continue
-        full = entry if os.path.isabs(entry) else os.path.join(root_s, entry)
-        rel = os.path.relpath(os.path.normpath(full), root_s).replace(os.sep, "/")
+        full = os.path.normpath(entry if os.path.isabs(entry) else os.path.join(root_s, entry))
+        rel = os.path.relpath(full, root_s).replace(os.sep, "/")
         if rel == ".." or rel.startswith("../"):
-            refused.append((entry, "failed", "OutsideRoot", f"the file is not under the root {escaped_path(root_s)}; pass a root that contains it"))
-        elif rel in seen:
-            refused.append((entry, "skipped", "DuplicatePath", "listed more than once; read once"))
+            shown = escaped_path(entry)
+            refused.append((shown, "failed", "OutsideRoot", f"the file is not under the root {escaped_path(root_s)}; pass a root that contains it"))
+            continue
+        if rel in seen:
+            refused.append((escaped_path(rel), "skipped", "DuplicatePath", "listed more than once; read once"))
+            continue
+        seen.add(rel)
+        if not decodable(rel):
+            refused.append(undecodable_row(rel))
+            continue
+        try:
+            st = os.lstat(full)
+            kind, row = classify_entry(
+                full, rel, is_dir=stat.S_ISDIR(st.st_mode), is_file=stat.S_ISREG(st.st_mode), is_link=stat.S_ISLNK(st.st_mode)
+            )
+        except FileNotFoundError:
+            kind, row = "row", (escaped_path(rel), "failed", "FileNotFoundError", "listed, but there is no such file")
+        except OSError as exc:
+            kind, row = "row", (escaped_path(rel), "failed", type(exc).__name__, f"cannot inspect the entry: {exc.strerror or exc}")
+        if kind in ("folder", "link_folder"):
+            row = (escaped_path(rel), "skipped", "Folder", "a folder, not a file; a file list names files, so its folders are not walked")
+        if row is not None:
+            refused.append(row)
         else:
-            seen.add(rel)
             rels.append(rel)
     if not rels and not refused:
         raise EmptyInputError("the file list is empty; give one path per line", path=None)

@@ -8,15 +8,15 @@ import re
 import stat
 import warnings
 from collections import Counter
-from typing import Callable, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..errors import EmptyInputError, UsageError, examples_text
+from ..errors import EmptyInputError, UsageError, cut_text, examples_text
 from ..executor import map_chunks
 from ..fileio import listing_fingerprint, special_file_kind
-from ..manifest import Manifest, check, provenance_step
+from ..manifest import CANONICAL_TYPES, Manifest, check, provenance_step
 from . import IngestReport, IngestResult, errors_frame, extract_groups
 from ..manifest import order_columns
 from .files import collect_files, escaped_path
@@ -25,71 +25,218 @@ from .files import collect_files, escaped_path
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 #: Named groups that map to canonical columns.
 _GROUP_COLUMNS = {"patient": "patient_id", "study": "study_id", "view": "view"}
+#: Columns ``ingest images`` fills itself (besides the canonical ones): no regex group may name them.
+_IMAGE_COLUMNS = ("width", "height", "color_mode", "format")
+#: Group names refused: every column of the manifest, but for the three groups that fill one.
+RESERVED_GROUPS: tuple[str, ...] = tuple(n for n in dict.fromkeys([*CANONICAL_TYPES, *_IMAGE_COLUMNS]) if n not in _GROUP_COLUMNS)
 
 
-def compile_path_regex(pattern: str) -> re.Pattern:
-    """Compile ``pattern`` and insist on a named group ``patient``.
-
-    >>> compile_path_regex(r"(?P<patient>patient\\d+)/").groupindex["patient"]
-    1
-    """
+def _compile(pattern: str) -> tuple[re.Pattern, list[str]]:
+    """The compiled pattern and notes on what Python's ``re`` warned about it."""
     try:
-        regex = re.compile(pattern)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            regex = re.compile(pattern)
     except re.error as exc:
         raise UsageError(f"--patient-regex {pattern!r} is not a valid regular expression: {exc}", pattern=pattern) from exc
+    notes = []
+    for w in caught:
+        text = str(w.message)
+        if "nested set" in text:
+            text += " (Python's re, which runs the pattern, has no POSIX classes such as [[:digit:]]: write [0-9] or \\d)"
+        notes.append(f"--patient-regex {pattern!r}: Python's re warns: {text}")
     if "patient" not in regex.groupindex:
         raise UsageError(
             f"--patient-regex {pattern!r} has no named group 'patient'; write it as (?P<patient>...), for example "
             r"'(?P<patient>patient\d+)/(?P<study>study\d+)/'",
             pattern=pattern,
         )
-    return regex
+    clashes = [name for name in regex.groupindex if name in RESERVED_GROUPS]
+    if clashes:
+        raise UsageError(
+            f"--patient-regex {pattern!r} has the group(s) {', '.join(map(repr, clashes))}, named after column(s) the manifest "
+            f"fills itself; rename them (reserved: {', '.join(RESERVED_GROUPS)}; the groups 'patient', 'study' and 'view' "
+            "fill patient_id, study_id and view, and any other name becomes a column of its own)",
+            pattern=pattern,
+            groups=clashes,
+        )
+    return regex, notes
+
+
+def compile_path_regex(pattern: str) -> re.Pattern:
+    """Compile ``pattern`` and insist on a named group ``patient`` and on no group named after a manifest column.
+
+    The pattern is run with Python's :mod:`re`, so what it means is what Python says
+    (``\\d`` takes any Unicode digit; ``[[:digit:]]`` is not a POSIX class).
+
+    >>> compile_path_regex(r"(?P<patient>patient\\d+)/").groupindex["patient"]
+    1
+    >>> compile_path_regex(r"(?P<patient>p\\d+)/(?P<width>\\d+)")
+    Traceback (most recent call last):
+    ...
+    mdprep.errors.UsageError: --patient-regex '(?P<patient>p\\\\d+)/(?P<width>\\\\d+)' has the group(s) 'width', named after column(s) the manifest fills itself; rename them (reserved: image_id, path, patient_id, study_id, series_uid, sop_uid, accession, sex, age, study_date, split, fold, width, height, color_mode, format; the groups 'patient', 'study' and 'view' fill patient_id, study_id and view, and any other name becomes a column of its own)
+    """
+    return _compile(pattern)[0]
+
+
+#: The end of a PNG: the IEND chunk (length 0, type, CRC).
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_JPEG_EOI = b"\xff\xd9"
+#: Bytes some writers pad a file with after its last marker.
+_PADDING = b"\x00\r\n \xff"
+_TAIL = 64
+
+
+def _png_complete(fh: BinaryIO, size: int) -> bool:
+    """True when the PNG's chunks run to IEND within the file (trailing bytes after IEND allowed)."""
+    fh.seek(max(0, size - _TAIL))
+    if fh.read().rstrip(_PADDING[:-1]).endswith(_PNG_END):
+        return True
+    pos = 8  # walk the chunks: length, type, data, CRC
+    while pos + 8 <= size:
+        fh.seek(pos)
+        head = fh.read(8)
+        length = int.from_bytes(head[:4], "big")
+        if head[4:8] == b"IEND":
+            return pos + 12 <= size
+        pos += 12 + length
+    return False
+
+
+def _jpeg_complete(fh: BinaryIO, size: int) -> bool:
+    """True when the JPEG's markers run to EOI within the file (trailing bytes after EOI allowed)."""
+    fh.seek(max(0, size - _TAIL))
+    if fh.read().rstrip(_PADDING).endswith(_JPEG_EOI):
+        return True
+    # Walk the marker segments (an EXIF thumbnail's EOI is inside APP1 and skipped); entropy-coded data
+    # after SOS holds no 0xFF that is followed by anything but 0x00 or a restart marker.
+    fh.seek(0)
+    data = fh.read()
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:
+            pos += 1 if marker == 0xFF else 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xDA:  # scan data: up to the next marker that is not stuffing or a restart
+            while True:
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= len(data):
+                    return False
+                if data[pos + 1] == 0x00 or 0xD0 <= data[pos + 1] <= 0xD7:
+                    pos += 2
+                    continue
+                break
+    return False
+
+
+def _incomplete(im: Any, fh: BinaryIO, size: int) -> str | None:
+    """Why an image whose header PIL read is cut short, or None when its data reach their end.
+
+    Cheap: PNG and JPEG look for their end marker (IEND, EOI) in the last bytes
+    (walking the chunks or markers only when it is not there, so data after the end
+    marker is allowed); TIFF checks that its strips or tiles lie within the file; an
+    uncompressed BMP that its pixel rows do. No pixel is decoded.
+    """
+    fmt = im.format
+    if fmt == "PNG":
+        return None if _png_complete(fh, size) else f"the PNG ends at byte {size} before its IEND chunk"
+    if fmt in ("JPEG", "MPO"):
+        return None if _jpeg_complete(fh, size) else f"the JPEG ends at byte {size} before its end-of-image marker (FFD9)"
+    if fmt == "TIFF":
+        tags = im.tag_v2
+        offsets = tags.get(273) or tags.get(324) or ()
+        counts = tags.get(279) or tags.get(325) or ()
+        ends = [int(o) + int(c) for o, c in zip(offsets, counts)]
+        if ends and max(ends) > size:
+            return f"the TIFF's image data runs to byte {max(ends)} but the file ends at {size}"
+        return None
+    for tile in im.tile:
+        if tile[0] == "raw" and len(tile[3]) >= 2 and isinstance(tile[3][1], int):
+            end = tile[2] + abs(tile[3][1]) * (tile[1][3] - tile[1][1])
+            if end > size:
+                return f"the {fmt} image data runs to byte {end} but the file ends at {size}"
+    return None
+
+
+def _image_row(path: str, Image: Any) -> tuple:
+    """(outcome, size, width, height, mode, format, error_type, message) of one image."""
+    size = 0
+    # Non-blocking, so that a FIFO listed by mistake is seen for what it is instead of hanging.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        return ("skipped", 0, None, None, None, None, "Folder", "a folder, not a file; not read (list the files in it)")
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = special_file_kind(st.st_mode)
+        return ("skipped", 0, None, None, None, None, kind, f"not a regular file ({kind}); not read")
+    size = st.st_size
+    with open(fd, "rb") as fh:
+        try:
+            with Image.open(fh) as im:
+                cut = _incomplete(im, fh, size)
+                if cut:
+                    return ("failed", size, None, None, None, None, "TruncatedFile", cut)
+                return ("ok", size, im.size[0], im.size[1], im.mode, im.format, "", "")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            return ("failed", size, None, None, None, None, "DecompressionBomb", str(exc))
+        except Image.UnidentifiedImageError:
+            what = "an empty file" if size == 0 else "not an image Pillow can read (unknown format, or the header is damaged)"
+            return ("failed", size, None, None, None, None, "UnidentifiedImageError", what)
+        except OSError as exc:
+            if exc.strerror:
+                return ("failed", size, None, None, None, None, type(exc).__name__, f"cannot read the file: {exc.strerror}")
+            # PIL's own OSErrors ("image file is truncated", ...) name the file object: quote the path instead.
+            text = (str(exc) or repr(exc)).replace(repr(fh), repr(os.path.basename(path)))
+            return ("failed", size, None, None, None, None, type(exc).__name__, cut_text(text))
 
 
 def _read_image_headers(relpaths: Sequence[str], *, root: str) -> list[tuple]:
-    """Width, height, mode and format from each image's header; no pixels are decoded.
+    """Width, height, mode and format from each image's header, and a check that its data are complete.
 
-    An image whose size PIL considers a decompression bomb (more than
-    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels, warning or error alike) fails with
+    No pixel is decoded: the completeness check (:func:`_incomplete`) looks at the
+    end of the file. An image whose size PIL considers a decompression bomb (more
+    than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels, warning or error alike) fails with
     ``DecompressionBomb``: every later step that decodes it would run out of memory.
-    FIFOs, sockets and devices are skipped without being read; any other error is
-    the file's error row, never the run's.
+    FIFOs, sockets, devices and folders are skipped without being read; any other
+    error is the file's error row, never the run's. Other warnings Pillow gives are
+    returned as the row's notes (last item), one per kind.
     """
     from PIL import Image
 
     out = []
     for rel in relpaths:
-        path = os.path.join(root, rel)
-        size = 0
-        try:
-            # Non-blocking, so that a FIFO listed by mistake is seen for what it is instead of hanging.
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-            with open(fd, "rb") as fh:
-                st = os.fstat(fd)
-                if stat.S_ISDIR(st.st_mode):
-                    out.append(("failed", 0, None, None, None, None, "IsADirectoryError", "a folder, not a file"))
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    kind = special_file_kind(st.st_mode)
-                    out.append(("skipped", 0, None, None, None, None, kind, f"not a regular file ({kind}); not read"))
-                    continue
-                size = st.st_size
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error", Image.DecompressionBombWarning)
-                    with Image.open(fh) as im:
-                        out.append(("ok", size, im.size[0], im.size[1], im.mode, im.format, "", ""))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            out.append(("failed", size, None, None, None, None, "DecompressionBomb", str(exc)))
-        except Exception as exc:  # noqa: BLE001 - any reader failure is this file's error row
-            out.append(("failed", size, None, None, None, None, type(exc).__name__, str(exc) or repr(exc)))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                row = _image_row(os.path.join(root, rel), Image)
+            except OSError as exc:
+                row = ("failed", 0, None, None, None, None, type(exc).__name__, f"cannot read the file: {exc.strerror or exc}")
+            except Exception as exc:  # noqa: BLE001 - any reader failure is this file's error row
+                row = ("failed", 0, None, None, None, None, type(exc).__name__, cut_text(str(exc) or repr(exc)))
+        notes = tuple(sorted({f"Pillow warned: {cut_text(str(w.message).splitlines()[0] if str(w.message) else '', 120)}" for w in caught}))
+        out.append(row + (notes,))
     return out
 
 
-def _no_match_error(regex: re.Pattern, images: pd.Series) -> UsageError:
+def _no_match_error(regex: re.Pattern, images: pd.Series, notes: Sequence[str] = ()) -> UsageError:
     examples = examples_text(images.head(3).tolist(), len(images), limit=3)
+    warned = "".join(f"; {note}" for note in notes)
     return UsageError(
         f"--patient-regex {regex.pattern!r} matches none of the {len(images)} image paths, for example {examples}; "
-        "it is searched in each path relative to ROOT, so write it for paths like these",
+        f"it is searched in each path relative to ROOT, so write it for paths like these{warned}",
         pattern=regex.pattern,
         examples=images.head(3).tolist(),
     )
@@ -107,21 +254,24 @@ def ingest_images(
     """Index a folder of PNG/JPEG images into a manifest.
 
     Patient, study and view come from the named groups ``patient`` (required),
-    ``study`` and ``view`` of ``patient_regex``, searched in each file's path
-    relative to ``root``; any other named group becomes a column of its own. A
-    study id is qualified by its patient (``patient00001/study1``) because public
+    ``study`` and ``view`` of ``patient_regex``, searched with Python's :mod:`re` in
+    each file's path relative to ``root``; any other named group becomes a column of
+    its own, unless it is named after a column of the manifest (:data:`RESERVED_GROUPS`).
+    A study id is qualified by its patient (``patient00001/study1``) because public
     sets number studies per patient. Width and height come from the image header.
 
     Files with other endings are skipped; images whose path does not match the
-    regex, or whose header cannot be read (decompression bombs included), fail with
-    a row in ``errors``. Special entries of the tree are counted as in
-    :func:`mdprep.ingest.files.iter_tree`.
+    regex (or whose ``patient`` group is empty), whose header cannot be read
+    (decompression bombs included), or whose data end early (``TruncatedFile``,
+    see :func:`_incomplete`) fail with a row in ``errors``. Special entries of the
+    tree are counted as in :func:`mdprep.ingest.files.iter_tree`.
 
     Raises
     ------
     UsageError
-        When ``patient_regex`` is invalid, has no ``patient`` group, or matches none
-        of the image paths (the message shows some of them).
+        When ``patient_regex`` is invalid, has no ``patient`` group, has a group named
+        after a manifest column, matches none of the image paths (the message shows
+        some of them), or leaves its ``patient`` group empty in every match.
     EmptyInputError
         When no file under ``root`` is an image.
 
@@ -135,7 +285,7 @@ def ingest_images(
     >>> sorted(r.manifest.frame["patient_id"].unique())
     ['patient00000', 'patient00001']
     """
-    regex = compile_path_regex(patient_regex)
+    regex, regex_notes = _compile(patient_regex)
     listing = collect_files(root, files)
     rels = pd.Series(listing.relpaths, dtype="str")
     is_image = rels.str.lower().str.endswith(IMAGE_EXTENSIONS).to_numpy(dtype=bool) if len(rels) else np.zeros(0, bool)
@@ -147,10 +297,22 @@ def ingest_images(
             f"{examples_text(others[:3], len(others), limit=3)}; for DICOM files use `mdprep ingest dicom`",
             path=shown,
         )
-    groups_all, matched = extract_groups(rels, regex)
+    # Python's re, always: the pattern means what compiling it checked (RE2 differs on \d, POSIX classes, ...).
+    groups_all, matched = extract_groups(rels, regex, engine="python")
     if not matched[is_image].any():
-        raise _no_match_error(regex, rels[is_image])
-    to_read = rels[is_image & matched].tolist()
+        raise _no_match_error(regex, rels[is_image], regex_notes)
+    # A group that matched nothing is null: a path whose 'patient' group is empty gives no patient.
+    has_patient = groups_all["patient"].notna().to_numpy(dtype=bool)
+    if not (matched & has_patient)[is_image].any():
+        examples = rels[is_image & matched]
+        raise UsageError(
+            f"--patient-regex {regex.pattern!r} matches {len(examples)} image path(s), but its group 'patient' is empty in "
+            f"every one, for example {examples_text(examples.head(3).tolist(), len(examples), limit=3)}; make the group "
+            "match at least one character (+ rather than *)",
+            pattern=regex.pattern,
+        )
+    to_read_mask = is_image & matched & has_patient
+    to_read = rels[to_read_mask].tolist()
     if on_found:
         on_found(len(to_read))
     parts = map_chunks(functools.partial(_read_image_headers, root=listing.root), to_read, workers=workers, on_progress=on_progress)
@@ -162,11 +324,16 @@ def ingest_images(
         (r, "failed", "PatternMismatch", f"the path does not match --patient-regex {regex.pattern!r}")
         for r in rels[is_image & ~matched]
     ]
+    error_rows += [
+        (r, "failed", "PatternMismatch", "the group 'patient' of --patient-regex matched an empty string")
+        for r in rels[is_image & matched & ~has_patient]
+    ]
     ok_mask = np.array([h[0] == "ok" for h in headers], dtype=bool)
     error_rows += [(rel, h[0], h[6], h[7]) for rel, h in zip(to_read, headers) if h[0] != "ok"]
+    notes: Counter[str] = Counter(note for h in headers if h[0] == "ok" for note in h[8])
 
     read_ok = np.zeros(len(rels), dtype=bool)
-    read_ok[np.flatnonzero(is_image & matched)[ok_mask]] = True
+    read_ok[np.flatnonzero(to_read_mask)[ok_mask]] = True
     ok_paths = rels[read_ok].reset_index(drop=True)
     groups = groups_all[read_ok].reset_index(drop=True)
     frame = pd.DataFrame({"image_id": ok_paths, "path": ok_paths})
@@ -181,12 +348,6 @@ def ingest_images(
     frame["format"] = pd.Series([h[5] for h in ok_headers], dtype="str")
     frame = order_columns(frame.reset_index(drop=True))
 
-    empty_patient = frame["patient_id"].isna() | (frame["patient_id"] == "")
-    if empty_patient.any():
-        bad = frame.loc[empty_patient, "image_id"].tolist()
-        error_rows += [(r, "failed", "PatternMismatch", "the 'patient' group matched an empty string") for r in bad]
-        frame = frame.loc[~empty_patient].reset_index(drop=True)
-
     sizes = [h[1] for h in headers]
     inputs = [listing_fingerprint(os.fspath(root), to_read, sizes)]
     options = {"patient_regex": regex.pattern, "file_list": files is not None}
@@ -199,5 +360,6 @@ def ingest_images(
         skipped=sum(1 for _, o, _, _ in error_rows if o == "skipped"),
         failed=sum(1 for _, o, _, _ in error_rows if o == "failed"),
         reasons=dict(sorted(reasons.items())),
+        notes=tuple(regex_notes) + tuple(f"{n} file(s): {note}" for note, n in sorted(notes.items())),
     )
     return IngestResult(manifest=manifest, errors=errors_frame(sorted(error_rows)), report=report)
