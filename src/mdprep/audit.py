@@ -27,7 +27,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, MdprepWarning, MissingColumnError, UsageError, short_repr
+from .errors import InputError, MdprepWarning, MissingColumnError, UsageError, examples_text, short_repr
 from .manifest import Manifest
 
 #: Checks that compare one column's values across splits: check name -> column.
@@ -801,6 +801,15 @@ def _required_checks(require: Sequence[str] | None, wanted: Sequence[str]) -> se
     return set(names)
 
 
+def _is_utf8(text: str) -> bool:
+    """False for text with lone surrogates: bytes of a command line that were not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def combine_manifests(manifests: Sequence[Manifest], names: Sequence[str], *, split_col: str = "split") -> pd.DataFrame:
     """One frame from several manifests, each one split named by ``names``.
 
@@ -812,6 +821,9 @@ def combine_manifests(manifests: Sequence[Manifest], names: Sequence[str], *, sp
 
     if len(names) != len(manifests) or len(set(names)) != len(names):
         raise UsageError(f"--names needs {len(manifests)} distinct names, one per manifest")
+    bad = [n for n in names if not _is_utf8(n)]
+    if bad:
+        raise UsageError(f"--names {examples_text(bad, len(bad))} are not valid UTF-8 text; give split names in plain text")
     check_same_pseudonymization(manifests, names)
     frames = [m.frame.assign(**{split_col: n}) for m, n in zip(manifests, names)]
     return pd.concat(frames, ignore_index=True, sort=False)
