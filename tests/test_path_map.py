@@ -59,3 +59,62 @@ def test_hash_without_the_path_map_finds_nothing_and_a_wrong_map_is_refused(runn
     other.write_text("path,original_path\nx.png,patient00001/study1/view1_frontal.png\n")
     res = runner.invoke(main, ["hash", str(pseudo), "--path-map", str(other), "-o", str(tmp_path / "h2.parquet"), "-q"])
     assert res.exit_code == 2 and "not in the path map" in res.stderr and "patient0" not in res.stderr
+
+
+# ----------------------------------------------------------------------------- ingest --pseudonymize
+
+
+def test_ingest_pseudonymize_hides_error_paths_and_quoted_values(runner, tmp_path, monkeypatch):
+    from mdprep.synthetic import write_dicom_tree
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    root = tmp_path / "dump"
+    write_dicom_tree(root, patients=3, images_per_patient=2, shape=(8, 8), plant_bad_files=True)
+    errors, path_map = tmp_path / "errors.csv", tmp_path / "private" / "paths.csv"
+    res = runner.invoke(
+        main,
+        ["ingest", "dicom", str(root), "--pseudonymize", "--paths", "pseudonymize", "--path-map", str(path_map), "-o", str(tmp_path / "m.parquet"), "--errors", str(errors)],
+    )
+    assert res.exit_code == 0, res.stderr
+    table = pd.read_csv(errors, dtype=str)
+    assert len(table) and table["path"].str.fullmatch(r"[0-9a-f]{20}(\.[a-z]+)?").all()
+    # The path map leads from each error row back to its real file, as it does for manifest rows.
+    mapped = dict(pd.read_csv(path_map, dtype=str, keep_default_na=False).values)
+    assert all((root / mapped[p]).exists() or (root / mapped[p]).is_symlink() for p in table["path"])
+    written = errors.read_text() + res.stderr + (tmp_path / "m.parquet").read_bytes().decode("latin-1")
+    assert "PAT0" not in written and "zz_bad" not in written
+
+
+def test_ingest_pseudonymize_quotes_no_cell_value(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    table = tmp_path / "t.csv"
+    table.write_text("image_id,patient_id,StudyDate,A\nimg1,MRN0001,20200131,1\nimg2,MRN0002,31/01/2020,0\n")
+    res = runner.invoke(main, ["ingest", "table", str(table), "--label-cols", "A", "-o", str(tmp_path / "plain.parquet")])
+    assert res.exit_code == 0 and "31/01/2020" in res.stderr  # without --pseudonymize the bad value is quoted
+    res = runner.invoke(main, ["ingest", "table", str(table), "--label-cols", "A", "--pseudonymize", "-o", str(tmp_path / "m.parquet")])
+    assert res.exit_code == 0, res.stderr
+    assert "31/01/2020" not in res.stderr and "'study_date'" in res.stderr and "MRN" not in res.stderr
+    # An error that would quote ids quotes none once pseudonymisation is asked.
+    table.write_text("image_id,patient_id,A\nimg1,MRN0001,1\nimg1,MRN0001,0\n")
+    res = runner.invoke(main, ["ingest", "table", str(table), "--label-cols", "A", "--pseudonymize", "-o", str(tmp_path / "d.parquet")])
+    assert res.exit_code == 2 and res.stderr.startswith("Error:") and "img1" not in res.stderr and "MRN" not in res.stderr
+    assert "--aggregate" in res.stderr
+
+
+def test_pseudonymize_options_need_pseudonymize(runner, tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("image_id,patient_id\nimg1,p1\n")
+    res = runner.invoke(main, ["ingest", "table", str(table), "--paths", "keep", "-o", str(tmp_path / "m.parquet")])
+    assert res.exit_code == 2 and "Error: --paths only apply with --pseudonymize" in res.stderr
+
+
+def test_ingest_pseudonymize_keeps_or_drops_free_text_when_told(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    table = tmp_path / "t.csv"
+    notes = ["patient seen for follow up of a nodule in the right upper lobe, stable since last visit " + str(i) for i in range(30)]
+    pd.DataFrame({"image_id": [f"i{i}" for i in range(30)], "patient_id": [f"p{i}" for i in range(30)], "Report": notes}).to_csv(table, index=False)
+    res = runner.invoke(main, ["ingest", "table", str(table), "--pseudonymize", "-o", str(tmp_path / "m.parquet")])
+    assert res.exit_code == 2 and "--keep-columns" in res.stderr and "nodule" not in res.stderr
+    res = runner.invoke(main, ["ingest", "table", str(table), "--pseudonymize", "--drop-columns", "Report", "-o", str(tmp_path / "m.parquet"), "-q"])
+    assert res.exit_code == 0, res.stderr
+    assert "Report" not in read_manifest(tmp_path / "m.parquet").frame.columns

@@ -45,7 +45,7 @@ import shlex
 import warnings
 import zlib
 from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -1121,6 +1121,28 @@ def pseudonymised_paths(real_paths: pd.Series, path_map: Mapping[str, str]) -> p
     """
     inverse = {real: pseudo for pseudo, real in path_map.items()}
     return real_paths.astype("str").map(inverse).fillna("<unknown path>").astype("str")
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def redact_quoted(text: str, keep: Iterable[str] = ()) -> str:
+    """``text`` with every quoted value replaced by ``'…'``, except the quoted strings in ``keep``.
+
+    Messages quote the values they are about (``'PAT001'``, ``'2020-01-31'``). Once
+    pseudonymisation is asked, none of those may reach the screen; column names and the
+    user's own option values (``keep``) still may, so the message stays useful.
+
+    >>> redact_quoted("3 value(s) of 'study_date' did not parse: '31/01/2020', 'x'", keep={"study_date"})
+    "3 value(s) of 'study_date' did not parse: '…', '…'"
+    """
+    allowed = set(keep)
+
+    def one(m: re.Match) -> str:
+        inner = m.group(0)[1:-1]
+        return m.group(0) if inner in allowed else "'…'"
+
+    return _QUOTED.sub(one, text)
 
 
 # ----------------------------------------------------------------------------- comparing manifests

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sys
-from dataclasses import replace
+import warnings
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import pandas as pd
 
 import click
 from rich.table import Table
 
 from ..dicom_header import MISSING_PATIENT_POLICIES, split_tag_specs
-from ..errors import InputError, examples_text
+from ..errors import InputError, MdprepError, MdprepWarning, UsageError, examples_text
 from ..fileio import check_outputs
 from ..ingest import PRESETS, IngestResult, ingest_dicom, ingest_images, ingest_table, write_errors
 from ..labels import AGGREGATE_POLICIES, BLANK_POLICIES, LABEL_WHEN_SYNTAX, UNCERTAIN_POLICIES
 from ..manifest import summarize, write_manifest
+from ..pseudonyms import DATE_POLICIES, PATH_POLICIES
 from ._options import comma_list, key_file_option
 from ._ui import file_progress, print_table, status
 
@@ -41,17 +48,113 @@ def _read_file_list(source: str | None) -> list[str] | None:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def _pseudonymized(result: IngestResult, pseudonymize: bool, key_file: str | None, quiet: bool) -> IngestResult:
-    """With --pseudonymize, replace identifiers before anything reaches disk."""
-    if not pseudonymize:
+@dataclass(frozen=True)
+class Pseudonymization:
+    """What ``--pseudonymize`` and its options ask of an ingest command."""
+
+    on: bool = False
+    key_file: str | None = None
+    dates: str = "shift"
+    paths: str = "auto"
+    path_map: str | None = None
+    keep_columns: tuple[str, ...] = ()
+    drop_columns: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        given = [name for name, value in (("--paths", self.paths != "auto"), ("--dates", self.dates != "shift"), ("--path-map", self.path_map),
+                 ("--keep-columns", self.keep_columns), ("--drop-columns", self.drop_columns)) if value]
+        if given and not self.on:
+            raise UsageError(f"{', '.join(given)} only apply with --pseudonymize; add it, or leave them out")
+        if self.path_map and self.paths in ("keep", "drop"):
+            raise UsageError(f"--path-map needs pseudonymised paths; with --paths {self.paths} there is nothing to map")
+
+
+def pseudonymize_options(command):
+    """``--pseudonymize`` and its options, handed to the command as one ``pseudo`` argument."""
+
+    @functools.wraps(command)
+    def wrapper(*args, pseudonymize, key_file, dates, paths, path_map, keep_columns, drop_columns, **kwargs):
+        pseudo = Pseudonymization(pseudonymize, key_file, dates, paths, path_map, tuple(comma_list(keep_columns)), tuple(comma_list(drop_columns)))
+        pseudo.check()
+        return command(*args, pseudo=pseudo, **kwargs)
+
+    options = [
+        click.option("--pseudonymize", is_flag=True, help="Replace identifiers with keyed pseudonyms before anything is written or printed (see mdprep pseudonymize)."),
+        key_file_option,
+        click.option("--dates", type=click.Choice(DATE_POLICIES), default="shift", show_default=True, help="With --pseudonymize: every date shifted per patient, cut to the year, or dropped."),
+        click.option("--paths", type=click.Choice(PATH_POLICIES), default="auto", show_default=True, help="With --pseudonymize: paths pseudonymised (auto: when one spells out an identifier), kept or emptied."),
+        click.option("--path-map", metavar="FILE.csv", help="With --pseudonymize: write pseudonymised path -> real path (0600, never commit it), for hash and train."),
+        click.option("--keep-columns", multiple=True, metavar="COL,...", help="With --pseudonymize: keep these columns as they are."),
+        click.option("--drop-columns", multiple=True, metavar="COL,...", help="With --pseudonymize: drop these columns."),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+@contextlib.contextmanager
+def quoted_values_hidden(pseudo: Pseudonymization, keep: set[str]) -> Iterator[set[str]]:
+    """With --pseudonymize, warnings and errors of the ingest show no quoted cell value.
+
+    Column names, label names and the user's own arguments (``keep``, which the
+    block may extend once it knows the columns) are still quoted; everything else
+    quoted becomes ``'…'``. Without --pseudonymize, messages pass unchanged.
+    """
+    if not pseudo.on:
+        yield keep
+        return
+    from ..pseudonyms import redact_quoted
+
+    given: list[str] = []  # the user's own option values and arguments
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        for value in ctx.params.values():
+            given += [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] if isinstance(value, (tuple, list)) else []
+        ctx = ctx.parent
+    keep.update(given)
+    keep.update(part.strip() for arg in given for part in arg.replace("=", ",").replace(":", ",").split(","))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield keep
+        except MdprepError as exc:
+            fields = exc.fields or {}
+            for name in ("present", "missing", "column", "columns"):
+                value = fields.get(name)
+                keep.update([value] if isinstance(value, str) else (value or ()))
+            raise InputError(redact_quoted(exc.message, keep)) from None
+    for w in caught:
+        message = redact_quoted(str(w.message), keep) if issubclass(w.category, MdprepWarning) else w.message
+        warnings.warn_explicit(message, w.category, w.filename, w.lineno)
+
+
+def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool) -> IngestResult:
+    """With --pseudonymize, replace identifiers before anything reaches disk, the error table included."""
+    if not pseudo.on:
         return result
-    from ..pseudonyms import load_key
+    from ..pseudonyms import load_key, path_pseudonym, write_path_map
     from ..pseudonyms import pseudonymize as apply
     from .pseudonymize import summary
 
-    done = apply(result.manifest, load_key(key_file))
-    summary(done, quiet)
-    return replace(result, manifest=done.manifest)
+    key = load_key(pseudo.key_file)
+    done = apply(
+        result.manifest, key, dates=pseudo.dates, paths=pseudo.paths, keep_columns=pseudo.keep_columns, drop_columns=pseudo.drop_columns
+    )
+    errors = result.errors
+    path_map = done.path_map
+    if len(errors) and pseudo.paths != "keep":
+        # Inputs that gave no row are named by the same keyed pseudonym a row's path gets.
+        real = errors["path"].astype("str")
+        shown = real.map(lambda p: path_pseudonym(key, p))
+        messages = [m.replace(r, s) for m, r, s in zip(errors["message"].astype("str"), real, shown)]
+        errors = errors.assign(path=shown, message=messages)
+        if pseudo.paths != "drop":
+            path_map = pd.concat([path_map, pd.DataFrame({"path": shown, "original_path": real})]).drop_duplicates().sort_values("path", ignore_index=True)
+    if pseudo.path_map:
+        write_path_map(path_map, pseudo.path_map)
+    summary(done, quiet, path_map=pseudo.path_map)
+    report = replace(result.report, invalid_examples={})  # quoted values are raw values
+    return replace(result, manifest=done.manifest, errors=errors, report=report)
 
 
 def _write_outputs(result: IngestResult, output: str, errors_path: str | None) -> None:
@@ -115,7 +218,6 @@ _workers = click.option("--workers", type=click.IntRange(min=1), default=None, h
 _errors = click.option(
     "--errors", "errors_path", metavar="FILE", help="Write every file that gave no row (path, outcome, error type, message); .csv or .parquet."
 )
-_pseudonymize = click.option("--pseudonymize", is_flag=True, help="Replace identifiers with keyed pseudonyms before writing (see mdprep pseudonymize).")
 _files_from = click.option(
     "--files-from",
     metavar="FILE",
@@ -147,10 +249,9 @@ def ingest() -> None:
 @_files_from
 @_workers
 @_errors
-@_pseudonymize
-@key_file_option
+@pseudonymize_options
 @_quiet
-def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, workers, errors_path, pseudonymize, key_file, quiet):
+def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, workers, errors_path, pseudo, quiet):
     """Read the headers (never the pixels) of every DICOM file under ROOT.
 
     \b
@@ -164,19 +265,25 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, workers, e
     Example:
       mdprep ingest dicom /data/dump -o manifest.parquet --tags Manufacturer,KVP,0018,1151 --errors errors.csv
     """
-    check_outputs({"--files-from": files_from, "--key-file": key_file}, {"-o/--output": output, "--errors": errors_path}, stdout={"-o/--output"})
+    check_outputs(
+        {"--files-from": files_from, "--key-file": pseudo.key_file},
+        {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map},
+        stdout={"-o/--output"},
+    )
     files = _read_file_list(files_from)
-    with file_progress("Reading DICOM headers", quiet) as bar:
-        result = ingest_dicom(
-            root,
-            files=files,
-            tags=split_tag_specs(tags),
-            missing_patient=missing_patient,
-            workers=workers,
-            on_found=bar.found,
-            on_progress=bar.advance,
-        )
-    result = _pseudonymized(result, pseudonymize, key_file, quiet)
+    with quoted_values_hidden(pseudo, set()) as keep:
+        with file_progress("Reading DICOM headers", quiet) as bar:
+            result = ingest_dicom(
+                root,
+                files=files,
+                tags=split_tag_specs(tags),
+                missing_patient=missing_patient,
+                workers=workers,
+                on_found=bar.found,
+                on_progress=bar.advance,
+            )
+        keep.update(result.manifest.frame.columns)
+        result = _pseudonymized(result, pseudo, quiet)
     _write_outputs(result, output, errors_path)
     render_summary(result, output, errors_path, quiet)
 
@@ -193,10 +300,9 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, workers, e
 @_files_from
 @_workers
 @_errors
-@_pseudonymize
-@key_file_option
+@pseudonymize_options
 @_quiet
-def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_path, pseudonymize, key_file, quiet):
+def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_path, pseudo, quiet):
     """Index the PNG/JPEG/TIFF images under ROOT; patient and study come from the path.
 
     \b
@@ -204,11 +310,17 @@ def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_p
       mdprep ingest images CheXpert-v1.0-small/train -o images.parquet \\
         --patient-regex '(?P<patient>patient\\d+)/(?P<study>study\\d+)/view\\d+_(?P<view>frontal|lateral)'
     """
-    check_outputs({"--files-from": files_from, "--key-file": key_file}, {"-o/--output": output, "--errors": errors_path}, stdout={"-o/--output"})
+    check_outputs(
+        {"--files-from": files_from, "--key-file": pseudo.key_file},
+        {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map},
+        stdout={"-o/--output"},
+    )
     files = _read_file_list(files_from)
-    with file_progress("Reading image headers", quiet) as bar:
-        result = ingest_images(root, patient_regex=patient_regex, files=files, workers=workers, on_found=bar.found, on_progress=bar.advance)
-    result = _pseudonymized(result, pseudonymize, key_file, quiet)
+    with quoted_values_hidden(pseudo, set()) as keep:
+        with file_progress("Reading image headers", quiet) as bar:
+            result = ingest_images(root, patient_regex=patient_regex, files=files, workers=workers, on_found=bar.found, on_progress=bar.advance)
+        keep.update(result.manifest.frame.columns)
+        result = _pseudonymized(result, pseudo, quiet)
     _write_outputs(result, output, errors_path)
     render_summary(result, output, errors_path, quiet)
 
@@ -261,12 +373,11 @@ def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_p
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the table.")
 @click.option("--image-ext", default="jpg", show_default=True, help="MIMIC-CXR: file ending of the built paths (jpg or dcm).")
 @click.option("--root", "image_root", type=click.Path(file_okay=False), help="Folder the table's paths are relative to (recorded in the manifest).")
-@_pseudonymize
-@key_file_option
+@pseudonymize_options
 @_quiet
 def ingest_table_cmd(
     table, preset, output, metadata, uncertain, image_col, patient_col, path_col, study_col, labels_col, labels_sep, label_cols,
-    label_when, blank, label_map, aggregate, reader_col, columns, sep, encoding, image_ext, image_root, pseudonymize, key_file, quiet,
+    label_when, blank, label_map, aggregate, reader_col, columns, sep, encoding, image_ext, image_root, pseudo, quiet,
 ):
     """Turn a dataset's label table (CSV, TSV, gzip, Parquet) into a manifest.
 
@@ -282,8 +393,12 @@ def ingest_table_cmd(
       mdprep ingest table stage_2_train_labels.csv --image-col patientId --patient-col patientId \\
         --label-when 'Pneumonia:Target==1' --aggregate any -o rsna.parquet
     """
-    check_outputs({"TABLE": table, "--metadata": metadata, "--label-map": label_map, "--key-file": key_file}, {"-o/--output": output}, stdout={"-o/--output"})
-    with status(f"Reading {table}", quiet):
+    check_outputs(
+        {"TABLE": table, "--metadata": metadata, "--label-map": label_map, "--key-file": pseudo.key_file},
+        {"-o/--output": output, "--path-map": pseudo.path_map},
+        stdout={"-o/--output"},
+    )
+    with quoted_values_hidden(pseudo, set()) as keep, status(f"Reading {table}", quiet):
         result = ingest_table(
             table,
             preset=preset,
@@ -307,6 +422,7 @@ def ingest_table_cmd(
             image_ext=image_ext,
             root=image_root,
         )
-        result = _pseudonymized(result, pseudonymize, key_file, quiet)
+        keep.update(result.manifest.frame.columns)
+        result = _pseudonymized(result, pseudo, quiet)
         _write_outputs(result, output, None)
     render_summary(result, output, None, quiet)
