@@ -345,6 +345,39 @@ def _key_args(draw, w: World, d: Path) -> list[str]:
     return ["--key-file", str(p)]
 
 
+def _path_map(draw, w: World, d: Path) -> list[str]:
+    """``--path-map FILE`` (hash) about one time in four: a real map, or a damaged one."""
+    if draw(st.integers(0, 3)):
+        return []
+    p = d / "paths.csv"
+    paths = pq.read_table(w.manifest, columns=["path"]).column("path").to_pylist()
+    kind = draw(st.sampled_from(["valid", "partial", "columns", "duplicate", "binary", "folder", "missing"]))
+    if kind == "folder":
+        p.mkdir()
+    elif kind == "binary":
+        p.write_bytes(draw(st.binary(max_size=30)))
+    elif kind != "missing":
+        rows = [(x, x) for x in paths]
+        if kind == "partial":
+            rows = rows[: draw(st.integers(0, len(rows) - 1))]
+        elif kind == "duplicate":
+            rows.append((paths[0], "../elsewhere.png"))
+        header = "path,original_path" if kind != "columns" else "a,b"
+        p.write_text("\n".join([header, *[f"{a},{b}" for a, b in rows]]) + "\n")
+    return ["--path-map", str(p)]
+
+
+def _pseudonymize_options(draw, w: World, d: Path) -> list[str]:
+    args = ["--pseudonymize", *_key_args(draw, w, d)]
+    args += _opt(draw, "--dates", st.sampled_from(["shift", "year", "drop"]))
+    args += _opt(draw, "--paths", st.sampled_from(["auto", "pseudonymize", "keep", "drop"]))
+    args += _opt(draw, "--keep-columns", st.sampled_from(["view", "modality", "absent", "patient_id"]) | TEXT)
+    args += _opt(draw, "--drop-columns", st.sampled_from(["view", "study_date", "absent", "image_id"]) | TEXT)
+    if draw(st.integers(0, 3)) == 0:
+        args += ["--path-map", str(d / "paths.csv")]
+    return args
+
+
 def _files_from(draw, d: Path, names: list[str]) -> list[str]:
     if draw(st.booleans()):
         return []
@@ -360,7 +393,7 @@ def cmd_ingest_images(draw, w: World, d: Path) -> list[str]:
     args = ["ingest", "images", root, "--patient-regex", regex, "-o", str(d / "out.parquet"), "--workers", "1", "-q"]
     args += _files_from(draw, d, ["patient00000/study1/view1_frontal.png", "../x.png", "/etc/passwd", "", "nope.png"])
     if draw(st.booleans()):
-        args += ["--pseudonymize", *_key_args(draw, w, d)]
+        args += _pseudonymize_options(draw, w, d)
     return args
 
 
@@ -371,7 +404,7 @@ def cmd_ingest_dicom(draw, w: World, d: Path) -> list[str]:
     args += _opt(draw, "--missing-patient", st.sampled_from(["error", "skip", "use-study", "use-file"]))
     args += _files_from(draw, d, ["PAT00000/study0/img000.dcm", "../x.dcm", ""])
     if draw(st.booleans()):
-        args += ["--pseudonymize", *_key_args(draw, w, d)]
+        args += _pseudonymize_options(draw, w, d)
     return args
 
 
@@ -398,7 +431,7 @@ def cmd_hash(draw, w: World, d: Path) -> list[str]:
     args += _opt(draw, "--max-bytes", st.sampled_from(["1", "2G", "0", "-1", "1.5G", "x", "10T", "99999999999999999999999T"]) | TEXT)
     if draw(st.booleans()):
         args.append("--allow-outside-root")
-    return args
+    return args + _path_map(draw, w, d)
 
 
 def _audit_args(draw, w: World, d: Path, command: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -330,6 +331,24 @@ def test_audit_options_that_name_the_wrong_columns(runner, cohort):
     # A --time-col of text that is no date: rows unchecked, and no pandas warning with a source line on stderr.
     res = runner.invoke(main, ["audit-leakage", str(cohort), "--time-col", "sex", "--checks", "temporal"])
     assert res.exit_code == 0 and "Warning" not in res.stderr and "no dated train rows" in res.stderr, res.stderr
+
+
+def test_patient_overlap_leaves_out_rows_in_no_split():
+    from mdprep.audit import value_overlap
+
+    f = pd.DataFrame({"image_id": list("abc"), "patient_id": ["p", "p", "q"], "split": pd.array([None, None, None], dtype="string")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's divide-by-zero warning was the symptom
+        r = value_overlap(f, "patient_id", check="patient_overlap")
+        assert r.status == "skipped" and r.reason == "no row has a split"
+        r = value_overlap(f.assign(split=["train", None, "test"]), "patient_id", check="patient_overlap")
+    assert r.findings.empty and r.checked_rows == 2
+
+
+def test_train_on_a_manifest_without_split_values_is_exit_2_without_warnings(runner, cohort, tmp_path):
+    bad = with_column(cohort, tmp_path / "bad.parquet", "split", pa.nulls(16, pa.string()))
+    err = one_error(runner.invoke(main, ["train", str(bad), "--out", str(tmp_path / "run"), "--arch", "small", "--image-size", "16", "--device", "cpu"]))
+    assert "no rows have split == 'train'" in err and "RuntimeWarning" not in err
 
 
 # ----------------------------------------------------------------------------- resample and ingest

@@ -238,6 +238,10 @@ def value_overlap(frame: pd.DataFrame, column: str, *, split_col: str = "split",
     check = check or f"{column}_overlap"
     if column not in frame.columns:
         return skipped(check, partition, f"no {column!r} column", len(frame))
+    if frame[split_col].isna().any():  # rows in no split are in no pair of splits (audit() leaves them out first)
+        frame = frame[frame[split_col].notna()]
+        if frame.empty:
+            return skipped(check, partition, f"no row has a {split_col}", 0, "empty column")
     values = frame[column]
     present = values.notna().to_numpy()
     unchecked = int((~present).sum())

@@ -333,7 +333,7 @@ def fold_violation(values: np.ndarray, folds: int | None = None) -> Violation | 
     >>> fold_violation(np.array([0, 1, 5, np.nan]), 5).message
     "column 'fold' has 1 value(s) outside 0..4 (the 5 folds of the last `mdprep split --folds 5`): 5; re-split with `mdprep split --folds K`"
     """
-    v = pd.to_numeric(pd.Series(values, dtype="object"), errors="coerce").to_numpy(dtype="float64")
+    v = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     known = ~np.isnan(v)
     bad = known & ((v < 0) | ((v >= folds) if folds is not None else False))
     n_bad = int(bad.sum())
