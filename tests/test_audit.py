@@ -212,7 +212,7 @@ def test_cli_exit_codes_and_outputs(runner, leaky, tmp_path):
     assert res.exit_code == 0
     allow.write_text("[{}]")
     res = runner.invoke(main, ["audit-leakage", str(path), "--allow", str(allow)])
-    assert res.exit_code == 2 and "lack 'check' and 'key'" in res.stderr
+    assert res.exit_code == 2 and "lacks 'check' and 'key'" in res.stderr
     res = runner.invoke(main, ["audit-leakage", str(path), "--checks", "nonsense"])
     assert res.exit_code == 2 and "unknown checks ['nonsense']" in res.stderr
     res = runner.invoke(main, ["audit-leakage", str(tmp_path / "train.parquet")])

@@ -22,13 +22,14 @@ import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .errors import InputError, MdprepWarning, MissingColumnError, UsageError, examples_text, short_repr
 from .manifest import Manifest
+from .params import check_number
 
 #: Checks that compare one column's values across splits: check name -> column.
 VALUE_CHECKS: dict[str, str] = {
@@ -237,6 +238,10 @@ def value_overlap(frame: pd.DataFrame, column: str, *, split_col: str = "split",
     check = check or f"{column}_overlap"
     if column not in frame.columns:
         return skipped(check, partition, f"no {column!r} column", len(frame))
+    if frame[split_col].isna().any():  # rows in no split are in no pair of splits (audit() leaves them out first)
+        frame = frame[frame[split_col].notna()]
+        if frame.empty:
+            return skipped(check, partition, f"no row has a {split_col}", 0, "empty column")
     values = frame[column]
     present = values.notna().to_numpy()
     unchecked = int((~present).sum())
@@ -393,11 +398,11 @@ def same_person(
 ) -> CheckResult:
     """Different ``group`` ids in different splits that share every one of ``columns`` (a warning)."""
     check = "same_person"
-    missing = [c for c in columns if c not in frame.columns]
+    missing = [c for c in dict.fromkeys([group, *columns]) if c not in frame.columns]
     if missing:
         return skipped(check, partition, f"no {', '.join(map(repr, missing))} column", len(frame))
     present = frame[list(columns)].notna().all(axis=1).to_numpy() & frame[group].notna().to_numpy()
-    sub = frame.loc[present, [group, split_col, "image_id", *columns]]
+    sub = frame.loc[present, list(dict.fromkeys([group, split_col, "image_id", *columns]))]
     key = sub[list(columns)].astype("str").agg("|".join, axis=1) if len(sub) else pd.Series([], dtype="str")
     sub = sub.assign(_key=key.to_numpy())
     stats = sub.groupby("_key", sort=True).agg(groups=(group, "nunique"), splits=(split_col, "nunique"))
@@ -420,7 +425,10 @@ def temporal(frame: pd.DataFrame, *, time_col: str, train: str = "train", split_
     check = "temporal"
     if time_col not in frame.columns:
         return skipped(check, partition, f"no {time_col!r} column", len(frame))
-    times = pd.to_datetime(frame[time_col].astype("str"), errors="coerce")
+    with warnings.catch_warnings():
+        # Values that are not dates (a --time-col of names) are nulls here, counted as unchecked rows.
+        warnings.filterwarnings("ignore", message="Could not infer format", category=UserWarning)
+        times = pd.to_datetime(frame[time_col].astype("str"), errors="coerce")
     present = times.notna().to_numpy()
     is_train = (frame[split_col].astype("str") == train).to_numpy()
     if not (present & is_train).any():
@@ -624,6 +632,32 @@ def degenerate_grouping(frame: pd.DataFrame, group: str = "patient_id", *, image
     return None
 
 
+def allow_list_problems(entries: Any) -> list[str]:
+    """What is wrong with the shape of an allow list (empty when it is a list of well-formed entries).
+
+    Each entry is an object with text ``check``, a ``key`` that is text or a number,
+    and optionally text ``reason`` and ``partition``.
+
+    >>> allow_list_problems([{"check": "duplicate_file", "key": ["a"]}, "x"])
+    ["entry 0 has key ['a'], not text or a number", "entry 1 is 'x', not an object"]
+    """
+    if not isinstance(entries, list):
+        return [f"it is {short_repr(entries)}, not a JSON list of entries"]
+    problems = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            problems.append(f"entry {i} is {short_repr(e)}, not an object")
+        elif "check" not in e or "key" not in e:
+            problems.append(f"entry {i} lacks {' and '.join(repr(k) for k in ('check', 'key') if k not in e)}")
+        elif not isinstance(e["check"], str):
+            problems.append(f"entry {i} has check {short_repr(e['check'])}, not text")
+        elif isinstance(e["key"], bool) or not isinstance(e["key"], (str, int, float)):
+            problems.append(f"entry {i} has key {short_repr(e['key'])}, not text or a number")
+        else:
+            problems += [f"entry {i} has {k} {short_repr(e[k])}, not text" for k in ("reason", "partition") if k in e and not isinstance(e[k], str)]
+    return problems
+
+
 def load_allow_list(path: str | os.PathLike) -> list[dict]:
     """Reviewed cases: a JSON list of ``{"check": ..., "key": ..., "reason": ...}`` (``partition`` optional)."""
     try:
@@ -633,12 +667,13 @@ def load_allow_list(path: str | os.PathLike) -> list[dict]:
         raise InputError(f"allow list {os.fspath(path)!r} does not exist", path=os.fspath(path)) from None
     except ValueError as exc:
         raise InputError(f"allow list {os.fspath(path)} is not valid JSON ({exc})", path=os.fspath(path)) from None
-    bad = [i for i, e in enumerate(entries if isinstance(entries, list) else [None]) if not (isinstance(e, dict) and "check" in e and "key" in e)]
-    if not isinstance(entries, list) or bad:
+    problems = allow_list_problems(entries)
+    if problems:
         raise InputError(
-            f"allow list {os.fspath(path)}: entries {bad[:5]} lack 'check' and 'key'; write a JSON list such as "
-            '[{"check": "duplicate_file", "key": "<sha256>", "reason": "reviewed"}]',
+            f"allow list {os.fspath(path)}: {'; '.join(problems[:5])}{f'; ... ({len(problems)} in all)' if len(problems) > 5 else ''}; "
+            'write a JSON list such as [{"check": "duplicate_file", "key": "<sha256>", "reason": "reviewed"}]',
             path=os.fspath(path),
+            problems=problems,
         )
     unknown = sorted({e["check"] for e in entries} - set(ALL_CHECKS))
     if unknown:
@@ -719,8 +754,11 @@ def audit(
         raise MissingColumnError([split_col], list(frame.columns), hint="split the manifest first (mdprep split) or pass --split-col")
     if "image_id" not in frame.columns:
         raise MissingColumnError(["image_id"], list(frame.columns))
-    if not 0 <= int(threshold) <= 16:
-        raise UsageError(f"--threshold {threshold}: choose a Hamming distance between 0 and 16")
+    check_number(threshold, "--threshold", minimum=0, maximum=16, integer=True)
+    if group == split_col:
+        raise UsageError(f"--group and --split-col both name {group!r}; the group (patient) column must differ from the split column")
+    if "same_person" in (checks if checks is not None else ALL_CHECKS) and not list(person_columns):
+        raise UsageError("--person-cols is empty; name the columns that together suggest one person (for example birth_date,sex)")
     wanted = list(checks) if checks is not None else [c for c in ALL_CHECKS if c != "temporal" or time_col]
     unknown = sorted(set(wanted) - set(ALL_CHECKS))
     if unknown:

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .errors import InputError, ManifestValidationError, Violation, cut_text, examples_text
+from .errors import InputError, ManifestValidationError, Violation, cut_text, examples_text, short_repr
 from .fileio import atomic_write, is_stdio, stdin_file, stdout_binary
 
 FORMAT = "mdprep-manifest"
@@ -177,16 +177,23 @@ def _label_violations(frame: pd.DataFrame, labels: Sequence[str]) -> list[Violat
         if col not in frame.columns or col in clash:
             continue
         s = frame[col]
-        if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)) and s.notna().any():
-            bad = pd.unique(s.dropna())[:5]
+        if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+            if not s.notna().any():
+                try:  # an empty column of text or nulls stores as int8 nulls; one of dates or structs cannot
+                    _column_to_arrow(s, LABEL_TYPE)
+                    continue
+                except (pa.ArrowException, TypeError, ValueError):
+                    pass
+            # Values may be unhashable (lists, structs) or bytes: quote the first few as text.
+            bad = pd.unique(np.array([v if isinstance(v, str) else repr(v) for v in s.dropna().head(1000)], dtype=object))[:5]
+            what = f"non-numeric values ({examples_text(list(bad), len(bad))})" if len(bad) else f"no numbers (type {s.dtype})"
             out.append(
                 Violation(
                     "bad_label_value",
                     col,
                     int(s.notna().sum()),
                     tuple(bad),
-                    f"label column {col!r} holds non-numeric values ({examples_text(list(bad), len(bad))}); "
-                    "labels are 1 (positive), 0 (negative), -1 (uncertain) or empty",
+                    f"label column {col!r} holds {what}; labels are 1 (positive), 0 (negative), -1 (uncertain) or empty",
                 )
             )
             continue
@@ -217,13 +224,14 @@ def label_value_violation(column: str, values: np.ndarray) -> Violation | None:
     )
 
 
-def validate_frame(frame: pd.DataFrame, labels: Sequence[str] = ()) -> list[Violation]:
+def validate_frame(frame: pd.DataFrame, labels: Sequence[str] = (), *, folds: int | None = None) -> list[Violation]:
     """Check a frame against the manifest contract and return *every* violation.
 
     Nothing is raised here: the caller decides (see :func:`check`). The checks are
     missing required or label columns, nulls in required columns, duplicate
     ``image_id`` values (with examples), label values outside {1, 0, -1, null},
-    and canonical columns whose values cannot take the canonical type.
+    canonical columns whose values cannot take the canonical type, and ``fold``
+    values outside 0..``folds``-1 (below 0 when the fold count is unknown).
 
     Examples
     --------
@@ -273,7 +281,30 @@ def validate_frame(frame: pd.DataFrame, labels: Sequence[str] = ()) -> list[Viol
                         f"{n} row(s) have no {col} (row numbers {examples_text(rows, n)}); every image needs one",
                     )
                 )
-    if "image_id" in frame.columns:
+    # Types first: a column that is not what the contract says (image ids as lists) is not compared below.
+    typed: list[Violation] = []
+    untyped: set[str] = set()
+    for col, arrow_type in CANONICAL_TYPES.items():
+        if col in frame.columns and col not in labels:
+            try:
+                arr = _column_to_arrow(frame[col], arrow_type)
+            except (pa.ArrowException, TypeError, ValueError) as exc:
+                typed.append(
+                    Violation(
+                        "bad_type",
+                        col,
+                        int(frame[col].notna().sum()),
+                        (),
+                        f"column {col!r} cannot be stored as {arrow_type} ({cut_text(str(exc))}); fix its values",
+                    )
+                )
+                untyped.add(col)
+                continue
+            if col == "fold":
+                violation = fold_violation(arr.to_numpy(zero_copy_only=False), folds)
+                if violation:
+                    typed.append(violation)
+    if "image_id" in frame.columns and "image_id" not in untyped:
         ids = frame["image_id"]
         dup_mask = ids.duplicated(keep=False).to_numpy() & ids.notna().to_numpy()
         n_dup = int(dup_mask.sum())
@@ -289,27 +320,149 @@ def validate_frame(frame: pd.DataFrame, labels: Sequence[str] = ()) -> list[Viol
                     f"{examples_text(list(dup_ids), len(dup_ids))}; image ids must be unique",
                 )
             )
-    for col, arrow_type in CANONICAL_TYPES.items():
-        if col in frame.columns and col not in labels:
-            try:
-                _column_to_arrow(frame[col], arrow_type)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
-                out.append(
-                    Violation(
-                        "bad_type",
-                        col,
-                        int(frame[col].notna().sum()),
-                        (),
-                        f"column {col!r} cannot be stored as {arrow_type} ({cut_text(str(exc))}); fix its values",
-                    )
-                )
+    out.extend(typed)
     out.extend(_label_violations(frame, labels))
     return out
 
 
+def fold_violation(values: np.ndarray, folds: int | None = None) -> Violation | None:
+    """The violation for ``fold`` values (NaN or None for null) outside 0..``folds``-1, or None.
+
+    With ``folds`` None (the fold count is not recorded) only negative values break the rule.
+
+    >>> fold_violation(np.array([0, 1, 5, np.nan]), 5).message
+    "column 'fold' has 1 value(s) outside 0..4 (the 5 folds of the last `mdprep split --folds 5`): 5; re-split with `mdprep split --folds K`"
+    """
+    v = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    known = ~np.isnan(v)
+    bad = known & ((v < 0) | ((v >= folds) if folds is not None else False))
+    n_bad = int(bad.sum())
+    if not n_bad:
+        return None
+    distinct = pd.unique(v[bad])
+    shown = [int(x) for x in distinct[:5]]
+    if folds is None:
+        rule = "below 0 (folds are numbered 0..K-1)"
+    else:
+        rule = f"outside 0..{folds - 1} (the {folds} folds of the last `mdprep split --folds {folds}`)"
+    return Violation(
+        "bad_fold",
+        "fold",
+        n_bad,
+        tuple(shown),
+        f"column 'fold' has {n_bad} value(s) {rule}: {examples_text(shown, len(distinct))}; re-split with `mdprep split --folds K`",
+    )
+
+
+def recorded_folds(history: Sequence[Mapping[str, Any]]) -> int | None:
+    """The fold count of the last ``mdprep split`` in ``history`` (None when it made no folds or is absent).
+
+    >>> recorded_folds([{"command": "split", "options": {"folds": 5}}, {"command": "resample", "options": {}}])
+    5
+    """
+    for step in reversed(history):
+        if isinstance(step, Mapping) and step.get("command") == "split":
+            folds = step.get("options", {}).get("folds") if isinstance(step.get("options"), Mapping) else None
+            return folds if isinstance(folds, int) and not isinstance(folds, bool) and folds >= 2 else None
+    return None
+
+
 def validate(manifest: Manifest) -> list[Violation]:
     """Every contract violation of ``manifest`` (an empty list when it is valid)."""
-    return validate_frame(manifest.frame, manifest.labels)
+    return validate_frame(manifest.frame, manifest.labels, folds=recorded_folds(manifest.history))
+
+
+# --------------------------------------------------------------------------- metadata shape
+
+
+#: How to repair metadata of the wrong shape, said once after the broken rules.
+METADATA_HINT = "re-create the manifest with mdprep (ingest, then the later steps) or repair its metadata (docs/manifest.md)"
+
+
+def _metadata_violation(key: str, value: Any, wanted: str) -> Violation:
+    return Violation("metadata", None, 1, (value,), f"metadata {key!r} must be {wanted}, found {short_repr(value)}; {METADATA_HINT}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _step_problem(step: Any) -> str | None:
+    """What is wrong with one history step (see :func:`provenance_step`), or None."""
+    if not isinstance(step, dict):
+        return f"is {short_repr(step)}, not an object"
+    for key, ok, wanted in (
+        ("command", lambda v: isinstance(v, str), "text"),
+        ("mdprep_version", lambda v: isinstance(v, str), "text"),
+        ("options", lambda v: isinstance(v, dict), "an object"),
+        ("inputs", lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v), "a list of objects"),
+        ("seed", lambda v: v is None or _is_int(v), "an integer or null"),
+    ):
+        if key in step and not ok(step[key]):
+            return f"has {key} {short_repr(step[key])}, not {wanted}"
+    return None
+
+
+def metadata_violations(meta: Any) -> list[Violation]:
+    """Every way the ``mdprep`` metadata document breaks its shape (docs/manifest.md#metadata-and-provenance).
+
+    The document is a JSON object whose ``format`` is ``"mdprep-manifest"``, whose
+    ``format_version`` is an integer from 1, whose ``labels`` is a list of column
+    names (text), whose ``root`` is text or null and whose ``history`` is a list of
+    objects (each with text ``command`` and ``mdprep_version``, an object ``options``,
+    a list of objects ``inputs`` and an integer or null ``seed``, where present).
+    Absent ``labels``, ``root`` and ``history`` mean none.
+
+    Examples
+    --------
+    >>> [v.message.split(",")[0] for v in metadata_violations({"format": "mdprep-manifest", "format_version": 1, "labels": "Edema"})]
+    ["metadata 'labels' must be a list of label column names (text)"]
+    """
+    if not isinstance(meta, dict):
+        return [_metadata_violation("mdprep", meta, "a JSON object")]
+    out = []
+    if meta.get("format") != FORMAT:
+        out.append(_metadata_violation("format", meta.get("format"), repr(FORMAT)))
+    version = meta.get("format_version")
+    if not _is_int(version) or version < 1:
+        out.append(_metadata_violation("format_version", version, "the integer 1" if FORMAT_VERSION == 1 else f"an integer from 1 to {FORMAT_VERSION}"))
+    labels = meta.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(l, str) and l for l in labels):
+        out.append(_metadata_violation("labels", labels, "a list of label column names (text)"))
+    root = meta.get("root")
+    if root is not None and not isinstance(root, str):
+        out.append(_metadata_violation("root", root, "the image folder (text) or null"))
+    history = meta.get("history", [])
+    if not isinstance(history, list):
+        out.append(_metadata_violation("history", history, "a list of provenance steps (objects)"))
+    else:
+        problems = [(i, p) for i, step in enumerate(history) if (p := _step_problem(step))]
+        if problems:
+            first, why = problems[0]
+            out.append(
+                Violation(
+                    "metadata",
+                    None,
+                    len(problems),
+                    tuple(i for i, _ in problems[:5]),
+                    f"metadata 'history' must be a list of provenance steps: {len(problems)} step(s) are malformed "
+                    f"(step {first} {why}); {METADATA_HINT}",
+                )
+            )
+    return out
+
+
+def _salvaged(meta: Any) -> tuple[tuple[str, ...], str | None, tuple[dict, ...]]:
+    """The labels, root and history of a metadata document, keeping only well-formed parts."""
+    meta = meta if isinstance(meta, dict) else {}
+    labels = meta.get("labels", [])
+    root = meta.get("root")
+    history = meta.get("history", [])
+    return (
+        tuple(l for l in labels if isinstance(l, str) and l) if isinstance(labels, list) else (),
+        root if isinstance(root, str) else None,
+        tuple(h for h in history if _step_problem(h) is None) if isinstance(history, list) else (),
+    )
 
 
 def check(manifest: Manifest, *, path: str | None = None) -> Manifest:
@@ -369,8 +522,13 @@ def frame_from_arrow(table: pa.Table) -> pd.DataFrame:
     return table.replace_schema_metadata(None).to_pandas(types_mapper=_pandas_type)
 
 
-def from_arrow(table: pa.Table, *, path: str | None = None) -> Manifest:
-    """Build a :class:`Manifest` from an Arrow table written by :func:`to_arrow`."""
+def _metadata(table: pa.Table, path: str | None) -> tuple[Any, list[Violation]]:
+    """The ``mdprep`` metadata document of ``table`` and the ways it breaks its shape.
+
+    Raises :class:`InputError` when the table is no mdprep manifest at all (no
+    ``mdprep`` entry) or was written by a newer mdprep (a format version above
+    :data:`FORMAT_VERSION`): then there is no contract this mdprep can judge.
+    """
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     where = path or "the table"
     if raw is None:
@@ -381,16 +539,38 @@ def from_arrow(table: pa.Table, *, path: str | None = None) -> Manifest:
         )
     try:
         meta = json.loads(raw)
-    except ValueError as exc:
-        raise InputError(f"{where} has unreadable mdprep metadata ({exc}); re-create it with mdprep ingest", path=path) from exc
-    if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    except ValueError as exc:  # UnicodeDecodeError included
+        return None, [
+            Violation("metadata", None, 1, (), f"the mdprep metadata is not valid JSON ({cut_text(str(exc), 80)}); {METADATA_HINT}")
+        ]
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if _is_int(version) and version > FORMAT_VERSION:
         raise InputError(
-            f"{where} has manifest format {meta.get('format')!r} version {meta.get('format_version')!r}; "
+            f"{where} has manifest format {meta.get('format')!r} version {version!r}; "
             f"this mdprep {__version__} reads {FORMAT!r} up to version {FORMAT_VERSION}: upgrade mdprep",
             path=path,
         )
-    frame = frame_from_arrow(table)
-    return Manifest(frame=frame, labels=tuple(meta.get("labels", ())), root=meta.get("root"), history=tuple(meta.get("history", ())))
+    return meta, metadata_violations(meta)
+
+
+def from_arrow(table: pa.Table, *, path: str | None = None) -> Manifest:
+    """Build a :class:`Manifest` from an Arrow table written by :func:`to_arrow`.
+
+    Raises :class:`InputError` (``violations``: the broken rules) when the ``mdprep``
+    metadata is missing, unreadable or of the wrong shape (see :func:`metadata_violations`);
+    the rows are not checked here (see :func:`check`).
+    """
+    meta, violations = _metadata(table, path)
+    if violations:
+        where = path or "the table"
+        rules = "; ".join(v.message.removesuffix(f"; {METADATA_HINT}") for v in violations)
+        raise InputError(
+            f"{where} has broken mdprep metadata: {rules}; {METADATA_HINT}",
+            path=path,
+            violations=violations,
+        )
+    labels, root, history = _salvaged(meta)
+    return Manifest(frame=frame_from_arrow(table), labels=labels, root=root, history=history)
 
 
 # --------------------------------------------------------------------------- files
@@ -438,6 +618,17 @@ def read_manifest(path: str | os.PathLike, *, validate_contract: bool = True, co
     ['p1']
     """
     spath = os.fspath(path)
+    manifest = from_arrow(_read_table(spath, columns), path=spath)
+    if columns is not None:
+        # Only the columns asked for: labels that were left out are not part of this view.
+        manifest = replace(manifest, labels=tuple(l for l in manifest.labels if l in manifest.frame.columns))
+    if validate_contract:
+        check(manifest, path=spath)
+    return manifest
+
+
+def _read_table(spath: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """The Parquet table at ``spath`` ('-': standard input), or an :class:`InputError` saying why not."""
     source = stdin_file() if is_stdio(spath) else spath
     if not os.path.exists(source):
         raise InputError(f"manifest {spath!r} does not exist; check the path or create it with `mdprep ingest`", path=spath)
@@ -447,16 +638,36 @@ def read_manifest(path: str | os.PathLike, *, validate_contract: bool = True, co
             table = pq.read_table(source, columns=[c for c in dict.fromkeys(columns) if c in present])
         else:
             table = pq.read_table(source)
-    except (pa.ArrowInvalid, OSError) as exc:
+        # Parquet readers trust the bytes: a damaged page can give text that is not UTF-8. Check it all once.
+        table.validate(full=True)
+        return table
+    except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: pyarrow quoting bytes that are not UTF-8
         shown = "standard input ('-')" if source != spath else spath
-        raise InputError(f"{shown} is not a readable Parquet file ({str(exc).replace(source, spath)})", path=spath) from exc
-    manifest = from_arrow(table, path=spath)
-    if columns is not None:
-        # Only the columns asked for: labels that were left out are not part of this view.
-        manifest = replace(manifest, labels=tuple(l for l in manifest.labels if l in manifest.frame.columns))
-    if validate_contract:
-        check(manifest, path=spath)
-    return manifest
+        raise InputError(f"{shown} is not a readable Parquet file ({cut_text(str(exc).replace(source, spath))})", path=spath) from exc
+
+
+def inspect_manifest(path: str | os.PathLike) -> tuple[Manifest, list[Violation]]:
+    """Read a manifest however it breaks the contract, and list *every* violation, metadata included.
+
+    For ``mdprep validate`` and ``mdprep check``: metadata of the wrong shape is
+    reported as violations (check ``"metadata"``) next to those of the rows, which
+    are judged against the well-formed part of the metadata. Raises
+    :class:`InputError` only for a file that is no readable mdprep manifest at all.
+
+    Examples
+    --------
+    >>> import pandas as pd, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.parquet")
+    >>> write_manifest(Manifest(pd.DataFrame({"image_id": ["a"], "path": ["a.png"], "patient_id": ["p1"]})), p)
+    >>> inspect_manifest(p)[1]
+    []
+    """
+    spath = os.fspath(path)
+    table = _read_table(spath)
+    meta, violations = _metadata(table, spath)
+    labels, root, history = _salvaged(meta)
+    manifest = Manifest(frame=frame_from_arrow(table), labels=labels, root=root, history=history)
+    return manifest, violations + validate(manifest)
 
 
 # --------------------------------------------------------------------------- summaries

@@ -89,12 +89,15 @@ def _intended_ratios(history: Sequence[dict], names: Sequence[str], col: str) ->
     """The ratios ``mdprep split`` was asked for, when its step is in the history."""
     for step in reversed(history):
         opts = step.get("options", {})
-        if step.get("command") != "split":
+        if step.get("command") != "split" or not isinstance(opts, dict):
             continue
-        if col == "fold" and opts.get("folds"):
-            return np.full(len(names), 1.0 / int(opts["folds"]))
-        if col != "fold" and opts.get("ratios") and opts.get("names"):
-            wanted = dict(zip(opts["names"], opts["ratios"]))
+        folds, ratios, split_names = opts.get("folds"), opts.get("ratios"), opts.get("names")
+        if col == "fold" and isinstance(folds, int) and not isinstance(folds, bool) and folds >= 2:
+            return np.full(len(names), 1.0 / folds)
+        if col != "fold" and isinstance(ratios, list) and isinstance(split_names, list) and len(ratios) == len(split_names):
+            if not all(isinstance(n, str) for n in split_names) or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratios):
+                return None
+            wanted = dict(zip(split_names, ratios))
             if set(wanted) == set(names):
                 return np.array([wanted[n] for n in names], dtype=float)
         return None
@@ -192,8 +195,62 @@ def build_report(manifest: Manifest, *, audit: dict | None = None, title: str = 
     )
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def audit_report_problems(doc) -> list[str]:
+    """What is wrong with the shape of an audit report, in the parts the page shows (empty when usable).
+
+    The report is an object with ``schema`` ``mdprep-audit-report``, ``version`` 1, text
+    ``result`` and a list of ``checks``; each check is an object with text ``check``,
+    ``partition`` and ``verdict`` (or ``status``), and, where present, text ``reason``,
+    a count ``unchecked_rows`` and a list of ``findings``, objects with a text or
+    number ``key`` and a list of text ``splits``.
+
+    >>> audit_report_problems({"schema": "mdprep-audit-report", "version": 1, "result": "passed", "checks": [{"check": 1, "partition": "split", "verdict": "passed"}]})
+    ['checks[0] has check 1, not text']
+    """
+    from .errors import short_repr
+
+    if not isinstance(doc, dict):
+        return [f"it is {short_repr(doc)}, not a JSON object"]
+    if doc.get("schema") != "mdprep-audit-report" or doc.get("version") != 1 or isinstance(doc.get("version"), bool):
+        return [f"schema {short_repr(doc.get('schema'))} version {short_repr(doc.get('version'))}, not 'mdprep-audit-report' version 1"]
+    problems = []
+    if not isinstance(doc.get("result"), str):
+        problems.append(f"result {short_repr(doc.get('result'))}, not text")
+    checks = doc.get("checks")
+    if not isinstance(checks, list):
+        return problems + [f"checks {short_repr(checks)}, not a list"]
+    for i, c in enumerate(checks):
+        where = f"checks[{i}]"
+        if not isinstance(c, dict):
+            problems.append(f"{where} is {short_repr(c)}, not an object")
+            continue
+        for key in ("check", "partition"):
+            if not isinstance(c.get(key), str):
+                problems.append(f"{where} has {key} {short_repr(c.get(key))}, not text")
+        if not isinstance(c.get("verdict", c.get("status")), str):
+            problems.append(f"{where} has verdict {short_repr(c.get('verdict', c.get('status')))}, not text")
+        if "reason" in c and not isinstance(c["reason"], str):
+            problems.append(f"{where} has reason {short_repr(c['reason'])}, not text")
+        if "unchecked_rows" in c and not _is_count(c["unchecked_rows"]):
+            problems.append(f"{where} has unchecked_rows {short_repr(c['unchecked_rows'])}, not a count")
+        findings = c.get("findings", [])
+        if not isinstance(findings, list):
+            problems.append(f"{where} has findings {short_repr(findings)}, not a list")
+            continue
+        for j, f in enumerate(findings):
+            key_ok = isinstance(f, dict) and not isinstance(f.get("key"), bool) and isinstance(f.get("key"), (str, int, float))
+            splits_ok = isinstance(f, dict) and isinstance(f.get("splits"), list) and all(isinstance(s, str) for s in f["splits"])
+            if not (key_ok and splits_ok):
+                problems.append(f"{where}.findings[{j}] is {short_repr(f)}, not an object with a key and a list of splits")
+    return problems
+
+
 def load_audit(path: str) -> dict:
-    """An audit report written by ``mdprep audit-leakage --json``."""
+    """An audit report written by ``mdprep audit-leakage --json``, its shape checked (:func:`audit_report_problems`)."""
     from .errors import InputError
 
     try:
@@ -201,6 +258,12 @@ def load_audit(path: str) -> dict:
             doc = json.load(fh)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read the audit report {path} ({exc}); write it with `mdprep audit-leakage ... --json FILE`", path=path) from None
-    if doc.get("schema") != "mdprep-audit-report":
-        raise InputError(f"{path} is not an mdprep audit report (schema {doc.get('schema')!r})", path=path)
+    problems = audit_report_problems(doc)
+    if problems:
+        more = f"; ... ({len(problems)} in all)" if len(problems) > 5 else ""
+        raise InputError(
+            f"{path} is not an mdprep audit report this mdprep can show ({'; '.join(problems[:5])}{more}); write it with `mdprep audit-leakage ... --json FILE`",
+            path=path,
+            problems=problems,
+        )
     return doc

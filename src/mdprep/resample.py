@@ -30,6 +30,7 @@ import pandas as pd
 
 from .errors import MissingColumnError, UsageError
 from .manifest import POSITIVE, Manifest, order_columns, provenance_step
+from .params import check_number, check_seed
 from .weights import EVAL_SPLITS, split_mask
 
 STRATEGIES = ("over", "under", "ml-ros", "ml-rus", "patient-cap", "smote", "adasyn")
@@ -224,6 +225,7 @@ def resample_manifest(
     """
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown --strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    seed = check_seed(seed)
     if split in EVAL_SPLITS:
         raise UsageError(f"refusing to resample the {split!r} split: evaluation data must keep its real distribution")
     frame = manifest.frame
@@ -265,7 +267,7 @@ def resample_manifest(
     elif strategy == "patient-cap":
         if cap is None:
             raise UsageError("--strategy patient-cap needs --cap N, the most images to keep per patient")
-        index = patient_cap(train["patient_id"], int(cap), rng)
+        index = patient_cap(train["patient_id"], check_number(cap, "--cap", minimum=1, integer=True), rng)
         removed_idx = np.setdiff1d(np.arange(len(train)), index)
     else:
         index, synthetic = _synthesise(train, strategy, target, labels, features, ratio, seed)
@@ -316,7 +318,13 @@ def _synthesise(train, strategy, target, labels, features, ratio, seed):
     missing = [c for c in features if c not in train.columns]
     if missing:
         raise MissingColumnError(missing, list(train.columns), hint="--features names numeric columns")
+    not_numeric = [c for c in features if not (pd.api.types.is_numeric_dtype(train[c]) and not pd.api.types.is_bool_dtype(train[c]))]
+    if not_numeric:
+        kinds = ", ".join(f"{c!r} ({train[c].dtype})" for c in not_numeric[:5])
+        raise UsageError(f"--features {kinds}: not numeric; {strategy} interpolates numbers only (embeddings, radiomics)", columns=not_numeric)
     X = train[list(features)].to_numpy(dtype="float64", na_value=np.nan)
+    if not np.isfinite(X[~np.isnan(X)]).all():
+        raise UsageError(f"--features hold infinite values in {int(np.isinf(X).any(axis=1).sum())} row(s); {strategy} needs finite numbers")
     if np.isnan(X).any():
         raise UsageError(f"--features has {int(np.isnan(X).any(axis=1).sum())} row(s) with empty values; fill or drop them first")
     y = _target(train, target, labels, strategy)

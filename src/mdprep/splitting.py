@@ -35,6 +35,7 @@ import pandas as pd
 from .audit import degenerate_grouping, visible
 from .errors import MdprepWarning, MissingColumnError, UsageError, examples_text
 from .manifest import Manifest, check, order_columns, provenance_step
+from .params import check_seed
 
 
 def check_ratios(ratios: Sequence[float]) -> np.ndarray:
@@ -766,6 +767,7 @@ def split_manifest(
     1
     """
     check(manifest)
+    seed = check_seed(seed)
     frame = manifest.frame
     if ratios is None and folds is None:
         ratios = (0.7, 0.1, 0.2)

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .errors import MdprepWarning, UsageError
+from .errors import InputError, MdprepWarning, UsageError, examples_text, short_repr
 from .manifest import NEGATIVE, POSITIVE, Manifest
+from .params import check_number
 
 SCHEMES = ("balanced", "frequency", "pos-weight", "effective")
 EVAL_SPLITS = frozenset({"val", "valid", "validation", "test", "holdout"})
@@ -182,8 +183,8 @@ def compute_weights(
     """
     if scheme not in SCHEMES:
         raise UsageError(f"unknown --scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
-    if clip is not None and clip <= 0:
-        raise UsageError(f"--clip {clip}: the cap must be positive")
+    if clip is not None:
+        check_number(clip, "--clip", above=0)
     names = list(manifest.labels) if labels is None else list(labels)
     if not names:
         raise UsageError("the manifest has no label columns to weigh; ingest labels first (mdprep ingest table ...)")
@@ -236,9 +237,79 @@ def compute_weights(
             MdprepWarning,
             stacklevel=2,
         )
+    unusable = [w.label for w in weights if not (np.isfinite(w.w_pos) and np.isfinite(w.w_neg) and w.w_pos > 0 and w.w_neg > 0)]
+    if unusable:
+        raise UsageError(
+            f"--scheme {scheme}{f' with --beta {beta:g}' if scheme == 'effective' else ''}{f', --clip {clip:g}' if clip is not None else ''} gives weights of 0 or not finite for "
+            f"{examples_text(unusable, len(unusable))} (weights are stored to 6 decimals); choose a larger --clip or another --beta",
+            labels=unusable,
+        )
     options = {"beta": beta if scheme == "effective" else None, "sqrt": sqrt, "clip": clip, "split_col": split_col, "drop_empty": drop_empty}
     notes = tuple(f"label {d!r} has {reasons[d].removesuffix(f' {where}')} in {split!r}; left out (--drop-empty)" for d in dropped)
     return WeightsResult(scheme, weights, len(rows), split, options, tuple(dropped), notes)
+
+
+def weights_from_document(doc: Any, labels: Sequence[str], *, source: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Label names, ``w_pos`` and ``w_neg`` (float32) of a parsed ``weights.json`` document, its shape checked.
+
+    The document must be an object with ``schema`` ``mdprep-weights``, ``version`` 1,
+    ``labels`` a non-empty list of distinct names, and under ``weights`` an object per
+    label whose ``w_pos`` and ``w_neg`` are finite numbers, not negative, that fit a
+    float32. Every broken rule is listed in one :class:`~mdprep.errors.InputError`
+    (``source`` names the file); weights for labels that are not among ``labels``
+    (the manifest's) are a :class:`~mdprep.errors.UsageError`.
+
+    >>> doc = {"schema": "mdprep-weights", "version": 1, "labels": ["A"], "weights": {"A": {"w_pos": 2.0, "w_neg": float("nan")}}}
+    >>> weights_from_document(doc, ["A"], source="w.json")
+    Traceback (most recent call last):
+    ...
+    mdprep.errors.InputError: w.json is not a usable mdprep-weights version 1 document: 'A' has w_neg nan, not a finite number of 0 or more; create it with `mdprep weights`
+    """
+    problems: list[str] = []
+    if not isinstance(doc, dict):
+        problems.append(f"it is {short_repr(doc)}, not a JSON object")
+        doc = {}
+    elif doc.get("schema") != SCHEMA or doc.get("version") != SCHEMA_VERSION or isinstance(doc.get("version"), bool):
+        problems.append(f"schema {short_repr(doc.get('schema'))} version {short_repr(doc.get('version'))}, not {SCHEMA!r} version {SCHEMA_VERSION}")
+    names = doc.get("labels")
+    entries = doc.get("weights")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        if not problems:
+            problems.append(f"'labels' is {short_repr(names)}, not a list of label names")
+        names = []
+    elif len(set(names)) != len(names):
+        problems.append(f"'labels' lists {examples_text(sorted({n for n in names if names.count(n) > 1}), len(names))} more than once")
+    if names and not isinstance(entries, dict):
+        problems.append(f"'weights' is {short_repr(entries)}, not an object with one entry per label")
+        names = []
+    w_pos = np.zeros(len(names), dtype=np.float32)
+    w_neg = np.zeros(len(names), dtype=np.float32)
+    for i, name in enumerate(names):
+        entry = entries.get(name)
+        if not isinstance(entry, dict):
+            problems.append(f"{name!r} has no weights entry (found {short_repr(entry)})")
+            continue
+        for key, out in (("w_pos", w_pos), ("w_neg", w_neg)):
+            value = entry.get(key)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value >= 0
+            if ok:
+                with np.errstate(over="ignore"):
+                    out[i] = np.float32(value)
+                ok = bool(np.isfinite(out[i]))
+            if not ok:
+                problems.append(f"{name!r} has {key} {short_repr(value)}, not a finite number of 0 or more")
+    if problems:
+        raise InputError(
+            f"{source} is not a usable {SCHEMA} version {SCHEMA_VERSION} document: {'; '.join(problems[:5])}"
+            + (f"; ... ({len(problems)} problems in all)" if len(problems) > 5 else "")
+            + "; create it with `mdprep weights`",
+            path=source,
+            problems=problems,
+        )
+    unknown = [n for n in names if n not in labels]
+    if unknown:
+        raise UsageError(f"{source} has weights for {', '.join(map(repr, unknown))}, which are not label columns of the manifest")
+    return list(names), w_pos, w_neg
 
 
 def weighted_bce(logits: np.ndarray, targets: np.ndarray, w_pos: Sequence[float], w_neg: Sequence[float]) -> float:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import click
 
+from ..params import SEED_MAX
 from ..pseudonyms import KEY_ENV
 
 key_file_option = click.option(
@@ -20,3 +22,31 @@ def comma_list(values: Iterable[str | None]) -> list[str]:
         if v:
             out += [p.strip() for p in v.split(",") if p.strip()]
     return out
+
+
+class Integer(click.IntRange):
+    """An integer within bounds; text that is no integer is "not a valid integer" (not "integer range")."""
+
+    name = "integer"
+
+
+#: ``--seed``: the range every generator mdprep seeds accepts (mdprep.params.check_seed).
+SEED = Integer(0, SEED_MAX)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float within bounds that is also finite: ``nan``, ``inf`` and ``1e400`` are refused.
+
+    (click's FloatRange lets NaN through: every comparison with NaN is false.)
+    """
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+def seed_option(help: str):
+    """``--seed`` (default 0), an integer from 0 to 2**32-1."""
+    return click.option("--seed", default=0, show_default=True, type=SEED, help=help)

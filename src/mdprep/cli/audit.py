@@ -118,7 +118,7 @@ _AUDIT_OPTIONS = [
         help="Checks that must fully run: the gate fails (exit 1) when one is skipped, leaves rows unchecked, or (patient_overlap) runs on a degenerate grouping.",
     ),
     click.option("--allow", "allow_path", type=click.Path(dir_okay=False), help="JSON list of reviewed findings ({check, key, reason}) reported but not failing."),
-    click.option("--threshold", default=4, show_default=True, type=int, help="Hamming distance for near_duplicate."),
+    click.option("--threshold", default=4, show_default=True, type=click.IntRange(0, 16), help="Hamming distance for near_duplicate (0 to 16 bits)."),
     click.option("--person-cols", default=",".join(PERSON_COLUMNS), show_default=True, help="Columns that together suggest one person (same_person)."),
     click.option("--time-col", help="Date column for the temporal check."),
     click.option("--temporal", is_flag=True, help="The split is by time: fail when val/test images predate the latest train image."),
@@ -245,13 +245,13 @@ def check(manifests, **options):
     Example (in CI):
       mdprep check manifests/*.parquet --junit reports/mdprep.xml --markdown reports/mdprep.md
     """
-    from ..manifest import validate as validate_manifest
+    from ..manifest import inspect_manifest
     from ._ui import EXIT_CHECK_FAILED
 
     check_audit_outputs(manifests, options)
     broken = 0
     for path in manifests:
-        violations = validate_manifest(read_manifest(path, validate_contract=False))
+        violations = inspect_manifest(path)[1]
         for v in violations:
             click.echo(f"{path}: [{v.check}] {v.message}", err=True)
         broken += bool(violations)

@@ -13,7 +13,7 @@ from ..manifest import read_manifest, write_manifest
 from ..resample import STRATEGIES, resample_manifest
 from ..weights import SCHEMES, compute_weights
 from ._ui import print_table
-from ._options import comma_list
+from ._options import FiniteFloat, comma_list, seed_option
 
 
 @click.command("weights")
@@ -22,9 +22,9 @@ from ._options import comma_list
 @click.option("--split", default="train", show_default=True, help="Rows to count: a split name, or 'all' (warns when that includes val/test).")
 @click.option("--split-col", default="split", show_default=True, help="Column holding the split names.")
 @click.option("--scheme", type=click.Choice(SCHEMES), default="balanced", show_default=True, help="How counts become weights (docs/weights.md).")
-@click.option("--beta", default=0.999, show_default=True, type=float, help="effective: the beta of Cui et al. 2019.")
+@click.option("--beta", default=0.999, show_default=True, type=FiniteFloat(0, 1, min_open=True, max_open=True), help="effective: the beta of Cui et al. 2019, between 0 and 1.")
 @click.option("--sqrt", is_flag=True, help="Take the square root of every weight (softer).")
-@click.option("--clip", type=float, metavar="MAX", help="Cap every weight at MAX.")
+@click.option("--clip", type=FiniteFloat(min=0, min_open=True), metavar="MAX", help="Cap every weight at MAX (above 0).")
 @click.option("--labels", metavar="A,B,...", help="Only these label columns [default: all].")
 @click.option("--drop-empty", is_flag=True, help="Leave out labels with no positives (or no negatives) instead of giving them neutral weights.")
 @click.option("-q", "--quiet", is_flag=True, help="No table on stderr.")
@@ -71,10 +71,10 @@ def weights(manifest, output, split, split_col, scheme, beta, sqrt, clip, labels
 @click.option("--split-col", default="split", show_default=True, help="Column holding the split names.")
 @click.option("--target", help="over/under/smote/adasyn: the label or categorical column to balance.")
 @click.option("--ratio", help="over/under/smote/adasyn: imbalanced-learn's sampling_strategy (a float, or auto, minority, not majority, ...).")
-@click.option("--percent", default=25.0, show_default=True, type=float, help="ml-ros/ml-rus: rows to clone or remove, in % of the split.")
-@click.option("--cap", type=int, help="patient-cap: the most images kept per patient.")
+@click.option("--percent", default=25.0, show_default=True, type=FiniteFloat(0, 100, min_open=True), help="ml-ros/ml-rus: rows to clone or remove, in % of the split (above 0, up to 100).")
+@click.option("--cap", type=click.IntRange(min=1), help="patient-cap: the most images kept per patient (at least 1).")
 @click.option("--features", metavar="COL,...", help="smote/adasyn: numeric feature columns (embeddings, radiomics).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed: the same seed gives the same bytes.")
+@seed_option("Seed, 0 to 2**32-1: the same seed gives the same bytes.")
 @click.option("--removed", "removed_path", metavar="FILE", help="Write the removed rows (.csv or .parquet).")
 @click.option("-q", "--quiet", is_flag=True, help="No table on stderr.")
 def resample(manifest, output, strategy, split, split_col, target, ratio, percent, cap, features, seed, removed_path, quiet):

@@ -11,7 +11,7 @@ from ..fileio import check_outputs, file_fingerprint, write_text
 from ..manifest import read_manifest, write_manifest
 from ..splitting import MISSING_GROUP_POLICIES, SplitQuality, split_manifest, stratify_by_items
 from ._ui import print_table, status
-from ._options import comma_list
+from ._options import comma_list, seed_option
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -55,8 +55,8 @@ def _summary(q: SplitQuality) -> str:
 @click.option("--group", default="patient_id", show_default=True, help="Column whose values never cross parts (patient, study, site).")
 @click.option("--ratios", help="Shares of the images per part, summing to 1 [default: 0.7,0.1,0.2 unless --folds alone].")
 @click.option("--names", help="Part names [default: train,val,test for 3 ratios, train,test for 2].")
-@click.option("--folds", type=int, help="Also (or only) write a fold column 0..K-1; with --ratios the last part is held out.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for tie-breaking: the same seed gives the same bytes.")
+@click.option("--folds", type=click.IntRange(min=2), help="Also (or only) write a fold column 0..K-1; with --ratios the last part is held out.")
+@seed_option("Seed for tie-breaking, 0 to 2**32-1: the same seed gives the same bytes.")
 @click.option("--stratify", multiple=True, metavar="LABEL,...", help="Label columns to balance [default: all label columns].")
 @click.option(
     "--stratify-by", multiple=True, metavar="COL,...",

@@ -9,7 +9,9 @@ from rich.table import Table
 from ..errors import UsageError
 from ..fileio import check_outputs
 from ..manifest import read_manifest
+from ..params import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_LR, MIN_IMAGE_SIZE
 from ._ui import _animate, print_table
+from ._options import FiniteFloat, seed_option
 from .audit import allow_outside_root_option
 
 ARCHES = ("densenet121", "resnet18", "small")
@@ -21,10 +23,10 @@ ARCHES = ("densenet121", "resnet18", "small")
 @click.option("--weights", "weights_path", type=click.Path(dir_okay=False), help="weights.json from `mdprep weights` [default: unweighted loss].")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: best.pt and metrics.json.")
 @click.option("--arch", type=click.Choice(ARCHES), default="densenet121", show_default=True, help="Model; densenet121 is the CheXNet choice, small a quick CNN.")
-@click.option("--epochs", default=5, show_default=True, type=int)
-@click.option("--batch-size", default=32, show_default=True, type=int)
-@click.option("--image-size", default=224, show_default=True, type=int, help="Images are resized to SIZE x SIZE.")
-@click.option("--lr", default=1e-3, show_default=True, type=float, help="AdamW learning rate.")
+@click.option("--epochs", default=5, show_default=True, type=click.IntRange(min=1), help="Passes over the train rows (at least 1).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, MAX_BATCH_SIZE), help=f"Images per step (1 to {MAX_BATCH_SIZE}).")
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), help=f"Images are resized to SIZE x SIZE ({MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}).")
+@click.option("--lr", default=1e-3, show_default=True, type=FiniteFloat(0, MAX_LR, min_open=True), help=f"AdamW learning rate (above 0, up to {MAX_LR:g}).")
 @click.option(
     "--pretrained",
     type=click.Path(dir_okay=False),
@@ -36,8 +38,8 @@ ARCHES = ("densenet121", "resnet18", "small")
 @click.option("--augment", type=click.Choice(["cxr-safe", "none"]), default="cxr-safe", show_default=True, help="Training-time augmentation.")
 @click.option("--hflip", is_flag=True, help="Allow horizontal flips in cxr-safe (off: anatomy is not left-right symmetric).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed: on the CPU the same seed gives the same run.")
-@click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes (0: load in the main process).")
+@seed_option("Seed, 0 to 2**32-1: on the CPU the same seed gives the same run.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader worker processes (0: load in the main process).")
 @click.option("--evaluate-test", is_flag=True, help="Score the test rows once, with the selected checkpoint, at the end.")
 @click.option("--allow-leakage", is_flag=True, help="Train even if patients appear in more than one split (not recommended).")
 @allow_outside_root_option

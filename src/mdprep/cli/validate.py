@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..fileio import check_outputs
-from ..manifest import read_manifest, validate as validate_manifest
+from ..manifest import inspect_manifest
 from ._ui import EXIT_CHECK_FAILED, echo
 
 
@@ -25,8 +25,7 @@ def validate(manifests, quiet):
     check_outputs({"MANIFESTS": list(manifests)}, {})
     failed = False
     for path in manifests:
-        manifest = read_manifest(path, validate_contract=False)
-        violations = validate_manifest(manifest)
+        manifest, violations = inspect_manifest(path)
         if violations:
             failed = True
             click.echo(f"{path}: {len(violations)} violation(s) of the manifest contract", err=True)

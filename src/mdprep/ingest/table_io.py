@@ -594,8 +594,10 @@ def _read_csv(src: _Source, *, sep: str | None, string_columns: Sequence[str], e
     utf8 = info.name in ("utf-8", "utf-8-sig")
     if sep == "\\t":
         sep = "\t"
-    if sep is not None and len(sep) != 1:
-        raise UsageError(f"the delimiter must be one character, not {sep!r}; for a tab write --sep '\\t'", sep=sep)
+    if sep is not None and (len(sep) != 1 or not sep.isascii() or sep in "\r\n\""):
+        raise UsageError(
+            f"the delimiter must be one ASCII character other than a quote or a line break, not {sep!r}; for a tab write --sep '\\t'", sep=sep
+        )
     _check_text(src, info)
     try:
         cells, sep, header_lines, header_chars = _read_header(src, sep, encoding, utf8)

@@ -35,6 +35,8 @@ def decode_grey(path: str) -> np.ndarray:
     grey = unit_grey(arr, invert)
     if grey.ndim != 2 or grey.size == 0:
         raise ValueError(f"decoded to an array of shape {tuple(arr.shape)}, not a 2-D image")
+    if not np.isfinite(grey).all():
+        raise ValueError("decoded pixels hold NaN or infinite values")
     return grey
 
 

@@ -18,6 +18,8 @@ from ..audit import value_overlap
 from ..errors import InputError, MdprepError, MdprepWarning, UsageError, cut_text, examples_text, short_repr
 from ..fileio import atomic_write, paths_outside_root
 from ..manifest import Manifest
+from ..params import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_LR, MIN_IMAGE_SIZE, check_number, check_seed
+from ..weights import weights_from_document
 from .data import AUGMENTS, ManifestDataset, cxr_safe, unreadable_images
 from .models import ARCHITECTURES, build_model, freeze_backbone, load_pretrained
 
@@ -26,6 +28,12 @@ class LeakageError(MdprepError):
     """The manifest's splits share patients; training on them would overstate every metric."""
 
     code = "leakage"
+
+
+class DivergedError(MdprepError):
+    """The loss or the model's outputs stopped being finite numbers: the run cannot go on."""
+
+    code = "diverged"
 
 
 def masked_weighted_bce(logits: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, w_pos: torch.Tensor, w_neg: torch.Tensor) -> torch.Tensor:
@@ -47,24 +55,18 @@ def read_weights(path: str, labels: Sequence[str]) -> tuple[list[str], np.ndarra
 
     Every scheme of ``mdprep weights`` gives a positive and a negative weight per
     label, used as is by :func:`masked_weighted_bce` (``pos-weight`` has ``w_neg = 1``,
-    which is PyTorch's ``pos_weight``).
+    which is PyTorch's ``pos_weight``). The document's shape and values are checked
+    by :func:`mdprep.weights.weights_from_document` (NaN, infinite and negative
+    weights are refused), so a bad file stops the run before it starts.
     """
     try:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
     except FileNotFoundError:
         raise InputError(f"weights file {path!r} does not exist; create it with `mdprep weights`", path=path) from None
-    except ValueError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); create it with `mdprep weights`", path=path) from None
-    if doc.get("schema") != "mdprep-weights" or int(doc.get("version", 0)) != 1:
-        raise InputError(f"{path} is not an mdprep-weights version 1 document; create it with `mdprep weights`", path=path)
-    names = list(doc["labels"])
-    unknown = [n for n in names if n not in labels]
-    if unknown:
-        raise UsageError(f"{path} has weights for {', '.join(map(repr, unknown))}, which are not label columns of the manifest")
-    w_pos = np.array([doc["weights"][n]["w_pos"] for n in names], dtype=np.float32)
-    w_neg = np.array([doc["weights"][n]["w_neg"] for n in names], dtype=np.float32)
-    return names, w_pos, w_neg
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise InputError(f"{path} is not valid JSON ({cut_text(str(exc), 100)}); create it with `mdprep weights`", path=path) from None
+    return weights_from_document(doc, labels, source=path)
 
 
 def roc_auc_per_label(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray, labels: Sequence[str]) -> dict[str, float | None]:
@@ -128,6 +130,8 @@ def _evaluate(model, loader, device, w_pos, w_neg, labels) -> dict:
             targets.append(y.numpy())
             masks.append(m.numpy())
     p, t, k = np.concatenate(probs), np.concatenate(targets), np.concatenate(masks)
+    if not np.isfinite(p).all():
+        raise DivergedError("the model's outputs are no longer finite numbers (NaN); lower --lr, or check the --weights and --pretrained files")
     aucs = roc_auc_per_label(p, t, k, labels)
     return {"loss": loss_sum / max(batches, 1), "auc": aucs, "mean_auc": _mean(aucs), "rows": int(len(p))}
 
@@ -201,8 +205,12 @@ def train(
         raise UsageError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     if augment not in AUGMENTS:
         raise UsageError(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
-    if epochs < 1 or batch_size < 1 or image_size < 16:
-        raise UsageError("--epochs and --batch-size must be at least 1, --image-size at least 16")
+    check_number(epochs, "--epochs", minimum=1, integer=True)
+    check_number(batch_size, "--batch-size", minimum=1, maximum=MAX_BATCH_SIZE, integer=True)
+    check_number(image_size, "--image-size", minimum=MIN_IMAGE_SIZE, maximum=MAX_IMAGE_SIZE, integer=True)
+    check_number(lr, "--lr", above=0, maximum=MAX_LR)
+    check_number(workers, "--workers", minimum=0, integer=True)
+    seed = check_seed(seed)
     frame = manifest.frame
     if split_col not in frame.columns:
         raise UsageError(f"the manifest has no {split_col!r} column; run `mdprep split` first")
@@ -231,13 +239,13 @@ def train(
     parts = {name: frame[frame[split_col] == name] for name in ("train", "val", "test")}
     if parts["train"].empty:
         raise UsageError(f"no rows have {split_col} == 'train'")
+    dev = _device(device)
+    generator = _seed_everything(seed)
+    model = build_model(arch, len(labels))
+    pretrained_report = load_pretrained(model, pretrained, arch) if pretrained else None
     parts, skipped = _check_images(parts, root, evaluate_test=evaluate_test, allow_outside_root=allow_outside_root, skip_missing=skip_missing, workers=workers)
     if parts["train"].empty:
         raise UsageError(f"no train rows are left after skipping {len(skipped)} unreadable image(s): {_image_examples(skipped)}")
-    generator = _seed_everything(seed)
-    dev = _device(device)
-    model = build_model(arch, len(labels))
-    pretrained_report = load_pretrained(model, pretrained) if pretrained else None
     frozen = freeze_backbone(model) if freeze else 0
     model.to(dev)
     w_pos, w_neg = torch.tensor(w_pos_np, device=dev), torch.tensor(w_neg_np, device=dev)
@@ -249,6 +257,11 @@ def train(
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     os.makedirs(out_dir, exist_ok=True)
     history, best_epoch, best_score = [], 0, None
+    divergence_hint = ", or ".join(
+        [f"lower --lr (now {lr:g})"]
+        + ([f"check the --weights file (largest weight {float(max(w_pos_np.max(), w_neg_np.max())):g})"] if weights_path else [])
+        + (["check the --pretrained weights"] if pretrained else [])
+    )
     checkpoint = os.path.join(out_dir, "best.pt")
     for epoch in range(1, epochs + 1):
         model.train()
@@ -261,6 +274,8 @@ def train(
                 images = cxr_safe(images.cpu(), generator, hflip=hflip).to(dev)
             logits = model(images)
             loss = masked_weighted_bce(logits, y.to(dev), m.to(dev), w_pos, w_neg)
+            if not torch.isfinite(loss):
+                raise DivergedError(f"the training loss became {loss.item()} at epoch {epoch}, step {step}; {divergence_hint}", epoch=epoch, step=step)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

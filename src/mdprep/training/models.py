@@ -8,6 +8,8 @@ CNN for quick experiments and tests.
 
 from __future__ import annotations
 
+import pickle
+
 import torch
 from torch import nn
 
@@ -157,17 +159,68 @@ def head_names(model: nn.Module) -> tuple[str, ...]:
     return ("fc.",) if isinstance(model, ResNet18) else ("classifier.",)
 
 
-def load_pretrained(model: nn.Module, path: str) -> dict:
-    """Load a local state dict into ``model``; keys whose shape does not fit (the old head) are skipped.
+def load_pretrained(model: nn.Module, path: str, arch: str | None = None) -> dict:
+    """Load a local state dict into ``model``; the head's tensors may differ in shape and are skipped.
 
-    Returns what happened: ``loaded``, ``skipped`` (shape mismatch) and ``missing`` key lists.
+    Returns what happened: ``loaded``, ``skipped`` (the head's tensors whose shape
+    differs, such as ImageNet's 1000 classes), ``unexpected`` and ``missing`` key lists.
     A checkpoint written by ``mdprep train`` (``best.pt``) works too.
+
+    Raises :class:`~mdprep.errors.InputError` naming the file and what was expected
+    when it is not a PyTorch file, does not hold a state dict (names to tensors), is a
+    ``best.pt`` of another ``arch``, lacks any backbone tensor of ``model`` (or has
+    it in another shape: a backbone left partly random would train silently worse),
+    or holds NaN or infinite values.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+    from ..errors import InputError
+
+    name = arch or type(model).__name__
+    expected = f"expected a state dict of {name} (torchvision's state_dict() saved with torch.save) or a best.pt written by `mdprep train --arch {name}`"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except FileNotFoundError:
+        raise InputError(f"--pretrained {path!r} does not exist; {expected}", path=path) from None
+    except IsADirectoryError:
+        raise InputError(f"--pretrained {path!r} is a folder; {expected}", path=path) from None
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        # torch.save writes a zip archive (PK), or a pickle (0x80) in the legacy format.
+        raise InputError(f"--pretrained {path} is not a PyTorch checkpoint (it begins with {head!r}, not as a file torch.save writes); {expected}", path=path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(
+            f"--pretrained {path} holds Python objects besides tensors, which mdprep never loads (torch.load with weights_only=True runs no code); {expected}",
+            path=path,
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
+        detail = " ".join(str(exc).split())[:120]
+        raise InputError(f"--pretrained {path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {detail}); {expected}", path=path) from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        saved_arch = state.get("arch")
+        if arch and isinstance(saved_arch, str) and saved_arch != arch:
+            raise InputError(f"--pretrained {path} is a best.pt of --arch {saved_arch}, not {arch}; {expected}", path=path)
         state = state["model"]
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        what = type(state).__name__ if not isinstance(state, dict) else ("an empty dict" if not state else "a dict whose values are not all tensors")
+        raise InputError(f"--pretrained {path} holds {what}, not a state dict (names to tensors); {expected}", path=path)
     own = model.state_dict()
+    heads = head_names(model)
+    unfit = [k for k in own if not k.startswith(heads) and (k not in state or state[k].shape != own[k].shape)]
+    if unfit:
+        n_backbone = sum(not k.startswith(heads) for k in own)
+        shown = ", ".join(unfit[:3]) + (", ..." if len(unfit) > 3 else "")
+        raise InputError(
+            f"--pretrained {path} does not fit {name}: {len(unfit)} of the {n_backbone} backbone tensors of {name} are missing "
+            f"from it or have another shape ({shown}); {expected}",
+            path=path,
+            missing=unfit,
+        )
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    not_finite = [k for k, v in usable.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not_finite:
+        shown = ", ".join(not_finite[:3]) + (", ..." if len(not_finite) > 3 else "")
+        raise InputError(f"--pretrained {path} holds NaN or infinite values in {len(not_finite)} tensor(s) ({shown}); training from them cannot work", path=path)
     skipped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
     unexpected = sorted(k for k in state if k not in own)
     missing = sorted(k for k in own if k not in usable)
