@@ -200,3 +200,30 @@ def test_unreadable_images_stop_training_before_the_first_epoch(broken_set, tmp_
     assert metrics["skipped_images"]["count"] == 3
     assert [r["image_id"] for r in metrics["skipped_images"]["rows"]] == ["img00001.png", "img00006.png", "img00011.png"]
     assert metrics["rows"] == {"train": 5, "val": 3, "test": 1} and metrics["options"]["skip_missing"] is True
+
+
+def test_path_map_trains_on_a_pseudonymised_manifest_without_naming_real_paths(broken_set, tmp_path, runner):
+    import hashlib
+
+    from mdprep.errors import InputError
+    from mdprep.pseudonyms import pseudonymize, write_path_map
+
+    m, root = broken_set
+    done = pseudonymize(m, bytes.fromhex(hashlib.sha256(b"train path map").hexdigest()), paths="pseudonymize")
+    pseudo, path_map = done.manifest, dict(zip(done.path_map["path"], done.path_map["original_path"]))
+    kw = dict(root=str(root), arch="small", epochs=1, batch_size=4, image_size=16, device="cpu")
+    with pytest.raises(InputError) as info:  # without the map no file is found
+        train(pseudo, out_dir=str(tmp_path / "none"), **kw)
+    assert info.value.fields["count"] == len(pseudo.frame[pseudo.frame["split"] != "test"])
+    r = train(pseudo, out_dir=str(tmp_path / "run"), path_map=path_map, skip_missing=True, **kw)
+    skipped = r.metrics["skipped_images"]["rows"]
+    assert r.metrics["skipped_images"]["count"] == 2 and r.metrics["options"]["path_map"] is True
+    assert {s["path"] for s in skipped} <= set(pseudo.frame["path"])
+    saved = (tmp_path / "run" / "metrics.json").read_text()
+    assert "img0000" not in saved  # neither a real path nor a real image id
+    # The same through the command line, with the map file pseudonymize writes.
+    write_manifest(pseudo, tmp_path / "p.parquet")
+    write_path_map(done.path_map, tmp_path / "paths.csv")
+    res = runner.invoke(main, ["train", str(tmp_path / "p.parquet"), "--path-map", str(tmp_path / "paths.csv"), "--root", str(root), "--out", str(tmp_path / "cli"),
+                               "--arch", "small", "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--device", "cpu", "-q"])
+    assert res.exit_code == 2 and "--skip-missing" in res.stderr and "img0000" not in res.stderr

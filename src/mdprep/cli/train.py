@@ -12,7 +12,8 @@ from ..manifest import read_manifest
 from ..params import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_LR, MIN_IMAGE_SIZE
 from ._ui import _animate, print_table
 from ._options import FiniteFloat, seed_option
-from .audit import allow_outside_root_option
+from ..pseudonyms import load_path_map
+from .audit import allow_outside_root_option, path_map_option
 
 ARCHES = ("densenet121", "resnet18", "small")
 
@@ -43,9 +44,10 @@ ARCHES = ("densenet121", "resnet18", "small")
 @click.option("--evaluate-test", is_flag=True, help="Score the test rows once, with the selected checkpoint, at the end.")
 @click.option("--allow-leakage", is_flag=True, help="Train even if patients appear in more than one split (not recommended).")
 @allow_outside_root_option
+@path_map_option
 @click.option("--skip-missing", is_flag=True, help="Leave out rows whose image is missing or does not decode (counted, listed in metrics.json) instead of refusing to start.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables.")
-def train(manifest, root, weights_path, out_dir, arch, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, hflip, device, seed, workers, evaluate_test, allow_leakage, allow_outside_root, skip_missing, quiet):
+def train(manifest, root, weights_path, out_dir, arch, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, hflip, device, seed, workers, evaluate_test, allow_leakage, allow_outside_root, path_map, skip_missing, quiet):
     """Train a multi-label classifier on the train rows, pick the epoch on val.
 
     \b
@@ -63,13 +65,14 @@ def train(manifest, root, weights_path, out_dir, arch, epochs, batch_size, image
         --arch densenet121 --epochs 10 --evaluate-test
     """
     check_outputs(
-        {"MANIFEST": manifest, "--weights": weights_path, "--pretrained": pretrained}, {"--out": out_dir}, folders={"--out": ("best.pt", "metrics.json")}
+        {"MANIFEST": manifest, "--weights": weights_path, "--pretrained": pretrained, "--path-map": path_map}, {"--out": out_dir}, folders={"--out": ("best.pt", "metrics.json")}
     )
     try:
         from ..training import train as train_model
     except ImportError as exc:
         raise UsageError(f"mdprep train needs torch ({exc}); install it with pip install 'mdprep[train]'") from None
     m = read_manifest(manifest)
+    real_paths = load_path_map(path_map) if path_map else None
     console = _animate(quiet)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) if console else None
     state = {"task": None, "epoch": 1}
@@ -101,7 +104,7 @@ def train(manifest, root, weights_path, out_dir, arch, epochs, batch_size, image
             m, root=root, out_dir=out_dir, weights_path=weights_path, arch=arch, epochs=epochs, batch_size=batch_size,
             image_size=image_size, lr=lr, pretrained=pretrained, freeze=freeze_backbone, augment=augment, hflip=hflip,
             device=device, seed=seed, evaluate_test=evaluate_test, allow_leakage=allow_leakage, workers=workers,
-            allow_outside_root=allow_outside_root, skip_missing=skip_missing,
+            allow_outside_root=allow_outside_root, skip_missing=skip_missing, path_map=real_paths,
             on_batch=on_batch, on_epoch=on_epoch,
         )
     finally:

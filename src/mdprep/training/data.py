@@ -19,9 +19,18 @@ from ..manifest import NEGATIVE, POSITIVE
 AUGMENTS = ("cxr-safe", "none")
 
 
+#: The column that holds each row's real file when ``path`` holds a pseudonym (``train --path-map``).
+FILE_COLUMN = "_file"
+
+
+def file_column(frame: pd.DataFrame) -> pd.Series:
+    """Each row's file relative to the root: :data:`FILE_COLUMN` when the paths were mapped, else ``path``."""
+    return frame[FILE_COLUMN if FILE_COLUMN in frame.columns else "path"].astype("str")
+
+
 def image_paths(frame: pd.DataFrame, root: str) -> list[str]:
-    """The file of each row: its ``path`` joined to ``root``, as the dataset opens it."""
-    return [os.path.join(root, p) for p in frame["path"].astype("str")]
+    """The file of each row, joined to ``root``, as the dataset opens it."""
+    return [os.path.join(root, p) for p in file_column(frame)]
 
 
 def decode_grey(path: str) -> np.ndarray:
@@ -77,6 +86,10 @@ def unreadable_images(frame: pd.DataFrame, root: str, *, workers: int = 1) -> pd
             "message": found["message"].to_numpy()[bad],
         }
     )
+    if FILE_COLUMN in frame.columns:
+        # Messages name the manifest's (pseudonymised) path, never the real file.
+        real = file_column(frame).to_numpy()[bad]
+        out["message"] = [m.replace(os.path.join(root, r), p).replace(r, p) for m, r, p in zip(out["message"], real, out["path"])]
     return out.astype("str")
 
 

@@ -8,7 +8,7 @@ import random
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from ..fileio import atomic_write, paths_outside_root
 from ..manifest import Manifest
 from ..params import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_LR, MIN_IMAGE_SIZE, check_number, check_seed
 from ..weights import weights_from_document
-from .data import AUGMENTS, ManifestDataset, cxr_safe, unreadable_images
+from .data import AUGMENTS, FILE_COLUMN, ManifestDataset, cxr_safe, file_column, unreadable_images
 from .models import ARCHITECTURES, build_model, freeze_backbone, load_pretrained
 
 
@@ -146,7 +146,7 @@ def _check_images(parts: dict, root: str, *, evaluate_test: bool, allow_outside_
 
     read = [k for k in ("train", "val", "test") if k != "test" or evaluate_test]
     used = pd.concat([parts[k] for k in read])
-    outside = paths_outside_root(root, used["path"].astype("str"), allow_outside_root=allow_outside_root)
+    outside = paths_outside_root(root, file_column(used), allow_outside_root=allow_outside_root)
     if outside.any():
         warnings.warn(f"{int(outside.sum())} row(s) read from outside the image root {root!r} (--allow-outside-root)", MdprepWarning, stacklevel=3)
     bad = unreadable_images(used, root, workers=workers)
@@ -182,6 +182,7 @@ def train(
     allow_leakage: bool = False,
     allow_outside_root: bool = False,
     skip_missing: bool = False,
+    path_map: Mapping[str, str] | None = None,
     workers: int = 0,
     split_col: str = "split",
     on_batch: Callable[[int, int], None] | None = None,
@@ -200,6 +201,10 @@ def train(
     raise an :class:`~mdprep.errors.InputError` naming their rows, or with
     ``skip_missing`` are left out with a warning and listed in the metrics
     (``skipped_images``).
+
+    ``path_map`` (pseudonymised path -> real path, :func:`mdprep.pseudonyms.load_path_map`)
+    trains on a pseudonymised manifest: each image is read at its real path, while
+    messages and metrics name only the pseudonymised ones.
     """
     if arch not in ARCHITECTURES:
         raise UsageError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -212,6 +217,10 @@ def train(
     check_number(workers, "--workers", minimum=0, integer=True)
     seed = check_seed(seed)
     frame = manifest.frame
+    if path_map is not None:
+        from ..pseudonyms import resolve_paths
+
+        frame = frame.assign(**{FILE_COLUMN: resolve_paths(manifest, path_map).frame["path"]})
     if split_col not in frame.columns:
         raise UsageError(f"the manifest has no {split_col!r} column; run `mdprep split` first")
     root = root or manifest.root
@@ -322,7 +331,7 @@ def train(
         "options": {
             "epochs": epochs, "batch_size": batch_size, "image_size": image_size, "lr": lr, "augment": augment, "hflip": hflip,
             "seed": seed, "weights": weights_path, "pretrained": pretrained, "freeze_backbone": freeze, "frozen_tensors": frozen,
-            "skip_missing": skip_missing, "allow_outside_root": allow_outside_root,
+            "skip_missing": skip_missing, "allow_outside_root": allow_outside_root, "path_map": path_map is not None,
         },
         "pretrained": pretrained_report,
         "epochs": history,
