@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from .errors import UsageError, cut_text, short_repr
-from .fileio import special_file_kind
+from .fileio import open_nonblocking, special_file_kind
 
 # ----------------------------------------------------------------------------- tags
 
@@ -938,13 +938,7 @@ def _read_header(path: str, columns: Sequence[TagColumn], missing_patient: str) 
         wanted.setdefault(tag, -1)
     size = 0
     try:
-        # Non-blocking, so that a FIFO listed by mistake is seen for what it is instead of hanging.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            os.close(fd)
-            raise
+        fd, st = open_nonblocking(path)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             return _special(st.st_mode)

@@ -418,6 +418,20 @@ def listing_fingerprint(root: str | os.PathLike, relpaths: Iterable[str], sizes:
     }
 
 
+def open_nonblocking(path: str | os.PathLike) -> tuple[int, os.stat_result]:
+    """A read-only file descriptor of ``path`` and its ``fstat``; the caller closes the descriptor.
+
+    Opened with ``O_NONBLOCK``, so that a FIFO listed or swapped in by mistake is seen
+    for what it is (check ``S_ISREG`` on the result) instead of blocking the reader.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return fd, os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+
+
 #: Error type of each kind of directory entry that is neither a regular file nor a folder.
 SPECIAL_FILE_KINDS = {
     stat.S_IFIFO: "Fifo",

@@ -30,7 +30,7 @@ import pandas as pd
 
 from .errors import InputError, MdprepWarning, UsageError, cut_text
 from .executor import map_chunks
-from .fileio import paths_outside_root
+from .fileio import open_nonblocking, paths_outside_root
 from .imaging import grey_8bit, load_pixels
 from .manifest import Manifest, provenance_step
 
@@ -84,9 +84,9 @@ def read_image_bytes(path: str, *, max_bytes: int = MAX_BYTES, digest=None) -> b
     mdprep.hashing.NotRegularFile: a character device, not a regular file; only regular files are read
     """
     _check_stat(os.stat(path), max_bytes)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    fd, st = open_nonblocking(path)
     with os.fdopen(fd, "rb", buffering=0) as fh:
-        _check_stat(os.fstat(fh.fileno()), max_bytes)
+        _check_stat(st, max_bytes)
         parts, total = [], 0
         while chunk := fh.read(min(READ_CHUNK, max_bytes + 1 - total)):
             total += len(chunk)

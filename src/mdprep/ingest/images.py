@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..errors import EmptyInputError, UsageError, cut_text, examples_text
 from ..executor import map_chunks
-from ..fileio import listing_fingerprint, special_file_kind
+from ..fileio import listing_fingerprint, open_nonblocking, special_file_kind
 from ..manifest import CANONICAL_TYPES, Manifest, check, provenance_step
 from . import IngestReport, IngestResult, errors_frame, extract_groups
 from ..manifest import order_columns
@@ -167,13 +167,7 @@ def _incomplete(im: Any, fh: BinaryIO, size: int) -> str | None:
 def _image_row(path: str, Image: Any) -> tuple:
     """(outcome, size, width, height, mode, format, error_type, message) of one image."""
     size = 0
-    # Non-blocking, so that a FIFO listed by mistake is seen for what it is instead of hanging.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        os.close(fd)
-        raise
+    fd, st = open_nonblocking(path)
     if stat.S_ISDIR(st.st_mode):
         os.close(fd)
         return ("skipped", 0, None, None, None, None, "Folder", "a folder, not a file; not read (list the files in it)")
