@@ -50,3 +50,14 @@ class FiniteFloat(click.FloatRange):
 def seed_option(help: str):
     """``--seed`` (default 0), an integer from 0 to 2**32-1."""
     return click.option("--seed", default=0, show_default=True, type=SEED, help=help)
+
+
+def described(choices: dict[str, str]) -> str:
+    """``"a: what a does; b: what b does"`` for an option's help, from a ``{choice: description}`` table."""
+    return "; ".join(f"{k}: {v}" for k, v in choices.items())
+
+
+def choice_option(name: str, choices: dict[str, str], default: str, what: str):
+    """An option that picks one of ``choices`` (a ``{choice: description}`` table), each described in the help."""
+    return click.option(name, type=click.Choice(list(choices)), default=default, show_default=True, help=f"{what}: {described(choices)}.")
+

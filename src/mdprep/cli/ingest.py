@@ -21,7 +21,7 @@ from ..ingest import PRESETS, IngestResult, ingest_dicom, ingest_images, ingest_
 from ..labels import AGGREGATE_POLICIES, BLANK_POLICIES, LABEL_WHEN_SYNTAX, UNCERTAIN_POLICIES
 from ..manifest import summarize, write_manifest
 from ..pseudonyms import DATE_POLICIES, PATH_POLICIES
-from ._options import comma_list, key_file_option
+from ._options import choice_option, comma_list, described, key_file_option
 from ._ui import file_progress, print_table, status
 
 
@@ -239,13 +239,7 @@ def ingest() -> None:
     metavar="TAG,...",
     help="Extra attributes besides the preset: keywords, GGGG,EEEE, (GGGG,EEEE) or GGGGEEEE; comma-separated or repeated.",
 )
-@click.option(
-    "--missing-patient",
-    type=click.Choice(list(MISSING_PATIENT_POLICIES)),
-    default="error",
-    show_default=True,
-    help="Files without PatientID: " + "; ".join(f"{k}: {v}" for k, v in MISSING_PATIENT_POLICIES.items()) + ".",
-)
+@choice_option("--missing-patient", MISSING_PATIENT_POLICIES, "error", "Files without PatientID")
 @_files_from
 @_workers
 @_errors
@@ -327,16 +321,10 @@ def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_p
 
 @ingest.command("table")
 @click.argument("table", type=click.Path(dir_okay=False))
-@click.option("--preset", type=click.Choice(list(PRESETS)), default="generic", show_default=True, help="; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
+@choice_option("--preset", PRESETS, "generic", "How to read the table")
 @_output
 @click.option("--metadata", type=click.Path(dir_okay=False), help="MIMIC-CXR: the *-metadata.csv(.gz) table to join.")
-@click.option(
-    "--uncertain",
-    type=click.Choice(list(UNCERTAIN_POLICIES)),
-    default="keep",
-    show_default=True,
-    help="Uncertain (-1) labels: " + "; ".join(f"{k}: {v}" for k, v in UNCERTAIN_POLICIES.items()),
-)
+@choice_option("--uncertain", UNCERTAIN_POLICIES, "keep", "Uncertain (-1) labels")
 @click.option("--image-col", help="generic: column with the image id [default: image_id, else the path column].")
 @click.option(
     "--patient-col", help="generic: column with the patient id [default: patient_id, else PatientID, patientId, 'Patient ID' or subject_id]."
@@ -357,16 +345,10 @@ def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_p
     "--blank",
     multiple=True,
     metavar="POLICY|LABEL=POLICY",
-    help="Label cells blank in the source: " + "; ".join(f"{k}: {v}" for k, v in BLANK_POLICIES.items()) + ". Global or per label (wins); repeatable [default: missing].",
+    help=f"Label cells blank in the source: {described(BLANK_POLICIES)}. Global or per label (wins); repeatable [default: missing].",
 )
 @click.option("--label-map", metavar="FILE|cxr", help="Rename and merge label names: a CSV (source,target) or JSON file, or 'cxr' for the built-in map of public chest X-ray names.")
-@click.option(
-    "--aggregate",
-    type=click.Choice(list(AGGREGATE_POLICIES)),
-    default="error",
-    show_default=True,
-    help="Several rows per image: " + "; ".join(f"{k}: {v}" for k, v in AGGREGATE_POLICIES.items()) + ".",
-)
+@choice_option("--aggregate", AGGREGATE_POLICIES, "error", "Several rows per image")
 @click.option("--reader-col", metavar="COLUMN", help="With --aggregate: each row's reader; one reader's rows are combined with 'any' before readers vote.")
 @click.option("--col", "columns", multiple=True, metavar="CANONICAL=SOURCE", help="Take a canonical column (sex, age, view, study_date, split, ...) from a source column. Repeatable.")
 @click.option("--sep", help="Field delimiter [default: from the file name, else sniffed].")
