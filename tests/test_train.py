@@ -205,7 +205,7 @@ def test_unreadable_images_stop_training_before_the_first_epoch(broken_set, tmp_
 def test_path_map_trains_on_a_pseudonymised_manifest_without_naming_real_paths(broken_set, tmp_path, runner):
     import hashlib
 
-    from mdprep.errors import InputError
+    from mdprep.errors import InputError, MdprepWarning
     from mdprep.pseudonyms import pseudonymize, write_path_map
 
     m, root = broken_set
@@ -215,7 +215,9 @@ def test_path_map_trains_on_a_pseudonymised_manifest_without_naming_real_paths(b
     with pytest.raises(InputError) as info:  # without the map no file is found
         train(pseudo, out_dir=str(tmp_path / "none"), **kw)
     assert info.value.fields["count"] == len(pseudo.frame[pseudo.frame["split"] != "test"])
-    r = train(pseudo, out_dir=str(tmp_path / "run"), path_map=path_map, skip_missing=True, **kw)
+    with pytest.warns(MdprepWarning, match="2 image") as caught:
+        r = train(pseudo, out_dir=str(tmp_path / "run"), path_map=path_map, skip_missing=True, **kw)
+    assert not any("img0000" in str(w.message) for w in caught)  # the warning names pseudonyms only
     skipped = r.metrics["skipped_images"]["rows"]
     assert r.metrics["skipped_images"]["count"] == 2 and r.metrics["options"]["path_map"] is True
     assert {s["path"] for s in skipped} <= set(pseudo.frame["path"])
