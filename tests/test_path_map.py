@@ -118,3 +118,35 @@ def test_ingest_pseudonymize_keeps_or_drops_free_text_when_told(runner, tmp_path
     res = runner.invoke(main, ["ingest", "table", str(table), "--pseudonymize", "--drop-columns", "Report", "-o", str(tmp_path / "m.parquet"), "-q"])
     assert res.exit_code == 0, res.stderr
     assert "Report" not in read_manifest(tmp_path / "m.parquet").frame.columns
+
+
+def test_a_root_or_input_named_after_a_patient_does_not_reach_the_metadata(runner, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from mdprep.synthetic import write_dicom_tree
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    scratch = tmp_path / "scratch"
+    write_dicom_tree(scratch, patients=1, images_per_patient=3, shape=(8, 8))
+    patient = read_dicom_patient(scratch)
+    root = tmp_path / f"{patient}_Smith"  # one patient's export, named by the archive
+    scratch.rename(root)
+    out = tmp_path / "m.parquet"
+    res = runner.invoke(main, ["ingest", "dicom", str(root), "--pseudonymize", "-o", str(out)])
+    assert res.exit_code == 0, res.stderr
+    assert "image root spells out an identifier" in res.stderr and patient not in res.stderr
+    meta = pq.read_schema(out).metadata[b"mdprep"].decode()
+    assert patient not in meta and patient not in out.read_bytes().decode("latin-1")
+    m = read_manifest(out)
+    assert m.root is None and m.history[0]["inputs"][0]["path"].startswith("pseudonymised:")
+    assert "root" in m.history[-1]["options"]["metadata_hidden"]
+    # hash finds the files again with --root.
+    res = runner.invoke(main, ["hash", str(out), "--root", str(root), "-o", str(tmp_path / "h.parquet"), "-q"])
+    assert res.exit_code == 0, res.stderr
+
+
+def read_dicom_patient(root) -> str:
+    import pydicom
+
+    first = next(p for p in sorted(root.rglob("*")) if p.is_file())
+    return str(pydicom.dcmread(first).PatientID)

@@ -318,6 +318,8 @@ def write_key_file(path: str | os.PathLike) -> None:
 
 
 _PASSPHRASE = re.compile(r"[\W\d_]*([A-Z]?[a-z]{2,}|[A-Z]{2,})([\W_]+\d*[\W_]*([A-Z]?[a-z]{2,}|[A-Z]{2,})){2,}[\W\d_]*")
+#: Three or more words (each with a vowel) run together (``MyHospitalSecretKey2024``), digits or punctuation anywhere.
+_RUN_TOGETHER = re.compile(r"[\W\d_]*(?:(?:[A-Z]?[a-z]*[aeiouy][a-z]*|[AEIOUY][a-z]*)[\W\d_]*){3,}")
 
 
 def key_weakness(key: bytes, *, text: bool = False) -> str | None:
@@ -330,7 +332,8 @@ def key_weakness(key: bytes, *, text: bool = False) -> str | None:
       compresses to under 75% of its length repeats itself;
     * no sequence: the most common difference between neighbouring bytes covers
       at most half of them (``abcdef...``, ``00 01 02 ...`` are refused);
-    * no passphrase (``text``): three or more words of letters;
+    * no passphrase (``text``): three or more words of letters, apart or run
+      together (``MyHospitalSecretKey2024``);
     * enough variety: Shannon entropy of at least 3.5 bits per byte and at least
       :data:`MIN_KEY_BITS` bits in all (length times entropy per byte).
 
@@ -352,7 +355,7 @@ def key_weakness(key: bytes, *, text: bool = False) -> str | None:
     steps = collections.Counter((b - a) % 256 for a, b in zip(key, key[1:]))
     if steps.most_common(1)[0][1] > (n - 1) / 2:
         return "it is a sequence"
-    if text and _PASSPHRASE.fullmatch(key.decode("ascii", "replace")):
+    if text and any(p.fullmatch(key.decode("ascii", "replace")) for p in (_PASSPHRASE, _RUN_TOGETHER)):
         return "it looks like a passphrase (words are far less random than they look)"
     counts = np.array(list(collections.Counter(key).values()), dtype=float)
     bits_per_byte = float(-(counts / n * np.log2(counts / n)).sum())
@@ -769,6 +772,47 @@ def _date_step(col: str, s: pd.Series, vr: str | None, dates: str) -> _Step:
 # ----------------------------------------------------------------------------- applying the plan
 
 
+def _is_birth_date(column: str) -> bool:
+    found = dicom_attribute(column)
+    return column == "birth_date" or (found is not None and found[0] == "PatientBirthDate") or re.search(r"(^|_)(dob|birth)", normalise_column(column)) is not None
+
+
+def _over_89(frame: pd.DataFrame, birth_columns: Sequence[str]) -> np.ndarray:
+    """Rows whose patient is over 89: by the ``age`` column, or by birth date against any other date of the row."""
+    over = np.zeros(len(frame), dtype=bool)
+    if "age" in frame.columns:
+        over |= (pd.to_numeric(frame["age"], errors="coerce") > 89).fillna(False).to_numpy(dtype=bool)
+    others = [c for c in frame.columns if c not in birth_columns and _is_temporal(frame[c])]
+    for birth in birth_columns:
+        born = _as_datetime(frame[birth])
+        for other in others:
+            years = (_as_datetime(frame[other]) - born).dt.days / 365.25
+            over |= (years > 89).fillna(False).to_numpy(dtype=bool)
+    return over
+
+
+def _hide_birth_dates_over_89(frame: pd.DataFrame, out: dict, steps: list, patients: pd.Series | None) -> list:
+    """Birth dates of patients over 89 removed: a (moved) birth date beside a (moved) study date gives the real age.
+
+    Ages over 89 become 90 (the Retain Patient Characteristics Option); keeping the
+    birth date would undo that, so it is removed for every row of such a patient.
+    """
+    births = [st.column for st in steps if st.column in out and st.how in ("date", "dt") and _is_birth_date(st.column)]
+    if not births:
+        return steps
+    over = _over_89(frame, births)
+    if patients is not None and over.any():
+        over = patients.isin(pd.unique(patients[over])).to_numpy(dtype=bool)
+    n = int(pd.unique(patients[over]).size) if patients is not None else int(over.sum())
+    if not n:
+        return steps
+    for col in births:
+        out[col] = out[col].mask(over)
+    note = f"; removed for {n} patient(s) over 89, whose birth date would give the real age away"
+    return [replace(st, reason=st.reason + note) if st.column in births else st for st in steps]
+
+
+
 def _as_datetime(s: pd.Series) -> pd.Series:
     if _is_temporal(s):
         return pd.to_datetime(s)
@@ -1022,6 +1066,8 @@ def pseudonymize(
                 MdprepWarning,
                 stacklevel=2,
             )
+    if cap_age and dates != "drop":
+        final = _hide_birth_dates_over_89(frame, out, final, patients)
     treatments = pd.DataFrame(
         {
             "column": [s.column for s in final],
@@ -1050,9 +1096,77 @@ def pseudonymize(
         "cap_age": cap_age,
         "annex_e": "PS3.15 2024b Table E.1-1",
     }
-    result = manifest.with_frame(pd.DataFrame(out, index=frame.index)).with_step(provenance_step("pseudonymize", options, []))
+    root, history, hidden = _metadata_without_identifiers(manifest, _identifying_values(frame, final), key)
+    if hidden:
+        options["metadata_hidden"] = hidden
+    result = replace(manifest, root=root, history=history)
+    result = result.with_frame(pd.DataFrame(out, index=frame.index)).with_step(provenance_step("pseudonymize", options, []))
     mapping = pd.concat(maps, ignore_index=True) if maps else pd.DataFrame(columns=["column", "original", "pseudonym"])
     return PseudonymResult(result, treatments, mapping, path_map, fingerprint)
+
+
+def _identifying_values(frame: pd.DataFrame, steps: Sequence[_Step]) -> np.ndarray:
+    """Every distinct value (3 characters or more) of the columns that were pseudonymised, dropped or moved.
+
+    Dates are included in the forms paths and file names use (``YYYYMMDD``, ``YYYY-MM-DD``).
+    """
+    hidden = {PSEUDONYMISED, DROPPED, EMPTIED, SHIFTED, YEAR}
+    parts = []
+    for step in steps:
+        if step.treatment not in hidden or step.column not in frame.columns:
+            continue
+        col = frame[step.column]
+        if _is_list(col):
+            continue
+        if _is_temporal(col):
+            when = _as_datetime(col).dropna()
+            parts += [when.dt.strftime("%Y%m%d"), when.dt.strftime("%Y-%m-%d")]
+        else:
+            parts.append(col.dropna().astype("str"))
+    if not parts:
+        return np.array([], dtype=str)
+    values = pd.unique(pd.concat(parts, ignore_index=True).str.strip())
+    return np.array([v for v in values if len(v) >= 3], dtype=str)
+
+
+def _metadata_without_identifiers(manifest: Manifest, identifiers: np.ndarray, key: bytes) -> tuple[str | None, tuple[dict, ...], list[str]]:
+    """The manifest's root and history with every text that spells out an identifier hidden.
+
+    A root or an input path named after a patient (``/dump/MRN0001_Smith``) would give
+    the identifier away in the Parquet metadata. Such a root is removed (``hash`` and
+    ``train`` then need ``--root``); such a history text becomes ``pseudonymised:<hex>``.
+    Returns the new root, the new history, and where texts were hidden.
+    """
+
+    def spells(text: str) -> bool:
+        return bool(len(identifiers)) and bool((np.strings.find(text, identifiers) >= 0).any())
+
+    hidden: list[str] = []
+
+    def clean(value, where: str):
+        if isinstance(value, str):
+            if spells(value):
+                hidden.append(where)
+                return "pseudonymised:" + hex_pseudonym(key, "metadata", value)
+            return value
+        if isinstance(value, list):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {k: clean(v, f"{where}.{k}") for k, v in value.items()}
+        return value
+
+    root = manifest.root
+    if root is not None and spells(root):
+        hidden.append("root")
+        root = None
+        warnings.warn(
+            "the image root spells out an identifier and was removed from the manifest's metadata; "
+            "pass --root DIR to hash and train",
+            MdprepWarning,
+            stacklevel=3,
+        )
+    history = tuple(clean(dict(step), f"history[{i}]") for i, step in enumerate(manifest.history))
+    return root, history, hidden
 
 
 # ----------------------------------------------------------------------------- private files
