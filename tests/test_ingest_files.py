@@ -225,7 +225,7 @@ def _special_entries(root):
     expected = {
         "fifo.dcm": "skipped:Fifo",
         "s.sock": "skipped:Socket",
-        "null.dcm": "skipped:Device",
+        "null.dcm": "skipped:OutsideRoot",  # /dev/null lies outside the root
         "dangling.dcm": "skipped:DanglingSymlink",
         "loop_a": "skipped:SymlinkLoop",
         "loop_b": "skipped:SymlinkLoop",
@@ -241,19 +241,26 @@ def test_the_walk_accounts_for_every_entry(tmp_path):
     _small_tree(root)
     outside = tmp_path / "elsewhere"
     _small_tree(outside, patients=1)
-    os.symlink(outside, root / "linked")  # a folder outside the root, read under the link's path
-    os.symlink("PAT00002/study0/img000.dcm", root / "file_link.dcm")  # a symlinked file is read
+    os.symlink(outside, root / "linked")  # a folder outside the root: skipped, unless allowed
+    os.symlink("PAT00002/study0/img000.dcm", root / "file_link.dcm")  # a symlinked file inside the root is read
     sock, expected = _special_entries(root)
     try:
         result = ingest_dicom(root, workers=1)
+        allowed = ingest_dicom(root, workers=1, allow_outside_root=True)
     finally:
         sock.close()
     got = _outcomes(result)
+    assert got.pop("linked") == "skipped:OutsideRoot"
     for path, outcome in expected.items():
         assert got.pop(path) == outcome, path
-    assert sorted(got) == ["PAT00000/study0/img000.dcm", "PAT00001/study0/img000.dcm", "PAT00002/study0/img000.dcm", "file_link.dcm", "linked/PAT00000/study0/img000.dcm"]
+    assert sorted(got) == ["PAT00000/study0/img000.dcm", "PAT00001/study0/img000.dcm", "PAT00002/study0/img000.dcm", "file_link.dcm"]
     rep = result.report
-    assert rep.reconciles and (rep.found, rep.ingested, rep.skipped, rep.failed) == (14, 5, 8, 1)
+    assert rep.reconciles and (rep.found, rep.ingested, rep.skipped, rep.failed) == (14, 4, 9, 1)
+    # --allow-outside-root follows links wherever they point, under the link's path.
+    got = _outcomes(allowed)
+    assert got["linked/PAT00000/study0/img000.dcm"] == "ok" and got["null.dcm"] == "skipped:Device"
+    assert allowed.report.reconciles and allowed.report.ingested == 5
+    assert allowed.manifest.history[-1]["options"]["allow_outside_root"] is True
     write_errors(result.errors, tmp_path / "errors.parquet")  # the escaped path is text
     write_manifest(result.manifest, tmp_path / "m.parquet")
 
@@ -666,3 +673,26 @@ def test_images_cut_short_are_truncated(tmp_path):
     assert messages["p1/cut.png"].startswith("the PNG ends at byte") and "FFD9" in messages["p1/cut.jpg"]
     assert messages["p1/empty.png"] == "an empty file"
     assert all("<_io." not in m and "name=" not in m for m in messages.values())
+
+
+def test_ingest_images_skips_links_out_of_the_root_unless_allowed(tmp_path, runner):
+    from mdprep.cli import main
+    from mdprep.manifest import read_manifest
+    from mdprep.synthetic import write_image_tree
+
+    root, elsewhere = tmp_path / "images", tmp_path / "elsewhere"
+    write_image_tree(root, patients=2, studies=1, shape=(8, 8))
+    write_image_tree(elsewhere, patients=1, studies=1, shape=(8, 8))
+    os.symlink(elsewhere / "patient00000", root / "patient00009")  # a folder of images elsewhere
+    os.symlink(elsewhere / "patient00000" / "study1" / "view1_frontal.png", root / "patient00008.png")
+    regex = r"(?P<patient>patient\d+)"
+    res = runner.invoke(main, ["ingest", "images", str(root), "--patient-regex", regex, "-o", str(tmp_path / "m.parquet"), "--errors", str(tmp_path / "e.csv")])
+    assert res.exit_code == 0, res.stderr
+    errors = pd.read_csv(tmp_path / "e.csv")
+    assert sorted(errors.loc[errors["error_type"] == "OutsideRoot", "path"]) == ["patient00008.png", "patient00009"]
+    assert not read_manifest(tmp_path / "m.parquet").frame["path"].str.startswith(("patient00008", "patient00009")).any()
+    # hash then agrees with ingest: every path of the manifest is under the root.
+    res = runner.invoke(main, ["hash", str(tmp_path / "m.parquet"), "-o", str(tmp_path / "h.parquet"), "-q"])
+    assert res.exit_code == 0, res.stderr
+    res = runner.invoke(main, ["ingest", "images", str(root), "--patient-regex", regex, "--allow-outside-root", "-o", str(tmp_path / "all.parquet"), "-q"])
+    assert res.exit_code == 0 and read_manifest(tmp_path / "all.parquet").frame["path"].str.startswith("patient00009/").any()

@@ -59,7 +59,7 @@ path_map_option = click.option(
 allow_outside_root_option = click.option(
     "--allow-outside-root",
     is_flag=True,
-    help="Read manifest paths that lead outside the root (../x, absolute paths, links out of it) instead of refusing them.",
+    help="Read files outside the root (manifest paths such as ../x or absolute ones, symlinks out of it) instead of refusing or skipping them.",
 )
 
 

@@ -22,6 +22,7 @@ from ..labels import AGGREGATE_POLICIES, BLANK_POLICIES, LABEL_WHEN_SYNTAX, UNCE
 from ..manifest import summarize, write_manifest
 from ..pseudonyms import DATE_POLICIES, PATH_POLICIES
 from ._options import choice_option, comma_list, described, key_file_option
+from .audit import allow_outside_root_option
 from ._ui import file_progress, print_table, status
 
 
@@ -241,11 +242,12 @@ def ingest() -> None:
 )
 @choice_option("--missing-patient", MISSING_PATIENT_POLICIES, "error", "Files without PatientID")
 @_files_from
+@allow_outside_root_option
 @_workers
 @_errors
 @pseudonymize_options
 @_quiet
-def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, workers, errors_path, pseudo, quiet):
+def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outside_root, workers, errors_path, pseudo, quiet):
     """Read the headers (never the pixels) of every DICOM file under ROOT.
 
     \b
@@ -272,6 +274,7 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, workers, e
                 files=files,
                 tags=split_tag_specs(tags),
                 missing_patient=missing_patient,
+                allow_outside_root=allow_outside_root,
                 workers=workers,
                 on_found=bar.found,
                 on_progress=bar.advance,
@@ -292,11 +295,12 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, workers, e
 )
 @_output
 @_files_from
+@allow_outside_root_option
 @_workers
 @_errors
 @pseudonymize_options
 @_quiet
-def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_path, pseudo, quiet):
+def ingest_images_cmd(root, patient_regex, output, files_from, allow_outside_root, workers, errors_path, pseudo, quiet):
     """Index the PNG/JPEG/TIFF images under ROOT; patient and study come from the path.
 
     \b
@@ -312,7 +316,7 @@ def ingest_images_cmd(root, patient_regex, output, files_from, workers, errors_p
     files = _read_file_list(files_from)
     with quoted_values_hidden(pseudo, set()) as keep:
         with file_progress("Reading image headers", quiet) as bar:
-            result = ingest_images(root, patient_regex=patient_regex, files=files, workers=workers, on_found=bar.found, on_progress=bar.advance)
+            result = ingest_images(root, patient_regex=patient_regex, files=files, allow_outside_root=allow_outside_root, workers=workers, on_found=bar.found, on_progress=bar.advance)
         keep.update(result.manifest.frame.columns)
         result = _pseudonymized(result, pseudo, quiet)
     _write_outputs(result, output, errors_path)

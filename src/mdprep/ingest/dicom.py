@@ -210,6 +210,7 @@ def ingest_dicom(
     files: Iterable[str] | None = None,
     tags: Sequence[str] = (),
     missing_patient: str = "error",
+    allow_outside_root: bool = False,
     workers: int | None = None,
     on_found: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -231,6 +232,9 @@ def ingest_dicom(
         (see :func:`borrow_patient_ids`), so anonymised collections can be grouped
         conservatively; a column ``patient_id_source`` then says where each row's
         patient came from.
+    allow_outside_root : bool
+        Follow symlinks whose target lies outside ``root``; by default they are
+        skipped entries (``OutsideRoot``), as mdprep reads files only under the root.
     workers : int, optional
         Processes; all cores by default.
     on_found, on_progress : callable, optional
@@ -274,9 +278,9 @@ def ingest_dicom(
         # Stream the walk into the workers: reading starts while the walk goes on. The
         # entries it does not yield (special files, bad names, ...) land in `refused`.
         root_abs, refused = check_root(root), []
-        source: Iterable[str] = _counted(iter_tree(root_abs, refused), on_found)
+        source: Iterable[str] = _counted(iter_tree(root_abs, refused, allow_outside_root=allow_outside_root), on_found)
     else:
-        listing = collect_files(root, files)
+        listing = collect_files(root, files, allow_outside_root=allow_outside_root)
         root_abs, refused, source = listing.root, listing.refused, listing.relpaths
         if on_found:
             on_found(len(listing.relpaths))
@@ -318,7 +322,7 @@ def ingest_dicom(
 
     errors = errors_frame(error_rows)
     inputs = [listing_fingerprint(os.fspath(root), [r for c in chunks for r in c.relpaths], [z for c in chunks for z in c.sizes])]
-    options = {"tags": list(tags), "file_list": files is not None, "missing_patient": missing_patient}
+    options = {"tags": list(tags), "file_list": files is not None, "missing_patient": missing_patient, "allow_outside_root": allow_outside_root}
     # Valid by construction (unique paths, a patient on every row); write_manifest checks again.
     manifest = Manifest(frame=frame, labels=(), root=root_abs).with_step(
         provenance_step("ingest dicom", options, inputs)

@@ -9,6 +9,7 @@ failed`` holds for any tree:
 entry               outcome  error_type
 ==================  =======  ============================================================
 dangling symlink    skipped  ``DanglingSymlink``
+symlink out of root skipped  ``OutsideRoot`` (its target is not under the root; ``allow_outside_root`` reads it)
 symlink cycle       skipped  ``SymlinkLoop`` (a link to a folder above it, or a chain of links)
 link to a folder    skipped  ``DuplicateFolder`` (the folder is already read under another path)
 FIFO                skipped  ``Fifo``
@@ -89,7 +90,7 @@ def _rel(path: str, cut: int) -> str:
     return rel if os.sep == "/" else rel.replace(os.sep, "/")
 
 
-def iter_tree(root: str, problems: list[ErrorRow]) -> Iterator[str]:
+def iter_tree(root: str, problems: list[ErrorRow], *, allow_outside_root: bool = False) -> Iterator[str]:
     """Relative POSIX paths of the files to read under ``root``, in tree order.
 
     Tree order: each folder's files by name, then its subfolders by name, depth
@@ -100,7 +101,8 @@ def iter_tree(root: str, problems: list[ErrorRow]) -> Iterator[str]:
 
     Every entry that is not read is appended to ``problems`` as an error-table row
     (see the module docstring) by the time the generator is exhausted. Symlinks to
-    files are read like files, wherever they point (their path is under ``root``);
+    files and folders are followed when their target lies under ``root`` (the root
+    rule, docs/manifest.md), and wherever they point with ``allow_outside_root``;
     each real folder is walked once, identified by ``(st_dev, st_ino)``.
 
     Raises
@@ -109,6 +111,7 @@ def iter_tree(root: str, problems: list[ErrorRow]) -> Iterator[str]:
         When ``root`` itself cannot be listed.
     """
     cut = len(root.rstrip(os.sep)) + 1
+    root_real = None if allow_outside_root else os.path.realpath(root)
     top = os.stat(root)
     walked: dict[tuple[int, int], str] = {(top.st_dev, top.st_ino): "."}  # folder identity -> where it was read
     stack = [root]
@@ -148,6 +151,7 @@ def iter_tree(root: str, problems: list[ErrorRow]) -> Iterator[str]:
                     is_dir=entry.is_dir(follow_symlinks=False),
                     is_file=entry.is_file(follow_symlinks=False),
                     is_link=entry.is_symlink(),
+                    root_real=root_real,
                 )
                 if kind == "folder":
                     st = entry.stat(follow_symlinks=False)
@@ -170,14 +174,18 @@ def iter_tree(root: str, problems: list[ErrorRow]) -> Iterator[str]:
         stack.extend(reversed(subfolders))
 
 
-def classify_entry(path: str, rel: str, *, is_dir: bool, is_file: bool, is_link: bool) -> tuple[str, ErrorRow | None]:
+def classify_entry(
+    path: str, rel: str, *, is_dir: bool, is_file: bool, is_link: bool, root_real: str | None = None
+) -> tuple[str, ErrorRow | None]:
     """What to do with one entry, for the walk and for a listed path alike.
 
     ``is_dir``, ``is_file`` and ``is_link`` describe the entry itself (symlinks not
     followed). Returns ``(kind, row)``: ``("file", None)`` to read it, ``("folder",
     None)`` for a real folder, ``("link_folder", None)`` for a symlink to a folder,
     or ``("row", row)`` with the error-table row of an entry that is not read (see
-    the module docstring). Raises OSError when the entry cannot be inspected.
+    the module docstring). A symlink whose target is not under ``root_real`` (the
+    root's real path; None reads links wherever they point) is skipped
+    (``OutsideRoot``). Raises OSError when the entry cannot be inspected.
     """
     if is_dir:
         return "folder", None
@@ -192,6 +200,13 @@ def classify_entry(path: str, rel: str, *, is_dir: bool, is_file: bool, is_link:
             if exc.errno != errno.ELOOP:
                 raise
             return "row", (escaped_path(rel), "skipped", "SymlinkLoop", "a chain of symlinks that never ends")
+        if root_real is not None:
+            real = os.path.realpath(path)
+            if real != root_real and not real.startswith(root_real.rstrip(os.sep) + os.sep):
+                return "row", (
+                    escaped_path(rel), "skipped", "OutsideRoot",
+                    f"a symlink to {_target(path)}, outside the root; not read (--allow-outside-root reads it)",
+                )
         if stat.S_ISDIR(mode):
             return "link_folder", None
     else:
@@ -230,7 +245,7 @@ def check_root(root: str | os.PathLike) -> str:
     return root_s
 
 
-def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None) -> FileList:
+def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None, *, allow_outside_root: bool = False) -> FileList:
     """Every file to read under ``root`` (recursively), or the given ``files``.
 
     Without ``files`` the tree is walked with :func:`iter_tree`, whose refused entries
@@ -242,12 +257,13 @@ def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None) -
     symlink loop is skipped, a name that is not valid UTF-8 fails. A listed folder is
     skipped (``Folder``: a list names files, its folders are not walked), a listed
     path that does not exist fails (``FileNotFoundError``), and one outside ``root``
-    or listed twice is refused. Paths in rows are relative to ``root``.
+    or listed twice is refused, as is a listed symlink whose target is outside
+    ``root`` (unless ``allow_outside_root``). Paths in rows are relative to ``root``.
     """
     root_s = check_root(root)
     if files is None:
         problems: list[ErrorRow] = []
-        rels = sorted(iter_tree(root_s, problems))
+        rels = sorted(iter_tree(root_s, problems, allow_outside_root=allow_outside_root))
         if not rels and not problems:
             raise EmptyInputError(f"no files found under {escaped_path(os.fspath(root))}; check the path", path=escaped_path(os.fspath(root)))
         return FileList(root_s, rels, problems)
@@ -271,7 +287,8 @@ def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None) -
         try:
             st = os.lstat(full)
             kind, row = classify_entry(
-                full, rel, is_dir=stat.S_ISDIR(st.st_mode), is_file=stat.S_ISREG(st.st_mode), is_link=stat.S_ISLNK(st.st_mode)
+                full, rel, is_dir=stat.S_ISDIR(st.st_mode), is_file=stat.S_ISREG(st.st_mode), is_link=stat.S_ISLNK(st.st_mode),
+                root_real=None if allow_outside_root else os.path.realpath(root_s),
             )
         except FileNotFoundError:
             kind, row = "row", (escaped_path(rel), "failed", "FileNotFoundError", "listed, but there is no such file")

@@ -241,6 +241,7 @@ def ingest_images(
     *,
     patient_regex: str,
     files: Iterable[str] | None = None,
+    allow_outside_root: bool = False,
     workers: int | None = None,
     on_found: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -280,7 +281,7 @@ def ingest_images(
     ['patient00000', 'patient00001']
     """
     regex, regex_notes = _compile(patient_regex)
-    listing = collect_files(root, files)
+    listing = collect_files(root, files, allow_outside_root=allow_outside_root)
     rels = pd.Series(listing.relpaths, dtype="str")
     is_image = rels.str.lower().str.endswith(IMAGE_EXTENSIONS).to_numpy(dtype=bool) if len(rels) else np.zeros(0, bool)
     if not is_image.any():
@@ -344,7 +345,7 @@ def ingest_images(
 
     sizes = [h[1] for h in headers]
     inputs = [listing_fingerprint(os.fspath(root), to_read, sizes)]
-    options = {"patient_regex": regex.pattern, "file_list": files is not None}
+    options = {"patient_regex": regex.pattern, "file_list": files is not None, "allow_outside_root": allow_outside_root}
     manifest = Manifest(frame=frame, labels=(), root=listing.root).with_step(provenance_step("ingest images", options, inputs))
     check(manifest)
     reasons = Counter(f"{o}:{t}" for _, o, t, _ in error_rows)
