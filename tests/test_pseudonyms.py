@@ -651,3 +651,85 @@ def test_no_raw_identifier_or_date_reaches_any_output(runner, tmp_path, monkeypa
     dates = pd.to_datetime(f["study_date"].astype(str))
     moved = pd.to_datetime(f["acquisition_date_time"].str[:8], format="%Y%m%d")
     assert (dates == moved).all() and (pd.to_datetime(f["series_date"].astype(str)) == dates).all()
+
+
+def test_column_names_are_read_word_by_word_for_names_record_numbers_accession_and_contact():
+    n = 6
+    pid = [f"PT{i // 2:05d}" for i in range(n)]
+    frame = pd.DataFrame(
+        {
+            "image_id": [f"im{i}" for i in range(n)],
+            "path": [f"im{i}.png" for i in range(n)],
+            "patient_id": pid,
+            "pt_name": ["Ann Smith", "Ann Smith", "Bob Jones", "Bob Jones", "Cy Lee", "Cy Lee"],
+            "PatientFirstName": ["Ann", "Ann", "Bob", "Bob", "Cy", "Cy"],
+            "Given": ["Ann", "Ann", "Bob", "Bob", "Cy", "Cy"],
+            "UR": [f"UR{i // 2}" for i in range(n)],
+            "hosp_no": [f"H{i // 2}" for i in range(n)],
+            "Chart #": [f"C{i // 2}" for i in range(n)],
+            "Accession No": [f"AC{i}" for i in range(n)],
+            "Mobile": ["0400 000 000"] * n,
+            "City": ["Springfield"] * n,
+            "class_name": ["Nodule", "Mass"] * 3,
+            "Urgency": ["routine", "urgent"] * 3,
+            "rurality": ["rural", "urban"] * 3,
+            "Finding Labels": ["Mass", "No Finding"] * 3,
+        }
+    )
+    with pytest.raises(UsageError) as err:  # free text by its name, as before: no word of it names a person or a record
+        pseudonymize(Manifest(frame, labels=()), KEY_A)
+    assert err.value.fields["columns"] == ["Finding Labels"]
+    frame = frame.drop(columns="Finding Labels")
+    result = pseudonymize(Manifest(frame, labels=()), KEY_A)
+    t = result.treatments.set_index("column")
+    for col in ("pt_name", "PatientFirstName", "Given"):
+        assert (t.loc[col, "treatment"], "a person's name" in t.loc[col, "reason"]) == ("dropped", True), col
+    for col in ("UR", "hosp_no", "Chart #"):
+        assert (t.loc[col, "treatment"], "record number" in t.loc[col, "reason"]) == ("dropped", True), col
+    assert t.loc["Mobile", "treatment"] == t.loc["City", "treatment"] == "dropped"
+    for col in ("class_name", "Urgency", "rurality"):
+        assert t.loc[col, "treatment"] == "kept", col
+    assert t.loc["Accession No", "treatment"] == "pseudonymised" and "accession" in t.loc["Accession No", "reason"]
+    acc = result.manifest.frame["Accession No"]
+    assert acc.nunique() == n and not acc.isin(frame["Accession No"]).any()
+    again = pseudonymize(Manifest(frame, labels=()), KEY_A).manifest.frame["Accession No"]
+    assert acc.tolist() == again.tolist()
+    flat = result.manifest.frame.astype("str").to_numpy().ravel().tolist()
+    assert not {"Ann", "Ann Smith", "UR0", "H0", "C0", "Springfield"} & set(flat)
+
+
+def test_dates_in_common_formats_are_shifted_whatever_the_column_is_called():
+    pid = ["P0001", "P0001", "P0002", "P0002"]
+    frame = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c", "d"],
+            "path": ["a.png", "b.png", "c.png", "d.png"],
+            "patient_id": pid,
+            "exam_dt": ["03/01/2019", "03/05/2019", "03/04/2019", "03/06/2019"],  # ambiguous: month first
+            "DateOfBirth": ["11/22/1951", "11/22/1951", "01/02/1960", "01/02/1960"],  # second field > 12: month first
+            "Birthdate": ["22.11.1951", "22.11.1951", "02.01.1960", "02.01.1960"],
+            "seen": ["25/12/2019 10:30", "26/12/2019", "01/02/2020", "02/02/2020"],  # no date word; first field > 12: day first
+            "scan": ["01-Mar-2019", "05-Mar-2019", "04-Mar-2019", "06-Mar-2019"],
+            "dob": ["unknown", "n/a", "unknown", "n/a"],  # named like a date, not dates: dropped, never kept raw
+            "grade": ["1", "2", "3", "1"],
+        }
+    )
+    result = pseudonymize(Manifest(frame, labels=()), KEY_A)
+    t = result.treatments.set_index("column")
+    for col in ("exam_dt", "DateOfBirth", "Birthdate", "seen", "scan"):
+        assert t.loc[col, "treatment"] == "shifted", col
+    assert "month first" in t.loc["exam_dt", "reason"] and "either way" not in t.loc["DateOfBirth", "reason"]
+    assert t.loc["dob", "treatment"] == "dropped" and t.loc["grade", "treatment"] == "kept"
+    out = result.manifest.frame
+    offsets = pd.to_timedelta([date_shift_days(KEY_A, p) for p in pid], unit="D")
+    expected = {
+        "exam_dt": ["2019-03-01", "2019-03-05", "2019-03-04", "2019-03-06"],
+        "DateOfBirth": ["1951-11-22", "1951-11-22", "1960-01-02", "1960-01-02"],
+        "Birthdate": ["1951-11-22", "1951-11-22", "1960-01-02", "1960-01-02"],
+        "seen": ["2019-12-25", "2019-12-26", "2020-02-01", "2020-02-02"],
+        "scan": ["2019-03-01", "2019-03-05", "2019-03-04", "2019-03-06"],
+    }
+    for col, days in expected.items():
+        shifted = (pd.to_datetime(days) + offsets).strftime("%Y-%m-%d").tolist()
+        assert out[col].astype("str").tolist() == shifted, col
+    assert "dob" not in out.columns

@@ -527,20 +527,56 @@ def dicom_attribute(column: str) -> tuple[str, str] | None:
 # ----------------------------------------------------------------------------- column plan
 
 _PRIVATE_TAG = re.compile(r"tag_([0-9a-f]{4})[0-9a-f]{4}")
-_PERSON = re.compile(
-    r"_((patient|person|physician|doctor|operator|operators|referring|requesting|performing|reading|mother|father|maiden|"
-    r"birth|first|last|given|family|full|middle|sur|fore|nurse|technologist|radiologist)_?names?|surname|forename|"
-    r"physician|physicians|doctor|radiologist|technologist|nurse|operator|operators)_"
+_PERSON_WORDS = frozenset(
+    "surname surnames forename forenames given givenname firstname lastname fullname middlename familyname maiden maidenname "
+    "initials physician physicians doctor radiologist technologist nurse operator operators".split()
 )
+# "name" counts only beside a word that makes it a person's (class_name, file_name, study_name do not).
+_PERSON_QUALIFIERS = frozenset(
+    "patient patients pt pat person subject first last full given family middle maiden birth mother father sur fore "
+    "referring requesting performing reading reporting physician physicians doctor dr operator operators nurse "
+    "technologist radiologist consultant clinician attending provider contact kin user owner staff author".split()
+)
+_NUMBER_WORDS = frozenset("no nr num number numbers id ids".split())
+_RECORD_WORDS = frozenset("mrn mrns ur urn nhs ssn insurance medicare medicaid passport record records chart".split())
+
+
+def _words(col: str) -> tuple[str, ...]:
+    """The words of a column name, split at non-alphanumerics and camelCase: ``PatientFirstName`` -> patient, first, name.
+
+    >>> _words("PatientFirstName"), _words("Accession No"), _words("hosp_no"), _words("UR")
+    (('patient', 'first', 'name'), ('accession', 'no'), ('hosp', 'no'), ('ur',))
+    """
+    return tuple(w for w in normalise_column(col).split("_") if w)
+
+
+def _person_name(w: tuple[str, ...]) -> bool:
+    names = {"name", "names"} & set(w)
+    return bool(_PERSON_WORDS & set(w)) or (bool(names) and (len(w) == 1 or bool(_PERSON_QUALIFIERS & set(w))))
+
+
+def _record_number(w: tuple[str, ...]) -> bool:
+    words, numbered = set(w), bool(_NUMBER_WORDS & set(w))
+    return bool(
+        _RECORD_WORDS & words
+        or ({"hosp", "hospital", "mr", "licence", "license"} & words and numbered)
+        or {"social", "security"} <= words
+        or {"national", "id"} <= words
+        or "driver" in words and {"licence", "license"} & words
+    )
+
+
+def _accession(w: tuple[str, ...]) -> bool:
+    return any(x.startswith("accession") for x in w) or ("acc" in w and bool(_NUMBER_WORDS & set(w)))
+
+
+# What a column's name says it holds (a direct identifier), tested on the words of the name in this order.
 _DIRECT = {
-    "a person's name": _PERSON,
-    "a record number": re.compile(
-        r"_(mrn|ssn|nhs(_(number|no|id))?|medical_record(_(number|no|id|locator))?|record_(number|no)|hospital_(number|no|id)|"
-        r"social_security(_number)?|national_id|passport(_(number|no))?|insurance(_(number|no|id))?)_"
-    ),
-    "an address": re.compile(r"_(address|addr|street|postcode|post_code|postal_code|zip|zipcode|zip_code)_"),
-    "a telephone number": re.compile(r"_(phone|telephone|tel|mobile|fax)(_(number|numbers|no))?_"),
-    "an e-mail address": re.compile(r"_(e_?mail|mail_address)_"),
+    "a person's name": _person_name,
+    "a record number": _record_number,
+    "an e-mail address": lambda w: bool({"email", "emails"} & set(w)) or ("e", "mail") in zip(w, w[1:]) or {"mail", "address"} <= set(w),
+    "an address": lambda w: bool({"address", "addr", "street", "city", "zip", "zipcode", "postcode", "postal"} & set(w)) or ("post", "code") in zip(w, w[1:]),
+    "a telephone number": lambda w: bool({"phone", "telephone", "tel", "mobile", "fax"} & set(w)),
 }
 _FREE_TEXT = re.compile(
     r"_(reports?|notes?|comments?|remarks?|impressions?|narratives?|text|free_text|history|descriptions?|indications?|"
@@ -548,7 +584,8 @@ _FREE_TEXT = re.compile(
 )
 _FILE_NAME = re.compile(r"_(file|files|filename|filenames|file_name|path|paths|filepath|file_path|dir|folder|location|url|uri)_")
 _OTHER_ID = re.compile(r"_(id|ids|uid|uids|identifier)_$")
-_DATE_NAME = re.compile(r"_(date|dates|dob|datetime|date_time|timestamp|birthday)_")
+# A column named with one of these words holds dates ("time" alone is a time of day: see the TM rule).
+_DATE_NAME = frozenset("date dates dt dob birthdate birthdates birthday born datetime timestamp".split())
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 _CARET_NAME = re.compile(r"[^\W\d_][\w' .,-]*\^[\w' .,^-]*")
 
@@ -584,19 +621,87 @@ def _distinct_text(s: pd.Series) -> pd.Series:
     return values[values.str.strip() != ""]
 
 
+_ISO_DATE = r"\d{8}|\d{4}[-./]\d{1,2}[-./]\d{1,2}([ T].*)?"
+_TIME = r"(?:[ T]+(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2}(?:\.\d+)?))?)?"
+_DAY_MONTH = re.compile(r"(?P<a>\d{1,2})(?P<sep>[/.-])(?P<b>\d{1,2})(?P=sep)(?P<y>\d{4})" + _TIME)
+_DAY_MON = re.compile(r"(?P<d>\d{1,2})[- ](?P<mon>[A-Za-z]{3})[- ](?P<y>\d{4})" + _TIME)
+_MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
+
+
+def _read_dates(values: pd.Series) -> tuple[pd.Series, str]:
+    """Parse distinct text values as dates; NaT where none reads, and a note on an assumed field order.
+
+    Reads ISO 8601 (``YYYY-MM-DD``, ``YYYYMMDD``, ``YYYY.MM.DD``), ``MM/DD/YYYY`` or
+    ``DD/MM/YYYY`` (also with ``.`` or ``-``), and ``DD-Mon-YYYY``, each with an
+    optional ``HH:MM[:SS]``. Day and month are told apart once for the whole
+    column and separator: a first field over 12 means day first, a second field
+    over 12 month first; when neither occurs, ``.`` reads day first and ``/`` or
+    ``-`` month first, and the note says so.
+
+    >>> v, note = _read_dates(pd.Series(["03/01/2019", "22.11.1951", "01-Mar-2019 10:30", "2019-03-01", "13/13/2019"]))
+    >>> [str(d) for d in v]
+    ['2019-03-01 00:00:00', '1951-11-22 00:00:00', '2019-03-01 10:30:00', '2019-03-01 00:00:00', 'NaT']
+    >>> note
+    'day and month could be either way round: read month first (MM/DD/YYYY)'
+    >>> [str(d) for d in _read_dates(pd.Series(["03/01/2019", "25/12/2019"]))[0]]
+    ['2019-01-03 00:00:00', '2019-12-25 00:00:00']
+    """
+    t = values.astype("str").str.strip()
+    out = pd.Series(pd.NaT, index=t.index, dtype="datetime64[ns]")
+    iso = t.str.fullmatch(_ISO_DATE)
+    out[iso] = pd.to_datetime(t[iso], format="ISO8601", errors="coerce")
+    note = ""
+    dm = t.str.extract(_DAY_MONTH.pattern)
+    dm = dm[dm["y"].notna() & ~iso]
+    for sep, part in dm.groupby("sep", sort=True):
+        a, b = part["a"].astype(int), part["b"].astype(int)
+        day_over, month_over = bool(((a > 12) & (b <= 12)).any()), bool(((b > 12) & (a <= 12)).any())
+        day_first = day_over or (not month_over and sep == ".")
+        if not (day_over or month_over):
+            order = "day first (DD.MM.YYYY)" if day_first else f"month first (MM{sep}DD{sep}YYYY)"
+            note = f"day and month could be either way round: read {order}"
+        day, month = (a, b) if day_first else (b, a)
+        out[part.index] = _assemble(part["y"], month, day, part)
+    mon = t.str.extract(_DAY_MON.pattern)
+    mon = mon[mon["y"].notna() & ~iso]
+    if len(mon):
+        out[mon.index] = _assemble(mon["y"], mon["mon"].str.lower().map(_MONTHS), mon["d"].astype(int), mon)
+    return out, note
+
+
+def _assemble(year: pd.Series, month: pd.Series, day: pd.Series, parts: pd.DataFrame) -> pd.Series:
+    """Timestamps from year, month, day and optional h/mi/s columns; NaT where the date does not exist."""
+    when = pd.to_datetime(pd.DataFrame({"year": year.astype(int), "month": month, "day": day}), errors="coerce")
+    seconds = parts["h"].astype(float).fillna(0) * 3600 + parts["mi"].astype(float).fillna(0) * 60 + parts["s"].astype(float).fillna(0)
+    return when + pd.to_timedelta(seconds, unit="s")
+
+
 def _parse_dates(text: pd.Series) -> pd.Series:
-    """Dates from text: ``YYYYMMDD``, ISO 8601 or ``YYYY.MM.DD``; NaT where none parses."""
+    """Dates from text in the formats :func:`_read_dates` reads; NaT where none parses.
+
+    Parses each distinct value once and maps the result back to the rows.
+    """
     t = text.astype("str").str.strip()
-    return pd.to_datetime(t, format="ISO8601", errors="coerce")
+    distinct = pd.Series(pd.unique(t.dropna().to_numpy(dtype=object)), dtype="str")
+    parsed, _ = _read_dates(distinct)
+    lookup = pd.Series(parsed.to_numpy(), index=distinct.to_numpy())
+    return pd.Series(pd.to_datetime(t.map(lookup)), index=text.index)
 
 
-def _text_dates(s: pd.Series) -> bool:
-    """At least 80% of the distinct values of a text or integer column read as dates."""
+def _text_dates(s: pd.Series, share: float = 0.8) -> bool:
+    """At least ``share`` of the distinct values of a text or integer column read as dates."""
     values = _distinct_text(s.astype("str"))
     if values.empty:
         return False
-    shaped = values.str.strip().str.fullmatch(r"\d{8}|\d{4}[-./]\d{1,2}[-./]\d{1,2}([ T].*)?")
-    return float((shaped & _parse_dates(values).notna()).mean()) >= 0.8
+    return float(_read_dates(values)[0].notna().mean()) >= share
+
+
+def _all_dates(s: pd.Series) -> bool:
+    """A text column of any name whose distinct values all read as dates (at least 3 of them, or one per row)."""
+    if not _is_text(s):
+        return False
+    values = _distinct_text(s)
+    return (len(values) >= 3 or len(values) == int(s.notna().sum()) > 0) and _text_dates(s, 1.0)
 
 
 def _content_problem(s: pd.Series, id_values: pa.Array, rows: int) -> tuple[str, str] | None:
@@ -669,6 +774,7 @@ def _column_step(col: str, ctx: _Context) -> _Step:
     """The treatment of one column; rules in order, the first that applies wins."""
     s = ctx.frame[col]
     name = "_" + normalise_column(col) + "_"
+    words = _words(col)
     keyword, vr = dicom_attribute(col) or (None, None)
     text = _is_text(s)
     if col in ctx.drop:
@@ -687,7 +793,7 @@ def _column_step(col: str, ctx: _Context) -> _Step:
         return _Step(col, KEPT, OPTION_NOTES["age"] if ctx.cap_age else OPTION_NOTES["kept"], "age" if ctx.cap_age else "keep")
     if col in CHARACTERISTICS:
         return _Step(col, KEPT, OPTION_NOTES["kept"], "keep")
-    named_date = keyword is None and _DATE_NAME.search(name) and not _is_list(s) and (text or pd.api.types.is_integer_dtype(s.dtype))
+    named_date = keyword is None and bool(_DATE_NAME & set(words)) and not _is_list(s) and (text or pd.api.types.is_integer_dtype(s.dtype))
     if _is_temporal(s) or col in DATE_COLUMNS or vr in ("DA", "DT") or named_date:
         return _date_step(col, s, vr, ctx.dates)
     if vr == "TM":
@@ -704,9 +810,13 @@ def _column_step(col: str, ctx: _Context) -> _Step:
     private = _PRIVATE_TAG.fullmatch(col)
     if private and int(private.group(1), 16) % 2:
         return _Step(col, DROPPED, "Basic Profile: private attribute removed (Retain Safe Private Option not used)", "drop")
-    direct = next((what for what, pattern in _DIRECT.items() if pattern.search(name)), None)
+    if text and _accession(words):
+        return _Step(col, PSEUDONYMISED, "the column name suggests an accession number: keyed pseudonym (grouping kept)", "hex")
+    direct = next((what for what, test in _DIRECT.items() if test(words)), None)
     if direct:
         return _Step(col, DROPPED, f"the column name suggests {direct} (a direct identifier)", "drop")
+    if vr != "TM" and _all_dates(s):
+        return _date_step(col, s, vr, ctx.dates)
     if keyword is not None:  # a DICOM attribute the standard does not list: only its values can object
         return _by_content(col, s, ctx, "a DICOM attribute PS3.15 Annex E does not list")
     if text and _FILE_NAME.search(name) and paths_with_identifiers(ctx.frame, col).any():
@@ -764,9 +874,11 @@ def _date_step(col: str, s: pd.Series, vr: str | None, dates: str) -> _Step:
     if dates == "drop":
         return _Step(col, DROPPED, OPTION_NOTES["drop"], "drop")
     how = "dt" if vr == "DT" and _is_text(s) else "date"
+    note = _read_dates(_distinct_text(s))[1] if how == "date" and _is_text(s) else ""
+    note = f"; {note}" if note else ""
     if dates == "year":
-        return _Step(col, YEAR, OPTION_NOTES["year"], how)
-    return _Step(col, SHIFTED, OPTION_NOTES["shift"] + f" (one keyed offset per patient, ±1 to ±{MAX_SHIFT_DAYS} days)", how)
+        return _Step(col, YEAR, OPTION_NOTES["year"] + note, how)
+    return _Step(col, SHIFTED, OPTION_NOTES["shift"] + f" (one keyed offset per patient, ±1 to ±{MAX_SHIFT_DAYS} days)" + note, how)
 
 
 # ----------------------------------------------------------------------------- applying the plan
