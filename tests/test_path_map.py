@@ -88,12 +88,12 @@ def test_ingest_pseudonymize_hides_error_paths_and_quoted_values(runner, tmp_pat
 def test_ingest_pseudonymize_quotes_no_cell_value(runner, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     table = tmp_path / "t.csv"
-    table.write_text("image_id,patient_id,StudyDate,A\nimg1,MRN0001,20200131,1\nimg2,MRN0002,31/01/2020,0\n")
+    table.write_text("image_id,patient_id,StudyDate,A\nimg1,MRN0001,20200131,1\nimg2,MRN0002,31/31/2020,0\n")
     res = runner.invoke(main, ["ingest", "table", str(table), "--label-cols", "A", "-o", str(tmp_path / "plain.parquet")])
-    assert res.exit_code == 0 and "31/01/2020" in res.stderr  # without --pseudonymize the bad value is quoted
+    assert res.exit_code == 0 and "31/31/2020" in res.stderr  # without --pseudonymize the bad value is quoted
     res = runner.invoke(main, ["ingest", "table", str(table), "--label-cols", "A", "--pseudonymize", "-o", str(tmp_path / "m.parquet")])
     assert res.exit_code == 0, res.stderr
-    assert "31/01/2020" not in res.stderr and "'study_date'" in res.stderr and "MRN" not in res.stderr
+    assert "31/31/2020" not in res.stderr and "'study_date'" in res.stderr and "MRN" not in res.stderr
     # An error that would quote ids quotes none once pseudonymisation is asked.
     table.write_text("image_id,patient_id,A\nimg1,MRN0001,1\nimg1,MRN0001,0\n")
     res = runner.invoke(main, ["ingest", "table", str(table), "--label-cols", "A", "--pseudonymize", "-o", str(tmp_path / "d.parquet")])

@@ -52,6 +52,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .dates import parse_dates, read_dates
 from .errors import InputError, MdprepError, MdprepWarning, MissingColumnError, UsageError, examples_text
 from .fileio import atomic_write
 from .manifest import REQUIRED_COLUMNS, Manifest, provenance_step
@@ -621,79 +622,12 @@ def _distinct_text(s: pd.Series) -> pd.Series:
     return values[values.str.strip() != ""]
 
 
-_ISO_DATE = r"\d{8}|\d{4}[-./]\d{1,2}[-./]\d{1,2}([ T].*)?"
-_TIME = r"(?:[ T]+(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2}(?:\.\d+)?))?)?"
-_DAY_MONTH = re.compile(r"(?P<a>\d{1,2})(?P<sep>[/.-])(?P<b>\d{1,2})(?P=sep)(?P<y>\d{4})" + _TIME)
-_DAY_MON = re.compile(r"(?P<d>\d{1,2})[- ](?P<mon>[A-Za-z]{3})[- ](?P<y>\d{4})" + _TIME)
-_MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
-
-
-def _read_dates(values: pd.Series) -> tuple[pd.Series, str]:
-    """Parse distinct text values as dates; NaT where none reads, and a note on an assumed field order.
-
-    Reads ISO 8601 (``YYYY-MM-DD``, ``YYYYMMDD``, ``YYYY.MM.DD``), ``MM/DD/YYYY`` or
-    ``DD/MM/YYYY`` (also with ``.`` or ``-``), and ``DD-Mon-YYYY``, each with an
-    optional ``HH:MM[:SS]``. Day and month are told apart once for the whole
-    column and separator: a first field over 12 means day first, a second field
-    over 12 month first; when neither occurs, ``.`` reads day first and ``/`` or
-    ``-`` month first, and the note says so.
-
-    >>> v, note = _read_dates(pd.Series(["03/01/2019", "22.11.1951", "01-Mar-2019 10:30", "2019-03-01", "13/13/2019"]))
-    >>> [str(d) for d in v]
-    ['2019-03-01 00:00:00', '1951-11-22 00:00:00', '2019-03-01 10:30:00', '2019-03-01 00:00:00', 'NaT']
-    >>> note
-    'day and month could be either way round: read month first (MM/DD/YYYY)'
-    >>> [str(d) for d in _read_dates(pd.Series(["03/01/2019", "25/12/2019"]))[0]]
-    ['2019-01-03 00:00:00', '2019-12-25 00:00:00']
-    """
-    t = values.astype("str").str.strip()
-    out = pd.Series(pd.NaT, index=t.index, dtype="datetime64[ns]")
-    iso = t.str.fullmatch(_ISO_DATE)
-    out[iso] = pd.to_datetime(t[iso], format="ISO8601", errors="coerce")
-    note = ""
-    dm = t.str.extract(_DAY_MONTH.pattern)
-    dm = dm[dm["y"].notna() & ~iso]
-    for sep, part in dm.groupby("sep", sort=True):
-        a, b = part["a"].astype(int), part["b"].astype(int)
-        day_over, month_over = bool(((a > 12) & (b <= 12)).any()), bool(((b > 12) & (a <= 12)).any())
-        day_first = day_over or (not month_over and sep == ".")
-        if not (day_over or month_over):
-            order = "day first (DD.MM.YYYY)" if day_first else f"month first (MM{sep}DD{sep}YYYY)"
-            note = f"day and month could be either way round: read {order}"
-        day, month = (a, b) if day_first else (b, a)
-        out[part.index] = _assemble(part["y"], month, day, part)
-    mon = t.str.extract(_DAY_MON.pattern)
-    mon = mon[mon["y"].notna() & ~iso]
-    if len(mon):
-        out[mon.index] = _assemble(mon["y"], mon["mon"].str.lower().map(_MONTHS), mon["d"].astype(int), mon)
-    return out, note
-
-
-def _assemble(year: pd.Series, month: pd.Series, day: pd.Series, parts: pd.DataFrame) -> pd.Series:
-    """Timestamps from year, month, day and optional h/mi/s columns; NaT where the date does not exist."""
-    when = pd.to_datetime(pd.DataFrame({"year": year.astype(int), "month": month, "day": day}), errors="coerce")
-    seconds = parts["h"].astype(float).fillna(0) * 3600 + parts["mi"].astype(float).fillna(0) * 60 + parts["s"].astype(float).fillna(0)
-    return when + pd.to_timedelta(seconds, unit="s")
-
-
-def _parse_dates(text: pd.Series) -> pd.Series:
-    """Dates from text in the formats :func:`_read_dates` reads; NaT where none parses.
-
-    Parses each distinct value once and maps the result back to the rows.
-    """
-    t = text.astype("str").str.strip()
-    distinct = pd.Series(pd.unique(t.dropna().to_numpy(dtype=object)), dtype="str")
-    parsed, _ = _read_dates(distinct)
-    lookup = pd.Series(parsed.to_numpy(), index=distinct.to_numpy())
-    return pd.Series(pd.to_datetime(t.map(lookup)), index=text.index)
-
-
 def _text_dates(s: pd.Series, share: float = 0.8) -> bool:
     """At least ``share`` of the distinct values of a text or integer column read as dates."""
     values = _distinct_text(s.astype("str"))
     if values.empty:
         return False
-    return float(_read_dates(values)[0].notna().mean()) >= share
+    return float(read_dates(values)[0].notna().mean()) >= share
 
 
 def _all_dates(s: pd.Series) -> bool:
@@ -874,7 +808,7 @@ def _date_step(col: str, s: pd.Series, vr: str | None, dates: str) -> _Step:
     if dates == "drop":
         return _Step(col, DROPPED, OPTION_NOTES["drop"], "drop")
     how = "dt" if vr == "DT" and _is_text(s) else "date"
-    note = _read_dates(_distinct_text(s))[1] if how == "date" and _is_text(s) else ""
+    note = read_dates(_distinct_text(s))[1] if how == "date" and _is_text(s) else ""
     note = f"; {note}" if note else ""
     if dates == "year":
         return _Step(col, YEAR, OPTION_NOTES["year"] + note, how)
@@ -928,7 +862,7 @@ def _hide_birth_dates_over_89(frame: pd.DataFrame, out: dict, steps: list, patie
 def _as_datetime(s: pd.Series) -> pd.Series:
     if _is_temporal(s):
         return pd.to_datetime(s)
-    return _parse_dates(s.astype("str"))
+    return parse_dates(s.astype("str"))
 
 
 def _date32(values: pd.Series) -> pd.Series:

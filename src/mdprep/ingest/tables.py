@@ -431,18 +431,15 @@ def _parse_ages(values: pd.Series) -> pd.Series:
 
 
 def _parse_dates(values: pd.Series) -> pd.Series:
-    """Dates from ``YYYYMMDD`` (text or integer) first, then ISO 8601 text."""
+    """Dates from ``YYYYMMDD`` integers or date text in the formats :func:`mdprep.dates.read_dates` reads."""
+    from ..dates import parse_dates
+
     if pd.api.types.is_datetime64_any_dtype(values):
         return values
     if pd.api.types.is_numeric_dtype(values):
         whole = values.where(values.isna() | (values % 1 == 0))
         values = whole.astype("Int64").astype("str").where(whole.notna())
-    text = values.astype("str").str.strip()
-    dates = pd.to_datetime(text, format="%Y%m%d", errors="coerce")
-    rest = dates.isna() & text.notna()
-    if rest.any():
-        dates[rest] = pd.to_datetime(text[rest], format="ISO8601", errors="coerce")
-    return dates
+    return parse_dates(values.astype("str").where(values.notna()))
 
 
 def _bad_values(raw: pd.Series, bad: pd.Series) -> list:
