@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError, MdprepWarning, MissingColumnError, UsageError, examples_text, short_repr
+from .fileio import decodable
 from .manifest import Manifest
 from .params import check_number
 
@@ -839,15 +840,6 @@ def _required_checks(require: Sequence[str] | None, wanted: Sequence[str]) -> se
     return set(names)
 
 
-def _is_utf8(text: str) -> bool:
-    """False for text with lone surrogates: bytes of a command line that were not UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def combine_manifests(manifests: Sequence[Manifest], names: Sequence[str], *, split_col: str = "split") -> pd.DataFrame:
     """One frame from several manifests, each one split named by ``names``.
 
@@ -859,7 +851,7 @@ def combine_manifests(manifests: Sequence[Manifest], names: Sequence[str], *, sp
 
     if len(names) != len(manifests) or len(set(names)) != len(names):
         raise UsageError(f"--names needs {len(manifests)} distinct names, one per manifest")
-    bad = [n for n in names if not _is_utf8(n)]
+    bad = [n for n in names if not decodable(n)]  # a command-line byte that was not UTF-8
     if bad:
         raise UsageError(f"--names {examples_text(bad, len(bad))} are not valid UTF-8 text; give split names in plain text")
     check_same_pseudonymization(manifests, names)

@@ -418,6 +418,30 @@ def listing_fingerprint(root: str | os.PathLike, relpaths: Iterable[str], sizes:
     }
 
 
+def decodable(text: str) -> bool:
+    """True when ``text`` is valid UTF-8: no surrogate escapes of bytes that were not (file names, command-line words).
+
+    >>> decodable("scan.dcm"), decodable("bad\\udcff.dcm")
+    (True, False)
+    """
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_within(real: str, folder_real: str) -> bool:
+    """Whether the real path ``real`` is ``folder_real`` or lies under it (both already resolved).
+
+    >>> is_within("/data/x/a.png", "/data/x"), is_within("/data/xy/a.png", "/data/x"), is_within("/data/x", "/data/x")
+    (True, False, True)
+    """
+    return real == folder_real or real.startswith(folder_real.rstrip(os.sep) + os.sep)
+
+
 def open_nonblocking(path: str | os.PathLike) -> tuple[int, os.stat_result]:
     """A read-only file descriptor of ``path`` and its ``fstat``; the caller closes the descriptor.
 
@@ -502,10 +526,9 @@ def paths_outside_root(root: str | os.PathLike, relpaths: Iterable[str], *, allo
 
     root_abs = os.path.abspath(os.fspath(root))
     root_real = os.path.realpath(root_abs)
-    inside_prefix = root_real.rstrip(os.sep) + os.sep
 
     def leaves(real: str) -> bool:
-        return real != root_real and not real.startswith(inside_prefix)
+        return not is_within(real, root_real)
 
     # A null path names nothing under the root; it is left for the reader to fail on.
     codes, uniques = pd.factorize(pd.Series(list(relpaths), dtype="object").fillna("").astype("str"))

@@ -454,7 +454,8 @@ def path_pseudonym(key: bytes, path: str, *, namespace: str = "path") -> str:
     return hex_pseudonym(key, namespace, path) + (m.group(0) if m else "")
 
 
-def _map_unique(values: pd.Series, fn) -> pd.Series:
+def map_distinct(values: pd.Series, fn) -> pd.Series:
+    """``fn`` applied once per distinct value of ``values`` (pseudonyms are costly HMACs), broadcast back to the rows."""
     codes, uniques = pd.factorize(values)
     mapped = np.array([fn(str(u)) for u in np.asarray(uniques, dtype=object)], dtype=object)
     out = np.where(codes >= 0, mapped[np.maximum(codes, 0)] if len(mapped) else None, None)
@@ -1070,7 +1071,7 @@ def pseudonymize(
     patients = frame["patient_id"].astype("str") if "patient_id" in frame.columns else None
     offsets = None
     if dates == "shift" and any(s.how in ("date", "dt") for s in steps):
-        offsets = _map_unique(patients, lambda p: str(date_shift_days(key, p))).astype("float")
+        offsets = map_distinct(patients, lambda p: str(date_shift_days(key, p))).astype("float")
     maps = []
     path_map = pd.DataFrame({"path": pd.Series(dtype="str"), "original_path": pd.Series(dtype="str")})
     final: list[_Step] = []
@@ -1082,13 +1083,13 @@ def pseudonymize(
         elif step.how in ("hex", "uid"):
             before = frame[col].astype("str")
             fn = hex_pseudonym if step.how == "hex" else uid_pseudonym
-            after = _map_unique(before, lambda v, c=col, f=fn: f(key, c, v))
+            after = map_distinct(before, lambda v, c=col, f=fn: f(key, c, v))
             if keep_mapping:
                 maps.append(pd.DataFrame({"column": col, "original": before, "pseudonym": after}).dropna().drop_duplicates())
             out[col] = after
         elif step.how in ("path", "file"):
             before = frame[col].astype("str")
-            after = _map_unique(before, lambda v, c=col: path_pseudonym(key, v, namespace=c))
+            after = map_distinct(before, lambda v, c=col: path_pseudonym(key, v, namespace=c))
             if col == "path":
                 path_map = pd.DataFrame({"path": after, "original_path": before}).drop_duplicates().sort_values("path", ignore_index=True)
             out[col] = after

@@ -7,6 +7,7 @@ progress bars and summaries (errors and warnings are still printed).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -125,12 +126,12 @@ def _os_error_text(exc: OSError) -> str:
     reason = exc.strerror or type(exc).__name__
     where = f": {exc.filename!r}" if exc.filename is not None else ""
     hint = {
-        28: "free some space or write elsewhere",  # ENOSPC
-        13: "check the permissions, or write elsewhere",  # EACCES
-        30: "the file system is read-only; write elsewhere",  # EROFS
-        21: "give a file name, not a folder",  # EISDIR
-        2: "check the path",  # ENOENT
-        20: "a part of the path is a file, not a folder; check the path",  # ENOTDIR
+        errno.ENOSPC: "free some space or write elsewhere",
+        errno.EACCES: "check the permissions, or write elsewhere",
+        errno.EROFS: "the file system is read-only; write elsewhere",
+        errno.EISDIR: "give a file name, not a folder",
+        errno.ENOENT: "check the path",
+        errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
     }.get(exc.errno, "check the path and the disk")
     return f"{reason}{where}; {hint}"
 

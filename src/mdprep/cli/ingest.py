@@ -133,7 +133,7 @@ def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool) 
     """With --pseudonymize, replace identifiers before anything reaches disk, the error table included."""
     if not pseudo.on:
         return result
-    from ..pseudonyms import load_key, path_pseudonym, write_path_map
+    from ..pseudonyms import load_key, map_distinct, path_pseudonym, write_path_map
     from ..pseudonyms import pseudonymize as apply
     from .pseudonymize import summary
 
@@ -146,7 +146,7 @@ def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool) 
     if len(errors) and pseudo.paths != "keep":
         # Inputs that gave no row are named by the same keyed pseudonym a row's path gets.
         real = errors["path"].astype("str")
-        shown = real.map(lambda p: path_pseudonym(key, p))
+        shown = map_distinct(real, lambda p: path_pseudonym(key, p))
         messages = [m.replace(r, s) for m, r, s in zip(errors["message"].astype("str"), real, shown)]
         errors = errors.assign(path=shown, message=messages)
         if pseudo.paths != "drop":

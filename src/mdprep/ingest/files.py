@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from ..errors import EmptyInputError, InputError
-from ..fileio import special_file_kind
+from ..fileio import decodable, is_within, special_file_kind
 
 #: An error-table row: (path, outcome, error_type, message).
 ErrorRow = tuple[str, str, str, str]
@@ -51,17 +51,6 @@ class FileList:
     @property
     def found(self) -> int:
         return len(self.relpaths) + len(self.refused)
-
-
-def decodable(path: str) -> bool:
-    """True when ``path`` is valid UTF-8 text (no surrogate escapes of undecodable bytes)."""
-    if path.isascii():
-        return True
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def escaped_path(path: str) -> str:
@@ -201,8 +190,7 @@ def classify_entry(
                 raise
             return "row", (escaped_path(rel), "skipped", "SymlinkLoop", "a chain of symlinks that never ends")
         if root_real is not None:
-            real = os.path.realpath(path)
-            if real != root_real and not real.startswith(root_real.rstrip(os.sep) + os.sep):
+            if not is_within(os.path.realpath(path), root_real):
                 return "row", (
                     escaped_path(rel), "skipped", "OutsideRoot",
                     f"a symlink to {_target(path)}, outside the root; not read (--allow-outside-root reads it)",
@@ -231,7 +219,7 @@ def _revisit_row(path: str, cut: int, first: str) -> ErrorRow:
     rel = escaped_path(_rel(path, cut))
     first = "the root folder" if first == "." else repr(escaped_path(first))
     real, parent = os.path.realpath(path), os.path.realpath(os.path.dirname(path))
-    if parent == real or parent.startswith(real.rstrip(os.sep) + os.sep):
+    if is_within(parent, real):
         return (rel, "skipped", "SymlinkLoop", f"links to {first}, a folder that contains it; not followed, as it would loop")
     return (rel, "skipped", "DuplicateFolder", f"the same folder as {first}, already read; its files are read once")
 
@@ -268,6 +256,7 @@ def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None, *
             raise EmptyInputError(f"no files found under {escaped_path(os.fspath(root))}; check the path", path=escaped_path(os.fspath(root)))
         return FileList(root_s, rels, problems)
     rels, refused, seen = [], [], set()
+    root_real = None if allow_outside_root else os.path.realpath(root_s)
     for entry in files:
         if not entry:
             continue
@@ -288,7 +277,7 @@ def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None, *
             st = os.lstat(full)
             kind, row = classify_entry(
                 full, rel, is_dir=stat.S_ISDIR(st.st_mode), is_file=stat.S_ISREG(st.st_mode), is_link=stat.S_ISLNK(st.st_mode),
-                root_real=None if allow_outside_root else os.path.realpath(root_s),
+                root_real=root_real,
             )
         except FileNotFoundError:
             kind, row = "row", (escaped_path(rel), "failed", "FileNotFoundError", "listed, but there is no such file")

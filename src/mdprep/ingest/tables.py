@@ -123,7 +123,8 @@ _MAX_FOLD = np.iinfo(np.int16).max
 
 
 def _spelling_key(name: str) -> str:
-    return re.sub(r"[\s_]+", "", re.sub(r"_dicom$", "", str(name), flags=re.IGNORECASE)).casefold()
+    """How column spellings are matched: as label names are (:func:`~mdprep.labels.label_key`), less a ``_DICOM`` suffix."""
+    return label_key(re.sub(r"_dicom$", "", str(name), flags=re.IGNORECASE))
 
 
 _SPELLING_INDEX = {_spelling_key(v): target for target, names in CANONICAL_SPELLINGS.items() for v in names}
