@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError, ManifestValidationError, MdprepWarning, MissingColumnError, UsageError, Violation, examples_text, short_repr
-from .manifest import LABEL_VALUES, NEGATIVE, POSITIVE, UNCERTAIN
+from .manifest import NEGATIVE, POSITIVE, UNCERTAIN, labels_outside_range
 
 #: What ``--uncertain`` may say, and what it does to -1.
 UNCERTAIN_POLICIES = {
@@ -242,11 +242,8 @@ def coerce_label_values(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataF
             n_unparsed = int(unparsed.sum())
             unparsed_values = list(pd.unique(text[unparsed]))
         arr = numeric.to_numpy(dtype="float64", na_value=np.nan)
-        outside = ~np.isnan(arr) & ~np.isin(arr, LABEL_VALUES)
-        n_outside = int(outside.sum())
+        n_outside, numbers, _ = labels_outside_range(arr)
         if n_unparsed or n_outside:
-            distinct = pd.unique(arr[outside])
-            numbers = [int(v) if float(v).is_integer() else float(v) for v in distinct]
             parts = []
             if n_unparsed:
                 parts.append(f"{n_unparsed} that are not numbers: {examples_text(unparsed_values, len(unparsed_values), limit=3)}")

@@ -203,24 +203,33 @@ def _label_violations(frame: pd.DataFrame, labels: Sequence[str]) -> list[Violat
     return out
 
 
+def labels_outside_range(values: np.ndarray) -> tuple[int, list, int]:
+    """How many numeric label ``values`` (NaN for null) lie outside {1, 0, -1}, their distinct values (ints where whole), and how many distinct.
+
+    >>> labels_outside_range(np.array([1.0, 2.0, 0.5, 2.0, np.nan]))
+    (3, [2, 0.5], 2)
+    """
+    bad = ~np.isnan(values) & ~np.isin(values, LABEL_VALUES)
+    distinct = pd.unique(values[bad])
+    return int(bad.sum()), [int(v) if float(v).is_integer() else float(v) for v in distinct], len(distinct)
+
+
 def label_value_violation(column: str, values: np.ndarray) -> Violation | None:
     """The violation for numeric label ``values`` (NaN for null) outside {1, 0, -1}, or None.
 
     >>> label_value_violation("Edema", np.array([1.0, 2.0, np.nan])).message
     "label column 'Edema' has 1 value(s) outside {1, 0, -1, null}: 2"
     """
-    bad_mask = ~np.isnan(values) & ~np.isin(values, LABEL_VALUES)
-    n_bad = int(bad_mask.sum())
+    n_bad, shown, n_distinct = labels_outside_range(values)
     if not n_bad:
         return None
-    distinct = pd.unique(values[bad_mask])
-    shown = [int(v) if float(v).is_integer() else float(v) for v in distinct[:5]]
+    shown = shown[:5]
     return Violation(
         "bad_label_value",
         column,
         n_bad,
         tuple(shown),
-        f"label column {column!r} has {n_bad} value(s) outside {{1, 0, -1, null}}: {examples_text(shown, len(distinct))}",
+        f"label column {column!r} has {n_bad} value(s) outside {{1, 0, -1, null}}: {examples_text(shown, n_distinct)}",
     )
 
 
