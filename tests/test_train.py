@@ -32,11 +32,12 @@ def test_small_model_learns_the_shapes(shapes, tmp_path):
     weights.write_text(json.dumps(compute_weights(m).document()))
     r = train(m, root=str(root), out_dir=str(tmp_path / "run"), weights_path=str(weights), arch="small", epochs=5,
               batch_size=32, image_size=64, lr=3e-3, device="cpu", evaluate_test=True, seed=0)
-    assert r.metrics["best_val_mean_auc"] >= 0.9
-    assert r.metrics["test"]["mean_auc"] >= 0.9
+    run = r.metrics["runs"][0]
+    assert run["best_val_mean_auc"] >= 0.9
+    assert run["test"]["mean_auc"] >= 0.9
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert saved["best_epoch"] == r.best_epoch and len(saved["epochs"]) == 5
-    assert set(saved["epochs"][0]["val_auc"]) == set(SHAPE_LABELS)
+    assert saved["runs"][0]["best_epoch"] == r.best_epoch and len(saved["runs"][0]["epochs"]) == 5
+    assert set(saved["runs"][0]["epochs"][0]["val_auc"]) == set(SHAPE_LABELS)
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert ckpt["labels"] == list(SHAPE_LABELS) and ckpt["epoch"] == r.best_epoch
 
@@ -47,16 +48,16 @@ def test_overfits_a_handful_of_images(shapes, tmp_path):
     f["split"] = np.where(np.arange(len(f)) < 8, "train", "other")
     tiny = m.with_frame(f[np.arange(len(f)) < 8])
     r = train(tiny, root=str(root), out_dir=str(tmp_path / "run"), arch="small", epochs=60, batch_size=8, image_size=32,
-              lr=1e-2, augment="none", device="cpu", seed=0)
-    losses = [e["train_loss"] for e in r.metrics["epochs"]]
+              lr=1e-2, augment="none", device="cpu", seed=0, no_val=True)
+    losses = [e["train_loss"] for e in r.metrics["runs"][0]["epochs"]]
     assert losses[-1] < 0.1 * losses[0]
 
 
 def test_same_seed_same_run(shapes, tmp_path):
     m, root = shapes
     kw = dict(root=str(root), arch="small", epochs=1, batch_size=32, image_size=32, device="cpu", seed=3)
-    a = train(m, out_dir=str(tmp_path / "a"), **kw).metrics["epochs"][0]
-    b = train(m, out_dir=str(tmp_path / "b"), **kw).metrics["epochs"][0]
+    a = train(m, out_dir=str(tmp_path / "a"), **kw).metrics["runs"][0]["epochs"][0]
+    b = train(m, out_dir=str(tmp_path / "b"), **kw).metrics["runs"][0]["epochs"][0]
     assert a["train_loss"] == b["train_loss"] and a["val_auc"] == b["val_auc"]
 
 
@@ -155,7 +156,7 @@ def test_undefined_auc_does_not_crash(shapes, tmp_path):
     f = m.frame.copy()
     f.loc[f["split"] == "val", "stripes"] = 0
     r = train(m.with_frame(f), root=str(root), out_dir=str(tmp_path / "run"), arch="small", epochs=1, image_size=32, device="cpu")
-    assert r.metrics["epochs"][0]["val_auc"]["stripes"] is None
+    assert r.metrics["runs"][0]["epochs"][0]["val_auc"]["stripes"] is None
 
 
 @pytest.fixture
@@ -199,7 +200,7 @@ def test_unreadable_images_stop_training_before_the_first_epoch(broken_set, tmp_
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["skipped_images"]["count"] == 3
     assert [r["image_id"] for r in metrics["skipped_images"]["rows"]] == ["img00001.png", "img00006.png", "img00011.png"]
-    assert metrics["rows"] == {"train": 5, "val": 3, "test": 1} and metrics["options"]["skip_missing"] is True
+    assert metrics["runs"][0]["rows"] == {"train": 5, "val": 3, "test": 1} and metrics["options"]["skip_missing"] is True
 
 
 def test_path_map_trains_on_a_pseudonymised_manifest_without_naming_real_paths(broken_set, tmp_path, runner):
@@ -229,3 +230,91 @@ def test_path_map_trains_on_a_pseudonymised_manifest_without_naming_real_paths(b
     res = runner.invoke(main, ["train", str(tmp_path / "p.parquet"), "--path-map", str(tmp_path / "paths.csv"), "--root", str(root), "--out", str(tmp_path / "cli"),
                                "--arch", "small", "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--device", "cpu", "-q"])
     assert res.exit_code == 2 and "--skip-missing" in res.stderr and "img0000" not in res.stderr
+
+
+@pytest.fixture(scope="module")
+def folded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folded")
+    frame = write_shapes_dataset(root, images=150, size=32, seed=1)
+    m = split_manifest(Manifest(frame, labels=SHAPE_LABELS, root=str(root)), ratios=(0.8, 0.2), folds=3, seed=0).manifest
+    path = root / "folds.parquet"
+    write_manifest(m, path)
+    return m, root, path
+
+
+def test_every_fold_gives_out_of_fold_predictions(folded, tmp_path, runner):
+    import pyarrow.parquet as pq
+
+    m, root, path = folded
+    weights = []
+    for k in range(3):
+        w = tmp_path / f"w{k}.json"
+        r = runner.invoke(main, ["weights", str(path), "--fold", str(k), "-o", str(w), "-q"])
+        assert r.exit_code == 0, r.output
+        weights += ["--weights", str(w)]
+    out = tmp_path / "cv"
+    args = ["train", str(path), "--fold", "all", "--arch", "small", "--epochs", "1", "--image-size", "32", "--device", "cpu",
+            "--evaluate-test", "--bootstrap", "200", *weights]
+    r = runner.invoke(main, [*args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "3-fold cross-validation" in r.output and "out-of-fold AUC" in r.output
+    assert all((out / f"fold-{k}" / "best.pt").is_file() for k in range(3))
+    pred = pq.read_table(out / "predictions.parquet").to_pandas()
+    frame = m.frame
+    non_test = frame[frame["split"] != "test"]
+    oof = pred[pred["part"] == "val"]
+    assert sorted(oof["image_id"]) == sorted(non_test["image_id"])  # every training image exactly once
+    assert (oof.set_index("image_id")["fold"] == non_test.set_index("image_id")["fold"].reindex(oof["image_id"])).all()
+    test = pred[pred["part"] == "test"]
+    assert len(test) == 3 * int((frame["split"] == "test").sum()) and set(test["fold"]) == {0, 1, 2}
+    assert pred[list(SHAPE_LABELS)].apply(lambda c: c.between(0, 1)).all().all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [run["fold"] for run in metrics["runs"]] == [0, 1, 2]
+    assert metrics["out_of_fold"]["rows"] == len(non_test) and metrics["out_of_fold"]["bootstrap"]["unit"] == "patient"
+    assert metrics["out_of_fold"]["patients"] == non_test["patient_id"].nunique()
+    assert set(metrics["test_mean_of_folds"]["auc"]) == set(SHAPE_LABELS)
+    prov = metrics["provenance"]
+    assert prov["manifest"]["sha256"] and [w["path"] for w in prov["weights"]] == [str(tmp_path / f"w{k}.json") for k in range(3)]
+    assert prov["seed"] == 0 and prov["versions"]["torch"] and prov["versions"]["numpy"]
+    for run in metrics["runs"]:
+        assert run["rows"]["train"] + run["rows"]["val"] == len(non_test)
+    # Same seed, same bytes.
+    r = runner.invoke(main, [*args, "--out", str(tmp_path / "cv2")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "cv2" / "predictions.parquet").read_bytes() == (out / "predictions.parquet").read_bytes()
+
+
+def test_one_fold_validates_and_weights_must_match_the_fold(folded, tmp_path, runner):
+    m, root, path = folded
+    w = tmp_path / "w2.json"
+    assert runner.invoke(main, ["weights", str(path), "--fold", "2", "-o", str(w), "-q"]).exit_code == 0
+    base = ["train", str(path), "--arch", "small", "--epochs", "1", "--image-size", "32", "--device", "cpu", "-q"]
+    r = runner.invoke(main, [*base, "--fold", "1", "--weights", str(w), "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "Error: no --weights file for fold 1 (the files are for fold 2); compute it with `mdprep weights --fold 1`" in r.output
+    r = runner.invoke(main, [*base, "--fold", "2", "--weights", str(w), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    run = metrics["runs"][0]
+    assert run["fold"] == 2 and run["rows"]["val"] == int((m.frame["fold"] == 2).sum()) and metrics["plan"]["mode"] == "fold"
+    assert (tmp_path / "b" / "best.pt").is_file()
+
+
+def test_validation_split_names_and_no_val(shapes, tmp_path, runner):
+    m, root = shapes
+    f = m.frame.copy()
+    f["split"] = f["split"].replace({"val": "valid"})
+    path = tmp_path / "valid.parquet"
+    write_manifest(m.with_frame(f), path)
+    base = ["train", str(path), "--arch", "small", "--epochs", "1", "--image-size", "32", "--device", "cpu", "-q"]
+    r = runner.invoke(main, [*base, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["plan"]["val_split"] == "valid" and metrics["runs"][0]["rows"]["val"] == int((f["split"] == "valid").sum())
+    f["split"] = f["split"].replace({"valid": "train"})
+    write_manifest(m.with_frame(f), path)
+    r = runner.invoke(main, [*base, "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "Error: the manifest has no validation rows" in r.output and "--no-val" in r.output
+    r = runner.invoke(main, [*base, "--no-val", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    pred = pd.read_parquet(tmp_path / "c" / "predictions.parquet")
+    assert len(pred) == 0 and list(pred.columns) == ["image_id", "split", "fold", "part", *SHAPE_LABELS]

@@ -63,6 +63,7 @@ class WeightsResult:
     options: dict
     dropped: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    fold: int | None = None  # counted on the training part of this fold (split is then None)
 
     @property
     def labels(self) -> list[str]:
@@ -81,6 +82,7 @@ class WeightsResult:
             "scheme": self.scheme,
             "options": self.options,
             "split": self.split,
+            "fold": self.fold,
             "rows": self.rows,
             "counting": "only 1 (positive) and 0 (negative) are counted; uncertain (-1) and null labels are excluded (n_ignored)",
             "labels": self.labels,
@@ -164,8 +166,15 @@ def compute_weights(
     clip: float | None = None,
     labels: Sequence[str] | None = None,
     drop_empty: bool = False,
+    fold: int | None = None,
+    fold_col: str = "fold",
 ) -> WeightsResult:
-    """Per-label weights from the ``split`` rows of a manifest.
+    """Per-label weights from the ``split`` rows of a manifest, or from the training part of ``fold``.
+
+    With ``fold=K`` the rows are those that train when fold K validates (the
+    non-test rows of the other folds, :func:`mdprep.crossval.plan_runs`), so the
+    weights never see the validation labels; ``split`` is then not used and the
+    document records ``fold``.
 
     A label with no positives, no negatives or no labelled rows in those rows gets
     the scheme's neutral weights (those of two equally frequent classes), with an
@@ -191,12 +200,19 @@ def compute_weights(
     unknown = [n for n in names if n not in manifest.labels]
     if unknown:
         raise UsageError(f"{', '.join(map(repr, unknown))} are not label columns; the labels are {', '.join(manifest.labels)}")
-    rows = select_rows(manifest, split, split_col)
+    if fold is None:
+        rows = select_rows(manifest, split, split_col)
+        where = f"in the chosen rows (split={split})"
+    else:
+        from .crossval import plan_runs
+
+        check_number(fold, "--fold", minimum=0, integer=True)
+        rows = manifest.frame[plan_runs(manifest.frame, fold=int(fold), split_col=split_col, fold_col=fold_col).runs[0].train]
+        split, where = None, f"in the training part of fold {fold}"
     values = rows[names].to_numpy(dtype="float64", na_value=np.nan)
     n_pos = (values == POSITIVE).sum(axis=0)
     n_neg = (values == NEGATIVE).sum(axis=0)
     n_ignored = len(rows) - n_pos - n_neg
-    where = f"in the chosen rows (split={split})"
     reasons = {}
     for name, p, q in zip(names, n_pos.tolist(), n_neg.tolist()):
         if p == 0 and q == 0:
@@ -231,7 +247,7 @@ def compute_weights(
                 by_reason.setdefault(w.neutral.removesuffix(f" {where}"), []).append(w.label)
         parts = "; ".join(f"{', '.join(map(repr, labs))}: {why}" for why, labs in by_reason.items())
         warnings.warn(
-            f"{int(neutral.sum())} label(s) cannot be weighed from the {split!r} rows ({parts}), "
+            f"{int(neutral.sum())} label(s) cannot be weighed from the {f'fold {fold} training' if fold is not None else repr(split)} rows ({parts}), "
             f"so they get the neutral weights of --scheme {scheme} (w_pos = w_neg = {value.w_pos:g}, pos_weight 1), "
             "recorded in neutral_labels; pass --drop-empty to leave them out, or --labels to choose labels",
             MdprepWarning,
@@ -245,8 +261,11 @@ def compute_weights(
             labels=unusable,
         )
     options = {"beta": beta if scheme == "effective" else None, "sqrt": sqrt, "clip": clip, "split_col": split_col, "drop_empty": drop_empty}
-    notes = tuple(f"label {d!r} has {reasons[d].removesuffix(f' {where}')} in {split!r}; left out (--drop-empty)" for d in dropped)
-    return WeightsResult(scheme, weights, len(rows), split, options, tuple(dropped), notes)
+    if fold is not None:
+        options["fold_col"] = fold_col
+    in_rows = repr(split) if fold is None else f"the training part of fold {fold}"
+    notes = tuple(f"label {d!r} has {reasons[d].removesuffix(f' {where}')} in {in_rows}; left out (--drop-empty)" for d in dropped)
+    return WeightsResult(scheme, weights, len(rows), split, options, tuple(dropped), notes, None if fold is None else int(fold))
 
 
 def weights_from_document(doc: Any, labels: Sequence[str], *, source: str) -> tuple[list[str], np.ndarray, np.ndarray]:

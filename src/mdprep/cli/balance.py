@@ -7,6 +7,7 @@ import json
 import click
 from rich.table import Table
 
+from ..errors import UsageError
 from ..fileio import check_outputs, file_fingerprint, write_text
 from ..ingest import write_errors
 from ..manifest import read_manifest, write_manifest
@@ -21,6 +22,8 @@ from ._options import FiniteFloat, comma_list, seed_option
 @click.option("-o", "--output", required=True, metavar="weights.json", help="Weights document to write (schema mdprep-weights v1); '-' for stdout.")
 @click.option("--split", default="train", show_default=True, help="Rows to count: a split name, or 'all' (warns when that includes val/test).")
 @click.option("--split-col", default="split", show_default=True, help="Column holding the split names.")
+@click.option("--fold", type=click.IntRange(min=0), metavar="K", help="Count the training part of fold K (the non-test rows of the other folds) instead of --split, so the weights never see fold K's validation labels.")
+@click.option("--fold-col", default="fold", show_default=True, help="Column holding the folds (with --fold).")
 @click.option("--scheme", type=click.Choice(SCHEMES), default="balanced", show_default=True, help="How counts become weights (docs/weights.md).")
 @click.option("--beta", default=0.999, show_default=True, type=FiniteFloat(0, 1, min_open=True, max_open=True), help="effective: the beta of Cui et al. 2019, between 0 and 1.")
 @click.option("--sqrt", is_flag=True, help="Take the square root of every weight (softer).")
@@ -28,7 +31,7 @@ from ._options import FiniteFloat, comma_list, seed_option
 @click.option("--labels", metavar="A,B,...", help="Only these label columns [default: all].")
 @click.option("--drop-empty", is_flag=True, help="Leave out labels with no positives (or no negatives) instead of giving them neutral weights.")
 @click.option("-q", "--quiet", is_flag=True, help="No table on stderr.")
-def weights(manifest, output, split, split_col, scheme, beta, sqrt, clip, labels, drop_empty, quiet):
+def weights(manifest, output, split, split_col, fold, fold_col, scheme, beta, sqrt, clip, labels, drop_empty, quiet):
     """Per-label positive and negative weights for a weighted loss, from the training rows only.
 
     \b
@@ -40,12 +43,15 @@ def weights(manifest, output, split, split_col, scheme, beta, sqrt, clip, labels
     Examples:
       mdprep weights nih-split.parquet -o weights.json
       mdprep weights nih-split.parquet --scheme pos-weight --sqrt --clip 50 -o weights.json
+      mdprep weights folds.parquet --fold 2 -o weights-fold2.json
     """
+    if fold is not None and click.get_current_context().get_parameter_source("split") is click.core.ParameterSource.COMMANDLINE:
+        raise UsageError("--split and --fold choose the rows in two different ways; give one of them")
     check_outputs({"MANIFEST": manifest}, {"-o/--output": output}, stdout={"-o/--output"})
     m = read_manifest(manifest)
     result = compute_weights(
         m, split=split, split_col=split_col, scheme=scheme, beta=beta, sqrt=sqrt, clip=clip,
-        labels=comma_list([labels]) if labels else None, drop_empty=drop_empty,
+        labels=comma_list([labels]) if labels else None, drop_empty=drop_empty, fold=fold, fold_col=fold_col,
     )
     doc = result.document({"manifest": file_fingerprint(manifest), "manifest_history": list(m.history)})
     write_text(output, json.dumps(doc, indent=2) + "\n")
@@ -53,7 +59,7 @@ def weights(manifest, output, split, split_col, scheme, beta, sqrt, clip, labels
         click.echo(f"Note: {note}", err=True)
     if quiet:
         return
-    table = Table(title=f"{scheme} weights from {result.rows:,} {split} rows", title_justify="left")
+    table = Table(title=f"{scheme} weights from {result.rows:,} {split if fold is None else f'fold {fold} training'} rows", title_justify="left")
     for col, just in (("label", "left"), ("positive", "right"), ("negative", "right"), ("ignored", "right"), ("w_pos", "right"), ("w_neg", "right")):
         table.add_column(col, justify=just)
     for w in result.weights:

@@ -1,4 +1,4 @@
-"""``mdprep train``: the bundled PyTorch trainer."""
+"""``mdprep train``: the bundled trainer (PyTorch, or Keras 3 on its torch backend)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import UsageError
-from ..fileio import check_outputs
+from ..fileio import check_outputs, file_fingerprint
 from ..manifest import read_manifest
 from ..params import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_LR, MIN_IMAGE_SIZE
 from ._ui import _animate, print_table
@@ -18,12 +18,34 @@ from .audit import allow_outside_root_option, path_map_option
 ARCHES = ("densenet121", "resnet18", "small")
 
 
+class FoldParam(click.ParamType):
+    """A fold number (0 or more) or ``all``."""
+
+    name = "K|all"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "all":
+            return value
+        text = str(value).strip()
+        if text.isdigit():
+            return int(text)
+        self.fail(f"{value!r} is not a fold number (0, 1, ...) or 'all'", param, ctx)
+
+
 @click.command("train")
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--root", type=click.Path(file_okay=False), help="Folder the manifest's paths are relative to [default: the recorded root].")
-@click.option("--weights", "weights_path", type=click.Path(dir_okay=False), help="weights.json from `mdprep weights` [default: unweighted loss].")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: best.pt and metrics.json.")
-@click.option("--arch", type=click.Choice(ARCHES), default="densenet121", show_default=True, help="Model; densenet121 is the CheXNet choice, small a quick CNN.")
+@click.option(
+    "--weights", "weights_path", multiple=True, type=click.Path(dir_okay=False),
+    help="weights.json from `mdprep weights` [default: unweighted loss]; with --fold all, one per fold (`mdprep weights --fold K`) may be given.",
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: best.pt (fold-K/best.pt with --fold all), predictions.parquet and metrics.json.")
+@click.option("--framework", type=click.Choice(["torch", "keras"]), default="torch", show_default=True, help="PyTorch, or Keras 3 on its torch backend (the keras extra).")
+@click.option("--arch", default="densenet121", show_default=True, help="Model: densenet121 (the CheXNet choice), resnet18, small (a quick CNN); keras: densenet121, resnet50, small.")
+@click.option("--fold", type=FoldParam(), help="Cross-validate: fold K of the non-test rows validates, the others train; 'all' trains one model per fold and writes out-of-fold predictions.")
+@click.option("--train-split", help="The split that trains [default: train].")
+@click.option("--val-split", help="The split that picks the epoch [default: the one named val, valid, validation or dev].")
+@click.option("--no-val", is_flag=True, help="Train without validation rows (the last epoch is kept).")
 @click.option("--epochs", default=5, show_default=True, type=click.IntRange(min=1), help="Passes over the train rows (at least 1).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, MAX_BATCH_SIZE), help=f"Images per step (1 to {MAX_BATCH_SIZE}).")
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), help=f"Images are resized to SIZE x SIZE ({MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}).")
@@ -46,9 +68,10 @@ ARCHES = ("densenet121", "resnet18", "small")
 @allow_outside_root_option
 @path_map_option
 @click.option("--skip-missing", is_flag=True, help="Leave out rows whose image is missing or does not decode (counted, listed in metrics.json) instead of refusing to start.")
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=1), help="Bootstrap replicates (drawn over patients) for the AUC confidence intervals.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables.")
-def train(manifest, root, weights_path, out_dir, arch, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, hflip, device, seed, workers, evaluate_test, allow_leakage, allow_outside_root, path_map, skip_missing, quiet):
-    """Train a multi-label classifier on the train rows, pick the epoch on val.
+def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_split, val_split, no_val, bootstrap, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, hflip, device, seed, workers, evaluate_test, allow_leakage, allow_outside_root, path_map, skip_missing, quiet):
+    """Train a multi-label classifier on the train rows (or folds), pick the epoch on the validation rows.
 
     \b
     Before the first epoch every image to read is checked: it must lie under the
@@ -60,18 +83,20 @@ def train(manifest, root, weights_path, out_dir, arch, epochs, batch_size, image
     build of torch first as the PyTorch install guide describes.
 
     \b
-    Example:
+    Examples:
       mdprep train nih-split.parquet --root images/ --weights weights.json --out runs/densenet \\
         --arch densenet121 --epochs 10 --evaluate-test
+      mdprep train folds.parquet --fold all --arch small --out runs/cv
     """
-    check_outputs(
-        {"MANIFEST": manifest, "--weights": weights_path, "--pretrained": pretrained, "--path-map": path_map}, {"--out": out_dir}, folders={"--out": ("best.pt", "metrics.json")}
-    )
+    inputs = {"MANIFEST": manifest, "--pretrained": pretrained, "--path-map": path_map}
+    inputs.update({f"--weights {w}": w for w in weights_path})
+    check_outputs(inputs, {"--out": out_dir}, folders={"--out": ("best.pt", "best.keras", "predictions.parquet", "metrics.json")})
     try:
         from ..training import train as train_model
     except ImportError as exc:
         raise UsageError(f"mdprep train needs torch ({exc}); install it with pip install 'mdprep[train]'") from None
     m = read_manifest(manifest)
+    provenance = {"manifest": file_fingerprint(manifest), "weights": [file_fingerprint(w) for w in weights_path]}
     real_paths = load_path_map(path_map) if path_map else None
     console = _animate(quiet)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) if console else None
@@ -91,7 +116,8 @@ def train(manifest, root, weights_path, out_dir, arch, epochs, batch_size, image
         if not quiet:
             auc = record.get("val_mean_auc")
             click.echo(
-                f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}"
+                ("" if record.get("fold") is None else f"fold {record['fold']} ")
+                + f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}"
                 + (f", val loss {record['val_loss']:.4f}, val mean AUC {auc:.4f}" if auc is not None else "")
                 + f" ({record['images_per_second']:.0f} images/s)",
                 err=True,
@@ -101,7 +127,8 @@ def train(manifest, root, weights_path, out_dir, arch, epochs, batch_size, image
         progress.start()
     try:
         result = train_model(
-            m, root=root, out_dir=out_dir, weights_path=weights_path, arch=arch, epochs=epochs, batch_size=batch_size,
+            m, root=root, out_dir=out_dir, weights_path=list(weights_path), framework=framework, fold=fold, train_split=train_split,
+            val_split=val_split, no_val=no_val, bootstrap=bootstrap, provenance=provenance, arch=arch, epochs=epochs, batch_size=batch_size,
             image_size=image_size, lr=lr, pretrained=pretrained, freeze=freeze_backbone, augment=augment, hflip=hflip,
             device=device, seed=seed, evaluate_test=evaluate_test, allow_leakage=allow_leakage, workers=workers,
             allow_outside_root=allow_outside_root, skip_missing=skip_missing, path_map=real_paths,
@@ -111,23 +138,47 @@ def train(manifest, root, weights_path, out_dir, arch, epochs, batch_size, image
         if progress is not None:
             progress.stop()
     metrics = result.metrics
-    report = metrics.get("pretrained")
-    if report:
-        click.echo(f"Pretrained weights: {report['loaded']} tensors loaded; skipped (shape differs): {', '.join(report['skipped']) or 'none'}", err=True)
+    for run in metrics["runs"]:
+        report = run.get("pretrained")
+        if report:
+            click.echo(f"Pretrained weights: {report['loaded']} tensors loaded; skipped (shape differs): {', '.join(report['skipped']) or 'none'}", err=True)
     if quiet:
         return
-    best = next(r for r in metrics["epochs"] if r["epoch"] == result.best_epoch)
-    table = Table(title=f"Best epoch {result.best_epoch} of {epochs} ({metrics['arch']}, {metrics['device']})", title_justify="left")
+    print_table(summary_table(metrics, epochs))
+    click.echo(f"Wrote {out_dir}/predictions.parquet and {out_dir}/metrics.json", err=True)
+
+
+def _auc_cell(summary: dict | None, label: str | None = None) -> str:
+    """``0.8123 [0.79, 0.83]``: an AUC and its bootstrap interval, or ``undefined``."""
+    if not summary:
+        return ""
+    value = summary["mean_auc"] if label is None else summary["auc"].get(label)
+    ci = summary["mean_auc_ci"] if label is None else summary["ci"].get(label)
+    if value is None:
+        return "undefined"
+    return f"{value:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def summary_table(metrics: dict, epochs: int) -> Table:
+    """Per label: the validation AUC (out-of-fold with every fold) and the test AUC, with 95% intervals over patients."""
+    runs = metrics["runs"]
+    if "out_of_fold" in metrics:
+        val, test = metrics["out_of_fold"], metrics.get("test_mean_of_folds")
+        folds = ", ".join(f"fold {r['fold']}: epoch {r['best_epoch']}" for r in runs)
+        title = f"{len(runs)}-fold cross-validation ({metrics['framework']} {metrics['arch']}, {metrics['device']}); best {folds}"
+        names = ("out-of-fold AUC", "test AUC (mean of folds)")
+    else:
+        run = runs[0]
+        val, test = run["val"], run["test"]
+        where = "" if run["fold"] is None else f", fold {run['fold']} validating"
+        title = f"Best epoch {run['best_epoch']} of {epochs} ({metrics['framework']} {metrics['arch']}, {metrics['device']}{where})"
+        names = ("val AUC", "test AUC")
+    table = Table(title=title, title_justify="left", caption="95% intervals from a bootstrap over patients" if val or test else None)
     table.add_column("label")
-    table.add_column("val AUC", justify="right")
-    if metrics["test"]:
-        table.add_column("test AUC", justify="right")
-    fmt = lambda v: "undefined" if v is None else f"{v:.4f}"  # noqa: E731
-    for label in metrics["labels"]:
-        row = [label, fmt(best.get("val_auc", {}).get(label))]
-        if metrics["test"]:
-            row.append(fmt(metrics["test"]["auc"][label]))
-        table.add_row(*row)
-    table.add_row("mean", fmt(best.get("val_mean_auc")), *([fmt(metrics["test"]["mean_auc"])] if metrics["test"] else []))
-    print_table(table)
-    click.echo(f"Wrote {out_dir}/best.pt and {out_dir}/metrics.json", err=True)
+    for name, part in zip(names, (val, test)):
+        if part:
+            table.add_column(name, justify="right")
+    for label in [*metrics["labels"], None]:
+        cells = [_auc_cell(part, label) for part in (val, test) if part]
+        table.add_row("mean" if label is None else label, *cells)
+    return table

@@ -1,10 +1,16 @@
-"""The training loop: weighted masked loss, per-epoch validation AUC, best checkpoint, test at the end."""
+"""The PyTorch training loop (:func:`fit`) and the run driver both frameworks share (:func:`train`).
+
+:func:`train` plans the runs (a split, fold K, or every fold; :mod:`mdprep.crossval`),
+refuses leakage and unreadable images before the first epoch, calls a framework's
+``fit`` per run, and writes ``predictions.parquet`` and ``metrics.json``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -15,13 +21,16 @@ import torch
 
 from .. import __version__
 from ..audit import value_overlap
+from ..crossval import FitOptions, FitResult, RunPlan, auc_summary, mean_defined, plan_runs, predictions_table, roc_auc_per_label
 from ..errors import InputError, MdprepError, MdprepWarning, UsageError, cut_text, examples_text, short_repr
 from ..fileio import atomic_write, paths_outside_root
-from ..manifest import Manifest
+from ..manifest import Manifest, write_table
 from ..params import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_LR, MIN_IMAGE_SIZE, check_number, check_seed
 from ..weights import weights_from_document
 from .data import AUGMENTS, FILE_COLUMN, ManifestDataset, cxr_safe, file_column, unreadable_images
 from .models import ARCHITECTURES, build_model, freeze_backbone, load_pretrained
+
+FRAMEWORKS = ("torch", "keras")
 
 
 class LeakageError(MdprepError):
@@ -50,6 +59,17 @@ def masked_weighted_bce(logits: torch.Tensor, targets: torch.Tensor, masks: torc
     return (per.sum(dim=0) / counts.clamp(min=1)).sum()
 
 
+def read_weights_document(path: str) -> dict:
+    """The parsed ``weights.json`` at ``path``; an :class:`InputError` naming the file when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"weights file {path!r} does not exist; create it with `mdprep weights`", path=path) from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise InputError(f"{path} is not valid JSON ({cut_text(str(exc), 100)}); create it with `mdprep weights`", path=path) from None
+
+
 def read_weights(path: str, labels: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Labels, w_pos and w_neg from ``weights.json`` (schema ``mdprep-weights``).
 
@@ -59,26 +79,7 @@ def read_weights(path: str, labels: Sequence[str]) -> tuple[list[str], np.ndarra
     by :func:`mdprep.weights.weights_from_document` (NaN, infinite and negative
     weights are refused), so a bad file stops the run before it starts.
     """
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except FileNotFoundError:
-        raise InputError(f"weights file {path!r} does not exist; create it with `mdprep weights`", path=path) from None
-    except ValueError as exc:  # UnicodeDecodeError included
-        raise InputError(f"{path} is not valid JSON ({cut_text(str(exc), 100)}); create it with `mdprep weights`", path=path) from None
-    return weights_from_document(doc, labels, source=path)
-
-
-def roc_auc_per_label(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray, labels: Sequence[str]) -> dict[str, float | None]:
-    """ROC AUC per label over unmasked rows; ``None`` (undefined) when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
-    out: dict[str, float | None] = {}
-    for j, label in enumerate(labels):
-        keep = masks[:, j] > 0
-        y = targets[keep, j]
-        out[label] = float(roc_auc_score(y, probs[keep, j])) if len(np.unique(y)) == 2 else None
-    return out
+    return weights_from_document(read_weights_document(path), labels, source=path)
 
 
 def _image_examples(bad, limit: int = 3) -> str:
@@ -87,18 +88,6 @@ def _image_examples(bad, limit: int = 3) -> str:
         f"{short_repr(r.image_id)} at {short_repr(r.path)} ({r.error_type}: {cut_text(r.message, 80)})" for r in bad.head(limit).itertuples()
     )
     return shown + (f"; ... ({len(bad)} in all)" if len(bad) > limit else "")
-
-
-def _mean(aucs: dict) -> float | None:
-    defined = [v for v in aucs.values() if v is not None]
-    return float(np.mean(defined)) if defined else None
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    run_dir: str
-    best_epoch: int
-    metrics: dict
 
 
 def _seed_everything(seed: int) -> torch.Generator:
@@ -119,6 +108,7 @@ def _device(name: str) -> torch.device:
 
 
 def _evaluate(model, loader, device, w_pos, w_neg, labels) -> dict:
+    """Loss, per-label AUC and the sigmoid outputs (``probs``, rows in loader order) of one part."""
     model.eval()
     probs, targets, masks, loss_sum, batches = [], [], [], 0.0, 0
     with torch.no_grad():
@@ -126,163 +116,66 @@ def _evaluate(model, loader, device, w_pos, w_neg, labels) -> dict:
             logits = model(images.to(device))
             loss_sum += float(masked_weighted_bce(logits, y.to(device), m.to(device), w_pos, w_neg))
             batches += 1
-            probs.append(torch.sigmoid(logits).cpu().numpy())
+            probs.append(torch.sigmoid(logits).float().cpu().numpy())
             targets.append(y.numpy())
             masks.append(m.numpy())
     p, t, k = np.concatenate(probs), np.concatenate(targets), np.concatenate(masks)
     if not np.isfinite(p).all():
         raise DivergedError("the model's outputs are no longer finite numbers (NaN); lower --lr, or check the --weights and --pretrained files")
     aucs = roc_auc_per_label(p, t, k, labels)
-    return {"loss": loss_sum / max(batches, 1), "auc": aucs, "mean_auc": _mean(aucs), "rows": int(len(p))}
+    return {"loss": loss_sum / max(batches, 1), "auc": aucs, "mean_auc": mean_defined(aucs), "probs": p}
 
 
-def _check_images(parts: dict, root: str, *, evaluate_test: bool, allow_outside_root: bool, skip_missing: bool, workers: int):
-    """The parts with unreadable images left out (``skip_missing``), and the table of those images.
-
-    Raises :class:`InputError` for paths outside the root (unless allowed) and, without
-    ``skip_missing``, for images that are missing or do not decode.
-    """
-    import pandas as pd
-
-    read = [k for k in ("train", "val", "test") if k != "test" or evaluate_test]
-    used = pd.concat([parts[k] for k in read])
-    outside = paths_outside_root(root, file_column(used), allow_outside_root=allow_outside_root)
-    if outside.any():
-        warnings.warn(f"{int(outside.sum())} row(s) read from outside the image root {root!r} (--allow-outside-root)", MdprepWarning, stacklevel=3)
-    bad = unreadable_images(used, root, workers=workers)
-    if bad.empty:
-        return parts, bad
-    what = f"{len(bad)} image(s) that training would read are missing or do not decode: {_image_examples(bad)}"
-    if not skip_missing:
-        raise InputError(f"{what}. Fix or remove these rows, or pass --skip-missing to train without them", path=root, count=len(bad), examples=bad.head(5).to_dict(orient="records"))
-    warnings.warn(f"{what}; skipped (--skip-missing), listed in metrics.json", MdprepWarning, stacklevel=3)
-    ids = set(bad["image_id"])
-    kept = {k: (v[~v["image_id"].astype("str").isin(ids)] if k in read else v) for k, v in parts.items()}
-    return kept, bad
-
-
-def train(
-    manifest: Manifest,
+def fit(
+    parts: Mapping[str, object],
     *,
-    root: str | None,
+    root: str,
+    labels: Sequence[str],
+    w_pos: np.ndarray,
+    w_neg: np.ndarray,
+    options: FitOptions,
     out_dir: str,
-    weights_path: str | None = None,
-    arch: str = "densenet121",
-    epochs: int = 5,
-    batch_size: int = 32,
-    image_size: int = 224,
-    lr: float = 1e-3,
-    pretrained: str | None = None,
-    freeze: bool = False,
-    augment: str = "cxr-safe",
-    hflip: bool = False,
-    device: str = "auto",
-    seed: int = 0,
-    evaluate_test: bool = False,
-    allow_leakage: bool = False,
-    allow_outside_root: bool = False,
-    skip_missing: bool = False,
-    path_map: Mapping[str, str] | None = None,
-    workers: int = 0,
-    split_col: str = "split",
     on_batch: Callable[[int, int], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
-) -> TrainResult:
-    """Train a multi-label classifier on the ``train`` rows; select the epoch on ``val``.
+) -> FitResult:
+    """Train one PyTorch model on ``parts["train"]``, keep its best epoch on ``parts["val"]``.
 
-    Writes ``out_dir/best.pt`` (the best epoch's weights, labels and settings) and
-    ``out_dir/metrics.json`` (per epoch and label); returns the same metrics.
-
-    Before the first epoch, every image the run will read (train and val rows, and
-    test rows with ``evaluate_test``) must lie under the root (see
-    :func:`mdprep.fileio.paths_outside_root`; ``allow_outside_root`` reads the
-    others with a warning) and must decode, through the dataset's own decoding step,
-    using ``max(1, workers)`` processes. Images that are missing or do not decode
-    raise an :class:`~mdprep.errors.InputError` naming their rows, or with
-    ``skip_missing`` are left out with a warning and listed in the metrics
-    (``skipped_images``).
-
-    ``path_map`` (pseudonymised path -> real path, :func:`mdprep.pseudonyms.load_path_map`)
-    trains on a pseudonymised manifest: each image is read at its real path, while
-    messages and metrics name only the pseudonymised ones.
+    Follows the :class:`mdprep.crossval.Fit` contract: writes ``out_dir/best.pt``
+    (weights, labels and settings of the kept epoch) and returns the kept model's
+    probabilities for the ``val`` and ``test`` rows (when there are any).
     """
-    if arch not in ARCHITECTURES:
-        raise UsageError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    if augment not in AUGMENTS:
-        raise UsageError(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
-    check_number(epochs, "--epochs", minimum=1, integer=True)
-    check_number(batch_size, "--batch-size", minimum=1, maximum=MAX_BATCH_SIZE, integer=True)
-    check_number(image_size, "--image-size", minimum=MIN_IMAGE_SIZE, maximum=MAX_IMAGE_SIZE, integer=True)
-    check_number(lr, "--lr", above=0, maximum=MAX_LR)
-    check_number(workers, "--workers", minimum=0, integer=True)
-    seed = check_seed(seed)
-    frame = manifest.frame
-    if path_map is not None:
-        from ..pseudonyms import resolve_paths
-
-        frame = frame.assign(**{FILE_COLUMN: resolve_paths(manifest, path_map).frame["path"]})
-    if split_col not in frame.columns:
-        raise UsageError(f"the manifest has no {split_col!r} column; run `mdprep split` first")
-    root = root or manifest.root
-    if not root or not os.path.isdir(root):
-        raise InputError(f"image folder {root!r} not found; pass --root, the folder the manifest's paths are relative to")
-    overlap = value_overlap(frame, "patient_id", split_col=split_col, check="patient_overlap")
-    if not overlap.findings.empty:
-        n = len(overlap.findings)
-        message = (
-            f"{n} patient(s) appear in more than one split (for example {examples_text(overlap.findings['key'].tolist(), n, limit=3)}); "
-            "metrics on such a split are inflated. Re-split with `mdprep split`, or pass --allow-leakage"
-        )
-        if not allow_leakage:
-            raise LeakageError(message)
-        warnings.warn(message, MdprepWarning, stacklevel=2)
-    if "synthetic" in frame.columns:
-        frame = frame[~frame["synthetic"].fillna(False).astype(bool)]
-    labels = list(manifest.labels)
-    if weights_path:
-        labels, w_pos_np, w_neg_np = read_weights(weights_path, labels)
-    else:
-        w_pos_np = w_neg_np = np.ones(len(labels), dtype=np.float32)
-    if not labels:
-        raise UsageError("the manifest has no label columns to train on")
-    parts = {name: frame[frame[split_col] == name] for name in ("train", "val", "test")}
-    if parts["train"].empty:
-        raise UsageError(f"no rows have {split_col} == 'train'")
-    dev = _device(device)
-    generator = _seed_everything(seed)
-    model = build_model(arch, len(labels))
-    pretrained_report = load_pretrained(model, pretrained, arch) if pretrained else None
-    parts, skipped = _check_images(parts, root, evaluate_test=evaluate_test, allow_outside_root=allow_outside_root, skip_missing=skip_missing, workers=workers)
-    if parts["train"].empty:
-        raise UsageError(f"no train rows are left after skipping {len(skipped)} unreadable image(s): {_image_examples(skipped)}")
-    frozen = freeze_backbone(model) if freeze else 0
+    o = options
+    dev = _device(o.device)
+    generator = _seed_everything(o.seed)
+    model = build_model(o.arch, len(labels))
+    pretrained_report = load_pretrained(model, o.pretrained, o.arch) if o.pretrained else None
+    frozen = freeze_backbone(model) if o.freeze else 0
     model.to(dev)
-    w_pos, w_neg = torch.tensor(w_pos_np, device=dev), torch.tensor(w_neg_np, device=dev)
-    sets = {k: ManifestDataset(v, root, labels, size=image_size, channels=model.in_channels) for k, v in parts.items()}
-    loader_kw = dict(batch_size=batch_size, num_workers=workers)
-    train_loader = torch.utils.data.DataLoader(sets["train"], shuffle=True, generator=generator, drop_last=len(sets["train"]) > batch_size, **loader_kw)
-    eval_loaders = {k: torch.utils.data.DataLoader(sets[k], shuffle=False, **loader_kw) for k in ("val", "test") if len(sets[k])}
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    w_pos_t = torch.tensor(np.asarray(w_pos, dtype=np.float32), device=dev)
+    w_neg_t = torch.tensor(np.asarray(w_neg, dtype=np.float32), device=dev)
+    sets = {k: ManifestDataset(v, root, labels, size=o.image_size, channels=model.in_channels) for k, v in parts.items()}
+    loader_kw = dict(batch_size=o.batch_size, num_workers=o.workers)
+    train_loader = torch.utils.data.DataLoader(sets["train"], shuffle=True, generator=generator, drop_last=len(sets["train"]) > o.batch_size, **loader_kw)
+    eval_loaders = {k: torch.utils.data.DataLoader(sets[k], shuffle=False, **loader_kw) for k in ("val", "test") if k in sets and len(sets[k])}
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr, weight_decay=1e-4)
     os.makedirs(out_dir, exist_ok=True)
     history, best_epoch, best_score = [], 0, None
     divergence_hint = ", or ".join(
-        [f"lower --lr (now {lr:g})"]
-        + ([f"check the --weights file (largest weight {float(max(w_pos_np.max(), w_neg_np.max())):g})"] if weights_path else [])
-        + (["check the --pretrained weights"] if pretrained else [])
+        [f"lower --lr (now {o.lr:g})"]
+        + ([f"check the --weights file (largest weight {float(max(np.max(w_pos), np.max(w_neg))):g})"] if np.any(np.asarray(w_pos) != 1) or np.any(np.asarray(w_neg) != 1) else [])
+        + (["check the --pretrained weights"] if o.pretrained else [])
     )
     checkpoint = os.path.join(out_dir, "best.pt")
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, o.epochs + 1):
         model.train()
         start, loss_sum, seen, wait = time.perf_counter(), 0.0, 0, 0.0
         t_fetch = time.perf_counter()
         for step, (images, y, m) in enumerate(train_loader, start=1):
             wait += time.perf_counter() - t_fetch
-            images = images.to(dev)
-            if augment == "cxr-safe":
-                images = cxr_safe(images.cpu(), generator, hflip=hflip).to(dev)
-            logits = model(images)
-            loss = masked_weighted_bce(logits, y.to(dev), m.to(dev), w_pos, w_neg)
+            if o.augment == "cxr-safe":
+                images = cxr_safe(images, generator, hflip=o.hflip)
+            logits = model(images.to(dev))
+            loss = masked_weighted_bce(logits, y.to(dev), m.to(dev), w_pos_t, w_neg_t)
             if not torch.isfinite(loss):
                 raise DivergedError(f"the training loss became {loss.item()} at epoch {epoch}, step {step}; {divergence_hint}", epoch=epoch, step=step)
             optimiser.zero_grad()
@@ -302,7 +195,7 @@ def train(
             "data_wait_share": wait / elapsed if elapsed else None,
         }
         if "val" in eval_loaders:
-            val = _evaluate(model, eval_loaders["val"], dev, w_pos, w_neg, labels)
+            val = _evaluate(model, eval_loaders["val"], dev, w_pos_t, w_neg_t, labels)
             record.update(val_loss=val["loss"], val_auc=val["auc"], val_mean_auc=val["mean_auc"])
             score = val["mean_auc"] if val["mean_auc"] is not None else -val["loss"]
         else:
@@ -311,34 +204,324 @@ def train(
         if best_score is None or score > best_score:
             best_score, best_epoch = score, epoch
             torch.save(
-                {"model": model.state_dict(), "arch": arch, "labels": labels, "image_size": image_size, "channels": model.in_channels, "epoch": epoch, "mdprep_version": __version__},
+                {"model": model.state_dict(), "arch": o.arch, "labels": list(labels), "image_size": o.image_size, "channels": model.in_channels, "epoch": epoch, "mdprep_version": __version__},
                 checkpoint,
             )
         if on_epoch:
             on_epoch(record)
-    test = None
-    if evaluate_test and "test" in eval_loaders:
+    probabilities = {}
+    if eval_loaders:
         model.load_state_dict(torch.load(checkpoint, map_location=dev, weights_only=True)["model"])
-        test = _evaluate(model, eval_loaders["test"], dev, w_pos, w_neg, labels)
+        probabilities = {k: _evaluate(model, loader, dev, w_pos_t, w_neg_t, labels)["probs"] for k, loader in eval_loaders.items()}
+    return FitResult(history, best_epoch, checkpoint, probabilities, str(dev), {"pretrained": pretrained_report, "frozen_tensors": frozen})
+
+
+def _check_images(frame, read: np.ndarray, root: str, *, allow_outside_root: bool, skip_missing: bool, workers: int):
+    """The rows to leave out (a boolean mask over ``frame``), and the table of unreadable images.
+
+    ``read`` marks the rows some run will read. Raises :class:`InputError` for paths
+    outside the root (unless allowed) and, without ``skip_missing``, for images that
+    are missing or do not decode.
+    """
+    used = frame[read]
+    outside = paths_outside_root(root, file_column(used), allow_outside_root=allow_outside_root)
+    if outside.any():
+        warnings.warn(f"{int(outside.sum())} row(s) read from outside the image root {root!r} (--allow-outside-root)", MdprepWarning, stacklevel=3)
+    bad = unreadable_images(used, root, workers=workers)
+    drop = np.zeros(len(frame), dtype=bool)
+    if bad.empty:
+        return drop, bad
+    what = f"{len(bad)} image(s) that training would read are missing or do not decode: {_image_examples(bad)}"
+    if not skip_missing:
+        raise InputError(f"{what}. Fix or remove these rows, or pass --skip-missing to train without them", path=root, count=len(bad), examples=bad.head(5).to_dict(orient="records"))
+    warnings.warn(f"{what}; skipped (--skip-missing), listed in metrics.json", MdprepWarning, stacklevel=3)
+    drop = read & frame["image_id"].astype("str").isin(set(bad["image_id"])).to_numpy()
+    return drop, bad
+
+
+def _refuse_leakage(frame, plan: RunPlan, *, allow_leakage: bool) -> None:
+    """Patients shared by the train, validation and test rows of any run stop training (or warn)."""
+    shared: dict[str, None] = {}
+    for run in plan.runs:
+        roles = run.roles()
+        keep = roles != None  # noqa: E711 - elementwise over an object array
+        sub = frame[keep].assign(_part=roles[keep])
+        found = value_overlap(sub, "patient_id", split_col="_part", check="patient_overlap").findings
+        shared.update(dict.fromkeys(found["key"].tolist()) if not found.empty else {})
+    if not shared:
+        return
+    keys = list(shared)
+    where = "the folds or the test split" if plan.mode != "split" else "more than one split"
+    message = (
+        f"{len(keys)} patient(s) appear in {where} (for example {examples_text(keys, len(keys), limit=3)}); "
+        "metrics on such a split are inflated. Re-split with `mdprep split`, or pass --allow-leakage"
+    )
+    if not allow_leakage:
+        raise LeakageError(message)
+    warnings.warn(message, MdprepWarning, stacklevel=3)
+
+
+def _run_weights(paths: Sequence[str], labels: Sequence[str], plan: RunPlan) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]:
+    """The labels and the (w_pos, w_neg) of each run from the ``--weights`` files.
+
+    A file written by ``mdprep weights --fold K`` serves the run that validates on
+    fold K; a file without a fold serves every other run. A fold run served by a
+    file counted on rows its validation fold holds gets a warning.
+    """
+    if not paths:
+        ones = np.ones(len(labels), dtype=np.float32)
+        return list(labels), [(ones, ones)] * len(plan.runs)
+    by_fold: dict[int | None, tuple[str, dict]] = {}
+    for path in paths:
+        doc = read_weights_document(path)
+        key = doc.get("fold") if isinstance(doc, dict) else None
+        if key is not None and (isinstance(key, bool) or not isinstance(key, int)):
+            raise InputError(f"{path}: 'fold' is {short_repr(key)}, not a fold number; create it with `mdprep weights --fold K`", path=path)
+        if key in by_fold:
+            raise UsageError(f"--weights {by_fold[key][0]} and {path} are both for {'fold ' + str(key) if key is not None else 'the whole training split'}; give one file per fold")
+        by_fold[key] = (path, doc)
+    names: list[str] | None = None
+    parsed = {}
+    for key, (path, doc) in by_fold.items():
+        got, w_pos, w_neg = weights_from_document(doc, labels, source=path)
+        if names is not None and got != names:
+            raise UsageError(f"the --weights files weigh different labels ({', '.join(names)} against {', '.join(got)} in {path}); compute them with the same --labels")
+        names = got
+        parsed[key] = (w_pos, w_neg)
+    out = []
+    for run in plan.runs:
+        key = run.fold if run.fold in parsed else None
+        if key not in parsed:
+            have = ", ".join(f"fold {k}" for k in sorted(k for k in parsed if k is not None))
+            raise UsageError(f"no --weights file for fold {run.fold} (the files are for {have}); compute it with `mdprep weights --fold {run.fold}`")
+        path, doc = by_fold[key]
+        if run.fold is not None and key is None:
+            warnings.warn(
+                f"{path} was counted on the {short_repr(doc.get('split'))} rows, which include the rows fold {run.fold} validates on; "
+                f"compute per-fold weights with `mdprep weights --fold {run.fold}`",
+                MdprepWarning,
+                stacklevel=3,
+            )
+        elif run.fold is None and key is not None and len(parsed) == 1:
+            warnings.warn(f"{path} was counted on the training part of fold {key}, not on the {plan.train_split!r} split", MdprepWarning, stacklevel=3)
+        out.append(parsed[key])
+    return names or [], out
+
+
+def library_versions(framework: str) -> dict[str, str | None]:
+    """Versions of Python and the libraries that shape a run's numbers."""
+    from importlib import metadata
+
+    names = ["mdprep", "numpy", "pandas", "pyarrow", "pydicom", "Pillow", "torch"] + (["keras"] if framework == "keras" else [])
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = __version__ if name == "mdprep" else None
+    return out
+
+
+def _framework_fit(framework: str):
+    """The ``fit`` function and the architectures of a framework."""
+    if framework == "torch":
+        return fit, ARCHITECTURES
+    if framework == "keras":
+        try:
+            from .. import keras as keras_path
+        except ImportError as exc:
+            raise UsageError(f"--framework keras needs Keras 3 ({exc}); install it with pip install 'mdprep[keras]'") from None
+        return keras_path.fit, keras_path.ARCHITECTURES
+    raise UsageError(f"unknown --framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` wrote: ``metrics`` is the metrics.json document."""
+
+    run_dir: str
+    metrics: dict
+    plan: RunPlan
+
+    @property
+    def best_epoch(self) -> int:
+        """The kept epoch of the first (or only) run."""
+        return self.metrics["runs"][0]["best_epoch"]
+
+
+def train(
+    manifest: Manifest,
+    *,
+    root: str | None,
+    out_dir: str,
+    weights_path: str | Sequence[str] | None = None,
+    framework: str = "torch",
+    fold: int | str | None = None,
+    train_split: str | None = None,
+    val_split: str | None = None,
+    no_val: bool = False,
+    arch: str = "densenet121",
+    epochs: int = 5,
+    batch_size: int = 32,
+    image_size: int = 224,
+    lr: float = 1e-3,
+    pretrained: str | None = None,
+    freeze: bool = False,
+    augment: str = "cxr-safe",
+    hflip: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    evaluate_test: bool = False,
+    allow_leakage: bool = False,
+    allow_outside_root: bool = False,
+    skip_missing: bool = False,
+    path_map: Mapping[str, str] | None = None,
+    workers: int = 0,
+    split_col: str = "split",
+    fold_col: str = "fold",
+    bootstrap: int = 1000,
+    provenance: Mapping | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train multi-label classifiers on a manifest's splits or folds; write predictions and metrics.
+
+    The runs come from :func:`mdprep.crossval.plan_runs`: the ``train`` rows train and
+    the validation split (``val``, ``valid``, ``validation`` or ``dev``, or
+    ``val_split``) picks the epoch; with ``fold=K`` fold K of the non-test rows
+    validates and the other folds train; ``fold="all"`` trains one model per fold.
+    ``framework`` is ``torch`` (:func:`fit`) or ``keras`` (:func:`mdprep.keras.fit`).
+
+    Writes into ``out_dir``: ``best.pt`` (``best.keras``) per run (in ``fold-K/``
+    with every fold), ``predictions.parquet`` (:func:`mdprep.crossval.predictions_table`:
+    validation, out-of-fold and, with ``evaluate_test``, test probabilities) and
+    ``metrics.json`` (per run and epoch; AUCs with a bootstrap interval over
+    patients; with every fold, the pooled out-of-fold AUCs; the fingerprints in
+    ``provenance``, the seed and the library versions).
+
+    Before the first epoch, patients shared between the parts of any run stop the
+    run (:class:`LeakageError`, unless ``allow_leakage``), and every image to read
+    must lie under the root (see :func:`mdprep.fileio.paths_outside_root`) and
+    decode (``skip_missing`` leaves out those that do not, listed in the metrics).
+    ``path_map`` (pseudonymised path -> real path) trains on a pseudonymised
+    manifest: images are read at their real paths; messages and outputs name only
+    the pseudonymised ones.
+    """
+    fit_fn, arches = _framework_fit(framework)
+    if arch not in arches:
+        raise UsageError(f"unknown --arch {arch!r} for --framework {framework}; choose one of {', '.join(arches)}")
+    if augment not in AUGMENTS:
+        raise UsageError(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
+    check_number(epochs, "--epochs", minimum=1, integer=True)
+    check_number(batch_size, "--batch-size", minimum=1, maximum=MAX_BATCH_SIZE, integer=True)
+    check_number(image_size, "--image-size", minimum=MIN_IMAGE_SIZE, maximum=MAX_IMAGE_SIZE, integer=True)
+    check_number(lr, "--lr", above=0, maximum=MAX_LR)
+    check_number(workers, "--workers", minimum=0, integer=True)
+    check_number(bootstrap, "--bootstrap", minimum=1, integer=True)
+    seed = check_seed(seed)
+    options = FitOptions(arch, epochs, batch_size, image_size, lr, pretrained, freeze, augment, hflip, device, seed, workers)
+    frame = manifest.frame
+    if path_map is not None:
+        from ..pseudonyms import resolve_paths
+
+        frame = frame.assign(**{FILE_COLUMN: resolve_paths(manifest, path_map).frame["path"]})
+    root = root or manifest.root
+    if not root or not os.path.isdir(root):
+        raise InputError(f"image folder {root!r} not found; pass --root, the folder the manifest's paths are relative to")
+    synthetic = frame["synthetic"].fillna(False).astype(bool).to_numpy() if "synthetic" in frame.columns else np.zeros(len(frame), dtype=bool)
+    frame = frame[~synthetic].reset_index(drop=True)
+    plan = plan_runs(frame, fold=fold, split_col=split_col, fold_col=fold_col, train_split=train_split, val_split=val_split, no_val=no_val)
+    _refuse_leakage(frame, plan, allow_leakage=allow_leakage)
+    if plan.unused:
+        shown = ", ".join(f"{n:,} {name}" for name, n in plan.unused.items())
+        warnings.warn(f"{sum(plan.unused.values()):,} row(s) neither train, validate nor test ({shown}); counted in metrics.json (plan.unused_rows)", MdprepWarning, stacklevel=2)
+    labels = list(manifest.labels)
+    if not labels:
+        raise UsageError("the manifest has no label columns to train on")
+    paths = [weights_path] if isinstance(weights_path, str) else list(weights_path or [])
+    labels, run_weights = _run_weights(paths, labels, plan)
+    read = np.zeros(len(frame), dtype=bool)
+    for run in plan.runs:
+        read |= run.train | run.val | (run.test if evaluate_test else False)
+    dropped, skipped = _check_images(frame, read, root, allow_outside_root=allow_outside_root, skip_missing=skip_missing, workers=workers)
+    values = frame[labels].to_numpy(dtype="float64", na_value=np.nan)
+    patients = frame["patient_id"].astype("string").to_numpy(dtype=object, na_value=None)
+    os.makedirs(out_dir, exist_ok=True)
+    records, probabilities = [], []
+    for index, (run, (w_pos, w_neg)) in enumerate(zip(plan.runs, run_weights)):
+        masks = {part: run.mask(part) & ~dropped for part in ("train", "val", "test")}
+        if not evaluate_test:
+            masks["test"] = np.zeros(len(frame), dtype=bool)
+        if not masks["train"].any():
+            raise UsageError(f"{run.name}: no training rows are left after skipping {len(skipped)} unreadable image(s): {_image_examples(skipped)}")
+        parts = {part: frame[m] for part, m in masks.items()}
+        run_dir = os.path.join(out_dir, run.name) if plan.mode == "folds" else out_dir
+        tagged = (lambda record, k=run.fold: on_epoch({**record, "fold": k})) if on_epoch else None
+        result = fit_fn(parts, root=root, labels=labels, w_pos=w_pos, w_neg=w_neg, options=options, out_dir=run_dir, on_batch=on_batch, on_epoch=tagged)
+        probabilities.append(result.probabilities)
+        summary = {}
+        for part in ("val", "test"):
+            if part in result.probabilities:
+                rows = masks[part]
+                summary[part] = auc_summary(result.probabilities[part], values[rows], labels, patients[rows], replicates=bootstrap, seed=seed)
+        records.append(
+            {
+                "fold": run.fold,
+                "rows": {part: int(m.sum()) for part, m in masks.items()},
+                "epochs": result.history,
+                "best_epoch": result.best_epoch,
+                "best_val_mean_auc": next((r.get("val_mean_auc") for r in result.history if r["epoch"] == result.best_epoch), None),
+                "checkpoint": os.path.relpath(result.checkpoint, out_dir),
+                "device": result.device,
+                "val": summary.get("val"),
+                "test": summary.get("test"),
+                **result.details,
+            }
+        )
+        plan = _with_masks(plan, index, masks)
+    pooled = {}
+    if plan.mode == "folds":
+        oof = np.zeros(len(frame), dtype=bool)
+        oof_probs = np.zeros((len(frame), len(labels)), dtype=np.float32)
+        for run, probs in zip(plan.runs, probabilities):
+            oof_probs[run.val] = probs["val"]
+            oof |= run.val
+        pooled["out_of_fold"] = auc_summary(oof_probs[oof], values[oof], labels, patients[oof], replicates=bootstrap, seed=seed)
+        if evaluate_test and all("test" in p for p in probabilities):
+            test = plan.runs[0].test
+            mean_probs = np.mean([p["test"] for p in probabilities], axis=0)
+            pooled["test_mean_of_folds"] = auc_summary(mean_probs, values[test], labels, patients[test], replicates=bootstrap, seed=seed)
+    provenance_doc = {**(dict(provenance) if provenance else {}), "seed": seed, "versions": library_versions(framework)}
+    predictions = predictions_table(frame, plan, probabilities, labels, split_col=split_col, metadata={"provenance": provenance_doc, "framework": framework, "arch": arch})
+    write_table(predictions, os.path.join(out_dir, "predictions.parquet"))
     metrics = {
         "schema": "mdprep-train-metrics",
-        "version": 1,
+        "version": 2,
+        "framework": framework,
         "labels": labels,
         "arch": arch,
-        "device": str(dev),
-        "rows": {k: len(v) for k, v in sets.items()},
-        "skipped_images": {"count": len(skipped), "rows": skipped.to_dict(orient="records")},
+        "device": records[0]["device"],
+        "plan": {**plan.describe(), "synthetic_rows_left_out": int(synthetic.sum())},
         "options": {
             "epochs": epochs, "batch_size": batch_size, "image_size": image_size, "lr": lr, "augment": augment, "hflip": hflip,
-            "seed": seed, "weights": weights_path, "pretrained": pretrained, "freeze_backbone": freeze, "frozen_tensors": frozen,
-            "skip_missing": skip_missing, "allow_outside_root": allow_outside_root, "path_map": path_map is not None,
+            "seed": seed, "weights": paths, "pretrained": pretrained, "freeze_backbone": freeze, "evaluate_test": evaluate_test,
+            "skip_missing": skip_missing, "allow_outside_root": allow_outside_root, "path_map": path_map is not None, "bootstrap": bootstrap,
         },
-        "pretrained": pretrained_report,
-        "epochs": history,
-        "best_epoch": best_epoch,
-        "best_val_mean_auc": next((r.get("val_mean_auc") for r in history if r["epoch"] == best_epoch), None),
-        "test": test,
+        "provenance": provenance_doc,
+        "skipped_images": {"count": len(skipped), "rows": skipped.to_dict(orient="records")},
+        "runs": records,
+        **pooled,
+        "predictions": {"file": "predictions.parquet", "rows": predictions.num_rows},
     }
     with atomic_write(os.path.join(out_dir, "metrics.json")) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    return TrainResult(out_dir, best_epoch, metrics)
+    return TrainResult(out_dir, metrics, plan)
+
+
+def _with_masks(plan: RunPlan, index: int, masks: Mapping[str, np.ndarray]) -> RunPlan:
+    """``plan`` with run ``index`` narrowed to the rows it really used (skipped images and unread test rows left out)."""
+    from dataclasses import replace
+
+    runs = list(plan.runs)
+    runs[index] = replace(runs[index], **masks)
+    return replace(plan, runs=tuple(runs))
