@@ -257,7 +257,7 @@ def test_every_fold_gives_out_of_fold_predictions(folded, tmp_path, runner):
             "--evaluate-test", "--bootstrap", "200", *weights]
     r = runner.invoke(main, [*args, "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert "3-fold cross-validation" in r.output and "out-of-fold AUC" in r.output
+    assert "3-fold cross-validation" in r.output and "out-of-fold AUC" in r.output and "AUC per fold" in r.output
     assert all((out / f"fold-{k}" / "best.pt").is_file() for k in range(3))
     pred = pq.read_table(out / "predictions.parquet").to_pandas()
     frame = m.frame

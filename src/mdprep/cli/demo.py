@@ -162,13 +162,27 @@ def _train_steps(ctx, data, out, quiet) -> None:
     shapes_root = os.path.join(data, "shapes")
     frame = write_shapes_dataset(shapes_root, images=240, size=48, dicom_every=10)
     labelled = Manifest(frame, labels=SHAPE_LABELS, root=os.path.abspath(shapes_root))
+    write_manifest(labelled, out("shapes.parquet"))
     write_manifest(split_manifest(labelled, ratios=(0.7, 0.15, 0.15), seed=0).manifest, out("shapes-split.parquet"))
     ctx.invoke(weights, manifest=out("shapes-split.parquet"), output=out("shapes-weights.json"), split="train", split_col="split",
                scheme="balanced", beta=0.999, sqrt=False, clip=None, labels=None, drop_empty=False, quiet=True)
     argv = ["train", out("shapes-split.parquet"), "--weights", out("shapes-weights.json"), "--out", out("run"),
             "--arch", "small", "--epochs", "2", "--image-size", "48", "--evaluate-test"]
     _step("Train the bundled small CNN for two epochs on a labelled image set (split by patient, weighted loss)", argv, quiet)
-    ctx.invoke(train, manifest=out("shapes-split.parquet"), root=None, weights_path=out("shapes-weights.json"), out_dir=out("run"),
+    ctx.invoke(train, manifest=out("shapes-split.parquet"), root=None, weights_path=(out("shapes-weights.json"),), out_dir=out("run"),
                arch="small", epochs=2, batch_size=32, image_size=48, lr=3e-3, pretrained=None, freeze_backbone=False,
                augment="cxr-safe", hflip=False, device="auto", seed=0, workers=0, evaluate_test=True, allow_leakage=False,
                quiet=quiet)
+    _step("Hold out a test set and make 3 patient-grouped folds of the rest, then weights from each fold's training part",
+          ["split", out("shapes.parquet"), "--ratios", "0.8,0.2", "--folds", "3", "-o", out("shapes-folds.parquet"), "&&", "mdprep", "weights",
+           out("shapes-folds.parquet"), "--fold", "K", "-o", out("shapes-weights-foldK.json")], quiet)
+    write_manifest(split_manifest(labelled, ratios=(0.8, 0.2), folds=3, seed=0).manifest, out("shapes-folds.parquet"))
+    fold_weights = []
+    for k in range(3):
+        fold_weights.append(out(f"shapes-weights-fold{k}.json"))
+        ctx.invoke(weights, manifest=out("shapes-folds.parquet"), output=fold_weights[-1], fold=k, quiet=True)
+    argv = ["train", out("shapes-folds.parquet"), "--fold", "all", *[a for w in fold_weights for a in ("--weights", w)], "--out", out("cv"),
+            "--arch", "small", "--epochs", "2", "--image-size", "48", "--evaluate-test"]
+    _step("3-fold cross-validation by patient: one model per fold, out-of-fold predictions for every training image (weights per fold)", argv, quiet)
+    ctx.invoke(train, manifest=out("shapes-folds.parquet"), weights_path=tuple(fold_weights), out_dir=out("cv"), fold="all",
+               arch="small", epochs=2, image_size=48, lr=3e-3, evaluate_test=True, quiet=quiet)

@@ -166,7 +166,7 @@ def summary_table(metrics: dict, epochs: int) -> Table:
         val, test = metrics["out_of_fold"], metrics.get("test_mean_of_folds")
         folds = ", ".join(f"fold {r['fold']}: epoch {r['best_epoch']}" for r in runs)
         title = f"{len(runs)}-fold cross-validation ({metrics['framework']} {metrics['arch']}, {metrics['device']}); best {folds}"
-        names = ("out-of-fold AUC", "test AUC (mean of folds)")
+        names = ("out-of-fold AUC", "test AUC, folds averaged")
     else:
         run = runs[0]
         val, test = run["val"], run["test"]
@@ -175,10 +175,16 @@ def summary_table(metrics: dict, epochs: int) -> Table:
         names = ("val AUC", "test AUC")
     table = Table(title=title, title_justify="left", caption="95% intervals from a bootstrap over patients" if val or test else None)
     table.add_column("label")
+    fold_mean = metrics.get("fold_mean")
+    if fold_mean:
+        table.add_column("AUC per fold", justify="right")
     for name, part in zip(names, (val, test)):
         if part:
             table.add_column(name, justify="right")
     for label in [*metrics["labels"], None]:
         cells = [_auc_cell(part, label) for part in (val, test) if part]
+        if fold_mean:
+            spread = fold_mean["mean_auc"] if label is None else fold_mean["auc"][label]
+            cells.insert(0, "undefined" if spread is None else f"{spread['mean']:.4f} ± {spread['sd']:.3f}")
         table.add_row("mean" if label is None else label, *cells)
     return table

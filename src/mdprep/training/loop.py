@@ -486,6 +486,7 @@ def train(
         for run, probs in zip(plan.runs, probabilities):
             oof_probs[run.val] = probs["val"]
             oof |= run.val
+        pooled["fold_mean"] = _fold_mean([r["val"] for r in records], labels)
         pooled["out_of_fold"] = auc_summary(oof_probs[oof], values[oof], labels, patients[oof], replicates=bootstrap, seed=seed)
         if evaluate_test and all("test" in p for p in probabilities):
             test = plan.runs[0].test
@@ -516,6 +517,16 @@ def train(
     with atomic_write(os.path.join(out_dir, "metrics.json")) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return TrainResult(out_dir, metrics, plan)
+
+
+def _fold_mean(summaries: Sequence[dict | None], labels: Sequence[str]) -> dict:
+    """Per label, the mean and standard deviation over folds of each fold's validation AUC."""
+    out = {}
+    for label in labels:
+        values = [s["auc"][label] for s in summaries if s and s["auc"].get(label) is not None]
+        out[label] = {"mean": float(np.mean(values)), "sd": float(np.std(values)), "folds": len(values)} if values else None
+    means = [s["mean_auc"] for s in summaries if s and s["mean_auc"] is not None]
+    return {"auc": out, "mean_auc": {"mean": float(np.mean(means)), "sd": float(np.std(means)), "folds": len(means)} if means else None}
 
 
 def _with_masks(plan: RunPlan, index: int, masks: Mapping[str, np.ndarray]) -> RunPlan:
