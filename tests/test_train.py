@@ -278,6 +278,9 @@ def test_every_fold_gives_out_of_fold_predictions(folded, tmp_path, runner):
     assert prov["seed"] == 0 and prov["versions"]["torch"] and prov["versions"]["numpy"]
     for run in metrics["runs"]:
         assert run["rows"]["train"] + run["rows"]["val"] == len(non_test)
+    # A fold's checkpoint is an input like any other: the next run may not write over it.
+    r = runner.invoke(main, [*args, "--pretrained", str(out / "fold-1" / "best.pt"), "--out", str(out)])
+    assert r.exit_code == 2 and "Error: --out (fold-1/best.pt)" in r.output and "never writes over its inputs" in r.output
     # Same seed, same bytes.
     r = runner.invoke(main, [*args, "--out", str(tmp_path / "cv2")])
     assert r.exit_code == 0, r.output

@@ -42,7 +42,7 @@ class FoldParam(click.ParamType):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: best.pt (fold-K/best.pt with --fold all), predictions.parquet and metrics.json.")
 @click.option("--framework", type=click.Choice(["torch", "keras"]), default="torch", show_default=True, help="PyTorch, or Keras 3 on its torch backend (the keras extra).")
 @click.option("--arch", default="densenet121", show_default=True, help="Model: densenet121 (the CheXNet choice), resnet18, small (a quick CNN); keras: densenet121, resnet50, small.")
-@click.option("--fold", type=FoldParam(), help="Cross-validate: fold K of the non-test rows validates, the others train; 'all' trains one model per fold and writes out-of-fold predictions.")
+@click.option("--fold", "--folds", "fold", type=FoldParam(), help="Cross-validate: fold K of the non-test rows validates, the others train; 'all' trains one model per fold and writes out-of-fold predictions.")
 @click.option("--train-split", help="The split that trains [default: train].")
 @click.option("--val-split", help="The split that picks the epoch [default: the one named val, valid, validation or dev].")
 @click.option("--no-val", is_flag=True, help="Train without validation rows (the last epoch is kept).")
@@ -90,12 +90,16 @@ def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_sp
     """
     inputs = {"MANIFEST": manifest, "--pretrained": pretrained, "--path-map": path_map}
     inputs.update({f"--weights {w}": w for w in weights_path})
-    check_outputs(inputs, {"--out": out_dir}, folders={"--out": ("best.pt", "best.keras", "predictions.parquet", "metrics.json")})
+    written = ("best.pt", "best.keras", "predictions.parquet", "metrics.json")
+    check_outputs(inputs, {"--out": out_dir}, folders={"--out": written})
     try:
         from ..training import train as train_model
     except ImportError as exc:
         raise UsageError(f"mdprep train needs torch ({exc}); install it with pip install 'mdprep[train]'") from None
     m = read_manifest(manifest)
+    if fold == "all" and "fold" in m.frame.columns:  # each fold's checkpoint, in fold-K/, must not be an input either
+        folds = sorted(int(k) for k in m.frame["fold"].dropna().unique())
+        check_outputs(inputs, {"--out": out_dir}, folders={"--out": [f"fold-{k}/{name}" for k in folds for name in written[:2]]})
     provenance = {"manifest": file_fingerprint(manifest), "weights": [file_fingerprint(w) for w in weights_path]}
     real_paths = load_path_map(path_map) if path_map else None
     console = _animate(quiet)
