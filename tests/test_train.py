@@ -321,3 +321,16 @@ def test_validation_split_names_and_no_val(shapes, tmp_path, runner):
     assert r.exit_code == 0, r.output
     pred = pd.read_parquet(tmp_path / "c" / "predictions.parquet")
     assert len(pred) == 0 and list(pred.columns) == ["image_id", "split", "fold", "part", *SHAPE_LABELS]
+
+
+def test_normalisation_is_recorded_and_a_best_pt_keeps_its_own(shapes, tmp_path):
+    m, root = shapes
+    kw = dict(root=str(root), arch="small", epochs=1, batch_size=32, image_size=16, device="cpu", bootstrap=10)
+    a = train(m, out_dir=str(tmp_path / "a"), normalize="imagenet", **kw)
+    assert a.metrics["runs"][0]["normalize"] == "imagenet" and a.metrics["options"]["normalize"] == "imagenet"
+    assert torch.load(tmp_path / "a" / "best.pt", weights_only=True)["normalize"] == "imagenet"
+    # Fine-tuning that checkpoint with --normalize auto feeds it inputs normalised as it was trained.
+    b = train(m, out_dir=str(tmp_path / "b"), pretrained=str(tmp_path / "a" / "best.pt"), **kw)
+    assert b.metrics["runs"][0]["normalize"] == "imagenet"
+    # A fresh 1-channel model has nothing to match: no normalisation.
+    assert train(m, out_dir=str(tmp_path / "c"), **kw).metrics["runs"][0]["normalize"] is None

@@ -20,7 +20,9 @@ class FitOptions:
 
     ``arch`` names a model of the chosen framework; ``pretrained`` is a local
     weights file (nothing is downloaded); ``device`` is ``auto``, ``cpu`` or ``cuda``;
-    ``workers`` is the number of loader processes (0: load in the main process).
+    ``workers`` is the number of loader processes (0: load in the main process);
+    ``normalize`` is ``auto`` (ImageNet mean and std when pretrained weights are
+    loaded into a 3-channel model), ``imagenet`` or ``none``.
     """
 
     arch: str = "densenet121"
@@ -35,6 +37,7 @@ class FitOptions:
     device: str = "auto"
     seed: int = 0
     workers: int = 0
+    normalize: str = "auto"
 
 
 @dataclass

@@ -41,7 +41,10 @@ class FoldParam(click.ParamType):
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: best.pt (fold-K/best.pt with --fold all), predictions.parquet and metrics.json.")
 @click.option("--framework", type=click.Choice(["torch", "keras"]), default="torch", show_default=True, help="PyTorch, or Keras 3 on its torch backend (the keras extra).")
-@click.option("--arch", default="densenet121", show_default=True, help="Model: densenet121 (the CheXNet choice), resnet18, small (a quick CNN); keras: densenet121, resnet50, small.")
+@click.option(
+    "--arch", default="densenet121", show_default=True,
+    help="Model: densenet121 (the CheXNet choice), resnet18, resnet50, small (a quick CNN), or tv:NAME (torchvision's model zoo, when torchvision imports); keras: densenet121, resnet50, small.",
+)
 @click.option("--fold", "--folds", "fold", type=FoldParam(), help="Cross-validate: fold K of the non-test rows validates, the others train; 'all' trains one model per fold and writes out-of-fold predictions.")
 @click.option("--train-split", help="The split that trains [default: train].")
 @click.option("--val-split", help="The split that picks the epoch [default: the one named val, valid, validation or dev].")
@@ -54,11 +57,15 @@ class FoldParam(click.ParamType):
     "--pretrained",
     type=click.Path(dir_okay=False),
     help="A local state dict to start from (nothing is downloaded). For ImageNet weights, save torchvision's "
-    "densenet121/resnet18 state_dict() to a file on a machine with internet access and pass it here; "
+    "densenet121/resnet18/resnet50 state_dict() to a file on a machine with internet access and pass it here; "
     "the old 1000-class head is reported and skipped.",
 )
 @click.option("--freeze-backbone", is_flag=True, help="Train only the new head.")
 @click.option("--augment", type=click.Choice(["cxr-safe", "none"]), default="cxr-safe", show_default=True, help="Training-time augmentation.")
+@click.option(
+    "--normalize", type=click.Choice(["auto", "imagenet", "none"]), default="auto", show_default=True,
+    help="Input normalisation; auto: ImageNet mean/std when --pretrained weights go into a 3-channel model (a best.pt keeps its own).",
+)
 @click.option("--hflip", is_flag=True, help="Allow horizontal flips in cxr-safe (off: anatomy is not left-right symmetric).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @seed_option("Seed, 0 to 2**32-1: on the CPU the same seed gives the same run.")
@@ -70,7 +77,7 @@ class FoldParam(click.ParamType):
 @click.option("--skip-missing", is_flag=True, help="Leave out rows whose image is missing or does not decode (counted, listed in metrics.json) instead of refusing to start.")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=1), help="Bootstrap replicates (drawn over patients) for the AUC confidence intervals.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables.")
-def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_split, val_split, no_val, bootstrap, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, hflip, device, seed, workers, evaluate_test, allow_leakage, allow_outside_root, path_map, skip_missing, quiet):
+def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_split, val_split, no_val, bootstrap, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, normalize, hflip, device, seed, workers, evaluate_test, allow_leakage, allow_outside_root, path_map, skip_missing, quiet):
     """Train a multi-label classifier on the train rows (or folds), pick the epoch on the validation rows.
 
     \b
@@ -133,7 +140,7 @@ def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_sp
         result = train_model(
             m, root=root, out_dir=out_dir, weights_path=list(weights_path), framework=framework, fold=fold, train_split=train_split,
             val_split=val_split, no_val=no_val, bootstrap=bootstrap, provenance=provenance, arch=arch, epochs=epochs, batch_size=batch_size,
-            image_size=image_size, lr=lr, pretrained=pretrained, freeze=freeze_backbone, augment=augment, hflip=hflip,
+            image_size=image_size, lr=lr, pretrained=pretrained, freeze=freeze_backbone, augment=augment, normalize=normalize, hflip=hflip,
             device=device, seed=seed, evaluate_test=evaluate_test, allow_leakage=allow_leakage, workers=workers,
             allow_outside_root=allow_outside_root, skip_missing=skip_missing, path_map=real_paths,
             on_batch=on_batch, on_epoch=on_epoch,

@@ -27,8 +27,8 @@ from ..fileio import atomic_write, paths_outside_root
 from ..manifest import Manifest, write_table
 from ..params import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_LR, MIN_IMAGE_SIZE, check_number, check_seed
 from ..weights import weights_from_document
-from .data import AUGMENTS, FILE_COLUMN, ManifestDataset, cxr_safe, file_column, unreadable_images
-from .models import ARCHITECTURES, build_model, freeze_backbone, load_pretrained
+from .data import AUGMENTS, FILE_COLUMN, NORMALIZE_CHOICES, ManifestDataset, cxr_safe, file_column, normalisation_for, normalise, unreadable_images
+from .models import ARCHITECTURES, build_model, check_arch, freeze_backbone, load_pretrained
 
 FRAMEWORKS = ("torch", "keras")
 
@@ -107,13 +107,13 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _evaluate(model, loader, device, w_pos, w_neg, labels) -> dict:
+def _evaluate(model, loader, device, w_pos, w_neg, labels, how: str | None = None) -> dict:
     """Loss, per-label AUC and the sigmoid outputs (``probs``, rows in loader order) of one part."""
     model.eval()
     probs, targets, masks, loss_sum, batches = [], [], [], 0.0, 0
     with torch.no_grad():
         for images, y, m in loader:
-            logits = model(images.to(device))
+            logits = model(normalise(images, how).to(device))
             loss_sum += float(masked_weighted_bce(logits, y.to(device), m.to(device), w_pos, w_neg))
             batches += 1
             probs.append(torch.sigmoid(logits).float().cpu().numpy())
@@ -149,6 +149,10 @@ def fit(
     generator = _seed_everything(o.seed)
     model = build_model(o.arch, len(labels))
     pretrained_report = load_pretrained(model, o.pretrained, o.arch) if o.pretrained else None
+    if pretrained_report and "normalize" in pretrained_report and o.normalize == "auto":
+        how = pretrained_report["normalize"]  # fine-tuning a best.pt: its inputs' normalisation, whatever it was
+    else:
+        how = normalisation_for(o.normalize, pretrained=bool(o.pretrained), channels=model.in_channels)
     frozen = freeze_backbone(model) if o.freeze else 0
     model.to(dev)
     w_pos_t = torch.tensor(np.asarray(w_pos, dtype=np.float32), device=dev)
@@ -174,7 +178,7 @@ def fit(
             wait += time.perf_counter() - t_fetch
             if o.augment == "cxr-safe":
                 images = cxr_safe(images, generator, hflip=o.hflip)
-            logits = model(images.to(dev))
+            logits = model(normalise(images, how).to(dev))
             loss = masked_weighted_bce(logits, y.to(dev), m.to(dev), w_pos_t, w_neg_t)
             if not torch.isfinite(loss):
                 raise DivergedError(f"the training loss became {loss.item()} at epoch {epoch}, step {step}; {divergence_hint}", epoch=epoch, step=step)
@@ -195,7 +199,7 @@ def fit(
             "data_wait_share": wait / elapsed if elapsed else None,
         }
         if "val" in eval_loaders:
-            val = _evaluate(model, eval_loaders["val"], dev, w_pos_t, w_neg_t, labels)
+            val = _evaluate(model, eval_loaders["val"], dev, w_pos_t, w_neg_t, labels, how)
             record.update(val_loss=val["loss"], val_auc=val["auc"], val_mean_auc=val["mean_auc"])
             score = val["mean_auc"] if val["mean_auc"] is not None else -val["loss"]
         else:
@@ -204,7 +208,10 @@ def fit(
         if best_score is None or score > best_score:
             best_score, best_epoch = score, epoch
             torch.save(
-                {"model": model.state_dict(), "arch": o.arch, "labels": list(labels), "image_size": o.image_size, "channels": model.in_channels, "epoch": epoch, "mdprep_version": __version__},
+                {
+                    "model": model.state_dict(), "arch": o.arch, "labels": list(labels), "image_size": o.image_size, "channels": model.in_channels,
+                    "normalize": how, "epoch": epoch, "mdprep_version": __version__,
+                },
                 checkpoint,
             )
         if on_epoch:
@@ -212,8 +219,9 @@ def fit(
     probabilities = {}
     if eval_loaders:
         model.load_state_dict(torch.load(checkpoint, map_location=dev, weights_only=True)["model"])
-        probabilities = {k: _evaluate(model, loader, dev, w_pos_t, w_neg_t, labels)["probs"] for k, loader in eval_loaders.items()}
-    return FitResult(history, best_epoch, checkpoint, probabilities, str(dev), {"pretrained": pretrained_report, "frozen_tensors": frozen})
+        probabilities = {k: _evaluate(model, loader, dev, w_pos_t, w_neg_t, labels, how)["probs"] for k, loader in eval_loaders.items()}
+    details = {"pretrained": pretrained_report, "frozen_tensors": frozen, "normalize": how}
+    return FitResult(history, best_epoch, checkpoint, probabilities, str(dev), details)
 
 
 def _check_images(frame, read: np.ndarray, root: str, *, allow_outside_root: bool, skip_missing: bool, workers: int):
@@ -325,7 +333,7 @@ def library_versions(framework: str) -> dict[str, str | None]:
 def _framework_fit(framework: str):
     """The ``fit`` function and the architectures of a framework."""
     if framework == "torch":
-        return fit, ARCHITECTURES
+        return fit, (*ARCHITECTURES, "tv:NAME")
     if framework == "keras":
         try:
             from .. import keras as keras_path
@@ -369,6 +377,7 @@ def train(
     freeze: bool = False,
     augment: str = "cxr-safe",
     hflip: bool = False,
+    normalize: str = "auto",
     device: str = "auto",
     seed: int = 0,
     evaluate_test: bool = False,
@@ -408,8 +417,12 @@ def train(
     the pseudonymised ones.
     """
     fit_fn, arches = _framework_fit(framework)
-    if arch not in arches:
+    if framework == "torch":
+        check_arch(arch)
+    elif arch not in arches:
         raise UsageError(f"unknown --arch {arch!r} for --framework {framework}; choose one of {', '.join(arches)}")
+    if normalize not in NORMALIZE_CHOICES:
+        raise UsageError(f"unknown --normalize {normalize!r}; choose one of {', '.join(NORMALIZE_CHOICES)}")
     if augment not in AUGMENTS:
         raise UsageError(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
     check_number(epochs, "--epochs", minimum=1, integer=True)
@@ -419,7 +432,7 @@ def train(
     check_number(workers, "--workers", minimum=0, integer=True)
     check_number(bootstrap, "--bootstrap", minimum=1, integer=True)
     seed = check_seed(seed)
-    options = FitOptions(arch, epochs, batch_size, image_size, lr, pretrained, freeze, augment, hflip, device, seed, workers)
+    options = FitOptions(arch, epochs, batch_size, image_size, lr, pretrained, freeze, augment, hflip, device, seed, workers, normalize)
     frame = manifest.frame
     if path_map is not None:
         from ..pseudonyms import resolve_paths
@@ -504,7 +517,7 @@ def train(
         "device": records[0]["device"],
         "plan": {**plan.describe(), "synthetic_rows_left_out": int(synthetic.sum())},
         "options": {
-            "epochs": epochs, "batch_size": batch_size, "image_size": image_size, "lr": lr, "augment": augment, "hflip": hflip,
+            "epochs": epochs, "batch_size": batch_size, "image_size": image_size, "lr": lr, "augment": augment, "hflip": hflip, "normalize": normalize,
             "seed": seed, "weights": paths, "pretrained": pretrained, "freeze_backbone": freeze, "evaluate_test": evaluate_test,
             "skip_missing": skip_missing, "allow_outside_root": allow_outside_root, "path_map": path_map is not None, "bootstrap": bootstrap,
         },

@@ -377,7 +377,9 @@ def load_pretrained(model: nn.Module, path: str, arch: str | None = None) -> dic
     except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
         detail = " ".join(str(exc).split())[:120]
         raise InputError(f"--pretrained {path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {detail}); {expected}", path=path) from None
+    saved_normalize: object = "unknown"  # a plain state dict does not say how its inputs were normalised
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        saved_normalize = state.get("normalize")
         saved_arch = state.get("arch")
         if arch and isinstance(saved_arch, str) and saved_arch != arch:
             raise InputError(f"--pretrained {path} is a best.pt of --arch {saved_arch}, not {arch}; {expected}", path=path)
@@ -406,7 +408,10 @@ def load_pretrained(model: nn.Module, path: str, arch: str | None = None) -> dic
     unexpected = sorted(k for k in state if k not in own)
     missing = sorted(k for k in own if k not in usable)
     model.load_state_dict(usable, strict=False)
-    return {"loaded": len(usable), "skipped": skipped, "unexpected": unexpected, "missing": missing}
+    out = {"loaded": len(usable), "skipped": skipped, "unexpected": unexpected, "missing": missing}
+    if saved_normalize != "unknown":
+        out["normalize"] = saved_normalize  # a best.pt written by mdprep train records its inputs' normalisation
+    return out
 
 
 def freeze_backbone(model: nn.Module) -> int:
