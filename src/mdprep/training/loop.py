@@ -15,19 +15,13 @@ import torch
 
 from .. import __version__
 from ..audit import value_overlap
-from ..errors import InputError, MdprepError, MdprepWarning, UsageError, cut_text, examples_text, short_repr
+from ..errors import InputError, LeakageError, MdprepError, MdprepWarning, UsageError, cut_text, examples_text, short_repr
 from ..fileio import atomic_write, paths_outside_root
 from ..manifest import Manifest
 from ..params import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_LR, MIN_IMAGE_SIZE, check_number, check_seed
 from ..weights import weights_from_document
 from .data import AUGMENTS, FILE_COLUMN, ManifestDataset, cxr_safe, file_column, unreadable_images
 from .models import ARCHITECTURES, build_model, freeze_backbone, load_pretrained
-
-
-class LeakageError(MdprepError):
-    """The manifest's splits share patients; training on them would overstate every metric."""
-
-    code = "leakage"
 
 
 class DivergedError(MdprepError):
