@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -16,14 +17,15 @@ from mdprep.export import export_manifest, part_name
 from mdprep.manifest import Manifest, read_manifest, write_manifest
 
 LABELS = ("Edema", "Lung Opacity")
-#: Manifest split of each patient: parts train, validation, test, one of its own, and rows with no split.
-PATIENT_SPLITS = ["train"] * 6 + ["val"] * 2 + ["test"] * 2 + ["holdout-2", None]
+#: Manifest split of each patient: parts train, validation, test, two of their own (one a YAML
+#: number if left unquoted), and rows with no split.
+PATIENT_SPLITS = ["train"] * 6 + ["val"] * 2 + ["test"] * 2 + ["holdout-2", "2021", None]
 #: Where each manifest split lands: (Hugging Face split / file stem, MONAI list key).
 PARTS = {"train": ("train", "training"), "val": ("validation", "validation"), "test": ("test", "test"),
-         "holdout-2": ("holdout_2", "holdout_2"), None: ("unassigned", "unassigned")}
+         "holdout-2": ("holdout_2", "holdout_2"), "2021": ("2021", "2021"), None: ("unassigned", "unassigned")}
 
 
-def _frame(n_patients: int = 12) -> pd.DataFrame:
+def _frame(n_patients: int = 13) -> pd.DataFrame:
     """An NIH/CheXpert look-alike: ids with leading zeros, 1/0/-1/null labels, folds on train and val only."""
     rows = []
     for p in range(n_patients):
@@ -80,7 +82,7 @@ def test_monai_datalist_round_trips_through_monai(cohort, tmp_path):
     out = tmp_path / "datalist.json"
     r = export_manifest(read_manifest(path), "monai", out)
     assert r.rows == len(frame) and sum(r.counts.values()) == len(frame)
-    assert list(r.counts) == ["train", "validation", "test", "holdout_2", "unassigned"]
+    assert list(r.counts) == ["train", "validation", "test", "2021", "holdout_2", "unassigned"]
     expected = _expected(frame)
     by_path = {os.path.realpath(root / e["path"]): i for i, e in expected.items()}
     doc = json.loads(out.read_text())
@@ -121,9 +123,9 @@ def test_hf_folder_loads_with_datasets_both_ways(cohort, tmp_path, monkeypatch):
     path, root, frame = cohort
     out = tmp_path / "hf"
     r = export_manifest(read_manifest(path), "hf", out, columns=["view", "age"], inputs=[{"path": "/secret/m.parquet", "sha256": "ab", "size": 1}])
-    assert sorted(os.listdir(out)) == ["README.md", "holdout_2.parquet", "test.parquet", "train.parquet", "unassigned.parquet", "validation.parquet"]
+    assert sorted(os.listdir(out)) == ["2021.parquet", "README.md", "holdout_2.parquet", "test.parquet", "train.parquet", "unassigned.parquet", "validation.parquet"]
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nconfigs:\n- config_name: default\n") and "  - split: validation\n    path: validation.parquet\n" in card
+    assert card.startswith("---\nconfigs:\n- config_name: default\n") and '  - split: "2021"\n    path: "2021.parquet"\n' in card
     assert "1 positive, 0 negative, -1 uncertain, null not mentioned" in card and "No leakage found" in card
     assert "/secret" not in card  # the manifest's file is fingerprinted, its path (which could name a patient) is not
     by_card = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "c1"))
@@ -262,9 +264,11 @@ def test_no_split_no_root_and_clashing_names_are_usage_errors(tmp_path):
     clash.loc[0, "split"] = "test"
     with pytest.raises(UsageError, match=r"split 'Testing', split 'test' would both be written as part 'test'"):
         export_manifest(Manifest(clash, labels=LABELS, root="/r"), "csv", tmp_path / "c")
+    with pytest.raises(UsageError, match="split named 'ALL' cannot be a Hugging Face split"):
+        export_manifest(Manifest(f.assign(split=f["split"].replace("2021", "ALL")), labels=LABELS, root="/r"), "hf", tmp_path / "e")
     with pytest.raises(UsageError, match="'image' would appear twice"):
         export_manifest(Manifest(f.assign(image="x"), labels=LABELS, root="/r"), "hf", tmp_path / "d", columns=["image"])
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    assert not any((tmp_path / n).exists() for n in "abcde")
 
 
 def test_synthetic_rows_are_left_out_and_counted(tmp_path):
@@ -274,3 +278,13 @@ def test_synthetic_rows_are_left_out_and_counted(tmp_path):
         r = export_manifest(Manifest(f, labels=LABELS, root=str(tmp_path)), "csv", tmp_path / "csv")
     assert r.manifest_rows == len(f) == r.rows + r.synthetic and r.synthetic == 3
     assert r.provenance["rows"] == {"manifest": len(f), "exported": len(f) - 3, "synthetic_left_out": 3}
+
+
+def test_a_warning_check_warns_and_exports(tmp_path):
+    f = _frame().assign(sex="F", birth_date="1950-01-01")  # one birth date and sex for patients in every split
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = export_manifest(Manifest(f, labels=LABELS, root=str(tmp_path)), "hf", tmp_path / "hf")
+    said = sorted(str(w.message).split(":")[0] for w in caught)
+    assert said == ["same_person (folds)", "same_person (splits)"] and "different patient ids in two splits" in str(caught[0].message)
+    assert "same_person (splits)" in r.checks_run and not r.leakage_allowed and r.rows == len(f)

@@ -80,6 +80,8 @@ MONAI_KEYS = {"train": "training", "validation": "validation", "test": "test"}
 MONAI_META_KEY = "mdprep"
 #: The column (hf, csv) or item key (monai) holding each image's path.
 IMAGE_COLUMN = "image"
+#: The split name Hugging Face ``datasets`` keeps for the union of all splits.
+HF_RESERVED_SPLIT = "all"
 #: Extension of each folder format's data files.
 DATA_SUFFIX = {"hf": ".parquet", "csv": ".csv"}
 #: Name of the dataset card in a folder export.
@@ -213,6 +215,15 @@ def _leakage_audit(frame: pd.DataFrame, has_split: bool, allow_leakage: bool):
     report = audit(work, checks=EXPORT_CHECKS, fold_col="fold")
     if not has_split:  # one part: only the folds can leak
         report = replace(report, checks=tuple(c for c in report.checks if c.partition == "fold"))
+    for c in report.checks:  # findings of a warning check (same_person) are reported, never refused
+        if c.verdict == "warning":
+            shown = ", ".join(visible(k) for k in c.blocking["key"].head(3))
+            warnings.warn(
+                f"{c.check} ({c.partition}s): {len(c.blocking):,} finding(s), {DESCRIPTIONS[c.check]}: {shown}; "
+                "review them with `mdprep audit-leakage MANIFEST`",
+                MdprepWarning,
+                stacklevel=3,
+            )
     if not report.failed:
         return report, False
     first = report.failed[0]
@@ -327,8 +338,8 @@ def _card(fmt: str, parts: Sequence[ExportPart], provenance: dict, column_notes:
     lines = []
     if fmt == "hf":
         lines += ["---", "configs:", "- config_name: default", "  data_files:"]
-        for p in parts:  # names and files are \w+ (part_name): plain YAML scalars
-            lines += [f"  - split: {p.name}", f"    path: {p.key}"]
+        for p in parts:  # quoted: a split named 2021 or no is text, not a YAML number or boolean
+            lines += [f"  - split: {json.dumps(p.name)}", f"    path: {json.dumps(p.key)}"]
         lines += ["tags:", "- mdprep", "---", ""]
     export = provenance["export"]
     manifest = next(iter(export["inputs"]), None)
@@ -534,6 +545,12 @@ def export_manifest(
     keys = [_part_key(fmt, name) for name, _ in parts_plan]
     if fmt == "monai" and MONAI_META_KEY in keys:
         raise UsageError(f"a split named {MONAI_META_KEY!r} would take the datalist's provenance key; rename that split")
+    reserved = [name for name, _ in parts_plan if name.casefold() == HF_RESERVED_SPLIT]
+    if fmt == "hf" and reserved:
+        raise UsageError(
+            f"a split named {reserved[0]!r} cannot be a Hugging Face split ({HF_RESERVED_SPLIT!r} means every split there); "
+            "rename that split, or export it with --format csv or monai"
+        )
     if fmt != "monai":
         _check_folder(out, fmt, keys)
     image, root_abs = _image_paths(manifest, frame, None if root is None else os.fspath(root), relative)

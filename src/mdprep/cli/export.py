@@ -24,13 +24,13 @@ from ._ui import echo, print_table
 @click.option("--missing", type=click.Choice(list(MISSING)), help=f"monai: how a missing (null) label is written [default: ignore]: {described(MISSING)}.")
 @click.option("--columns", multiple=True, metavar="COL,...", help="More manifest columns to carry (view, sex, age, ...).")
 @click.option("--allow-leakage", is_flag=True, help="Export even if patients or images appear in more than one split or fold (not recommended; recorded).")
-@click.option("-q", "--quiet", is_flag=True, help="No table on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No verdict line or table on stderr (warnings and errors still).")
 def export(manifest, fmt, output, root, relative, uncertain, missing, columns, allow_leakage, quiet):
     """Write MANIFEST for a trainer outside mdprep: one part per split, folds and labels kept.
 
     \b
-    Parts: train, validation (splits val, valid, dev), test; any other split keeps its
-    name; rows with no split are the part 'unassigned'. Every row is written once
+    Parts: train (splits train, trainval), validation (val, valid, dev), test; any other
+    split keeps its name; rows with no split are the part 'unassigned'. Every row is written once
     (synthetic rows of `mdprep resample`, which have no image, are left out and counted).
     Image paths are absolute (the root joined) unless --relative.
 
