@@ -288,3 +288,17 @@ def test_a_warning_check_warns_and_exports(tmp_path):
     said = sorted(str(w.message).split(":")[0] for w in caught)
     assert said == ["same_person (folds)", "same_person (splits)"] and "different patient ids in two splits" in str(caught[0].message)
     assert "same_person (splits)" in r.checks_run and not r.leakage_allowed and r.rows == len(f)
+
+
+def test_carried_columns_are_valid_json_and_lists_stay_out_of_csv(tmp_path):
+    f = _frame()
+    f["emb"] = pd.Series([[float(i), np.nan if i % 2 else np.inf] for i in range(len(f))], dtype=object)
+    f["study_date"] = pd.to_datetime("2020-01-02").date()
+    m = Manifest(f, labels=LABELS, root=str(tmp_path))
+    export_manifest(m, "monai", tmp_path / "d.json", columns=["emb", "age", "study_date", "image_id"])
+    items = json.loads((tmp_path / "d.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))["training"]
+    first = next(i for i in items if i["image_id"] == "001")
+    assert first["emb"] == [0.0, None] and first["age"] is None and first["study_date"] == "2020-01-02"
+    with pytest.raises(UsageError, match="--columns 'emb' hold lists, which a CSV cell cannot"):
+        export_manifest(m, "csv", tmp_path / "csv", columns=["emb"])
+    assert not (tmp_path / "csv").exists()

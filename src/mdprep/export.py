@@ -271,11 +271,19 @@ def _image_paths(manifest: Manifest, frame: pd.DataFrame, root: str | None, rela
 
 
 def _finite(arr: pa.Array) -> pa.Array:
-    """Floats with NaN and infinities as nulls (JSON has neither)."""
+    """Floats (and lists of floats) with NaN and infinities as nulls: JSON has neither.
+
+    >>> _finite(pa.array([1.5, float("nan")])).to_pylist(), _finite(pa.array([[float("inf"), 2.0], None])).to_pylist()
+    ([1.5, None], [[None, 2.0], None])
+    """
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if pa.types.is_floating(arr.type):
         return pc.if_else(pc.is_finite(arr), arr, pa.scalar(None, type=arr.type))
+    if (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)) and pa.types.is_floating(arr.type.value_type):
+        if arr.offset:  # a slice: rebuild from a copy that starts at 0
+            arr = arr.take(pa.array(np.arange(len(arr))))
+        return type(arr).from_arrays(arr.offsets, _finite(arr.values), mask=arr.is_null())
     return arr
 
 
