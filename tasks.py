@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
             # pytest exits 5 when it collects nothing: that is a failure here, not a pass.
             return 1 if result.returncode == 5 else result.returncode
         elif job == "acceptance":
-            ensure_venv("dev")
+            ensure_venv("dev,train")  # dev's monai needs torch: install the pinned build, not whatever pip picks
             run(PY, "bench/acceptance_tables.py", *rest)
         else:
             ensure_venv("dev,train,bench")

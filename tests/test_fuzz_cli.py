@@ -555,6 +555,20 @@ def cmd_report(draw, w: World, d: Path) -> list[str]:
     return args
 
 
+def cmd_export(draw, w: World, d: Path) -> list[str]:
+    fmt = draw(st.sampled_from(["monai", "hf", "csv"]))
+    out = d / ("d.json" if fmt == "monai" and draw(st.booleans()) else "out")
+    args = ["export", manifest_file(draw, w, d / "m.parquet"), "--format", fmt, "-o", str(out), "-q"]
+    args += _opt(draw, "--root", st.sampled_from([str(w.images), str(d / "absent")]))
+    args += _opt(draw, "--uncertain", st.sampled_from(["ignore", "zeros", "ones", "x"]))
+    args += _opt(draw, "--missing", st.sampled_from(["ignore", "negative", "x"]))
+    args += _opt(draw, "--columns", _names())
+    for flag in ("--relative", "--allow-leakage"):
+        if draw(st.booleans()):
+            args.append(flag)
+    return args
+
+
 COMMANDS = {
     "ingest-table": cmd_ingest_table,
     "ingest-images": cmd_ingest_images,
@@ -570,6 +584,7 @@ COMMANDS = {
     "pseudonymize": cmd_pseudonymize,
     "validate": cmd_validate,
     "report": cmd_report,
+    "export": cmd_export,
 }
 
 

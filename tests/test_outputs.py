@@ -106,6 +106,8 @@ def _cases(d: Path, t: Path) -> list[tuple[list[str], tuple]]:
         (["pseudonymize", str(m), "--key-file", str(key), "-o", str(key)], (key,)),
         (["pseudonymize", str(m), "--key-file", str(key), "-o", str(o), "--mapping", str(o)], (o,)),
         (["pseudonymize", str(m), "--key-file", str(key), "-o", str(m)], (m,)),
+        (["export", str(s), "--format", "monai", "-o", str(s)], (s,)),
+        (["export", str(s), "--format", "csv", "-o", str(d)], (d,)),  # d holds t.csv, which a loader would mix in
     ]
 
 

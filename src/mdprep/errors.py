@@ -93,6 +93,17 @@ class UsageError(MdprepError):
     code = "bad_usage"
 
 
+class LeakageError(MdprepError):
+    """The manifest's splits (or folds) share patients or images; training on them would overstate every metric.
+
+    Raised by the commands that refuse a leaking manifest unless told otherwise
+    (``train`` and ``export``, with ``--allow-leakage``): bad input, exit code 2.
+    ``mdprep audit-leakage`` and ``check``, whose job is the audit, exit 1 instead.
+    """
+
+    code = "leakage"
+
+
 @dataclass(frozen=True)
 class Violation:
     """One broken rule of the manifest contract.

@@ -35,6 +35,7 @@ Example:
   mdprep ingest table Data_Entry_2017.csv.gz --preset nih -o nih.parquet
   mdprep split nih.parquet --ratios 0.7,0.1,0.2 --seed 0 -o nih-split.parquet
   mdprep check nih-split.parquet --junit check.xml
+  mdprep export nih-split.parquet --format hf -o nih-hf/
 
 Shell completion: eval "$(_MDPREP_COMPLETE=bash_source mdprep)" (docs/getting-started.md).
 
@@ -50,6 +51,7 @@ def main(debug: bool) -> None:
 from .audit import audit_leakage, check, hash_cmd, report  # noqa: E402
 from .balance import resample, weights  # noqa: E402
 from .demo import demo  # noqa: E402
+from .export import export  # noqa: E402
 from .ingest import ingest  # noqa: E402
 from .pseudonymize import keygen, pseudonymize_cmd  # noqa: E402
 from .split import split  # noqa: E402
@@ -65,6 +67,7 @@ main.add_command(report)
 main.add_command(weights)
 main.add_command(resample)
 main.add_command(train)
+main.add_command(export)
 main.add_command(keygen)
 main.add_command(pseudonymize_cmd)
 main.add_command(validate)

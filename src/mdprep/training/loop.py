@@ -22,7 +22,7 @@ import torch
 from .. import __version__
 from ..audit import value_overlap
 from ..crossval import FitOptions, FitResult, RunPlan, auc_summary, mean_defined, plan_runs, predictions_table, roc_auc_per_label
-from ..errors import InputError, MdprepError, MdprepWarning, UsageError, cut_text, examples_text, short_repr
+from ..errors import InputError, LeakageError, MdprepError, MdprepWarning, UsageError, cut_text, examples_text, short_repr
 from ..fileio import atomic_write, paths_outside_root
 from ..manifest import Manifest, write_table
 from ..params import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_LR, MIN_IMAGE_SIZE, check_number, check_seed
@@ -31,12 +31,6 @@ from .data import AUGMENTS, FILE_COLUMN, NORMALIZE_CHOICES, ManifestDataset, cxr
 from .models import ARCHITECTURES, build_model, check_arch, freeze_backbone, load_pretrained
 
 FRAMEWORKS = ("torch", "keras")
-
-
-class LeakageError(MdprepError):
-    """The manifest's splits share patients; training on them would overstate every metric."""
-
-    code = "leakage"
 
 
 class DivergedError(MdprepError):

@@ -1,0 +1,71 @@
+"""``mdprep export``: a manifest for trainers outside mdprep (MONAI, Hugging Face, CSV)."""
+
+from __future__ import annotations
+
+import click
+from rich.markup import escape as escape_markup
+from rich.table import Table
+
+from ..audit import visible
+from ..export import CARD_NAME, FORMATS, MISSING, UNCERTAIN, export_files, export_manifest
+from ..fileio import check_outputs, file_fingerprint
+from ..manifest import read_manifest
+from ._options import comma_list, described
+from ._ui import echo, print_table
+
+
+@click.command("export")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", required=True, type=click.Choice(list(FORMATS)), help=f"What to write: {described(FORMATS)}.")
+@click.option("-o", "--output", required=True, metavar="OUT", help="monai: the datalist JSON file ('-' for stdout); hf, csv: the folder to write.")
+@click.option("--root", type=click.Path(file_okay=False), help="Folder the manifest's paths are relative to [default: the recorded root].")
+@click.option("--relative", is_flag=True, help="Write the paths as the manifest holds them, relative to the root (MONAI's base_dir), instead of absolute.")
+@click.option("--uncertain", type=click.Choice(list(UNCERTAIN)), help=f"monai: how an uncertain (-1) label is written [default: ignore]: {described(UNCERTAIN)}.")
+@click.option("--missing", type=click.Choice(list(MISSING)), help=f"monai: how a missing (null) label is written [default: ignore]: {described(MISSING)}.")
+@click.option("--columns", multiple=True, metavar="COL,...", help="More manifest columns to carry (view, sex, age, ...).")
+@click.option("--allow-leakage", is_flag=True, help="Export even if patients or images appear in more than one split or fold (not recommended; recorded).")
+@click.option("-q", "--quiet", is_flag=True, help="No verdict line or table on stderr (warnings and errors still).")
+def export(manifest, fmt, output, root, relative, uncertain, missing, columns, allow_leakage, quiet):
+    """Write MANIFEST for a trainer outside mdprep: one part per split, folds and labels kept.
+
+    \b
+    Parts: train (splits train, trainval), validation (val, valid, dev), test; any other
+    split keeps its name; rows with no split are the part 'unassigned'. Every row is written once
+    (synthetic rows of `mdprep resample`, which have no image, are left out and counted).
+    Image paths are absolute (the root joined) unless --relative.
+
+    \b
+    First the leakage checks that read the manifest only (patients, studies, ids,
+    hashes across splits and folds) run: leakage refuses the export (exit code 2,
+    as `mdprep train` does) unless --allow-leakage.
+
+    \b
+    Examples:
+      mdprep export nih-split.parquet --format monai -o nih-datalist.json
+      mdprep export nih-split.parquet --format hf -o nih-hf/ --columns view,sex,age
+      mdprep export nih-split.parquet --format csv -o nih-csv/
+    """
+    def guard(names):  # monai writes one file; hf and csv a folder of files named after the splits
+        folders = {"-o/--output": names} if fmt != "monai" else None
+        check_outputs({"MANIFEST": manifest}, {"-o/--output": output}, stdout={"-o/--output"} if fmt == "monai" else (), folders=folders)
+
+    guard((CARD_NAME,))
+    m = read_manifest(manifest)
+    guard(export_files(m, fmt))
+    result = export_manifest(
+        m, fmt, output, root=root, relative=relative, uncertain=uncertain, missing=missing, columns=comma_list(columns),
+        allow_leakage=allow_leakage, inputs=[file_fingerprint(manifest)],
+    )
+    if quiet:
+        return
+    echo(f"Leakage audit: {result.verdict}")
+    table = Table(title=f"{result.rows:,} rows exported ({fmt})", title_justify="left")
+    for col, just in (("part", "left"), ("written as", "left"), ("rows", "right"), ("manifest splits", "left")):
+        table.add_column(col, justify=just)
+    for p in result.parts:
+        table.add_row(p.name, p.key, f"{p.rows:,}", escape_markup(visible(", ".join(p.splits))) or "-")
+    print_table(table)
+    left = f"; {result.synthetic:,} synthetic row(s) left out" if result.synthetic else ""
+    sums = " + ".join(f"{p.rows:,}" for p in result.parts)
+    where = "standard output" if output == "-" else output
+    echo(f"{result.manifest_rows:,} manifest rows = {sums} exported{left}; wrote {where}")
