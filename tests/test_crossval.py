@@ -45,7 +45,7 @@ def test_named_splits_and_their_errors():
         plan_runs(_frame(["train", "val", "dev"]))
     with pytest.raises(UsageError, match="--val-split 'x': no rows have that split; the splits present are 'a', 'b', 'c', 'test'"):
         plan_runs(f, train_split="a", val_split="x")
-    with pytest.raises(UsageError, match="no rows have split 'train'"):
+    with pytest.raises(UsageError, match="no rows have split == 'train'"):
         plan_runs(f)
     with pytest.raises(UsageError, match="must be different splits"):
         plan_runs(f, train_split="a", val_split="a")

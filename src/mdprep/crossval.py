@@ -213,7 +213,7 @@ def plan_runs(
         if train_split is None:
             known = [s for s in TRAIN_NAMES if s in present]
             if not known:
-                raise UsageError(f"no rows have {split_col} 'train' (the splits present are {_names(present)}); pass --train-split NAME")
+                raise UsageError(f"no rows have {split_col} == 'train' (the splits present are {_names(present)}); pass --train-split NAME")
             train_split = known[0]
         elif train_split not in present:
             raise UsageError(f"--train-split {train_split!r}: no rows have that {split_col}; the splits present are {_names(present)}")

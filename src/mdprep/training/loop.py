@@ -453,7 +453,6 @@ def train(
     dropped, skipped = _check_images(frame, read, root, allow_outside_root=allow_outside_root, skip_missing=skip_missing, workers=workers)
     values = frame[labels].to_numpy(dtype="float64", na_value=np.nan)
     patients = frame["patient_id"].astype("string").to_numpy(dtype=object, na_value=None)
-    os.makedirs(out_dir, exist_ok=True)
     records, probabilities = [], []
     for index, (run, (w_pos, w_neg)) in enumerate(zip(plan.runs, run_weights)):
         masks = {part: run.mask(part) & ~dropped for part in ("train", "val", "test")}
