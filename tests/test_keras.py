@@ -214,17 +214,31 @@ def test_pretrained_weights_load_by_format_and_freeze(tmp_path):
         mk.load_pretrained(model, str(tmp_path / "nan.weights.h5"), "small")
 
 
-def test_fit_from_a_checkpoint_with_a_frozen_backbone(shapes, tmp_path):
+def test_fit_from_imagenet_weights_with_a_frozen_backbone(shapes, tmp_path):
+    from keras.src.legacy.saving import legacy_h5_format
+
+    import h5py
+
     _, parts, root = shapes
-    small = {"train": parts["train"].head(40), "val": parts["val"].head(0), "test": parts["test"].head(0)}
-    first = _fit(small, root, tmp_path / "a", image_size=16)
-    assert first.best_epoch == 1 and set(first.history[0]) == {"epoch", "train_loss", "seconds", "images_per_second", "data_wait_share"}
-    assert first.probabilities == {}
-    r = _fit(small, root, tmp_path / "b", image_size=16, epochs=2, pretrained=first.checkpoint, freeze=True)
-    assert r.best_epoch == 2 and r.details["pretrained"]["format"] == "keras" and r.details["frozen_tensors"] == 12
-    before = keras.saving.load_model(first.checkpoint).get_layer("backbone").get_weights()
-    after = keras.saving.load_model(r.checkpoint).get_layer("backbone").get_weights()
-    assert all(np.array_equal(a, b) for a, b in zip(before, after))  # frozen: BatchNorm statistics included
+    # The layout of the ImageNet files keras.applications downloads: legacy HDF5, with the 1,000-class top.
+    imagenet = keras.applications.ResNet50(include_top=True, weights=None)
+    path = tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, imagenet)
+    small = {"train": parts["train"].head(16), "val": parts["val"].head(0), "test": parts["test"].head(0)}
+    r = _fit(small, root, tmp_path / "run", arch="resnet50", batch_size=8, pretrained=str(path), freeze=True)
+    assert r.best_epoch == 1 and set(r.history[0]) == {"epoch", "train_loss", "seconds", "images_per_second", "data_wait_share"}
+    assert r.probabilities == {}  # no val or test rows
+    assert r.details["pretrained"] == {"file": str(path), "format": "h5 by layer name", "loaded": 318}
+    assert r.details["imagenet_normalize"] and r.details["channels"] == 3 and r.details["frozen_tensors"] == 212
+    net = keras.saving.load_model(r.checkpoint)
+    assert net.layers[1].name == "imagenet_preprocess" and net.input_shape == (None, 32, 32, 3)
+    for layer in ("conv1_conv", "conv5_block3_3_bn"):  # frozen: BatchNorm statistics included
+        for got, want in zip(net.get_layer("backbone").get_layer(layer).get_weights(), imagenet.get_layer(layer).get_weights()):
+            np.testing.assert_array_equal(got, want)
+    # Loading by name must not leave a backbone partly random: every layer with weights must be in the file.
+    with pytest.raises(InputError, match=r"does not fit the Keras small backbone: 8 of its 8 layers with weights are missing from the file \(block1_conv, block1_bn, block2_conv, ...\)"):
+        mk.load_pretrained(mk.build_model("small", 3, image_size=32), str(path), "small")
 
 
 def test_a_diverging_run_stops_with_the_step(shapes, tmp_path):

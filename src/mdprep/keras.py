@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, cut_text
 
 BACKEND = "torch"
 
@@ -331,7 +331,7 @@ def _donor_backbone(path: str, arch: str) -> keras.Model:
     try:
         donor = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - load_model fails in many ways on a foreign or damaged file
-        raise InputError(f"--pretrained {path} is not a readable Keras model ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); {_expected(arch)}", path=path) from None
+        raise InputError(f"--pretrained {path} is not a readable Keras model ({type(exc).__name__}: {cut_text(' '.join(str(exc).split()), 120)}); {_expected(arch)}", path=path) from None
     try:
         return donor.get_layer("backbone")
     except ValueError:
@@ -388,12 +388,12 @@ def load_pretrained(model: keras.Model, path: str, arch: str) -> dict:
         try:
             backbone.set_weights(donor.get_weights())
         except ValueError as exc:
-            raise InputError(f"--pretrained {path} does not fit the Keras {arch} backbone ({' '.join(str(exc).split())[:160]}); {expected}", path=path) from None
+            raise InputError(f"--pretrained {path} does not fit the Keras {arch} backbone ({cut_text(' '.join(str(exc).split()), 160)}); {expected}", path=path) from None
     elif path.endswith((".weights.h5", ".h5", ".hdf5")):
         try:
             legacy = None if path.endswith(".weights.h5") else _h5_layer_names(path)
         except OSError as exc:
-            raise InputError(f"--pretrained {path} is not an HDF5 file ({' '.join(str(exc).split())[:120]}); {expected}", path=path) from None
+            raise InputError(f"--pretrained {path} is not an HDF5 file ({cut_text(' '.join(str(exc).split()), 120)}); {expected}", path=path) from None
         fmt = "h5 by layer name" if legacy is not None else "weights.h5"
         if legacy is not None:
             missing = [layer.name for layer in backbone.layers if layer.weights and layer.name not in set(legacy)]
@@ -414,7 +414,7 @@ def load_pretrained(model: keras.Model, path: str, arch: str) -> dict:
             else:
                 backbone.load_weights(path)
         except (ValueError, KeyError, OSError, TypeError) as exc:
-            raise InputError(f"--pretrained {path} does not fit the Keras {arch} backbone ({' '.join(str(exc).split())[:160]}); {expected}", path=path) from None
+            raise InputError(f"--pretrained {path} does not fit the Keras {arch} backbone ({cut_text(' '.join(str(exc).split()), 160)}); {expected}", path=path) from None
     else:
         raise InputError(f"--pretrained {path}: not a Keras weights file (.weights.h5, .h5, .hdf5 or .keras); {expected}", path=path)
     not_finite = [w.path for w in backbone.weights if not bool(np.isfinite(keras.ops.convert_to_numpy(w.value)).all())]
