@@ -69,7 +69,7 @@ def test_small_keras_model_learns_the_shapes(shapes, tmp_path):
     aucs = roc_auc_per_label(r.probabilities["val"], val.targets, val.masks, LABELS)
     assert np.mean([aucs[k] for k in LABELS]) == pytest.approx(best["val_mean_auc"], abs=1e-9)
     # The checkpoint is a plain Keras model (no mdprep needed to read it) that reproduces them.
-    assert r.checkpoint == str(tmp_path / "run" / "best.keras") and os.path.isfile(r.checkpoint)
+    assert r.checkpoint == str(tmp_path / "run" / "best.keras") and os.listdir(tmp_path / "run") == ["best.keras"]
     net = keras.saving.load_model(r.checkpoint)
     assert net.input_shape == (None, 32, 32, 1) and net.output_shape == (None, len(LABELS))
     logits = np.asarray(net.predict(val, verbose=0), dtype=np.float64)
@@ -172,6 +172,8 @@ def test_bad_options_are_refused(shapes, tmp_path):
         _fit(parts, root, tmp_path / "run", augment="mixup")
     with pytest.raises(UsageError, match="--device 'tpu': choose auto, cpu or cuda"):
         _fit(parts, root, tmp_path / "run", device="tpu")
+    with pytest.raises(UsageError, match="no train rows to fit on"):
+        _fit({**parts, "train": parts["train"].head(0)}, root, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 

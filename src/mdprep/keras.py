@@ -520,7 +520,10 @@ class _Epochs(keras.callbacks.Callback):
         if self.best_score is None or score > self.best_score:
             self.best_score, self.best_epoch = score, epoch + 1
             self.best_weights = [np.array(w) for w in self.net.get_weights()]
-            self.net.save(self.checkpoint, overwrite=True)
+            # Written beside it, then renamed: a run stopped mid-write keeps the previous best.keras whole.
+            partial = os.path.join(os.path.dirname(self.checkpoint), f".partial-{os.getpid()}-{CHECKPOINT}")
+            self.net.save(partial, overwrite=True)
+            os.replace(partial, self.checkpoint)
         if self.on_epoch:
             self.on_epoch(record)
 
@@ -574,6 +577,8 @@ def fit(
     w_neg = np.asarray(w_neg, dtype=np.float32).ravel()
     if len(w_pos) != len(labels) or len(w_neg) != len(labels):
         raise UsageError(f"{len(labels)} labels but {len(w_pos)} positive and {len(w_neg)} negative weights; give one of each per label")
+    if not len(parts["train"]):
+        raise UsageError("no train rows to fit on; every run needs train rows", part="train")
     device = _device(options.device)
     keras.utils.set_random_seed(options.seed)
     common = dict(root=root, labels=labels, size=options.image_size, channels=CHANNELS[options.arch], workers=options.workers)
