@@ -27,7 +27,7 @@ def run() -> list[dict]:
     for arch, size, workers in (("small", 128, 0), ("small", 128, 1), ("resnet18", 128, 0), ("densenet121", 128, 0)):
         r = train(m, root=str(root), out_dir=tempfile.mkdtemp(), arch=arch, epochs=2, batch_size=32, image_size=size,
                   device="cpu", workers=workers, seed=0)
-        e = r.metrics["epochs"][-1]  # the second epoch: caches and allocator warm
+        e = r.metrics["runs"][0]["epochs"][-1]  # the second epoch: caches and allocator warm
         rows.append({"arch": arch, "size": size, "workers": workers, "ips": e["images_per_second"], "wait": e["data_wait_share"]})
     return rows
 

@@ -46,25 +46,13 @@ def _subset(m: Manifest, train_rows: int) -> Manifest:
     return m.with_frame(f[keep])
 
 
-def torch_ips(m: Manifest, arch: str, size: int, batch: int) -> float:
+def images_per_second(m: Manifest, framework: str, arch: str, size: int, batch: int) -> float:
+    """Images/s of the second epoch of a two-epoch ``mdprep train`` run of ``framework``."""
     from mdprep.training import train
 
-    r = train(m, root=m.root, out_dir=tempfile.mkdtemp(), arch=arch, epochs=2, batch_size=batch, image_size=size, device="cpu", seed=0)
-    return r.metrics["epochs"][-1]["images_per_second"]
-
-
-def keras_ips(m: Manifest, arch: str, size: int, batch: int) -> float:
-    import numpy as np
-
-    from mdprep.crossval import FitOptions
-    from mdprep.keras import fit
-
-    f = m.frame
-    parts = {k: f[f["split"] == k] for k in ("train", "val", "test")}
-    ones = np.ones(len(m.labels), dtype=np.float32)
-    r = fit(parts, root=m.root, labels=list(m.labels), w_pos=ones, w_neg=ones, out_dir=tempfile.mkdtemp(),
-            options=FitOptions(arch=arch, epochs=2, batch_size=batch, image_size=size, device="cpu", seed=0))
-    return r.history[-1]["images_per_second"]
+    r = train(m, root=m.root, out_dir=tempfile.mkdtemp(), framework=framework, arch=arch, epochs=2, batch_size=batch,
+              image_size=size, device="cpu", seed=0, bootstrap=10)
+    return r.metrics["runs"][0]["epochs"][-1]["images_per_second"]
 
 
 def run(configs=CONFIGS) -> list[dict]:
@@ -78,8 +66,8 @@ def run(configs=CONFIGS) -> list[dict]:
         data = _subset(m, train_rows)
         ips = {"torch": [], "keras": []}
         for _ in range(repeat):
-            ips["torch"].append(torch_ips(data, arch, size, batch))
-            ips["keras"].append(keras_ips(data, arch, size, batch))
+            for framework in ips:
+                ips[framework].append(images_per_second(data, framework, arch, size, batch))
             gc.collect()  # the last run's model and activations, before the next run allocates its own
         rows.append({"arch": arch, "size": size, "rows": train_rows, "batch": batch, "repeat": repeat,
                      "torch": statistics.median(ips["torch"]), "keras": statistics.median(ips["keras"])})

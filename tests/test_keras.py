@@ -232,7 +232,7 @@ def test_fit_from_imagenet_weights_with_a_frozen_backbone(shapes, tmp_path):
     assert r.best_epoch == 1 and set(r.history[0]) == {"epoch", "train_loss", "seconds", "images_per_second", "data_wait_share"}
     assert r.probabilities == {}  # no val or test rows
     assert r.details["pretrained"] == {"file": str(path), "format": "h5 by layer name", "loaded": 318}
-    assert r.details["imagenet_normalize"] and r.details["channels"] == 3 and r.details["frozen_tensors"] == 212
+    assert r.details["normalize"] == "imagenet" and r.details["channels"] == 3 and r.details["frozen_tensors"] == 212
     net = keras.saving.load_model(r.checkpoint)
     assert net.layers[1].name == "imagenet_preprocess" and net.input_shape == (None, 32, 32, 3)
     for layer in ("conv1_conv", "conv5_block3_3_bn"):  # frozen: BatchNorm statistics included

@@ -54,9 +54,9 @@ _require_torch_backend()
 
 import torch  # noqa: E402 - after the backend is chosen
 
-from .crossval import FitOptions, FitResult  # noqa: E402
+from .crossval import FitOptions, FitResult, mean_defined  # noqa: E402
 from .training.data import AUGMENTS, ManifestDataset, cxr_safe  # noqa: E402
-from .training.loop import DivergedError, roc_auc_per_label  # noqa: E402
+from .training.loop import DivergedError, pick_device, roc_auc_per_label  # noqa: E402
 
 #: The Keras models :func:`build_model` makes.
 ARCHITECTURES = ("densenet121", "resnet50", "small")
@@ -355,6 +355,20 @@ def pretrained_normalizes(path: str, arch: str) -> bool:
     return arch in IMAGENET_STATS
 
 
+def _normalizes(options: FitOptions) -> bool:
+    """Whether the model gets the ImageNet preprocessing layer, from ``--normalize`` (``auto``: as the pretrained file needs)."""
+    how = getattr(options, "normalize", "auto")
+    if how == "none":
+        return False
+    if how == "imagenet":
+        if options.arch not in IMAGENET_STATS:
+            raise UsageError(f"--normalize imagenet: the Keras {options.arch!r} model takes one grey channel; ImageNet normalisation is for {', '.join(IMAGENET_STATS)}", option="--normalize")
+        return True
+    if how != "auto":
+        raise UsageError(f"unknown --normalize {how!r}; choose one of auto, imagenet, none", option="--normalize")
+    return bool(options.pretrained) and pretrained_normalizes(options.pretrained, options.arch)
+
+
 def load_pretrained(model: keras.Model, path: str, arch: str) -> dict:
     """Load a local weights file into the model's ``backbone``; nothing is downloaded.
 
@@ -437,23 +451,8 @@ def freeze_backbone(model: keras.Model) -> int:
     return n
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available to this torch build; use --device cpu or auto", option="--device", value=name)
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name!r}: choose auto, cpu or cuda", option="--device", value=name)
-    return name
-
-
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return (0.5 * (1.0 + np.tanh(0.5 * logits.astype("float64")))).astype(np.float32)
-
-
-def _mean(aucs: dict) -> float | None:
-    defined = [v for v in aucs.values() if v is not None]
-    return float(np.mean(defined)) if defined else None
 
 
 class _Epochs(keras.callbacks.Callback):
@@ -498,7 +497,7 @@ class _Epochs(keras.callbacks.Callback):
         b = self.val_set.batch_size
         losses = [float(keras.ops.convert_to_numpy(self.loss(y[i : i + b], logits[i : i + b]))) for i in range(0, len(y), b)]
         aucs = roc_auc_per_label(probs, self.val_set.targets, self.val_set.masks, self.labels)
-        return {"loss": float(np.mean(losses)), "auc": aucs, "mean_auc": _mean(aucs)}
+        return {"loss": float(np.mean(losses)), "auc": aucs, "mean_auc": mean_defined(aucs)}
 
     def on_epoch_end(self, epoch, logs=None):
         elapsed = time.perf_counter() - self.start
@@ -579,7 +578,7 @@ def fit(
         raise UsageError(f"{len(labels)} labels but {len(w_pos)} positive and {len(w_neg)} negative weights; give one of each per label")
     if not len(parts["train"]):
         raise UsageError("no train rows to fit on; every run needs train rows", part="train")
-    device = _device(options.device)
+    device = pick_device(options.device).type
     keras.utils.set_random_seed(options.seed)
     common = dict(root=root, labels=labels, size=options.image_size, channels=CHANNELS[options.arch], workers=options.workers)
     train_frame = parts["train"]
@@ -603,7 +602,7 @@ def fit(
 
 def _fit(device, train_set, evals, labels, w_pos, w_neg, options, checkpoint, hint, on_batch, on_epoch) -> FitResult:
     with keras.device(device):
-        normalize = bool(options.pretrained) and pretrained_normalizes(options.pretrained, options.arch)
+        normalize = _normalizes(options)
         net = build_model(options.arch, len(labels), image_size=options.image_size, imagenet_normalize=normalize)
         pretrained = load_pretrained(net, options.pretrained, options.arch) if options.pretrained else None
         frozen = freeze_backbone(net) if options.freeze else 0
@@ -623,7 +622,7 @@ def _fit(device, train_set, evals, labels, w_pos, w_neg, options, checkpoint, hi
         "backend": keras.backend.backend(),
         "checkpoint_format": "keras: uncompiled model, input (size, size, channels) float32 in [0, 1], output logits",
         "channels": CHANNELS[options.arch],
-        "imagenet_normalize": normalize,
+        "normalize": "imagenet" if normalize else None,
         "pretrained": pretrained,
         "frozen_tensors": frozen,
         "loader_threads": train_set.threads,

@@ -91,7 +91,8 @@ def _seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _device(name: str) -> torch.device:
+def pick_device(name: str) -> torch.device:
+    """The torch device of ``--device`` (``auto``: CUDA when available); a UsageError for cuda without CUDA."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -139,7 +140,7 @@ def fit(
     probabilities for the ``val`` and ``test`` rows (when there are any).
     """
     o = options
-    dev = _device(o.device)
+    dev = pick_device(o.device)
     generator = _seed_everything(o.seed)
     model = build_model(o.arch, len(labels))
     pretrained_report = load_pretrained(model, o.pretrained, o.arch) if o.pretrained else None
