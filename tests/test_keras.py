@@ -248,3 +248,31 @@ def test_a_diverging_run_stops_with_the_step(shapes, tmp_path):
     huge = np.full(len(LABELS), 3e38, dtype=np.float32)
     with pytest.raises(DivergedError, match=r"the training loss became inf at epoch 1, step 1; lower the learning rate \(now 0.003\), or check the class weights \(largest 3e\+38\)"):
         _fit({k: v.head(40) for k, v in parts.items()}, root, tmp_path / "run", w_pos=huge, w_neg=huge, image_size=16)
+
+
+def test_mdprep_train_framework_keras_writes_what_the_pytorch_path_writes(shapes, tmp_path, runner):
+    import json
+
+    from mdprep.cli import main
+    from mdprep.manifest import write_manifest
+
+    m, _, root = shapes
+    folded = split_manifest(m.with_frame(m.frame.drop(columns=["split"])), ratios=(0.8, 0.2), folds=2, seed=0).manifest
+    path = tmp_path / "folds.parquet"
+    write_manifest(folded, path)
+    args = ["train", str(path), "--fold", "all", "--arch", "small", "--epochs", "1", "--image-size", "32", "--device", "cpu",
+            "--evaluate-test", "--bootstrap", "20", "-q"]
+    outs = {}
+    for framework in ("keras", "torch"):
+        r = runner.invoke(main, [*args, "--framework", framework, "--out", str(tmp_path / framework)])
+        assert r.exit_code == 0, r.output
+        outs[framework] = pd.read_parquet(tmp_path / framework / "predictions.parquet")
+    assert (tmp_path / "keras" / "fold-0" / "best.keras").is_file() and (tmp_path / "keras" / "fold-1" / "best.keras").is_file()
+    keras_pred, torch_pred = outs["keras"], outs["torch"]
+    assert list(keras_pred.columns) == list(torch_pred.columns)
+    assert keras_pred[["image_id", "split", "fold", "part"]].equals(torch_pred[["image_id", "split", "fold", "part"]])
+    metrics = json.loads((tmp_path / "keras" / "metrics.json").read_text())
+    assert metrics["framework"] == "keras" and metrics["provenance"]["versions"]["keras"]
+    assert metrics["out_of_fold"]["rows"] == int((folded.frame["split"] != "test").sum())
+    r = runner.invoke(main, [*args, "--framework", "keras", "--arch", "resnet18", "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "Error: unknown --arch 'resnet18' for --framework keras; choose one of densenet121, resnet50, small" in r.output
