@@ -41,7 +41,7 @@ def test_named_splits_and_their_errors():
     f = _frame(["a", "b", "test", "c"])
     plan = plan_runs(f, train_split="a", val_split="b")
     assert plan.runs[0].train.tolist() == [True, False, False, False] and plan.unused == {"c": 1}
-    with pytest.raises(UsageError, match="several splits could be the validation rows \\('val', 'dev'\\)"):
+    with pytest.raises(UsageError, match="several splits could be the validation rows \\('dev', 'val'\\)"):
         plan_runs(_frame(["train", "val", "dev"]))
     with pytest.raises(UsageError, match="--val-split 'x': no rows have that split; the splits present are 'a', 'b', 'c', 'test'"):
         plan_runs(f, train_split="a", val_split="x")
@@ -49,6 +49,23 @@ def test_named_splits_and_their_errors():
         plan_runs(f)
     with pytest.raises(UsageError, match="must be different splits"):
         plan_runs(f, train_split="a", val_split="a")
+
+
+def test_split_names_are_recognised_in_any_case_and_test_rows_never_train_in_folds():
+    # 'Test' rows that carry fold values are still the test rows: before, they trained in cross-validation.
+    f = _frame(["train", "Train ", "VAL", "Test", "testing", "train"], [0, 1, 0, 1, 0, 1])
+    plan = plan_runs(f)
+    assert plan.train_split == "Train , train" and plan.val_split == "VAL" and plan.test_split == "Test, testing"
+    assert plan.runs[0].test.tolist() == [False, False, False, True, True, False]
+    folds = plan_runs(f, fold="all")
+    for run in folds.runs:
+        assert not (run.train | run.val)[3:5].any() and run.test[3:5].all()
+    plan = plan_runs(_frame(["a", "b", "holdout", "test"]), train_split="a", val_split="b", test_split="holdout")
+    assert plan.runs[0].test.tolist() == [False, False, True, False] and plan.unused == {"test": 1}
+    with pytest.raises(UsageError, match="--test-split 'x': no rows have that split"):
+        plan_runs(_frame(["a", "b"]), train_split="a", val_split="b", test_split="x")
+    with pytest.raises(UsageError, match="pass --train-split NAME, or --fold K\\|all"):
+        plan_runs(_frame(["trainval", "test"], [0, None]))
 
 
 def test_folds_validate_in_turn_and_test_rows_never_train():

@@ -237,7 +237,8 @@ def test_cli_summary_and_refusals(runner, cohort, tmp_path):
             assert w in res.stderr, res.stderr
 
     refused(["--format", "monai", "-o", str(path)], "never writes over its inputs")
-    refused(["--format", "hf", "-o", str(tmp_path / "x"), "--uncertain", "ones"], "--uncertain apply to --format monai only")
+    refused(["--format", "hf", "-o", str(tmp_path / "x"), "--uncertain", "ones"], "--uncertain applies to --format monai only")
+    refused(["--format", "monai", "-o", str(tmp_path / "x.json"), "--relative", "--root", str(tmp_path)], "--root has no effect")
     refused(["--format", "csv", "-o", str(tmp_path / "y"), "--columns", "view,nope"], "'nope' not found")
     refused(["--format", "hf", "-o", str(path)], "is a file; give a folder")
     res = runner.invoke(main, ["export", str(path), "--format", "xlsx", "-o", str(tmp_path / "z")])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mdprep.cli import main
+from mdprep.fileio import file_fingerprint
 from mdprep.manifest import Manifest, write_manifest
 from mdprep.splitting import split_manifest
 from mdprep.synthetic import SHAPE_LABELS, write_shapes_dataset
@@ -274,7 +275,8 @@ def test_every_fold_gives_out_of_fold_predictions(folded, tmp_path, runner):
     assert metrics["out_of_fold"]["patients"] == non_test["patient_id"].nunique()
     assert set(metrics["test_mean_of_folds"]["auc"]) == set(SHAPE_LABELS)
     prov = metrics["provenance"]
-    assert prov["manifest"]["sha256"] and [w["path"] for w in prov["weights"]] == [str(tmp_path / f"w{k}.json") for k in range(3)]
+    assert prov["manifest"]["sha256"] and "path" not in prov["manifest"]  # by content: no path, which could name a patient
+    assert [w["sha256"] for w in prov["weights"]] == [file_fingerprint(tmp_path / f"w{k}.json")["sha256"] for k in range(3)]
     assert prov["seed"] == 0 and prov["versions"]["torch"] and prov["versions"]["numpy"]
     for run in metrics["runs"]:
         assert run["rows"]["train"] + run["rows"]["val"] == len(non_test)
@@ -334,3 +336,100 @@ def test_normalisation_is_recorded_and_a_best_pt_keeps_its_own(shapes, tmp_path)
     assert b.metrics["runs"][0]["normalize"] == "imagenet"
     # A fresh 1-channel model has nothing to match: no normalisation.
     assert train(m, out_dir=str(tmp_path / "c"), **kw).metrics["runs"][0]["normalize"] is None
+
+
+TINY = ["--arch", "small", "--epochs", "1", "--image-size", "16", "--device", "cpu", "--bootstrap", "20", "-q"]
+
+
+def test_cross_validation_refuses_before_training_what_would_break_it_after(folded, tmp_path, runner):
+    import shutil
+
+    m, root, path = folded
+    # A fold whose validation images are all unreadable: exit 2 before any training (it was an internal error at the end).
+    copy = tmp_path / "img"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("*.parquet"))
+    for rel in m.frame.loc[m.frame["fold"] == 1, "path"]:
+        (copy / rel).unlink()
+    r = runner.invoke(main, ["train", str(path), "--root", str(copy), "--fold", "all", "--skip-missing", *TINY, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "Error: fold-1: no validation rows are left after skipping" in r.output
+    assert not (tmp_path / "a").exists()
+    # A label named like a predictions column: refused before the first epoch, not after the last.
+    f = m.frame.rename(columns={"circle": "part"})
+    write_manifest(Manifest(f, labels=("square", "part", "stripes"), root=m.root), tmp_path / "part.parquet")
+    r = runner.invoke(main, ["train", str(tmp_path / "part.parquet"), "--fold", "0", *TINY, "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "Error: label column(s) 'part' have the name of a predictions column" in r.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_resampled_copies_never_validate_and_every_row_is_counted(folded, tmp_path, runner):
+    m, root, path = folded
+    ros = tmp_path / "ros.parquet"
+    assert runner.invoke(main, ["resample", str(path), "--strategy", "ml-ros", "--percent", "50", "-o", str(ros), "-q"]).exit_code == 0
+    r = runner.invoke(main, ["train", str(ros), "--fold", "all", *TINY, "--out", str(tmp_path / "cv")])
+    assert r.exit_code == 0, r.output
+    assert "copies made by mdprep resample (never validated or tested)" in r.output
+    pred = pd.read_parquet(tmp_path / "cv" / "predictions.parquet")
+    assert not pred["image_id"].str.contains("#copy").any()
+    originals = m.frame[m.frame["split"] != "test"]
+    assert sorted(pred.loc[pred["part"] == "val", "image_id"]) == sorted(originals["image_id"])
+    metrics = json.loads((tmp_path / "cv" / "metrics.json").read_text())
+    unused = metrics["plan"]["unused_rows"]
+    clones = int((pd.read_parquet(ros)["copy"] > 0).sum())
+    assert unused["copies made by mdprep resample (never validated or tested)"] == clones
+    assert unused["test (test; scored only with --evaluate-test)"] == int((m.frame["split"] == "test").sum())
+
+
+def test_weights_files_must_fit_the_rows_they_train(shapes, folded, tmp_path, runner):
+    m, root = shapes
+    path = tmp_path / "split.parquet"
+    write_manifest(m, path)
+    for split in ("val", "all", "train"):
+        assert runner.invoke(main, ["weights", str(path), "--split", split, "-o", str(tmp_path / f"{split}.json"), "-q"]).exit_code == 0
+    base = ["train", str(path), *TINY]
+    r = runner.invoke(main, [*base, "--weights", str(tmp_path / "val.json"), "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "Error: " in r.output and "was counted on the 'val' rows, which validate or test this run" in r.output
+    r = runner.invoke(main, [*base, "--weights", str(tmp_path / "all.json"), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0 and "was counted on every row" in r.output
+    fm, _, fpath = folded
+    assert runner.invoke(main, ["weights", str(fpath), "--fold", "0", "-o", str(tmp_path / "f0.json"), "-q"]).exit_code == 0
+    r = runner.invoke(main, [*base, "--weights", str(tmp_path / "f0.json"), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "was counted on the training part of fold 0, but this run trains on the 'train' split" in r.output
+    # Counted on another manifest file: a warning naming both.
+    r = runner.invoke(main, ["train", str(fpath), "--fold", "0", *TINY, "--weights", str(tmp_path / "train.json"), "--out", str(tmp_path / "d")])
+    assert "was counted on another manifest file" in r.output
+
+
+def test_leakage_allowed_is_recorded_and_intervals_need_enough_patients(shapes, tmp_path, runner):
+    m, root = shapes
+    f = m.frame.copy()
+    f.loc[f.index[0], "patient_id"] = f.loc[f["split"] == "val", "patient_id"].iloc[0]  # one patient in train and val
+    path = tmp_path / "leak.parquet"
+    write_manifest(m.with_frame(f), path)
+    r = runner.invoke(main, ["train", str(path), *TINY, "--allow-leakage", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0 and "training anyway (--allow-leakage)" in r.output and "or pass --allow-leakage" not in r.output
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["leakage"] == {"patients_shared": 1, "allowed": True} and metrics["options"]["allow_leakage"] is True
+    assert metrics["runs"][0]["val"]["ci"]["square"] is not None  # 75 validation patients
+    # Three validation patients: an AUC, but no interval worth the name.
+    few = m.frame[(m.frame["split"] != "val") | m.frame["patient_id"].isin(m.frame.loc[m.frame["split"] == "val", "patient_id"].unique()[:3])]
+    write_manifest(m.with_frame(few), tmp_path / "few.parquet")
+    r = runner.invoke(main, ["train", str(tmp_path / "few.parquet"), *TINY, "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    val = json.loads((tmp_path / "b" / "metrics.json").read_text())["runs"][0]["val"]
+    assert val["patients"] == 3 and all(v is None for v in val["ci"].values()) and val["mean_auc_ci"] is None
+
+
+def test_test_split_option_and_evaluate_test_without_test_rows(shapes, tmp_path, runner):
+    m, root = shapes
+    f = m.frame.copy()
+    f["split"] = f["split"].replace({"test": "Holdout"})
+    path = tmp_path / "holdout.parquet"
+    write_manifest(m.with_frame(f), path)
+    r = runner.invoke(main, ["train", str(path), *TINY, "--evaluate-test", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0 and "--evaluate-test: no rows have split 'test', so nothing is tested; pass --test-split NAME" in r.output
+    assert f"({int((f['split'] == 'Holdout').sum())} Holdout)" in r.output  # and the Holdout rows, used by no run, are counted
+    r = runner.invoke(main, ["train", str(path), *TINY, "--evaluate-test", "--test-split", "Holdout", "--bootstrap", "0", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["runs"][0]["rows"]["test"] == int((f["split"] == "Holdout").sum()) and metrics["plan"]["test_split"] == "Holdout"
+    assert metrics["runs"][0]["test"]["ci"]["square"] is None and metrics["runs"][0]["test"]["auc"]["square"] is not None

@@ -8,6 +8,7 @@ drawn over patients. Needs numpy and pandas only: no torch, no Keras.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol, Sequence
 
@@ -89,13 +90,25 @@ class Fit(Protocol):
     ) -> FitResult: ...
 
 
-#: Split names read as validation rows when ``--val-split`` is not given.
+#: Split names read as validation rows when ``--val-split`` is not given (any case, see :func:`split_key`).
 VAL_NAMES = ("val", "valid", "validation", "dev")
 #: Split names read as training rows when ``--train-split`` is not given.
 TRAIN_NAMES = ("train", "training")
-#: The split every mode holds out for the final test.
-TEST_SPLIT = "test"
+#: Split names held out for the final test in every mode, unless ``--test-split`` names another.
+TEST_NAMES = ("test", "testing")
 PARTS = ("train", "val", "test")
+
+
+def split_key(name: object) -> str:
+    """How a split name is recognised: lower case, runs of other characters than letters, digits and ``_`` as one ``_``.
+
+    ``mdprep train`` and ``mdprep export`` both read split names through it, so
+    ``Test``, ``test `` and ``TEST`` are the test rows for both.
+
+    >>> split_key(" Test"), split_key("hold-out 2")
+    ('test', 'hold_out_2')
+    """
+    return re.sub(r"\W+", "_", str(name)).strip("_").lower()
 
 
 @dataclass(frozen=True)
@@ -169,18 +182,22 @@ def plan_runs(
     fold_col: str = "fold",
     train_split: str | None = None,
     val_split: str | None = None,
+    test_split: str | None = None,
     no_val: bool = False,
 ) -> RunPlan:
     """Choose the train, validation and test rows of each run.
 
-    Without ``fold``: the ``train_split`` rows train (default: a split named
-    ``train`` or ``training``), the ``val_split`` rows validate (default: the one
-    split named ``val``, ``valid``, ``validation`` or ``dev``), and the ``test``
-    rows test. A manifest with no validation rows is refused unless ``no_val``.
+    Split names are recognised in any case and spacing (:func:`split_key`). The
+    test rows are the split named ``test`` or ``testing`` (or exactly
+    ``test_split``); they never train or validate, in any mode.
+
+    Without ``fold``: the ``train_split`` rows train (default: the split named
+    ``train`` or ``training``), the ``val_split`` rows validate (default: the split
+    named ``val``, ``valid``, ``validation`` or ``dev``). A manifest with no
+    validation rows is refused unless ``no_val``.
 
     With ``fold=K``: fold K of the non-test rows validates and the other folds
-    train; ``fold="all"`` plans one run per fold present. Test rows (split ``test``)
-    never train or validate.
+    train; ``fold="all"`` plans one run per fold present.
 
     Raises
     ------
@@ -191,11 +208,11 @@ def plan_runs(
     Examples
     --------
     >>> import pandas as pd
-    >>> f = pd.DataFrame({"split": ["train", "train", "valid", "test"]})
+    >>> f = pd.DataFrame({"split": ["Train", "train", "valid", "TEST"]})
     >>> p = plan_runs(f)
-    >>> p.val_split, p.runs[0].val.tolist()
-    ('valid', [False, False, True, False])
-    >>> f = pd.DataFrame({"split": ["train"] * 4 + ["test"], "fold": pd.array([0, 1, 2, 0, None], dtype="Int16")})
+    >>> p.train_split, p.val_split, p.test_split, p.runs[0].test.tolist()
+    ('Train, train', 'valid', 'TEST', [False, False, False, True])
+    >>> f = pd.DataFrame({"split": ["train"] * 4 + ["test"], "fold": pd.array([0, 1, 2, 0, 1], dtype="Int16")})
     >>> [r.val.nonzero()[0].tolist() for r in plan_runs(f, fold="all").runs]
     [[0, 3], [1], [2]]
     """
@@ -205,40 +222,45 @@ def plan_runs(
     has_split = split_col in frame.columns
     splits = _split_values(frame, split_col) if has_split else np.full(n, "", dtype=object)
     present = sorted({s for s in splits.tolist() if s})
-    test = splits == TEST_SPLIT
+    keys = {name: split_key(name) for name in present}
+
+    def named(option: str, given: str | None, known: Sequence[str]) -> list[str]:
+        """The split names an option picks: exactly ``given``, or every name recognised as one of ``known``."""
+        if given is None:
+            return [name for name in present if keys[name] in known]
+        if given not in present:
+            raise UsageError(f"{option} {given!r}: no rows have that {split_col}; the splits present are {_names(present)}")
+        return [given]
+
+    test_names = named("--test-split", test_split, TEST_NAMES)
+    test = np.isin(splits, test_names)
+    test_label = ", ".join(test_names) or (test_split or TEST_NAMES[0])
     if fold is None:
         if not has_split:
             hint = f"; or pass --fold K to cross-validate on the {fold_col!r} column" if fold_col in frame.columns else ""
             raise UsageError(f"the manifest has no {split_col!r} column; run `mdprep split` first{hint}")
-        if train_split is None:
-            known = [s for s in TRAIN_NAMES if s in present]
-            if not known:
-                raise UsageError(f"no rows have {split_col} == 'train' (the splits present are {_names(present)}); pass --train-split NAME")
-            train_split = known[0]
-        elif train_split not in present:
-            raise UsageError(f"--train-split {train_split!r}: no rows have that {split_col}; the splits present are {_names(present)}")
+        train_names = named("--train-split", train_split, TRAIN_NAMES)
+        if not train_names:
+            hint = f", or --fold K|all to cross-validate on the {fold_col!r} column" if fold_col in frame.columns else ""
+            raise UsageError(f"no rows have {split_col} == 'train' (the splits present are {_names(present)}); pass --train-split NAME{hint}")
         if val_split is not None and no_val:
             raise UsageError("--val-split and --no-val cannot go together: choose the validation split, or none")
-        if val_split is None and not no_val:
-            known = [s for s in VAL_NAMES if s in present]
-            if len(known) > 1:
-                raise UsageError(f"several splits could be the validation rows ({_names(known)}); choose one with --val-split NAME")
-            if not known:
-                raise UsageError(
-                    f"the manifest has no validation rows (no {split_col} named {', '.join(VAL_NAMES)}; the splits present are {_names(present)}): "
-                    "pass --val-split NAME, --fold K to validate on a fold, or --no-val to train without validation (the last epoch is kept)"
-                )
-            val_split = known[0]
-        elif val_split is not None and val_split not in present:
-            raise UsageError(f"--val-split {val_split!r}: no rows have that {split_col}; the splits present are {_names(present)}")
-        if val_split in (train_split, TEST_SPLIT) or train_split == TEST_SPLIT:
-            raise UsageError(f"the train, validation and test rows must be different splits (train {train_split!r}, validation {val_split!r}, test {TEST_SPLIT!r})")
-        train = splits == train_split
-        val = splits == val_split if val_split else np.zeros(n, dtype=bool)
+        val_names = [] if no_val else named("--val-split", val_split, VAL_NAMES)
+        if not no_val and not val_names:
+            raise UsageError(
+                f"the manifest has no validation rows (no {split_col} named {', '.join(VAL_NAMES)}; the splits present are {_names(present)}): "
+                "pass --val-split NAME, --fold K to validate on a fold, or --no-val to train without validation (the last epoch is kept)"
+            )
+        if len({keys[v] for v in val_names}) > 1:
+            raise UsageError(f"several splits could be the validation rows ({_names(val_names)}); choose one with --val-split NAME")
+        clash = (set(train_names) & set(val_names)) | (set(train_names) & set(test_names)) | (set(val_names) & set(test_names))
+        if clash:
+            raise UsageError(f"the train, validation and test rows must be different splits ({_names(sorted(clash))} is more than one of them)")
+        train = np.isin(splits, train_names)
+        val = np.isin(splits, val_names)
         runs = (Run(None, train, val, test),)
-        used = train | val | test
-        unused = _count(splits[~used])
-        return RunPlan("split", runs, train_split, val_split, TEST_SPLIT, unused)
+        unused = _count(splits[~(train | val | test)])
+        return RunPlan("split", runs, ", ".join(train_names), ", ".join(val_names) or None, test_label, unused)
 
     if train_split is not None or val_split is not None or no_val:
         raise UsageError("--fold chooses the training and validation rows itself; drop --train-split, --val-split and --no-val")
@@ -260,7 +282,7 @@ def plan_runs(
         chosen = [int(fold)]
     runs = tuple(Run(k, cv & ~missing & (folds != k), cv & (folds == k), test) for k in chosen)
     unused = {f"{fold_col} missing": int(missing.sum())} if missing.any() else {}
-    return RunPlan("folds" if fold == "all" else "fold", runs, None, None, TEST_SPLIT, unused)
+    return RunPlan("folds" if fold == "all" else "fold", runs, None, None, test_label, unused)
 
 
 def _count(values: np.ndarray) -> dict[str, int]:
@@ -268,22 +290,48 @@ def _count(values: np.ndarray) -> dict[str, int]:
     return {("(no split)" if k == "" else str(k)): int(c) for k, c in zip(names, counts)}
 
 
-def _auc_from_weights(scores: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC of one label for each row of ``weights`` (replicates x rows); NaN where a class is absent.
+class _LabelPairs:
+    """One label's rows, arranged so that a weighted AUC costs one cumulative sum.
 
-    Ties count one half, as in scikit-learn's ``roc_auc_score``. Sorted once; each
-    replicate is a weighted count of the positive-negative pairs in order.
+    The negatives are sorted by score; for every positive, ``lo`` and ``hi`` count
+    the negatives scored below it and at most as high as it. With weights ``w``, the
+    weighted number of correctly ordered pairs (ties one half) is then
+    ``sum_pos w_pos * (C[lo] + C[hi]) / 2`` where ``C`` is the running sum of the
+    negatives' weights, the same for every replicate.
     """
-    order = np.argsort(scores, kind="stable")
-    s, yy, w = scores[order], y[order], weights[:, order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    pos = np.add.reduceat(w * yy, starts, axis=1)
-    neg = np.add.reduceat(w * (1 - yy), starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
-    total_pos, total_neg = pos.sum(axis=1), neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (pos * (below + 0.5 * neg)).sum(axis=1) / (total_pos * total_neg)
-    return np.where((total_pos > 0) & (total_neg > 0), auc, np.nan)
+
+    def __init__(self, scores: np.ndarray, y: np.ndarray, codes: np.ndarray) -> None:
+        pos, neg = y == 1, y == 0
+        order = np.argsort(scores[neg], kind="stable")
+        neg_scores = scores[neg][order]
+        self.neg_codes = codes[neg][order]
+        self.pos_codes = codes[pos]
+        self.lo = np.searchsorted(neg_scores, scores[pos], side="left")
+        self.hi = np.searchsorted(neg_scores, scores[pos], side="right")
+        self.patients = len(np.unique(codes[pos | neg]))
+
+    def auc(self, weights: np.ndarray) -> np.ndarray:
+        """AUC per row of ``weights`` (replicates x patients); NaN where a class has no weight."""
+        wn = weights[:, self.neg_codes]
+        running = np.zeros((len(weights), wn.shape[1] + 1), dtype=weights.dtype)
+        np.cumsum(wn, axis=1, out=running[:, 1:])
+        wp = weights[:, self.pos_codes]
+        pairs = np.einsum("ij,ij->i", wp, running[:, self.lo] + running[:, self.hi], dtype=np.float64) / 2
+        total = wp.sum(axis=1, dtype=np.float64) * running[:, -1].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, pairs / total, np.nan)
+
+
+def _auc(scores: np.ndarray, y: np.ndarray) -> float:
+    """ROC AUC of 0/1 targets ``y`` (ties count one half, as scikit-learn's ``roc_auc_score``)."""
+    pairs = _LabelPairs(np.asarray(scores, dtype=np.float64), y, np.arange(len(y)))
+    return float(pairs.auc(np.ones((1, len(y))))[0])
+
+
+#: Fewest patients (with a labelled row for the label) for a bootstrap interval; below it the interval is null.
+MIN_CI_PATIENTS = 10
+#: Largest replicates x rows block held at once by :func:`auc_summary` (float32 elements).
+_BLOCK = 4_000_000
 
 
 def auc_summary(
@@ -302,53 +350,73 @@ def auc_summary(
     count for a label. Each replicate draws as many patients as there are, with
     replacement, and weighs every image by how often its patient was drawn, so the
     interval reflects that images of one patient are not independent. A label with
-    one class only has AUC ``None``.
+    one class only has AUC ``None``. An interval needs at least
+    :data:`MIN_CI_PATIENTS` patients with a labelled row; it is taken over the
+    replicates in which both classes were drawn (``defined_replicates``).
 
-    Returns ``auc``, ``ci`` (label -> [low, high] or None), ``mean_auc`` and
-    ``mean_auc_ci`` (the mean over defined labels, per replicate), ``rows``,
-    ``patients`` and ``bootstrap`` (replicates, level, unit).
+    Returns ``auc``, ``ci`` (label -> [low, high] or None), ``defined_replicates``,
+    ``mean_auc`` and ``mean_auc_ci`` (the mean over defined labels, per replicate),
+    ``rows``, ``patients`` and ``bootstrap`` (replicates, level, unit, seed).
+
+    Memory stays bounded: replicates are drawn in blocks of at most about four
+    million weights.
 
     Examples
     --------
     >>> y = np.array([[1.0], [0.0], [1.0], [0.0]])
     >>> s = auc_summary(np.array([[0.9], [0.1], [0.8], [0.3]]), y, ["A"], np.array(["p", "p", "q", "q"]), replicates=50)
-    >>> s["auc"]["A"], s["patients"]
-    (1.0, 2)
+    >>> s["auc"]["A"], s["patients"], s["ci"]["A"]
+    (1.0, 2, None)
     """
     rng = np.random.default_rng(seed)
     codes, uniq = _factorize(groups)
     n_groups = len(uniq)
-    draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=replicates) if n_groups else np.zeros((replicates, 0))
-    weights = draws[:, codes].astype(np.float64)
     point: dict[str, float | None] = {}
     ci: dict[str, list[float] | None] = {}
+    defined_reps: dict[str, int] = {}
     per_rep = np.full((replicates, len(labels)), np.nan)
     lo_q, hi_q = 50 * (1 - level), 50 * (1 + level)
+    drawn = []
     for j, label in enumerate(labels):
         keep = (values[:, j] == 1) | (values[:, j] == 0)
-        y = values[keep, j].astype(np.float64)
-        if keep.sum() == 0 or y.min() == y.max():
+        y = values[keep, j]
+        if not keep.any() or y.min() == y.max():
             point[label], ci[label] = None, None
             continue
-        score = probs[keep, j].astype(np.float64)
-        point[label] = float(_auc_from_weights(score, y, np.ones((1, len(y))))[0])
-        reps = np.concatenate([_auc_from_weights(score, y, weights[i : i + 64][:, keep]) for i in range(0, replicates, 64)])
-        per_rep[:, j] = reps
-        ci[label] = [float(np.nanpercentile(reps, lo_q)), float(np.nanpercentile(reps, hi_q))] if np.isfinite(reps).any() else None
+        pairs = _LabelPairs(probs[keep, j].astype(np.float64), y, codes[keep])
+        point[label] = float(pairs.auc(np.ones((1, n_groups)))[0])
+        if pairs.patients >= MIN_CI_PATIENTS:
+            drawn.append((j, label, pairs))
+    step = max(1, _BLOCK // max(1, len(values)))
+    for start in range(0, replicates if drawn else 0, step):
+        draws = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=min(step, replicates - start)).astype(np.float32)
+        for j, _, pairs in drawn:
+            per_rep[start : start + len(draws), j] = pairs.auc(draws)
+    for j, label, _ in drawn:
+        reps = per_rep[:, j]
+        defined_reps[label] = int(np.isfinite(reps).sum())
+        ci[label] = [float(np.nanpercentile(reps, lo_q)), float(np.nanpercentile(reps, hi_q))] if defined_reps[label] else None
+    for label in labels:
+        ci.setdefault(label, None)
     defined = [j for j, label in enumerate(labels) if point[label] is not None]
     mean = float(np.mean([point[labels[j]] for j in defined])) if defined else None
-    chosen = per_rep[:, defined]
-    counted = np.isfinite(chosen).sum(axis=1)
-    mean_reps = np.where(counted > 0, np.nansum(chosen, axis=1) / np.maximum(counted, 1), np.nan)
-    finite = mean_reps[np.isfinite(mean_reps)]
+    with_ci = [j for j in defined if ci[labels[j]] is not None]
+    mean_ci = None
+    if with_ci and len(with_ci) == len(defined):  # the mean's interval only when every defined label has one
+        chosen = per_rep[:, with_ci]
+        counted = np.isfinite(chosen).sum(axis=1)
+        mean_reps = np.where(counted == len(with_ci), np.nansum(chosen, axis=1) / np.maximum(counted, 1), np.nan)
+        finite = mean_reps[np.isfinite(mean_reps)]
+        mean_ci = [float(np.percentile(finite, lo_q)), float(np.percentile(finite, hi_q))] if finite.size else None
     return {
         "auc": point,
         "ci": ci,
+        "defined_replicates": defined_reps,
         "mean_auc": mean,
-        "mean_auc_ci": [float(np.percentile(finite, lo_q)), float(np.percentile(finite, hi_q))] if finite.size else None,
+        "mean_auc_ci": mean_ci,
         "rows": int(len(values)),
         "patients": n_groups,
-        "bootstrap": {"replicates": replicates, "level": level, "unit": "patient", "seed": seed},
+        "bootstrap": {"replicates": replicates, "level": level, "unit": "patient", "seed": seed, "min_patients": MIN_CI_PATIENTS},
     }
 
 
@@ -375,9 +443,8 @@ def roc_auc_per_label(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray,
     out: dict[str, float | None] = {}
     for j, label in enumerate(labels):
         keep = masks[:, j] > 0
-        y = targets[keep, j].astype(np.float64)
-        defined = keep.any() and y.min() != y.max()
-        out[label] = float(_auc_from_weights(probs[keep, j].astype(np.float64), y, np.ones((1, len(y))))[0]) if defined else None
+        y = targets[keep, j]
+        out[label] = _auc(probs[keep, j], y) if keep.any() and y.min() != y.max() else None
     return out
 
 
@@ -388,6 +455,15 @@ def mean_defined(aucs: Mapping[str, float | None]) -> float | None:
 
 
 PREDICTION_COLUMNS = ("image_id", "split", "fold", "part")
+
+
+def check_prediction_columns(labels: Sequence[str]) -> None:
+    """Refuse labels named like a column of ``predictions.parquet``, before any training starts."""
+    clash = sorted(set(labels) & set(PREDICTION_COLUMNS))
+    if clash:
+        from .errors import UsageError
+
+        raise UsageError(f"label column(s) {_names(clash)} have the name of a predictions column ({', '.join(PREDICTION_COLUMNS)}); rename them in the manifest")
 
 
 def predictions_table(frame, plan: RunPlan, probabilities: Sequence[Mapping[str, np.ndarray]], labels: Sequence[str], *, split_col: str = "split", metadata: Mapping | None = None):
@@ -405,11 +481,7 @@ def predictions_table(frame, plan: RunPlan, probabilities: Sequence[Mapping[str,
 
     import pyarrow as pa
 
-    clash = sorted(set(labels) & set(PREDICTION_COLUMNS))
-    if clash:
-        from .errors import UsageError
-
-        raise UsageError(f"label column(s) {_names(clash)} have the name of a predictions column; rename them in the manifest")
+    check_prediction_columns(labels)
     ids = frame["image_id"].astype("string").to_numpy(dtype=object)
     splits = frame[split_col].astype("string").to_numpy(dtype=object, na_value=None) if split_col in frame.columns else np.full(len(frame), None, dtype=object)
     pieces = []

@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .crossval import TEST_SPLIT, TRAIN_NAMES, VAL_NAMES
+from .crossval import TEST_NAMES, TRAIN_NAMES, VAL_NAMES, split_key
 from .errors import EmptyInputError, LeakageError, MdprepWarning, MissingColumnError, UsageError, examples_text, short_repr
 from .fileio import atomic_write, is_stdio, write_text
 from .manifest import Manifest, provenance_step, to_arrow, write_table
@@ -62,7 +62,7 @@ MISSING: dict[str, str] = {
 SPLIT_ALIASES: dict[str, str] = {
     **dict.fromkeys((*TRAIN_NAMES, "trainval", "train_val"), "train"),
     **dict.fromkeys(VAL_NAMES, "validation"),  # the names mdprep train reads as validation rows
-    **dict.fromkeys((TEST_SPLIT, "testing"), "test"),
+    **dict.fromkeys(TEST_NAMES, "test"),
 }
 #: Parts come in this order, then the others by name, then :data:`UNASSIGNED`.
 PART_ORDER = ("train", "validation", "test")
@@ -155,7 +155,7 @@ def part_name(split: Any) -> str:
     ('validation', 'train', 'hold_out_2', 'validation')
     """
     name = re.sub(r"\W+", "_", str(split)).strip("_")
-    return SPLIT_ALIASES.get(name.lower(), name)
+    return SPLIT_ALIASES.get(split_key(split), name)
 
 
 def _part_key(fmt: str, name: str) -> str:
@@ -244,6 +244,8 @@ def _image_paths(manifest: Manifest, frame: pd.DataFrame, root: str | None, rela
     """
     paths = pa.array(frame["path"].astype("str").to_numpy(dtype=object), type=pa.string())
     if relative:
+        if root is not None:
+            raise UsageError("--relative writes the paths as the manifest holds them, so --root has no effect; drop one of them (MONAI's base_dir is where you load the export)")
         return paths, None
     root = root or manifest.root
     if root is None:
@@ -501,7 +503,7 @@ def export_manifest(
     if fmt != "monai":
         given = [n for n, v in (("--uncertain", uncertain), ("--missing", missing)) if v is not None]
         if given:
-            raise UsageError(f"{' and '.join(given)} apply to --format monai only; {fmt} keeps the manifest's label coding (1, 0, -1, null)")
+            raise UsageError(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --format monai only; {fmt} keeps the manifest's label coding (1, 0, -1, null)")
     uncertain, missing = uncertain or "ignore", missing or "ignore"
     if uncertain not in UNCERTAIN:
         raise UsageError(f"unknown --uncertain {uncertain!r}; choose one of {', '.join(UNCERTAIN)}")

@@ -27,7 +27,7 @@ class FoldParam(click.ParamType):
         if isinstance(value, int) or value == "all":
             return value
         text = str(value).strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             return int(text)
         self.fail(f"{value!r} is not a fold number (0, 1, ...) or 'all'", param, ctx)
 
@@ -48,6 +48,7 @@ class FoldParam(click.ParamType):
 @click.option("--fold", "--folds", "fold", type=FoldParam(), help="Cross-validate: fold K of the non-test rows validates, the others train; 'all' trains one model per fold and writes out-of-fold predictions.")
 @click.option("--train-split", help="The split that trains [default: train].")
 @click.option("--val-split", help="The split that picks the epoch [default: the one named val, valid, validation or dev].")
+@click.option("--test-split", help="The split held out for --evaluate-test [default: the one named test or testing].")
 @click.option("--no-val", is_flag=True, help="Train without validation rows (the last epoch is kept).")
 @click.option("--epochs", default=5, show_default=True, type=click.IntRange(min=1), help="Passes over the train rows (at least 1).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, MAX_BATCH_SIZE), help=f"Images per step (1 to {MAX_BATCH_SIZE}).")
@@ -75,9 +76,9 @@ class FoldParam(click.ParamType):
 @allow_outside_root_option
 @path_map_option
 @click.option("--skip-missing", is_flag=True, help="Leave out rows whose image is missing or does not decode (counted, listed in metrics.json) instead of refusing to start.")
-@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=1), help="Bootstrap replicates (drawn over patients) for the AUC confidence intervals.")
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=0), help="Bootstrap replicates (drawn over patients) for the AUC confidence intervals; 0: no intervals.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables.")
-def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_split, val_split, no_val, bootstrap, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, normalize, hflip, device, seed, workers, evaluate_test, allow_leakage, allow_outside_root, path_map, skip_missing, quiet):
+def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_split, val_split, test_split, no_val, bootstrap, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, normalize, hflip, device, seed, workers, evaluate_test, allow_leakage, allow_outside_root, path_map, skip_missing, quiet):
     """Train a multi-label classifier on the train rows (or folds), pick the epoch on the validation rows.
 
     \b
@@ -107,7 +108,8 @@ def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_sp
     if fold == "all" and "fold" in m.frame.columns:  # each fold's checkpoint, in fold-K/, must not be an input either
         folds = sorted(int(k) for k in m.frame["fold"].dropna().unique())
         check_outputs(inputs, {"--out": out_dir}, folders={"--out": [f"fold-{k}/{name}" for k in folds for name in written[:2]]})
-    provenance = {"manifest": file_fingerprint(manifest), "weights": [file_fingerprint(w) for w in weights_path]}
+    # Files by size and SHA-256, not by path: outputs do not depend on where the inputs lie, and name no patient.
+    provenance = {"manifest": _content(manifest), "weights": [_content(w) for w in weights_path]}
     real_paths = load_path_map(path_map) if path_map else None
     console = _animate(quiet)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) if console else None
@@ -139,7 +141,7 @@ def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_sp
     try:
         result = train_model(
             m, root=root, out_dir=out_dir, weights_path=list(weights_path), framework=framework, fold=fold, train_split=train_split,
-            val_split=val_split, no_val=no_val, bootstrap=bootstrap, provenance=provenance, arch=arch, epochs=epochs, batch_size=batch_size,
+            val_split=val_split, test_split=test_split, no_val=no_val, bootstrap=bootstrap, provenance=provenance, arch=arch, epochs=epochs, batch_size=batch_size,
             image_size=image_size, lr=lr, pretrained=pretrained, freeze=freeze_backbone, augment=augment, normalize=normalize, hflip=hflip,
             device=device, seed=seed, evaluate_test=evaluate_test, allow_leakage=allow_leakage, workers=workers,
             allow_outside_root=allow_outside_root, skip_missing=skip_missing, path_map=real_paths,
@@ -157,6 +159,10 @@ def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_sp
         return
     print_table(summary_table(metrics, epochs))
     click.echo(f"Wrote {out_dir}/predictions.parquet and {out_dir}/metrics.json", err=True)
+
+
+def _content(path: str) -> dict:
+    return {k: v for k, v in file_fingerprint(path).items() if k != "path"}
 
 
 def _auc_cell(summary: dict | None, label: str | None = None) -> str:
@@ -181,6 +187,8 @@ def summary_table(metrics: dict, epochs: int) -> Table:
     else:
         run = runs[0]
         val, test = run["val"], run["test"]
+        if not val and not test:
+            return Table(title=f"Kept epoch {run['best_epoch']} of {epochs} ({metrics['framework']} {metrics['arch']}, {metrics['device']}): no validation or test rows were scored", title_justify="left")
         where = "" if run["fold"] is None else f", fold {run['fold']} validating"
         title = f"Best epoch {run['best_epoch']} of {epochs} ({metrics['framework']} {metrics['arch']}, {metrics['device']}{where})"
         names = ("val AUC", "test AUC")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import sys
 import time
 import warnings
@@ -21,7 +22,7 @@ import torch
 
 from .. import __version__
 from ..audit import value_overlap
-from ..crossval import FitOptions, FitResult, RunPlan, auc_summary, mean_defined, plan_runs, predictions_table, roc_auc_per_label
+from ..crossval import FitOptions, FitResult, RunPlan, auc_summary, check_prediction_columns, mean_defined, plan_runs, predictions_table, roc_auc_per_label
 from ..errors import InputError, LeakageError, MdprepError, MdprepWarning, UsageError, cut_text, examples_text, short_repr
 from ..fileio import atomic_write, paths_outside_root
 from ..manifest import Manifest, write_table
@@ -219,7 +220,7 @@ def fit(
     return FitResult(history, best_epoch, checkpoint, probabilities, str(dev), details)
 
 
-def _check_images(frame, read: np.ndarray, root: str, *, allow_outside_root: bool, skip_missing: bool, workers: int):
+def _check_images(frame, read: np.ndarray, root: str, *, allow_outside_root: bool, skip_missing: bool, workers: int, hint: str = ""):
     """The rows to leave out (a boolean mask over ``frame``), and the table of unreadable images.
 
     ``read`` marks the rows some run will read. Raises :class:`InputError` for paths
@@ -236,14 +237,14 @@ def _check_images(frame, read: np.ndarray, root: str, *, allow_outside_root: boo
         return drop, bad
     what = f"{len(bad)} image(s) that training would read are missing or do not decode: {_image_examples(bad)}"
     if not skip_missing:
-        raise InputError(f"{what}. Fix or remove these rows, or pass --skip-missing to train without them", path=root, count=len(bad), examples=bad.head(5).to_dict(orient="records"))
+        raise InputError(f"{what}. {hint}Fix or remove these rows, or pass --skip-missing to train without them", path=root, count=len(bad), examples=bad.head(5).to_dict(orient="records"))
     warnings.warn(f"{what}; skipped (--skip-missing), listed in metrics.json", MdprepWarning, stacklevel=3)
     drop = read & frame["image_id"].astype("str").isin(set(bad["image_id"])).to_numpy()
     return drop, bad
 
 
-def _refuse_leakage(frame, plan: RunPlan, *, allow_leakage: bool) -> None:
-    """Patients shared by the train, validation and test rows of any run stop training (or warn)."""
+def _refuse_leakage(frame, plan: RunPlan, *, allow_leakage: bool) -> int:
+    """Patients shared by the train, validation and test rows of any run stop training (or warn); returns how many."""
     shared: dict[str, None] = {}
     for run in plan.runs:
         roles = run.roles()
@@ -252,24 +253,25 @@ def _refuse_leakage(frame, plan: RunPlan, *, allow_leakage: bool) -> None:
         found = value_overlap(sub, "patient_id", split_col="_part", check="patient_overlap").findings
         shared.update(dict.fromkeys(found["key"].tolist()) if not found.empty else {})
     if not shared:
-        return
+        return 0
     keys = list(shared)
     where = "the folds or the test split" if plan.mode != "split" else "more than one split"
-    message = (
-        f"{len(keys)} patient(s) appear in {where} (for example {examples_text(keys, len(keys), limit=3)}); "
-        "metrics on such a split are inflated. Re-split with `mdprep split`, or pass --allow-leakage"
-    )
+    message = f"{len(keys)} patient(s) appear in {where} (for example {examples_text(keys, len(keys), limit=3)}); metrics on such a split are inflated"
     if not allow_leakage:
-        raise LeakageError(message)
-    warnings.warn(message, MdprepWarning, stacklevel=3)
+        raise LeakageError(f"{message}. Re-split with `mdprep split`, or pass --allow-leakage")
+    warnings.warn(f"{message}; training anyway (--allow-leakage), recorded in metrics.json", MdprepWarning, stacklevel=3)
+    return len(keys)
 
 
-def _run_weights(paths: Sequence[str], labels: Sequence[str], plan: RunPlan) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]:
+def _run_weights(paths: Sequence[str], labels: Sequence[str], plan: RunPlan, manifest_sha: str | None = None) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]:
     """The labels and the (w_pos, w_neg) of each run from the ``--weights`` files.
 
     A file written by ``mdprep weights --fold K`` serves the run that validates on
-    fold K; a file without a fold serves every other run. A fold run served by a
-    file counted on rows its validation fold holds gets a warning.
+    fold K; a file without a fold serves the fold runs that have none, with a
+    warning (its rows include the validation fold). Without ``--fold``, a per-fold
+    file, or one counted on the validation or test rows, is refused; one counted on
+    another split, or on every row, warns. A file counted on another manifest
+    (``manifest_sha``, the SHA-256 of the one training) warns.
     """
     if not paths:
         ones = np.ones(len(labels), dtype=np.float32)
@@ -291,6 +293,30 @@ def _run_weights(paths: Sequence[str], labels: Sequence[str], plan: RunPlan) -> 
             raise UsageError(f"the --weights files weigh different labels ({', '.join(names)} against {', '.join(got)} in {path}); compute them with the same --labels")
         names = got
         parsed[key] = (w_pos, w_neg)
+        counted_on = ((doc.get("provenance") or {}).get("manifest") or {}).get("sha256") if isinstance(doc.get("provenance"), dict) else None
+        if manifest_sha and isinstance(counted_on, str) and counted_on != manifest_sha:
+            warnings.warn(f"{path} was counted on another manifest file (SHA-256 {counted_on[:12]}..., this one is {manifest_sha[:12]}...); check that its rows are this manifest's", MdprepWarning, stacklevel=3)
+    folds = {run.fold for run in plan.runs}
+    if plan.mode == "split":
+        path, doc = next(iter(by_fold.values()))
+        if len(by_fold) > 1 or None not in by_fold:
+            k = next(k for k in by_fold if k is not None)
+            raise UsageError(
+                f"{by_fold[k][0]} was counted on the training part of fold {k}, but this run trains on the {plan.train_split!r} split; "
+                "use `mdprep weights` without --fold, or train with --fold K"
+            )
+        counted = doc.get("split")
+        leaking = {plan.val_split, plan.test_split} - {None}
+        if isinstance(counted, str) and any(counted in names_.split(", ") for names_ in leaking):
+            raise UsageError(f"{path} was counted on the {counted!r} rows, which validate or test this run: their labels would leak into training; compute it with `mdprep weights --split {plan.train_split.split(', ')[0]}`")
+        if counted == "all":
+            warnings.warn(f"{path} was counted on every row, validation and test rows included (--split all)", MdprepWarning, stacklevel=3)
+        elif isinstance(counted, str) and counted not in plan.train_split.split(", "):
+            warnings.warn(f"{path} was counted on the {counted!r} rows, not on the {plan.train_split!r} rows this run trains on", MdprepWarning, stacklevel=3)
+    else:
+        ignored = sorted(k for k in parsed if k is not None and k not in folds)
+        if ignored:
+            warnings.warn(f"--weights for fold(s) {', '.join(map(str, ignored))} are not used: this run trains fold(s) {', '.join(map(str, sorted(folds)))}", MdprepWarning, stacklevel=3)
     out = []
     for run in plan.runs:
         key = run.fold if run.fold in parsed else None
@@ -305,8 +331,6 @@ def _run_weights(paths: Sequence[str], labels: Sequence[str], plan: RunPlan) -> 
                 MdprepWarning,
                 stacklevel=3,
             )
-        elif run.fold is None and key is not None and len(parsed) == 1:
-            warnings.warn(f"{path} was counted on the training part of fold {key}, not on the {plan.train_split!r} split", MdprepWarning, stacklevel=3)
         out.append(parsed[key])
     return names or [], out
 
@@ -362,6 +386,7 @@ def train(
     fold: int | str | None = None,
     train_split: str | None = None,
     val_split: str | None = None,
+    test_split: str | None = None,
     no_val: bool = False,
     arch: str = "densenet121",
     epochs: int = 5,
@@ -425,7 +450,7 @@ def train(
     check_number(image_size, "--image-size", minimum=MIN_IMAGE_SIZE, maximum=MAX_IMAGE_SIZE, integer=True)
     check_number(lr, "--lr", above=0, maximum=MAX_LR)
     check_number(workers, "--workers", minimum=0, integer=True)
-    check_number(bootstrap, "--bootstrap", minimum=1, integer=True)
+    check_number(bootstrap, "--bootstrap", minimum=0, integer=True)
     seed = check_seed(seed)
     options = FitOptions(arch, epochs, batch_size, image_size, lr, pretrained, freeze, augment, hflip, device, seed, workers, normalize)
     frame = manifest.frame
@@ -438,30 +463,41 @@ def train(
         raise InputError(f"image folder {root!r} not found; pass --root, the folder the manifest's paths are relative to")
     synthetic = frame["synthetic"].fillna(False).astype(bool).to_numpy() if "synthetic" in frame.columns else np.zeros(len(frame), dtype=bool)
     frame = frame[~synthetic].reset_index(drop=True)
-    plan = plan_runs(frame, fold=fold, split_col=split_col, fold_col=fold_col, train_split=train_split, val_split=val_split, no_val=no_val)
-    _refuse_leakage(frame, plan, allow_leakage=allow_leakage)
-    if plan.unused:
-        shown = ", ".join(f"{n:,} {name}" for name, n in plan.unused.items())
-        warnings.warn(f"{sum(plan.unused.values()):,} row(s) neither train, validate nor test ({shown}); counted in metrics.json (plan.unused_rows)", MdprepWarning, stacklevel=2)
     labels = list(manifest.labels)
     if not labels:
         raise UsageError("the manifest has no label columns to train on")
+    check_prediction_columns(labels)
+    plan = plan_runs(frame, fold=fold, split_col=split_col, fold_col=fold_col, train_split=train_split, val_split=val_split, test_split=test_split, no_val=no_val)
+    leaking_patients = _refuse_leakage(frame, plan, allow_leakage=allow_leakage)
+    plan, unused = _scored_rows(frame, plan, evaluate_test=evaluate_test)
+    surprising = {name: n for name, n in unused.items() if not name.startswith("test (")}  # held-out test rows are expected
+    if surprising:
+        shown = ", ".join(f"{n:,} {name}" for name, n in surprising.items())
+        warnings.warn(f"{sum(surprising.values()):,} row(s) are neither trained on nor scored ({shown}); counted in metrics.json (plan.unused_rows)", MdprepWarning, stacklevel=2)
     paths = [weights_path] if isinstance(weights_path, str) else list(weights_path or [])
-    labels, run_weights = _run_weights(paths, labels, plan)
+    manifest_sha = ((provenance or {}).get("manifest") or {}).get("sha256") if isinstance((provenance or {}).get("manifest"), dict) else None
+    labels, run_weights = _run_weights(paths, labels, plan, manifest_sha)
     read = np.zeros(len(frame), dtype=bool)
     for run in plan.runs:
-        read |= run.train | run.val | (run.test if evaluate_test else False)
-    dropped, skipped = _check_images(frame, read, root, allow_outside_root=allow_outside_root, skip_missing=skip_missing, workers=workers)
+        read |= run.train | run.val | run.test
+    hint = ""
+    if path_map is None:
+        from ..pseudonyms import pseudonymization_state
+
+        if pseudonymization_state(manifest).passes:
+            hint = "This manifest was pseudonymised: pass --path-map with the map `mdprep pseudonymize --path-map` wrote, to read each image at its real path. "
+    dropped, skipped = _check_images(frame, read, root, allow_outside_root=allow_outside_root, skip_missing=skip_missing, workers=workers, hint=hint)
+    for index, run in enumerate(plan.runs):  # every run is checked before the first one trains
+        masks = {part: run.mask(part) & ~dropped for part in ("train", "val", "test")}
+        for part, what in (("train", "training"), ("val", "validation")):
+            if run.mask(part).any() and not masks[part].any():
+                raise UsageError(f"{run.name}: no {what} rows are left after skipping {len(skipped)} unreadable image(s): {_image_examples(skipped)}")
+        plan = _with_masks(plan, index, masks)
     values = frame[labels].to_numpy(dtype="float64", na_value=np.nan)
     patients = frame["patient_id"].astype("string").to_numpy(dtype=object, na_value=None)
     records, probabilities = [], []
-    for index, (run, (w_pos, w_neg)) in enumerate(zip(plan.runs, run_weights)):
-        masks = {part: run.mask(part) & ~dropped for part in ("train", "val", "test")}
-        if not evaluate_test:
-            masks["test"] = np.zeros(len(frame), dtype=bool)
-        if not masks["train"].any():
-            raise UsageError(f"{run.name}: no training rows are left after skipping {len(skipped)} unreadable image(s): {_image_examples(skipped)}")
-        parts = {part: frame[m] for part, m in masks.items()}
+    for run, (w_pos, w_neg) in zip(plan.runs, run_weights):
+        parts = {part: frame[run.mask(part)] for part in ("train", "val", "test")}
         run_dir = os.path.join(out_dir, run.name) if plan.mode == "folds" else out_dir
         tagged = (lambda record, k=run.fold: on_epoch({**record, "fold": k})) if on_epoch else None
         result = fit_fn(parts, root=root, labels=labels, w_pos=w_pos, w_neg=w_neg, options=options, out_dir=run_dir, on_batch=on_batch, on_epoch=tagged)
@@ -469,12 +505,12 @@ def train(
         summary = {}
         for part in ("val", "test"):
             if part in result.probabilities:
-                rows = masks[part]
+                rows = run.mask(part)
                 summary[part] = auc_summary(result.probabilities[part], values[rows], labels, patients[rows], replicates=bootstrap, seed=seed)
         records.append(
             {
                 "fold": run.fold,
-                "rows": {part: int(m.sum()) for part, m in masks.items()},
+                "rows": {part: int(run.mask(part).sum()) for part in ("train", "val", "test")},
                 "epochs": result.history,
                 "best_epoch": result.best_epoch,
                 "best_val_mean_auc": next((r.get("val_mean_auc") for r in result.history if r["epoch"] == result.best_epoch), None),
@@ -485,14 +521,14 @@ def train(
                 **result.details,
             }
         )
-        plan = _with_masks(plan, index, masks)
     pooled = {}
     if plan.mode == "folds":
         oof = np.zeros(len(frame), dtype=bool)
         oof_probs = np.zeros((len(frame), len(labels)), dtype=np.float32)
         for run, probs in zip(plan.runs, probabilities):
-            oof_probs[run.val] = probs["val"]
-            oof |= run.val
+            if "val" in probs:
+                oof_probs[run.val] = probs["val"]
+                oof |= run.val
         pooled["fold_mean"] = _fold_mean([r["val"] for r in records], labels)
         pooled["out_of_fold"] = auc_summary(oof_probs[oof], values[oof], labels, patients[oof], replicates=bootstrap, seed=seed)
         if evaluate_test and all("test" in p for p in probabilities):
@@ -509,11 +545,13 @@ def train(
         "labels": labels,
         "arch": arch,
         "device": records[0]["device"],
-        "plan": {**plan.describe(), "synthetic_rows_left_out": int(synthetic.sum())},
+        "plan": {**plan.describe(), "unused_rows": unused, "synthetic_rows_left_out": int(synthetic.sum())},
+        "leakage": {"patients_shared": leaking_patients, "allowed": allow_leakage},
         "options": {
             "epochs": epochs, "batch_size": batch_size, "image_size": image_size, "lr": lr, "augment": augment, "hflip": hflip, "normalize": normalize,
             "seed": seed, "weights": paths, "pretrained": pretrained, "freeze_backbone": freeze, "evaluate_test": evaluate_test,
-            "skip_missing": skip_missing, "allow_outside_root": allow_outside_root, "path_map": path_map is not None, "bootstrap": bootstrap,
+            "skip_missing": skip_missing, "allow_outside_root": allow_outside_root, "allow_leakage": allow_leakage, "path_map": path_map is not None,
+            "bootstrap": bootstrap,
         },
         "provenance": provenance_doc,
         "skipped_images": {"count": len(skipped), "rows": skipped.to_dict(orient="records")},
@@ -521,9 +559,36 @@ def train(
         **pooled,
         "predictions": {"file": "predictions.parquet", "rows": predictions.num_rows},
     }
+    if plan.mode == "folds":
+        stale = sorted(d for d in os.listdir(out_dir) if re.fullmatch(r"fold-\d+", d) and d not in {r.name for r in plan.runs})
+        if stale:
+            warnings.warn(f"{out_dir} holds {', '.join(stale)} from an earlier run, which this run did not write", MdprepWarning, stacklevel=2)
     with atomic_write(os.path.join(out_dir, "metrics.json")) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return TrainResult(out_dir, metrics, plan)
+
+
+def _scored_rows(frame, plan: RunPlan, *, evaluate_test: bool) -> tuple[RunPlan, dict[str, int]]:
+    """The plan with the rows no run scores taken out, and every row no run uses, counted by why.
+
+    Copies made by ``mdprep resample`` (``copy`` above 0) never validate or test: a
+    cloned image would count twice in the AUC. Test rows are scored only with
+    ``evaluate_test``.
+    """
+    from dataclasses import replace
+
+    unused = dict(plan.unused)
+    clones = frame["copy"].fillna(0).to_numpy(dtype="int64") > 0 if "copy" in frame.columns else np.zeros(len(frame), dtype=bool)
+    test = plan.runs[0].test
+    if not evaluate_test and test.any():
+        unused[f"test ({plan.test_split}; scored only with --evaluate-test)"] = int(test.sum())
+    elif evaluate_test and not test.any():
+        warnings.warn(f"--evaluate-test: no rows have split {plan.test_split!r}, so nothing is tested; pass --test-split NAME", MdprepWarning, stacklevel=3)
+    scored_clones = clones & (np.logical_or.reduce([r.val for r in plan.runs]) | test)
+    if scored_clones.any():
+        unused["copies made by mdprep resample (never validated or tested)"] = int(scored_clones.sum())
+    runs = tuple(replace(r, val=r.val & ~clones, test=r.test & ~clones & evaluate_test) for r in plan.runs)
+    return replace(plan, runs=runs), unused
 
 
 def _fold_mean(summaries: Sequence[dict | None], labels: Sequence[str]) -> dict:
