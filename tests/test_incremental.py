@@ -6,6 +6,7 @@ import os
 import shutil
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +258,21 @@ def test_images_update_with_another_pattern_is_refused(runner, tmp_path):
     res = runner.invoke(main, ["ingest", "images", str(root), "--patient-regex", r"(?P<patient>patient\d+)/", "-o", str(tmp_path / "n.parquet"), "--update", str(old)])
     assert res.exit_code == 2 and "--patient-regex" in res.stderr and "(this run: '(?P<patient>patient\\\\d+)/')" in res.stderr
     assert not (tmp_path / "n.parquet").exists() and not os.path.exists(signatures_path(tmp_path / "n.parquet"))
+
+
+def test_update_of_a_file_list_reads_the_files_added_to_the_list(dicom_root, tmp_path):
+    from mdprep.incremental import write_signatures
+    from mdprep.manifest import write_manifest
+
+    listed = ["PAT00000/study0/img000.dcm", "zz_bad/README.txt"]
+    first = ingest_dicom(dicom_root, files=listed, workers=1, record_signatures=True)
+    write_manifest(first.manifest, tmp_path / "old.parquet")
+    write_signatures(first.signatures, tmp_path / "old.parquet")
+    more = [*listed[:1], "PAT00001/study0/img000.dcm", "zz_bad/README.txt"]
+    update = ingest_dicom(dicom_root, files=more, workers=1, update=tmp_path / "old.parquet")
+    full = ingest_dicom(dicom_root, files=more, workers=1)
+    assert update.report.update.as_dict() == {"new": 1, "changed": 0, "removed": 0, "unchanged": 2, "reread": 0}
+    assert update.report == replace(full.report, update=update.report.update)  # the skipped README still counted
+    write_manifest(update.manifest, tmp_path / "u.parquet")
+    write_manifest(full.manifest, tmp_path / "f.parquet")
+    assert (tmp_path / "u.parquet").read_bytes() == (tmp_path / "f.parquet").read_bytes()

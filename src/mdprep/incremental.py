@@ -262,7 +262,10 @@ def _sha256(path: str) -> tuple[str, int]:
 
 
 def _full_run(command: str, old: str) -> str:
-    return _FULL_RUN.get(command, "mdprep " + command + " ... -o {old} --record-signatures").format(old=old)
+    """The full run that makes ``old`` with signatures, for messages."""
+    if command not in _FULL_RUN:
+        return f"the command that made {old}, again, with --record-signatures"
+    return _FULL_RUN[command].format(old=old)
 
 
 def _read_signatures(path: str, old: str, command: str) -> tuple[dict, pa.Table]:
