@@ -27,11 +27,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import InputError, MdprepWarning, UsageError, cut_text
 from .executor import map_chunks
 from .fileio import open_nonblocking, paths_outside_root
 from .imaging import grey_8bit, load_pixels
+from .incremental import Plan, Signatures, UpdateCounts, check_compatible, load_previous, plan_update, refuse_unusable, results_table, reused_rows, signatures_for
 from .manifest import Manifest, provenance_step
 
 HASH_COLUMNS = ("file_sha256", "pixel_sha256", "phash")
@@ -159,10 +162,14 @@ def _hash_chunk(paths: Sequence[str], *, root: str, max_bytes: int) -> list[tupl
 
 @dataclass(frozen=True)
 class HashResult:
+    """The hashed manifest, its error rows and counts, and (incremental runs) what was reused."""
+
     manifest: Manifest
     errors: pd.DataFrame  # path, error_type, message
     hashed: int
     failed: int
+    update: UpdateCounts | None = None  # with update=OLD: files new, changed, removed, unchanged since OLD
+    signatures: Signatures | None = None  # with update or record_signatures: to write beside the manifest
 
 
 def _without(message: str, real: str, shown: str, root: str) -> str:
@@ -181,6 +188,9 @@ def hash_manifest(
     max_bytes: int = MAX_BYTES,
     allow_outside_root: bool = False,
     path_map: Mapping[str, str] | None = None,
+    update: str | os.PathLike | None = None,
+    record_signatures: bool = False,
+    on_found: Callable[[int], None] | None = None,
 ) -> HashResult:
     """Add ``file_sha256``, ``pixel_sha256`` and ``phash`` columns, reading every image once.
 
@@ -204,6 +214,15 @@ def hash_manifest(
         Pseudonymised path -> real path (:func:`mdprep.pseudonyms.load_path_map`), for a
         manifest whose paths were pseudonymised: files are read at their real paths, and
         the result and its error rows name only the pseudonymised ones.
+    update : path, optional
+        A manifest this function wrote before, with its signatures file
+        (:mod:`mdprep.incremental`): the hashes of files whose size and modification
+        time did not change are taken from it (matched by path); new and changed files,
+        and those that failed last time, are read. The result is the one a full run gives.
+    record_signatures : bool
+        Take every file's signature, for a later ``update`` (implied by ``update``).
+    on_found : callable, optional
+        Told the number of files to read (fewer than the rows with ``update``).
 
     Returns
     -------
@@ -218,7 +237,9 @@ def hash_manifest(
         No usable root, or paths that leave it (see
         :func:`mdprep.fileio.paths_outside_root`) without ``allow_outside_root``.
     UsageError
-        ``max_bytes`` is below 1.
+        ``max_bytes`` is below 1; ``update`` made with other options; ``update`` or
+        ``record_signatures`` with ``path_map`` or a pseudonymised manifest (file
+        times must not sit beside pseudonyms).
     """
     if int(max_bytes) < 1:
         raise UsageError(f"--max-bytes {max_bytes!r}: give a size of at least 1 byte")
@@ -235,12 +256,42 @@ def hash_manifest(
         read = resolve_paths(manifest, path_map).frame["path"].tolist()
     else:
         read = paths
+    options = {"root": root_abs, "max_bytes": int(max_bytes), "allow_outside_root": bool(allow_outside_root), "path_map": path_map is not None}
+    incremental = update is not None or record_signatures
+    if incremental:
+        from .pseudonyms import pseudonymization_state
+
+        refuse_unusable(update=update, record_signatures=record_signatures, pseudonymised=path_map is not None or pseudonymization_state(manifest).passes > 0)
+    previous = load_previous(update, command="hash") if update is not None else None
+    if previous is not None:
+        check_compatible(previous, root=root_abs, options=options)
     outside = paths_outside_root(root_abs, read, allow_outside_root=allow_outside_root)
     if outside.any():
         warnings.warn(f"{int(outside.sum())} row(s) read from outside the image root {root_abs!r} (--allow-outside-root)", MdprepWarning, stacklevel=2)
     task = functools.partial(_hash_chunk, root=root_abs, max_bytes=int(max_bytes))
-    parts = map_chunks(task, read, workers=workers, on_progress=on_progress)
-    rows = [r for part in parts for r in part]
+    plan = signatures = None
+    if not incremental:
+        if on_found:
+            on_found(len(read))
+        parts = map_chunks(task, read, workers=workers, on_progress=on_progress)
+        rows = [r for part in parts for r in part]
+    else:
+        # One signature per distinct path: rows that share a file share its hashes.
+        codes, distinct = pd.factorize(pd.Series(read, dtype="object"))
+        reusable = None
+        if previous is not None:
+            reusable = np.asarray(pc.equal(previous.signatures.files.column("outcome"), "ok").fill_null(False))
+        plan = plan_update(root_abs, list(distinct), previous, reusable=reusable)
+        fresh = plan.to_read
+        if on_found:
+            on_found(len(fresh))
+        parts = map_chunks(task, fresh, workers=workers, on_progress=on_progress)
+        done = [r for part in parts for r in part]
+        signatures = signatures_for(
+            plan, "hash", options, results_table(fresh, plan.sizes[~plan.reuse], ["failed" if r[3] else "ok" for r in done], [r[3] for r in done], [r[4] for r in done])
+        )
+        by_file = _with_reused_hashes(plan, done)
+        rows = [by_file[c] for c in codes]
     frame = manifest.frame.copy()
     frame["file_sha256"] = pd.Series([r[0] for r in rows], index=frame.index, dtype="str")
     frame["pixel_sha256"] = pd.Series([r[1] for r in rows], index=frame.index, dtype="str")
@@ -248,7 +299,26 @@ def hash_manifest(
     # Error rows name the manifest's path; a decoder's message that quotes the real one gets the pseudonym.
     failed = [(p, r[3], _without(r[4], real, p, root_abs)) for p, real, r in zip(paths, read, rows) if r[3]]
     errors = pd.DataFrame(failed, columns=["path", "error_type", "message"]).astype("str")
-    options = {"root": root_abs, "max_bytes": int(max_bytes), "allow_outside_root": bool(allow_outside_root), "path_map": path_map is not None}
     step = provenance_step("hash", options, [])
     result = manifest.with_frame(frame).with_step(step)
-    return HashResult(result, errors, hashed=len(paths) - len(failed), failed=len(failed))
+    return HashResult(
+        result, errors, hashed=len(paths) - len(failed), failed=len(failed), update=plan.counts if plan is not None else None, signatures=signatures
+    )
+
+
+def _with_reused_hashes(plan: Plan, fresh: list[tuple]) -> list[tuple]:
+    """The hash tuples of every planned file, in listing order: those read now and those taken from OLD.
+
+    Only files hashed without error last time are reused (see :func:`hash_manifest`),
+    so a reused file's tuple is its three hashes and no error.
+    """
+    if not plan.reuse.any():
+        return fresh
+    assert plan.previous is not None
+    reused = plan.reused
+    old = reused_rows(plan.previous, reused, ["path", *HASH_COLUMNS])
+    old = old.take(pa.array(pd.Index(old.column("path").to_pandas()).get_indexer(pd.Index(reused, dtype="object")), pa.int64()))
+    file_hash, pixel_hash, phash = (old.column(c).to_pylist() for c in HASH_COLUMNS)
+    taken = iter(zip(file_hash, pixel_hash, phash, [""] * len(reused), [""] * len(reused)))
+    read = iter(fresh)
+    return [next(taken) if keep else next(read) for keep in plan.reuse]

@@ -7,6 +7,7 @@ from typing import Iterable
 
 import click
 
+from ..incremental import refuse_unusable, signatures_path
 from ..params import SEED_MAX
 from ..pseudonyms import KEY_ENV
 
@@ -61,3 +62,35 @@ def choice_option(name: str, choices: dict[str, str], default: str, what: str):
     """An option that picks one of ``choices`` (a ``{choice: description}`` table), each described in the help."""
     return click.option(name, type=click.Choice(list(choices)), default=default, show_default=True, help=f"{what}: {described(choices)}.")
 
+
+def check_incremental(update: str | None, record_signatures: bool, output: str, *, pseudonymised: bool = False) -> tuple[dict, dict]:
+    """Refuse --update/--record-signatures where they cannot work; the inputs and outputs they add, for check_outputs."""
+    refuse_unusable(update=update, record_signatures=record_signatures, pseudonymised=pseudonymised, stdout=output == "-")
+    inputs = {"--update": update, "--update's signatures": signatures_path(update)} if update else {}
+    outputs = {"-o/--output's signatures": signatures_path(output)} if update or record_signatures else {}
+    return inputs, outputs
+
+
+#: ``--update OLD.parquet`` and ``--record-signatures``, shared by ingest dicom, ingest images and hash.
+update_options = [
+    click.option(
+        "--update",
+        metavar="OLD.parquet",
+        type=click.Path(dir_okay=False),
+        help="Read only the files that are new or changed (size, modification time) since OLD.parquet was made, take the rest from it, "
+        "drop files that are gone: the output is what a full run gives. Needs OLD.parquet.signatures (--record-signatures); "
+        "writes OUT.parquet.signatures.",
+    ),
+    click.option(
+        "--record-signatures",
+        is_flag=True,
+        help="Also write OUT.parquet.signatures (each file's size and modification time, never in the manifest) for a later --update.",
+    ),
+]
+
+
+def incremental_options(command):
+    """``--update`` and ``--record-signatures``, handed to the command as ``update`` and ``record_signatures``."""
+    for option in reversed(update_options):
+        command = option(command)
+    return command

@@ -28,7 +28,7 @@ from ..hashing import HASH_COLUMNS, hash_manifest
 from ..manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
 from ..pseudonyms import check_same_key, load_path_map
 from ._ui import file_progress, print_table
-from ._options import comma_list
+from ._options import check_incremental, comma_list, incremental_options
 
 
 class ByteSize(click.ParamType):
@@ -72,8 +72,9 @@ allow_outside_root_option = click.option(
 @click.option("--max-bytes", type=ByteSize(), default="2G", show_default=True, help="Largest file read; a larger one is a failed row (TooLarge). Units K, M, G, T are powers of 1024.")
 @allow_outside_root_option
 @path_map_option
+@incremental_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def hash_cmd(manifest, output, root, workers, errors_path, max_bytes, allow_outside_root, path_map, quiet):
+def hash_cmd(manifest, output, root, workers, errors_path, max_bytes, allow_outside_root, path_map, update, record_signatures, quiet):
     """Hash every image of MANIFEST once (bytes, decoded pixels, perceptual hash) for the audit.
 
     \b
@@ -85,26 +86,35 @@ def hash_cmd(manifest, output, root, workers, errors_path, max_bytes, allow_outs
     Needs the hash extra: pip install 'mdprep[hash]'.
 
     \b
-    Example:
-      mdprep hash dicom.parquet -o dicom-hashed.parquet --errors hash-errors.csv
+    Examples:
+      mdprep hash dicom.parquet -o dicom-hashed.parquet --errors hash-errors.csv --record-signatures
+      mdprep hash dicom-v2.parquet --update dicom-hashed.parquet -o dicom-v2-hashed.parquet   # hashes only new and changed files
     """
+    from ..incremental import write_signatures
     from ..ingest import write_errors
 
-    check_outputs({"MANIFEST": manifest, "--path-map": path_map}, {"-o/--output": output, "--errors": errors_path}, stdout={"-o/--output"})
+    more_inputs, more_outputs = check_incremental(update, record_signatures, output, pseudonymised=path_map is not None)
+    check_outputs(
+        {"MANIFEST": manifest, "--path-map": path_map, **more_inputs}, {"-o/--output": output, "--errors": errors_path, **more_outputs}, stdout={"-o/--output"}
+    )
     m = read_manifest(manifest)
     real_paths = load_path_map(path_map) if path_map else None
     with file_progress("Hashing images", quiet) as bar:
-        bar.found(len(m.frame))
         result = hash_manifest(
-            m, root=root, workers=workers, on_progress=bar.advance, max_bytes=max_bytes, allow_outside_root=allow_outside_root, path_map=real_paths
+            m, root=root, workers=workers, on_progress=bar.advance, max_bytes=max_bytes, allow_outside_root=allow_outside_root, path_map=real_paths,
+            update=update, record_signatures=record_signatures, on_found=bar.found,
         )
     write_manifest(result.manifest, output)
+    if result.signatures is not None:
+        write_signatures(result.signatures, output)  # after the manifest: it records the manifest's SHA-256
     if errors_path:
         write_errors(result.errors, errors_path)
     if result.failed or not quiet:
         hint = f"listed in {errors_path}" if errors_path else "pass --errors FILE to list them"
         line = f"{len(m.frame)} images = {result.hashed} hashed + {result.failed} failed"
         click.echo(line + (f" ({hint}); failed rows keep null hashes and count as unchecked" if result.failed else ""), err=True)
+    if result.update is not None and not quiet:
+        click.echo(f"Update: {result.update.text()}; {result.update.read} file(s) read", err=True)
 
 
 _AUDIT_OPTIONS = [

@@ -17,11 +17,12 @@ from rich.table import Table
 from ..dicom_header import MISSING_PATIENT_POLICIES, split_tag_specs
 from ..errors import InputError, MdprepError, MdprepWarning, UsageError, examples_text
 from ..fileio import check_outputs
+from ..incremental import write_signatures
 from ..ingest import PRESETS, IngestResult, ingest_dicom, ingest_images, ingest_table, write_errors
 from ..labels import AGGREGATE_POLICIES, BLANK_POLICIES, LABEL_WHEN_SYNTAX, UNCERTAIN_POLICIES
 from ..manifest import summarize, write_manifest
 from ..pseudonyms import DATE_POLICIES, PATH_POLICIES
-from ._options import choice_option, comma_list, described, key_file_option
+from ._options import check_incremental, choice_option, comma_list, described, incremental_options, key_file_option
 from .audit import allow_outside_root_option
 from ._ui import file_progress, print_table, status
 
@@ -160,6 +161,8 @@ def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool) 
 
 def _write_outputs(result: IngestResult, output: str, errors_path: str | None) -> None:
     write_manifest(result.manifest, sys.stdout.buffer if output == "-" else output)
+    if result.signatures is not None:
+        write_signatures(result.signatures, output)  # after the manifest: it records the manifest's SHA-256
     if errors_path:
         write_errors(result.errors, errors_path)
 
@@ -186,6 +189,8 @@ def render_summary(result: IngestResult, output: str, errors_path: str | None, q
         reasons = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in rep.reasons.items())
         hint = f"listed in {errors_path}" if errors_path else "pass --errors FILE to list them"
         click.echo(f"Not ingested: {reasons} ({hint})", err=True)
+    if rep.update is not None and not quiet:
+        click.echo(f"Update: {rep.update.text()}; {rep.update.read} file(s) read", err=True)
     for column, n in rep.invalid_values.items():
         bad = rep.invalid_examples.get(column, ())
         shown = f": {examples_text(bad, len(bad))}" if bad else ""
@@ -245,9 +250,10 @@ def ingest() -> None:
 @allow_outside_root_option
 @_workers
 @_errors
+@incremental_options
 @pseudonymize_options
 @_quiet
-def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outside_root, workers, errors_path, pseudo, quiet):
+def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outside_root, workers, errors_path, update, record_signatures, pseudo, quiet):
     """Read the headers (never the pixels) of every DICOM file under ROOT.
 
     \b
@@ -258,12 +264,15 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outs
     are skipped and counted; unreadable ones are listed with --errors.
 
     \b
-    Example:
+    Examples:
       mdprep ingest dicom /data/dump -o manifest.parquet --tags Manufacturer,KVP,0018,1151 --errors errors.csv
+      mdprep ingest dicom /data/dump -o v1.parquet --record-signatures
+      mdprep ingest dicom /data/dump --update v1.parquet -o v2.parquet   # reads only new and changed files
     """
+    more_inputs, more_outputs = check_incremental(update, record_signatures, output, pseudonymised=pseudo.on)
     check_outputs(
-        {"--files-from": files_from, "--key-file": pseudo.key_file},
-        {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map},
+        {"--files-from": files_from, "--key-file": pseudo.key_file, **more_inputs},
+        {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, **more_outputs},
         stdout={"-o/--output"},
     )
     files = _read_file_list(files_from)
@@ -278,6 +287,8 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outs
                 workers=workers,
                 on_found=bar.found,
                 on_progress=bar.advance,
+                update=update,
+                record_signatures=record_signatures,
             )
         keep.update(result.manifest.frame.columns)
         result = _pseudonymized(result, pseudo, quiet)
@@ -298,25 +309,33 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outs
 @allow_outside_root_option
 @_workers
 @_errors
+@incremental_options
 @pseudonymize_options
 @_quiet
-def ingest_images_cmd(root, patient_regex, output, files_from, allow_outside_root, workers, errors_path, pseudo, quiet):
+def ingest_images_cmd(root, patient_regex, output, files_from, allow_outside_root, workers, errors_path, update, record_signatures, pseudo, quiet):
     """Index the PNG/JPEG/TIFF images under ROOT; patient and study come from the path.
 
     \b
     Example (CheXpert layout patient00001/study1/view1_frontal.jpg):
       mdprep ingest images CheXpert-v1.0-small/train -o images.parquet \\
         --patient-regex '(?P<patient>patient\\d+)/(?P<study>study\\d+)/view\\d+_(?P<view>frontal|lateral)'
+
+    \b
+    --update OLD.parquet reads only the images new or changed since OLD.parquet (see mdprep ingest dicom --help).
     """
+    more_inputs, more_outputs = check_incremental(update, record_signatures, output, pseudonymised=pseudo.on)
     check_outputs(
-        {"--files-from": files_from, "--key-file": pseudo.key_file},
-        {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map},
+        {"--files-from": files_from, "--key-file": pseudo.key_file, **more_inputs},
+        {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, **more_outputs},
         stdout={"-o/--output"},
     )
     files = _read_file_list(files_from)
     with quoted_values_hidden(pseudo, set()) as keep:
         with file_progress("Reading image headers", quiet) as bar:
-            result = ingest_images(root, patient_regex=patient_regex, files=files, allow_outside_root=allow_outside_root, workers=workers, on_found=bar.found, on_progress=bar.advance)
+            result = ingest_images(
+                root, patient_regex=patient_regex, files=files, allow_outside_root=allow_outside_root, workers=workers,
+                on_found=bar.found, on_progress=bar.advance, update=update, record_signatures=record_signatures,
+            )
         keep.update(result.manifest.frame.columns)
         result = _pseudonymized(result, pseudo, quiet)
     _write_outputs(result, output, errors_path)

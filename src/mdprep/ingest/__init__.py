@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..incremental import Signatures, UpdateCounts
 from ..manifest import Manifest, write_table
 
 #: Columns of the error table.
@@ -52,6 +53,9 @@ class IngestReport:
         Anything else the user must know (joined rows that found no partner, ...).
     invalid_examples : dict
         Column -> a few distinct values (as text) counted in ``invalid_values``, for messages.
+    update : UpdateCounts or None
+        With ``update=OLD``: files new, changed, removed and unchanged since OLD
+        (:class:`mdprep.incremental.UpdateCounts`); None for a full run.
     """
 
     found: int
@@ -65,6 +69,7 @@ class IngestReport:
     reasons: Mapping[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     invalid_examples: Mapping[str, tuple] = field(default_factory=dict)
+    update: UpdateCounts | None = None
 
     @property
     def reconciles(self) -> bool:
@@ -73,9 +78,12 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class IngestResult:
+    """The manifest, the error table, the counts, and (incremental runs) the signatures to write beside the manifest."""
+
     manifest: Manifest
     errors: pd.DataFrame
     report: IngestReport
+    signatures: Signatures | None = None
 
 
 def empty_errors() -> pd.DataFrame:

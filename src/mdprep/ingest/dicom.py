@@ -5,16 +5,19 @@ from __future__ import annotations
 import functools
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..dicom_header import FAILED, MISSING_PATIENT_POLICIES, OK, SKIPPED, TagColumn, header_columns, read_headers
 from ..errors import EmptyInputError, UsageError, examples_text
 from ..executor import map_chunks
 from ..fileio import listing_fingerprint
+from ..incremental import Plan, check_compatible, load_previous, plan_update, results_table, reused_rows, signatures_for
 from ..manifest import CANONICAL_TYPES, Manifest, frame_from_arrow, provenance_step
 from . import IngestReport, IngestResult, canonical_sex, errors_frame
 from ..manifest import order_columns
@@ -31,6 +34,7 @@ class _Chunk:
     relpaths: list[str]
     sizes: list[int]
     notes: dict[str, int]  # what pydicom warned about -> files
+    per_file: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)  # rel -> (invalid, notes), where any
 
 
 #: Column added when a missing PatientID may fall back on a UID: which attribute gave patient_id.
@@ -104,6 +108,7 @@ def _read_chunk(relpaths: Sequence[str], *, root: str, columns: Sequence[TagColu
     rows: list[_Row] = []
     errors, sizes = [], []
     notes: Counter[str] = Counter()
+    file_notes: dict[str, tuple[str, ...]] = {}
     sex_at = next((i for i, c in enumerate(columns) if c.column == "sex"), None)
     results = read_headers([os.path.join(root, rel) for rel in relpaths], columns, missing_patient)
     for rel, res in zip(relpaths, results):
@@ -112,6 +117,8 @@ def _read_chunk(relpaths: Sequence[str], *, root: str, columns: Sequence[TagColu
             errors.append((rel, res.outcome, res.error_type, res.message))
             continue
         notes.update(res.notes)  # a file without a row has its error row; what pydicom said of it is moot
+        if res.notes:
+            file_notes[rel] = tuple(res.notes)
         values = res.values
         invalid = [columns[i].column for i in res.invalid]
         if sex_at is not None:
@@ -134,7 +141,10 @@ def _read_chunk(relpaths: Sequence[str], *, root: str, columns: Sequence[TagColu
         rows = kept
         batch = _batch(rows, schema, len(columns))
     invalid_counts = Counter(c for row in rows for c in row.invalid)
-    return _Chunk(batch, errors, dict(invalid_counts), list(relpaths), sizes, dict(notes))
+    # Per file, for the signatures of an incremental run (mdprep.incremental): what each file adds to the counts.
+    per_file = {rel: ((), n) for rel, n in file_notes.items()}
+    per_file.update({row.rel: (tuple(row.invalid), file_notes.get(row.rel, ())) for row in rows if row.invalid})
+    return _Chunk(batch, errors, dict(invalid_counts), list(relpaths), sizes, dict(notes), per_file)
 
 
 #: --missing-patient policy -> (the column holding the UID, the attribute's name, the group's name).
@@ -214,6 +224,8 @@ def ingest_dicom(
     workers: int | None = None,
     on_found: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    update: str | os.PathLike | None = None,
+    record_signatures: bool = False,
 ) -> IngestResult:
     """Read the headers of every DICOM file under ``root`` into a manifest.
 
@@ -238,13 +250,24 @@ def ingest_dicom(
     workers : int, optional
         Processes; all cores by default.
     on_found, on_progress : callable, optional
-        Told the number of files found, then the number read after each chunk.
+        Told the number of files found (to read, with ``update``), then the number read
+        after each chunk.
+    update : path, optional
+        A manifest this function wrote before, with its signatures file
+        (:mod:`mdprep.incremental`): only files that are new or whose size or
+        modification time changed are read; the other rows come from it, rows of files
+        that are gone are dropped. The result is the one a full run gives; the counts
+        are in ``report.update``.
+    record_signatures : bool
+        Take every file's signature, for a later ``update`` (implied by ``update``).
 
     Returns
     -------
     IngestResult
         Rows for readable DICOM files; non-DICOM files and special entries (skipped)
-        and unreadable or incomplete ones (failed) in ``errors``; counts in ``report``.
+        and unreadable or incomplete ones (failed) in ``errors``; counts in ``report``;
+        with ``update`` or ``record_signatures``, the ``signatures`` to write next to
+        the manifest (:func:`mdprep.incremental.write_signatures`).
 
     Rows whose values pydicom warned about are counted in ``report.notes``, one
     line per kind of warning (``2 file(s): unknown character set 'ISO_IR 999'; ...``).
@@ -253,7 +276,10 @@ def ingest_dicom(
     ------
     UsageError
         For an unknown ``missing_patient`` or tag, or a tag whose column the manifest
-        reserves (:data:`RESERVED_COLUMNS`).
+        reserves (:data:`RESERVED_COLUMNS`); or ``update`` made with other options.
+    InputError
+        ``update`` has no signatures file, was made from another root, by another
+        command, or was pseudonymised (:func:`mdprep.incremental.load_previous`).
     EmptyInputError
         When ``root`` holds no file, or no DICOM file at all: every file was skipped
         (not DICOM, special entries) or could not be opened (listed but missing).
@@ -274,22 +300,41 @@ def ingest_dicom(
             missing_patient=missing_patient,
         )
     columns = header_columns(tags, reserved=RESERVED_COLUMNS)
-    if files is None:
+    options = {"tags": list(tags), "file_list": files is not None, "missing_patient": missing_patient, "allow_outside_root": allow_outside_root}
+    schema = _schema(columns, with_source=missing_patient != "error")
+    plan = None
+    if files is None and update is None and not record_signatures:
         # Stream the walk into the workers: reading starts while the walk goes on. The
         # entries it does not yield (special files, bad names, ...) land in `refused`.
         root_abs, refused = check_root(root), []
         source: Iterable[str] = _counted(iter_tree(root_abs, refused, allow_outside_root=allow_outside_root), on_found)
     else:
-        listing = collect_files(root, files, allow_outside_root=allow_outside_root)
-        root_abs, refused, source = listing.root, listing.refused, listing.relpaths
+        # Incremental (or recording signatures): list every file first, then read only what changed.
+        root_abs = check_root(root)
+        previous = load_previous(update, command="ingest dicom") if update is not None else None
+        if previous is not None:
+            check_compatible(previous, root=root_abs, options=options)
+        if files is None:
+            refused = []
+            listed = list(iter_tree(root_abs, refused, allow_outside_root=allow_outside_root))
+        else:
+            listing = collect_files(root, files, allow_outside_root=allow_outside_root)
+            refused, listed = listing.refused, listing.relpaths
+        plan = plan_update(root_abs, listed, previous)
+        source = plan.to_read
         if on_found:
-            on_found(len(listing.relpaths))
+            on_found(len(source))
     chunks: list[_Chunk] = map_chunks(
         functools.partial(_read_chunk, root=root_abs, columns=columns, missing_patient=missing_patient),
         source,
         workers=workers,
         on_progress=on_progress,
     )
+    signatures = None
+    if plan is not None:
+        signatures = signatures_for(plan, "ingest dicom", options, _results(chunks))
+        if plan.reuse.any():
+            chunks.append(_reused_chunk(plan, schema, missing_patient))
     found = sum(len(c.relpaths) for c in chunks) + len(refused)
     shown = escaped_path(os.fspath(root))
     if found == 0:
@@ -314,7 +359,11 @@ def ingest_dicom(
         invalid.update(c.invalid)
         notes.update(c.notes)
     # Chunks come back in the order the walk (or the sorted list) gave the files.
-    table = pa.Table.from_batches([c.batch for c in chunks], schema=_schema(columns, with_source=missing_patient != "error"))
+    table = pa.Table.from_batches([c.batch for c in chunks], schema=schema)
+    if plan is not None and plan.reuse.any():
+        # Rows read now and rows taken from OLD, back in the order a full run gives: the listing's.
+        at = pd.Index(plan.relpaths, dtype="object").get_indexer(table.column("path").to_pandas())
+        table = table.take(pa.array(np.argsort(at, kind="stable"), pa.int64()))
     frame = order_columns(frame_from_arrow(table))
     fallback_notes: list[str] = []
     if missing_patient != "error":
@@ -322,7 +371,6 @@ def ingest_dicom(
 
     errors = errors_frame(error_rows)
     inputs = [listing_fingerprint(os.fspath(root), [r for c in chunks for r in c.relpaths], [z for c in chunks for z in c.sizes])]
-    options = {"tags": list(tags), "file_list": files is not None, "missing_patient": missing_patient, "allow_outside_root": allow_outside_root}
     # Valid by construction (unique paths, a patient on every row); write_manifest checks again.
     manifest = Manifest(frame=frame, labels=(), root=root_abs).with_step(
         provenance_step("ingest dicom", options, inputs)
@@ -336,5 +384,71 @@ def ingest_dicom(
         invalid_values=dict(sorted(invalid.items())),
         reasons=dict(sorted(reasons.items())),
         notes=tuple(fallback_notes) + tuple(f"{n} file(s): {note}" for note, n in sorted(notes.items())),
+        update=plan.counts if plan is not None else None,
     )
-    return IngestResult(manifest=manifest, errors=errors, report=report)
+    return IngestResult(manifest=manifest, errors=errors, report=report, signatures=signatures)
+
+
+def _results(chunks: Sequence[_Chunk]) -> pa.Table:
+    """What reading each file of ``chunks`` gave besides its row, for the signatures (:func:`mdprep.incremental.results_table`)."""
+    errors = {e[0]: e for c in chunks for e in c.errors}
+    per_file = {rel: v for c in chunks for rel, v in c.per_file.items()}
+    paths = [r for c in chunks for r in c.relpaths]
+    outcome = [errors[r][1] if r in errors else OK for r in paths]
+    return results_table(
+        paths,
+        [z for c in chunks for z in c.sizes],
+        outcome,
+        [errors[r][2] if r in errors else "" for r in paths],
+        [errors[r][3] if r in errors else "" for r in paths],
+        [per_file.get(r, ((), ()))[0] for r in paths],
+        [per_file.get(r, ((), ()))[1] for r in paths],
+    )
+
+
+def _reused_chunk(plan: Plan, schema: pa.Schema, missing_patient: str) -> _Chunk:
+    """The files an update does not read, as one chunk: OLD's rows, and their error rows and counts from the signatures."""
+    old = plan.old_files()
+    paths = old.column("path").to_pylist()
+    outcome = old.column("outcome").to_pylist()
+    ok = [p for p, o in zip(paths, outcome) if o == OK]
+    assert plan.previous is not None
+    rows = reused_rows(plan.previous, ok, schema.names).cast(schema)
+    if missing_patient != "error":
+        rows = _unborrowed(rows, missing_patient)
+    batch = rows.combine_chunks().to_batches()[0] if len(rows) else pa.RecordBatch.from_pylist([], schema=schema)
+    errors = [
+        (p, o, t, m)
+        for p, o, t, m in zip(paths, outcome, old.column("error_type").to_pylist(), old.column("message").to_pylist())
+        if o != OK
+    ]
+    invalid = old.column("invalid").to_pylist()
+    notes = old.column("notes").to_pylist()
+    return _Chunk(
+        batch,
+        errors,
+        dict(Counter(c for cols in invalid for c in cols)),
+        paths,
+        old.column("read_size").to_pylist(),
+        dict(Counter(n for found in notes for n in found)),
+        {p: (tuple(i), tuple(n)) for p, i, n in zip(paths, invalid, notes) if i or n},
+    )
+
+
+def _unborrowed(rows: pa.Table, missing_patient: str) -> pa.Table:
+    """Undo :func:`borrow_patient_ids` on rows taken from OLD, which the update borrows again over the whole tree.
+
+    A borrowed PatientID depends on the other files of the study (or series), some of
+    which may have changed: the rows go back to the stand-in ``study:<UID>`` they had
+    when read, as a full run has them before borrowing.
+    """
+    key, attribute, group = _FALLBACK_KEYS[missing_patient]
+    source = rows.column(PATIENT_SOURCE_COLUMN)
+    borrowed = pc.fill_null(pc.equal(source, f"{attribute} (PatientID of the {group})"), False)
+    if not pc.any(borrowed).as_py():
+        return rows
+    stand_in = pc.binary_join_element_wise(f"{missing_patient}:", rows.column(key), "")
+    at = rows.schema.get_field_index("patient_id")
+    rows = rows.set_column(at, "patient_id", pc.if_else(borrowed, stand_in, rows.column(at)))
+    at = rows.schema.get_field_index(PATIENT_SOURCE_COLUMN)
+    return rows.set_column(at, PATIENT_SOURCE_COLUMN, pc.if_else(borrowed, attribute, source))

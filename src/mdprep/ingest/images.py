@@ -19,7 +19,8 @@ from ..fileio import listing_fingerprint, open_nonblocking, special_file_kind
 from ..manifest import CANONICAL_TYPES, Manifest, check, provenance_step
 from . import IngestReport, IngestResult, errors_frame, extract_groups
 from ..manifest import order_columns
-from .files import collect_files, escaped_path
+from ..incremental import Plan, check_compatible, load_previous, plan_update, results_table, reused_rows, signatures_for
+from .files import check_root, collect_files, escaped_path
 
 #: File name endings read as images (case-insensitive).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -245,6 +246,8 @@ def ingest_images(
     workers: int | None = None,
     on_found: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    update: str | os.PathLike | None = None,
+    record_signatures: bool = False,
 ) -> IngestResult:
     """Index a folder of PNG/JPEG images into a manifest.
 
@@ -261,12 +264,21 @@ def ingest_images(
     see :func:`_incomplete`) fail with a row in ``errors``. Special entries of the
     tree are counted as in :func:`mdprep.ingest.files.iter_tree`.
 
+    ``update`` (a manifest this function wrote, with its signatures) reads only the
+    images that are new or whose size or modification time changed, and
+    ``record_signatures`` takes the signatures for a later update, as in
+    :func:`mdprep.ingest.ingest_dicom`.
+
     Raises
     ------
     UsageError
         When ``patient_regex`` is invalid, has no ``patient`` group, has a group named
         after a manifest column, matches none of the image paths (the message shows
-        some of them), or leaves its ``patient`` group empty in every match.
+        some of them), or leaves its ``patient`` group empty in every match; or
+        ``update`` was made with another pattern or other options.
+    InputError
+        ``update`` cannot be updated (:func:`mdprep.incremental.load_previous`) or
+        was made from another root.
     EmptyInputError
         When no file under ``root`` is an image.
 
@@ -281,6 +293,11 @@ def ingest_images(
     ['patient00000', 'patient00001']
     """
     regex, regex_notes = _compile(patient_regex)
+    options = {"patient_regex": regex.pattern, "file_list": files is not None, "allow_outside_root": allow_outside_root}
+    previous = None
+    if update is not None:
+        previous = load_previous(update, command="ingest images")
+        check_compatible(previous, root=check_root(root), options=options)
     listing = collect_files(root, files, allow_outside_root=allow_outside_root)
     rels = pd.Series(listing.relpaths, dtype="str")
     is_image = rels.str.lower().str.endswith(IMAGE_EXTENSIONS).to_numpy(dtype=bool) if len(rels) else np.zeros(0, bool)
@@ -308,10 +325,21 @@ def ingest_images(
         )
     to_read_mask = is_image & matched & has_patient
     to_read = rels[to_read_mask].tolist()
+    plan = plan_update(listing.root, to_read, previous) if previous is not None or record_signatures else None
+    fresh = plan.to_read if plan is not None else to_read
     if on_found:
-        on_found(len(to_read))
-    parts = map_chunks(functools.partial(_read_image_headers, root=listing.root), to_read, workers=workers, on_progress=on_progress)
+        on_found(len(fresh))
+    parts = map_chunks(functools.partial(_read_image_headers, root=listing.root), fresh, workers=workers, on_progress=on_progress)
     headers = [h for part in parts for h in part]
+    signatures = None
+    if plan is not None:
+        read = results_table(
+            fresh, [h[1] for h in headers], [h[0] for h in headers], [h[6] for h in headers], [h[7] for h in headers],
+            notes=[h[8] if h[0] == "ok" else () for h in headers],
+        )
+        signatures = signatures_for(plan, "ingest images", options, read)
+        if plan.reuse.any():
+            headers = _with_reused_headers(plan, headers)
 
     error_rows = list(listing.refused)
     error_rows += [(r, "skipped", "NotImage", f"not one of {', '.join(IMAGE_EXTENSIONS)}") for r in rels[~is_image]]
@@ -345,7 +373,6 @@ def ingest_images(
 
     sizes = [h[1] for h in headers]
     inputs = [listing_fingerprint(os.fspath(root), to_read, sizes)]
-    options = {"patient_regex": regex.pattern, "file_list": files is not None, "allow_outside_root": allow_outside_root}
     manifest = Manifest(frame=frame, labels=(), root=listing.root).with_step(provenance_step("ingest images", options, inputs))
     check(manifest)
     reasons = Counter(f"{o}:{t}" for _, o, t, _ in error_rows)
@@ -356,5 +383,30 @@ def ingest_images(
         failed=sum(1 for _, o, _, _ in error_rows if o == "failed"),
         reasons=dict(sorted(reasons.items())),
         notes=tuple(regex_notes) + tuple(f"{n} file(s): {note}" for note, n in sorted(notes.items())),
+        update=plan.counts if plan is not None else None,
     )
-    return IngestResult(manifest=manifest, errors=errors_frame(sorted(error_rows)), report=report)
+    return IngestResult(manifest=manifest, errors=errors_frame(sorted(error_rows)), report=report, signatures=signatures)
+
+
+def _with_reused_headers(plan: Plan, fresh: list[tuple]) -> list[tuple]:
+    """The header tuples of every planned file, in listing order: those read now and those of OLD.
+
+    A reused image's width, height, mode and format come from OLD's row, its size,
+    outcome, error and Pillow's warnings from the signatures.
+    """
+    assert plan.previous is not None
+    old = plan.old_files()
+    paths = old.column("path").to_pylist()
+    outcome = old.column("outcome").to_pylist()
+    rows = reused_rows(plan.previous, [p for p, o in zip(paths, outcome) if o == "ok"], ["path", *_IMAGE_COLUMNS])
+    by_path = dict(zip(rows.column("path").to_pylist(), zip(*(rows.column(c).to_pylist() for c in _IMAGE_COLUMNS))))
+    empty = (None,) * len(_IMAGE_COLUMNS)
+    reused = iter(
+        (o, size, *(by_path[p] if o == "ok" else empty), t, m, tuple(n))
+        for p, o, size, t, m, n in zip(
+            paths, outcome, old.column("read_size").to_pylist(), old.column("error_type").to_pylist(),
+            old.column("message").to_pylist(), old.column("notes").to_pylist(),
+        )
+    )
+    read = iter(fresh)
+    return [next(reused) if keep else next(read) for keep in plan.reuse]
