@@ -181,6 +181,7 @@ def hash_manifest(
     max_bytes: int = MAX_BYTES,
     allow_outside_root: bool = False,
     path_map: Mapping[str, str] | None = None,
+    scheduler=None,
 ) -> HashResult:
     """Add ``file_sha256``, ``pixel_sha256`` and ``phash`` columns, reading every image once.
 
@@ -204,6 +205,8 @@ def hash_manifest(
         Pseudonymised path -> real path (:func:`mdprep.pseudonyms.load_path_map`), for a
         manifest whose paths were pseudonymised: files are read at their real paths, and
         the result and its error rows name only the pseudonymised ones.
+    scheduler : str, DaskScheduler or distributed.Client, optional
+        Hash on a Dask cluster (see :func:`mdprep.executor.map_chunks`); the result is the same.
 
     Returns
     -------
@@ -239,7 +242,7 @@ def hash_manifest(
     if outside.any():
         warnings.warn(f"{int(outside.sum())} row(s) read from outside the image root {root_abs!r} (--allow-outside-root)", MdprepWarning, stacklevel=2)
     task = functools.partial(_hash_chunk, root=root_abs, max_bytes=int(max_bytes))
-    parts = map_chunks(task, read, workers=workers, on_progress=on_progress)
+    parts = map_chunks(task, read, workers=workers, on_progress=on_progress, scheduler=scheduler)
     rows = [r for part in parts for r in part]
     frame = manifest.frame.copy()
     frame["file_sha256"] = pd.Series([r[0] for r in rows], index=frame.index, dtype="str")

@@ -214,6 +214,7 @@ def ingest_dicom(
     workers: int | None = None,
     on_found: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    scheduler=None,
 ) -> IngestResult:
     """Read the headers of every DICOM file under ``root`` into a manifest.
 
@@ -239,6 +240,8 @@ def ingest_dicom(
         Processes; all cores by default.
     on_found, on_progress : callable, optional
         Told the number of files found, then the number read after each chunk.
+    scheduler : str, DaskScheduler or distributed.Client, optional
+        Read on a Dask cluster (see :func:`mdprep.executor.map_chunks`); the result is the same.
 
     Returns
     -------
@@ -289,6 +292,7 @@ def ingest_dicom(
         source,
         workers=workers,
         on_progress=on_progress,
+        scheduler=scheduler,
     )
     found = sum(len(c.relpaths) for c in chunks) + len(refused)
     shown = escaped_path(os.fspath(root))

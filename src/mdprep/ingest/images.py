@@ -245,6 +245,7 @@ def ingest_images(
     workers: int | None = None,
     on_found: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    scheduler=None,
 ) -> IngestResult:
     """Index a folder of PNG/JPEG images into a manifest.
 
@@ -310,7 +311,7 @@ def ingest_images(
     to_read = rels[to_read_mask].tolist()
     if on_found:
         on_found(len(to_read))
-    parts = map_chunks(functools.partial(_read_image_headers, root=listing.root), to_read, workers=workers, on_progress=on_progress)
+    parts = map_chunks(functools.partial(_read_image_headers, root=listing.root), to_read, workers=workers, on_progress=on_progress, scheduler=scheduler)
     headers = [h for part in parts for h in part]
 
     error_rows = list(listing.refused)
