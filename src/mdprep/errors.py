@@ -93,6 +93,19 @@ class UsageError(MdprepError):
     code = "bad_usage"
 
 
+class EngineError(MdprepError):
+    """The compute engine let the run down: a Dask scheduler that cannot be reached, or a cluster that lost the work.
+
+    ``scheduler`` names the address; the message says how to fix it. Exit code 2, like bad input.
+    """
+
+    code = "engine"
+
+    def __init__(self, message: str, *, scheduler: str, **fields: Any) -> None:
+        super().__init__(message, scheduler=scheduler, **fields)
+        self.scheduler = scheduler
+
+
 class LeakageError(MdprepError):
     """The manifest's splits (or folds) share patients or images; training on them would overstate every metric.
 

@@ -191,6 +191,7 @@ def hash_manifest(
     update: str | os.PathLike | None = None,
     record_signatures: bool = False,
     on_found: Callable[[int], None] | None = None,
+    scheduler=None,
 ) -> HashResult:
     """Add ``file_sha256``, ``pixel_sha256`` and ``phash`` columns, reading every image once.
 
@@ -223,6 +224,8 @@ def hash_manifest(
         Take every file's signature, for a later ``update`` (implied by ``update``).
     on_found : callable, optional
         Told the number of files to read (fewer than the rows with ``update``).
+    scheduler : str, DaskScheduler or distributed.Client, optional
+        Hash on a Dask cluster (see :func:`mdprep.executor.map_chunks`); the result is the same.
 
     Returns
     -------
@@ -273,7 +276,7 @@ def hash_manifest(
     if not incremental:
         if on_found:
             on_found(len(read))
-        parts = map_chunks(task, read, workers=workers, on_progress=on_progress)
+        parts = map_chunks(task, read, workers=workers, on_progress=on_progress, scheduler=scheduler)
         rows = [r for part in parts for r in part]
     else:
         # One signature per distinct path: rows that share a file share its hashes.
@@ -285,7 +288,7 @@ def hash_manifest(
         fresh = plan.to_read
         if on_found:
             on_found(len(fresh))
-        parts = map_chunks(task, fresh, workers=workers, on_progress=on_progress)
+        parts = map_chunks(task, fresh, workers=workers, on_progress=on_progress, scheduler=scheduler)
         done = [r for part in parts for r in part]
         signatures = signatures_for(
             plan, "hash", options, results_table(fresh, plan.sizes[~plan.reuse], ["failed" if r[3] else "ok" for r in done], [r[3] for r in done], [r[4] for r in done])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable
 
@@ -94,3 +95,39 @@ def incremental_options(command):
     for option in reversed(update_options):
         command = option(command)
     return command
+
+
+def scheduler_options(command):
+    """``--scheduler ADDRESS`` (or ``$MDPREP_SCHEDULER``) and ``--scheduler-timeout``, handed to the command as one ``scheduler``.
+
+    ``scheduler`` is None (the local process pool) or a :class:`~mdprep.executor.DaskScheduler`.
+    Dask itself is imported only when the command runs with a scheduler.
+    """
+    from ..executor import CONNECT_TIMEOUT, LOCAL_SCHEDULER, SCHEDULER_ENV, DaskScheduler
+
+    @functools.wraps(command)
+    def wrapper(*args, scheduler, scheduler_timeout, **kwargs):
+        spec = DaskScheduler(scheduler, timeout=scheduler_timeout) if scheduler is not None else None
+        return command(*args, scheduler=spec, **kwargs)
+
+    options = [
+        click.option(
+            "--scheduler",
+            envvar=SCHEDULER_ENV,
+            show_envvar=True,
+            metavar="ADDRESS|local",
+            help=f"Read the files on a Dask cluster: its scheduler's address (tcp://HOST:8786), or '{LOCAL_SCHEDULER}' to start "
+            "one on this machine with --workers processes. Same output as without. Needs pip install 'mdprep[dask]'.",
+        ),
+        click.option(
+            "--scheduler-timeout",
+            type=FiniteFloat(min=0, min_open=True),
+            default=CONNECT_TIMEOUT,
+            show_default=True,
+            metavar="SECONDS",
+            help="With --scheduler: how long to wait for the scheduler to answer.",
+        ),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper

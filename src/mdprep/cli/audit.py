@@ -28,7 +28,7 @@ from ..hashing import HASH_COLUMNS, hash_manifest
 from ..manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
 from ..pseudonyms import check_same_key, load_path_map
 from ._ui import file_progress, print_table
-from ._options import check_incremental, comma_list, incremental_options
+from ._options import check_incremental, comma_list, incremental_options, scheduler_options
 
 
 class ByteSize(click.ParamType):
@@ -67,14 +67,15 @@ allow_outside_root_option = click.option(
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write with file_sha256, pixel_sha256 and phash columns; '-' for stdout.")
 @click.option("--root", type=click.Path(file_okay=False), help="Folder the manifest's paths are relative to [default: the recorded root].")
-@click.option("--workers", type=click.IntRange(min=1), help="Processes reading images [default: all cores].")
+@click.option("--workers", type=click.IntRange(min=1), help="Processes reading images [default: all cores]; with --scheduler local, the Dask workers started.")
+@scheduler_options
 @click.option("--errors", "errors_path", metavar="FILE", help="Write the files that could not be hashed (.csv or .parquet).")
 @click.option("--max-bytes", type=ByteSize(), default="2G", show_default=True, help="Largest file read; a larger one is a failed row (TooLarge). Units K, M, G, T are powers of 1024.")
 @allow_outside_root_option
 @path_map_option
 @incremental_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def hash_cmd(manifest, output, root, workers, errors_path, max_bytes, allow_outside_root, path_map, update, record_signatures, quiet):
+def hash_cmd(manifest, output, root, workers, scheduler, errors_path, max_bytes, allow_outside_root, path_map, update, record_signatures, quiet):
     """Hash every image of MANIFEST once (bytes, decoded pixels, perceptual hash) for the audit.
 
     \b
@@ -103,6 +104,7 @@ def hash_cmd(manifest, output, root, workers, errors_path, max_bytes, allow_outs
         result = hash_manifest(
             m, root=root, workers=workers, on_progress=bar.advance, max_bytes=max_bytes, allow_outside_root=allow_outside_root, path_map=real_paths,
             update=update, record_signatures=record_signatures, on_found=bar.found,
+            scheduler=scheduler,
         )
     write_manifest(result.manifest, output)
     if result.signatures is not None:

@@ -22,7 +22,7 @@ from ..ingest import PRESETS, IngestResult, ingest_dicom, ingest_images, ingest_
 from ..labels import AGGREGATE_POLICIES, BLANK_POLICIES, LABEL_WHEN_SYNTAX, UNCERTAIN_POLICIES
 from ..manifest import summarize, write_manifest
 from ..pseudonyms import DATE_POLICIES, PATH_POLICIES
-from ._options import check_incremental, choice_option, comma_list, described, incremental_options, key_file_option
+from ._options import check_incremental, choice_option, comma_list, described, incremental_options, key_file_option, scheduler_options
 from .audit import allow_outside_root_option
 from ._ui import file_progress, print_table, status
 
@@ -220,7 +220,9 @@ def render_summary(result: IngestResult, output: str, errors_path: str | None, q
 
 _output = click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write (atomically); '-' for stdout.")
 _quiet = click.option("-q", "--quiet", is_flag=True, help="No progress bars, summary or notes on stderr (warnings and errors stay).")
-_workers = click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes reading files [default: all cores].")
+_workers = click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Processes reading files [default: all cores]; with --scheduler local, the Dask workers started."
+)
 _errors = click.option(
     "--errors", "errors_path", metavar="FILE", help="Write every file that gave no row (path, outcome, error type, message); .csv or .parquet."
 )
@@ -249,11 +251,12 @@ def ingest() -> None:
 @_files_from
 @allow_outside_root_option
 @_workers
+@scheduler_options
 @_errors
 @incremental_options
 @pseudonymize_options
 @_quiet
-def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outside_root, workers, errors_path, update, record_signatures, pseudo, quiet):
+def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outside_root, workers, scheduler, errors_path, update, record_signatures, pseudo, quiet):
     """Read the headers (never the pixels) of every DICOM file under ROOT.
 
     \b
@@ -289,6 +292,7 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outs
                 on_progress=bar.advance,
                 update=update,
                 record_signatures=record_signatures,
+                scheduler=scheduler,
             )
         keep.update(result.manifest.frame.columns)
         result = _pseudonymized(result, pseudo, quiet)
@@ -308,11 +312,12 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outs
 @_files_from
 @allow_outside_root_option
 @_workers
+@scheduler_options
 @_errors
 @incremental_options
 @pseudonymize_options
 @_quiet
-def ingest_images_cmd(root, patient_regex, output, files_from, allow_outside_root, workers, errors_path, update, record_signatures, pseudo, quiet):
+def ingest_images_cmd(root, patient_regex, output, files_from, allow_outside_root, workers, scheduler, errors_path, update, record_signatures, pseudo, quiet):
     """Index the PNG/JPEG/TIFF images under ROOT; patient and study come from the path.
 
     \b
@@ -334,7 +339,7 @@ def ingest_images_cmd(root, patient_regex, output, files_from, allow_outside_roo
         with file_progress("Reading image headers", quiet) as bar:
             result = ingest_images(
                 root, patient_regex=patient_regex, files=files, allow_outside_root=allow_outside_root, workers=workers,
-                on_found=bar.found, on_progress=bar.advance, update=update, record_signatures=record_signatures,
+                on_found=bar.found, on_progress=bar.advance, update=update, record_signatures=record_signatures, scheduler=scheduler,
             )
         keep.update(result.manifest.frame.columns)
         result = _pseudonymized(result, pseudo, quiet)

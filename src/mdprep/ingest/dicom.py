@@ -226,6 +226,7 @@ def ingest_dicom(
     on_progress: Callable[[int], None] | None = None,
     update: str | os.PathLike | None = None,
     record_signatures: bool = False,
+    scheduler=None,
 ) -> IngestResult:
     """Read the headers of every DICOM file under ``root`` into a manifest.
 
@@ -260,6 +261,8 @@ def ingest_dicom(
         are in ``report.update``.
     record_signatures : bool
         Take every file's signature, for a later ``update`` (implied by ``update``).
+    scheduler : str, DaskScheduler or distributed.Client, optional
+        Read on a Dask cluster (see :func:`mdprep.executor.map_chunks`); the result is the same.
 
     Returns
     -------
@@ -329,6 +332,7 @@ def ingest_dicom(
         source,
         workers=workers,
         on_progress=on_progress,
+        scheduler=scheduler,
     )
     signatures = None
     if plan is not None:

@@ -248,6 +248,7 @@ def ingest_images(
     on_progress: Callable[[int], None] | None = None,
     update: str | os.PathLike | None = None,
     record_signatures: bool = False,
+    scheduler=None,
 ) -> IngestResult:
     """Index a folder of PNG/JPEG images into a manifest.
 
@@ -329,7 +330,7 @@ def ingest_images(
     fresh = plan.to_read if plan is not None else to_read
     if on_found:
         on_found(len(fresh))
-    parts = map_chunks(functools.partial(_read_image_headers, root=listing.root), fresh, workers=workers, on_progress=on_progress)
+    parts = map_chunks(functools.partial(_read_image_headers, root=listing.root), fresh, workers=workers, on_progress=on_progress, scheduler=scheduler)
     headers = [h for part in parts for h in part]
     signatures = None
     if plan is not None:
