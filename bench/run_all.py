@@ -26,6 +26,7 @@ SECTIONS = (
     ("Leakage audit", "bench_audit", "print(m.markdown(m.run()))"),
     ("Trainer throughput", "bench_train", "print(m.markdown(m.run()))"),
     ("Trainer throughput, PyTorch and Keras on the same data", "bench_train_frameworks", "print(m.markdown(m.run()))"),
+    ("DICOM headers from object storage (S3)", "bench_s3", "print(m.report())"),
 )
 
 
