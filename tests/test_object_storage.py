@@ -252,6 +252,7 @@ def test_signatures(s3, tmp_path):
     st = os.stat(s3.images / rels[0])
     assert sizes.tolist()[0] == st.st_size and stamps[0] == str(st.st_mtime_ns) and (sizes[2], stamps[2]) == (-1, "")
     assert storage.signatures(f"file://{s3.images}", rels)[1] == stamps
+    assert storage.signatures("s3://scans/nothing-here", rels)[0].tolist() == [-1, -1, -1]
 
 
 def test_access_denied_and_bad_credentials_give_clean_rows_and_errors(s3, tmp_path, runner, monkeypatch):

@@ -64,7 +64,7 @@ THREADS = 16
 CREDENTIAL_VARIABLES = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
     "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING",
-    "AZURE_CLIENT_SECRET", "GOOGLE_OAUTH_ACCESS_TOKEN",
+    "AZURE_STORAGE_CLIENT_SECRET", "AZURE_CLIENT_SECRET", "GOOGLE_OAUTH_ACCESS_TOKEN",
 )
 #: Keys of fsspec configuration whose values are masked too.
 _SECRET_KEY = re.compile(r"key|secret|token|password|passwd|credential|sas|sig|connection", re.IGNORECASE)
@@ -327,9 +327,11 @@ def storage_error(exc: BaseException) -> OSError:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of what ``exc`` says (its type's name when it says nothing), at most 200 characters."""
     text = exc.strerror if isinstance(exc, OSError) and isinstance(exc.strerror, str) else str(exc)
-    text = (text or repr(exc)).strip().splitlines()[0] if (text or repr(exc)).strip() else type(exc).__name__
-    return text if len(text) <= 200 else text[:199] + "…"
+    lines = text.strip().splitlines()
+    line = lines[0] if lines else type(exc).__name__
+    return line if len(line) <= 200 else line[:199] + "…"
 
 
 # ----------------------------------------------------------------------------- listing
@@ -509,7 +511,9 @@ def signatures(root: str | os.PathLike, relpaths: Sequence[str]) -> tuple[np.nda
 
     A local root stats each file (following links, as the readers do); a URL root
     lists the prefix once (one ``fs.find``, a thousand objects per request on S3)
-    instead of asking about each object.
+    instead of asking about each object. A prefix with nothing under it gives -1
+    for every file; a prefix that cannot be listed raises :class:`InputError`
+    (:func:`list_tree`).
 
     Examples
     --------
@@ -531,7 +535,12 @@ def signatures(root: str | os.PathLike, relpaths: Sequence[str]) -> tuple[np.nda
                 continue
             sizes[i], stamps[i] = st.st_size, str(st.st_mtime_ns)
         return sizes, stamps
-    listing = list_tree(text)
+    from .errors import EmptyInputError
+
+    try:
+        listing = list_tree(text)
+    except EmptyInputError:
+        return sizes, stamps
     at = {rel: i for i, rel in enumerate(listing.relpaths)}
     for i, rel in enumerate(relpaths):
         j = at.get(rel)
