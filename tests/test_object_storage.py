@@ -130,6 +130,24 @@ def test_image_manifest_from_s3_equals_local(s3):
     assert all(n == 1 and sent <= storage.IMAGE_HEAD for n, sent in reads.values())  # small files: head and tail in one GET
 
 
+def test_large_image_headers_cost_the_head_and_the_tail(s3, tmp_path):
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8)
+    for fmt in ("png", "jpg"):
+        path = tmp_path / f"big/patient00001/study1/view1_frontal.{fmt}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noise).save(path)
+    url = s3.upload(tmp_path / "big", "scans", "big")
+    s3.requests.clear()
+    r = ingest_images(url, patient_regex=REGEX, workers=1)
+    assert r.report.ingested == 2 and r.manifest.frame["width"].tolist() == [300, 300]
+    reads = s3.object_reads("/scans/big/")
+    sizes = [p.stat().st_size for p in sorted((tmp_path / "big").rglob("*.*"))]
+    assert min(sizes) > 40_000  # files of 40 KB and more: two GETs, the first 16 KiB and the last 64 bytes
+    assert sorted(reads.values()) == [(2, storage.IMAGE_HEAD + 64)] * 2
+
+
 def test_hash_over_s3_equals_hash_over_local(s3, tmp_path, runner):
     local = ingest_dicom(s3.dicom, workers=1).manifest
     remote = ingest_dicom(s3.dicom_url, workers=1).manifest
@@ -208,6 +226,18 @@ def test_listing_accounts_for_every_object(s3):
         ingest_dicom("s3://no-such-bucket/x", workers=1)
     with pytest.raises(InputError, match=r"'s3://scans/odd/a.dcm' names an object, not a folder"):
         ingest_dicom("s3://scans/odd/a.dcm", workers=1)
+
+
+def test_tree_order_matches_the_local_walk(tmp_path):
+    """The order a URL root's files are read in (and so the DICOM manifest's rows) is the local walker's."""
+    from mdprep.ingest.files import iter_tree, tree_order
+
+    rels = ["a", "a-b/x", "a.b", "ab/c/d", "ab/c.e", "ab/c-d/e", "b/a/z", "b/a.z", "b/B", "b/a0/y", "é/x", "z y/0", "A/q"]
+    for rel in rels:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    walked = list(iter_tree(str(tmp_path), []))
+    assert sorted(walked) == sorted(rels) and tree_order(sorted(rels)) == walked and tree_order(rels[::-1]) == walked
 
 
 def test_unknown_protocol_and_missing_backend(runner, tmp_path, monkeypatch):

@@ -413,36 +413,46 @@ def list_tree(root: str) -> Listing:
         found = fs.find(base, detail=True)
     except Exception as exc:  # noqa: BLE001 - any failure to list is the run's error, worded cleanly
         raise InputError(_listing_message(root, exc), path=root) from None
-    cut = len(base) + 1
-    entries = []
-    for name, info in found.items():
-        if name.rstrip("/") == base:
-            if info.get("type") == "file" and not name.endswith("/"):
-                raise InputError(f"{root!r} names an object, not a folder (a prefix); give the prefix that holds the images", path=root)
-            continue
-        entries.append((name[cut:], info))
-    rels, sizes, stamps, refused = [], [], [], []
-    for rel, info in entries:
-        size = int(info.get("size") or 0)
-        if rel.endswith("/") or info.get("type") == "directory":
-            if size:
-                refused.append((rel, "skipped", "Folder", f"an object named like a folder (ending in '/') that holds {size} bytes; not read"))
-            continue
-        if _BAD_PART.search(rel):
-            refused.append((rel, "failed", "UnsafePath", "the object name has an empty, '.' or '..' part, which no path under the root can hold; rename the object"))
-            continue
-        if not decodable(rel):
-            from .ingest.files import undecodable_row
+    top = found.get(base)
+    if top is not None and top.get("type") == "file":
+        raise InputError(f"{root!r} names an object, not a folder (a prefix); give the prefix that holds the images", path=root)
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-            refused.append(undecodable_row(rel))
-            continue
-        rels.append(rel)
-        sizes.append(size)
-        stamps.append(_stamp(info))
-    if not rels and not refused:
+    # Columns of the listing; every test below is one vectorised pass over them.
+    cut = len(base) + 1
+    entries = [(name[cut:], info) for name, info in found.items() if name.rstrip("/") != base]
+    infos = [info for _, info in entries]
+    names = pa.array([rel for rel, _ in entries], type=pa.string())
+    sizes = np.array([int(info.get("size") or 0) for info in infos], dtype=np.int64)
+    folder = pc.ends_with(names, "/").to_numpy(zero_copy_only=False) | np.array([info.get("type") == "directory" for info in infos], dtype=bool)
+    unsafe = pc.match_substring_regex(names, _BAD_PART.pattern).to_numpy(zero_copy_only=False) & ~folder
+    odd = ~pc.string_is_ascii(names).to_numpy(zero_copy_only=False) & ~folder & ~unsafe
+    undecodable = np.zeros(len(infos), dtype=bool)
+    undecodable[odd] = [not decodable(n) for n in names.filter(pa.array(odd)).to_pylist()]  # the few non-ASCII names
+    refused: list[ErrorRow] = []
+    for rel, size in zip(names.filter(pa.array(folder & (sizes > 0))).to_pylist(), sizes[folder & (sizes > 0)]):
+        refused.append((rel, "skipped", "Folder", f"an object named like a folder (ending in '/') that holds {size} bytes; not read"))
+    refused += [
+        (rel, "failed", "UnsafePath", "the object name has an empty, '.' or '..' part, which no path under the root can hold; rename the object")
+        for rel in names.filter(pa.array(unsafe)).to_pylist()
+    ]
+    if undecodable.any():
+        from .ingest.files import undecodable_row
+
+        refused += [undecodable_row(rel) for rel in names.filter(pa.array(undecodable)).to_pylist()]
+    keep = np.flatnonzero(~(folder | unsafe | undecodable))
+    if not len(keep) and not refused:
         raise EmptyInputError(f"no objects found under {root}; check the URL (the bucket and the prefix)", path=root)
-    order = sorted(range(len(rels)), key=rels.__getitem__)
-    listing = Listing(root, [rels[i] for i in order], np.array([sizes[i] for i in order], dtype=np.int64), [stamps[i] for i in order], refused)
+    kept = names.take(pa.array(keep, type=pa.int64()))
+    order = pc.sort_indices(kept).to_numpy()
+    listing = Listing(
+        root,
+        kept.take(pa.array(order)).to_pylist(),
+        sizes[keep][order],
+        [_stamp(infos[i]) for i in keep[order]],
+        refused,
+    )
     _remember(root, listing.relpaths, listing.sizes)
     return listing
 
@@ -541,12 +551,12 @@ def signatures(root: str | os.PathLike, relpaths: Sequence[str]) -> tuple[np.nda
         listing = list_tree(text)
     except EmptyInputError:
         return sizes, stamps
-    at = {rel: i for i, rel in enumerate(listing.relpaths)}
-    for i, rel in enumerate(relpaths):
-        j = at.get(rel)
-        if j is not None:
-            sizes[i], stamps[i] = listing.sizes[j], listing.stamps[j]
-    return sizes, stamps
+    import pandas as pd
+
+    at = pd.Index(listing.relpaths, dtype="object").get_indexer(pd.Index(list(relpaths), dtype="object"))
+    hit = at >= 0
+    sizes[hit] = listing.sizes[at[hit]]
+    return sizes, np.array(listing.stamps + [""], dtype=object)[at].tolist()  # at -1 (not listed): the last entry, ""
 
 
 # ----------------------------------------------------------------------------- reading

@@ -35,7 +35,7 @@ import os
 import stat
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from ..errors import EmptyInputError, InputError
 from ..fileio import decodable, is_within, special_file_kind
@@ -118,7 +118,7 @@ def iter_tree(root: str, problems: list[ErrorRow], *, allow_outside_root: bool =
 
         listing = list_tree(root)
         problems.extend(listing.refused)
-        yield from sorted(listing.relpaths, key=tree_order_key)
+        yield from tree_order(listing.relpaths)
         return
     cut = len(root.rstrip(os.sep)) + 1
     root_real = None if allow_outside_root else os.path.realpath(root)
@@ -184,14 +184,24 @@ def iter_tree(root: str, problems: list[ErrorRow], *, allow_outside_root: bool =
         stack.extend(reversed(subfolders))
 
 
-def tree_order_key(rel: str) -> list[tuple[int, str]]:
-    """Sort key that puts relative paths in the walk's tree order: a folder's files by name, then its folders.
+def tree_order(relpaths: Sequence[str]) -> list[str]:
+    """Relative paths in the walk's tree order: each folder's files by name, then its subfolders, depth first.
 
-    >>> sorted(["a/z.dcm", "a/b/x.dcm", "a.dcm", "b/y.dcm"], key=tree_order_key)
-    ['a.dcm', 'a/z.dcm', 'a/b/x.dcm', 'b/y.dcm']
+    One vectorised sort of a key in which each folder part is marked ``1`` and the
+    file name ``0`` (so a folder's files come before its subfolders) and parts are
+    separated by NUL, which sorts before any character of a name (``a`` before
+    ``a-b``, as comparing the names does).
+
+    >>> tree_order(["a/z.dcm", "a/b/x.dcm", "a.dcm", "a-b/y.dcm", "b/y.dcm"])
+    ['a.dcm', 'a/z.dcm', 'a/b/x.dcm', 'a-b/y.dcm', 'b/y.dcm']
     """
-    parts = rel.split("/")
-    return [(1, p) for p in parts[:-1]] + [(0, parts[-1])]
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    paths = pa.array(list(relpaths), type=pa.string())
+    key = pc.replace_substring_regex(paths, r"([^/]*)/", "1\\1\x00")
+    key = pc.replace_substring_regex(key, r"(^|\x00)([^\x00]*)$", "\\10\\2")
+    return paths.take(pc.sort_indices(key)).to_pylist()
 
 
 def classify_entry(
