@@ -36,7 +36,7 @@ import struct
 import warnings
 import zlib
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 import pyarrow as pa
 
@@ -914,15 +914,29 @@ def read_header(path: str, columns: Sequence[TagColumn], missing_patient: str = 
     return read_headers([path], columns, missing_patient)[0]
 
 
-def read_headers(paths: Sequence[str], columns: Sequence[TagColumn], missing_patient: str = "error") -> list[HeaderResult]:
-    """:func:`read_header` for several files, with one warnings catcher for all (cheaper than one per file)."""
+def read_headers(
+    paths: Sequence[str],
+    columns: Sequence[TagColumn],
+    missing_patient: str = "error",
+    *,
+    opener: Callable[[str], tuple[BinaryIO, int]] | None = None,
+    first_read: int = _READ_SIZE,
+) -> list[HeaderResult]:
+    """:func:`read_header` for several files, with one warnings catcher for all (cheaper than one per file).
+
+    ``opener`` (``path -> (binary file, size)``, raising OSError) opens files that
+    are not local, such as objects read with ranged requests
+    (:func:`mdprep.storage.opener`); by default paths are local files. The reader
+    first reads ``first_read`` bytes and reads more only when the header goes on;
+    the result does not depend on it, only the bytes read do.
+    """
     results = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for path in paths:
             seen = len(caught)
             try:
-                result = _read_header(path, columns, missing_patient)
+                result = _read_header(path, columns, missing_patient, opener, first_read)
             except Exception as exc:  # noqa: BLE001 - a reader bug on one odd file is that file's error row
                 result = HeaderResult(FAILED, 0, error_type=type(exc).__name__, message=str(exc) or repr(exc))
             if len(caught) > seen:
@@ -932,21 +946,31 @@ def read_headers(paths: Sequence[str], columns: Sequence[TagColumn], missing_pat
     return results
 
 
-def _read_header(path: str, columns: Sequence[TagColumn], missing_patient: str) -> HeaderResult:
+def _open_local(path: str) -> tuple[BinaryIO, int] | HeaderResult:
+    """The open file and its size, or the skipped result of a folder or special file (never read)."""
+    fd, st = open_nonblocking(path)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return _special(st.st_mode)
+    return open(fd, "rb", buffering=0), st.st_size
+
+
+def _read_header(
+    path: str, columns: Sequence[TagColumn], missing_patient: str, opener: Callable[[str], tuple[BinaryIO, int]] | None = None, first_read: int = _READ_SIZE
+) -> HeaderResult:
     wanted = {c.tag: i for i, c in enumerate(columns)}
     for tag in _ALWAYS_TAGS:
         wanted.setdefault(tag, -1)
     size = 0
     try:
-        fd, st = open_nonblocking(path)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            return _special(st.st_mode)
-        size = st.st_size
-        with open(fd, "rb", buffering=0) as fh:
-            buf = fh.read(_READ_SIZE)
+        opened = _open_local(path) if opener is None else opener(path)
+        if isinstance(opened, HeaderResult):
+            return opened
+        fh, size = opened
+        with fh:
+            buf = fh.read(first_read)
             if len(buf) >= 132 and buf[128:132] == b"DICM":
-                read_size = _READ_SIZE
+                read_size = first_read
                 while True:
                     try:
                         found, little, has_pixels = _lean_parse(buf, size, wanted)
@@ -959,11 +983,13 @@ def _read_header(path: str, columns: Sequence[TagColumn], missing_patient: str) 
                         buf = fh.read(read_size)
             elif _looks_like_raw_dataset(buf):
                 whole = _whole_first_element(buf, size)
-                return _read_with_pydicom(path, columns, size, lenient=True, missing_patient=missing_patient, evidence=whole)
+                return _read_with_pydicom(path, columns, size, lenient=True, missing_patient=missing_patient, evidence=whole, opener=opener)
             else:
                 return HeaderResult(SKIPPED, size, error_type="NotDicom", message="no DICOM preamble and no DICOM data elements")
     except _Unsupported as exc:
-        return _read_with_pydicom(path, columns, size, lenient=False, missing_patient=missing_patient, evidence=not isinstance(exc, _NoMeta))
+        return _read_with_pydicom(
+            path, columns, size, lenient=False, missing_patient=missing_patient, evidence=not isinstance(exc, _NoMeta), opener=opener
+        )
     except _Truncated as exc:
         return HeaderResult(FAILED, size, error_type="TruncatedFile", message=str(exc))
     except OSError as exc:
@@ -1036,10 +1062,10 @@ def _finish(columns, size, values, invalid, found, little, *, lenient, has_pixel
     return HeaderResult(OK, size, values=values, invalid=invalid, lenient=lenient, has_pixels=has_pixels, patient_source=source)
 
 
-def _deflated_file(path: str) -> bool:
+def _deflated_file(path: str, opener: Callable[[str], tuple[BinaryIO, int]] | None = None) -> bool:
     """True when the file meta of ``path`` names a deflated transfer syntax (offsets then count inflated bytes)."""
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb") if opener is None else opener(path)[0] as fh:
             head = fh.read(4096)
     except OSError:
         return False
@@ -1051,7 +1077,14 @@ def _truncated(size: int, message: str) -> HeaderResult:
 
 
 def _read_with_pydicom(
-    path: str, columns: Sequence[TagColumn], size: int, *, lenient: bool, missing_patient: str = "error", evidence: bool = True
+    path: str,
+    columns: Sequence[TagColumn],
+    size: int,
+    *,
+    lenient: bool,
+    missing_patient: str = "error",
+    evidence: bool = True,
+    opener: Callable[[str], tuple[BinaryIO, int]] | None = None,
 ) -> HeaderResult:
     """Read one file with pydicom; ``lenient`` for a file without preamble.
 
@@ -1064,7 +1097,7 @@ def _read_with_pydicom(
     from pydicom.errors import InvalidDicomError
 
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb") if opener is None else opener(path)[0]
     except OSError as exc:
         return _os_error(exc, size)
     with fh:
@@ -1075,7 +1108,7 @@ def _read_with_pydicom(
             return HeaderResult(SKIPPED, size, error_type="NotDicom", message=str(exc))
         except Exception as exc:  # noqa: BLE001 - any reader failure is this file's error row
             text = cut_text(str(exc) or repr(exc))
-            deflated = _deflated_file(path)
+            deflated = _deflated_file(path, opener)
             if evidence and (isinstance(exc, zlib.error) or (not deflated and fh.tell() >= size)):
                 # pydicom ran out of bytes: "No tag to read at file position ...", a short struct unpack, ...
                 if isinstance(exc, zlib.error) and ("incomplete" in text or "truncated" in text):

@@ -404,13 +404,18 @@ def listing_fingerprint(root: str | os.PathLike, relpaths: Iterable[str], sizes:
     so a tree is fingerprinted by what it contains (names and sizes); content hashes
     of individual images are the leakage audit's job.
     """
+    from .storage import clean_url, is_url, local_path
+
     entries = sorted(zip(relpaths, sizes))
     listing = "".join([f"{rel}\0{size}\n" for rel, size in entries])
     digest = hashlib.sha256(listing.encode("utf-8", "surrogateescape"))
     total = sum(size for _, size in entries)
     count = len(entries)
+    shown = os.fspath(root)
+    if is_url(shown):  # recorded without credentials; a file:// URL as its path
+        shown = local_path(shown) or clean_url(shown)
     return {
-        "path": os.path.normpath(os.fspath(root)),
+        "path": shown if is_url(shown) else os.path.normpath(shown),
         "kind": "tree",
         "files": count,
         "size": total,
@@ -483,7 +488,13 @@ def paths_outside_root(root: str | os.PathLike, relpaths: Iterable[str], *, allo
     The root rule: mdprep reads a manifest's images only under its root. A path
     leaves the root when it is absolute and elsewhere, when its ``..`` parts climb
     out, or when a symbolic link on the way (a linked folder or the file itself)
-    resolves outside ``os.path.realpath(root)``.
+    resolves outside ``os.path.realpath(root)``. A path that is a URL
+    (``s3://other-bucket/x.dcm``) leaves any root it is not under.
+
+    A root that is a URL (``s3://bucket/prefix``) follows the same rule lexically
+    (:func:`mdprep.storage.outside_root`; object stores have no links): ``..`` may
+    not climb out of the prefix, and absolute local paths and URLs of other
+    buckets or prefixes are outside.
 
     The check is cheap and runs before any file is opened: a vectorised lexical pass
     over the distinct paths, then ``realpath`` and one listing per distinct folder
@@ -522,24 +533,30 @@ def paths_outside_root(root: str | os.PathLike, relpaths: Iterable[str], *, allo
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from .errors import InputError, examples_text
-
-    root_abs = os.path.abspath(os.fspath(root))
-    root_real = os.path.realpath(root_abs)
-
-    def leaves(real: str) -> bool:
-        return not is_within(real, root_real)
+    from .storage import canonical_root, is_url, outside_root
 
     # A null path names nothing under the root; it is left for the reader to fail on.
     codes, uniques = pd.factorize(pd.Series(list(relpaths), dtype="object").fillna("").astype("str"))
     paths = pa.array(uniques, type=pa.string())
     outside = np.zeros(len(paths), dtype=bool)
     via_link = np.zeros(len(paths), dtype=bool)
+    root_abs = canonical_root(root) if is_url(root) else os.path.abspath(os.fspath(root))
+    if is_url(root_abs):
+        outside = outside_root(root_abs, list(uniques))
+        return _refuse_outside(outside, via_link, codes, uniques, root_abs, allow_outside_root)
+    root_real = os.path.realpath(root_abs)
+
+    def leaves(real: str) -> bool:
+        return not is_within(real, root_real)
+
+    # URLs are never under a local root.
+    url = pc.match_substring_regex(paths, r"^[A-Za-z][A-Za-z0-9+.\-]+://").to_numpy(zero_copy_only=False)
+    outside |= url
     # Absolute paths, paths with a '..' part (and the odd one with a NUL byte, which
     # names no file): resolved one by one, as they are few.
     odd = pc.or_(
         pc.or_(pc.starts_with(paths, "/"), pc.match_substring_regex(paths, r"(^|/)\.\.(/|$)")), pc.match_substring(paths, "\x00")
-    ).to_numpy(zero_copy_only=False)
+    ).to_numpy(zero_copy_only=False) & ~url
     for k in np.flatnonzero(odd):
         full = os.path.join(root_abs, uniques[k])
         lexical = leaves(os.path.normpath(full))
@@ -550,7 +567,7 @@ def paths_outside_root(root: str | os.PathLike, relpaths: Iterable[str], *, allo
         via_link[k] = outside[k] and not lexical
     # Plain relative paths: resolve each distinct folder once; one listing per folder
     # finds the links among its files (no stat per file); only links are resolved.
-    plain = np.flatnonzero(~odd)
+    plain = np.flatnonzero(~odd & ~url)
     if len(plain):
         plain_paths = paths.take(pa.array(plain))
         folders = pc.replace_substring_regex(plain_paths, r"/?[^/]*$", "").to_numpy(zero_copy_only=False)
@@ -568,6 +585,15 @@ def paths_outside_root(root: str | os.PathLike, relpaths: Iterable[str], *, allo
         for j in np.flatnonzero(linked):
             linked[j] = leaves(os.path.realpath(os.path.join(root_abs, uniques[plain[j]])))
         outside[plain] = via_link[plain] = folder_out | linked
+    return _refuse_outside(outside, via_link, codes, uniques, root_abs, allow_outside_root)
+
+
+def _refuse_outside(outside, via_link, codes, uniques, root_abs: str, allow_outside_root: bool):
+    """The mask over the original paths; raise for paths outside the root unless allowed."""
+    import numpy as np
+
+    from .errors import InputError, examples_text
+
     mask = outside[codes]
     if mask.any() and not allow_outside_root:
         bad = [uniques[k] for k in np.flatnonzero(outside)]

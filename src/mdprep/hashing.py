@@ -36,6 +36,7 @@ from .fileio import open_nonblocking, paths_outside_root
 from .imaging import grey_8bit, load_pixels
 from .incremental import Plan, Signatures, UpdateCounts, check_compatible, load_previous, plan_update, refuse_unusable, results_table, reused_rows, signatures_for
 from .manifest import Manifest, provenance_step
+from .storage import canonical_root, is_url, join
 
 HASH_COLUMNS = ("file_sha256", "pixel_sha256", "phash")
 
@@ -74,10 +75,16 @@ def read_image_bytes(path: str, *, max_bytes: int = MAX_BYTES, digest=None) -> b
     for a FIFO in between cannot block either, and the read stops at the cap if the
     file grew. ``digest`` (a ``hashlib`` object), if given, is updated chunk by chunk.
 
+    A URL (``s3://bucket/key``) is read through its fsspec back-end
+    (:mod:`mdprep.storage`): its size is asked first (one HEAD), so an object over
+    the cap or a prefix is never fetched, then the object is fetched in one GET
+    that stops at the cap.
+
     Raises
     ------
     NotRegularFile, TooLarge, OSError
-        The file cannot be read within these rules.
+        The file cannot be read within these rules (an object store's errors come
+        from :func:`mdprep.storage.storage_error`: clean, without credentials).
 
     Examples
     --------
@@ -86,6 +93,8 @@ def read_image_bytes(path: str, *, max_bytes: int = MAX_BYTES, digest=None) -> b
     ...
     mdprep.hashing.NotRegularFile: a character device, not a regular file; only regular files are read
     """
+    if is_url(path):
+        return _read_object(path, max_bytes, digest)
     _check_stat(os.stat(path), max_bytes)
     fd, st = open_nonblocking(path)
     with os.fdopen(fd, "rb", buffering=0) as fh:
@@ -99,6 +108,39 @@ def read_image_bytes(path: str, *, max_bytes: int = MAX_BYTES, digest=None) -> b
                 digest.update(chunk)
             parts.append(chunk)
     return b"".join(parts)
+
+
+def _read_object(url: str, max_bytes: int, digest) -> bytes:
+    """:func:`read_image_bytes` of an object: the size checked first, then one GET that stops at the cap."""
+    from .storage import object_size, read_object
+
+    size, folder = object_size(url)
+    if folder:
+        raise NotRegularFile("a folder (a prefix of other objects), not a regular file; only regular files are read")
+    if size > max_bytes:
+        raise TooLarge(f"{size:,} bytes, over the limit of {max_bytes:,} bytes; raise --max-bytes to read it")
+    data = read_object(url, limit=max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TooLarge(f"over the limit of {max_bytes:,} bytes (the object grew while it was read); raise --max-bytes to read it")
+    if digest is not None:
+        digest.update(data)
+    return data
+
+
+def remote_reads(paths: Sequence[str], *, max_bytes: int = MAX_BYTES):
+    """For each path, a function giving its bytes: URLs are fetched concurrently ahead of the caller, local files not at all.
+
+    A reader that decodes images one after the other (``hash``, ``train``'s check)
+    calls the functions in order: for a URL the bytes (or the read's error) are
+    ready or on their way (:func:`mdprep.storage.prefetch`, a few at a time, so
+    memory stays bounded); for a local path the function returns None and the
+    reader reads the file itself, as before.
+    """
+    if not any(is_url(p) for p in paths):
+        return [lambda: None] * len(paths)
+    from .storage import prefetch
+
+    return prefetch(lambda p: read_image_bytes(p, max_bytes=max_bytes) if is_url(p) else None, paths)
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -135,17 +177,22 @@ def pixel_digest(arr: np.ndarray) -> str:
     return hashlib.sha256(head + np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
-def hash_image(path: str, *, max_bytes: int = MAX_BYTES) -> tuple[str | None, str | None, int | None, str, str]:
+def hash_image(path: str, *, max_bytes: int = MAX_BYTES, read: Callable[[], bytes | None] | None = None) -> tuple[str | None, str | None, int | None, str, str]:
     """``(file_sha256, pixel_sha256, phash, error_type, message)`` of one file; never raises.
 
     The file is read once, in chunks, through :func:`read_image_bytes` (regular
     files of at most ``max_bytes`` only); the bytes are hashed as they arrive and
-    then decoded. Messages come from :func:`error_text`, so they are the same on
-    every run.
+    then decoded. ``read``, when given and not returning None, gives the bytes
+    instead (read ahead by :func:`remote_reads`). Messages come from
+    :func:`error_text`, so they are the same on every run.
     """
     digest = hashlib.sha256()
     try:
-        data = read_image_bytes(path, max_bytes=max_bytes, digest=digest)
+        data = read() if read is not None else None
+        if data is None:
+            data = read_image_bytes(path, max_bytes=max_bytes, digest=digest)
+        else:
+            digest.update(data)
     except (OSError, ValueError) as exc:  # ValueError: a path with a NUL byte
         return None, None, None, *error_text(exc)
     file_hash = digest.hexdigest()
@@ -157,7 +204,8 @@ def hash_image(path: str, *, max_bytes: int = MAX_BYTES) -> tuple[str | None, st
 
 
 def _hash_chunk(paths: Sequence[str], *, root: str, max_bytes: int) -> list[tuple]:
-    return [hash_image(os.path.join(root, p), max_bytes=max_bytes) for p in paths]
+    full = [join(root, p) for p in paths]
+    return [hash_image(f, max_bytes=max_bytes, read=r) for f, r in zip(full, remote_reads(full, max_bytes=max_bytes))]
 
 
 @dataclass(frozen=True)
@@ -176,7 +224,7 @@ def _without(message: str, real: str, shown: str, root: str) -> str:
     """``message`` with the file's real path (absolute or relative) replaced by the path the manifest shows."""
     if real == shown:
         return message
-    return message.replace(os.path.join(root, real), shown).replace(real, shown)
+    return message.replace(join(root, real), shown).replace(real, shown)
 
 
 def hash_manifest(
@@ -200,7 +248,8 @@ def hash_manifest(
     manifest : Manifest
         Rows to hash; ``path`` is relative to the root.
     root : str or path, optional
-        The folder the paths are relative to [default: the manifest's recorded root].
+        The folder the paths are relative to [default: the manifest's recorded root];
+        a URL (``s3://bucket/prefix``) reads the images through fsspec (:mod:`mdprep.storage`).
     workers : int, optional
         Processes reading images [default: all cores].
     on_progress : callable, optional
@@ -249,9 +298,11 @@ def hash_manifest(
     root_s = os.fspath(root) if root is not None else manifest.root
     if not root_s:
         raise InputError("this manifest records no image folder; pass --root DIR, the folder its paths are relative to")
-    if not os.path.isdir(root_s):
+    if is_url(root_s):
+        root_s = canonical_root(root_s)
+    if not is_url(root_s) and not os.path.isdir(root_s):
         raise InputError(f"image root {root_s!r} is not a folder; pass --root DIR", path=root_s)
-    root_abs = os.path.abspath(root_s)
+    root_abs = root_s if is_url(root_s) else os.path.abspath(root_s)
     paths = manifest.frame["path"].astype("str").tolist()
     if path_map is not None:
         from .pseudonyms import resolve_paths

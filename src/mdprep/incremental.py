@@ -231,7 +231,17 @@ def local_signatures(root: str | os.PathLike, relpaths: Sequence[str]) -> tuple[
 
 
 def file_signatures(root: str | os.PathLike, relpaths: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """Signatures of the files to read: the one place that decides how they are taken (local files: :func:`local_signatures`)."""
+    """Signatures of the files to read: the one place that decides how they are taken.
+
+    Local files: :func:`local_signatures`; a URL root (``s3://...``): size and ETag from
+    one listing (:func:`mdprep.storage.signatures`).
+    """
+    from .storage import is_url
+
+    if is_url(os.fspath(root)):
+        from .storage import signatures
+
+        return signatures(root, relpaths)
     return local_signatures(root, relpaths)
 
 

@@ -544,3 +544,117 @@ def _write_dicom_pixels(path: Path, pixels: np.ndarray, patient: str) -> None:
     ds.RescaleSlope, ds.RescaleIntercept = "1", "-1024"
     ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
+
+
+# ----------------------------------------------------------------------------- object storage
+
+
+class LocalS3:
+    """A local S3 API for the tests and the benchmarks: moto's server on a free port, counting what it sends.
+
+    Runs ``moto.server.ThreadedMotoServer`` (``pip install 'moto[server]'``) in a
+    thread of this process and records every request it answers (method, key,
+    status, body bytes sent), so that a test can tell how many bytes reading a
+    tree cost without trusting the client. ``latency`` (seconds) delays every
+    answer, as the round trip to a remote store would, and ``bandwidth`` (bytes
+    per second) models one link that all answers share (the benchmarks use them). Point s3fs at it with
+    ``AWS_ENDPOINT_URL=<endpoint>`` (any credentials work unless IAM checks are on).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tree = tempfile.mkdtemp(); _ = open(os.path.join(tree, "a.txt"), "w").write("hello")
+    >>> with LocalS3() as s3:
+    ...     url = s3.upload(tree, "bucket", "docs")
+    ...     keys = s3.keys("bucket")
+    >>> url, keys
+    ('s3://bucket/docs', ['docs/a.txt'])
+    """
+
+    def __init__(self, latency: float = 0.0, bandwidth: float | None = None) -> None:
+        self.requests: list[tuple[str, str, int, int]] = []  # (method, path, status, body bytes)
+        self.latency = latency  # seconds added before each answer, as a remote store's round trip would
+        self.bandwidth = bandwidth  # bytes per second of one link shared by all answers (None: unlimited)
+        self._link_free = 0.0  # when the modelled link has sent everything queued on it
+        self._server = None
+        self.endpoint = ""
+
+    def __enter__(self) -> "LocalS3":
+        import logging
+        import socket
+        import threading
+        import time
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request on stderr
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self._server.start()
+        wsgi = self._server._server  # werkzeug's server: its app answers each request
+        app, lock = wsgi.app, threading.Lock()
+
+        def counting(environ, start_response):
+            status = []
+
+            def start(code, headers, exc_info=None):
+                status.append(int(code.split()[0]))
+                return start_response(code, headers, exc_info)
+
+            if self.latency:
+                time.sleep(self.latency)
+            body = list(app(environ, start))
+            sent = sum(map(len, body))
+            with lock:
+                self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), status[0] if status else 0, sent))
+                if self.bandwidth:  # the answer waits for its turn on the link, then for its own bytes
+                    now = time.monotonic()
+                    self._link_free = max(now, self._link_free) + sent / self.bandwidth
+                    wait = self._link_free - now
+            if self.bandwidth:
+                time.sleep(wait)
+            return body
+
+        wsgi.app = counting
+        self.endpoint = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def client(self, **credentials):
+        """A boto3 S3 client of this server (test credentials unless others are given)."""
+        import boto3
+
+        credentials = credentials or {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", **credentials)
+
+    def upload(self, root: str | os.PathLike, bucket: str, prefix: str) -> str:
+        """Upload every file under the folder ``root`` to ``s3://bucket/prefix/<relative path>``; return that URL."""
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=bucket)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        base = Path(root)
+        for path in sorted(p for p in base.rglob("*") if p.is_file() and not p.is_symlink()):
+            client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(base).as_posix()}", Body=path.read_bytes())
+        return f"s3://{bucket}/{prefix}"
+
+    def keys(self, bucket: str) -> list[str]:
+        """Every key of ``bucket``, sorted."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+    def object_reads(self, prefix: str = "/") -> dict[str, tuple[int, int]]:
+        """``{path: (GET requests, body bytes sent)}`` of the object reads (GET of a key) recorded, for paths starting with ``prefix``."""
+        out: dict[str, tuple[int, int]] = {}
+        for method, path, _status, sent in self.requests:
+            if method == "GET" and path.startswith(prefix) and path.count("/") >= 2 and not path.endswith("/"):
+                n, total = out.get(path, (0, 0))
+                out[path] = (n + 1, total + sent)
+        return out

@@ -267,6 +267,11 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outs
     are skipped and counted; unreadable ones are listed with --errors.
 
     \b
+    ROOT may be a URL: s3://bucket/prefix (pip install 'mdprep[s3]'), gs://, az://,
+    file://; headers are read with ranged requests. Credentials and endpoints come
+    from the back-end's environment (AWS_PROFILE, AWS_ENDPOINT_URL, ...).
+
+    \b
     Examples:
       mdprep ingest dicom /data/dump -o manifest.parquet --tags Manufacturer,KVP,0018,1151 --errors errors.csv
       mdprep ingest dicom /data/dump -o v1.parquet --record-signatures
@@ -319,6 +324,8 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outs
 @_quiet
 def ingest_images_cmd(root, patient_regex, output, files_from, allow_outside_root, workers, scheduler, errors_path, update, record_signatures, pseudo, quiet):
     """Index the PNG/JPEG/TIFF images under ROOT; patient and study come from the path.
+
+    ROOT may be a URL (s3://bucket/prefix, gs://, az://), as for ingest dicom.
 
     \b
     Example (CheXpert layout patient00001/study1/view1_frontal.jpg):

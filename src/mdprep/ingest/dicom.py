@@ -22,6 +22,7 @@ from ..manifest import CANONICAL_TYPES, Manifest, frame_from_arrow, provenance_s
 from . import IngestReport, IngestResult, canonical_sex, errors_frame
 from ..manifest import order_columns
 from .files import check_root, collect_files, escaped_path, iter_tree
+from ..storage import is_url, join
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,20 @@ def _unstorable(row: _Row, schema: pa.Schema, columns: Sequence[TagColumn]) -> t
         return (row.rel, FAILED, "UnstorableValue", f"the row cannot be stored ({exc})")
 
 
+def _remote_reading(root: str, relpaths: Sequence[str]) -> dict:
+    """How :func:`read_headers` opens the files of a URL root: ranged reads, the chunk's heads fetched concurrently.
+
+    Each object's first :data:`mdprep.storage.DICOM_HEAD` bytes are fetched by a
+    small thread pool before the (sequential) parse; the parse asks for more only
+    when a header goes on, and never for pixel data. A local root reads as before.
+    """
+    if not is_url(root):
+        return {}
+    from ..storage import DICOM_HEAD, open_objects, opener
+
+    return {"opener": opener(open_objects(root, relpaths, head=DICOM_HEAD)), "first_read": DICOM_HEAD}
+
+
 def _read_chunk(relpaths: Sequence[str], *, root: str, columns: Sequence[TagColumn], missing_patient: str = "error") -> _Chunk:
     """Read a chunk of files and build its rows as one Arrow record batch (in the worker).
 
@@ -110,7 +125,7 @@ def _read_chunk(relpaths: Sequence[str], *, root: str, columns: Sequence[TagColu
     notes: Counter[str] = Counter()
     file_notes: dict[str, tuple[str, ...]] = {}
     sex_at = next((i for i, c in enumerate(columns) if c.column == "sex"), None)
-    results = read_headers([os.path.join(root, rel) for rel in relpaths], columns, missing_patient)
+    results = read_headers([join(root, rel) for rel in relpaths], columns, missing_patient, **_remote_reading(root, relpaths))
     for rel, res in zip(relpaths, results):
         sizes.append(res.size)
         if res.outcome != OK:

@@ -22,6 +22,10 @@ unlistable folder   failed   ``PermissionError`` (or the OS error), one row for 
 A listed path (``--files-from``) gets the same outcome through the same function
 (:func:`classify_entry`); a listed folder is skipped (``Folder``) and a listed path
 that does not exist fails (``FileNotFoundError``).
+
+A root that is a URL (``s3://bucket/prefix``, see :mod:`mdprep.storage`) is listed
+by :func:`mdprep.storage.list_tree` into the same relative paths, order and rows:
+object stores have no links or special files, and folder markers are not counted.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ import os
 import stat
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from ..errors import EmptyInputError, InputError
 from ..fileio import decodable, is_within, special_file_kind
+from ..storage import is_url
 
 #: An error-table row: (path, outcome, error_type, message).
 ErrorRow = tuple[str, str, str, str]
@@ -58,7 +63,13 @@ def escaped_path(path: str) -> str:
 
     >>> escaped_path(os.fsdecode(b"scans/bad\\xff.dcm"))
     'scans/bad\\\\xff.dcm'
+
+    A URL is shown without credentials or query string (:func:`mdprep.storage.clean_url`).
     """
+    if is_url(path):
+        from ..storage import clean_url
+
+        return clean_url(path)
     if decodable(path):
         return path
     return os.fsencode(path).decode("utf-8", "backslashreplace")
@@ -94,11 +105,21 @@ def iter_tree(root: str, problems: list[ErrorRow], *, allow_outside_root: bool =
     rule, docs/manifest.md), and wherever they point with ``allow_outside_root``;
     each real folder is walked once, identified by ``(st_dev, st_ino)``.
 
+    A URL root (already :func:`check_root`-ed) is listed at once
+    (:func:`mdprep.storage.list_tree`) and yielded in the same tree order.
+
     Raises
     ------
     InputError
         When ``root`` itself cannot be listed.
     """
+    if is_url(root):
+        from ..storage import list_tree
+
+        listing = list_tree(root)
+        problems.extend(listing.refused)
+        yield from tree_order(listing.relpaths)
+        return
     cut = len(root.rstrip(os.sep)) + 1
     root_real = None if allow_outside_root else os.path.realpath(root)
     top = os.stat(root)
@@ -163,6 +184,26 @@ def iter_tree(root: str, problems: list[ErrorRow], *, allow_outside_root: bool =
         stack.extend(reversed(subfolders))
 
 
+def tree_order(relpaths: Sequence[str]) -> list[str]:
+    """Relative paths in the walk's tree order: each folder's files by name, then its subfolders, depth first.
+
+    One vectorised sort of a key in which each folder part is marked ``1`` and the
+    file name ``0`` (so a folder's files come before its subfolders) and parts are
+    separated by NUL, which sorts before any character of a name (``a`` before
+    ``a-b``, as comparing the names does).
+
+    >>> tree_order(["a/z.dcm", "a/b/x.dcm", "a.dcm", "a-b/y.dcm", "b/y.dcm"])
+    ['a.dcm', 'a/z.dcm', 'a/b/x.dcm', 'a-b/y.dcm', 'b/y.dcm']
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    paths = pa.array(list(relpaths), type=pa.string())
+    key = pc.replace_substring_regex(paths, r"([^/]*)/", "1\\1\x00")
+    key = pc.replace_substring_regex(key, r"(^|\x00)([^\x00]*)$", "\\10\\2")
+    return paths.take(pc.sort_indices(key)).to_pylist()
+
+
 def classify_entry(
     path: str, rel: str, *, is_dir: bool, is_file: bool, is_link: bool, root_real: str | None = None
 ) -> tuple[str, ErrorRow | None]:
@@ -225,7 +266,17 @@ def _revisit_row(path: str, cut: int, first: str) -> ErrorRow:
 
 
 def check_root(root: str | os.PathLike) -> str:
-    """The absolute path of ``root``, which must be a folder."""
+    """The absolute path of ``root``, which must be a folder; or the clean URL of a URL root.
+
+    A URL is checked for its back-end only (:func:`mdprep.storage.canonical_root`);
+    listing it tells whether anything is there. A ``file://`` URL is its local path.
+    """
+    if is_url(root):
+        from ..storage import canonical_root
+
+        root = canonical_root(root)
+        if is_url(root):
+            return root
     root_s = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root_s):
         shown = escaped_path(os.fspath(root))
@@ -249,6 +300,8 @@ def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None, *
     ``root`` (unless ``allow_outside_root``). Paths in rows are relative to ``root``.
     """
     root_s = check_root(root)
+    if is_url(root_s):
+        return _collect_objects(root_s, files)
     if files is None:
         problems: list[ErrorRow] = []
         rels = sorted(iter_tree(root_s, problems, allow_outside_root=allow_outside_root))
@@ -293,3 +346,56 @@ def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None, *
         raise EmptyInputError("the file list is empty; give one path per line", path=None)
     order = sorted(range(len(rels)), key=rels.__getitem__)
     return FileList(root_s, [rels[i] for i in order], refused)
+
+
+def _collect_objects(root: str, files: Iterable[str] | None) -> FileList:
+    """:func:`collect_files` for a URL root: the listing, or each listed object asked about (concurrent HEADs).
+
+    A listed entry is relative to the root or a URL under it; one outside it (a
+    ``..`` that climbs out, another bucket, a local path) is refused
+    (``OutsideRoot``), as is one listed twice. A listed prefix is skipped
+    (``Folder``), a missing object fails (``FileNotFoundError``), one the store
+    refuses fails (``PermissionError``), with messages free of credentials.
+    """
+    import posixpath
+
+    from ..storage import list_tree, stat_listed
+
+    if files is None:
+        listing = list_tree(root)
+        return FileList(root, listing.relpaths, listing.refused)
+    rels, refused, seen = [], [], set()
+    for entry in files:
+        if not entry:
+            continue
+        if is_url(entry):
+            from ..storage import clean_url
+
+            shown = clean_url(entry)
+            rel = shown[len(root) + 1 :] if shown.startswith(root + "/") else None
+        else:
+            shown = escaped_path(entry)
+            rel = None if entry.startswith("/") else posixpath.normpath(entry)
+        if rel is None or rel in ("", ".", "..") or rel.startswith("../"):
+            refused.append((shown, "failed", "OutsideRoot", f"the file is not under the root {root}; pass a root that contains it"))
+            continue
+        if rel in seen:
+            refused.append((escaped_path(rel), "skipped", "DuplicatePath", "listed more than once; read once"))
+            continue
+        seen.add(rel)
+        if not decodable(rel):
+            refused.append(undecodable_row(rel))
+            continue
+        rels.append(rel)
+    if not rels and not refused:
+        raise EmptyInputError("the file list is empty; give one path per line", path=None)
+    kept = []
+    for rel, found in zip(rels, stat_listed(root, rels)):
+        if isinstance(found, OSError):
+            message = "listed, but there is no such file" if isinstance(found, FileNotFoundError) else f"cannot inspect the entry: {found.strerror}"
+            refused.append((rel, "failed", type(found).__name__, message))
+        elif found[0] == "directory":
+            refused.append((rel, "skipped", "Folder", "a folder, not a file; a file list names files, so its folders are not walked"))
+        else:
+            kept.append(rel)
+    return FileList(root, sorted(kept), refused)

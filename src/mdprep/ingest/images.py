@@ -21,6 +21,7 @@ from . import IngestReport, IngestResult, errors_frame, extract_groups
 from ..manifest import order_columns
 from ..incremental import Plan, check_compatible, load_previous, plan_update, results_table, reused_rows, signatures_for
 from .files import check_root, collect_files, escaped_path
+from ..storage import is_url, join
 
 #: File name endings read as images (case-insensitive).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -167,7 +168,6 @@ def _incomplete(im: Any, fh: BinaryIO, size: int) -> str | None:
 
 def _image_row(path: str, Image: Any) -> tuple:
     """(outcome, size, width, height, mode, format, error_type, message) of one image."""
-    size = 0
     fd, st = open_nonblocking(path)
     if stat.S_ISDIR(st.st_mode):
         os.close(fd)
@@ -176,8 +176,12 @@ def _image_row(path: str, Image: Any) -> tuple:
         os.close(fd)
         kind = special_file_kind(st.st_mode)
         return ("skipped", 0, None, None, None, None, kind, f"not a regular file ({kind}); not read")
-    size = st.st_size
-    with open(fd, "rb") as fh:
+    return _file_row(open(fd, "rb"), st.st_size, path, Image)
+
+
+def _file_row(fh: BinaryIO, size: int, path: str, Image: Any) -> tuple:
+    """:func:`_image_row` of an open file of ``size`` bytes (closed at the end): a local file or a ranged object."""
+    with fh:
         try:
             with Image.open(fh) as im:
                 cut = _incomplete(im, fh, size)
@@ -207,16 +211,33 @@ def _read_image_headers(relpaths: Sequence[str], *, root: str) -> list[tuple]:
     FIFOs, sockets, devices and folders are skipped without being read; any other
     error is the file's error row, never the run's. Other warnings Pillow gives are
     returned as the row's notes (last item), one per kind.
+
+    Under a URL root the chunk's objects are opened for ranged reads, their first
+    :data:`mdprep.storage.IMAGE_HEAD` bytes and last 64 bytes fetched concurrently
+    (:func:`mdprep.storage.open_objects`); the header and the end-marker check
+    then read from those, and fetch more only for a header that goes on or an end
+    marker that is not in the last bytes.
     """
     from PIL import Image
 
+    opened = None
+    if is_url(root):
+        from ..storage import IMAGE_HEAD, open_objects
+
+        opened = open_objects(root, relpaths, head=IMAGE_HEAD, tail=_TAIL)
     out = []
     for rel in relpaths:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                row = _image_row(os.path.join(root, rel), Image)
+                path = join(root, rel)
+                if opened is None:
+                    row = _image_row(path, Image)
+                elif isinstance(opened[path], OSError):
+                    raise opened[path]
+                else:
+                    row = _file_row(opened[path], opened[path].size, path, Image)
             except OSError as exc:
                 row = ("failed", 0, None, None, None, None, type(exc).__name__, f"cannot read the file: {exc.strerror or exc}")
             except Exception as exc:  # noqa: BLE001 - any reader failure is this file's error row

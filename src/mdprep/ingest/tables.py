@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from ..errors import InputError, ManifestValidationError, MdprepWarning, MissingColumnError, UsageError, Violation, examples_text
 from ..fileio import file_fingerprint
+from ..storage import canonical_root
 from ..labels import (
     AGGREGATE_POLICIES,
     UNCERTAIN_POLICIES,
@@ -735,7 +736,8 @@ def ingest_table(
     image_ext : str
         MIMIC-CXR only: file ending of the built paths (``jpg`` for MIMIC-CXR-JPG, ``dcm``).
     root : str, optional
-        The folder the table's paths are relative to, recorded in the manifest.
+        The folder the table's paths are relative to, recorded in the manifest (absolute),
+        or a URL (``s3://bucket/prefix``, recorded without credentials; see :mod:`mdprep.storage`).
 
     Examples
     --------
@@ -881,7 +883,7 @@ def ingest_table(
         options.update(aggregate=aggregate, reader_col=reader_col)
     if column_map:
         options["columns"] = dict(sorted(column_map.items()))
-    manifest = Manifest(frame=frame, labels=tuple(labels), root=os.path.abspath(root) if root else None)
+    manifest = Manifest(frame=frame, labels=tuple(labels), root=canonical_root(root) if root else None)
     manifest = manifest.with_step(provenance_step("ingest table", options, inputs))
     try:
         check(manifest, path=spath)

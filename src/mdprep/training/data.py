@@ -13,9 +13,10 @@ from torch.nn import functional as F
 
 from ..errors import UsageError
 from ..executor import map_chunks
-from ..hashing import error_text
+from ..hashing import error_text, remote_reads
 from ..imaging import decode_grey
 from ..manifest import NEGATIVE, POSITIVE, Manifest
+from ..storage import join
 
 AUGMENTS = ("cxr-safe", "none")
 
@@ -36,15 +37,15 @@ def file_column(frame: pd.DataFrame) -> pd.Series:
 
 
 def image_paths(frame: pd.DataFrame, root: str) -> list[str]:
-    """The file of each row, joined to ``root``, as the dataset opens it."""
-    return [os.path.join(root, p) for p in file_column(frame)]
+    """The file of each row, joined to ``root`` (a folder or a URL, :func:`mdprep.storage.join`), as the dataset opens it."""
+    return [join(root, p) for p in file_column(frame)]
 
 
 def _check_chunk(paths: Sequence[str]) -> list[tuple[str, str]]:
     out = []
-    for path in paths:
+    for path, read in zip(paths, remote_reads(paths)):
         try:
-            decode_grey(path)
+            decode_grey(path, read())
             out.append(("", ""))
         except Exception as exc:  # noqa: BLE001 - any failure is this image's problem, reported with its row
             out.append(error_text(exc))
@@ -80,7 +81,7 @@ def unreadable_images(frame: pd.DataFrame, root: str, *, workers: int = 1) -> pd
     if FILE_COLUMN in frame.columns:
         # Messages name the manifest's (pseudonymised) path, never the real file.
         real = file_column(frame).to_numpy()[bad]
-        out["message"] = [m.replace(os.path.join(root, r), p).replace(r, p) for m, r, p in zip(out["message"], real, out["path"])]
+        out["message"] = [m.replace(join(root, r), p).replace(r, p) for m, r, p in zip(out["message"], real, out["path"])]
     return out.astype("str")
 
 

@@ -25,6 +25,7 @@ from ..audit import value_overlap
 from ..crossval import FitOptions, FitResult, RunPlan, auc_summary, check_prediction_columns, mean_defined, plan_runs, predictions_table, roc_auc_per_label
 from ..errors import InputError, LeakageError, MdprepError, MdprepWarning, UsageError, cut_text, examples_text, short_repr
 from ..fileio import atomic_write, paths_outside_root
+from ..storage import canonical_root, is_url
 from ..manifest import Manifest, write_table
 from ..params import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_LR, MIN_IMAGE_SIZE, check_number, check_seed
 from ..weights import weights_from_document
@@ -459,7 +460,9 @@ def train(
 
         frame = frame.assign(**{FILE_COLUMN: resolve_paths(manifest, path_map).frame["path"]})
     root = root or manifest.root
-    if not root or not os.path.isdir(root):
+    if is_url(root):
+        root = canonical_root(root)  # images read through fsspec (mdprep.storage)
+    if not root or not (is_url(root) or os.path.isdir(root)):
         raise InputError(f"image folder {root!r} not found; pass --root, the folder the manifest's paths are relative to")
     synthetic = frame["synthetic"].fillna(False).astype(bool).to_numpy() if "synthetic" in frame.columns else np.zeros(len(frame), dtype=bool)
     frame = frame[~synthetic].reset_index(drop=True)
