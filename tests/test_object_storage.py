@@ -353,3 +353,22 @@ def test_credentials_never_reach_an_output(s3, tmp_path, runner):
     assert b"s3://scans/dicom" in blob  # the recorded root is there ...
     assert KEY_ID.encode() not in blob and SECRET.encode() not in blob  # ... the credentials are not
     assert storage.scrub(f"signed with {SECRET} by {KEY_ID}") == "signed with *** by ***"
+
+
+def test_update_over_s3_reads_only_changed_objects_and_equals_a_full_run(s3, tmp_path, runner):
+    from mdprep.cli import main
+
+    url = s3.upload(s3.images, "scans", "images-upd")  # a prefix of its own: this test changes it
+    v1, v2, full = (str(tmp_path / n) for n in ("v1.parquet", "v2.parquet", "full.parquet"))
+    regex = ["--patient-regex", r"(?P<patient>[^/]+)/"]
+    r = runner.invoke(main, ["ingest", "images", url, *regex, "-o", v1, "--record-signatures", "-q"])
+    assert r.exit_code == 0, r.output
+    key = next(k for k in s3.keys("scans") if k.startswith("images-upd/") and k.endswith(".png"))
+    other = next(k for k in s3.keys("scans") if k.startswith("images-upd/") and k.endswith(".png") and k != key)
+    client = s3.client()
+    client.put_object(Bucket="scans", Key=key, Body=client.get_object(Bucket="scans", Key=other)["Body"].read())  # new ETag
+    r = runner.invoke(main, ["ingest", "images", url, *regex, "--update", v1, "-o", v2])
+    assert r.exit_code == 0, r.output
+    assert "Update: 0 new, 1 changed, 0 removed" in r.output
+    assert runner.invoke(main, ["ingest", "images", url, *regex, "-o", full, "-q"]).exit_code == 0
+    assert Path(v2).read_bytes() == Path(full).read_bytes()
