@@ -265,6 +265,18 @@ def _revisit_row(path: str, cut: int, first: str) -> ErrorRow:
     return (rel, "skipped", "DuplicateFolder", f"the same folder as {first}, already read; its files are read once")
 
 
+def _admitted(rel: str, seen: set[str], refused: list) -> bool:
+    """Whether a listed path is read: not listed before, and a name that decodes (else its row goes to ``refused``)."""
+    if rel in seen:
+        refused.append((escaped_path(rel), "skipped", "DuplicatePath", "listed more than once; read once"))
+        return False
+    seen.add(rel)
+    if not decodable(rel):
+        refused.append(undecodable_row(rel))
+        return False
+    return True
+
+
 def check_root(root: str | os.PathLike) -> str:
     """The absolute path of ``root``, which must be a folder; or the clean URL of a URL root.
 
@@ -319,12 +331,7 @@ def collect_files(root: str | os.PathLike, files: Iterable[str] | None = None, *
             shown = escaped_path(entry)
             refused.append((shown, "failed", "OutsideRoot", f"the file is not under the root {escaped_path(root_s)}; pass a root that contains it"))
             continue
-        if rel in seen:
-            refused.append((escaped_path(rel), "skipped", "DuplicatePath", "listed more than once; read once"))
-            continue
-        seen.add(rel)
-        if not decodable(rel):
-            refused.append(undecodable_row(rel))
+        if not _admitted(rel, seen, refused):
             continue
         try:
             st = os.lstat(full)
@@ -379,12 +386,7 @@ def _collect_objects(root: str, files: Iterable[str] | None) -> FileList:
         if rel is None or rel in ("", ".", "..") or rel.startswith("../"):
             refused.append((shown, "failed", "OutsideRoot", f"the file is not under the root {root}; pass a root that contains it"))
             continue
-        if rel in seen:
-            refused.append((escaped_path(rel), "skipped", "DuplicatePath", "listed more than once; read once"))
-            continue
-        seen.add(rel)
-        if not decodable(rel):
-            refused.append(undecodable_row(rel))
+        if not _admitted(rel, seen, refused):
             continue
         rels.append(rel)
     if not rels and not refused:
