@@ -45,13 +45,33 @@ def real_table(name: str) -> Path:
     return target
 
 
+def timed(fn, before=None) -> float:
+    """Seconds one call of ``fn`` takes; ``before`` runs first, untimed (dropping a cache, say)."""
+    if before:
+        before()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def timeit(fn, repeat: int) -> list[float]:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+    return [timed(fn) for _ in range(repeat)]
+
+
+def dicom_tree(name: str, files: int, *, shape: tuple[int, int], seed: int, private_tags: int) -> Path:
+    """A synthetic DICOM tree of ``files`` files (4 per patient) under CACHE/``name``, written once.
+
+    The marker that says the tree is complete lies beside it, not in it, so that it is not
+    one of the tree's files.
+    """
+    from mdprep.synthetic import write_dicom_tree
+
+    root = CACHE / name
+    done = CACHE / f"{name}.complete"
+    if not done.exists():
+        write_dicom_tree(root, patients=files // 4, images_per_patient=4, shape=shape, seed=seed, private_tags=private_tags)
+        done.write_text("ok")
+    return root
 
 
 def median(xs) -> float:

@@ -27,27 +27,20 @@ import functools
 import io
 import itertools
 import logging
-import time
 import warnings
 from pathlib import Path
 
-from _common import CACHE, median
+from _common import dicom_tree, median, timed
 
 from mdprep.executor import DASK_STREAM_CHUNK, map_chunks
 from mdprep.ingest import ingest_dicom
 from mdprep.ingest.files import collect_files, iter_tree
 from mdprep.manifest import write_manifest
-from mdprep.synthetic import write_dicom_tree
 
 
 def tree(files: int) -> Path:
     """``files`` small DICOM files (8x8 pixels), written once."""
-    root = CACHE / f"dicom-small-{files}"
-    done = root / ".complete"
-    if not done.exists():
-        write_dicom_tree(root, patients=files // 4, images_per_patient=4, shape=(8, 8), seed=2, private_tags=30)
-        done.write_text("ok")
-    return root
+    return dicom_tree(f"dicom-small-{files}", files, shape=(8, 8), seed=2, private_tags=30)
 
 
 def _manifest_bytes(result) -> bytes:
@@ -62,12 +55,6 @@ def _cluster(n: int):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
         return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def run(files: int = 20000, repeat: int = 5) -> dict:
@@ -95,20 +82,20 @@ def run(files: int = 20000, repeat: int = 5) -> dict:
         names = list(configs)
         for r in range(repeat):
             for name in names[r % len(names):] + names[: r % len(names)]:
-                times[name].append(_timed(configs[name]))
+                times[name].append(timed(configs[name]))
 
         paths = list(itertools.islice(iter_tree(str(root), []), None))
         columns = header_columns((), reserved=RESERVED_COLUMNS)
         read = functools.partial(_read_chunk, root=str(root), columns=columns)
-        t_walk = median([_timed(lambda: list(iter_tree(str(root), []))) for _ in range(repeat)])
-        t_list = median([_timed(lambda: collect_files(str(root), paths)) for _ in range(repeat)])
-        t_read = median([_timed(lambda: map_chunks(read, paths, workers=1, chunk_size=256)) for _ in range(repeat)])
+        t_walk = median([timed(lambda: list(iter_tree(str(root), []))) for _ in range(repeat)])
+        t_list = median([timed(lambda: collect_files(str(root), paths)) for _ in range(repeat)])
+        t_read = median([timed(lambda: map_chunks(read, paths, workers=1, chunk_size=256)) for _ in range(repeat)])
         batch_bytes = sum(c.batch.nbytes for c in map_chunks(read, paths, workers=1, chunk_size=256))
         result = configs["local_1"]()
-        t_write = median([_timed(lambda: write_manifest(result.manifest, io.BytesIO())) for _ in range(repeat)])
+        t_write = median([timed(lambda: write_manifest(result.manifest, io.BytesIO())) for _ in range(repeat)])
         # Scheduler time per task: 500 empty tasks (len of a one-item chunk) on the 2-worker cluster.
         tasks = 500
-        t_tasks = median([_timed(lambda: map_chunks(len, list(range(tasks)), chunk_size=1, scheduler=two.scheduler_address)) for _ in range(3)])
+        t_tasks = median([timed(lambda: map_chunks(len, list(range(tasks)), chunk_size=1, scheduler=two.scheduler_address)) for _ in range(3)])
     finally:
         two.close()  # the reverse of the start: each puts back the log levels it found
         one.close()

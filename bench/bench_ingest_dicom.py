@@ -14,21 +14,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from _common import CACHE, median, timeit
+from _common import dicom_tree, median, timeit
 
 from mdprep.dicom_header import PRESET_TAGS
 from mdprep.ingest import ingest_dicom
-from mdprep.synthetic import write_dicom_tree
 
 
 def tree(files: int) -> Path:
-    root = CACHE / f"dicom-{files}"
-    done = root / ".complete"
-    if not done.exists():
-        patients = files // 4
-        write_dicom_tree(root, patients=patients, images_per_patient=4, shape=(512, 512), seed=1, private_tags=60)
-        done.write_text("ok")
-    return root
+    return dicom_tree(f"dicom-{files}", files, shape=(512, 512), seed=1, private_tags=60)
 
 
 def run(files: int = 2000, repeat: int = 5) -> dict:

@@ -24,25 +24,19 @@ import os
 import time
 from pathlib import Path
 
-from _common import CACHE, median
+from _common import CACHE, dicom_tree, median, timed
 
 from mdprep.hashing import hash_manifest
 from mdprep.incremental import local_signatures, write_signatures
 from mdprep.ingest import ingest_dicom
 from mdprep.ingest.files import iter_tree
 from mdprep.manifest import read_manifest, write_manifest
-from mdprep.synthetic import write_dicom_tree
 
 DAY = 86400
 
 
 def tree(files: int) -> Path:
-    root = CACHE / f"update-{files}"
-    done = CACHE / f"update-{files}.complete"  # outside the tree: not one of its files
-    if not done.exists():
-        write_dicom_tree(root, patients=files // 4, images_per_patient=4, shape=(256, 256), seed=2, private_tags=60)
-        done.write_text("ok")
-    return root
+    return dicom_tree(f"update-{files}", files, shape=(256, 256), seed=2, private_tags=60)
 
 
 def _files(root: Path) -> list[str]:
@@ -56,14 +50,6 @@ def _drop_cache(paths: list[str]) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-
-
-def _timed(fn, before=None) -> float:
-    if before:
-        before()
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def run(files: int = 20000, repeat: int = 5, changed: float = 0.01, hash_repeat: int = 3) -> dict:
@@ -108,14 +94,14 @@ def run(files: int = 20000, repeat: int = 5, changed: float = 0.01, hash_repeat:
     t: dict[str, list[float]] = {k: [] for k in ("full_warm", "update_warm", "full_cold", "update_cold", "floor")}
     full()  # warm the cache
     for _ in range(repeat):
-        t["full_warm"].append(_timed(full))
-        t["update_warm"].append(_timed(update))
-        t["floor"].append(_timed(lambda: local_signatures(str(root), list(iter_tree(str(root), [])))))
+        t["full_warm"].append(timed(full))
+        t["update_warm"].append(timed(update))
+        t["floor"].append(timed(lambda: local_signatures(str(root), list(iter_tree(str(root), [])))))
     assert full_out.read_bytes() == new_out.read_bytes(), "update and full run differ"
     drop = lambda: _drop_cache(paths)  # noqa: E731
     for _ in range(repeat):
-        t["full_cold"].append(_timed(full, drop))
-        t["update_cold"].append(_timed(update, drop))
+        t["full_cold"].append(timed(full, drop))
+        t["update_cold"].append(timed(update, drop))
     assert full_out.read_bytes() == new_out.read_bytes(), "update and full run differ"
 
     manifest = read_manifest(new_out)
@@ -131,8 +117,8 @@ def run(files: int = 20000, repeat: int = 5, changed: float = 0.01, hash_repeat:
         counts["hash"] = r.update
 
     for _ in range(hash_repeat):
-        t.setdefault("hash_full", []).append(_timed(full_hash))
-        t.setdefault("hash_update", []).append(_timed(update_hash))
+        t.setdefault("hash_full", []).append(timed(full_hash))
+        t.setdefault("hash_update", []).append(timed(update_hash))
     assert hash_full.read_bytes() == hash_new.read_bytes(), "hash update and full hash differ"
     return {
         "files": len(paths),
