@@ -104,14 +104,21 @@ def test_keep_existing_pins_rows_and_pulls_their_groups():
     out = r.manifest.frame
     assert (out.loc[out["patient_id"].isin(pinned), "split"] == "test").all()
     assert _groups_cross(out, "split") == 0
-    # A patient already in two fixed splits cannot be resolved.
+    # A patient already in two fixed splits goes whole to the one holding most of its rows
+    # (a tie to the later part: the test list stays whole), moving the fewest rows.
     torn = f.copy()
     pid = torn["patient_id"].value_counts()
-    two = pid[pid >= 2].index[0]
-    rows = torn.index[torn["patient_id"] == two]
-    torn.loc[rows[0], "split"], torn.loc[rows[1], "split"] = "test", "train"
-    with pytest.raises(UsageError, match="already have rows in two fixed splits"):
-        split_manifest(m.with_frame(torn), ratios=(0.7, 0.1, 0.2), keep_existing=True)
+    three, two = pid[pid >= 3].index[0], pid[pid == 2].index[0]
+    rows3 = torn.index[torn["patient_id"] == three]
+    torn.loc[rows3, "split"] = ["train"] * (len(rows3) - 1) + ["val"]
+    rows2 = torn.index[torn["patient_id"] == two]
+    torn.loc[rows2, "split"] = ["test", "train"]
+    with pytest.warns(MdprepWarning, match="2 group\\(s\\) had rows in two or more existing splits.*moving 2 row"):
+        r = split_manifest(m.with_frame(torn), ratios=(0.7, 0.1, 0.2), keep_existing=True)
+    out = r.manifest.frame
+    assert set(out.loc[rows3, "split"]) == {"train"} and set(out.loc[rows2, "split"]) == {"test"}
+    assert r.moved["split"] == 2 and r.report()["moved_rows"] == {"split": 2}
+    assert _groups_cross(out, "split") == 0
     bad = f.copy()
     bad.loc[first_rows[0], "split"] = "holdout"
     with pytest.raises(UsageError, match="'holdout'"):

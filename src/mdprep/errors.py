@@ -106,6 +106,17 @@ class EngineError(MdprepError):
         self.scheduler = scheduler
 
 
+class ComponentTooLargeError(UsageError):
+    """A ``--link`` joined more rows into one group than ``--max-component`` allows.
+
+    Usually one placeholder value (an empty accession, the hash of a blank image)
+    glues unrelated patients together. ``link`` names the link whose joins alone
+    make most of the component. Exit code 2.
+    """
+
+    code = "component_too_large"
+
+
 class LeakageError(MdprepError):
     """The manifest's splits (or folds) share patients or images; training on them would overstate every metric.
 

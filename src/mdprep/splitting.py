@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .audit import degenerate_grouping, visible
+from .audit import PERSON_COLUMNS, degenerate_grouping, visible
 from .errors import MdprepWarning, MissingColumnError, UsageError, examples_text
 from .manifest import Manifest, check, order_columns, provenance_step
 from .params import check_seed
@@ -220,6 +220,17 @@ def _group_codes(groups: Any) -> tuple[np.ndarray, int]:
     return codes, len(uniques)
 
 
+def _fixed_groups(groups: Any, fixed: np.ndarray | None) -> np.ndarray | None:
+    """Per group, the part its pinned rows impose (-1 where free), from ``fixed`` per row."""
+    if fixed is None:
+        return None
+    codes, n_groups = _group_codes(groups)
+    fixed_groups = np.full(n_groups, -1, dtype=np.int64)
+    pinned = np.asarray(fixed) >= 0
+    fixed_groups[codes[pinned]] = np.asarray(fixed)[pinned]
+    return fixed_groups
+
+
 class _GroupStratifier:
     """Shared machinery: labels and groups to one part index per row."""
 
@@ -277,11 +288,11 @@ class MultilabelStratifiedGroupKFold(_GroupStratifier):
     def get_n_splits(self, X=None, y=None, groups=None) -> int:
         return self.n_splits
 
-    def assign(self, y, groups) -> np.ndarray:
-        """The fold (0..n_splits-1) of every row."""
+    def assign(self, y, groups, fixed: np.ndarray | None = None) -> np.ndarray:
+        """The fold (0..n_splits-1) of every row; ``fixed`` (per row, -1 where free) pins rows' groups."""
         if not isinstance(self.n_splits, (int, np.integer)) or self.n_splits < 2:
             raise UsageError(f"n_splits={self.n_splits!r}: k-fold needs at least 2 folds", n_splits=self.n_splits)
-        return self._assign(y, groups, np.full(self.n_splits, 1.0 / self.n_splits))
+        return self._assign(y, groups, np.full(self.n_splits, 1.0 / self.n_splits), _fixed_groups(groups, fixed))
 
     def split(self, X, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(train, test)`` row indices for each fold."""
@@ -320,13 +331,7 @@ class MultilabelStratifiedGroupSplit(_GroupStratifier):
     def assign(self, y, groups, fixed: np.ndarray | None = None) -> np.ndarray:
         """The part index of every row; ``fixed`` (per row, -1 where free) pins rows' groups."""
         ratios = check_ratios(self.ratios)
-        fixed_groups = None
-        if fixed is not None:
-            codes, n_groups = _group_codes(groups)
-            fixed_groups = np.full(n_groups, -1, dtype=np.int64)
-            pinned = np.asarray(fixed) >= 0
-            fixed_groups[codes[pinned]] = np.asarray(fixed)[pinned]
-        return self._assign(y, groups, ratios, fixed_groups)
+        return self._assign(y, groups, ratios, _fixed_groups(groups, fixed))
 
     def split(self, X, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if y is None:
@@ -491,6 +496,10 @@ class SplitResult:
     notes: tuple[str, ...] = ()
     #: Per binned ``stratify_by`` column: its width or edges and the rows in each stratum.
     bins: dict[str, dict] = field(default_factory=dict)
+    #: The groups after ``links`` (None without links).
+    links: Any = None
+    #: Rows ``keep_existing`` moved out of their existing split or fold, to keep a group whole.
+    moved: dict[str, int] = field(default_factory=dict)
 
     def report(self) -> dict:
         """The JSON report (schema ``mdprep-split-report`` version 1, see docs/split.md)."""
@@ -502,6 +511,8 @@ class SplitResult:
             "seed": step["seed"],
             "notes": list(self.notes),
             "stratify_bins": self.bins,
+            **({"links": self.links.to_dict()} if self.links is not None else {}),
+            **({"moved_rows": dict(self.moved)} if self.moved else {}),
             "split": self.split_quality.to_dict() if self.split_quality else None,
             "folds": self.fold_quality.to_dict() if self.fold_quality else None,
         }
@@ -741,6 +752,9 @@ def split_manifest(
     stratify_by: Sequence[str] = (),
     keep_existing: bool = False,
     missing_group: str = "error",
+    links: Sequence[str] = (),
+    max_component: int | str | None = None,
+    person_columns: Sequence[str] = PERSON_COLUMNS,
     inputs: Sequence[dict] = (),
 ) -> SplitResult:
     """Add a ``split`` column (by ``ratios``) and/or a ``fold`` column (``folds``) to a manifest.
@@ -753,7 +767,16 @@ def split_manifest(
     without one; nulls form the stratum ``missing``. With both
     ``ratios`` and ``folds``, the last part (the test set) is held out and the
     rows of the other parts are k-folded. With ``keep_existing``, rows that
-    already have a split keep it and pull the rest of their group along.
+    already have a split (and fold) keep it and pull the rest of their group
+    along; a group whose rows already sit in two splits goes whole to the one
+    holding most of them, so the fewest rows move.
+
+    ``links`` (see :mod:`mdprep.linking`) joins groups that share a value of any
+    link column (``study_id``, ``file_sha256``, ...), near-identical perceptual
+    hashes (``phash`` or ``phash:T``) or the person columns (``same_person``), so
+    nothing the leakage audit checks for those columns can cross parts. A merged
+    component over ``max_component`` rows (default 1% of the rows, at least 100)
+    is an error naming the link responsible.
 
     Examples
     --------
@@ -798,8 +821,9 @@ def split_manifest(
             )
         group_values = group_values.where(~missing, "\x00row:" + pd.Series(np.arange(len(frame)), index=frame.index).astype("str"))
         notes.append(f"{int(missing.sum())} row(s) without {group} became groups of their own (--missing-group own)")
+    link_list = list(links)
     degenerate = degenerate_grouping(frame, group)
-    if degenerate:
+    if degenerate and not (degenerate["column"] and degenerate["column"] in link_list):
         warnings.warn(
             visible(f"degenerate grouping: {degenerate['message']}; the split keeps no patient's images together, "
                     f"so it does not prevent patient leakage: {degenerate['hint']}"),
@@ -807,6 +831,15 @@ def split_manifest(
             stacklevel=2,
         )
     codes, uniques = pd.factorize(group_values.to_numpy(), sort=True)
+    linked = None
+    if link_list:
+        from .linking import link_groups, parse_links
+
+        parsed = parse_links(link_list, list(frame.columns), person_columns=person_columns)
+        linked = link_groups(frame, codes, uniques, parsed, max_component=max_component)
+        codes, uniques = linked.codes, linked.names
+        notes.append(f"--link {','.join(link_list)}: {linked.summary(group)}")
+    moved: dict[str, int] = {}
     positives, strat_names = _stratification_matrix(frame, labels, [(st.column, values) for st, values in strata])
 
     out = frame.copy()
@@ -820,7 +853,7 @@ def split_manifest(
         fixed = np.full(len(frame), -1, dtype=np.int64)
         if "split" in frame.columns and frame["split"].notna().any():
             if keep_existing:
-                fixed = _fixed_parts(frame["split"], names, codes, uniques, notes)
+                fixed, moved["split"] = _fixed_parts(frame["split"], names, codes, uniques, notes)
             else:
                 warnings.warn("the manifest already has a split column; it is replaced (--keep-existing keeps it)", MdprepWarning, stacklevel=2)
         _rare_label_warnings(positives, codes, strat_names, len(ratios_arr), "parts")
@@ -842,8 +875,9 @@ def split_manifest(
             raise UsageError(f"{len(np.unique(codes[sub]))} group(s) cannot fill {folds} folds; use fewer folds")
         _rare_label_warnings(positives[sub], codes[sub], strat_names, folds, "folds")
         cv = MultilabelStratifiedGroupKFold(n_splits=folds, random_state=seed)
+        fixed_folds = _existing_folds(frame, sub, folds, codes, uniques, notes, moved) if keep_existing else None
         fold_of = np.full(len(frame), -1, dtype=np.int64)
-        fold_of[sub] = cv.assign(positives[sub], codes[sub])
+        fold_of[sub] = cv.assign(positives[sub], codes[sub], fixed=fixed_folds)
         fold_q = split_quality(positives, fold_of, codes, [f"fold {k}" for k in range(folds)], np.full(folds, 1.0 / folds), strat_names, kind="fold")
         _assert_no_overlap(fold_q)
         out["fold"] = pd.array(np.where(fold_of >= 0, fold_of, 0), dtype="Int16")
@@ -859,6 +893,11 @@ def split_manifest(
         "keep_existing": keep_existing,
         "missing_group": missing_group,
     }
+    if linked is not None:  # only then: a split without links keeps the bytes it always had
+        options["links"] = link_list
+        options["max_component"] = linked.max_component
+        if any(l.kind == "same_person" for l in linked.links):
+            options["person_columns"] = list(person_columns)
     result = manifest.with_frame(order_columns(out, manifest.labels)).with_step(provenance_step("split", options, inputs, seed=seed))
     bins = {}
     for st, values in strata:
@@ -868,11 +907,11 @@ def split_manifest(
             if values.isna().any():
                 rows[MISSING_STRATUM] = int(values.isna().sum())
             bins[st.column] = {**st.bin_options(), "rows": rows}
-    return SplitResult(manifest=result, split_quality=split_q, fold_quality=fold_q, notes=tuple(notes), bins=bins)
+    return SplitResult(manifest=result, split_quality=split_q, fold_quality=fold_q, notes=tuple(notes), bins=bins, links=linked, moved=moved)
 
 
-def _fixed_parts(existing: pd.Series, names: Sequence[str], codes: np.ndarray, uniques: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Per row, the part index imposed by ``--keep-existing`` (-1 where free)."""
+def _fixed_parts(existing: pd.Series, names: Sequence[str], codes: np.ndarray, uniques: np.ndarray, notes: list[str]) -> tuple[np.ndarray, int]:
+    """Per row, the part index imposed by ``--keep-existing`` (-1 where free), and the rows moved."""
     values = existing.astype("str")
     given = values.notna().to_numpy()
     unknown = sorted(set(values[given]) - set(names))
@@ -883,29 +922,66 @@ def _fixed_parts(existing: pd.Series, names: Sequence[str], codes: np.ndarray, u
         )
     index = {n: i for i, n in enumerate(names)}
     fixed_rows = np.where(given, values.map(index).fillna(-1).to_numpy(dtype=np.int64), -1)
-    pairs = pd.DataFrame({"g": codes[given], "p": fixed_rows[given]}).drop_duplicates()
-    per_group = pairs.groupby("g")["p"].nunique()
-    torn = per_group.index[per_group.to_numpy() > 1].to_numpy()
-    if len(torn):
-        ids = [str(uniques[g]) for g in torn]
-        raise UsageError(
-            f"{len(ids)} group(s) already have rows in two fixed splits ({examples_text(ids, len(ids))}); "
-            "--keep-existing cannot resolve that: fix the existing split column first"
-        )
-    group_part = np.full(len(uniques), -1, dtype=np.int64)
-    group_part[pairs["g"].to_numpy()] = pairs["p"].to_numpy()
-    pulled = (group_part[codes] >= 0) & ~given
-    if pulled.any():
-        ids = sorted({str(uniques[g]) for g in codes[pulled]})
+    return _resolve_fixed(fixed_rows, len(names), codes, uniques, notes, "split")
+
+
+def _existing_folds(frame: pd.DataFrame, sub: np.ndarray, folds: int, codes: np.ndarray, uniques: np.ndarray, notes: list[str], moved: dict) -> np.ndarray | None:
+    """The existing folds of the rows ``sub`` that ``--keep-existing`` keeps (-1 where free), or None."""
+    if "fold" not in frame.columns or not frame["fold"].notna().any():
+        return None
+    values = pd.to_numeric(frame["fold"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)[sub]
+    given = ~np.isnan(values)
+    bad = given & ((values < 0) | (values >= folds) | (values != np.floor(values)))
+    if bad.any():
         warnings.warn(
-            f"{len(ids)} group(s) straddle a fixed split and were pulled into it ({int(pulled.sum())} row(s)): "
-            f"{examples_text(ids, len(ids))}",
+            f"the existing fold column holds values outside 0..{folds - 1}, so it cannot be kept with --folds {folds}; every fold is reassigned",
             MdprepWarning,
             stacklevel=3,
         )
-        notes.append(f"{int(pulled.sum())} row(s) of {len(ids)} group(s) were pulled into their group's fixed split")
-    notes.append(f"{int(given.sum())} row(s) kept their existing split (--keep-existing)")
-    return group_part[codes]
+        return None
+    fixed_rows = np.where(given, np.nan_to_num(values), -1).astype(np.int64)
+    fixed, moved["fold"] = _resolve_fixed(fixed_rows, folds, codes[sub], uniques, notes, "fold")
+    return fixed
+
+
+def _resolve_fixed(fixed_rows: np.ndarray, k: int, codes: np.ndarray, uniques: np.ndarray, notes: list[str], what: str) -> tuple[np.ndarray, int]:
+    """Per row, the part its group is pinned to (-1 where free), and how many pinned rows had to move.
+
+    A group with rows pinned to two parts goes whole to the part holding most of
+    them (ties: the later part, so an official test list stays whole), so the fewest rows move; free rows of a pinned
+    group follow it. Both are warned about, naming the groups.
+    """
+    given = fixed_rows >= 0
+    n_groups = len(uniques)
+    counts = np.bincount(codes[given] * k + fixed_rows[given], minlength=n_groups * k).reshape(n_groups, k)
+    n_parts = (counts > 0).sum(axis=1)
+    # Ties go to the later part: the held-out test set, listed last, keeps its rows.
+    group_part = np.where(n_parts > 0, k - 1 - counts[:, ::-1].argmax(axis=1), -1)
+    torn = np.flatnonzero(n_parts > 1)
+    moved = 0
+    if len(torn):
+        moved = int(counts[torn].sum() - counts[torn, group_part[torn]].sum())
+        ids = [str(uniques[g]) for g in torn[:5]]
+        warnings.warn(
+            f"{len(torn)} group(s) had rows in two or more existing {what}s; each went whole to the {what} holding most of its rows, "
+            f"moving {moved} row(s): {examples_text(ids, len(torn))}",
+            MdprepWarning,
+            stacklevel=4,
+        )
+        notes.append(f"{moved} row(s) of {len(torn)} group(s) split across existing {what}s moved to their group's main {what} (--keep-existing)")
+    pulled = (group_part[codes] >= 0) & ~given
+    if pulled.any():
+        pulled_groups = np.unique(codes[pulled])
+        ids = [str(uniques[g]) for g in pulled_groups[:5]]
+        warnings.warn(
+            f"{len(pulled_groups)} group(s) straddle a fixed {what} and were pulled into it ({int(pulled.sum())} row(s)): "
+            f"{examples_text(ids, len(pulled_groups))}",
+            MdprepWarning,
+            stacklevel=4,
+        )
+        notes.append(f"{int(pulled.sum())} row(s) of {len(pulled_groups)} group(s) were pulled into their group's fixed {what}")
+    notes.append(f"{int(given.sum()) - moved} row(s) kept their existing {what} (--keep-existing)")
+    return group_part[codes], moved
 
 
 def _assert_no_overlap(quality: SplitQuality) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import click
+from rich.markup import escape as escape_markup
 from rich.table import Table
 
 from ..fileio import check_outputs, file_fingerprint, write_text
 from ..manifest import read_manifest, write_manifest
+from ..audit import PERSON_COLUMNS, visible
+from ..linking import link_items
 from ..splitting import MISSING_GROUP_POLICIES, SplitQuality, split_manifest, stratify_by_items
 from ._ui import print_table, status
 from ._options import comma_list, seed_option
@@ -41,6 +44,19 @@ def quality_table(q: SplitQuality, title: str) -> Table:
     return t
 
 
+def components_table(linked, group: str) -> Table:
+    """The largest merged components: rows, groups, the links that joined them, some of their group values."""
+    t = Table(title=f"Largest merged components (--link; limit {linked.max_component:,} rows)", title_justify="left")
+    t.add_column("rows", justify="right")
+    t.add_column(f"{group} values", justify="right")
+    t.add_column("joined by")
+    t.add_column("for example", overflow="fold")
+    for c in linked.largest:
+        joined = ", ".join(f"{k} ({v:,})" for k, v in c.links.items() if v)
+        t.add_row(f"{c.rows:,}", f"{c.groups:,}", escape_markup(visible(joined)), escape_markup(visible(", ".join(c.examples))))
+    return t
+
+
 def _summary(q: SplitQuality) -> str:
     return (
         f"LD {q.label_distribution:.5f}, ED {q.examples_distribution:.1f} images, "
@@ -64,9 +80,19 @@ def _summary(q: SplitQuality) -> str:
 )
 @click.option("--keep-existing", is_flag=True, help="Rows that already have a split keep it; their groups follow them.")
 @click.option("--missing-group", type=click.Choice(MISSING_GROUP_POLICIES), default="error", show_default=True, help="Rows without a group: fail, or make each its own group.")
+@click.option(
+    "--link", "links", multiple=True, metavar="COL,...",
+    help="Also keep together rows sharing a value of these columns (study_id, accession, file_sha256, pixel_sha256), "
+    "near-identical images (phash, phash:T for T bits) or person columns (same_person).",
+)
+@click.option(
+    "--max-component", metavar="ROWS|P%",
+    help="Largest group --link may build, in rows or a share of the manifest [default: 1%, at least 100 rows]; a larger one is an error.",
+)
+@click.option("--person-cols", default=",".join(PERSON_COLUMNS), show_default=True, help="Columns that together suggest one person (--link same_person).")
 @click.option("--report", "report_path", metavar="FILE.json", help="Write the quality report as JSON ('-' for stdout).")
 @click.option("-q", "--quiet", is_flag=True, help="No tables on stderr.")
-def split(manifest, output, group, ratios, names, folds, seed, stratify, stratify_by, keep_existing, missing_group, report_path, quiet):
+def split(manifest, output, group, ratios, names, folds, seed, stratify, stratify_by, keep_existing, missing_group, links, max_component, person_cols, report_path, quiet):
     """Split MANIFEST into train/val/test and/or K folds; no patient ever crosses parts.
 
     \b
@@ -80,6 +106,7 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
       mdprep split nih.parquet --folds 5 --stratify-by sex,view -o nih-5fold.parquet
       mdprep split chex.parquet --stratify-by sex,age:0,18,40,65,120 -o chex-split.parquet
       mdprep split nih.parquet --ratios 0.8,0.2 --names trainval,test --folds 5 -o cv.parquet --report split.json
+      mdprep split hashed.parquet --link study_id,file_sha256,pixel_sha256,phash -o linked-split.parquet
     """
     check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--report": report_path}, stdout={"-o/--output", "--report"})
     names_list = comma_list([names]) if names else None
@@ -96,13 +123,18 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
             stratify_by=stratify_by_items(stratify_by),
             keep_existing=keep_existing,
             missing_group=missing_group,
+            links=link_items(links),
+            max_component=max_component,
+            person_columns=comma_list([person_cols]),
             inputs=[file_fingerprint(manifest)],
         )
         write_manifest(result.manifest, output)
     if report_path:
         write_text(report_path, json.dumps(result.report(), indent=2, sort_keys=True) + "\n")
     for note in result.notes:
-        click.echo(f"Note: {note}", err=True)
+        click.echo(visible(f"Note: {note}"), err=True)
+    if result.links is not None and result.links.largest and not quiet:
+        print_table(components_table(result.links, group))
     for q, title in ((result.split_quality, "Split"), (result.fold_quality, "Folds")):
         if q is None:
             continue

@@ -1,0 +1,233 @@
+"""Link-aware groups (`split --link`): what the audit checks cannot cross parts, by construction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mdprep.audit import ALL_CHECKS, audit
+from mdprep.cli import main
+from mdprep.errors import ComponentTooLargeError, MdprepWarning, MissingColumnError, UsageError
+from mdprep.linking import link_groups, link_items, max_component_rows, parse_links
+from mdprep.manifest import Manifest, read_manifest, write_manifest
+from mdprep.splitting import split_manifest
+
+ALL_LINKS = ["study_id", "series_uid", "sop_uid", "accession", "file_sha256", "pixel_sha256", "phash", "same_person"]
+
+
+def planted(patients=300, seed=0, links_per_kind=6) -> Manifest:
+    """A cohort whose patients are joined across ids by every kind of link the audit checks.
+
+    Each kind joins ``links_per_kind`` pairs of otherwise unrelated patients: a shared
+    study, series, instance, accession, identical file or pixel hashes, a
+    perceptual hash 1 to 3 bits away, and the same birth date and sex. (Image ids are
+    unique by the manifest contract.)
+    """
+    rng = np.random.default_rng(seed)
+    per = rng.integers(1, 5, patients)
+    pid = np.repeat([f"p{i:04d}" for i in range(patients)], per)
+    n = len(pid)
+    f = pd.DataFrame({"image_id": [f"img{i}" for i in range(n)], "path": [f"img{i}.png" for i in range(n)], "patient_id": pid})
+    f["study_id"] = [f"st{i}" for i in range(n)]
+    f["series_uid"] = [f"se{i}" for i in range(n)]
+    f["sop_uid"] = [f"so{i}" for i in range(n)]
+    f["accession"] = [f"acc{i}" for i in range(n)]
+    f["file_sha256"] = [f"f{i:063d}" for i in range(n)]
+    f["pixel_sha256"] = [f"x{i:063d}" for i in range(n)]
+    # Perceptual hashes far apart (random 64-bit values): nothing near by chance at 4 bits.
+    f["phash"] = pd.array(rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1), dtype="UInt64")
+    # Distinct people: each patient its own birth date.
+    f["birth_date"] = np.repeat([f"19{40 + i // 365 % 60:02d}-{1 + i // 28 % 12:02d}-{1 + i % 28:02d}" for i in range(patients)], per)
+    f["sex"] = np.repeat(rng.choice(["M", "F"], patients), per)
+    f["A"] = pd.array(np.where(rng.random(n) < 0.3, 1, 0), dtype="Int8")
+    f["B"] = pd.array(np.where(rng.random(n) < 0.1, 1, 0), dtype="Int8")
+    first_row = f.groupby("patient_id").head(1).index.to_numpy()
+    order = rng.permutation(len(first_row))
+    pairs = iter(zip(first_row[order[0::2]], first_row[order[1::2]]))
+    for col in ("study_id", "series_uid", "sop_uid", "accession", "file_sha256", "pixel_sha256"):
+        for _ in range(links_per_kind):
+            a, b = next(pairs)
+            f.loc[b, col] = f.loc[a, col]
+    for k in range(links_per_kind):
+        a, b = next(pairs)
+        flip = np.uint64(sum(1 << int(bit) for bit in rng.choice(64, k % 3 + 1, replace=False)))
+        f.loc[b, "phash"] = int(np.uint64(f.loc[a, "phash"]) ^ flip)
+    for _ in range(links_per_kind):
+        a, b = next(pairs)
+        pa, pb = f.loc[a, "patient_id"], f.loc[b, "patient_id"]
+        f.loc[f["patient_id"] == pb, ["birth_date", "sex"]] = f.loc[f["patient_id"] == pa, ["birth_date", "sex"]].iloc[0].tolist()
+    return Manifest(f, labels=("A", "B"))
+
+
+def _strict_audit(frame: pd.DataFrame):
+    """Every check, same_person failing the gate too; between folds when there is no split."""
+    by = {} if "split" in frame.columns else {"split_col": "fold", "fold_col": None}
+    return audit(frame, fail_on=[c for c in ALL_CHECKS if c != "temporal"], **by)
+
+
+def test_without_links_the_planted_cohort_leaks():
+    m = planted()
+    report = _strict_audit(split_manifest(m, ratios=(0.6, 0.2, 0.2), folds=3, seed=0).manifest.frame)
+    failed = {r.check for r in report.failed}
+    assert report.exit_code == 1
+    assert {"study_overlap", "duplicate_file", "near_duplicate", "same_person"} <= failed
+
+
+@pytest.mark.parametrize("kind", [{"ratios": (0.7, 0.1, 0.2)}, {"folds": 5}, {"ratios": (0.8, 0.2), "folds": 4}])
+def test_a_split_made_with_every_link_passes_every_check(kind):
+    m = planted()
+    r = split_manifest(m, seed=1, links=ALL_LINKS, **kind)
+    report = _strict_audit(r.manifest.frame)
+    assert report.exit_code == 0, report.verdict
+    assert not any(not c.blocking.empty for c in report.checks)
+    linked = r.links
+    # 8 kinds x 6 pairs: every pair joins two patients, so 48 merged components of 2.
+    assert linked.merged == 48 and linked.merged_groups == 96
+    assert linked.groups - linked.components == 48
+    assert r.report()["links"]["merged_components"] == 48
+    assert all(c.groups == 2 for c in linked.largest)
+
+
+def test_each_link_alone_fixes_its_own_check_only():
+    m = planted()
+    check_of = {"study_id": "study_overlap", "file_sha256": "duplicate_file", "pixel_sha256": "duplicate_pixels", "phash": "near_duplicate", "accession": "accession_overlap"}
+    for link, check in check_of.items():
+        report = _strict_audit(split_manifest(m, ratios=(0.5, 0.5), seed=0, links=[link]).manifest.frame)
+        failed = {r.check for r in report.failed}
+        assert check not in failed, (link, failed)
+        assert failed, link  # the other links still leak
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), patients=st.integers(60, 250))
+def test_linked_splits_never_leak_for_any_seed(seed, patients):
+    m = planted(patients=patients, seed=seed % 1000, links_per_kind=3)
+    r = split_manifest(m, ratios=(0.6, 0.2, 0.2), folds=3, seed=seed, links=ALL_LINKS)
+    assert _strict_audit(r.manifest.frame).exit_code == 0
+
+
+def test_phash_threshold_is_honoured():
+    m = planted(links_per_kind=6)  # near pairs at 1, 2 and 3 bits
+    loose = split_manifest(m, ratios=(0.5, 0.5), seed=0, links=["phash:3"]).links
+    tight = split_manifest(m, ratios=(0.5, 0.5), seed=0, links=["phash:0"]).links
+    assert loose.merged == 6 and tight.merged == 0
+    assert audit(split_manifest(m, ratios=(0.5, 0.5), seed=0, links=["phash:2"]).manifest.frame, checks=["near_duplicate"], threshold=2).exit_code == 0
+
+
+def test_link_groups_is_transitive_and_names_components_by_their_smallest_group():
+    f = pd.DataFrame({"patient_id": ["d", "c", "b", "a", "e"], "study_id": ["s1", "s1", "s2", None, "s3"], "accession": ["x", None, "y", "y", None]})
+    codes, names = pd.factorize(f["patient_id"], sort=True)
+    linked = link_groups(f, codes, names, parse_links(["study_id", "accession"], list(f.columns)))
+    # d-c by study s1; b-a by accession y; e alone.
+    assert linked.codes.tolist() == [1, 1, 0, 0, 2]
+    assert linked.names.tolist() == ["a", "c", "e"]
+    assert linked.per_link == {"study_id": {"rows": 4, "joins": 1}, "accession": {"rows": 3, "joins": 1}}
+    chain = f.assign(accession=["x", "x", "y", "y", None], study_id=["s1", "s2", "s2", None, None])
+    linked = link_groups(chain, codes, names, parse_links(["study_id", "accession"], list(f.columns)))
+    assert linked.codes.tolist() == [0, 0, 0, 0, 1]  # d-c (accession) - b (study) - a (accession)
+
+
+def test_a_placeholder_value_that_glues_patients_is_an_error_naming_it():
+    m = planted(patients=400)
+    f = m.frame.copy()
+    f.loc[f.index[:300], "accession"] = "UNKNOWN"
+    with pytest.raises(ComponentTooLargeError) as info:
+        split_manifest(m.with_frame(f), ratios=(0.7, 0.1, 0.2), links=["study_id", "accession"])
+    msg = info.value.message
+    assert "--link accession alone joins" in msg and "'UNKNOWN'" in msg and "--max-component" in msg
+    assert info.value.fields["link"] == "accession"
+    # Raised on purpose, it goes through.
+    r = split_manifest(m.with_frame(f), ratios=(0.7, 0.1, 0.2), links=["study_id", "accession"], max_component="50%")
+    assert r.links.largest[0].rows >= 300 and r.links.largest[0].links["accession"] > 0
+
+
+def test_options_are_checked_together():
+    m = planted()
+    with pytest.raises(UsageError) as info:
+        split_manifest(m, links=["phash:99", "nope"])
+    assert "phash:99" in info.value.message and "'nope'" in info.value.message
+    with pytest.raises(MissingColumnError):
+        split_manifest(m, links=["nope"])
+    with pytest.raises(UsageError, match="birth_date"):
+        split_manifest(m.with_frame(m.frame.drop(columns=["birth_date"])), links=["same_person"])
+    with pytest.raises(UsageError, match="run `mdprep hash` first"):
+        split_manifest(m.with_frame(m.frame.drop(columns=["phash"])), links=["phash"])
+    for bad in ("0", "-3", "1.5", "x%", "0%", "101%"):
+        with pytest.raises(UsageError, match="--max-component"):
+            max_component_rows(bad, 100)
+    assert max_component_rows(None, 10) == 100 and max_component_rows("12", 10) == 12
+    assert link_items(["a, b", None, "a,,c"]) == ["a", "b", "c"]
+
+
+def test_same_seed_same_bytes_and_links_recorded(tmp_path):
+    m = planted()
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"s{i}.parquet"
+        write_manifest(split_manifest(m, ratios=(0.7, 0.1, 0.2), seed=5, links=["study_id", "phash"]).manifest, out)
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    step = read_manifest(tmp_path / "s0.parquet").history[-1]
+    assert step["options"]["links"] == ["study_id", "phash"] and step["options"]["max_component"] == 100
+    # Without links the options are what they always were.
+    plain = split_manifest(m, ratios=(0.7, 0.1, 0.2), seed=5).manifest.history[-1]["options"]
+    assert "links" not in plain and "max_component" not in plain
+
+
+def test_keep_existing_with_links_moves_the_fewest_rows():
+    m = planted(links_per_kind=4)
+    before = split_manifest(m, ratios=(0.7, 0.1, 0.2), seed=0).manifest
+    assert _strict_audit(before.frame).exit_code == 1
+    with pytest.warns(MdprepWarning, match="had rows in two or more existing splits"):
+        r = split_manifest(before, ratios=(0.7, 0.1, 0.2), seed=0, links=ALL_LINKS, keep_existing=True)
+    after = r.manifest.frame
+    changed = int((after["split"] != before.frame["split"]).sum())
+    assert changed == r.moved["split"] > 0
+    # At most the smaller side of each merged component moves: never more than one row per planted link here
+    # (each joins the first row of two patients, and a patient's other rows follow their majority).
+    assert changed <= sum(c.rows for c in r.links.largest)
+    assert _strict_audit(after).exit_code == 0
+
+
+def test_keep_existing_keeps_folds_and_resolves_torn_ones():
+    m = planted(links_per_kind=4)
+    before = split_manifest(m, ratios=(0.8, 0.2), folds=4, seed=0).manifest
+    with pytest.warns(MdprepWarning):
+        r = split_manifest(before, ratios=(0.8, 0.2), folds=4, seed=0, links=ALL_LINKS, keep_existing=True)
+    after = r.manifest.frame
+    both = before.frame["fold"].notna() & after["fold"].notna()
+    moved_folds = int((before.frame["fold"][both] != after["fold"][both]).sum())
+    assert moved_folds == r.moved["fold"] > 0
+    assert moved_folds < 0.1 * both.sum()  # kept, not reassigned (a fresh assignment moves about 3 in 4)
+    assert _strict_audit(after).exit_code == 0
+    # Folds outside the new K cannot be kept: a warning, and all are reassigned.
+    with pytest.warns(MdprepWarning, match="outside 0..2"):
+        split_manifest(before, ratios=(0.8, 0.2), folds=3, seed=0, keep_existing=True)
+
+
+def test_cli_link_summary_report_and_errors(runner, tmp_path):
+    m = planted()
+    src = tmp_path / "in.parquet"
+    write_manifest(m, src)
+    out, rep = tmp_path / "out.parquet", tmp_path / "split.json"
+    res = runner.invoke(main, ["split", str(src), "--link", "study_id,file_sha256", "--link", "phash,same_person", "-o", str(out), "--report", str(rep)])
+    assert res.exit_code == 0, res.output
+    assert "became" in res.stderr and "Largest merged components" in res.stderr
+    report = json.loads(rep.read_text())
+    assert report["links"]["links"] == ["study_id", "file_sha256", "phash", "same_person"]
+    assert report["links"]["merged_components"] == 24
+    linked_checks = ["patient_overlap", "study_overlap", "duplicate_file", "near_duplicate", "same_person"]
+    assert audit(read_manifest(out).frame, checks=linked_checks, fail_on=linked_checks).exit_code == 0
+    bad = runner.invoke(main, ["split", str(src), "--link", "nope", "-o", str(tmp_path / "x.parquet")])
+    assert bad.exit_code == 2 and bad.stderr.count("Error:") == 1 and "'nope'" in bad.stderr
+    f = m.frame.copy()
+    f["accession"] = "UNKNOWN"
+    write_manifest(m.with_frame(f), src)
+    glued = runner.invoke(main, ["split", str(src), "--link", "accession", "-o", str(tmp_path / "y.parquet")])
+    assert glued.exit_code == 2 and "--link accession alone joins" in glued.stderr
+    assert not (tmp_path / "y.parquet").exists()
