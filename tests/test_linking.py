@@ -231,3 +231,84 @@ def test_cli_link_summary_report_and_errors(runner, tmp_path):
     glued = runner.invoke(main, ["split", str(src), "--link", "accession", "-o", str(tmp_path / "y.parquet")])
     assert glued.exit_code == 2 and "--link accession alone joins" in glued.stderr
     assert not (tmp_path / "y.parquet").exists()
+
+
+# ----------------------------------------------------------------------------- audit-leakage --suggest
+
+
+def _suggest_run(runner, tmp_path, manifest, audit_args=(), split_args=("--ratios", "0.7,0.1,0.2")):
+    src = tmp_path / "in.parquet"
+    write_manifest(manifest, src)
+    split = tmp_path / "split.parquet"
+    assert runner.invoke(main, ["split", str(src), *split_args, "--seed", "3", "-o", str(split), "-q"]).exit_code == 0
+    res = runner.invoke(main, ["audit-leakage", str(split), "--suggest", "--json", str(tmp_path / "a.json"), "--markdown", str(tmp_path / "a.md"), *audit_args])
+    return split, res
+
+
+def test_suggest_gives_a_split_command_that_passes_and_moves_few_rows(runner, tmp_path):
+    m = planted(links_per_kind=4)
+    split, res = _suggest_run(runner, tmp_path, m, ["--fail-on", ",".join(c for c in ALL_CHECKS if c != "temporal")])
+    assert res.exit_code == 1
+    report = json.loads((tmp_path / "a.json").read_text())
+    s = report["suggestion"]
+    assert s["verified"] and s["remaining"] == []
+    assert s["links"] == ["study_id", "series_uid", "sop_uid", "accession", "file_sha256", "pixel_sha256", "phash", "same_person"]
+    argv = s["argv"]
+    assert argv[:5] == ["mdprep", "split", str(split), "--keep-existing", "--link"]
+    assert ["--ratios", "0.7,0.1,0.2", "--names", "train,val,test"] == argv[argv.index("--ratios"): argv.index("--ratios") + 4]
+    assert argv[argv.index("--seed") + 1] == "3" and argv[-1] == str(tmp_path / "split-relinked.parquet")
+    assert "Suggested fix" in res.stderr and s["command"] in res.stderr and "verified" in res.stderr
+    assert "Suggested fix" in (tmp_path / "a.md").read_text()
+    # Run it: the audit passes, and exactly the promised rows moved.
+    done = runner.invoke(main, argv[1:])
+    assert done.exit_code == 0, done.output
+    out = tmp_path / "split-relinked.parquet"
+    assert runner.invoke(main, ["audit-leakage", str(out), "--fail-on", ",".join(c for c in ALL_CHECKS if c != "temporal")]).exit_code == 0
+    before, after = read_manifest(split).frame, read_manifest(out).frame
+    assert int((before["split"] != after["split"]).sum()) == s["rows_moved"] == s["split_moved"]
+    assert 0 < s["rows_moved"] < 0.1 * len(before)
+
+
+def test_suggest_for_folds_and_for_a_table_without_split_history(runner, tmp_path):
+    m = planted(links_per_kind=3)
+    split, res = _suggest_run(runner, tmp_path, m, split_args=("--ratios", "0.8,0.2", "--folds", "3"))
+    s = json.loads((tmp_path / "a.json").read_text())["suggestion"]
+    assert res.exit_code == 1 and s["verified"] and "--folds" in s["argv"]
+    assert s["rows_moved"] >= s["split_moved"] and s["fold_moved"] > 0
+    # A split that came with the data (no split step in the history): names and shares from the column.
+    f = m.frame.assign(split=np.where(np.arange(len(m.frame)) % 4 == 0, "test", "train"))
+    raw = tmp_path / "raw.parquet"
+    write_manifest(m.with_frame(f), raw)
+    res = runner.invoke(main, ["audit-leakage", str(raw), "--suggest", "--json", str(tmp_path / "b.json")])
+    s = json.loads((tmp_path / "b.json").read_text())["suggestion"]
+    assert res.exit_code == 1 and s["verified"], s
+    argv = s["argv"]
+    train_share = round(float((f["split"] == "train").mean()), 4)
+    assert argv[argv.index("--names") + 1] == "train,test"
+    assert argv[argv.index("--ratios") + 1] == f"{train_share:g},{round(1 - train_share, 4):g}"
+    assert "patient_overlap" in s["fixes"]
+    assert runner.invoke(main, argv[1:]).exit_code == 0
+
+
+def test_suggest_says_what_a_resplit_cannot_fix(runner, tmp_path):
+    m = planted(links_per_kind=2)
+    f = m.frame.copy()
+    f["study_date"] = pd.to_datetime("2020-01-01") + pd.to_timedelta(np.arange(len(f)) % 300, unit="D")
+    split, res = _suggest_run(runner, tmp_path, m.with_frame(f), ["--time-col", "study_date", "--temporal"])
+    s = json.loads((tmp_path / "a.json").read_text())["suggestion"]
+    assert res.exit_code == 1 and "temporal" in s["unfixable"] and "temporal cannot be fixed by re-splitting" in res.stderr
+    # A clean audit suggests nothing; several manifests cannot be re-split as one.
+    clean = runner.invoke(main, ["audit-leakage", str(split), "--suggest", "--checks", "patient_overlap"])
+    assert clean.exit_code == 0 and "Suggested" not in clean.stderr
+    two = runner.invoke(main, ["audit-leakage", str(split), str(split), "--names", "a,b", "--suggest"])
+    assert two.exit_code == 2 and two.stderr.count("Error:") == 1 and "concatenate" in two.stderr
+
+
+def test_suggest_reports_a_glued_component_instead_of_a_command(runner, tmp_path):
+    m = planted(patients=300)
+    f = m.frame.copy()
+    f.loc[f.index[:250], "accession"] = "UNKNOWN"
+    split, res = _suggest_run(runner, tmp_path, m.with_frame(f), ["--checks", "accession_overlap"])
+    s = json.loads((tmp_path / "a.json").read_text())["suggestion"]
+    assert res.exit_code == 1 and s["command"] is None and "--link accession alone joins" in s["problem"]
+    assert "No split can be suggested" in res.stderr

@@ -461,6 +461,8 @@ class AuditReport:
     options: dict = field(default_factory=dict)
     required: tuple[str, ...] = ()
     degenerate_grouping: dict | None = None
+    #: The split command that would pass (:meth:`mdprep.remedy.Suggestion.to_dict`), when one was asked for.
+    suggestion: dict | None = None
 
     @property
     def failed(self) -> tuple[CheckResult, ...]:
@@ -541,6 +543,7 @@ class AuditReport:
             "unassigned_rows": self.unassigned_rows,
             "options": self.options,
             "checks": [c.to_dict() for c in self.checks],
+            **({"suggestion": self.suggestion} if self.suggestion is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -1027,4 +1030,14 @@ def to_markdown(report: AuditReport, *, examples: int = 3) -> str:
         lines += [f"- {markdown_text(line)}" for line in finding_lines(r, examples)]
     if report.unassigned_rows:
         lines += ["", f"{report.unassigned_rows} row(s) have no split and were not audited."]
+    s = report.suggestion
+    if s is not None:
+        lines += ["", "**Suggested fix**"]
+        if s["command"]:
+            lines += ["", f"Re-split with links, moving {s['rows_moved']:,} of {s['rows']:,} rows "
+                      f"({'verified: the audit of that split passes' if s['verified'] else 'not verified: ' + ', '.join(s['remaining']) + ' still fail'}):",
+                      "", "```console", visible(s["command"]).replace("`", "'"), "```"]
+        if s["problem"]:
+            lines += ["", f"No split can be suggested: {markdown_text(s['problem'])}"]
+        lines += [f"- {markdown_text(c)} cannot be fixed by re-splitting: {markdown_text(why)}" for c, why in s["unfixable"].items()]
     return "\n".join(lines) + "\n"

@@ -138,6 +138,10 @@ _AUDIT_OPTIONS = [
     click.option("--json", "json_path", metavar="FILE", help="Write the full report (schema mdprep-audit-report v1); '-' for stdout."),
     click.option("--junit", "junit_path", metavar="FILE", help="Write JUnit XML: one test case per check."),
     click.option("--markdown", "markdown_path", metavar="FILE", help="Write a short Markdown summary for a pull request."),
+    click.option(
+        "--suggest", is_flag=True,
+        help="When the gate fails, print the `mdprep split --keep-existing --link ...` command whose split would pass, how many rows it moves, and whether that was verified.",
+    ),
     click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line."),
 ]
 
@@ -183,11 +187,13 @@ def audit_leakage(manifests, **options):
     click.get_current_context().exit(run_audit(manifests, **options))
 
 
-def run_audit(manifests, names, split_col, group, checks, fail_on, require, allow_path, threshold, person_cols, time_col, temporal, train_split, json_path, junit_path, markdown_path, quiet) -> int:
+def run_audit(manifests, names, split_col, group, checks, fail_on, require, allow_path, threshold, person_cols, time_col, temporal, train_split, json_path, junit_path, markdown_path, suggest, quiet) -> int:
     """Load the manifests, run the audit, write the reports, print the summary; return the exit code."""
     person_columns = comma_list([person_cols])
     if temporal and not time_col:
         raise click.UsageError("--temporal needs --time-col (the date of each image)")
+    if suggest and len(manifests) > 1:
+        raise click.UsageError("--suggest re-splits one manifest: concatenate the split files into one manifest with a split column first")
     check_list = comma_list(checks) if checks else None
     gate = comma_list(fail_on) if fail_on else None
     required = comma_list(require) if require else None
@@ -218,6 +224,13 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, require, allo
         inputs=inputs,
         require=required,
     )
+    if suggest and report.exit_code:
+        from dataclasses import replace
+
+        from ..remedy import suggest_split
+
+        suggestion = suggest_split(read_manifest(manifests[0]), report, path=manifests[0])
+        report = replace(report, suggestion=suggestion.to_dict())
     for path, text in ((json_path, report.to_json), (junit_path, lambda: to_junit(report)), (markdown_path, lambda: to_markdown(report))):
         if path:
             write_text(path, text())
@@ -239,6 +252,9 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, require, allo
     if report.unassigned_rows:
         click.echo(f"Warning: {report.unassigned_rows} row(s) have no {visible(split_col)} and were not audited", err=True)
     click.echo(report.verdict, err=True)
+    if report.suggestion is not None:
+        for line in suggestion.lines():
+            click.echo(visible(line), err=True)
     return report.exit_code
 
 
