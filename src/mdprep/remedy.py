@@ -76,7 +76,8 @@ class Suggestion:
             return [f"No split can be suggested: {self.problem}"]
         out = []
         if self.argv:
-            share = f" ({self.rows_moved / self.rows:.2%})" if self.rows else ""
+            share = self.rows_moved / self.rows if self.rows else 0.0
+            share = f" ({share:.2%})" if share >= 0.0001 or not share else " (<0.01%)"
             what = f"{self.split_moved:,} change split" + (f", {self.fold_moved:,} change fold" if self.fold_moved else "")
             out.append(f"Suggested fix: re-split with links, moving {self.rows_moved:,} of {self.rows:,} rows{share}: {what}")
             out.append(f"  {self.command}")
@@ -111,6 +112,19 @@ def _last_split_options(manifest: Manifest) -> tuple[dict, int | None]:
         if step.get("command") == "split":
             return dict(step.get("options") or {}), step.get("seed")
     return {}, None
+
+
+def _ordered_names(values: pd.Series) -> list[str]:
+    """Split names in the order train, validation, others, test (others by size), as a split lists them.
+
+    The order matters: a linked group torn between two splits with as many rows in
+    each goes to the later one, so the test set keeps its rows.
+    """
+    from .crossval import TEST_NAMES, TRAIN_NAMES, VAL_NAMES, split_key
+
+    counts = values.value_counts()
+    rank = {**{n: 0 for n in TRAIN_NAMES}, **{n: 1 for n in VAL_NAMES}, **{n: 3 for n in TEST_NAMES}}
+    return sorted(counts.index, key=lambda n: (rank.get(split_key(n), 2), -counts[n], str(n)))
 
 
 def _inferred_ratios(values: pd.Series, names: Sequence[str]) -> list[float]:
@@ -182,7 +196,7 @@ def suggest_split(
     if split_col == "split":
         present = frame["split"].dropna().astype("str")
         recorded_names = recorded.get("names")
-        names = list(recorded_names) if recorded_names and set(present) <= set(recorded_names) else list(present.value_counts().index)
+        names = list(recorded_names) if recorded_names and set(present) <= set(recorded_names) else _ordered_names(present)
         ratios = list(recorded["ratios"]) if recorded_names and names == list(recorded_names) and recorded.get("ratios") else _inferred_ratios(present, names)
         if len(names) < 2:
             return _problem(empty, f"the manifest has a single split ({names[0] if names else 'none'}); there is nothing to keep apart")

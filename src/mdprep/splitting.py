@@ -968,7 +968,7 @@ def _resolve_fixed(fixed_rows: np.ndarray, k: int, codes: np.ndarray, uniques: n
             MdprepWarning,
             stacklevel=4,
         )
-        notes.append(f"{moved} row(s) of {len(torn)} group(s) split across existing {what}s moved to their group's main {what} (--keep-existing)")
+        notes.append(f"{moved:,} row(s) of {len(torn):,} group(s) split across existing {what}s moved to their group's main {what} (--keep-existing)")
     pulled = (group_part[codes] >= 0) & ~given
     if pulled.any():
         pulled_groups = np.unique(codes[pulled])
@@ -979,8 +979,8 @@ def _resolve_fixed(fixed_rows: np.ndarray, k: int, codes: np.ndarray, uniques: n
             MdprepWarning,
             stacklevel=4,
         )
-        notes.append(f"{int(pulled.sum())} row(s) of {len(pulled_groups)} group(s) were pulled into their group's fixed {what}")
-    notes.append(f"{int(given.sum()) - moved} row(s) kept their existing {what} (--keep-existing)")
+        notes.append(f"{int(pulled.sum()):,} row(s) of {len(pulled_groups):,} group(s) were pulled into their group's fixed {what}")
+    notes.append(f"{int(given.sum()) - moved:,} row(s) kept their existing {what} (--keep-existing)")
     return group_part[codes], moved
 
 

@@ -111,38 +111,27 @@ def _audit_steps(ctx, data, out, quiet) -> None:
           ["hash", out("leaky.parquet"), "-o", out("leaky-hashed.parquet")], quiet)
     ctx.invoke(hash_cmd, manifest=out("leaky.parquet"), output=out("leaky-hashed.parquet"), root=None, workers=None,
                errors_path=None, quiet=quiet)
-    argv = ["audit-leakage", out("leaky-hashed.parquet"), "--json", out("audit.json"), "--markdown", out("audit.md"), "--junit", out("audit.xml")]
+    argv = ["audit-leakage", out("leaky-hashed.parquet"), "--suggest", "--json", out("audit.json"), "--markdown", out("audit.md"), "--junit", out("audit.xml")]
     _step("Audit a split with planted leaks: a shared patient, a shared study, a copied file, "
-          "a re-encoded and a brightened copy (the gate fails with exit code 1)", argv, quiet)
+          "a re-encoded and a brightened copy (the gate fails with exit code 1, and --suggest gives the fix)", argv, quiet)
     try:
-        ctx.invoke(audit_leakage, manifests=(out("leaky-hashed.parquet"),), names=None, split_col="split", group="patient_id",
-                   checks=(), fail_on=(), allow_path=None, threshold=4, person_cols="birth_date,sex", time_col=None,
-                   temporal=False, train_split="train", json_path=out("audit.json"), junit_path=out("audit.xml"),
-                   markdown_path=out("audit.md"), quiet=quiet)
+        ctx.invoke(audit_leakage, manifests=(out("leaky-hashed.parquet"),), json_path=out("audit.json"), junit_path=out("audit.xml"),
+                   markdown_path=out("audit.md"), suggest=True, quiet=quiet)
     except click.exceptions.Exit as exc:  # the gate's exit code, shown rather than raised
         echo(f"(exit code {exc.exit_code}: in CI this fails the build)", quiet)
-    # The fix: take every image that leaks out of the held-out split, then audit again.
+    # The fix: the suggested re-split, which keeps every row where it is unless its linked group is torn.
     import json
 
     with open(out("audit.json"), encoding="utf-8") as fh:
-        audit_doc = json.load(fh)
-    leaking = {
-        image
-        for check in audit_doc["checks"] if check["verdict"] == "failed"
-        for finding in check["findings"]
-        for image in finding["image_ids"]
-    }
-    hashed = read_manifest(out("leaky-hashed.parquet"))
-    frame = hashed.frame
-    drop = frame["image_id"].isin(leaking) & (frame["split"] == "test")
-    write_manifest(hashed.with_frame(frame[~drop].reset_index(drop=True)), out("leaky-fixed.parquet"))
-    echo(f"\n== The fix: remove the {int(drop.sum())} test image(s) named in the failing findings "
-         "(or re-split with `mdprep split`), then audit again", quiet)
+        suggested = json.load(fh)["suggestion"]["argv"]
+    suggested[suggested.index("-o") + 1] = out("leaky-fixed.parquet")
+    _step("The fix: run the suggested split, which links the images the audit found and moves the fewest rows",
+          suggested[1:], quiet)
+    sub = split.make_context("split", list(suggested[2:]), parent=ctx)
+    ctx.invoke(split, **{**sub.params, "quiet": quiet})
     _step("Audit the fixed split (the gate passes with exit code 0)", ["audit-leakage", out("leaky-fixed.parquet")], quiet)
     try:
-        ctx.invoke(audit_leakage, manifests=(out("leaky-fixed.parquet"),), names=None, split_col="split", group="patient_id",
-                   checks=(), fail_on=(), allow_path=None, threshold=4, person_cols="birth_date,sex", time_col=None,
-                   temporal=False, train_split="train", json_path=None, junit_path=None, markdown_path=None, quiet=quiet)
+        ctx.invoke(audit_leakage, manifests=(out("leaky-fixed.parquet"),), quiet=quiet)
     except click.exceptions.Exit as exc:
         echo(f"(exit code {exc.exit_code})", quiet)
     _step("One HTML page with the splits, label prevalence, patients, quality and the failed audit",
