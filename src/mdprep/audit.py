@@ -394,6 +394,23 @@ def near_duplicates(frame: pd.DataFrame, *, threshold: int = 4, split_col: str =
     return _result(check, partition, findings, pairs, int(present.sum()), int((~present).sum()))
 
 
+def person_key(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with every person column, and their key: the values as text joined by ``|``.
+
+    ``same_person`` pairs patient ids by this key and ``split --link same_person``
+    joins them by it, so a split linked that way leaves the check nothing to find.
+
+    >>> person_key(pd.DataFrame({"birth_date": ["1950-01-01", None], "sex": ["F", "M"]}), ["birth_date", "sex"])[1].tolist()
+    ['1950-01-01|F', None]
+    """
+    cols = list(columns)
+    present = frame[cols].notna().all(axis=1).to_numpy()
+    key = np.full(len(frame), None, dtype=object)
+    if present.any():
+        key[present] = frame.loc[present, cols].astype("str").agg("|".join, axis=1).to_numpy(dtype=object)
+    return present, key
+
+
 def same_person(
     frame: pd.DataFrame, *, group: str = "patient_id", columns: Sequence[str] = PERSON_COLUMNS, split_col: str = "split", partition: str = "split"
 ) -> CheckResult:
@@ -402,10 +419,10 @@ def same_person(
     missing = [c for c in dict.fromkeys([group, *columns]) if c not in frame.columns]
     if missing:
         return skipped(check, partition, f"no {', '.join(map(repr, missing))} column", len(frame))
-    present = frame[list(columns)].notna().all(axis=1).to_numpy() & frame[group].notna().to_numpy()
+    has_person, key = person_key(frame, columns)
+    present = has_person & frame[group].notna().to_numpy()
     sub = frame.loc[present, list(dict.fromkeys([group, split_col, "image_id", *columns]))]
-    key = sub[list(columns)].astype("str").agg("|".join, axis=1) if len(sub) else pd.Series([], dtype="str")
-    sub = sub.assign(_key=key.to_numpy())
+    sub = sub.assign(_key=key[present])
     stats = sub.groupby("_key", sort=True).agg(groups=(group, "nunique"), splits=(split_col, "nunique"))
     suspects = stats.index[(stats["groups"] > 1) & (stats["splits"] > 1)]
     rows = []

@@ -226,12 +226,11 @@ def _value_edges(values: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.
 def _codes_of(frame: pd.DataFrame, link: Link) -> np.ndarray:
     """Per row, the code of its link value (-1 where it has none); rows with equal values share a code."""
     if link.kind == "same_person":
-        cols = list(link.columns)
-        present = frame[cols].notna().all(axis=1).to_numpy()
-        # As the audit compares them: each value as text.
-        key = frame.loc[present, cols].astype("str").agg("\x1f".join, axis=1) if present.any() else pd.Series([], dtype="str")
+        from .audit import person_key
+
+        present, key = person_key(frame, link.columns)  # the audit's own key, so the two always agree
         codes = np.full(len(frame), -1, dtype=np.int64)
-        codes[present] = pd.factorize(key.to_numpy())[0]
+        codes[present] = pd.factorize(key[present])[0]
         return codes
     return pd.factorize(frame[link.columns[0]], use_na_sentinel=True)[0].astype(np.int64)
 
