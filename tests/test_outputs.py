@@ -325,3 +325,25 @@ def test_keygen_is_atomic_and_never_overwrites(runner, tmp_path, monkeypatch):
     res = runner.invoke(main, ["keygen", str(tmp_path / "new.key")])
     assert res.exit_code == 2 and res.stderr.startswith("Error: No space left on device")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keys"]  # no empty key, no temporary file
+
+
+def test_a_device_or_fifo_output_is_written_into_never_replaced(tmp_path):
+    """`-o /dev/null` or a named pipe: the bytes go into it; renaming over it would replace the device (as root, /dev/null itself)."""
+    import stat
+    import threading
+
+    from mdprep.fileio import write_text
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = {}
+    reader = threading.Thread(target=lambda: got.setdefault("bytes", fifo.read_bytes()))
+    reader.start()
+    write_text(fifo, "hello\n")
+    reader.join(timeout=10)
+    assert got["bytes"] == b"hello\n"
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]  # no temp file left beside it
+    if stat.S_ISCHR(os.stat(os.devnull).st_mode):
+        write_text(os.devnull, "discarded\n")
+        assert stat.S_ISCHR(os.stat(os.devnull).st_mode)

@@ -117,6 +117,11 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None, exclusive:
     folder.mkdir(parents=True, exist_ok=True)
     if exclusive and os.path.lexists(target):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(target))
+    if _special(target):
+        # /dev/null, /dev/stdout, a FIFO: renaming over it would replace the device itself.
+        with _streamed(target) as tmp:
+            yield tmp
+        return
     remove_stale_temps(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     os.close(fd)
@@ -139,6 +144,30 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None, exclusive:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _special(target: Path) -> bool:
+    """Whether ``target`` exists (links followed) and is neither a regular file nor a folder: a device, a FIFO, a socket."""
+    try:
+        st = os.stat(target)
+    except OSError:
+        return False
+    return not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
+
+
+@contextlib.contextmanager
+def _streamed(target: Path) -> Iterator[Path]:
+    """A temporary file whose bytes are copied into ``target`` (a device or FIFO) when the block succeeds."""
+    fd, tmp_name = tempfile.mkstemp(prefix=".mdprep.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def _link_exclusive(tmp: Path, target: Path) -> None:
