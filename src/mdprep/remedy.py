@@ -21,24 +21,19 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .audit import ALL_CHECKS, PERSON_COLUMNS, AuditReport, audit
+from .audit import ALL_CHECKS, PERSON_COLUMNS, VALUE_CHECKS, AuditReport, audit
 from .errors import ComponentTooLargeError, UsageError
 from .manifest import Manifest
 
-#: The ``--link`` item that keeps each check's findings inside one group.
+#: Failed checks a grouped re-split fixes without a link: the group itself.
+GROUP_CHECKS = ("patient_overlap",)
+#: The ``--link`` item that keeps each check's findings inside one group: a value check's own
+#: column, the near-duplicate link, the person link.
 LINK_OF_CHECK: dict[str, str] = {
-    "image_overlap": "image_id",
-    "study_overlap": "study_id",
-    "series_overlap": "series_uid",
-    "instance_overlap": "sop_uid",
-    "accession_overlap": "accession",
-    "duplicate_file": "file_sha256",
-    "duplicate_pixels": "pixel_sha256",
+    **{check: column for check, column in VALUE_CHECKS.items() if check not in GROUP_CHECKS},
     "near_duplicate": "phash",
     "same_person": "same_person",
 }
-#: Failed checks a grouped re-split fixes without a link: the group itself.
-GROUP_CHECKS = ("patient_overlap",)
 #: Why a re-split cannot fix the other checks.
 UNFIXABLE = {"temporal": "a split by time is needed: val and test images predate training images whatever the groups"}
 
