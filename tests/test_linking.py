@@ -125,7 +125,7 @@ def test_link_groups_is_transitive_and_names_components_by_their_smallest_group(
     linked = link_groups(f, codes, names, parse_links(["study_id", "accession"], list(f.columns)))
     # d-c by study s1; b-a by accession y; e alone.
     assert linked.codes.tolist() == [1, 1, 0, 0, 2]
-    assert linked.names.tolist() == ["a", "c", "e"]
+    assert linked.names.tolist() == ["a (+1 linked)", "c (+1 linked)", "e"]
     assert linked.per_link == {"study_id": {"rows": 4, "joins": 1}, "accession": {"rows": 3, "joins": 1}}
     chain = f.assign(accession=["x", "x", "y", "y", None], study_id=["s1", "s2", "s2", None, None])
     linked = link_groups(chain, codes, names, parse_links(["study_id", "accession"], list(f.columns)))
@@ -139,7 +139,7 @@ def test_a_placeholder_value_that_glues_patients_is_an_error_naming_it():
     with pytest.raises(ComponentTooLargeError) as info:
         split_manifest(m.with_frame(f), ratios=(0.7, 0.1, 0.2), links=["study_id", "accession"])
     msg = info.value.message
-    assert "--link accession alone joins" in msg and "'UNKNOWN'" in msg and "--max-component" in msg
+    assert "--link accession alone joins" in msg and "'UNKNOWN' is shared by" in msg and "--max-component" in msg
     assert info.value.fields["link"] == "accession"
     # Raised on purpose, it goes through.
     r = split_manifest(m.with_frame(f), ratios=(0.7, 0.1, 0.2), links=["study_id", "accession"], max_component="50%")
@@ -157,11 +157,23 @@ def test_options_are_checked_together():
         split_manifest(m.with_frame(m.frame.drop(columns=["birth_date"])), links=["same_person"])
     with pytest.raises(UsageError, match="run `mdprep hash` first"):
         split_manifest(m.with_frame(m.frame.drop(columns=["phash"])), links=["phash"])
-    for bad in ("0", "-3", "1.5", "x%", "0%", "101%"):
+    for bad in ("0", "-3", "1.5", "x%", "0%", "101%", "inf", "1e400", "nan", "5 %"):
         with pytest.raises(UsageError, match="--max-component"):
             max_component_rows(bad, 100)
     assert max_component_rows(None, 10) == 100 and max_component_rows("12", 10) == 12
+    assert max_component_rows("7%", 100) == 7 and max_component_rows("1.1%", 1000) == 11 and max_component_rows("0.5%", 10) == 1
     assert link_items(["a, b", None, "a,,c"]) == ["a", "b", "c"]
+    for bad in ("phash:", "phash: 4", "phash:+3", "phash:\n3", "phash:4.0", "phash:17"):
+        with pytest.raises(UsageError, match="Hamming threshold"):
+            parse_links([bad], ["phash"])
+    with pytest.raises(UsageError, match="empty item"):
+        parse_links([" "], ["phash"])
+    with pytest.warns(MdprepWarning, match="thresholds above 6"):
+        parse_links(["phash:8"], ["phash"])
+    with pytest.raises(UsageError, match="its columns are .*'patient_id'"):
+        split_manifest(m, links=["same_person"], person_columns=["nope"])
+    with pytest.raises(UsageError, match="no effect without --link"):
+        split_manifest(m, max_component="5%")
 
 
 def test_same_seed_same_bytes_and_links_recorded(tmp_path):
@@ -312,3 +324,69 @@ def test_suggest_reports_a_glued_component_instead_of_a_command(runner, tmp_path
     s = json.loads((tmp_path / "a.json").read_text())["suggestion"]
     assert res.exit_code == 1 and s["command"] is None and "--link accession alone joins" in s["problem"]
     assert "No split can be suggested" in res.stderr
+
+
+def test_a_big_patient_is_not_glue_and_a_chain_is_not_blamed_on_one_value():
+    m = planted(patients=200, links_per_kind=0)
+    f = m.frame.copy()
+    # One patient with 150 images, sharing a study with one small patient: 151 rows, over the 100-row floor,
+    # but the link adds only the small patient's rows.
+    big = pd.DataFrame({"image_id": [f"big{i}" for i in range(150)], "path": [f"big{i}.png" for i in range(150)], "patient_id": "pbig"})
+    f = pd.concat([f, big], ignore_index=True)
+    small_row = f.index[f["patient_id"] == "p0001"][0]
+    f.loc[f.index[-1], "study_id"] = f.loc[small_row, "study_id"]
+    r = split_manifest(m.with_frame(f), ratios=(0.5, 0.5), links=["study_id"])
+    assert r.links.largest[0].rows > 150 and r.links.largest[0].groups == 2
+    # A chain of pairs: p0 - p1 by study_id, p1 - p2 by accession, p2 - p3 by study_id, ...: no value is shared by more than 2.
+    chain = m.frame.copy()
+    first = chain.groupby("patient_id").head(1).index[:60].to_numpy()
+    for i, (a, b) in enumerate(zip(first[:-1], first[1:])):
+        col = "study_id" if i % 2 == 0 else "accession"
+        chain.loc[b, col] = chain.loc[a, col]
+    with pytest.raises(ComponentTooLargeError) as info:
+        split_manifest(m.with_frame(chain), ratios=(0.5, 0.5), links=["study_id", "accession"], max_component=20)
+    assert "a chain of pairs" in info.value.message and "placeholder" not in info.value.message
+    assert info.value.fields["value"] is None
+
+
+def test_inputs_that_crashed_are_errors_or_work():
+    m = planted(patients=60, links_per_kind=2)
+    listy = m.frame.assign(findings=[["a", "b"]] * len(m.frame))
+    with pytest.raises(UsageError, match="holds lists"):
+        split_manifest(m.with_frame(listy), links=["findings"])
+    # phash as 16 hex digits (str(imagehash.phash(...))) links and audits like integers.
+    hexed = m.frame.assign(phash=[f"{int(v):016x}" for v in m.frame["phash"]])
+    r = split_manifest(m.with_frame(hexed), ratios=(0.5, 0.5), seed=0, links=["phash"])
+    assert r.links.merged == 2
+    assert audit(r.manifest.frame, checks=["near_duplicate"]).exit_code == 0
+    with pytest.raises(Exception, match="not 64-bit perceptual hashes"):
+        audit(split_manifest(m.with_frame(m.frame.assign(phash="zz")), ratios=(0.5, 0.5)).manifest.frame, checks=["near_duplicate"])
+
+
+def test_notes_for_links_that_join_nothing_or_blanks_and_readable_names():
+    m = planted(patients=60, links_per_kind=0)
+    f = m.frame.assign(phash=pd.array([None] * len(m.frame), dtype="UInt64"), accession=[""] * 3 + [f"a{i}" for i in range(len(m.frame) - 3)])
+    f["family"] = f["patient_id"].where(np.arange(len(f)) >= 5, None)
+    f.loc[f.index[:2], "accession"] = "shared"  # two rows without a family joined by one accession
+    r = split_manifest(m.with_frame(f), ratios=(0.5, 0.5), group="family", links=["phash", "accession"], missing_group="own")
+    notes = " ".join(r.notes)
+    assert "--link phash: no row has a value, so it links nothing: run `mdprep hash` first" in notes
+    assert "--link accession: 1 row(s) hold a blank value" in notes
+    examples = [e for c in r.links.largest for e in c.examples]
+    assert not any("\x00" in e for e in examples) and "row 0 (no family)" in examples, examples
+
+
+def test_folds_alone_drop_an_earlier_split_and_keep_existing_keeps_unchanged_folds():
+    m = planted(patients=120, links_per_kind=3)
+    before = split_manifest(m, ratios=(0.8, 0.2), folds=3, seed=0).manifest
+    with pytest.warns(MdprepWarning, match="split column belonged to an earlier split and was dropped"):
+        r = split_manifest(before, folds=3, seed=0, links=ALL_LINKS)
+    assert "split" not in r.manifest.frame.columns
+    assert _strict_audit(r.manifest.frame).exit_code == 0
+    # --keep-existing with --ratios alone keeps the folds when no row changed split.
+    again = split_manifest(before, ratios=(0.8, 0.2), seed=0, keep_existing=True).manifest.frame
+    assert again["fold"].equals(before.frame["fold"])
+    with pytest.raises(UsageError, match="no row is left to fold"):
+        split_manifest(before.with_frame(before.frame.assign(split="test")), ratios=(0.8, 0.2), folds=3, keep_existing=True)
+    with pytest.raises(UsageError, match="too few for 3 parts"):
+        split_manifest(m.with_frame(m.frame.assign(accession="same")), links=["accession"], max_component="100%")

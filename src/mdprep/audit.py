@@ -318,7 +318,7 @@ def near_duplicate_pairs(hashes: np.ndarray, threshold: int) -> tuple[np.ndarray
     hashes = np.asarray(hashes, dtype=np.uint64)
     found_i, found_j = [], []
     for key in _band_keys(hashes, threshold):
-        order = np.argsort(key, kind="stable")
+        order = np.argsort(key)  # any order within a run: the pairs are made unique below
         sk = key[order]
         same = np.flatnonzero(sk[1:] == sk[:-1])
         if len(same) == 0:
@@ -349,6 +349,31 @@ def near_duplicate_pairs(hashes: np.ndarray, threshold: int) -> tuple[np.ndarray
     return pair[keep, 0], pair[keep, 1], dist[keep]
 
 
+def phash_values(values: pd.Series) -> np.ndarray:
+    """The 64-bit perceptual hashes of the non-null ``values``, as unsigned integers.
+
+    ``mdprep hash`` writes them as unsigned integers; a manifest made elsewhere may
+    hold signed 64-bit integers (the same bits) or text of 16 hex digits, as
+    ``str(imagehash.phash(...))`` gives. Anything else is an :class:`InputError`.
+
+    >>> phash_values(pd.Series(["028c61d11d055767", None])).tolist()
+    [183629235578296167]
+    """
+    present = values.dropna()
+    if pd.api.types.is_integer_dtype(present.dtype):
+        return present.to_numpy().astype(np.int64 if pd.api.types.is_signed_integer_dtype(present.dtype) else np.uint64).view(np.uint64)
+    text = present.astype("str").str.strip().str.lower()
+    bad = ~text.str.fullmatch(r"(0x)?[0-9a-f]{1,16}").fillna(False).to_numpy(dtype=bool)
+    if bad.any():
+        examples = text[bad].unique().tolist()
+        raise InputError(
+            f"the phash column holds {examples_text(examples, len(examples))}, not 64-bit perceptual hashes; "
+            "give unsigned integers or 16 hex digits per image, or recompute them with `mdprep hash`",
+            column="phash",
+        )
+    return np.fromiter((int(t, 16) for t in text), dtype=np.uint64, count=len(text))
+
+
 def near_duplicates(frame: pd.DataFrame, *, threshold: int = 4, split_col: str = "split", partition: str = "split") -> CheckResult:
     """Images in different splits whose 64-bit perceptual hashes differ in at most ``threshold`` bits.
 
@@ -362,9 +387,10 @@ def near_duplicates(frame: pd.DataFrame, *, threshold: int = 4, split_col: str =
     if not present.any():
         return skipped(check, partition, "'phash' is empty in every row: run `mdprep hash` first", len(frame), "empty column")
     sub = frame.loc[present, ["image_id", "phash", split_col]]
+    hashes = phash_values(sub["phash"])
+    sub = sub.assign(phash=pd.array(hashes, dtype="UInt64"))
     exact = value_overlap(sub, "phash", split_col=split_col, check=check, partition=partition)
     exact_findings = exact.findings.assign(detail="distance 0")
-    hashes = sub["phash"].to_numpy(dtype=np.uint64)
     uniq, inverse = np.unique(hashes, return_inverse=True)
     ui, uj, dist = near_duplicate_pairs(uniq, threshold)
     rows_by_hash = pd.DataFrame({"u": inverse, "row": np.arange(len(sub))})
@@ -407,7 +433,11 @@ def person_key(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray,
     present = frame[cols].notna().all(axis=1).to_numpy()
     key = np.full(len(frame), None, dtype=object)
     if present.any():
-        key[present] = frame.loc[present, cols].astype("str").agg("|".join, axis=1).to_numpy(dtype=object)
+        parts = [frame.loc[present, c].astype("str") for c in cols]
+        joined = parts[0]
+        for part in parts[1:]:  # column by column: a vectorised concatenation, not a join per row
+            joined = joined + "|" + part
+        key[present] = joined.to_numpy(dtype=object)
     return present, key
 
 

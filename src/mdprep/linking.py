@@ -30,13 +30,15 @@ and its most shared value.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .errors import ComponentTooLargeError, MissingColumnError, UsageError, short_repr
+from .errors import ComponentTooLargeError, MdprepWarning, MissingColumnError, UsageError, examples_text, short_repr
 
 #: The near-duplicate link and the person link, besides column names.
 PHASH = "phash"
@@ -48,6 +50,10 @@ MAX_COMPONENT_SHARE = 0.01
 MIN_COMPONENT_ROWS = 100
 #: How many of the largest merged components a summary lists.
 LARGEST_SHOWN = 10
+#: ``phash:T`` above this warns: the banded index's candidates grow fast with T.
+SLOW_THRESHOLD = 6
+#: A value "glues" a component when it alone is held by at least this share of the component's groups.
+GLUE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -83,19 +89,25 @@ def parse_links(texts: Sequence[str], columns: Sequence[str], *, person_columns:
     problems: list[str] = []
     absent: list[str] = []
     for text in texts:
-        name, _, spec = text.partition(":")
-        if text in columns and text != PHASH:
+        name, colon, spec = text.partition(":")
+        if not text.strip():
+            problems.append("--link names an empty item; give column names, phash[:T] or same_person")
+        elif text in columns and text != PHASH:
             links.append(Link(text, "column", (text,)))
         elif name == PHASH:
             threshold = DEFAULT_THRESHOLD
-            if spec:
-                try:
-                    threshold = int(spec)
-                except ValueError:
-                    threshold = -1
+            if colon:
+                threshold = int(spec) if re.fullmatch(r"[0-9]{1,2}", spec) else -1
                 if not 0 <= threshold <= 16:
                     problems.append(f"--link {text!r}: the Hamming threshold must be a whole number from 0 to 16 bits, for example phash:4")
                     continue
+            if threshold > SLOW_THRESHOLD:
+                warnings.warn(
+                    f"--link {text}: thresholds above {SLOW_THRESHOLD} bits make many candidate pairs (minutes on 100,000 images); "
+                    "near-duplicates of one image rarely differ in more than 4 to 6 bits",
+                    MdprepWarning,
+                    stacklevel=3,
+                )
             if PHASH not in columns:
                 problems.append(f"--link {text!r} needs a 'phash' column: run `mdprep hash` first")
                 continue
@@ -107,7 +119,10 @@ def parse_links(texts: Sequence[str], columns: Sequence[str], *, person_columns:
                 continue
             missing = [c for c in cols if c not in columns]
             if missing:
-                problems.append(f"--link same_person needs the person columns {', '.join(map(repr, missing))}, which this manifest lacks")
+                problems.append(
+                    f"--link same_person needs the person columns {', '.join(map(repr, missing))}, which this manifest lacks; "
+                    f"its columns are {examples_text(list(columns), len(columns), limit=12)} (--person-cols names others)"
+                )
                 continue
             links.append(Link(text, "same_person", cols))
         else:
@@ -127,24 +142,23 @@ def max_component_rows(value: int | float | str | None, n_rows: int) -> int:
     The default is 1% of the rows, but at least 100 rows, so a small manifest is not
     refused for one patient with two ids.
 
-    >>> max_component_rows(None, 112_120), max_component_rows("5%", 1000), max_component_rows(None, 500)
-    (1122, 50, 100)
+    >>> max_component_rows(None, 112_120), max_component_rows("5%", 1000), max_component_rows(None, 500), max_component_rows("7%", 100)
+    (1122, 50, 100, 7)
     """
     if value is None:
         return max(math.ceil(MAX_COMPONENT_SHARE * n_rows), MIN_COMPONENT_ROWS)
     text = str(value).strip()
-    try:
-        if text.endswith("%"):
-            share = float(text[:-1])
-            if not (0 < share <= 100):
-                raise ValueError
-            return max(math.ceil(share / 100 * n_rows), 1)
-        rows = float(text)
-        if rows < 1 or rows != int(rows):
-            raise ValueError
-        return int(rows)
-    except ValueError:
-        raise UsageError(f"--max-component {value!r}: give a number of rows (5000) or a share of the manifest (5%)") from None
+    bad = UsageError(f"--max-component {value!r}: give a whole number of rows (5000) or a share of the manifest above 0% and up to 100% (5%)")
+    if text.endswith("%"):
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", text[:-1]) or not 0 < float(text[:-1]) <= 100:
+            raise bad
+        # Exact decimal arithmetic: 7% of 100 rows is 7, not ceil(7.000000000000001).
+        from fractions import Fraction
+
+        return max(math.ceil(Fraction(text[:-1]) * n_rows / 100), 1)
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
+        raise bad
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -165,8 +179,8 @@ class LinkedGroups:
     """Groups after linking: one code per row, and what the links merged.
 
     ``codes`` numbers the components in the order of their smallest group value;
-    ``names`` gives that value for each component, so messages name a component by
-    one of its patients.
+    ``names`` gives that value for each component (``p1 (+2 linked)`` for a merged
+    one), so messages name a component by one of its patients.
     """
 
     codes: np.ndarray
@@ -180,6 +194,7 @@ class LinkedGroups:
     max_component: int
     per_link: dict[str, dict] = field(default_factory=dict)  # link text -> rows with a value, pairs of groups joined
     largest: tuple[Component, ...] = ()
+    notes: tuple[str, ...] = ()  # links that join nothing, blank values
 
     def to_dict(self) -> dict:
         return {
@@ -241,10 +256,10 @@ def _link_edges(frame: pd.DataFrame, link: Link, group: np.ndarray) -> tuple[np.
     a, b = _value_edges(codes, group)
     rows = int((codes >= 0).sum())
     if link.kind == "phash" and link.threshold:
-        from .audit import near_duplicate_pairs
+        from .audit import near_duplicate_pairs, phash_values
 
         present = codes >= 0
-        hashes = frame[PHASH].to_numpy(dtype=np.uint64, na_value=0)[present]
+        hashes = phash_values(frame[PHASH])
         uniq, first_row = np.unique(hashes, return_index=True)
         ui, uj, _ = near_duplicate_pairs(uniq, link.threshold)
         rep = group[present][first_row]  # every row of one hash value is joined to this group already
@@ -272,6 +287,40 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return rank[labels]
 
 
+def _check_values(frame: pd.DataFrame, links: Sequence[Link]) -> list[str]:
+    """Refuse link columns that hold lists (one value per row is needed); notes on columns that link nothing."""
+    import pyarrow as pa
+
+    problems, notes = [], []
+    for link in links:
+        for col in link.columns:
+            values = frame[col]
+            dtype = values.dtype
+            nested = isinstance(dtype, pd.ArrowDtype) and (pa.types.is_list(dtype.pyarrow_dtype) or pa.types.is_large_list(dtype.pyarrow_dtype)
+                                                          or pa.types.is_struct(dtype.pyarrow_dtype) or pa.types.is_map(dtype.pyarrow_dtype))
+            if not nested and dtype == object:
+                nested = bool(values.dropna().map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray))).any())
+            if nested:
+                problems.append(f"--link {link.text}: column {col!r} holds lists, not one value per row; link a column with one value per image")
+    if problems:
+        raise UsageError("; ".join(problems), links=[l.text for l in links])
+    for link in links:
+        if link.kind == "same_person":
+            continue
+        values = frame[link.columns[0]]
+        if not values.notna().any():
+            hint = ": run `mdprep hash` first" if link.kind == "phash" else ""
+            notes.append(f"--link {link.text}: no row has a value, so it links nothing{hint}")
+        elif pd.api.types.is_string_dtype(values.dtype) or values.dtype == object:
+            blank = values.dropna().astype("str").str.strip() == ""
+            if blank.any():
+                notes.append(
+                    f"--link {link.text}: {int(blank.sum()):,} row(s) hold a blank value, which links them like any other value "
+                    "(as the audit compares them); make blanks null if they mean unknown"
+                )
+    return notes
+
+
 def link_groups(
     frame: pd.DataFrame,
     group_codes: np.ndarray,
@@ -289,17 +338,19 @@ def link_groups(
     group_codes : (n,) int
         Each row's group, ``0..G-1`` in the sorted order of ``group_names``.
     group_names : (G,)
-        The group values.
+        The group values, as messages should show them.
     links : sequence of Link
         From :func:`parse_links`.
     max_component : int, "P%" or None
-        The most rows a merged component may hold (see :func:`max_component_rows`).
+        The most rows links may join to a component's largest group (see
+        :func:`max_component_rows`): a patient with many images is never glue.
 
     Raises
     ------
     ComponentTooLargeError
-        A merged component is larger than ``max_component``: the message names the
-        link whose joins alone make the largest part of it, and its most shared value.
+        A merged component adds more rows than ``max_component`` to its largest
+        group: the message names the link whose joins alone make the largest part of
+        it and, when one value joins most of its groups, that value.
 
     Examples
     --------
@@ -307,11 +358,12 @@ def link_groups(
     >>> codes, names = pd.factorize(f["patient_id"], sort=True)
     >>> linked = link_groups(f, codes, names, parse_links(["study_id"], list(f.columns)))
     >>> linked.codes.tolist(), linked.names.tolist(), linked.merged
-    ([0, 0, 1], ['a', 'c'], 1)
+    ([0, 0, 1], ['a (+1 linked)', 'c'], 1)
     """
     group_codes = np.asarray(group_codes, dtype=np.int64)
     n_groups = len(group_names)
     limit = max_component_rows(max_component, len(frame))
+    notes = _check_values(frame, links)
     edges = {l.text: _link_edges(frame, l, group_codes) for l in links}
     a = np.concatenate([e[0] for e in edges.values()]) if edges else np.zeros(0, dtype=np.int64)
     b = np.concatenate([e[1] for e in edges.values()]) if edges else np.zeros(0, dtype=np.int64)
@@ -320,26 +372,33 @@ def link_groups(
     group_rows = np.bincount(group_codes, minlength=n_groups)
     comp_rows = np.bincount(comp_of_group, weights=group_rows, minlength=n_comp).astype(np.int64)
     comp_groups = np.bincount(comp_of_group, minlength=n_comp)
+    biggest_member = np.zeros(n_comp, dtype=np.int64)
+    np.maximum.at(biggest_member, comp_of_group, group_rows)
+    added = comp_rows - biggest_member  # rows the links brought to the component's largest group
     merged = comp_groups > 1
-    # Joins per (component, link): edges of that link inside the component.
+    # Joins per (component, link): pairs of groups that link joined inside the component.
     joins = {text: np.bincount(comp_of_group[e[0]], minlength=n_comp) for text, e in edges.items()}
     per_link = {text: {"rows": e[2], "joins": int(len(e[0]))} for text, e in edges.items()}
     names = np.asarray(group_names, dtype=object)
     first_group = np.full(n_comp, n_groups, dtype=np.int64)
     np.minimum.at(first_group, comp_of_group, np.arange(n_groups))
+    shown = np.array([str(x) for x in names[first_group]], dtype=object) if n_comp else names[:0]
+    if merged.any():
+        shown[merged] = [f"{n} (+{k - 1} linked)" for n, k in zip(shown[merged], comp_groups[merged])]
 
     def component(c: int) -> Component:
         members = np.flatnonzero(comp_of_group == c)[:3]
         return Component(int(comp_rows[c]), int(comp_groups[c]), {t: int(j[c]) for t, j in joins.items()}, tuple(str(names[g]) for g in members))
 
+    over = np.flatnonzero(merged & (added > limit))
+    if len(over):
+        worst = int(over[np.argmax(added[over])])
+        raise _too_large(frame, links, group_codes, n_groups, comp_of_group, worst, component(worst), int(added[worst]), limit, len(over))
     order = np.flatnonzero(merged)
     order = order[np.lexsort((order, -comp_rows[order]))][:LARGEST_SHOWN]
-    too_big = order[comp_rows[order] > limit]
-    if len(too_big):
-        raise _too_large(frame, links, group_codes, n_groups, comp_of_group, int(too_big[0]), component(int(too_big[0])), limit, len(too_big))
     return LinkedGroups(
         codes=comp_of_group[group_codes],
-        names=names[first_group] if n_comp else names[:0],
+        names=shown,
         links=tuple(links),
         groups=n_groups,
         components=n_comp,
@@ -349,37 +408,59 @@ def link_groups(
         max_component=limit,
         per_link=per_link,
         largest=tuple(component(int(c)) for c in order),
+        notes=tuple(notes),
     )
 
 
-def _too_large(frame, links, group_codes, n_groups, comp_of_group, c, comp: Component, limit: int, count: int) -> ComponentTooLargeError:
-    """The error for component ``c``: which link alone joins most of it, and through which value."""
+def _shown_value(frame: pd.DataFrame, link: Link, row: int) -> str:
+    """A link's value in one row as text: the hash in hex, the person columns joined by ``|``."""
+    if link.kind == "phash":
+        from .audit import phash_values
+
+        return f"{int(phash_values(frame[PHASH].iloc[[row]])[0]):016x}"
+    if link.kind == "same_person":
+        from .audit import person_key
+
+        return str(person_key(frame.iloc[[row]], link.columns)[1][0])
+    return str(frame[link.columns[0]].iloc[row])
+
+
+def _too_large(frame, links, group_codes, n_groups, comp_of_group, c, comp: Component, added: int, limit: int, count: int) -> ComponentTooLargeError:
+    """The error for component ``c``: which link alone joins most of it, and whether one value glues it."""
     inside = comp_of_group[group_codes] == c
-    best = None
+    shares = []
     for link in links:
         a, b, _ = _link_edges(frame, link, group_codes)
         solo = _components(n_groups, a, b)
         solo_rows = np.bincount(solo[group_codes][inside], minlength=solo.max() + 1)
-        size = int(solo_rows.max()) if len(solo_rows) else 0
-        if best is None or size > best[1]:
-            best = (link, size)
-    link, size = best
+        shares.append((int(solo_rows.max()) if len(solo_rows) else 0, link))
+    size, link = max(shares, key=lambda t: t[0])
     codes = _codes_of(frame, link)[inside]
     groups_in = group_codes[inside]
-    example = ""
+    glue = ""
     if (codes >= 0).any():
         pairs = np.unique(np.stack([codes[codes >= 0], groups_in[codes >= 0]], axis=1), axis=0)
         value_code, n = np.unique(pairs[:, 0], return_counts=True)
-        top = value_code[np.argmax(n)]
-        row = np.flatnonzero(inside)[np.flatnonzero(codes == top)[0]]
-        shown = frame[list(link.columns)].iloc[row].tolist()
-        shown = shown[0] if len(shown) == 1 else tuple(shown)
-        example = f"; its most shared value, {short_repr(shown if link.kind != 'phash' else f'{int(shown):016x}')}, is held by {int(n.max()):,} groups"
-    more = f" ({count} components are over the limit)" if count > 1 else ""
-    message = (
-        f"--link joins {comp.rows:,} rows of {comp.groups:,} groups into one component, over --max-component {limit:,} rows{more}; "
-        f"--link {link.text} alone joins {size:,} of them{example}. A constant or placeholder value (an empty accession, "
-        f"the hash of a blank image) glues unrelated patients: clean that column, drop {link.text} from --link, "
-        "or raise --max-component if the component is real"
+        top = int(np.argmax(n))
+        if n[top] > 2 and n[top] >= GLUE_SHARE * comp.groups:
+            row = np.flatnonzero(inside)[np.flatnonzero(codes == value_code[top])[0]]
+            glue = short_repr(_shown_value(frame, link, row))
+            glue_groups = int(n[top])
+    more = f" ({count:,} components are over the limit)" if count > 1 else ""
+    head = (
+        f"--link joins {comp.rows:,} rows of {comp.groups:,} groups into one component, {added:,} more than its largest group holds, "
+        f"over --max-component {limit:,} rows{more}"
     )
-    return ComponentTooLargeError(message, link=link.text, rows=comp.rows, groups=comp.groups, limit=limit)
+    if glue:
+        message = (
+            f"{head}; --link {link.text} alone joins {size:,} of those rows, and its value {glue} is shared by {glue_groups:,} groups. "
+            f"A constant or placeholder value (an empty accession, the hash of a blank image) glues unrelated patients: make it null, "
+            f"drop {link.text} from --link, or raise --max-component if the component is real"
+        )
+    else:
+        joined = ", ".join(f"{t} {j:,}" for t, j in comp.links.items() if j)
+        message = (
+            f"{head}; no single value joins most of it: it is a chain of pairs ({joined} pairs of groups joined), the largest part "
+            f"of which --link {link.text} alone joins ({size:,} rows). Check that link's values, or raise --max-component if the chain is real"
+        )
+    return ComponentTooLargeError(message, link=link.text, rows=comp.rows, groups=comp.groups, limit=limit, value=glue or None)

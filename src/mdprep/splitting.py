@@ -831,6 +831,10 @@ def split_manifest(
             stacklevel=2,
         )
     codes, uniques = pd.factorize(group_values.to_numpy(), sort=True)
+    if missing.any():  # as messages show them
+        uniques = np.array([f"row {u[5:]} (no {group})" if u.startswith("\x00row:") else u for u in uniques.tolist()], dtype=object)
+    if max_component is not None and not link_list:
+        raise UsageError("--max-component limits the groups --link builds; it has no effect without --link")
     linked = None
     if link_list:
         from .linking import link_groups, parse_links
@@ -838,7 +842,15 @@ def split_manifest(
         parsed = parse_links(link_list, list(frame.columns), person_columns=person_columns)
         linked = link_groups(frame, codes, uniques, parsed, max_component=max_component)
         codes, uniques = linked.codes, linked.names
-        notes.append(f"--link {','.join(link_list)}: {linked.summary(group)}")
+        notes += [*linked.notes, f"--link {','.join(link_list)}: {linked.summary(group)}"]
+        parts_needed = max(len(ratios) if ratios is not None else 0, folds or 0)
+        if linked.components < parts_needed:
+            raise UsageError(
+                f"--link {','.join(link_list)} joined the {linked.groups:,} {group} values into {linked.components:,} group(s), "
+                f"too few for {parts_needed} parts or folds; the links join too much: drop the link with most joins "
+                f"({max(linked.per_link, key=lambda t: linked.per_link[t]['joins'])}) or check its values",
+                groups=linked.components,
+            )
     moved: dict[str, int] = {}
     positives, strat_names = _stratification_matrix(frame, labels, [(st.column, values) for st, values in strata])
 
@@ -862,15 +874,27 @@ def split_manifest(
         split_q = split_quality(positives, parts, codes, names, ratios_arr, strat_names, kind="split")
         _assert_no_overlap(split_q)
         out["split"] = pd.Series(np.asarray(names, dtype=object)[parts], index=frame.index, dtype="str")
-        if folds is None and "fold" in out.columns and out["fold"].notna().any():
+        unchanged = keep_existing and "split" in frame.columns and bool((frame["split"].astype("str") == out["split"]).fillna(False).all())
+        if folds is None and "fold" in out.columns and out["fold"].notna().any() and not unchanged:
             # Folds of an earlier split do not fit the new split: drop them rather than keep them stale.
             out = out.drop(columns=["fold"])
             warnings.warn("the manifest's fold column belonged to an earlier split and was dropped; pass --folds to assign new folds", MdprepWarning, stacklevel=2)
         if folds is not None:
             eligible = parts != len(names) - 1
             notes.append(f"folds cover the {', '.join(names[:-1])} rows; {names[-1]} is held out")
+    elif "split" in frame.columns and frame["split"].notna().any():
+        # --folds alone folds every row: a split column of an earlier split would contradict the folds.
+        out = out.drop(columns=["split"])
+        warnings.warn(
+            "the manifest's split column belonged to an earlier split and was dropped: --folds alone folds every row; "
+            "pass --ratios with --folds to hold out a test part (with --keep-existing to keep the existing one)",
+            MdprepWarning,
+            stacklevel=2,
+        )
     if folds is not None:
         sub = np.flatnonzero(eligible)
+        if not len(sub):
+            raise UsageError(f"no row is left to fold: every row is in the held-out part {names[-1]!r}; give it fewer rows or hold out nothing")
         if len(np.unique(codes[sub])) < folds:
             raise UsageError(f"{len(np.unique(codes[sub]))} group(s) cannot fill {folds} folds; use fewer folds")
         _rare_label_warnings(positives[sub], codes[sub], strat_names, folds, "folds")

@@ -26,7 +26,7 @@ def _floats(text: str | None) -> list[float] | None:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers, for example 0.7,0.1,0.2") from None
 
 
-def quality_table(q: SplitQuality, title: str) -> Table:
+def quality_table(q: SplitQuality, title: str, groups: str = "groups") -> Table:
     """Per part: images, patients, size against target, and per label positives, prevalence and deviation."""
     t = Table(title=title, title_justify="left")
     t.add_column("label")
@@ -34,7 +34,7 @@ def quality_table(q: SplitQuality, title: str) -> Table:
     for p in q.parts:
         t.add_column(p.name, justify="right")
     t.add_row("images", "", *[f"{p.images:,} ({p.size_deviation:+.1%})" for p in q.parts])
-    t.add_row("groups", "", *[f"{p.groups:,}" for p in q.parts], end_section=True)
+    t.add_row(groups, "", *[f"{p.groups:,}" for p in q.parts], end_section=True)
     for label in q.labels:
         t.add_row(
             label,
@@ -49,7 +49,7 @@ def components_table(linked, group: str) -> Table:
     t = Table(title=f"Largest merged components (--link; limit {linked.max_component:,} rows)", title_justify="left")
     t.add_column("rows", justify="right")
     t.add_column(f"{group} values", justify="right")
-    t.add_column("joined by")
+    t.add_column("joined by (pairs)")
     t.add_column("for example", overflow="fold")
     for c in linked.largest:
         joined = ", ".join(f"{k} ({v:,})" for k, v in c.links.items() if v)
@@ -78,7 +78,10 @@ def _summary(q: SplitQuality) -> str:
     "--stratify-by", multiple=True, metavar="COL,...",
     help="Metadata columns to balance too (sex, view, site). COL:WIDTH or COL:EDGE,EDGE,... bins a numeric column; age is binned in decades by default.",
 )
-@click.option("--keep-existing", is_flag=True, help="Rows that already have a split keep it; their groups follow them.")
+@click.option(
+    "--keep-existing", is_flag=True,
+    help="Rows that already have a split (and fold) keep it and their groups follow them; a group torn between splits goes whole to where most of its rows are, so the fewest rows move.",
+)
 @click.option("--missing-group", type=click.Choice(MISSING_GROUP_POLICIES), default="error", show_default=True, help="Rows without a group: fail, or make each its own group.")
 @click.option(
     "--link", "links", multiple=True, metavar="COL,...",
@@ -87,7 +90,7 @@ def _summary(q: SplitQuality) -> str:
 )
 @click.option(
     "--max-component", metavar="ROWS|P%",
-    help="Largest group --link may build, in rows or a share of the manifest [default: 1%, at least 100 rows]; a larger one is an error.",
+    help="The most rows --link may join to a group's largest patient, in rows or a share of the manifest [default: 1%, at least 100 rows]; more is an error naming the link.",
 )
 @click.option("--person-cols", default=",".join(PERSON_COLUMNS), show_default=True, help="Columns that together suggest one person (--link same_person).")
 @click.option("--report", "report_path", metavar="FILE.json", help="Write the quality report as JSON ('-' for stdout).")
@@ -109,6 +112,8 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
       mdprep split hashed.parquet --link study_id,file_sha256,pixel_sha256,phash -o linked-split.parquet
     """
     check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--report": report_path}, stdout={"-o/--output", "--report"})
+    if links and not link_items(links):
+        raise click.UsageError("--link is empty; give column names, phash[:T] or same_person, for example --link study_id,file_sha256")
     names_list = comma_list([names]) if names else None
     with status(f"Splitting {manifest}", quiet):
         m = read_manifest(manifest)
@@ -139,7 +144,8 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
         if q is None:
             continue
         if not quiet:
-            print_table(quality_table(q, f"{title}: positives, prevalence (deviation in points)"))
+            groups = "groups (linked)" if result.links is not None else "groups"
+            print_table(quality_table(q, f"{title}: positives, prevalence (deviation in points)", groups))
             click.echo(f"{title}: {_summary(q)}", err=True)
     if not quiet:
         click.echo(f"Wrote {output}", err=True)
