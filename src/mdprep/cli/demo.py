@@ -8,7 +8,7 @@ import shlex
 
 import click
 
-from ..manifest import Manifest, read_manifest, write_manifest
+from ..manifest import Manifest, write_manifest
 from ..synthetic import write_dicom_tree, write_image_tree, write_leaky_cohort, write_nih_table
 from .audit import audit_leakage, hash_cmd, report
 from .balance import resample, weights
