@@ -308,12 +308,12 @@ def test_suggest_says_what_a_resplit_cannot_fix(runner, tmp_path):
     f["study_date"] = pd.to_datetime("2020-01-01") + pd.to_timedelta(np.arange(len(f)) % 300, unit="D")
     split, res = _suggest_run(runner, tmp_path, m.with_frame(f), ["--time-col", "study_date", "--temporal"])
     s = json.loads((tmp_path / "a.json").read_text())["suggestion"]
-    assert res.exit_code == 1 and "temporal" in s["unfixable"] and "temporal cannot be fixed by re-splitting" in res.stderr
+    assert res.exit_code == 1 and "temporal" in s["unfixable"] and "Not fixed by re-splitting:\n  temporal: a split by time" in res.stderr
     # A clean audit suggests nothing; several manifests cannot be re-split as one.
     clean = runner.invoke(main, ["audit-leakage", str(split), "--suggest", "--checks", "patient_overlap"])
     assert clean.exit_code == 0 and "Suggested" not in clean.stderr
     two = runner.invoke(main, ["audit-leakage", str(split), str(split), "--names", "a,b", "--suggest"])
-    assert two.exit_code == 2 and two.stderr.count("Error:") == 1 and "concatenate" in two.stderr
+    assert two.exit_code == 2 and two.stderr.count("Error:") == 1 and "one manifest with a split column" in two.stderr
 
 
 def test_suggest_reports_a_glued_component_instead_of_a_command(runner, tmp_path):
@@ -390,3 +390,109 @@ def test_folds_alone_drop_an_earlier_split_and_keep_existing_keeps_unchanged_fol
         split_manifest(before.with_frame(before.frame.assign(split="test")), ratios=(0.8, 0.2), folds=3, keep_existing=True)
     with pytest.raises(UsageError, match="too few for 3 parts"):
         split_manifest(m.with_frame(m.frame.assign(accession="same")), links=["accession"], max_component="100%")
+
+
+def test_keep_existing_chooses_split_and_fold_together():
+    """2 rows in dev fold 0, 2 in dev fold 1, 3 held out: the whole group goes to the held-out part (4 rows move), not dev fold 0 (5)."""
+    f = pd.DataFrame({
+        "image_id": [f"i{k}" for k in range(9)], "path": [f"i{k}.png" for k in range(9)],
+        "patient_id": ["a"] * 7 + ["b", "c"],
+        "split": ["dev", "dev", "dev", "dev", "holdout", "holdout", "holdout", "dev", "dev"],
+        "fold": pd.array([0, 0, 1, 1, None, None, None, 0, 1], dtype="Int16"),
+    })
+    with pytest.warns(MdprepWarning, match="split and fold holding most of its rows, moving 4 row"):
+        r = split_manifest(Manifest(f), ratios=(0.5, 0.5), names=("dev", "holdout"), folds=2, keep_existing=True)
+    out = r.manifest.frame
+    assert (out.loc[:6, "split"] == "holdout").all() and out.loc[:6, "fold"].isna().all()
+    assert r.moved == {"split": 4, "fold": 0}
+    assert out.loc[7:, "split"].tolist() == ["dev", "dev"] and out.loc[7:, "fold"].tolist() == [0, 1]
+
+
+def test_suggest_quotes_the_command_so_pasting_it_runs_nothing_else(runner, tmp_path):
+    """Split names and paths come from data: the terminal, JSON and Markdown show one safely quoted command."""
+    import subprocess
+
+    m = planted(links_per_kind=2)
+    f = m.frame.assign(split=np.where(np.arange(len(m.frame)) % 3 == 0, "test`$(touch PWNED)", "train"))
+    evil = tmp_path / "back`tick$(echo pwned) x.parquet"
+    write_manifest(m.with_frame(f), evil)
+    res = runner.invoke(main, ["audit-leakage", str(evil), "--suggest", "--json", str(tmp_path / "a.json"), "--markdown", str(tmp_path / "a.md")])
+    s = json.loads((tmp_path / "a.json").read_text())["suggestion"]
+    assert res.exit_code == 1 and s["command"] in res.stderr
+    md = (tmp_path / "a.md").read_text()
+    fence_line = next(l for l in md.splitlines() if l.endswith("console"))
+    fence = fence_line[: -len("console")]
+    block = md.split(fence_line + "\n", 1)[1].split("\n" + fence, 1)[0]
+    assert block == s["command"]
+    # The shell reads the pasted command back as the very same arguments.
+    echoed = subprocess.run(["bash", "-c", "printf '%s\\0' " + s["command"]], capture_output=True, cwd=tmp_path, check=True).stdout
+    assert echoed.split(b"\0")[:-1] == [a.encode() for a in s["argv"]]
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_suggest_reaudits_with_the_same_allow_list_and_carries_recorded_links(runner, tmp_path):
+    m = planted(links_per_kind=3)
+    split, res = _suggest_run(runner, tmp_path, m, ["--checks", "study_overlap,duplicate_file"])
+    first = json.loads((tmp_path / "a.json").read_text())
+    keys = [f["key"] for c in first["checks"] if c["check"] == "study_overlap" and c["findings"] for f in c["findings"]]
+    allow = tmp_path / "allow.json"
+    allow.write_text(json.dumps([{"check": "study_overlap", "key": k} for k in keys]))
+    res = runner.invoke(main, ["audit-leakage", str(split), "--checks", "study_overlap,duplicate_file", "--allow", str(allow), "--suggest", "--json", str(tmp_path / "b.json")])
+    s = json.loads((tmp_path / "b.json").read_text())["suggestion"]
+    assert res.exit_code == 1 and s["verified"] and s["links"] == ["file_sha256"], s
+    # A split made with links keeps them in the suggestion.
+    linked = tmp_path / "linked.parquet"
+    assert runner.invoke(main, ["split", str(split), "--link", "accession", "--ratios", "0.7,0.1,0.2", "-o", str(linked), "-q"]).exit_code == 0
+    res = runner.invoke(main, ["audit-leakage", str(linked), "--suggest", "--json", str(tmp_path / "c.json")])
+    s = json.loads((tmp_path / "c.json").read_text())["suggestion"]
+    assert s["links"][0] == "accession" and s["verified"]
+
+
+def test_suggest_refuses_what_it_cannot_write_as_a_command(runner, tmp_path):
+    m = planted(links_per_kind=2)
+    for values, text in (((" train", "test "), "cannot be given to --names"), (("train,a", "test"), "cannot be given to --names")):
+        f = m.frame.assign(split=np.where(np.arange(len(m.frame)) % 3 == 0, values[1], values[0]))
+        p = tmp_path / "odd.parquet"
+        write_manifest(m.with_frame(f), p)
+        runner.invoke(main, ["audit-leakage", str(p), "--suggest", "--json", str(tmp_path / "o.json")])
+        s = json.loads((tmp_path / "o.json").read_text())["suggestion"]
+        assert s["command"] is None and text in s["problem"], s
+    one_based = m.frame.assign(split="train", fold=pd.array(np.arange(len(m.frame)) % 4 + 1, dtype="Int16"))
+    write_manifest(m.with_frame(one_based), tmp_path / "f.parquet")
+    runner.invoke(main, ["audit-leakage", str(tmp_path / "f.parquet"), "--suggest", "--json", str(tmp_path / "f.json")])
+    assert "number the folds from 0" in json.loads((tmp_path / "f.json").read_text())["suggestion"]["problem"]
+
+
+def test_suggest_counts_unassigned_rows_apart_and_quotes_a_leading_dash(runner, tmp_path, monkeypatch):
+    m = planted(links_per_kind=2)
+    f = m.frame.assign(split=pd.Series(np.where(np.arange(len(m.frame)) % 3 == 0, "test", "train"), dtype="str"))
+    f.loc[f.index[:10], "split"] = None
+    monkeypatch.chdir(tmp_path)
+    write_manifest(m.with_frame(f), tmp_path / "-dash.parquet")
+    res = runner.invoke(main, ["audit-leakage", "--suggest", "--json", "s.json", "--", "-dash.parquet"])
+    s = json.loads((tmp_path / "s.json").read_text())["suggestion"]
+    assert res.exit_code == 1 and s["argv"][2] == "./-dash.parquet" and s["argv"][-1] == "./-dash-relinked.parquet"
+    assert s["rows_assigned"] == 10 and "assigns the 10 row(s) that have no split" in res.stderr
+    done = runner.invoke(main, s["argv"][1:])
+    assert done.exit_code == 0, done.output
+    before, after = f, read_manifest(tmp_path / "-dash-relinked.parquet").frame
+    had = before["split"].notna()
+    assert int((before["split"][had] != after["split"][had]).sum()) == s["rows_moved"]
+
+
+def test_suggest_adds_the_link_of_a_check_its_moves_made_fail(runner, tmp_path):
+    """A and B share a study in train; A's file is copied into test under C. Linking the file alone moves A into
+    test and tears the study; the suggestion links the study too, and C moves instead."""
+    m = planted(patients=40, links_per_kind=0)
+    f = m.frame.assign(split=np.where(m.frame["patient_id"].str[1:].astype(int) % 4 == 0, "test", "train"))
+    extra = pd.DataFrame({
+        "image_id": ["a1", "b1", "b2", "c1"], "path": ["a1.png", "b1.png", "b2.png", "c1.png"], "patient_id": ["A", "B", "B", "C"],
+        "study_id": ["S1", "S1", "S2", "S3"], "file_sha256": ["F1", "F2", "F3", "F1"], "split": ["train", "train", "train", "test"],
+    })
+    f = pd.concat([f, extra], ignore_index=True)
+    p = tmp_path / "m.parquet"
+    write_manifest(m.with_frame(f), p)
+    res = runner.invoke(main, ["audit-leakage", str(p), "--checks", "patient_overlap,study_overlap,duplicate_file", "--suggest", "--json", str(tmp_path / "s.json")])
+    s = json.loads((tmp_path / "s.json").read_text())["suggestion"]
+    assert res.exit_code == 1 and s["fixes"] == ["duplicate_file"]
+    assert s["links"] == ["file_sha256", "study_id"] and s["verified"] and s["rows_moved"] == 1, s

@@ -1080,11 +1080,16 @@ def to_markdown(report: AuditReport, *, examples: int = 3) -> str:
     s = report.suggestion
     if s is not None:
         lines += ["", "**Suggested fix**"]
-        if s["command"]:
-            lines += ["", f"Re-split with links, moving {s['rows_moved']:,} of {s['rows']:,} rows "
-                      f"({'verified: the audit of that split passes' if s['verified'] else 'not verified: ' + ', '.join(s['remaining']) + ' still fail'}):",
-                      "", "```console", visible(s["command"]).replace("`", "'"), "```"]
         if s["problem"]:
             lines += ["", f"No split can be suggested: {markdown_text(s['problem'])}"]
-        lines += [f"- {markdown_text(c)} cannot be fixed by re-splitting: {markdown_text(why)}" for c, why in s["unfixable"].items()]
+        if s["command"]:
+            verdict = (f"verified: the audit of that split, with the same options, passes {', '.join(s['fixes'])}" if s["verified"]
+                       else f"not enough: the audit of that split, with the same options, fails {', '.join(s['remaining'])}")
+            # A fence longer than any run of backticks in the command: the block shows it byte for byte.
+            fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", s["command"])), default=0))
+            lines += ["", f"Re-split with links, moving {s['rows_moved']:,} of {s['rows']:,} rows ({markdown_text(verdict)}):",
+                      "", f"{fence}console", s["command"], fence]
+        if s["unfixable"]:
+            lines += ["", "Not fixed by re-splitting:"]
+            lines += [f"- {markdown_text(c)}: {markdown_text(why)}" for c, why in s["unfixable"].items()]
     return "\n".join(lines) + "\n"

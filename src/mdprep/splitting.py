@@ -852,6 +852,8 @@ def split_manifest(
                 groups=linked.components,
             )
     moved: dict[str, int] = {}
+    # With keep_existing: each row's existing fold (-1 where none), when the folds can be kept.
+    kept_folds = _usable_folds(frame, folds) if keep_existing and folds is not None else None
     positives, strat_names = _stratification_matrix(frame, labels, [(st.column, values) for st, values in strata])
 
     out = frame.copy()
@@ -865,7 +867,11 @@ def split_manifest(
         fixed = np.full(len(frame), -1, dtype=np.int64)
         if "split" in frame.columns and frame["split"].notna().any():
             if keep_existing:
-                fixed, moved["split"] = _fixed_parts(frame["split"], names, codes, uniques, notes)
+                split_rows = _split_indices(frame["split"], names)
+                if kept_folds is not None:  # both kept: choose each torn group's (split, fold) together
+                    split_rows, kept_folds = _joint_majority(split_rows, kept_folds, len(names), folds, codes, uniques, notes, moved)
+                fixed, moved_split = _resolve_fixed(split_rows, len(names), codes, uniques, notes, "split")
+                moved["split"] = moved.get("split", 0) + moved_split
             else:
                 warnings.warn("the manifest already has a split column; it is replaced (--keep-existing keeps it)", MdprepWarning, stacklevel=2)
         _rare_label_warnings(positives, codes, strat_names, len(ratios_arr), "parts")
@@ -899,7 +905,10 @@ def split_manifest(
             raise UsageError(f"{len(np.unique(codes[sub]))} group(s) cannot fill {folds} folds; use fewer folds")
         _rare_label_warnings(positives[sub], codes[sub], strat_names, folds, "folds")
         cv = MultilabelStratifiedGroupKFold(n_splits=folds, random_state=seed)
-        fixed_folds = _existing_folds(frame, sub, folds, codes, uniques, notes, moved) if keep_existing else None
+        fixed_folds = None
+        if kept_folds is not None:
+            fixed_folds, moved_fold = _resolve_fixed(kept_folds[sub], folds, codes[sub], uniques, notes, "fold")
+            moved["fold"] = moved.get("fold", 0) + moved_fold
         fold_of = np.full(len(frame), -1, dtype=np.int64)
         fold_of[sub] = cv.assign(positives[sub], codes[sub], fixed=fixed_folds)
         fold_q = split_quality(positives, fold_of, codes, [f"fold {k}" for k in range(folds)], np.full(folds, 1.0 / folds), strat_names, kind="fold")
@@ -934,8 +943,8 @@ def split_manifest(
     return SplitResult(manifest=result, split_quality=split_q, fold_quality=fold_q, notes=tuple(notes), bins=bins, links=linked, moved=moved)
 
 
-def _fixed_parts(existing: pd.Series, names: Sequence[str], codes: np.ndarray, uniques: np.ndarray, notes: list[str]) -> tuple[np.ndarray, int]:
-    """Per row, the part index imposed by ``--keep-existing`` (-1 where free), and the rows moved."""
+def _split_indices(existing: pd.Series, names: Sequence[str]) -> np.ndarray:
+    """Per row, the index in ``names`` of its existing split (-1 where it has none)."""
     values = existing.astype("str")
     given = values.notna().to_numpy()
     unknown = sorted(set(values[given]) - set(names))
@@ -945,15 +954,14 @@ def _fixed_parts(existing: pd.Series, names: Sequence[str], codes: np.ndarray, u
             "add them to --names (with a ratio each)"
         )
     index = {n: i for i, n in enumerate(names)}
-    fixed_rows = np.where(given, values.map(index).fillna(-1).to_numpy(dtype=np.int64), -1)
-    return _resolve_fixed(fixed_rows, len(names), codes, uniques, notes, "split")
+    return np.where(given, values.map(index).fillna(-1).to_numpy(dtype=np.int64), -1)
 
 
-def _existing_folds(frame: pd.DataFrame, sub: np.ndarray, folds: int, codes: np.ndarray, uniques: np.ndarray, notes: list[str], moved: dict) -> np.ndarray | None:
-    """The existing folds of the rows ``sub`` that ``--keep-existing`` keeps (-1 where free), or None."""
+def _usable_folds(frame: pd.DataFrame, folds: int) -> np.ndarray | None:
+    """Per row, its existing fold (-1 where none), or None when there is none or it cannot be kept (a warning)."""
     if "fold" not in frame.columns or not frame["fold"].notna().any():
         return None
-    values = pd.to_numeric(frame["fold"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)[sub]
+    values = pd.to_numeric(frame["fold"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     given = ~np.isnan(values)
     bad = given & ((values < 0) | (values >= folds) | (values != np.floor(values)))
     if bad.any():
@@ -963,9 +971,68 @@ def _existing_folds(frame: pd.DataFrame, sub: np.ndarray, folds: int, codes: np.
             stacklevel=3,
         )
         return None
-    fixed_rows = np.where(given, np.nan_to_num(values), -1).astype(np.int64)
-    fixed, moved["fold"] = _resolve_fixed(fixed_rows, folds, codes[sub], uniques, notes, "fold")
-    return fixed
+    return np.where(given, np.nan_to_num(values), -1).astype(np.int64)
+
+
+def _joint_majority(
+    split_rows: np.ndarray, fold_rows: np.ndarray, parts: int, folds: int, codes: np.ndarray, uniques: np.ndarray, notes: list[str], moved: dict
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resolve groups torn across existing splits or folds by the (split, fold) that keeps most of their rows.
+
+    The last part is held out and has no folds: a row there keeps its place whatever
+    its fold. A row of the chosen split without a fold keeps its place too. Deciding
+    split and fold together moves fewer rows than the split first, then the fold (a
+    group with 2 + 2 rows in two folds of train and 3 in test keeps 3 in test, not 2).
+    Ties go to the later split, then the lower fold. Returns the rows' splits and folds
+    with every torn group pinned whole to its choice (rows without a split stay free).
+    """
+    held = parts - 1
+    given = split_rows >= 0
+    fold_of = np.where(given & (split_rows != held), fold_rows, -1)  # folds of held-out rows do not count
+    width = folds + 1
+    state = split_rows * width + fold_of + 1  # (split, fold or none)
+    pairs, counts = np.unique(np.stack([codes[given], state[given]], axis=1), axis=0, return_counts=True)
+    if not len(pairs):
+        return split_rows, fold_rows
+    g, st = pairs[:, 0], pairs[:, 1]
+    sp, fo = st // width, st % width - 1
+    # A group is torn when it has two splits, or two folds within one split.
+    n_splits = pd.Series(sp).groupby(g).nunique()
+    n_folds = pd.Series(fo[fo >= 0]).groupby([g[fo >= 0], sp[fo >= 0]]).nunique()
+    torn = set(n_splits.index[n_splits.to_numpy() > 1].tolist()) | {k[0] for k, v in n_folds.items() if v > 1}
+    if not torn:
+        return split_rows, fold_rows
+    torn_ids = np.array(sorted(torn), dtype=np.int64)
+    pos = np.searchsorted(torn_ids, g)
+    sel = (pos < len(torn_ids)) & (torn_ids[np.minimum(pos, len(torn_ids) - 1)] == g)
+    dense = np.zeros((len(torn_ids), parts, width), dtype=np.int64)
+    dense[pos[sel], sp[sel], fo[sel] + 1] = counts[sel]
+    kept = dense[:, :, 1:] + dense[:, :, :1]  # (split, fold): its rows in that fold and its rows of that split without a fold
+    kept[:, held, :] = dense[:, held, :].sum(axis=1)[:, None]
+    # Ties: the later split first, then the lower fold.
+    flat = kept[:, ::-1, :].reshape(len(torn_ids), -1)
+    best = flat.argmax(axis=1)
+    choose_split = parts - 1 - best // folds
+    choose_fold = np.where(choose_split == held, -1, best % folds)
+    total = dense.sum(axis=(1, 2))
+    moved_rows = int((total - kept[np.arange(len(torn_ids)), choose_split, np.maximum(choose_fold, 0)]).sum())
+    row_pos = np.searchsorted(torn_ids, codes)
+    in_torn = (row_pos < len(torn_ids)) & (torn_ids[np.minimum(row_pos, len(torn_ids) - 1)] == codes) & given
+    new_split, new_fold = split_rows.copy(), fold_rows.copy()
+    moved_split = int((in_torn & (split_rows != choose_split[np.minimum(row_pos, len(torn_ids) - 1)])).sum())
+    new_split[in_torn] = choose_split[row_pos[in_torn]]
+    new_fold[in_torn] = choose_fold[row_pos[in_torn]]
+    moved["split"] = moved.get("split", 0) + moved_split
+    moved["fold"] = moved.get("fold", 0) + moved_rows - moved_split
+    ids = [str(uniques[c]) for c in torn_ids[:5]]
+    warnings.warn(
+        f"{len(torn_ids)} group(s) had rows in two or more existing splits or folds; each went whole to the split and fold holding "
+        f"most of its rows, moving {moved_rows} row(s): {examples_text(ids, len(torn_ids))}",
+        MdprepWarning,
+        stacklevel=4,
+    )
+    notes.append(f"{moved_rows:,} row(s) of {len(torn_ids):,} group(s) torn across existing splits or folds moved to their group's main split and fold (--keep-existing)")
+    return new_split, new_fold
 
 
 def _resolve_fixed(fixed_rows: np.ndarray, k: int, codes: np.ndarray, uniques: np.ndarray, notes: list[str], what: str) -> tuple[np.ndarray, int]:

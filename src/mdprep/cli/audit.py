@@ -142,7 +142,7 @@ _AUDIT_OPTIONS = [
         "--suggest", is_flag=True,
         help="When the gate fails, print the `mdprep split --keep-existing --link ...` command whose split would pass, how many rows it moves, and whether that was verified.",
     ),
-    click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line."),
+    click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line (and, with --suggest, the suggested fix)."),
 ]
 
 
@@ -193,7 +193,10 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, require, allo
     if temporal and not time_col:
         raise click.UsageError("--temporal needs --time-col (the date of each image)")
     if suggest and len(manifests) > 1:
-        raise click.UsageError("--suggest re-splits one manifest: concatenate the split files into one manifest with a split column first")
+        raise click.UsageError(
+            "--suggest re-splits one manifest with a split column; these are several files, one per split: "
+            "put their rows in one manifest with a split column (pandas.concat) and audit that"
+        )
     check_list = comma_list(checks) if checks else None
     gate = comma_list(fail_on) if fail_on else None
     required = comma_list(require) if require else None
@@ -229,7 +232,7 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, require, allo
 
         from ..remedy import suggest_split
 
-        suggestion = suggest_split(read_manifest(manifests[0]), report, path=manifests[0])
+        suggestion = suggest_split(read_manifest(manifests[0]), report, path=manifests[0], allow=allow, train_split=train_split)
         report = replace(report, suggestion=suggestion.to_dict())
     for path, text in ((json_path, report.to_json), (junit_path, lambda: to_junit(report)), (markdown_path, lambda: to_markdown(report))):
         if path:
