@@ -1024,15 +1024,20 @@ def _joint_majority(
     new_fold[in_torn] = choose_fold[row_pos[in_torn]]
     moved["split"] = moved.get("split", 0) + moved_split
     moved["fold"] = moved.get("fold", 0) + moved_rows - moved_split
-    ids = [str(uniques[c]) for c in torn_ids[:5]]
-    warnings.warn(
-        f"{len(torn_ids)} group(s) had rows in two or more existing splits or folds; each went whole to the split and fold holding "
-        f"most of its rows, moving {moved_rows} row(s): {examples_text(ids, len(torn_ids))}",
-        MdprepWarning,
-        stacklevel=4,
-    )
-    notes.append(f"{moved_rows:,} row(s) of {len(torn_ids):,} group(s) torn across existing splits or folds moved to their group's main split and fold (--keep-existing)")
+    _report_torn(torn_ids, moved_rows, uniques, "split and fold", "splits or folds", notes)
     return new_split, new_fold
+
+
+def _report_torn(torn: np.ndarray, moved: int, uniques: np.ndarray, what: str, where: str, notes: list[str]) -> None:
+    """Warn (naming some groups) and note that ``torn`` groups went whole to where most of their rows were."""
+    ids = [str(uniques[g]) for g in torn[:5]]
+    warnings.warn(
+        f"{len(torn)} group(s) had rows in two or more existing {where}; each went whole to the {what} holding most of its rows, "
+        f"moving {moved} row(s): {examples_text(ids, len(torn))}",
+        MdprepWarning,
+        stacklevel=5,
+    )
+    notes.append(f"{moved:,} row(s) of {len(torn):,} group(s) torn across existing {where} moved to their group's main {what} (--keep-existing)")
 
 
 def _resolve_fixed(fixed_rows: np.ndarray, k: int, codes: np.ndarray, uniques: np.ndarray, notes: list[str], what: str) -> tuple[np.ndarray, int]:
@@ -1052,14 +1057,7 @@ def _resolve_fixed(fixed_rows: np.ndarray, k: int, codes: np.ndarray, uniques: n
     moved = 0
     if len(torn):
         moved = int(counts[torn].sum() - counts[torn, group_part[torn]].sum())
-        ids = [str(uniques[g]) for g in torn[:5]]
-        warnings.warn(
-            f"{len(torn)} group(s) had rows in two or more existing {what}s; each went whole to the {what} holding most of its rows, "
-            f"moving {moved} row(s): {examples_text(ids, len(torn))}",
-            MdprepWarning,
-            stacklevel=4,
-        )
-        notes.append(f"{moved:,} row(s) of {len(torn):,} group(s) split across existing {what}s moved to their group's main {what} (--keep-existing)")
+        _report_torn(torn, moved, uniques, what, f"{what}s", notes)
     pulled = (group_part[codes] >= 0) & ~given
     if pulled.any():
         pulled_groups = np.unique(codes[pulled])
