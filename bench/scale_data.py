@@ -61,7 +61,7 @@ def manifest_table(n: int, seed: int = 0) -> pa.Table:
     image_id = pc.binary_join_element_wise(image_id, ".png", "")
     path = pc.binary_join_element_wise("images/", image_id, "")
     study = pc.binary_join_element_wise(
-        "1.2.826.0.1.3680043.8.498.", pc.cast(pa.array(patient), pa.string()), pc.cast(pa.array(followup // 2), pa.string()), "."
+        "1.2.826.0.1.3680043.8.498", pc.cast(pa.array(patient), pa.string()), pc.cast(pa.array(followup // 2), pa.string()), "."
     )
     # Split by patient (a fixed hash), then plant leaks: one image of every 10,000th patient moves.
     part = np.searchsorted([0.7, 0.8], ((patient * 2654435761) % 1000) / 1000, side="right")

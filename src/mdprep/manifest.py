@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -548,17 +548,23 @@ def _column_to_arrow(series: pd.Series, arrow_type: pa.DataType | None) -> pa.Ar
     return arr
 
 
-def to_arrow(manifest: Manifest) -> pa.Table:
-    """Convert a (valid) manifest to an Arrow table with canonical types and metadata."""
+def _target_type(manifest: Manifest, col: str) -> pa.DataType | None:
+    """The Arrow type the contract gives column ``col`` (None: whatever its values make)."""
+    return LABEL_TYPE if col in manifest.labels else CANONICAL_TYPES.get(col)
+
+
+def to_arrow(manifest: Manifest, *, converted: Mapping[str, pa.Array] | None = None) -> pa.Table:
+    """Convert a (valid) manifest to an Arrow table with canonical types and metadata.
+
+    ``converted`` gives columns already converted (by :func:`write_manifest`).
+    """
     frame = manifest.frame
-    labels = set(manifest.labels)
     arrays, fields = [], []
     for col in frame.columns:
-        if col in labels:
-            target: pa.DataType | None = LABEL_TYPE
+        if converted is not None and col in converted:
+            arr = converted[col]
         else:
-            target = CANONICAL_TYPES.get(col)
-        arr = _column_to_arrow(frame[col], target)
+            arr = _column_to_arrow(frame[col], _target_type(manifest, col))
         arrays.append(arr)
         fields.append(pa.field(str(col), arr.type))
     meta = {METADATA_KEY: json.dumps(manifest.metadata, sort_keys=True, separators=(",", ":")).encode()}
@@ -640,21 +646,54 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike | BinaryIO) -> No
     writes nothing when the manifest breaks the contract.
     """
     check(manifest)
-    write_table(to_arrow(manifest), path)
+    if len(manifest.frame) <= ROW_GROUP_ROWS:
+        write_table(to_arrow(manifest), path)
+        return
+    # Row group by row group: only one row group's Arrow copy exists at a time. Columns
+    # without a contract type are converted whole first, so every row group infers the same type.
+    frame = manifest.frame
+    whole = {col: _column_to_arrow(frame[col], None) for col in frame.columns if _target_type(manifest, col) is None}
+    pieces = (
+        to_arrow(replace(manifest, frame=frame.iloc[start : start + ROW_GROUP_ROWS]), converted={c: a.slice(start, ROW_GROUP_ROWS) for c, a in whole.items()})
+        for start in range(0, len(frame), ROW_GROUP_ROWS)
+    )
+    _write_parts(pieces, path)
+
+
+#: Rows per Parquet row group of every file mdprep writes.
+ROW_GROUP_ROWS = 1 << 20
 
 
 def write_table(table: pa.Table, path: str | os.PathLike | BinaryIO) -> None:
     """Write any Arrow table deterministically (zstd, fixed row groups); atomically to a path, ``-`` for stdout."""
-    options = dict(compression="zstd", row_group_size=1 << 20)
+    _write_parts(iter([table]), path)
+
+
+def _write_parts(tables: Iterator[pa.Table], path: str | os.PathLike | BinaryIO) -> None:
+    """Write ``tables`` (each at most one row group, but for a lone table) as one Parquet file, as :func:`pyarrow.parquet.write_table` would write them concatenated.
+
+    Each table is let go once written, so a manifest written in pieces holds one piece at a time.
+    """
+    options = dict(compression="zstd")
+
+    def write(sink) -> None:
+        table = next(tables)
+        with pq.ParquetWriter(sink, table.schema, **options) as writer:
+            while table is not None:
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                table = None
+                pa.default_memory_pool().release_unused()
+                table = next(tables, None)
+
     if is_stdio(path):
         path = stdout_binary()
     if hasattr(path, "write"):
-        pq.write_table(table, path, **options)
+        write(path)
         if hasattr(path, "flush"):
             path.flush()
         return
     with atomic_write(path) as tmp:
-        pq.write_table(table, tmp, **options)
+        write(tmp)
 
 
 def read_manifest(
@@ -690,6 +729,7 @@ def read_manifest(
         settled = _settled_in_file(spath, [c for c in REQUIRED_COLUMNS if c in check_only and c in columns])
         columns = [c for c in columns if c not in settled]
     manifest = from_arrow(_read_table(spath, columns), path=spath, arrow_text=arrow_text)
+    pa.default_memory_pool().release_unused()  # the Arrow table that became the frame
     if columns is not None:
         # Only the columns asked for: labels that were left out are not part of this view.
         manifest = replace(manifest, labels=tuple(l for l in manifest.labels if l in manifest.frame.columns))
@@ -767,12 +807,12 @@ def _read_table(spath: str, columns: Sequence[str] | None = None) -> pa.Table:
                 wanted = [c for c in dict.fromkeys(columns) if c in present]
                 groups = [parquet.read_row_group(i, columns=wanted) for i in range(parquet.num_row_groups)]
                 table = pa.concat_tables(groups) if groups else parquet.schema_arrow.empty_table().select(wanted)
-            pa.default_memory_pool().release_unused()  # the decoding buffers, held by the allocator otherwise
         elif columns is not None:
             present = set(pq.read_schema(source).names)
             table = pq.read_table(source, columns=[c for c in dict.fromkeys(columns) if c in present])
         else:
             table = pq.read_table(source)
+        pa.default_memory_pool().release_unused()  # the decoding buffers, held by the allocator otherwise
         # Parquet readers trust the bytes: a damaged page can give text that is not UTF-8. Check it all once.
         table.validate(full=True)
         return table
