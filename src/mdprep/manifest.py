@@ -678,7 +678,14 @@ def _write_parts(tables: Iterator[pa.Table], path: str | os.PathLike | BinaryIO)
 
     def write(sink) -> None:
         table = next(tables)
+        following = next(tables, None)
+        if following is None:  # a lone table: the plain writer, which splits it into row groups itself
+            pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **options)
+            return
         with pq.ParquetWriter(sink, table.schema, **options) as writer:
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            table = following
+            following = None
             while table is not None:
                 writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
                 table = None
