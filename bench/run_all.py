@@ -25,6 +25,7 @@ SECTIONS = (
     ("Splits", "bench_split", "print(m.markdown(m.run()))"),
     ("Link-aware splits", "bench_link", "print(m.markdown(m.run()))"),
     ("Leakage audit", "bench_audit", "print(m.markdown(m.run()))"),
+    ("Audit and split at scale", "bench_scale", "print(m.main([]))"),
     ("Trainer throughput", "bench_train", "print(m.markdown(m.run()))"),
     ("Trainer throughput, PyTorch and Keras on the same data", "bench_train_frameworks", "print(m.markdown(m.run()))"),
     ("Incremental updates", "bench_update", "print(m.markdown(m.run()))"),

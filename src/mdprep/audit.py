@@ -29,6 +29,7 @@ import pandas as pd
 
 from .errors import InputError, MdprepWarning, MissingColumnError, UsageError, examples_text, short_repr
 from .fileio import decodable
+from . import textkeys
 from .manifest import Manifest
 from .params import check_number
 
@@ -227,7 +228,10 @@ def value_overlap(frame: pd.DataFrame, column: str, *, split_col: str = "split",
     """Values of ``column`` found in more than one split.
 
     Vectorised: values and splits are factorised to integers once, then counted
-    with numpy, so a million rows take a fraction of a second.
+    with numpy, so a million rows take a fraction of a second. A large text column is
+    first narrowed through hashes of its values (:func:`mdprep.textkeys.spanning`, shared
+    with the contract's duplicate check): only the rows of values that may occur in two
+    splits are factorised, and the result is the same as from all rows.
 
     Examples
     --------
@@ -248,6 +252,18 @@ def value_overlap(frame: pd.DataFrame, column: str, *, split_col: str = "split",
     unchecked = int((~present).sum())
     if not present.any():
         return skipped(check, partition, f"{column!r} is empty in every row", len(frame), "empty column")
+    checked = int(present.sum())
+    # A value seen in one split cannot leak: keep the rows of those that may be in two. Each
+    # leaking value keeps all its rows, in their order, so what follows finds the same leaks.
+    split_codes = textkeys.codes(frame[split_col])
+    candidates = textkeys.spanning(values, np.where(present, split_codes, split_codes.dtype.type(-1)))
+    if candidates is not None:
+        if not candidates.any():
+            return _result(check, partition, _empty_findings(), _empty_pairs(), checked, unchecked)
+        # Column by column: a Series masks Arrow data chunk by chunk, a whole frame would take() it.
+        frame = pd.DataFrame({c: frame[c][candidates] for c in dict.fromkeys([column, split_col, "image_id"])})
+        values = frame[column]
+        present = np.ones(len(frame), dtype=bool)
     vcodes, vuniq = pd.factorize(values[present], sort=False)
     scodes, snames = pd.factorize(frame[split_col][present], sort=True)
     n_splits = len(snames)
@@ -256,7 +272,6 @@ def value_overlap(frame: pd.DataFrame, column: str, *, split_col: str = "split",
     key_of = uniq_combo // n_splits
     splits_per_key = np.bincount(key_of, minlength=len(vuniq))
     leaking = np.flatnonzero(splits_per_key > 1)
-    checked = int(present.sum())
     if len(leaking) == 0:
         return _result(check, partition, _empty_findings(), _empty_pairs(), checked, unchecked)
     # Rows per (leaking key, split) as a dense matrix: leaking keys are few next to all keys.
@@ -838,7 +853,8 @@ def audit(
             stacklevel=2,
         )
     for partition, col in partitions:
-        sub = frame[frame[col].notna()]
+        assigned = frame[col].notna().to_numpy()
+        sub = frame if assigned.all() else frame[assigned]  # no copy of every column when every row has one
         if partition == "fold":
             sub = sub.assign(**{col: "fold " + sub[col].astype("str")})
         for check in wanted:

@@ -22,15 +22,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
-from .errors import InputError, ManifestValidationError, Violation, cut_text, examples_text, short_repr
+from . import __version__, textkeys
+from .errors import InputError, ManifestValidationError, MdprepError, Violation, cut_text, examples_text, short_repr
 from .fileio import atomic_write, is_stdio, stdin_file, stdout_binary
 
 FORMAT = "mdprep-manifest"
@@ -233,7 +233,9 @@ def label_value_violation(column: str, values: np.ndarray) -> Violation | None:
     )
 
 
-def validate_frame(frame: pd.DataFrame, labels: Sequence[str] = (), *, folds: int | None = None) -> list[Violation]:
+def validate_frame(
+    frame: pd.DataFrame, labels: Sequence[str] = (), *, folds: int | None = None, settled: Sequence[str] = ()
+) -> list[Violation]:
     """Check a frame against the manifest contract and return *every* violation.
 
     Nothing is raised here: the caller decides (see :func:`check`). The checks are
@@ -241,6 +243,14 @@ def validate_frame(frame: pd.DataFrame, labels: Sequence[str] = (), *, folds: in
     ``image_id`` values (with examples), label values outside {1, 0, -1, null},
     canonical columns whose values cannot take the canonical type, and ``fold``
     values outside 0..``folds``-1 (below 0 when the fold count is unknown).
+
+    ``settled`` names required columns left out of ``frame`` because they were
+    already found present, of text and without nulls in the file itself (see
+    :func:`read_manifest`); they are not reported missing.
+
+    Text columns are judged without copies: Arrow-backed text is already text, and
+    duplicate ids are found through hashes of the column (:func:`mdprep.textkeys.duplicated`),
+    computed once and shared with the leakage audit.
 
     Examples
     --------
@@ -251,7 +261,7 @@ def validate_frame(frame: pd.DataFrame, labels: Sequence[str] = (), *, folds: in
     """
     out: list[Violation] = []
     present = list(frame.columns)
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns and c not in settled]
     if missing:
         out.append(
             Violation(
@@ -295,6 +305,8 @@ def validate_frame(frame: pd.DataFrame, labels: Sequence[str] = (), *, folds: in
     untyped: set[str] = set()
     for col, arrow_type in CANONICAL_TYPES.items():
         if col in frame.columns and col not in labels:
+            if _is_text(frame[col], arrow_type):
+                continue
             try:
                 arr = _column_to_arrow(frame[col], arrow_type)
             except (pa.ArrowException, TypeError, ValueError) as exc:
@@ -315,7 +327,7 @@ def validate_frame(frame: pd.DataFrame, labels: Sequence[str] = (), *, folds: in
                     typed.append(violation)
     if "image_id" in frame.columns and "image_id" not in untyped:
         ids = frame["image_id"]
-        dup_mask = ids.duplicated(keep=False).to_numpy() & ids.notna().to_numpy()
+        dup_mask = textkeys.duplicated(ids)
         n_dup = int(dup_mask.sum())
         if n_dup:
             dup_ids = pd.unique(ids[dup_mask])
@@ -492,6 +504,33 @@ def order_columns(frame: pd.DataFrame, labels: Iterable[str] = ()) -> pd.DataFra
 
 # --------------------------------------------------------------------------- Arrow conversion
 
+#: The most bytes of text one Arrow ``string`` array holds (32-bit offsets).
+_MAX_STRING_BYTES = (1 << 31) - 1
+
+
+def _is_text(series: pd.Series, arrow_type: pa.DataType) -> bool:
+    """Whether ``series`` is Arrow-backed text that :func:`_column_to_arrow` turns into ``arrow_type`` (``string``) unchanged.
+
+    Such a column needs no conversion to be judged: it converts exactly when its text
+    fits one ``string`` array, which the sizes of its chunks tell without a copy.
+    """
+    if not pa.types.is_string(arrow_type) or not isinstance(series.dtype, (pd.StringDtype, pd.ArrowDtype)):
+        return False
+    if isinstance(series.dtype, pd.StringDtype) and series.dtype.storage != "pyarrow":
+        return False
+    arrow = series.array.__arrow_array__()
+    if not (pa.types.is_string(arrow.type) or pa.types.is_large_string(arrow.type)):
+        return False
+    chunks = arrow.chunks if isinstance(arrow, pa.ChunkedArray) else [arrow]
+    size = 0
+    for chunk in chunks:
+        if len(chunk):
+            offsets = chunk.buffers()[1]
+            width = 8 if pa.types.is_large_string(chunk.type) else 4
+            bounds = np.frombuffer(offsets, dtype=np.int64 if width == 8 else np.int32, count=chunk.offset + len(chunk) + 1)
+            size += int(bounds[-1]) - int(bounds[chunk.offset])
+    return size <= _MAX_STRING_BYTES
+
 
 def _column_to_arrow(series: pd.Series, arrow_type: pa.DataType | None) -> pa.Array:
     arr = pa.array(series, from_pandas=True)
@@ -509,26 +548,40 @@ def _column_to_arrow(series: pd.Series, arrow_type: pa.DataType | None) -> pa.Ar
     return arr
 
 
-def to_arrow(manifest: Manifest) -> pa.Table:
-    """Convert a (valid) manifest to an Arrow table with canonical types and metadata."""
+def _target_type(manifest: Manifest, col: str) -> pa.DataType | None:
+    """The Arrow type the contract gives column ``col`` (None: whatever its values make)."""
+    return LABEL_TYPE if col in manifest.labels else CANONICAL_TYPES.get(col)
+
+
+def to_arrow(manifest: Manifest, *, converted: Mapping[str, pa.Array] | None = None) -> pa.Table:
+    """Convert a (valid) manifest to an Arrow table with canonical types and metadata.
+
+    ``converted`` gives columns already converted (by :func:`write_manifest`).
+    """
     frame = manifest.frame
-    labels = set(manifest.labels)
     arrays, fields = [], []
     for col in frame.columns:
-        if col in labels:
-            target: pa.DataType | None = LABEL_TYPE
+        if converted is not None and col in converted:
+            arr = converted[col]
         else:
-            target = CANONICAL_TYPES.get(col)
-        arr = _column_to_arrow(frame[col], target)
+            arr = _column_to_arrow(frame[col], _target_type(manifest, col))
         arrays.append(arr)
         fields.append(pa.field(str(col), arr.type))
     meta = {METADATA_KEY: json.dumps(manifest.metadata, sort_keys=True, separators=(",", ":")).encode()}
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
 
 
-def frame_from_arrow(table: pa.Table) -> pd.DataFrame:
-    """Arrow to pandas the way every command sees a manifest: nullable integers, dates and lists kept."""
-    return table.replace_schema_metadata(None).to_pandas(types_mapper=_pandas_type)
+def frame_from_arrow(table: pa.Table, *, arrow_text: bool = False) -> pd.DataFrame:
+    """Arrow to pandas the way every command sees a manifest: nullable integers, dates and lists kept.
+
+    ``arrow_text`` keeps text columns as they are in Arrow (``pd.ArrowDtype(pa.string())``)
+    instead of converting them to pandas' ``str`` (which stores 8-byte offsets), for
+    commands that only compare text and hold a very large manifest.
+    """
+    mapper = _pandas_type
+    if arrow_text:
+        mapper = lambda t: pd.ArrowDtype(t) if pa.types.is_string(t) else _pandas_type(t)  # noqa: E731
+    return table.replace_schema_metadata(None).to_pandas(types_mapper=mapper)
 
 
 def _metadata(table: pa.Table, path: str | None) -> tuple[Any, list[Violation]]:
@@ -562,7 +615,7 @@ def _metadata(table: pa.Table, path: str | None) -> tuple[Any, list[Violation]]:
     return meta, metadata_violations(meta)
 
 
-def from_arrow(table: pa.Table, *, path: str | None = None) -> Manifest:
+def from_arrow(table: pa.Table, *, path: str | None = None, arrow_text: bool = False) -> Manifest:
     """Build a :class:`Manifest` from an Arrow table written by :func:`to_arrow`.
 
     Raises :class:`InputError` (``violations``: the broken rules) when the ``mdprep``
@@ -579,7 +632,7 @@ def from_arrow(table: pa.Table, *, path: str | None = None) -> Manifest:
             violations=violations,
         )
     labels, root, history = _salvaged(meta)
-    return Manifest(frame=frame_from_arrow(table), labels=labels, root=root, history=history)
+    return Manifest(frame=frame_from_arrow(table, arrow_text=arrow_text), labels=labels, root=root, history=history)
 
 
 # --------------------------------------------------------------------------- files
@@ -593,29 +646,80 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike | BinaryIO) -> No
     writes nothing when the manifest breaks the contract.
     """
     check(manifest)
-    write_table(to_arrow(manifest), path)
+    if len(manifest.frame) <= ROW_GROUP_ROWS:
+        write_table(to_arrow(manifest), path)
+        return
+    # Row group by row group: only one row group's Arrow copy exists at a time. Columns
+    # without a contract type are converted whole first, so every row group infers the same type.
+    frame = manifest.frame
+    whole = {col: _column_to_arrow(frame[col], None) for col in frame.columns if _target_type(manifest, col) is None}
+    pieces = (
+        to_arrow(replace(manifest, frame=frame.iloc[start : start + ROW_GROUP_ROWS]), converted={c: a.slice(start, ROW_GROUP_ROWS) for c, a in whole.items()})
+        for start in range(0, len(frame), ROW_GROUP_ROWS)
+    )
+    _write_parts(pieces, path)
+
+
+#: Rows per Parquet row group of every file mdprep writes.
+ROW_GROUP_ROWS = 1 << 20
 
 
 def write_table(table: pa.Table, path: str | os.PathLike | BinaryIO) -> None:
     """Write any Arrow table deterministically (zstd, fixed row groups); atomically to a path, ``-`` for stdout."""
-    options = dict(compression="zstd", row_group_size=1 << 20)
+    _write_parts(iter([table]), path)
+
+
+def _write_parts(tables: Iterator[pa.Table], path: str | os.PathLike | BinaryIO) -> None:
+    """Write ``tables`` (each at most one row group, but for a lone table) as one Parquet file, as :func:`pyarrow.parquet.write_table` would write them concatenated.
+
+    Each table is let go once written, so a manifest written in pieces holds one piece at a time.
+    """
+    options = dict(compression="zstd")
+
+    def write(sink) -> None:
+        table = next(tables)
+        following = next(tables, None)
+        if following is None:  # a lone table: the plain writer, which splits it into row groups itself
+            pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **options)
+            return
+        with pq.ParquetWriter(sink, table.schema, **options) as writer:
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            table = following
+            following = None
+            while table is not None:
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                table = None
+                pa.default_memory_pool().release_unused()
+                table = next(tables, None)
+
     if is_stdio(path):
         path = stdout_binary()
     if hasattr(path, "write"):
-        pq.write_table(table, path, **options)
+        write(path)
         if hasattr(path, "flush"):
             path.flush()
         return
     with atomic_write(path) as tmp:
-        pq.write_table(table, tmp, **options)
+        write(tmp)
 
 
-def read_manifest(path: str | os.PathLike, *, validate_contract: bool = True, columns: Sequence[str] | None = None) -> Manifest:
+def read_manifest(
+    path: str | os.PathLike,
+    *,
+    validate_contract: bool = True,
+    columns: Sequence[str] | None = None,
+    check_only: Sequence[str] = (),
+    arrow_text: bool = False,
+) -> Manifest:
     """Read a manifest written by mdprep, validating the contract unless told not to.
 
     ``columns`` reads only those columns (those absent are ignored), for commands
-    that need a few columns of a large manifest. ``-`` reads standard input
-    (:func:`mdprep.fileio.stdin_file`).
+    that need a few columns of a large manifest. ``check_only`` names required columns
+    among them that the caller needs validated but not loaded (``path`` for the leakage
+    audit): such a column is left out of the frame when the file itself shows it valid
+    (stored as text, and no nulls in the statistics of any row group), and read like the
+    others when it does not. ``arrow_text`` keeps text as Arrow strings (see
+    :func:`frame_from_arrow`). ``-`` reads standard input (:func:`mdprep.fileio.stdin_file`).
 
     Examples
     --------
@@ -627,13 +731,68 @@ def read_manifest(path: str | os.PathLike, *, validate_contract: bool = True, co
     ['p1']
     """
     spath = os.fspath(path)
-    manifest = from_arrow(_read_table(spath, columns), path=spath)
+    settled: list[str] = []
+    if columns is not None and validate_contract and check_only:
+        settled = _settled_in_file(spath, [c for c in REQUIRED_COLUMNS if c in check_only and c in columns])
+        columns = [c for c in columns if c not in settled]
+    manifest = from_arrow(_read_table(spath, columns), path=spath, arrow_text=arrow_text)
+    pa.default_memory_pool().release_unused()  # the Arrow table that became the frame
     if columns is not None:
         # Only the columns asked for: labels that were left out are not part of this view.
         manifest = replace(manifest, labels=tuple(l for l in manifest.labels if l in manifest.frame.columns))
     if validate_contract:
-        check(manifest, path=spath)
+        violations = validate_frame(manifest.frame, manifest.labels, folds=recorded_folds(manifest.history), settled=settled)
+        if violations:
+            raise ManifestValidationError(violations, path=spath)
     return manifest
+
+
+def manifest_columns(path: str | os.PathLike) -> list[str] | None:
+    """The column names of the Parquet file at ``path`` ('-': standard input), or None when it cannot be read.
+
+    >>> import pandas as pd, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.parquet")
+    >>> write_manifest(Manifest(pd.DataFrame({"image_id": ["a"], "path": ["a.png"], "patient_id": ["p1"]})), p)
+    >>> manifest_columns(p)
+    ['image_id', 'path', 'patient_id']
+    """
+    spath = os.fspath(path)
+    try:
+        source = stdin_file() if is_stdio(spath) else spath
+        return pq.read_schema(source).names
+    except (pa.ArrowException, OSError, ValueError, MdprepError):  # read_manifest says why
+        return None
+
+
+def _settled_in_file(spath: str, wanted: Sequence[str]) -> list[str]:
+    """The required columns among ``wanted`` that the file shows valid without reading them.
+
+    A column is settled when every required column is in the file, this one is stored as
+    ``string`` and the Parquet statistics of every row group count its nulls as zero. The
+    others are read and validated as usual (and so are all of them when the file cannot be
+    inspected here: :func:`_read_table` then says why).
+    """
+    if not wanted:
+        return []
+    source = stdin_file() if is_stdio(spath) else spath
+    try:
+        with pq.ParquetFile(source) as parquet:
+            meta, schema = parquet.metadata, parquet.schema_arrow
+    except (pa.ArrowException, OSError, ValueError):
+        return []
+    if any(c not in schema.names for c in REQUIRED_COLUMNS):
+        return []
+    out = []
+    for name in wanted:
+        if len(schema.get_all_field_indices(name)) != 1 or not schema.field(name).type.equals(pa.string()):
+            continue
+        leaf = [i for i in range(meta.num_columns) if meta.schema.column(i).path == name]
+        if len(leaf) != 1:
+            continue
+        stats = [meta.row_group(g).column(leaf[0]).statistics for g in range(meta.num_row_groups)]
+        if all(st is not None and st.has_null_count and st.null_count == 0 for st in stats):
+            out.append(name)
+    return out
 
 
 def _read_table(spath: str, columns: Sequence[str] | None = None) -> pa.Table:
@@ -642,11 +801,25 @@ def _read_table(spath: str, columns: Sequence[str] | None = None) -> pa.Table:
     if not os.path.exists(source):
         raise InputError(f"manifest {spath!r} does not exist; check the path or create it with `mdprep ingest`", path=spath)
     try:
+        parquet = None
         if columns is not None:
+            try:
+                parquet = pq.ParquetFile(source)
+            except (pa.ArrowException, OSError, ValueError):
+                pass  # read_table below says why, in the words people know
+        if parquet is not None:
+            # A few columns of a large manifest: row group by row group, which needs less memory on the way.
+            with parquet:
+                present = set(parquet.schema_arrow.names)
+                wanted = [c for c in dict.fromkeys(columns) if c in present]
+                groups = [parquet.read_row_group(i, columns=wanted) for i in range(parquet.num_row_groups)]
+                table = pa.concat_tables(groups) if groups else parquet.schema_arrow.empty_table().select(wanted)
+        elif columns is not None:
             present = set(pq.read_schema(source).names)
             table = pq.read_table(source, columns=[c for c in dict.fromkeys(columns) if c in present])
         else:
             table = pq.read_table(source)
+        pa.default_memory_pool().release_unused()  # the decoding buffers, held by the allocator otherwise
         # Parquet readers trust the bytes: a damaged page can give text that is not UTF-8. Check it all once.
         table.validate(full=True)
         return table

@@ -69,6 +69,8 @@ def _positives(y: Any) -> np.ndarray:
         valid = codes >= 0
         out[np.flatnonzero(valid), codes[valid]] = True
         return out
+    if arr.dtype == bool:  # already indicators (split_manifest's matrix): no float copy
+        return arr
     return np.asarray(arr, dtype="float64") == 1
 
 
@@ -146,7 +148,8 @@ def iterative_group_assignment(
     parts = list(range(k))
     # Each group's labels as (label, positives) pairs: groups carry few labels each.
     gi, li = np.nonzero(counts)
-    pairs = list(zip(li.tolist(), counts[gi, li].tolist()))
+    # Two flat lists of small ints rather than a tuple per pair: a few bytes per pair, not 64.
+    pair_label, pair_count = li.tolist(), counts[gi, li].tolist()
     bounds = np.searchsorted(gi, np.arange(n_groups + 1)).tolist()
     size_list = sizes.tolist()
     priority = rng.permutation(n_groups)
@@ -174,7 +177,7 @@ def iterative_group_assignment(
             rel = [need[j][label] * inv_l[j] for j in parts]
             top = max(rel)
             cands = [j for j in parts if rel[j] >= top - c_l * inv_l[j]]
-            mine = pairs[bounds[g] : bounds[g + 1]]
+            mine = list(zip(pair_label[bounds[g] : bounds[g + 1]], pair_count[bounds[g] : bounds[g + 1]]))
             if len(cands) > 1:
                 n_g = size_list[g]
                 scores = []
@@ -208,10 +211,15 @@ def iterative_group_assignment(
 def _group_codes(groups: Any) -> tuple[np.ndarray, int]:
     if groups is None:
         raise UsageError("groups are required: pass the patient id of every row (groups=...)")
-    values = groups if isinstance(groups, (pd.Series, pd.Index)) else np.asarray(groups, dtype=object)
+    if isinstance(groups, (pd.Series, pd.Index)):
+        values = groups
+    else:
+        values = np.asarray(groups)
+        if values.dtype.kind not in "iu":  # integer codes (from split_manifest) sort as they are; others as Python objects
+            values = np.asarray(groups, dtype=object)
     # Hash first, then sort only the distinct values: codes follow the sorted group ids.
     codes, uniques = pd.factorize(values)
-    order = np.argsort(np.asarray(uniques, dtype=object), kind="stable")
+    order = np.argsort(uniques if isinstance(uniques, np.ndarray) and uniques.dtype.kind in "iu" else np.asarray(uniques, dtype=object), kind="stable")
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
     codes = np.where(codes >= 0, rank[np.maximum(codes, 0)], -1)
@@ -695,7 +703,8 @@ def _stratification_matrix(frame: pd.DataFrame, labels: Sequence[str], by: Seque
     Categories follow their sorted order (a binned column: its bins in order); null
     values are one more category, ``missing``, last.
     """
-    blocks = [frame[list(labels)].to_numpy(dtype="float64", na_value=np.nan) == 1] if labels else []
+    # Label by label: one float column at a time, not a float copy of every label at once.
+    blocks = [np.column_stack([frame[l].to_numpy(dtype="float64", na_value=np.nan) == 1 for l in labels])] if labels else []
     names = list(labels)
     for col, values in by:
         codes, cats = pd.factorize(values, sort=True)
@@ -830,7 +839,9 @@ def split_manifest(
             MdprepWarning,
             stacklevel=2,
         )
-    codes, uniques = pd.factorize(group_values.to_numpy(), sort=True)
+    # On the Arrow text itself (no Python string per row); the distinct ids become Python strings, as before.
+    codes, uniques = pd.factorize(group_values, sort=True)
+    uniques = np.asarray(uniques, dtype=object)
     if missing.any():  # as messages show them
         uniques = np.array([f"row {u[5:]} (no {group})" if u.startswith("\x00row:") else u for u in uniques.tolist()], dtype=object)
     if max_component is not None and not link_list:
@@ -856,7 +867,7 @@ def split_manifest(
     kept_folds = _usable_folds(frame, folds) if keep_existing and folds is not None else None
     positives, strat_names = _stratification_matrix(frame, labels, [(st.column, values) for st, values in strata])
 
-    out = frame.copy()
+    out = frame.copy(deep=False)  # copy-on-write: the columns added or changed below never touch the input
     split_q = fold_q = None
     eligible = np.ones(len(frame), dtype=bool)
     if ratios is not None:

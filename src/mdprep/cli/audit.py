@@ -11,6 +11,7 @@ from rich.table import Table
 from ..audit import (
     ALL_CHECKS,
     DESCRIPTIONS,
+    GROUPING_COLUMNS,
     PERSON_COLUMNS,
     VALUE_CHECKS,
     WARNING_CHECKS,
@@ -25,7 +26,7 @@ from ..audit import (
 )
 from ..fileio import check_outputs, file_fingerprint, write_text
 from ..hashing import HASH_COLUMNS, hash_manifest
-from ..manifest import REQUIRED_COLUMNS, read_manifest, write_manifest
+from ..manifest import REQUIRED_COLUMNS, manifest_columns, read_manifest, write_manifest
 from ..pseudonyms import check_same_key, load_path_map
 from ._ui import file_progress, print_table
 from ._options import check_incremental, comma_list, incremental_options, scheduler_options
@@ -187,6 +188,34 @@ def audit_leakage(manifests, **options):
     click.get_current_context().exit(run_audit(manifests, **options))
 
 
+def _read_for_audit(path, columns, lean, split_col):
+    """One manifest as the audit needs it.
+
+    When the file has what the audit requires (``image_id``, and the split column of a
+    single manifest), only the ``lean`` columns that the checks look at are read and
+    validated, ``path``, which no check reads, is validated in the file when its
+    statistics allow, and text stays in Arrow (:func:`mdprep.manifest.read_manifest`).
+    Otherwise all ``columns`` are read, so that the error names the columns present.
+    """
+    names = manifest_columns(path)
+    if names is not None and "image_id" in names and (split_col is None or split_col in names):
+        return read_manifest(path, columns=lean, check_only=["path"], arrow_text=True)
+    return read_manifest(path, columns=columns)
+
+
+def _check_columns(checks, person_columns, time_col) -> list[str]:
+    """The columns the checks named (every check when None) may look at; the audit reads no others."""
+    wanted = ALL_CHECKS if checks is None else checks
+    columns = [VALUE_CHECKS[c] for c in wanted if c in VALUE_CHECKS]
+    if checks is None or "patient_overlap" in wanted:
+        columns += list(GROUPING_COLUMNS)  # a degenerate grouping is told by study_id and series_uid
+    if checks is None or "near_duplicate" in wanted:
+        columns.append("phash")
+    if checks is None or "same_person" in wanted:
+        columns += list(person_columns)
+    return columns + ([time_col] if time_col else [])
+
+
 def run_audit(manifests, names, split_col, group, checks, fail_on, require, allow_path, threshold, person_cols, time_col, temporal, train_split, json_path, junit_path, markdown_path, suggest, quiet) -> int:
     """Load the manifests, run the audit, write the reports, print the summary; return the exit code."""
     person_columns = comma_list([person_cols])
@@ -204,7 +233,8 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, require, allo
         # Dates were given but the split is not by time: report early images, do not fail on them.
         gate = [c for c in ALL_CHECKS if c not in WARNING_CHECKS and c != "temporal"]
     columns = list(dict.fromkeys([*REQUIRED_COLUMNS, split_col, "fold", group, *VALUE_CHECKS.values(), *HASH_COLUMNS, *person_columns, *( [time_col] if time_col else [])]))
-    loaded = [read_manifest(p, columns=columns) for p in manifests]
+    lean = [c for c in columns if c in {*REQUIRED_COLUMNS, split_col, "fold", group, *_check_columns(check_list, person_columns, time_col)}]
+    loaded = [_read_for_audit(p, columns, lean, split_col if len(manifests) == 1 else None) for p in manifests]
     inputs = [{**file_fingerprint(p), "rows": len(m.frame)} for p, m in zip(manifests, loaded)]
     check_same_key(loaded, list(manifests))
     if len(loaded) == 1:

@@ -1,0 +1,147 @@
+"""Audit and split at scale: whole processes on synthetic NIH-like manifests of 100k to 10M rows.
+
+    python bench/bench_scale.py [--sizes 100000 1000000 3000000 10000000] [--repeat 3] [--base SRC]
+
+1. ``mdprep audit-leakage M.parquet --checks image_overlap,patient_overlap,study_overlap -q``
+   against, on the same Parquet file and in the same run (interleaved, medians):
+   * DuckDB: ``SELECT col FROM 'M.parquet' GROUP BY col HAVING count(DISTINCT split) > 1``
+     for image_id, patient_id and study_id, in one process;
+   * pandas: ``read_parquet`` of the four columns, then ``groupby(col)["split"].nunique() > 1``.
+   Each is a fresh process: wall time and peak resident memory (``wait4``'s ``ru_maxrss``).
+2. ``mdprep split M.parquet --ratios 0.7,0.1,0.2 -o OUT`` at 3M rows: the whole process
+   against the library call (``split_manifest`` alone, timed inside a process that has read
+   the manifest), and the CLI's peak memory per million rows.
+
+``--base SRC`` also runs the commands with another mdprep source tree (an older commit) on
+``PYTHONPATH``. Needs the bench extra (DuckDB): pip install -e '.[bench]'. The manifests come
+from bench/scale_data.py, cached in bench/.cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import median  # noqa: E402
+from scale_data import manifest_path  # noqa: E402
+
+SRC = HERE.parent / "src"
+CHECKS = "image_overlap,patient_overlap,study_overlap"
+COLUMNS = ("image_id", "patient_id", "study_id")
+DUCKDB = """
+import sys, duckdb
+con = duckdb.connect()
+for col in {columns!r}:
+    con.sql(f"SELECT {{col}} FROM '{{sys.argv[1]}}' GROUP BY {{col}} HAVING count(DISTINCT split) > 1").fetchall()
+""".format(columns=COLUMNS)
+PANDAS = """
+import sys, pandas as pd
+f = pd.read_parquet(sys.argv[1], columns=[*{columns!r}, "split"])
+for col in {columns!r}:
+    n = f.groupby(col)["split"].nunique()
+    n[n > 1].index.tolist()
+""".format(columns=COLUMNS)
+SPLIT_LIBRARY = """
+import sys, time, warnings
+warnings.simplefilter("ignore")
+from mdprep.manifest import read_manifest
+from mdprep.splitting import split_manifest
+m = read_manifest(sys.argv[1])
+start = time.perf_counter()
+split_manifest(m, ratios=(0.7, 0.1, 0.2), seed=0)
+print(time.perf_counter() - start)
+"""
+
+
+def run(cmd: list[str], src: Path = SRC) -> tuple[float, float, str]:
+    """Wall seconds, peak resident MB and standard output of one fresh process."""
+    env = dict(os.environ, PYTHONPATH=str(src))
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"{cmd} exited {proc.returncode}")
+    return seconds, usage.ru_maxrss / 1024, out
+
+
+def audit_curve(sizes: list[int], repeat: int, base: Path | None) -> list[dict]:
+    rows = []
+    for n in sizes:
+        path = str(manifest_path(n))
+        contenders = {
+            "mdprep audit-leakage": ([sys.executable, "-m", "mdprep", "audit-leakage", path, "--checks", CHECKS, "-q"], SRC),
+            "DuckDB": ([sys.executable, "-c", DUCKDB, path], SRC),
+            "pandas": ([sys.executable, "-c", PANDAS, path], SRC),
+        }
+        if base is not None:
+            contenders["mdprep audit-leakage (base)"] = (contenders["mdprep audit-leakage"][0], base)
+        samples: dict[str, list[tuple[float, float]]] = {k: [] for k in contenders}
+        for _ in range(repeat):  # interleaved: A, B, C, A, B, C, ...
+            for name, (cmd, src) in contenders.items():
+                seconds, mb, _ = run(cmd, src)
+                samples[name].append((seconds, mb))
+        for name, got in samples.items():
+            rows.append({"rows": n, "what": name, "seconds": median([s for s, _ in got]), "peak_mb": max(m for _, m in got)})
+    return rows
+
+
+def split_at(n: int, repeat: int, base: Path | None) -> list[dict]:
+    path = str(manifest_path(n))
+    rows = []
+    trees = {"mdprep": SRC, **({"mdprep (base)": base} if base is not None else {})}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "split.parquet")
+        samples: dict[str, dict[str, list]] = {k: {"cli": [], "lib": [], "mb": []} for k in trees}
+        for _ in range(repeat):
+            for name, src in trees.items():
+                seconds, mb, _ = run([sys.executable, "-m", "mdprep", "split", path, "--ratios", "0.7,0.1,0.2", "-o", out, "-q"], src)
+                samples[name]["cli"].append(seconds)
+                samples[name]["mb"].append(mb)
+                _, _, printed = run([sys.executable, "-c", SPLIT_LIBRARY, path], src)
+                samples[name]["lib"].append(float(printed.strip().splitlines()[-1]))
+        for name, got in samples.items():
+            cli, lib, mb = median(got["cli"]), median(got["lib"]), max(got["mb"])
+            rows.append({"rows": n, "what": name, "cli_s": cli, "library_s": lib, "ratio": cli / lib, "peak_mb": mb, "mb_per_million": mb / (n / 1e6)})
+    return rows
+
+
+def markdown(audit: list[dict], split: list[dict]) -> str:
+    lines = ["| rows | process | seconds (median) | peak memory | vs DuckDB (time, memory) |", "|---:|---|---:|---:|---|"]
+    duck = {r["rows"]: r for r in audit if r["what"] == "DuckDB"}
+    for r in audit:
+        d = duck[r["rows"]]
+        lines.append(
+            f"| {r['rows']:,} | {r['what']} | {r['seconds']:.2f} s | {r['peak_mb']:,.0f} MB | "
+            f"{r['seconds'] / d['seconds']:.2f}x, {r['peak_mb'] / d['peak_mb']:.2f}x |"
+        )
+    lines += ["", "| rows | mdprep | `mdprep split` process | `split_manifest` alone | CLI / library | peak memory (CLI) | per million rows |", "|---:|---|---:|---:|---:|---:|---:|"]
+    for r in split:
+        lines.append(
+            f"| {r['rows']:,} | {r['what']} | {r['cli_s']:.2f} s | {r['library_s']:.2f} s | {r['ratio']:.2f}x | {r['peak_mb']:,.0f} MB | {r['mb_per_million']:,.0f} MB |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 3_000_000, 10_000_000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--split-rows", type=int, default=3_000_000)
+    parser.add_argument("--base", type=Path, help="another mdprep src/ folder to run beside this one")
+    args = parser.parse_args(argv)
+    return markdown(audit_curve(args.sizes, args.repeat, args.base), split_at(args.split_rows, args.repeat, args.base))
+
+
+if __name__ == "__main__":
+    print(main())

@@ -1,0 +1,302 @@
+"""Exact questions about large text columns, answered through hashes of their Arrow bytes.
+
+Which rows repeat a value (``image_id`` must be unique)? Which values occur in more than
+one split (the leakage audit)? Asked of ten million strings, both are hash-table work on
+text, which is slow in pandas and in Arrow alike. Here every value of an Arrow-backed text
+column is hashed once, with numpy, straight from its Arrow buffers (no Python strings), and
+the questions are asked of the integers:
+
+* equal values always have equal hashes, so rows whose hash is not repeated (or does not
+  occur in two parts) are settled: they cannot repeat a value (or leak);
+* the few rows left, the *candidates*, are a superset of the answer, and the caller
+  settles them on their text with the exact pandas operation it always used.
+
+The answers are therefore exact; the hashes only decide how little text must be compared.
+A hash collision costs a few more candidates, never a wrong answer.
+
+The hashes of a column backed by an immutable Arrow array are kept while that array lives,
+so the contract's duplicate check and the audit's checks share one pass over each column.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+#: Rows from which a column is hashed rather than handled by pandas directly.
+MIN_ROWS = 1 << 16
+_M1 = np.uint64(0xFF51AFD7ED558CCD)
+_M2 = np.uint64(0xC4CEB9FE1A85EC53)
+_K = np.uint64(0x9E3779B97F4A7C15)
+_S33 = np.uint64(33)
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+#: Rows hashed at a time.
+_PIECE = 1 << 17
+#: Up to this many rows, 32 bits of hash leave few false candidates (about n**2 / 2**33).
+_ROWS_FOR_32_BITS = 50_000_000
+
+
+def _mix(h: np.ndarray) -> None:
+    """MurmurHash3's 64-bit finaliser, in place."""
+    h ^= h >> _S33
+    h *= _M1
+    h ^= h >> _S33
+    h *= _M2
+    h ^= h >> _S33
+
+
+def _text_arrow(values: Any) -> pa.Array | pa.ChunkedArray | None:
+    """The Arrow array behind a text column (string or large_string), or None when it is not one."""
+    if isinstance(values, pd.Series):
+        values = values.array
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        arrow = values
+    elif hasattr(values, "__arrow_array__") and isinstance(getattr(values, "dtype", None), (pd.StringDtype, pd.ArrowDtype)):
+        arrow = values.__arrow_array__()
+    else:
+        return None
+    if not (pa.types.is_string(arrow.type) or pa.types.is_large_string(arrow.type)):
+        return None
+    return arrow
+
+
+def _chunk_keys(chunk: pa.Array, bits: int) -> np.ndarray:
+    """The hash of every value of one chunk, as ``bits``-bit keys (the high bits of :func:`_chunk_hash`)."""
+    h = _chunk_hash(chunk)
+    return (h >> np.uint64(32)).astype(np.uint32) if bits == 32 else h
+
+
+def _chunk_hash(chunk: pa.Array) -> np.ndarray:
+    """A 64-bit hash of every value of one string or large_string chunk (nulls: any value)."""
+    n = len(chunk)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    _, offsets_buf, data_buf = chunk.buffers()
+    offset_type = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+    offsets = np.frombuffer(offsets_buf, dtype=offset_type, count=chunk.offset + n + 1)[chunk.offset :].astype(np.int64)
+    start, end = int(offsets[0]), int(offsets[-1])
+    data = np.frombuffer(data_buf, dtype=np.uint8, count=end) if data_buf is not None and end else np.zeros(0, np.uint8)
+    if end < 8:  # too short for one 8-byte load: pad a copy
+        data = np.concatenate([data, np.zeros(8, np.uint8)])
+    # Every 8-byte window of the data, one byte apart: load k of a value is window[start + 8k].
+    window = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
+    last = len(data) - 8
+    begin = offsets[:-1]
+    length = offsets[1:] - begin
+    h = (length.astype(np.uint64) + np.uint64(1)) * _K
+    fixed = n > 1 and bool((length == length[0]).all())
+    rows = None  # the rows still having bytes to hash (None: all)
+    k = 0
+    while True:
+        rem = length - 8 * k if rows is None else length[rows] - 8 * k
+        more = rem > 0
+        if not more.all():
+            rows = np.flatnonzero(more) if rows is None else rows[more]
+            rem = rem[more]
+            if not len(rows):
+                break
+        pos = (begin if rows is None else begin[rows]) + 8 * k
+        if fixed and rows is None and int(pos[-1]) <= last:
+            # Values of one length: a strided view instead of a gather.
+            word = np.ndarray((n,), dtype="<u8", buffer=data, offset=start + 8 * k, strides=(int(length[0]),)).copy()
+        else:
+            clipped = np.minimum(pos, last)
+            word = window[clipped]
+            word >>= ((pos - clipped) * 8).astype(np.uint64)  # a load moved back from the end: drop the bytes before
+        short = rem < 8
+        if short.any():
+            word &= np.where(short, (np.uint64(1) << (np.minimum(rem, 7).astype(np.uint64) * np.uint64(8))) - np.uint64(1), _ALL)
+        if rows is None:
+            h ^= word
+            _mix(h)
+        else:
+            part = h[rows] ^ word
+            _mix(part)
+            h[rows] = part
+        k += 1
+    _mix(h)
+    return h
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class _Hashed:
+    """The hash of every row of one text column, as 32- or 64-bit keys, and its null mask."""
+
+    __slots__ = ("keys", "null", "bits", "duplicates")
+
+    def __init__(self, arrow: pa.Array | pa.ChunkedArray) -> None:
+        # Pieces of at most _PIECE rows (zero-copy slices): small temporaries, and work for every core.
+        chunks = [
+            c.slice(i, _PIECE)
+            for c in (arrow.chunks if isinstance(arrow, pa.ChunkedArray) else [arrow])
+            for i in range(0, max(len(c), 1), _PIECE)
+        ]
+        n = len(arrow)
+        self.bits = 32 if n < _ROWS_FOR_32_BITS else 64
+        if len(chunks) > 1 and n >= 4 * MIN_ROWS:
+            # numpy releases the GIL in its loops: the chunks hash on every core.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(_cores()) as pool:
+                keys = list(pool.map(_chunk_keys, chunks, [self.bits] * len(chunks)))
+        else:
+            keys = [_chunk_keys(c, self.bits) for c in chunks]
+        self.keys = np.concatenate(keys) if keys else np.zeros(0, np.uint32 if self.bits == 32 else np.uint64)
+        del keys
+        self.null = np.concatenate([c.is_null().to_numpy(zero_copy_only=False) for c in chunks]) if chunks else np.zeros(0, bool)
+        self.duplicates: np.ndarray | None = None
+
+
+#: id(Arrow array) -> its hashes, dropped when the array is (Arrow arrays are immutable).
+_CACHE: dict[int, _Hashed] = {}
+
+
+def _hashed(values: Any) -> _Hashed | None:
+    arrow = _text_arrow(values)
+    if arrow is None or len(arrow) < MIN_ROWS:
+        return None
+    key = id(arrow)
+    found = _CACHE.get(key)
+    if found is None:
+        found = _Hashed(arrow)
+        try:
+            weakref.finalize(arrow, _CACHE.pop, key, None)
+        except TypeError:  # not weak-referenceable: nothing to share it with
+            return found
+        _CACHE[key] = found
+    return found
+
+
+def _isin(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Whether each key is one of the (few, distinct) ``wanted`` keys: one hash-table probe per key."""
+    return pd.Series(keys, copy=False).isin(wanted).to_numpy()
+
+
+#: id(Arrow array) -> its part codes, dropped with the array.
+_CODES: dict[int, np.ndarray] = {}
+
+
+def codes(values: pd.Series) -> np.ndarray:
+    """The codes of ``pd.factorize(values, sort=True)`` (-1 for null), computed once per Arrow-backed column.
+
+    For a column of few distinct values (a split column, read by every check): each Arrow
+    chunk is dictionary-encoded on its own and its small dictionary mapped to the sorted
+    distinct values, so no step costs more than one small integer per row.
+
+    >>> codes(pd.Series(["test", "train", None, "test"])).tolist()
+    [0, 1, -1, 0]
+    """
+    arrow = _text_arrow(values)
+    if arrow is None or len(arrow) < MIN_ROWS:
+        return pd.factorize(values, sort=True)[0]
+    key = id(arrow)
+    found = _CODES.get(key)
+    if found is None:
+        found = _sorted_codes(arrow)
+        if found is None:
+            return pd.factorize(values, sort=True)[0]
+        try:
+            weakref.finalize(arrow, _CODES.pop, key, None)
+        except TypeError:
+            return found
+        _CODES[key] = found
+    return found
+
+
+def _sorted_codes(arrow: pa.Array | pa.ChunkedArray, most: int = 32767) -> np.ndarray | None:
+    """Codes of the sorted distinct values of a text column, or None when it has more than ``most`` of them."""
+    local, dictionaries = [], []
+    for chunk in arrow.chunks if isinstance(arrow, pa.ChunkedArray) else [arrow]:
+        encoded = chunk.dictionary_encode()
+        names = encoded.dictionary.to_pylist()
+        if len(names) > most:
+            return None
+        # This chunk's codes as small integers at once (null: one past its dictionary), so the Arrow indices go.
+        indices = encoded.indices.fill_null(len(names)).to_numpy(zero_copy_only=False).astype(np.int16)
+        local.append(indices)
+        dictionaries.append(names)
+    names = sorted({v for d in dictionaries for v in d})
+    if len(names) > most:
+        return None
+    dtype = np.int8 if len(names) < 127 else np.int16
+    rank = {v: i for i, v in enumerate(names)}
+    out = [np.array([rank[v] for v in d] + [-1], dtype=dtype)[i] for i, d in zip(local, dictionaries)]
+    return np.concatenate(out) if out else np.zeros(0, dtype)
+
+
+def duplicated(values: pd.Series) -> np.ndarray:
+    """Rows whose non-null value occurs more than once: ``values.duplicated(keep=False) & values.notna()``.
+
+    Exact; a column of at least :data:`MIN_ROWS` Arrow-backed strings is answered through
+    its hashes (see the module docstring), anything else by pandas directly.
+
+    >>> s = pd.Series(["a", "b", None, "a", None])
+    >>> duplicated(s).tolist()
+    [True, False, False, True, False]
+    """
+    hashed = _hashed(values)
+    if hashed is None:
+        return values.duplicated(keep=False).to_numpy() & values.notna().to_numpy()
+    if hashed.duplicates is None:
+        keys = hashed.keys[~hashed.null] if hashed.null.any() else hashed.keys
+        ordered = np.sort(keys)
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        mask = np.zeros(len(values), dtype=bool)
+        if len(repeated):
+            candidates = _isin(hashed.keys, repeated) & ~hashed.null
+            # A mask filters Arrow data chunk by chunk; positions (iloc) would concatenate the chunks first.
+            sub = values[candidates]
+            mask[np.flatnonzero(candidates)[sub.duplicated(keep=False).to_numpy()]] = True
+        hashed.duplicates = mask
+    return hashed.duplicates.copy()
+
+
+def spanning(values: pd.Series, parts: np.ndarray) -> np.ndarray | None:
+    """Rows whose value may occur in more than one part (a superset), or None to look at every row.
+
+    ``parts`` holds each row's part (split) as an integer, -1 for none; rows with a null
+    value or no part are never candidates. Every row of a value that occurs in two parts is
+    a candidate; the caller settles the candidates exactly. None when ``values`` is not a
+    large Arrow-backed text column.
+
+    >>> s = pd.Series(["p1", "p2", "p1", "p3"] * 20000)
+    >>> rows = spanning(s, np.array([0, 1, 1, 1] * 20000))
+    >>> sorted(set(s[rows]))
+    ['p1']
+    """
+    hashed = _hashed(values)
+    if hashed is None:
+        return None
+    keep = ~hashed.null & (parts >= 0)
+    if hashed.duplicates is not None and not hashed.duplicates.any():
+        return np.zeros(len(parts), dtype=bool)  # every value occurs once: in one part at most
+    n_parts = int(parts.max()) + 1 if len(parts) else 0
+    part_bits = max(1, (max(n_parts, 2) - 1).bit_length())
+    if part_bits > hashed.bits - 16:
+        return None
+    dtype = np.uint32 if hashed.bits == 32 else np.uint64
+    low = dtype((1 << part_bits) - 1)
+    if keep.all():
+        combined = (hashed.keys & ~low) | parts.astype(dtype)
+    else:
+        combined = (hashed.keys[keep] & ~low) | parts[keep].astype(dtype)
+    combined.sort()
+    # Neighbours of one hash (equal high bits) in two parts (different low bits): 0 < a ^ b <= low.
+    step = combined[1:] ^ combined[:-1]
+    across = (step != 0) & (step <= low)
+    del step
+    leaking = np.unique(combined[1:][across] >> dtype(part_bits))
+    if not len(leaking):
+        return np.zeros(len(parts), dtype=bool)
+    return _isin(hashed.keys >> dtype(part_bits), leaking) & keep
