@@ -1,9 +1,9 @@
 """Start-up and whole-process split: what a person waits for between Enter and the prompt.
 
-Every number is a whole process (interpreter start, imports, work, exit), timed from
-the parent, the runs of all variants interleaved (A, B, C, A, B, C, ...) so that a
-noisy machine slows each alike; the medians are reported, with each process's peak
-resident memory (``os.wait4``).
+Every number is a whole process (interpreter start, imports, work, exit), from spawn
+to exit, the runs of all variants interleaved (A, B, C, A, B, C, ...) so that a noisy
+machine slows each alike; the medians are reported, with each process's peak resident
+memory (``os.wait4``).
 
 * Start-up: ``mdprep --help``, ``mdprep --version`` and ``mdprep COMMAND --help`` for
   every command, beside ``python -c pass`` and ``python -c "import pandas"``.
@@ -28,7 +28,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from _common import median, real_table
@@ -175,7 +174,7 @@ def split(repeat: int, baseline: str | None = None) -> dict:
 
 
 def run(repeat: int = 15, baseline: str | None = None) -> dict:
-    return {"repeat": repeat, "startup": startup(repeat, baseline), "split": split(max(3, repeat // 3), baseline)}
+    return {"repeat": repeat, "startup": startup(repeat, baseline), "split": split(max(5, repeat // 3), baseline)}
 
 
 def markdown(result: dict) -> str:
