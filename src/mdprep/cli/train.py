@@ -116,9 +116,11 @@ def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_sp
     provenance = {"manifest": _content(manifest), "weights": [_content(w) for w in weights_path]}
     real_paths = load_path_map(path_map) if path_map else None
     console = _animate(quiet)
+    progress = None
     if console:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) if console else None
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
     state = {"task": None, "epoch": 1}
 
     def on_batch(step, total):
