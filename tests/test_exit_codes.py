@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import importlib
 
 import pytest
 
@@ -11,8 +10,8 @@ from mdprep.cli import main
 from mdprep.cli._ui import EXIT_BAD_INPUT, EXIT_INTERNAL
 from mdprep.synthetic import write_nih_table
 
-# The package's `ingest` attribute is the click group; the module is reached by name.
-cli_ingest = importlib.import_module("mdprep.cli.ingest")
+# `mdprep ingest table` imports the library functions it calls when it runs: they are replaced where they live.
+INGEST_TABLE, WRITE_MANIFEST = "mdprep.ingest.ingest_table", "mdprep.manifest.write_manifest"
 
 
 @pytest.fixture
@@ -30,7 +29,7 @@ def test_an_unexpected_exception_is_exit_3_with_one_line_and_no_traceback(runner
     def broken(*args, **kwargs):
         raise KeyError(0)
 
-    monkeypatch.setattr(cli_ingest, "ingest_table", broken)
+    monkeypatch.setattr(INGEST_TABLE, broken)
     monkeypatch.delenv("MDPREP_DEBUG", raising=False)
     res = _ingest(runner, table, tmp_path)
     assert res.exit_code == EXIT_INTERNAL == 3
@@ -47,7 +46,7 @@ def test_debug_shows_the_traceback_and_keeps_exit_3(runner, table, tmp_path, mon
     def broken(*args, **kwargs):
         raise ValueError("boom")
 
-    monkeypatch.setattr(cli_ingest, "ingest_table", broken)
+    monkeypatch.setattr(INGEST_TABLE, broken)
     if how == "env":
         monkeypatch.setenv("MDPREP_DEBUG", "1")
         res = _ingest(runner, table, tmp_path)
@@ -69,7 +68,7 @@ def test_the_environment_saying_no_is_exit_2(runner, table, tmp_path, monkeypatc
     def full(*args, **kwargs):
         raise OSError(code, os.strerror(code), str(tmp_path / "m.parquet"))
 
-    monkeypatch.setattr(cli_ingest, "write_manifest", full)
+    monkeypatch.setattr(WRITE_MANIFEST, full)
     res = _ingest(runner, table, tmp_path)
     assert res.exit_code == EXIT_BAD_INPUT
     assert res.stderr.startswith(f"Error: {words}: ") and "m.parquet" in res.stderr
@@ -80,6 +79,6 @@ def test_ctrl_c_is_130_not_1(runner, table, tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_ingest, "ingest_table", interrupted)
+    monkeypatch.setattr(INGEST_TABLE, interrupted)
     res = _ingest(runner, table, tmp_path)
     assert res.exit_code == 130 and res.stderr.startswith("Error: interrupted")

@@ -27,23 +27,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .choices import ALL_CHECKS, PERSON_COLUMNS, VALUE_CHECKS
 from .errors import InputError, MdprepWarning, MissingColumnError, UsageError, examples_text, short_repr
 from .fileio import decodable
 from . import textkeys
 from .manifest import Manifest
 from .params import check_number
 
-#: Checks that compare one column's values across splits: check name -> column.
-VALUE_CHECKS: dict[str, str] = {
-    "image_overlap": "image_id",
-    "patient_overlap": "patient_id",
-    "study_overlap": "study_id",
-    "series_overlap": "series_uid",
-    "instance_overlap": "sop_uid",
-    "accession_overlap": "accession",
-    "duplicate_file": "file_sha256",
-    "duplicate_pixels": "pixel_sha256",
-}
 #: What each check catches, for reports.
 DESCRIPTIONS: dict[str, str] = {
     "image_overlap": "the same image id in two splits",
@@ -58,10 +48,8 @@ DESCRIPTIONS: dict[str, str] = {
     "same_person": "different patient ids in two splits sharing birth date, sex and the like (may be chance)",
     "temporal": "validation or test images dated before the latest training image",
 }
-ALL_CHECKS = tuple(VALUE_CHECKS) + ("near_duplicate", "same_person", "temporal")
 #: Checks that warn but do not fail the gate unless named in ``fail_on``.
 WARNING_CHECKS = frozenset({"same_person"})
-PERSON_COLUMNS = ("birth_date", "sex")
 FINDING_COLUMNS = ["key", "splits", "rows", "image_ids", "detail"]
 #: Why a check could not run, as grouped in the verdict line.
 SKIP_KINDS = ("no column", "empty column", "no dated train rows")

@@ -40,6 +40,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 
 import pyarrow as pa
 
+from .choices import MISSING_PATIENT_POLICIES  # noqa: F401 - defined there (for the help), used here by name
 from .errors import UsageError, cut_text, short_repr
 from .fileio import open_nonblocking, special_file_kind
 
@@ -783,14 +784,6 @@ def _looks_like_raw_dataset(head: bytes) -> bool:
 
 # ----------------------------------------------------------------------------- policies
 
-#: What to do with a file that has no PatientID: value -> meaning.
-MISSING_PATIENT_POLICIES = {
-    "error": "the file fails with MissingPatientID",
-    "study": "patient_id becomes the PatientID other files of its study carry, else 'study:' + StudyInstanceUID "
-    "(the file fails if that is missing too)",
-    "series": "patient_id becomes the PatientID other files of its series carry, else 'series:' + SeriesInstanceUID "
-    "(the file fails if that is missing too)",
-}
 _FALLBACKS = {"study": (_STUDY_UID, "StudyInstanceUID"), "series": (_SERIES_UID, "SeriesInstanceUID")}
 
 #: SOP classes that carry pixel data without "Image Storage" in their name.

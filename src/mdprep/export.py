@@ -35,29 +35,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .choices import EXPORT_FORMATS as FORMATS, EXPORT_MISSING as MISSING, EXPORT_UNCERTAIN as UNCERTAIN
 from .crossval import TEST_NAMES, TRAIN_NAMES, VAL_NAMES, split_key
 from .errors import EmptyInputError, LeakageError, MdprepWarning, MissingColumnError, UsageError, examples_text, short_repr
 from .fileio import atomic_write, is_stdio, write_text
 from .manifest import Manifest, provenance_step, to_arrow, write_table
 
-#: The export formats: a MONAI datalist (one JSON file), a Hugging Face ``datasets``
-#: folder (one Parquet per part and a dataset card), CSV files (one per part and a card).
-FORMATS: dict[str, str] = {
-    "monai": "a MONAI datalist JSON file (monai.data.load_decathlon_datalist)",
-    "hf": "a Hugging Face datasets folder: one Parquet per split and a README.md dataset card",
-    "csv": "one CSV per split and a README.md card, for any other tool",
-}
-#: How ``label``/``label_mask`` of a MONAI item hold an uncertain (-1) label.
-UNCERTAIN: dict[str, str] = {
-    "ignore": "label 0, label_mask 0: the loss skips it (U-Ignore, as mdprep train)",
-    "zeros": "label 0, label_mask 1: uncertain counts as negative (U-Zeros)",
-    "ones": "label 1, label_mask 1: uncertain counts as positive (U-Ones)",
-}
-#: How ``label``/``label_mask`` of a MONAI item hold a missing (null, not mentioned) label.
-MISSING: dict[str, str] = {
-    "ignore": "label 0, label_mask 0: the loss skips it (as mdprep train)",
-    "negative": "label 0, label_mask 1: not mentioned counts as negative",
-}
 #: Split names (after :func:`part_name`'s clean-up, any case) that loaders know under another name.
 SPLIT_ALIASES: dict[str, str] = {
     **dict.fromkeys((*TRAIN_NAMES, "trainval", "train_val"), "train"),

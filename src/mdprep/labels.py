@@ -18,28 +18,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .choices import AGGREGATE_POLICIES, BLANK_POLICIES, LABEL_WHEN_SYNTAX, UNCERTAIN_POLICIES
 from .errors import InputError, ManifestValidationError, MdprepWarning, MissingColumnError, UsageError, Violation, examples_text, short_repr
 from .manifest import NEGATIVE, POSITIVE, UNCERTAIN, labels_outside_range
 
-#: What ``--uncertain`` may say, and what it does to -1.
-UNCERTAIN_POLICIES = {
-    "keep": "keep -1 (uncertain) as it is",
-    "ones": "count uncertain as positive (U-Ones)",
-    "zeros": "count uncertain as negative (U-Zeros)",
-    "ignore": "treat uncertain as not mentioned (null)",
-}
-#: What ``--blank`` may say about label cells that were blank (null) in the source.
-BLANK_POLICIES = {
-    "missing": "a blank cell is not mentioned (null)",
-    "negative": "a blank cell is negative (0)",
-}
-#: How ``--aggregate`` combines several rows (readers, boxes, masks) of one image.
-AGGREGATE_POLICIES = {
-    "error": "refuse a table that repeats an image id",
-    "any": "1 if any row says 1, else -1 if any says -1, else 0 if any says 0",
-    "majority": "the value of more than half of the non-null votes; a tie is -1 (uncertain)",
-    "all": "1 if every non-null vote is 1, else 0 if any vote is 0, else -1",
-}
 #: Cell texts of a label-list column that mean "no value" (Python's ``str(nan)`` and ``str(None)``).
 _NULL_TEXTS = frozenset({"nan", "None"})
 
@@ -382,8 +364,6 @@ def apply_blank_policy(
 
 # ----------------------------------------------------------------------------- derived labels
 
-#: The syntax of ``--label-when``, for messages and docs.
-LABEL_WHEN_SYNTAX = "NAME:COLUMN==VALUE or NAME:COLUMN!=VALUE"
 _RULE = re.compile(r"^\s*(?P<name>[^:]*?)\s*:\s*(?P<column>.*?)\s*(?P<op>==|!=)\s*(?P<value>.*?)\s*$")
 
 

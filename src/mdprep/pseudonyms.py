@@ -52,18 +52,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .choices import DATE_POLICIES, KEY_ENV, PATH_POLICIES
 from .dates import parse_dates, read_dates
 from .errors import InputError, MdprepError, MdprepWarning, MissingColumnError, UsageError, examples_text
 from .fileio import atomic_write
 from .manifest import REQUIRED_COLUMNS, Manifest, provenance_step
 
-KEY_ENV = "MDPREP_PSEUDONYM_KEY"
 MIN_KEY_BYTES = 32
 MIN_KEY_BITS = 128
 ALGORITHM = "HMAC-SHA256"
 HEX_LENGTH = 20
-DATE_POLICIES = ("shift", "year", "drop")
-PATH_POLICIES = ("auto", "pseudonymize", "keep", "drop")
 MAX_SHIFT_DAYS = 365
 
 #: Identifier columns replaced by hex pseudonyms, and by UID pseudonyms.

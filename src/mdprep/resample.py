@@ -28,12 +28,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .choices import STRATEGIES
 from .errors import MissingColumnError, UsageError
 from .manifest import POSITIVE, Manifest, order_columns, provenance_step
 from .params import check_number, check_seed
 from .weights import EVAL_SPLITS, split_mask
 
-STRATEGIES = ("over", "under", "ml-ros", "ml-rus", "patient-cap", "smote", "adasyn")
 
 
 # ----------------------------------------------------------------------------- measures

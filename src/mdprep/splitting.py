@@ -25,6 +25,7 @@ sizes only.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .audit import PERSON_COLUMNS, degenerate_grouping, visible
+from .choices import MISSING_GROUP_POLICIES
 from .errors import MdprepWarning, MissingColumnError, UsageError, examples_text
 from .manifest import Manifest, check, order_columns, provenance_step
 from .params import check_seed
@@ -239,6 +241,29 @@ def _fixed_groups(groups: Any, fixed: np.ndarray | None) -> np.ndarray | None:
     return fixed_groups
 
 
+def _check_random_state(seed) -> np.random.RandomState:
+    """A :class:`numpy.random.RandomState` from ``seed``, as ``sklearn.utils.check_random_state`` makes it.
+
+    None (or the ``numpy.random`` module) gives numpy's global generator, an integer a
+    new generator seeded with it, a RandomState itself; the draws are scikit-learn's,
+    without importing scikit-learn (and scipy) for it.
+
+    >>> _check_random_state(0).randint(1000) == np.random.RandomState(0).randint(1000)
+    True
+    >>> _check_random_state("a")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'a' cannot be used to seed a numpy.random.RandomState instance
+    """
+    if seed is None or seed is np.random:
+        return np.random.mtrand._rand
+    if isinstance(seed, numbers.Integral):
+        return np.random.RandomState(seed)
+    if isinstance(seed, np.random.RandomState):
+        return seed
+    raise ValueError(f"{seed!r} cannot be used to seed a numpy.random.RandomState instance")
+
+
 class _GroupStratifier:
     """Shared machinery: labels and groups to one part index per row."""
 
@@ -253,10 +278,8 @@ class _GroupStratifier:
                 groups=n_groups,
                 parts=len(ratios),
             )
-        from sklearn.utils import check_random_state
-
         sizes, counts = group_counts(positives, codes, n_groups)
-        rng = check_random_state(self.random_state)
+        rng = _check_random_state(self.random_state)
         part = iterative_group_assignment(sizes, counts, ratios, rng, fixed_groups)
         return part[codes]
 
@@ -491,7 +514,6 @@ def split_quality(
 
 #: Default part names by number of ratios.
 DEFAULT_NAMES = {2: ("train", "test"), 3: ("train", "val", "test")}
-MISSING_GROUP_POLICIES = ("error", "own")
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from .choices import SCHEMES
 from .errors import InputError, MdprepWarning, UsageError, examples_text, short_repr
 from .manifest import NEGATIVE, POSITIVE, Manifest
 from .params import check_number
 
-SCHEMES = ("balanced", "frequency", "pos-weight", "effective")
 EVAL_SPLITS = frozenset({"val", "valid", "validation", "test", "holdout"})
 SCHEMA = "mdprep-weights"
 SCHEMA_VERSION = 1

@@ -8,9 +8,8 @@ from typing import Iterable
 
 import click
 
-from ..incremental import refuse_unusable, signatures_path
+from ..choices import KEY_ENV
 from ..params import SEED_MAX
-from ..pseudonyms import KEY_ENV
 
 key_file_option = click.option(
     "--key-file", type=click.Path(dir_okay=False), help=f"Pseudonymisation key file (from mdprep keygen) [default: ${KEY_ENV}]."
@@ -66,6 +65,8 @@ def choice_option(name: str, choices: dict[str, str], default: str, what: str):
 
 def check_incremental(update: str | None, record_signatures: bool, output: str, *, pseudonymised: bool = False) -> tuple[dict, dict]:
     """Refuse --update/--record-signatures where they cannot work; the inputs and outputs they add, for check_outputs."""
+    from ..incremental import refuse_unusable, signatures_path
+
     refuse_unusable(update=update, record_signatures=record_signatures, pseudonymised=pseudonymised, stdout=output == "-")
     inputs = {"--update": update, "--update's signatures": signatures_path(update)} if update else {}
     outputs = {"-o/--output's signatures": signatures_path(output)} if update or record_signatures else {}

@@ -1,7 +1,8 @@
 """Everything the command line shows a person: errors, warnings, progress, summaries.
 
 All of it goes to stderr; data goes to files or stdout. ``--quiet`` silences the
-progress bars and summaries (errors and warnings are still printed).
+progress bars and summaries (errors and warnings are still printed). rich is
+imported only when something is drawn, so ``mdprep --help`` never loads it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ import sys
 import threading
 import traceback
 import warnings
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from ..errors import MAX_LISTED_VIOLATIONS, ManifestValidationError, MdprepError, MdprepWarning, more_violations_text
 
@@ -31,9 +29,16 @@ EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0,
 #: Set to 1 (or pass ``mdprep --debug``) to see the traceback of an internal error.
 DEBUG_ENV = "MDPREP_DEBUG"
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
 
 def stderr_console() -> Console:
     # Built on demand so click's test runner, which swaps sys.stderr, captures it.
+    from rich.console import Console
+
     return Console(file=sys.stderr, soft_wrap=True, highlight=False)
 
 
@@ -233,6 +238,8 @@ def file_progress(description: str, quiet: bool) -> Iterator[FileProgress]:
     if console is None:
         yield FileProgress(None, description)
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),

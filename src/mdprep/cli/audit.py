@@ -5,29 +5,9 @@ from __future__ import annotations
 import os
 
 import click
-from rich.markup import escape as escape_markup
-from rich.table import Table
 
-from ..audit import (
-    ALL_CHECKS,
-    DESCRIPTIONS,
-    GROUPING_COLUMNS,
-    PERSON_COLUMNS,
-    VALUE_CHECKS,
-    WARNING_CHECKS,
-    finding_lines,
-    summary_line,
-    audit,
-    combine_manifests,
-    load_allow_list,
-    to_junit,
-    to_markdown,
-    visible,
-)
-from ..fileio import check_outputs, file_fingerprint, write_text
-from ..hashing import HASH_COLUMNS, hash_manifest
-from ..manifest import REQUIRED_COLUMNS, manifest_columns, read_manifest, write_manifest
-from ..pseudonyms import check_same_key, load_path_map
+from ..choices import ALL_CHECKS, PERSON_COLUMNS
+from ..fileio import check_outputs
 from ._ui import file_progress, print_table
 from ._options import check_incremental, comma_list, incremental_options, scheduler_options
 
@@ -92,8 +72,11 @@ def hash_cmd(manifest, output, root, workers, scheduler, errors_path, max_bytes,
       mdprep hash dicom.parquet -o dicom-hashed.parquet --errors hash-errors.csv --record-signatures
       mdprep hash dicom-v2.parquet --update dicom-hashed.parquet -o dicom-v2-hashed.parquet   # hashes only new and changed files
     """
+    from ..hashing import hash_manifest
     from ..incremental import write_signatures
     from ..ingest import write_errors
+    from ..manifest import read_manifest, write_manifest
+    from ..pseudonyms import load_path_map
 
     more_inputs, more_outputs = check_incremental(update, record_signatures, output, pseudonymised=path_map is not None)
     check_outputs(
@@ -197,6 +180,8 @@ def _read_for_audit(path, columns, lean, split_col):
     statistics allow, and text stays in Arrow (:func:`mdprep.manifest.read_manifest`).
     Otherwise all ``columns`` are read, so that the error names the columns present.
     """
+    from ..manifest import manifest_columns, read_manifest
+
     names = manifest_columns(path)
     if names is not None and "image_id" in names and (split_col is None or split_col in names):
         return read_manifest(path, columns=lean, check_only=["path"], arrow_text=True)
@@ -205,6 +190,9 @@ def _read_for_audit(path, columns, lean, split_col):
 
 def _check_columns(checks, person_columns, time_col) -> list[str]:
     """The columns the checks named (every check when None) may look at; the audit reads no others."""
+    from ..choices import VALUE_CHECKS
+    from ..audit import GROUPING_COLUMNS
+
     wanted = ALL_CHECKS if checks is None else checks
     columns = [VALUE_CHECKS[c] for c in wanted if c in VALUE_CHECKS]
     if checks is None or "patient_overlap" in wanted:
@@ -218,6 +206,24 @@ def _check_columns(checks, person_columns, time_col) -> list[str]:
 
 def run_audit(manifests, names, split_col, group, checks, fail_on, require, allow_path, threshold, person_cols, time_col, temporal, train_split, json_path, junit_path, markdown_path, suggest, quiet) -> int:
     """Load the manifests, run the audit, write the reports, print the summary; return the exit code."""
+    from ..audit import (
+        DESCRIPTIONS,
+        VALUE_CHECKS,
+        WARNING_CHECKS,
+        audit,
+        combine_manifests,
+        finding_lines,
+        load_allow_list,
+        summary_line,
+        to_junit,
+        to_markdown,
+        visible,
+    )
+    from ..fileio import file_fingerprint, write_text
+    from ..hashing import HASH_COLUMNS
+    from ..manifest import REQUIRED_COLUMNS, read_manifest
+    from ..pseudonyms import check_same_key
+
     person_columns = comma_list([person_cols])
     if temporal and not time_col:
         raise click.UsageError("--temporal needs --time-col (the date of each image)")
@@ -268,6 +274,9 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, require, allo
         if path:
             write_text(path, text())
     if not quiet:
+        from rich.markup import escape as escape_markup
+        from rich.table import Table
+
         table = Table(title="Leakage audit", title_justify="left")
         table.add_column("check")
         table.add_column("between")
@@ -337,8 +346,8 @@ def report(manifest, output, audit_path, title):
       mdprep audit-leakage nih-split.parquet --json audit.json
       mdprep report nih-split.parquet --audit audit.json -o report.html
     """
-    import os
-
+    from ..fileio import write_text
+    from ..manifest import read_manifest
     from ..report import build_report, load_audit
 
     check_outputs({"MANIFEST": manifest, "--audit": audit_path}, {"-o/--output": output}, stdout={"-o/--output"})

@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 
 import click
-from rich.table import Table
 
+from ..choices import SCHEMES, STRATEGIES
 from ..errors import UsageError
 from ..fileio import check_outputs, file_fingerprint, write_text
-from ..ingest import write_errors
-from ..manifest import read_manifest, write_manifest
-from ..resample import STRATEGIES, resample_manifest
-from ..weights import SCHEMES, compute_weights
 from ._ui import print_table
 from ._options import FiniteFloat, comma_list, seed_option
 
@@ -47,6 +43,9 @@ def weights(manifest, output, split, split_col, fold, fold_col, scheme, beta, sq
     """
     if fold is not None and click.get_current_context().get_parameter_source("split") is click.core.ParameterSource.COMMANDLINE:
         raise UsageError("--split and --fold choose the rows in two different ways; give one of them")
+    from ..manifest import read_manifest
+    from ..weights import compute_weights
+
     check_outputs({"MANIFEST": manifest}, {"-o/--output": output}, stdout={"-o/--output"})
     m = read_manifest(manifest)
     result = compute_weights(
@@ -59,6 +58,8 @@ def weights(manifest, output, split, split_col, fold, fold_col, scheme, beta, sq
         click.echo(f"Note: {note}", err=True)
     if quiet:
         return
+    from rich.table import Table
+
     table = Table(title=f"{scheme} weights from {result.rows:,} {split if fold is None else f'fold {fold} training'} rows", title_justify="left")
     for col, just in (("label", "left"), ("positive", "right"), ("negative", "right"), ("ignored", "right"), ("w_pos", "right"), ("w_neg", "right")):
         table.add_column(col, justify=just)
@@ -96,6 +97,10 @@ def resample(manifest, output, strategy, split, split_col, target, ratio, percen
       mdprep resample nih-split.parquet --strategy over --target Hernia --ratio 0.1 -o hernia.parquet
       mdprep resample nih-split.parquet --strategy patient-cap --cap 10 --removed capped.csv -o capped.parquet
     """
+    from ..ingest import write_errors
+    from ..manifest import read_manifest, write_manifest
+    from ..resample import resample_manifest
+
     check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--removed": removed_path}, stdout={"-o/--output"})
     m = read_manifest(manifest)
     result = resample_manifest(
@@ -109,6 +114,8 @@ def resample(manifest, output, strategy, split, split_col, target, ratio, percen
         click.echo(f"{len(result.removed):,} row(s) removed from {split}; pass --removed FILE to keep a record of them", err=True)
     if quiet:
         return
+    from rich.table import Table
+
     b, a = result.before, result.after
     table = Table(title=f"{split}: before and after {strategy}", title_justify="left")
     table.add_column("")

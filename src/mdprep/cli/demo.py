@@ -8,8 +8,6 @@ import shlex
 
 import click
 
-from ..manifest import Manifest, write_manifest
-from ..synthetic import write_dicom_tree, write_image_tree, write_leaky_cohort, write_nih_table
 from .audit import audit_leakage, hash_cmd, report
 from .balance import resample, weights
 from ._ui import echo
@@ -43,6 +41,8 @@ def demo(ctx, out_dir, patients, seed, quiet):
     Example:
       mdprep demo --out /tmp/mdprep-demo
     """
+    from ..synthetic import write_dicom_tree, write_image_tree, write_nih_table
+
     data = os.path.join(out_dir, "data")
     manifests = os.path.join(out_dir, "manifests")
     os.makedirs(manifests, exist_ok=True)
@@ -104,6 +104,9 @@ def _audit_steps(ctx, data, out, quiet) -> None:
     if importlib.util.find_spec("imagehash") is None:
         echo("\n(Skipping the leakage audit steps: they need the hash extra, pip install 'mdprep[hash]'.)", quiet)
         return
+    from ..manifest import Manifest, write_manifest
+    from ..synthetic import write_leaky_cohort
+
     leaky_root = os.path.join(data, "leaky")
     frame, _ = write_leaky_cohort(leaky_root)
     write_manifest(Manifest(frame, root=os.path.abspath(leaky_root)), out("leaky.parquet"))
@@ -144,6 +147,7 @@ def _train_steps(ctx, data, out, quiet) -> None:
     if importlib.util.find_spec("torch") is None:
         echo("\n(Skipping the training step: it needs the train extra, pip install 'mdprep[train]'.)", quiet)
         return
+    from ..manifest import Manifest, write_manifest
     from ..splitting import split_manifest
     from ..synthetic import SHAPE_LABELS, write_shapes_dataset
     from .train import train

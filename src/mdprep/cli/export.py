@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape as escape_markup
-from rich.table import Table
 
-from ..audit import visible
-from ..export import CARD_NAME, FORMATS, MISSING, UNCERTAIN, export_files, export_manifest
+from ..choices import EXPORT_FORMATS as FORMATS, EXPORT_MISSING as MISSING, EXPORT_UNCERTAIN as UNCERTAIN
 from ..fileio import check_outputs, file_fingerprint
-from ..manifest import read_manifest
 from ._options import comma_list, described
 from ._ui import echo, print_table
 
@@ -45,6 +41,9 @@ def export(manifest, fmt, output, root, relative, uncertain, missing, columns, a
       mdprep export nih-split.parquet --format hf -o nih-hf/ --columns view,sex,age
       mdprep export nih-split.parquet --format csv -o nih-csv/
     """
+    from ..export import CARD_NAME, export_files, export_manifest
+    from ..manifest import read_manifest
+
     def guard(names):  # monai writes one file; hf and csv a folder of files named after the splits
         folders = {"-o/--output": names} if fmt != "monai" else None
         check_outputs({"MANIFEST": manifest}, {"-o/--output": output}, stdout={"-o/--output"} if fmt == "monai" else (), folders=folders)
@@ -58,6 +57,11 @@ def export(manifest, fmt, output, root, relative, uncertain, missing, columns, a
     )
     if quiet:
         return
+    from rich.markup import escape as escape_markup
+    from rich.table import Table
+
+    from ..audit import visible
+
     echo(f"Leakage audit: {result.verdict}")
     table = Table(title=f"{result.rows:,} rows exported ({fmt})", title_justify="left")
     for col, just in (("part", "left"), ("written as", "left"), ("rows", "right"), ("manifest splits", "left")):

@@ -7,24 +7,28 @@ import functools
 import sys
 import warnings
 from dataclasses import dataclass, replace
-from typing import Iterator
-
-import pandas as pd
+from typing import TYPE_CHECKING, Iterator
 
 import click
-from rich.table import Table
 
-from ..dicom_header import MISSING_PATIENT_POLICIES, split_tag_specs
+from ..choices import (
+    AGGREGATE_POLICIES,
+    BLANK_POLICIES,
+    DATE_POLICIES,
+    LABEL_WHEN_SYNTAX,
+    MISSING_PATIENT_POLICIES,
+    PATH_POLICIES,
+    PRESETS,
+    UNCERTAIN_POLICIES,
+)
 from ..errors import InputError, MdprepError, MdprepWarning, UsageError, examples_text
 from ..fileio import check_outputs
-from ..incremental import write_signatures
-from ..ingest import PRESETS, IngestResult, ingest_dicom, ingest_images, ingest_table, write_errors
-from ..labels import AGGREGATE_POLICIES, BLANK_POLICIES, LABEL_WHEN_SYNTAX, UNCERTAIN_POLICIES
-from ..manifest import summarize, write_manifest
-from ..pseudonyms import DATE_POLICIES, PATH_POLICIES
 from ._options import check_incremental, choice_option, comma_list, described, incremental_options, key_file_option, scheduler_options
 from .audit import allow_outside_root_option
 from ._ui import file_progress, print_table, status
+
+if TYPE_CHECKING:
+    from ..ingest import IngestResult
 
 
 def _read_file_list(source: str | None) -> list[str] | None:
@@ -134,6 +138,8 @@ def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool) 
     """With --pseudonymize, replace identifiers before anything reaches disk, the error table included."""
     if not pseudo.on:
         return result
+    import pandas as pd
+
     from ..pseudonyms import load_key, map_distinct, path_pseudonym, write_path_map
     from ..pseudonyms import pseudonymize as apply
     from .pseudonymize import summary
@@ -160,6 +166,10 @@ def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool) 
 
 
 def _write_outputs(result: IngestResult, output: str, errors_path: str | None) -> None:
+    from ..incremental import write_signatures
+    from ..ingest import write_errors
+    from ..manifest import write_manifest
+
     write_manifest(result.manifest, sys.stdout.buffer if output == "-" else output)
     if result.signatures is not None:
         write_signatures(result.signatures, output)  # after the manifest: it records the manifest's SHA-256
@@ -174,6 +184,8 @@ def render_summary(result: IngestResult, output: str, errors_path: str | None, q
     input was skipped, failed or aggregated into another row, and the warnings. Notes
     (informational) and the summary tables are left out.
     """
+    from ..manifest import summarize
+
     rep = result.report
     s = summarize(result.manifest)
     # What was not ingested as a row of its own is reported even with --quiet: nothing is lost silently.
@@ -199,6 +211,8 @@ def render_summary(result: IngestResult, output: str, errors_path: str | None, q
         click.echo(f"Warning: {rep.unlabeled} row(s) have no label at all; kept with null labels", err=True)
     if quiet:
         return
+    from rich.table import Table
+
     for note in rep.notes:
         click.echo(f"Note: {note}", err=True)
     table = Table(title=f"Wrote {output}", title_justify="left", show_header=False, box=None)
@@ -277,6 +291,9 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outs
       mdprep ingest dicom /data/dump -o v1.parquet --record-signatures
       mdprep ingest dicom /data/dump --update v1.parquet -o v2.parquet   # reads only new and changed files
     """
+    from ..dicom_header import split_tag_specs
+    from ..ingest import ingest_dicom
+
     more_inputs, more_outputs = check_incremental(update, record_signatures, output, pseudonymised=pseudo.on)
     check_outputs(
         {"--files-from": files_from, "--key-file": pseudo.key_file, **more_inputs},
@@ -335,6 +352,8 @@ def ingest_images_cmd(root, patient_regex, output, files_from, allow_outside_roo
     \b
     --update OLD.parquet reads only the images new or changed since OLD.parquet (see mdprep ingest dicom --help).
     """
+    from ..ingest import ingest_images
+
     more_inputs, more_outputs = check_incremental(update, record_signatures, output, pseudonymised=pseudo.on)
     check_outputs(
         {"--files-from": files_from, "--key-file": pseudo.key_file, **more_inputs},
@@ -410,6 +429,8 @@ def ingest_table_cmd(
       mdprep ingest table stage_2_train_labels.csv --image-col patientId --patient-col patientId \\
         --label-when 'Pneumonia:Target==1' --aggregate any -o rsna.parquet
     """
+    from ..ingest import ingest_table
+
     check_outputs(
         {"TABLE": table, "--metadata": metadata, "--label-map": label_map, "--key-file": pseudo.key_file},
         {"-o/--output": output, "--path-map": pseudo.path_map},

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
+from ..choices import DATE_POLICIES, PATH_POLICIES
 from ..errors import UsageError
 from ..fileio import check_outputs
-from ..manifest import read_manifest, write_manifest
-from ..pseudonyms import DATE_POLICIES, PATH_POLICIES, PSEUDONYMISED, load_key, pseudonymize, write_key_file, write_mapping, write_path_map
 from ._ui import echo
 from ._options import comma_list, key_file_option
 
@@ -17,6 +16,8 @@ def summary(result, quiet: bool, path_map: str | None = None) -> None:
 
     Columns that share a treatment and a reason share a line. Names only, never values.
     """
+    from ..pseudonyms import PSEUDONYMISED
+
     t = result.treatments
     echo(f"Pseudonymised with key fingerprint {result.fingerprint} ({len(result.manifest.frame):,} rows, {len(t)} columns)", quiet)
     groups: dict[tuple[str, str], list[str]] = {}
@@ -44,6 +45,8 @@ def keygen(key_file):
     Example:
       mdprep keygen ~/.mdprep/site.key
     """
+    from ..pseudonyms import write_key_file
+
     check_outputs({}, {"KEY_FILE": key_file})
     write_key_file(key_file)
     click.echo(f"Wrote a new key to {key_file} (permissions 0600); keep it secret and out of version control", err=True)
@@ -83,6 +86,9 @@ def pseudonymize_cmd(manifest, output, key_file, columns, dates, paths, path_map
     Example:
       MDPREP_PSEUDONYM_KEY=$(cat site.key) mdprep pseudonymize dicom.parquet -o dicom-pseudo.parquet --path-map private/paths.csv
     """
+    from ..manifest import read_manifest, write_manifest
+    from ..pseudonyms import load_key, pseudonymize, write_mapping, write_path_map
+
     check_outputs({"MANIFEST": manifest, "--key-file": key_file}, {"-o/--output": output, "--mapping": mapping_path, "--path-map": path_map}, stdout={"-o/--output"})
     key = load_key(key_file)
     m = read_manifest(manifest)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
-from rich.markup import escape as escape_markup
-from rich.table import Table
 
-from ..fileio import check_outputs, file_fingerprint, write_text
-from ..manifest import read_manifest, write_manifest
-from ..audit import PERSON_COLUMNS, visible
-from ..linking import link_items
-from ..splitting import MISSING_GROUP_POLICIES, SplitQuality, split_manifest, stratify_by_items
+from ..choices import MISSING_GROUP_POLICIES, PERSON_COLUMNS
 from ._ui import print_table, status
 from ._options import comma_list, seed_option
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from ..splitting import SplitQuality
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -28,6 +28,8 @@ def _floats(text: str | None) -> list[float] | None:
 
 def quality_table(q: SplitQuality, title: str, groups: str = "groups") -> Table:
     """Per part: images, patients, size against target, and per label positives, prevalence and deviation."""
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left")
     t.add_column("label")
     t.add_column("overall", justify="right")
@@ -46,6 +48,11 @@ def quality_table(q: SplitQuality, title: str, groups: str = "groups") -> Table:
 
 def components_table(linked, group: str) -> Table:
     """The largest merged components: rows, groups, the links that joined them, some of their group values."""
+    from rich.markup import escape as escape_markup
+    from rich.table import Table
+
+    from ..audit import visible
+
     t = Table(title=f"Largest merged components (--link; limit {linked.max_component:,} rows)", title_justify="left")
     t.add_column("rows", justify="right")
     t.add_column(f"{group} values", justify="right")
@@ -111,6 +118,12 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
       mdprep split nih.parquet --ratios 0.8,0.2 --names trainval,test --folds 5 -o cv.parquet --report split.json
       mdprep split hashed.parquet --link study_id,file_sha256,pixel_sha256,phash -o linked-split.parquet
     """
+    from ..audit import visible
+    from ..fileio import check_outputs, file_fingerprint, write_text
+    from ..linking import link_items
+    from ..manifest import read_manifest, write_manifest
+    from ..splitting import split_manifest, stratify_by_items
+
     check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--report": report_path}, stdout={"-o/--output", "--report"})
     if links and not link_items(links):
         raise click.UsageError("--link is empty; give column names, phash[:T] or same_person, for example --link study_id,file_sha256")

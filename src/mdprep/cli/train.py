@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from ..errors import UsageError
 from ..fileio import check_outputs, file_fingerprint
-from ..manifest import read_manifest
 from ..params import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_LR, MIN_IMAGE_SIZE
 from ._ui import _animate, print_table
 from ._options import FiniteFloat, seed_option
-from ..pseudonyms import load_path_map
 from .audit import allow_outside_root_option, path_map_option
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 ARCHES = ("densenet121", "resnet18", "small")
 
@@ -104,6 +105,9 @@ def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_sp
         from ..training import train as train_model
     except ImportError as exc:
         raise UsageError(f"mdprep train needs torch ({exc}); install it with pip install 'mdprep[train]'") from None
+    from ..manifest import read_manifest
+    from ..pseudonyms import load_path_map
+
     m = read_manifest(manifest)
     if fold == "all" and "fold" in m.frame.columns:  # each fold's checkpoint, in fold-K/, must not be an input either
         folds = sorted(int(k) for k in m.frame["fold"].dropna().unique())
@@ -112,7 +116,11 @@ def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_sp
     provenance = {"manifest": _content(manifest), "weights": [_content(w) for w in weights_path]}
     real_paths = load_path_map(path_map) if path_map else None
     console = _animate(quiet)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) if console else None
+    progress = None
+    if console:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
     state = {"task": None, "epoch": 1}
 
     def on_batch(step, total):
@@ -178,6 +186,8 @@ def _auc_cell(summary: dict | None, label: str | None = None) -> str:
 
 def summary_table(metrics: dict, epochs: int) -> Table:
     """Per label: the validation AUC (out-of-fold with every fold) and the test AUC, with 95% intervals over patients."""
+    from rich.table import Table
+
     runs = metrics["runs"]
     if "out_of_fold" in metrics:
         val, test = metrics["out_of_fold"], metrics.get("test_mean_of_folds")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from ..fileio import check_outputs
-from ..manifest import inspect_manifest
 from ._ui import EXIT_CHECK_FAILED, echo
 
 
@@ -22,6 +21,8 @@ def validate(manifests, quiet):
     Example:
       mdprep validate train.parquet test.parquet
     """
+    from ..manifest import inspect_manifest
+
     check_outputs({"MANIFESTS": list(manifests)}, {})
     failed = False
     for path in manifests:

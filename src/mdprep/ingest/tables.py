@@ -33,16 +33,11 @@ from ..labels import (
     resolve_label_names,
     rows_text,
 )
+from ..choices import PRESETS
 from ..manifest import CANONICAL_TYPES, REQUIRED_COLUMNS, Manifest, check, frame_from_arrow, order_columns, provenance_step, validate_frame
 from . import UNKNOWN_SEX, IngestReport, IngestResult, empty_errors, extract_groups, normalize_sex
 from .table_io import is_parquet_table, read_table
 
-PRESETS = {
-    "nih": "NIH ChestX-ray14 Data_Entry_2017*.csv: pipe-separated 'Finding Labels' into 15 label columns",
-    "chexpert": "CheXpert train.csv/valid.csv: patient and study from 'Path', 14 labels with 1/0/-1/blank",
-    "mimic": "MIMIC-CXR *-chexpert.csv joined with *-metadata.csv (--metadata) on subject and study",
-    "generic": "any CSV/TSV/Parquet: choose the columns with --image-col, --patient-col, --labels-col or --label-cols",
-}
 #: The 14 findings of NIH ChestX-ray14, in the dataset's customary order.
 NIH_LABELS = (
     "Atelectasis",
