@@ -40,7 +40,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 
 import pyarrow as pa
 
-from .choices import MISSING_PATIENT_POLICIES  # noqa: F401 - defined there (for the help), used here by name
+from .choices import MISSING_PATIENT_POLICIES  # noqa: F401 - defined there (for the help), importable here by name
 from .errors import UsageError, cut_text, short_repr
 from .fileio import open_nonblocking, special_file_kind
 
