@@ -57,12 +57,12 @@ from mdprep.manifest import write_manifest
 imports = time.perf_counter() - t
 kwargs = json.loads(sys.argv[3])
 ingest_table(sys.argv[1], **kwargs)
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 result = ingest_table(sys.argv[1], **kwargs)
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 write_manifest(result.manifest, sys.argv[2])
-t2 = time.perf_counter()
-print(json.dumps({"imports": imports, "ingest": t1 - t0, "total": t2 - t0}))
+t2, c2 = time.perf_counter(), time.process_time()
+print(json.dumps({"imports": imports, "ingest": t1 - t0, "total": t2 - t0, "ingest_cpu": c1 - c0, "total_cpu": c2 - c0}))
 """
 
 
@@ -85,8 +85,8 @@ def _kwargs(options: list[str]) -> dict:
     return out
 
 
-def _process(argv: list[str], src: Path) -> tuple[float, int, str]:
-    """Wall seconds, peak resident memory (bytes) and stdout of one process run with ``src`` first on the path."""
+def _process(argv: list[str], src: Path) -> tuple[float, int, str, float]:
+    """Wall seconds, peak resident memory (bytes), stdout and CPU seconds (user + system) of one process run with ``src`` first on the path."""
     env = dict(os.environ, PYTHONPATH=str(src), PYTHONWARNINGS="ignore")
     start = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -96,7 +96,7 @@ def _process(argv: list[str], src: Path) -> tuple[float, int, str]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}")
-    return seconds, usage.ru_maxrss * 1024, out
+    return seconds, usage.ru_maxrss * 1024, out, usage.ru_utime + usage.ru_stime
 
 
 def run(repeat: int = 7, tables=("nih", "chexpert", "padchest", "vindr"), against: str | None = None) -> list[dict]:
@@ -136,8 +136,11 @@ def run(repeat: int = 7, tables=("nih", "chexpert", "padchest", "vindr"), agains
                 row[f"{key} imports_s"] = median([t["imports"] for t in timings])
                 row[f"{key} ingest_s"] = median([t["ingest"] for t in timings])
                 row[f"{key} s"] = median([t["total"] for t in timings])
+                row[f"{key} ingest_cpu_s"] = median([t["ingest_cpu"] for t in timings])
+                row[f"{key} cpu_s"] = median([t["total_cpu"] for t in timings])
             else:
                 row[f"{key} s"] = median([v[0] for v in values])
+                row[f"{key} cpu_s"] = median([v[3] for v in values])
                 row[f"{key} peak_mb"] = max(v[1] for v in values) / 1e6
         if against:
             row["identical"] = filecmp.cmp(out / f"{name}-new.parquet", out / f"{name}-base.parquet", shallow=False)
@@ -146,29 +149,41 @@ def run(repeat: int = 7, tables=("nih", "chexpert", "padchest", "vindr"), agains
 
 
 def markdown(rows: list[dict]) -> str:
-    """Two tables: the whole process beside read_csv and the no-work floors, then the library call (and the tree before)."""
+    """Two tables: the whole process beside read_csv and the no-work floors, then the library call (and the tree before).
+
+    Wall-clock medians first; CPU seconds (user + system, all threads) in brackets, which
+    a machine shared with other work disturbs less.
+    """
     against = any("whole base s" in r for r in rows)
+
+    def both(r, key, cpu_key=None):
+        return f"{r[key + ' s']:.3f} ({r[(cpu_key or key) + ' cpu_s']:.3f})"
+
     lines = [
-        "| table | `pandas.read_csv` process, s | `mdprep ingest table -q`, s | mdprep / read_csv | floor with pandas, s | floor without pandas, s | peak MB (mdprep / read_csv) |",
+        "| table | `pandas.read_csv` process, s | `mdprep ingest table -q`, s | mdprep / read_csv (CPU) | floor with pandas, s | floor without pandas, s | peak MB (mdprep / read_csv) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['table']} | {r['read_csv s']:.3f} | {r['whole new s']:.3f} | {r['whole new s'] / r['read_csv s']:.2f}x | "
-            f"{r['floor pandas s']:.3f} | {r['floor arrow s']:.3f} | {r['whole new peak_mb']:.0f} / {r['read_csv peak_mb']:.0f} |"
+            f"| {r['table']} | {both(r, 'read_csv')} | {both(r, 'whole new')} | {r['whole new s'] / r['read_csv s']:.2f}x "
+            f"({r['whole new cpu_s'] / r['read_csv cpu_s']:.2f}x) | {both(r, 'floor pandas')} | {both(r, 'floor arrow')} | "
+            f"{r['whole new peak_mb']:.0f} / {r['read_csv peak_mb']:.0f} |"
         )
     head = "| table | imports (mdprep.ingest, pandas included), s | `ingest_table`, s | + `write_manifest`, s |"
     sep = "|---|---:|---:|---:|"
     if against:
-        head += " before: `mdprep ingest table -q`, s | before: `ingest_table`, s | before: + `write_manifest`, s | whole process before / now | same bytes |"
+        head += " before: `mdprep ingest table -q`, s | before: `ingest_table`, s | before: + `write_manifest`, s | whole process before / now (CPU) | same bytes |"
         sep += "---:|---:|---:|---:|---|"
     lines += ["", head, sep]
     for r in rows:
-        line = f"| {r['table']} | {r['library new imports_s']:.3f} | {r['library new ingest_s']:.3f} | {r['library new s']:.3f} |"
+        line = (
+            f"| {r['table']} | {r['library new imports_s']:.3f} | {r['library new ingest_s']:.3f} ({r['library new ingest_cpu_s']:.3f}) | "
+            f"{both(r, 'library new')} |"
+        )
         if against:
             line += (
-                f" {r['whole base s']:.3f} | {r['library base ingest_s']:.3f} | {r['library base s']:.3f} | "
-                f"{r['whole base s'] / r['whole new s']:.2f}x | {'yes' if r['identical'] else 'NO'} |"
+                f" {both(r, 'whole base')} | {r['library base ingest_s']:.3f} ({r['library base ingest_cpu_s']:.3f}) | {both(r, 'library base')} | "
+                f"{r['whole base s'] / r['whole new s']:.2f}x ({r['whole base cpu_s'] / r['whole new cpu_s']:.2f}x) | {'yes' if r['identical'] else 'NO'} |"
             )
         lines.append(line)
     return "\n".join(lines)
