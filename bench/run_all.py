@@ -22,6 +22,7 @@ from _common import machine  # noqa: E402
 
 SECTIONS = (
     ("Tables to validated manifests", "bench_ingest_table", "print(m.markdown(m.run()))"),
+    ("Table ingest, whole process", "bench_ingest_speed", "print(m.markdown(m.run()))"),
     ("Splits", "bench_split", "print(m.markdown(m.run()))"),
     ("Start-up and whole-process split", "bench_startup", "print(m.markdown(m.run()))"),
     ("Link-aware splits", "bench_link", "print(m.markdown(m.run()))"),

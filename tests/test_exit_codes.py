@@ -68,7 +68,7 @@ def test_the_environment_saying_no_is_exit_2(runner, table, tmp_path, monkeypatc
     def full(*args, **kwargs):
         raise OSError(code, os.strerror(code), str(tmp_path / "m.parquet"))
 
-    monkeypatch.setattr(WRITE_MANIFEST, full)
+    monkeypatch.setattr("mdprep.manifest.write_table", full)  # ingest table writes the manifest it has checked
     res = _ingest(runner, table, tmp_path)
     assert res.exit_code == EXIT_BAD_INPUT
     assert res.stderr.startswith(f"Error: {words}: ") and "m.parquet" in res.stderr

@@ -137,10 +137,13 @@ def normalize_sex(values: pd.Series) -> tuple[pd.Series, int]:
     >>> normalize_sex(pd.Series(["M", "Female", "x", None]))[0].tolist()
     ['M', 'F', nan, nan]
     """
-    text = values.astype("str").str.strip().str.upper()
-    mapped = text.map(SEX_CODES)
-    not_recognised = int((mapped.isna() & values.notna() & ~text.isin(UNKNOWN_SEX)).sum())
-    return mapped.astype("str"), not_recognised
+    # A column holds a handful of spellings: read each distinct value once, then spread the result by code.
+    codes, distinct = pd.factorize(values, use_na_sentinel=True)
+    spellings = pd.Series(distinct).astype("str").str.strip().str.upper()
+    mapped = np.array([SEX_CODES.get(s) for s in spellings] + [None], dtype=object)  # the last slot: nulls (code -1)
+    unknown = np.array([s not in SEX_CODES and s not in UNKNOWN_SEX for s in spellings] + [False])
+    not_recognised = int(unknown[codes].sum())
+    return pd.Series(mapped[codes], index=values.index, name=values.name, dtype="str"), not_recognised
 
 
 def extract_groups(values: pd.Series, regex: re.Pattern, engine: str = "auto") -> tuple[pd.DataFrame, np.ndarray]:

@@ -11,6 +11,7 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import InputError, ManifestValidationError, MdprepWarning, MissingColumnError, UsageError, Violation, examples_text
 from ..fileio import file_fingerprint
@@ -543,6 +544,21 @@ def _check_folds(frame: pd.DataFrame, source: str, path: str, first_line: int | 
     )
 
 
+def _stripped_already(values: pd.Series) -> bool:
+    """Whether no value of the text column ``values`` has white space around it (False: look closer).
+
+    The test of :meth:`pandas.Series.str.strip` (pyarrow's ``utf8_trim_whitespace``),
+    run on the Arrow array without building a pandas column on the way.
+
+    >>> _stripped_already(pd.Series(["a", None], dtype="str")), _stripped_already(pd.Series(["a "], dtype="str"))
+    (True, False)
+    """
+    arr = pa.array(values, from_pandas=True)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return False
+    return not pc.any(pc.not_equal(arr, pc.utf8_trim_whitespace(arr))).as_py()
+
+
 def _strip_identifiers(frame: pd.DataFrame) -> pd.DataFrame:
     """Identifiers without surrounding white space (``' p1'``, ``'p1 '`` and ``'p1'`` are one patient).
 
@@ -555,6 +571,8 @@ def _strip_identifiers(frame: pd.DataFrame) -> pd.DataFrame:
         if col not in frame.columns:
             continue
         values = frame[col].astype("str")
+        if _stripped_already(values):
+            continue
         stripped = values.str.strip()
         differs = (values.notna() & (values != stripped)).to_numpy(dtype=bool)
         if differs.any():
@@ -576,8 +594,28 @@ def _strip_identifiers(frame: pd.DataFrame) -> pd.DataFrame:
 _AGGREGATE_HINT = "pass --aggregate any|majority|all (one row per reader or box)"
 
 
+def _distinct_text(values: pd.Series) -> bool:
+    """Whether ``values`` is text whose non-null values are all different (False: look closer).
+
+    One hash pass of pyarrow's ``unique``, about half the cost of
+    :meth:`pandas.Series.duplicated`; anything that is not text answers False.
+
+    >>> _distinct_text(pd.Series(["a", "b", None, None], dtype="str")), _distinct_text(pd.Series(["a", "a"], dtype="str"))
+    (True, False)
+    """
+    if not pd.api.types.is_string_dtype(values.dtype) or values.dtype == object:
+        return False
+    arr = pa.array(values, from_pandas=True)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return False
+    distinct = pc.unique(arr)
+    return len(distinct) - distinct.null_count == len(arr) - arr.null_count
+
+
 def _check_rows(frame: pd.DataFrame, path: str, aggregate: str, first_line: int | None) -> None:
     """Before aggregating, the row-level identifiers: nulls by line, and repeats when not aggregating."""
+    if aggregate == "error" and "image_id" in frame.columns and _distinct_text(frame["image_id"]):
+        return  # no repeats; nulls are reported with everything else by the final check
     violations = validate_frame(frame[[c for c in REQUIRED_COLUMNS if c in frame.columns]])
     repeats = [v for v in violations if v.check == "duplicate_image_id"]
     others = [v for v in violations if v.check != "duplicate_image_id"]

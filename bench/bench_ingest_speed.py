@@ -1,0 +1,202 @@
+"""`mdprep ingest table`, whole process, beside a process that only runs ``pandas.read_csv``.
+
+On the real tables (NIH ChestX-ray14 112,120 rows, CheXpert 223,414 rows, PadChest
+160,861 rows, VinDr-CXR 67,914 rows), interleaved (A, B, C, ... then again), medians:
+
+* **whole process**: ``python -m mdprep ingest table TABLE ... -o OUT.parquet -q``,
+  start-up included;
+* **read_csv**: ``python -c "import pandas; pandas.read_csv(TABLE)"``, the target;
+* **floors**: processes that do no work at all, only read the table with pyarrow and write
+  it with the manifest's Parquet settings, once after ``import pandas`` and once without:
+  no implementation that imports pandas (or, for the second, any at all) can beat them;
+* **library**: ``ingest_table`` + ``write_manifest`` timed inside a process that has
+  imported mdprep and run the call once (page cache and lazy imports warm), and
+  ``ingest_table`` alone; the same process times ``import mdprep.ingest, mdprep.manifest``
+  (pandas and pyarrow included), the start-up that the library call needs.
+
+With ``--against DIR`` (a ``src`` folder of another mdprep checkout, say the commit
+before a change) the whole process and the library call of that tree run in the same
+interleaved rounds, and the manifests both trees write are compared byte for byte.
+Peak memory is the largest resident set of the whole-process runs (``wait4``).
+
+    python bench/bench_ingest_speed.py [--repeat 7] [--tables nih chexpert] [--against /tmp/base/src]
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import median, real_table
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+
+#: Table -> the `mdprep ingest table` options of docs/datasets.md (PadChest and VinDr: generic).
+COMMANDS = {
+    "nih": ["--preset", "nih"],
+    "chexpert": ["--preset", "chexpert"],
+    "padchest": ["--image-col", "ImageID", "--patient-col", "PatientID", "--study-col", "StudyID", "--labels-col", "Labels"],
+    "vindr": ["--patient-col", "image_id", "--labels-col", "class_name", "--aggregate", "majority", "--reader-col", "rad_id"],
+}
+
+#: Times the library call in a fresh process: imports, one warm-up call, then one timed call of each step.
+_LIBRARY = """
+import json, sys, time, warnings
+warnings.simplefilter("ignore")
+t = time.perf_counter()
+from mdprep.ingest import ingest_table
+from mdprep.manifest import write_manifest
+imports = time.perf_counter() - t
+kwargs = json.loads(sys.argv[3])
+ingest_table(sys.argv[1], **kwargs)
+t0, c0 = time.perf_counter(), time.process_time()
+result = ingest_table(sys.argv[1], **kwargs)
+t1, c1 = time.perf_counter(), time.process_time()
+write_manifest(result.manifest, sys.argv[2])
+t2, c2 = time.perf_counter(), time.process_time()
+print(json.dumps({"imports": imports, "ingest": t1 - t0, "total": t2 - t0, "ingest_cpu": c1 - c0, "total_cpu": c2 - c0}))
+"""
+
+
+#: No work at all: read the table with pyarrow (line breaks in quoted values allowed, as mdprep reads it)
+#: and write it as the manifest is written (zstd, same row groups).
+_FLOOR = """
+{imports}
+import pyarrow.csv as c, pyarrow.parquet as pq
+table = c.read_csv({path!r}, parse_options=c.ParseOptions(newlines_in_values=True))
+pq.write_table(table, {out!r}, compression="zstd", row_group_size=1 << 20)
+"""
+
+
+def _kwargs(options: list[str]) -> dict:
+    """The library's keyword arguments for the command-line options of :data:`COMMANDS`."""
+    out: dict = {}
+    it = iter(options)
+    for flag in it:
+        out[flag.lstrip("-").replace("-", "_")] = next(it)
+    return out
+
+
+def _process(argv: list[str], src: Path) -> tuple[float, int, str, float]:
+    """Wall seconds, peak resident memory (bytes), stdout and CPU seconds (user + system) of one process run with ``src`` first on the path."""
+    env = dict(os.environ, PYTHONPATH=str(src), PYTHONWARNINGS="ignore")
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}")
+    return seconds, usage.ru_maxrss * 1024, out, usage.ru_utime + usage.ru_stime
+
+
+def run(repeat: int = 7, tables=("nih", "chexpert", "padchest", "vindr"), against: str | None = None) -> list[dict]:
+    out = Path(tempfile.mkdtemp())
+    py = sys.executable
+    trees = {"new": SRC} | ({"base": Path(against).resolve()} if against else {})
+    rows = []
+    for name in tables:
+        path = str(real_table(name))
+        options = COMMANDS[name]
+        kwargs = json.dumps(_kwargs(options))
+        runs: dict[str, list] = {}
+
+        def add(key, value):
+            runs.setdefault(key, []).append(value)
+
+        floor = str(out / f"{name}-floor.parquet")
+        steps = [
+            ("read_csv", lambda: _process([py, "-c", f"import pandas; pandas.read_csv({path!r})"], SRC)),
+            ("floor pandas", lambda: _process([py, "-c", _FLOOR.format(imports="import pandas", path=path, out=floor)], SRC)),
+            ("floor arrow", lambda: _process([py, "-c", _FLOOR.format(imports="", path=path, out=floor)], SRC)),
+        ]
+        for tree, src in trees.items():
+            target = str(out / f"{name}-{tree}.parquet")
+            steps += [
+                (f"whole {tree}", lambda src=src, target=target: _process([py, "-m", "mdprep", "ingest", "table", path, *options, "-o", target, "-q"], src)),
+                (f"library {tree}", lambda src=src, target=target: _process([py, "-c", _LIBRARY, path, target + ".lib", kwargs], src)),
+            ]
+        for _ in range(repeat + 1):  # the first round warms the page cache and is dropped
+            for key, step in steps:
+                add(key, step())
+        row = {"table": name, "options": " ".join(options), "repeat": repeat}
+        for key, values in runs.items():
+            values = values[1:]
+            if key.startswith("library"):
+                timings = [json.loads(v[2]) for v in values]
+                row[f"{key} imports_s"] = median([t["imports"] for t in timings])
+                row[f"{key} ingest_s"] = median([t["ingest"] for t in timings])
+                row[f"{key} s"] = median([t["total"] for t in timings])
+                row[f"{key} ingest_cpu_s"] = median([t["ingest_cpu"] for t in timings])
+                row[f"{key} cpu_s"] = median([t["total_cpu"] for t in timings])
+            else:
+                row[f"{key} s"] = median([v[0] for v in values])
+                row[f"{key} cpu_s"] = median([v[3] for v in values])
+                row[f"{key} peak_mb"] = max(v[1] for v in values) / 1e6
+        if against:
+            row["identical"] = filecmp.cmp(out / f"{name}-new.parquet", out / f"{name}-base.parquet", shallow=False)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """Two tables: the whole process beside read_csv and the no-work floors, then the library call (and the tree before).
+
+    Wall-clock medians first; CPU seconds (user + system, all threads) in brackets, which
+    a machine shared with other work disturbs less.
+    """
+    against = any("whole base s" in r for r in rows)
+
+    def both(r, key, cpu_key=None):
+        return f"{r[key + ' s']:.3f} ({r[(cpu_key or key) + ' cpu_s']:.3f})"
+
+    lines = [
+        "| table | `pandas.read_csv` process, s | `mdprep ingest table -q`, s | mdprep / read_csv (CPU) | floor with pandas, s | floor without pandas, s | peak MB (mdprep / read_csv) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['table']} | {both(r, 'read_csv')} | {both(r, 'whole new')} | {r['whole new s'] / r['read_csv s']:.2f}x "
+            f"({r['whole new cpu_s'] / r['read_csv cpu_s']:.2f}x) | {both(r, 'floor pandas')} | {both(r, 'floor arrow')} | "
+            f"{r['whole new peak_mb']:.0f} / {r['read_csv peak_mb']:.0f} |"
+        )
+    head = "| table | imports (mdprep.ingest, pandas included), s | `ingest_table`, s | + `write_manifest`, s |"
+    sep = "|---|---:|---:|---:|"
+    if against:
+        head += " before: `mdprep ingest table -q`, s | before: `ingest_table`, s | before: + `write_manifest`, s | whole process before / now (CPU) | same bytes |"
+        sep += "---:|---:|---:|---:|---|"
+    lines += ["", head, sep]
+    for r in rows:
+        line = (
+            f"| {r['table']} | {r['library new imports_s']:.3f} | {r['library new ingest_s']:.3f} ({r['library new ingest_cpu_s']:.3f}) | "
+            f"{both(r, 'library new')} |"
+        )
+        if against:
+            line += (
+                f" {both(r, 'whole base')} | {r['library base ingest_s']:.3f} ({r['library base ingest_cpu_s']:.3f}) | {both(r, 'library base')} | "
+                f"{r['whole base s'] / r['whole new s']:.2f}x ({r['whole base cpu_s'] / r['whole new cpu_s']:.2f}x) | {'yes' if r['identical'] else 'NO'} |"
+            )
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--tables", nargs="+", default=list(COMMANDS), choices=list(COMMANDS))
+    parser.add_argument("--against", metavar="SRC", help="src folder of another mdprep checkout to time in the same rounds")
+    args = parser.parse_args()
+    print(markdown(run(args.repeat, args.tables, args.against)))
+
+
+if __name__ == "__main__":
+    main()
