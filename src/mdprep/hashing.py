@@ -374,7 +374,10 @@ def _import_decoders() -> None:
 
 def _hash_chunk(paths: Sequence[str], *, root: str, max_bytes: int) -> list[tuple]:
     full = [join(root, p) for p in paths]
-    return [hash_image(f, max_bytes=max_bytes, read=r) for f, r in zip(full, remote_reads(full, max_bytes=max_bytes))]
+    try:
+        return [hash_image(f, max_bytes=max_bytes, read=r) for f, r in zip(full, remote_reads(full, max_bytes=max_bytes))]
+    finally:
+        _scratch.__dict__.pop("arrays", None)  # the buffers live as long as a chunk, not as long as the process
 
 
 @dataclass(frozen=True)
