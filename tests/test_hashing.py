@@ -26,8 +26,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from mdprep.hashing import error_text, hash_image, hash_manifest, phash64, read_image_bytes
-from mdprep.imaging import grey_8bit, load_pixels
+from mdprep.hashing import _fast_hashes, _rescale_plan, error_text, hash_image, hash_manifest, phash64, read_image_bytes
+from mdprep.imaging import _decode, grey_8bit, load_pixels
 from mdprep.manifest import Manifest
 
 
@@ -187,13 +187,36 @@ def test_fast_path_equals_the_reference_on_a_synthetic_dicom_tree(dicom_tree):
     assert hashed >= dicom_tree.ingested and failed > 0  # a file ingest refuses (no patient ID) may still decode
 
 
+def test_the_fast_path_takes_grey_integer_images_and_leaves_the_rest(odd_images):
+    by_name = {Path(p).name: p for p in odd_images}
+
+    def route(name: str) -> str:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds, stored = _decode(by_name[name], read_image_bytes(by_name[name]))
+            plan = _rescale_plan(stored, ds)
+            if plan is None:
+                return "general"
+            return "fast" if _fast_hashes(stored, *plan) is not None else "general"
+
+    fast = ["plain.dcm", "norescale.dcm", "mono1.dcm", "signed.dcm", "signed12.dcm", "fraction.dcm", "negative-slope.dcm", "intercept-only.dcm",
+            "u8.dcm", "u8-mono1.dcm", "u32.dcm", "flat.dcm", "multiframe.dcm", "wide.dcm", "rle.dcm", "grey.png", "grey16.png", "palette.png", "int32.tif", "grey.jpg"]
+    general = ["modality-lut.dcm", "huge-slope.dcm", "rgb.dcm", "rgb.png", "rgba.png", "la.png", "bilevel.png", "float.tif"]
+    assert {n: route(n) for n in fast + general} == {**dict.fromkeys(fast, "fast"), **dict.fromkeys(general, "general")}
+
+
+def _imagehash_phash(grey: np.ndarray) -> int:
+    bits = imagehash.phash(Image.fromarray(np.ascontiguousarray(grey), mode="L")).hash.flatten()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
 def test_phash64_is_imagehash_phash():
     rng = np.random.default_rng(3)
     for shape in [(1, 1), (5, 300), (32, 32), (64, 48), (513, 511)]:
         grey = rng.integers(0, 256, shape).astype(np.uint8)
-        bits = imagehash.phash(Image.fromarray(grey, mode="L")).hash.flatten()
-        assert phash64(grey) == int(np.packbits(bits).view(">u8")[0])
-        assert phash64(grey[:, ::-1]) == int(np.packbits(imagehash.phash(Image.fromarray(np.ascontiguousarray(grey[:, ::-1]), mode="L")).hash.flatten()).view(">u8")[0])
+        assert phash64(grey) == _imagehash_phash(grey)
+        assert phash64(grey[:, ::-1]) == _imagehash_phash(grey[:, ::-1])  # a view with negative strides
+    assert phash64(np.full((40, 40), 7, np.uint8)) == _imagehash_phash(np.full((40, 40), 7, np.uint8))  # flat: the DCT's rounding decides
 
 
 def test_hash_manifest_same_rows_with_one_and_two_workers(odd_images):
