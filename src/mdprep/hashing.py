@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import re
 import stat
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -33,7 +35,7 @@ import pyarrow.compute as pc
 from .errors import InputError, MdprepWarning, UsageError, cut_text
 from .executor import map_chunks
 from .fileio import open_nonblocking, paths_outside_root
-from .imaging import grey_8bit, load_pixels
+from .imaging import _decode, _modality, _photometric, grey_8bit
 from .incremental import Plan, Signatures, UpdateCounts, check_compatible, load_previous, plan_update, refuse_unusable, results_table, reused_rows, signatures_for
 from .manifest import Manifest, provenance_step
 from .storage import canonical_root, is_url, join
@@ -163,18 +165,161 @@ def error_text(exc: BaseException) -> tuple[str, str]:
 
 
 def phash64(grey: np.ndarray) -> int:
-    """imagehash's pHash of an 8-bit grey array as an unsigned 64-bit integer."""
+    """imagehash's pHash of an 8-bit grey array as an unsigned 64-bit integer.
+
+    The steps of ``imagehash.phash`` (8x8 bits from a 32x32 image) on the same
+    functions, so the same bits: Pillow's resize with imagehash's filter, SciPy's
+    DCT along both axes, the 8x8 lowest frequencies against their median. Only
+    imagehash's copies are left out (an L image converted to L, the hash object).
+
+    >>> phash64(np.zeros((16, 16), dtype=np.uint8))
+    0
+    """
     import imagehash
+    import scipy.fftpack
     from PIL import Image
 
-    bits = imagehash.phash(Image.fromarray(grey, mode="L")).hash.flatten()
-    return int(np.packbits(bits).view(">u8")[0])
+    small = np.asarray(Image.fromarray(grey, mode="L").resize((32, 32), imagehash.ANTIALIAS))
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(small, axis=0), axis=1)
+    low = dct[:8, :8]
+    return int(np.packbits(low > np.median(low)).view(">u8")[0])
 
 
 def pixel_digest(arr: np.ndarray) -> str:
-    """SHA-256 of a pixel array with its shape and dtype."""
-    head = f"{arr.shape}|{arr.dtype.str}|".encode()
-    return hashlib.sha256(head + np.ascontiguousarray(arr).tobytes()).hexdigest()
+    """SHA-256 of a pixel array with its shape and dtype.
+
+    >>> pixel_digest(np.zeros((1, 2), dtype=np.uint8))[:16]
+    'bf6c633ea0e63e30'
+    """
+    digest = hashlib.sha256(f"{arr.shape}|{arr.dtype.str}|".encode())
+    digest.update(np.ascontiguousarray(arr))
+    return digest.hexdigest()
+
+
+#: Bytes of float64 pixels made at a time while a rescaled image is hashed (stays in the CPU's cache).
+RESCALE_BLOCK = 1 << 18
+
+#: The largest scratch array a thread keeps between images; a larger one is made for its image alone.
+SCRATCH_BYTES = 64 << 20
+
+_scratch = threading.local()
+
+
+def _scratch_array(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised array of ``shape``, reused from image to image by this thread.
+
+    Fresh arrays of megabytes cost page faults on every image (more than the
+    arithmetic done on them); one buffer per role is kept instead.
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64))
+    if size * dtype.itemsize > SCRATCH_BYTES:
+        return np.empty(shape, dtype)
+    kept = _scratch.__dict__.setdefault("arrays", {})
+    buf = kept.get((name, dtype))
+    if buf is None or buf.size < size:
+        buf = kept[(name, dtype)] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+def _rescale_plan(stored: np.ndarray, ds) -> tuple[float | None, float | None, bool] | None:
+    """How :func:`~mdprep.imaging.load_pixels` would treat ``stored``, when the fast path can follow it.
+
+    ``(slope, intercept, invert)``: ``slope`` None when the pixels are kept as they
+    are (no DICOM rescale, or only one of its two values, as pydicom does), else the
+    finite numbers pydicom multiplies and adds in float64. None for anything else
+    (colour, floats, a modality LUT, odd rescale values), which takes the general path.
+    """
+    if stored.ndim != 2 or stored.dtype.kind not in "iu" or stored.size == 0:
+        return None
+    if ds is None:
+        return None, None, False
+    slope = intercept = None
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        if ds.get("ModalityLUTSequence"):
+            return None
+        if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+            slope, intercept = ds.RescaleSlope, ds.RescaleIntercept
+            if not all(isinstance(v, float) and math.isfinite(v) for v in (slope, intercept)):
+                return None
+            slope, intercept = float(slope), float(intercept)
+    return slope, intercept, _photometric(ds) == "MONOCHROME1"
+
+
+def _fast_hashes(stored: np.ndarray, slope: float | None, intercept: float | None, invert: bool) -> tuple[str, int] | None:
+    """``(pixel_sha256, phash)`` of a 2-D integer image, as :func:`pixel_digest` and :func:`grey_8bit` give them.
+
+    The same arithmetic in the same dtypes, element by element, without the
+    megabyte temporaries: a rescaled image is made in float64 a block of rows at a
+    time (hashed, then kept as float32, the dtype :func:`~mdprep.imaging.unit_grey`
+    works in), and the windowing to 8 bits runs in place in reused buffers. None
+    when the image's range is not finite (a rescale that overflows float32): the
+    caller takes the general path.
+    """
+    if slope is None:
+        digest = hashlib.sha256(f"{stored.shape}|{stored.dtype.str}|".encode())
+        digest.update(np.ascontiguousarray(stored))
+        if stored.dtype == np.uint8:  # grey_8bit keeps 8-bit grey as it is
+            return digest.hexdigest(), phash64(255 - stored if invert else stored)
+        unit = _scratch_array("unit", stored.shape, np.float32)
+        np.copyto(unit, stored, casting="unsafe")
+    else:
+        digest = hashlib.sha256(f"{stored.shape}|{np.dtype(np.float64).str}|".encode())
+        unit = _scratch_array("unit", stored.shape, np.float32)
+        rows = max(1, RESCALE_BLOCK // (8 * stored.shape[1]))
+        block = _scratch_array("rescaled", (rows, stored.shape[1]), np.float64)
+        for start in range(0, stored.shape[0], rows):
+            part = stored[start : start + rows]
+            out = block[: len(part)]
+            if slope == 1.0 and intercept == 0.0:  # x * 1.0 + 0.0 is x for the float64 of an integer
+                np.copyto(out, part, casting="unsafe")
+            else:
+                np.multiply(part, slope, out=out, dtype=np.float64)  # pydicom: arr.astype(float64) * slope
+                np.add(out, intercept, out=out)  # then += intercept
+            digest.update(out)
+            np.copyto(unit[start : start + rows], out, casting="same_kind")
+    lo, hi = float(unit.min()), float(unit.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    # unit_grey, then grey_8bit: (a - lo) / (hi - lo), 1 - a for MONOCHROME1, rint(a * 255) as uint8.
+    if hi <= lo:
+        unit.fill(0)
+    else:
+        np.subtract(unit, lo, out=unit)
+        np.divide(unit, hi - lo, out=unit)
+    if invert:
+        np.subtract(1.0, unit, out=unit)
+    np.multiply(unit, 255, out=unit)
+    np.rint(unit, out=unit)
+    grey = _scratch_array("grey", stored.shape, np.uint8)
+    np.copyto(grey, unit, casting="unsafe")
+    return digest.hexdigest(), phash64(grey)
+
+
+def image_hashes(path: str, data: bytes) -> tuple[str, int]:
+    """``(pixel_sha256, phash)`` of one image file's bytes: :func:`pixel_digest` and :func:`phash64` of its pixels.
+
+    The pixels are those of :func:`~mdprep.imaging.load_pixels` and the grey image
+    that of :func:`~mdprep.imaging.grey_8bit`; 2-D integer images (grey DICOM
+    without a modality LUT, grey PNGs) take a fast path with the same results
+    (:func:`_fast_hashes`), anything else the general one.
+
+    Raises
+    ------
+    Exception
+        Whatever decoding the file raises.
+    """
+    ds, stored = _decode(path, data)
+    plan = _rescale_plan(stored, ds)
+    if plan is not None:
+        fast = _fast_hashes(stored, *plan)
+        if fast is not None:
+            return fast
+    if ds is None:
+        arr, invert = stored, False
+    else:
+        arr, invert = _modality(stored, ds), _photometric(ds) == "MONOCHROME1"
+    return pixel_digest(arr), phash64(grey_8bit(arr, invert))
 
 
 def hash_image(path: str, *, max_bytes: int = MAX_BYTES, read: Callable[[], bytes | None] | None = None) -> tuple[str | None, str | None, int | None, str, str]:
@@ -182,7 +327,7 @@ def hash_image(path: str, *, max_bytes: int = MAX_BYTES, read: Callable[[], byte
 
     The file is read once, in chunks, through :func:`read_image_bytes` (regular
     files of at most ``max_bytes`` only); the bytes are hashed as they arrive and
-    then decoded. ``read``, when given and not returning None, gives the bytes
+    then decoded (:func:`image_hashes`). ``read``, when given and not returning None, gives the bytes
     instead (read ahead by :func:`remote_reads`). Messages come from
     :func:`error_text`, so they are the same on every run.
     """
@@ -197,15 +342,42 @@ def hash_image(path: str, *, max_bytes: int = MAX_BYTES, read: Callable[[], byte
         return None, None, None, *error_text(exc)
     file_hash = digest.hexdigest()
     try:
-        arr, invert = load_pixels(path, data)
-        return file_hash, pixel_digest(arr), phash64(grey_8bit(arr, invert)), "", ""
+        pixel_hash, phash = image_hashes(path, data)
+        return file_hash, pixel_hash, phash, "", ""
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's error row
         return file_hash, None, None, *error_text(exc)
 
 
+#: Files per task when local worker processes hash (a few milliseconds each): the last tasks
+#: of the workers end close together, and a task's own cost (under a millisecond) stays small.
+POOL_CHUNK = 16
+
+#: What decoding and hashing an image imports (``mdprep.imaging`` imports them on first use).
+DECODERS = ("pydicom", "pydicom.pixels", "PIL.Image", "PIL.PngImagePlugin", "scipy.fftpack", "imagehash")
+
+
+def _import_decoders() -> None:
+    """Import :data:`DECODERS` in this process, so that the workers forked from it share them.
+
+    Each worker would otherwise spend about half a second importing them (SciPy,
+    pydicom) before its first image. A module that is missing is left to fail where
+    it is used, as the file's error row.
+    """
+    import importlib
+
+    for name in DECODERS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
 def _hash_chunk(paths: Sequence[str], *, root: str, max_bytes: int) -> list[tuple]:
     full = [join(root, p) for p in paths]
-    return [hash_image(f, max_bytes=max_bytes, read=r) for f, r in zip(full, remote_reads(full, max_bytes=max_bytes))]
+    try:
+        return [hash_image(f, max_bytes=max_bytes, read=r) for f, r in zip(full, remote_reads(full, max_bytes=max_bytes))]
+    finally:
+        _scratch.__dict__.pop("arrays", None)  # the buffers live as long as a chunk, not as long as the process
 
 
 @dataclass(frozen=True)
@@ -323,11 +495,17 @@ def hash_manifest(
     if outside.any():
         warnings.warn(f"{int(outside.sum())} row(s) read from outside the image root {root_abs!r} (--allow-outside-root)", MdprepWarning, stacklevel=2)
     task = functools.partial(_hash_chunk, root=root_abs, max_bytes=int(max_bytes))
+    chunk_size = None
+    if scheduler is None and not is_url(root_abs) and (workers is None or int(workers) > 1):
+        # A pool of local processes: small tasks, so that the workers finish together, and
+        # the decoders imported once here, so that forked workers do not import them again.
+        chunk_size = POOL_CHUNK
+        _import_decoders()
     plan = signatures = None
     if not incremental:
         if on_found:
             on_found(len(read))
-        parts = map_chunks(task, read, workers=workers, on_progress=on_progress, scheduler=scheduler)
+        parts = map_chunks(task, read, workers=workers, chunk_size=chunk_size, on_progress=on_progress, scheduler=scheduler)
         rows = [r for part in parts for r in part]
     else:
         # One signature per distinct path: rows that share a file share its hashes.
@@ -339,7 +517,7 @@ def hash_manifest(
         fresh = plan.to_read
         if on_found:
             on_found(len(fresh))
-        parts = map_chunks(task, fresh, workers=workers, on_progress=on_progress, scheduler=scheduler)
+        parts = map_chunks(task, fresh, workers=workers, chunk_size=chunk_size, on_progress=on_progress, scheduler=scheduler)
         done = [r for part in parts for r in part]
         signatures = signatures_for(
             plan, "hash", options, results_table(fresh, plan.sizes[~plan.reuse], ["failed" if r[3] else "ok" for r in done], [r[3] for r in done], [r[4] for r in done])
