@@ -546,6 +546,197 @@ def _write_dicom_pixels(path: Path, pixels: np.ndarray, patient: str) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
+# ----------------------------------------------------------------------------- CT series
+
+#: SOP classes of the CT cohort: one image per file, and Enhanced CT (all frames in one file).
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+_AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+_CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+
+
+@dataclass
+class PlantedSeries:
+    """What :func:`write_ct_tree` wrote: files, and per series what a series-level ingest must find.
+
+    ``series`` maps each SeriesInstanceUID to a dict with ``folder`` (relative to the root),
+    ``instances`` (files), ``frames`` (images: slices, or the frames of a multi-frame file),
+    ``patient`` and ``problems`` (the sorted names of the volume problems planted in it).
+    """
+
+    root: str
+    files: int = 0
+    series: dict[str, dict] = field(default_factory=dict)
+
+    def with_problem(self, problem: str) -> list[str]:
+        """The series UIDs in which ``problem`` was planted."""
+        return sorted(uid for uid, s in self.series.items() if problem in s["problems"])
+
+
+def ct_volume(rng: np.random.Generator, slices: int, shape: tuple[int, int] = (32, 32)) -> np.ndarray:
+    """A smooth body-like blob in HU (-1024 air, about 40 tissue), ``slices x rows x columns``, int16."""
+    z, y, x = np.mgrid[0:slices, 0 : shape[0], 0 : shape[1]]
+    c = rng.uniform(0.4, 0.6, 3) * np.array([slices, *shape])
+    r = np.sqrt(((z - c[0]) / (0.6 * slices)) ** 2 + ((y - c[1]) / (0.35 * shape[0])) ** 2 + ((x - c[2]) / (0.4 * shape[1])) ** 2)
+    hu = -1024 + 1064 * (r < 1) + rng.normal(0, 8, r.shape)
+    return np.clip(hu, -1024, 3071).astype(np.int16)
+
+
+def _ct_dataset(patient: str, study: int, series_uid: str, k: int, pixels: np.ndarray, *, position, orientation=_AXIAL,
+                sop_class: str = CT_IMAGE_STORAGE, image_type=("ORIGINAL", "PRIMARY", "AXIAL"), thickness: float = 2.5):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    sop = _uid("ct-sop", series_uid, k)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = list(image_type)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop
+    ds.StudyDate, ds.StudyTime = f"20{20 + study:02d}0315", "093000"
+    ds.AccessionNumber = "CT" + _uid("ct-accession", patient, study)[5:15]
+    ds.Modality = "CT"
+    ds.PatientName, ds.PatientID = f"Roe^{patient}", patient
+    ds.PatientBirthDate, ds.PatientSex, ds.PatientAge = "19600101", "MF"[len(patient) % 2], "060Y"
+    ds.BodyPartExamined = "CHEST"
+    ds.StudyInstanceUID = _uid("ct-study", patient, study)
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = str(study), "2", str(k + 1)
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.ImageOrientationPatient = list(orientation)
+    ds.SliceThickness = thickness
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope = "0", "1"
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
+    return ds
+
+
+def _enhanced_ct(patient: str, study: int, series_uid: str, volume: np.ndarray, spacing: float):
+    """One Enhanced CT file holding every slice of ``volume`` as a frame, positions per frame."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = _ct_dataset(patient, study, series_uid, 0, volume[0], position=(0, 0, 0), sop_class=ENHANCED_CT_IMAGE_STORAGE,
+                     image_type=("ORIGINAL", "PRIMARY", "VOLUME", "NONE"))
+    for name in ("ImagePositionPatient", "ImageOrientationPatient", "SliceThickness", "PixelSpacing"):
+        del ds[name]
+    ds.NumberOfFrames = len(volume)
+    measures, orient = Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [0.7, 0.7], spacing
+    orient.ImageOrientationPatient = list(_AXIAL)
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([measures])
+    shared.PlaneOrientationSequence = Sequence([orient])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for z in range(len(volume)):
+        plane, item = Dataset(), Dataset()
+        plane.ImagePositionPatient = [-11.2, -11.2, float(z * spacing)]
+        item.PlanePositionSequence = Sequence([plane])
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.PixelData = np.ascontiguousarray(volume, dtype="<i2").tobytes()
+    return ds
+
+
+def write_ct_tree(
+    root: str | os.PathLike,
+    *,
+    patients: int = 3,
+    slices: int = 12,
+    shape: tuple[int, int] = (32, 32),
+    spacing: float = 2.5,
+    seed: int = 0,
+    plant_problems: bool = True,
+) -> PlantedSeries:
+    """Write axial CT series, one folder per series: ``PATIENT/studyS/seriesN/IMAGE.dcm``.
+
+    Every patient gets one clean axial series of ``slices`` slices. With
+    ``plant_problems`` the first patient's study also gets one series for each volume
+    problem a series-level ingest must flag, and one clean multi-frame file:
+
+    * ``missing_slices``: a clean series with one inner slice left out (a gap in position and InstanceNumber);
+    * ``duplicate_positions``: one more file at the position of the second slice (numbered after the last);
+    * ``irregular_spacing``: one gap of 1.5 times the spacing between two slices, numbered without a gap
+      (not a missing slice: no whole slice fits in it);
+    * ``mixed_orientation``: two slices written coronal in an axial series;
+    * ``localizer``: a scout (ImageType LOCALIZER, coronal, another matrix size) in an axial series,
+      which also makes it ``mixed_orientation`` and ``mixed_size``;
+    * ``mixed_sop_class``: one slice stored as Secondary Capture;
+    * a multi-frame Enhanced CT file: one series of one instance with ``slices`` frames, no problem.
+
+    Files are written in shuffled order of names, so readers cannot rely on file names for slice order.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = write_ct_tree(tempfile.mkdtemp(), patients=1, slices=6, shape=(4, 4))
+    >>> p.with_problem("duplicate_positions") == [u for u, s in p.series.items() if s["folder"].endswith("duplicate")]
+    True
+    """
+    if plant_problems and slices < 6:
+        raise ValueError(f"slices={slices}: planting the volume problems needs at least 6 slices per series")
+    rng = np.random.default_rng(seed)
+    root_p = Path(root)
+    planted = PlantedSeries(str(root_p))
+
+    def write(patient: str, study: int, name: str, datasets: list, problems: Sequence[str], frames: int | None = None) -> None:
+        folder = f"{patient}/study{study}/{name}"
+        (root_p / folder).mkdir(parents=True, exist_ok=True)
+        order = rng.permutation(len(datasets))
+        for k, ds in enumerate(datasets):
+            ds.save_as(root_p / folder / f"im{int(order[k]):04d}.dcm", enforce_file_format=True)
+        uid = str(datasets[0].SeriesInstanceUID)
+        planted.series[uid] = {"folder": folder, "instances": len(datasets), "frames": frames or len(datasets),
+                               "patient": patient, "problems": sorted(problems)}
+        planted.files += len(datasets)
+
+    def axial(patient: str, study: int, name: str, n: int = slices, z=None) -> list:
+        uid = _uid("ct-series", patient, study, name)
+        volume = ct_volume(rng, n, shape)
+        zs = np.arange(n) * spacing if z is None else np.asarray(z, dtype=float)
+        return [_ct_dataset(patient, study, uid, k, volume[k], position=(-11.2, -11.2, zs[k]), thickness=spacing) for k in range(n)]
+
+    for p in range(patients):
+        write(f"CT{p:04d}", 0, "series1", axial(f"CT{p:04d}", 0, "series1"), [])
+    if not plant_problems:
+        return planted
+    patient = "CT0000"
+    gap = axial(patient, 0, "missing")
+    del gap[slices // 2]
+    write(patient, 0, "missing", gap, ["missing_slices"])
+    dup = axial(patient, 0, "duplicate")
+    again = _ct_dataset(patient, 0, dup[0].SeriesInstanceUID, slices, ct_volume(rng, 1, shape)[0],
+                        position=dup[1].ImagePositionPatient, thickness=spacing)
+    dup.append(again)  # a second image at slice 2's position, numbered after the last
+    write(patient, 0, "duplicate", dup, ["duplicate_positions"])
+    z = np.arange(slices) * spacing
+    z[slices // 2 :] += 0.5 * spacing
+    write(patient, 0, "irregular", axial(patient, 0, "irregular", z=z), ["irregular_spacing"])
+    mixed = axial(patient, 0, "oblique")
+    for k in (slices // 2 - 1, slices // 2):
+        mixed[k].ImageOrientationPatient = list(_CORONAL)
+    write(patient, 0, "oblique", mixed, ["mixed_orientation"])
+    scout_series = axial(patient, 0, "scout")
+    uid = scout_series[0].SeriesInstanceUID
+    scout = _ct_dataset(patient, 0, uid, slices, ct_volume(rng, 1, (shape[0], shape[1] * 2))[0], position=(-11.2, 0.0, 40.0),
+                        orientation=_CORONAL, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    write(patient, 0, "scout", scout_series + [scout], ["localizer", "mixed_orientation", "mixed_size"])
+    sop = axial(patient, 0, "sopclass")
+    sop[slices // 2].SOPClassUID = sop[slices // 2].file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    write(patient, 0, "sopclass", sop, ["mixed_sop_class"])
+    uid = _uid("ct-series", patient, 0, "enhanced")
+    write(patient, 0, "enhanced", [_enhanced_ct(patient, 0, uid, ct_volume(rng, slices, shape), spacing)], [], frames=slices)
+    return planted
+
+
 # ----------------------------------------------------------------------------- object storage
 
 
