@@ -59,29 +59,8 @@ from ..manifest import (
 from . import IngestReport, extract_groups_arrow, sex_of_spellings
 from ._arrow import distinct, from_numpy, is_text, null_scalar, strings, stripped, text_scalar, valid_mask, values
 from .table_io import read_table
-from .table_spec import (
-    CHEXPERT_HINT,
-    CHEXPERT_LABELS,
-    CHEXPERT_PATH,
-    CHEXPERT_READ,
-    CHEXPERT_RENAMES,
-    CHEXPERT_TEXT,
-    ID_COLUMNS,
-    NIH_HINT,
-    NIH_LABEL_COLUMNS,
-    NIH_RENAMES,
-    NIH_REQUIRED,
-    NIH_TEXT,
-    TableOptions,
-    blank_policies,
-    check_label_names,
-    label_map_notes,
-    label_origin,
-    manifest_root,
-    provenance,
-    require_columns,
-    table_options,
-)
+from . import table_spec as spec
+from .table_spec import TableOptions
 
 #: The presets read here.
 ARROW_PRESETS = ("nih", "chexpert")
@@ -156,23 +135,27 @@ def ingest_table_arrow(path: str | os.PathLike, **options: Any) -> ArrowIngest |
 
     Examples
     --------
-    >>> import tempfile, os
-    >>> from mdprep.synthetic import write_nih_table
-    >>> p = os.path.join(tempfile.mkdtemp(), "Data_Entry_2017.csv")
-    >>> n = write_nih_table(p, patients=5)
-    >>> r = ingest_table_arrow(p, preset="nih")
-    >>> len(r.labels), r.table.num_rows == n == r.report.ingested
-    (15, True)
-    >>> ingest_table_arrow(p, preset="nih", aggregate="any") is None
-    True
+    >>> from pathlib import Path
+    >>> from tempfile import mkdtemp
+    >>> from mdprep.synthetic import write_chexpert_table
+    >>> train = Path(mkdtemp()) / "train.csv"
+    >>> rows = write_chexpert_table(train, patients=4)
+    >>> r = ingest_table_arrow(train, preset="chexpert", uncertain="ones")
+    >>> r.labels[:2], r.table.num_rows == rows == r.report.ingested
+    (('No Finding', 'Enlarged Cardiomediastinum'), True)
+    >>> print(ingest_table_arrow(train, preset="chexpert", aggregate="any"))  # only the pandas path aggregates
+    None
     """
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = _ingest(table_options(path, **options))
+            result = _ingest(spec.table_options(path, **options))
     except (Declined, MdprepError, pa.ArrowException):
         return None
     return None if caught else result
+
+
+ingest_table_arrow.__signature__ = spec.options_signature("ArrowIngest | None")
 
 
 def _ingest(opts: TableOptions) -> ArrowIngest:
@@ -189,10 +172,10 @@ def _ingest(opts: TableOptions) -> ArrowIngest:
         plan, renamed, merged = label_map_plan(list(labels), opts.label_mapping)
         if renamed or merged:
             labels = {name: labels[s[0]] if len(s) == 1 else _merged([labels[x] for x in s]) for name, s in plan.items()}
-        notes += label_map_notes(renamed, merged)
+        notes += spec.label_map_notes(renamed, merged)
     names = list(labels)
-    check_label_names(names, list(frame), opts.path, derived=[], mapped=opts.label_mapping, origin=label_origin(opts.preset, None, ()))
-    filled = _blank(labels, opts.blank_default, blank_policies(opts, names))
+    spec.check_label_names(names, list(frame), opts.path, derived=[], mapped=opts.label_mapping, origin=spec.label_origin(opts.preset, None, ()))
+    filled = _blank(labels, opts.blank_default, spec.blank_policies(opts, names))
     if filled:
         notes.append(f"{filled} blank label cell(s) of labelled rows counted as negative (--blank)")
     _check_identifiers(frame)
@@ -202,8 +185,8 @@ def _ingest(opts: TableOptions) -> ArrowIngest:
     canonical = {c: _canonical(c, frame[c]) for c in CANONICAL_TYPES if c in frame}
     rest = {c: _stored(frame[c]) for c in frame if c not in CANONICAL_TYPES}
     columns = {**canonical, **{name: from_numpy(v, ~null, LABEL_TYPE) for name, (v, null) in labels.items()}, **rest}
-    step = provenance(opts)
-    document = metadata_document(names, manifest_root(opts.root), [step])
+    step = spec.provenance(opts)
+    document = metadata_document(names, spec.manifest_root(opts.root), [step])
     schema = pa.schema([pa.field(name, arr.type) for name, arr in columns.items()], metadata=schema_metadata(document))
     table = pa.Table.from_arrays(list(columns.values()), schema=schema)
     report = IngestReport(found=n, ingested=n, aggregated=0, unlabeled=unlabeled, invalid_values={}, invalid_examples={}, notes=tuple(notes))
@@ -219,10 +202,10 @@ def _one(column: Column) -> pa.Array:
 
 
 def _nih(opts: TableOptions) -> tuple[dict[str, Column], dict[str, Label], list[str], pa.Table, dict[str, str]]:
-    table = read_table(opts.path, sep=opts.sep, string_columns=[*NIH_TEXT, *opts.text_columns], encoding=opts.encoding)
-    require_columns(table, NIH_REQUIRED, opts.path, NIH_HINT)
+    table = read_table(opts.path, sep=opts.sep, string_columns=[*spec.NIH_TEXT, *opts.text_columns], encoding=opts.encoding)
+    spec.require_columns(table, spec.NIH_REQUIRED, opts.path, spec.NIH_HINT)
     encoded = _one(table.column("Finding Labels")).dictionary_encode()
-    names, cells, empty, malformed = parse_label_cells(encoded.dictionary.to_pylist(), sep="|", known=NIH_LABEL_COLUMNS)
+    names, cells, empty, malformed = parse_label_cells(encoded.dictionary.to_pylist(), sep="|", known=spec.NIH_LABEL_COLUMNS)
     if malformed:
         raise Declined("malformed label lists")
     codes = np.where(valid_mask(encoded.indices), values(encoded.indices), -1)  # null cells: the last row
@@ -230,10 +213,10 @@ def _nih(opts: TableOptions) -> tuple[dict[str, Column], dict[str, Label], list[
     labels = {name: (np.ascontiguousarray(rows[:, j]), null.copy()) for j, name in enumerate(names)}
     image = table.column("Image Index")
     frame: dict[str, Column] = {"image_id": image, "path": image, "patient_id": table.column("Patient ID")}
-    extra = [n for n in names if n not in NIH_LABEL_COLUMNS]
+    extra = [n for n in names if n not in spec.NIH_LABEL_COLUMNS]
     notes = [f"labels not in the NIH list: {', '.join(extra)}"] if extra else []
     origins = {}
-    for source, target in NIH_RENAMES.items():
+    for source, target in spec.NIH_RENAMES.items():
         if source in table.column_names:
             frame[target] = table.column(source)
             origins[target] = source
@@ -241,10 +224,10 @@ def _nih(opts: TableOptions) -> tuple[dict[str, Column], dict[str, Label], list[
 
 
 def _chexpert(opts: TableOptions) -> tuple[dict[str, Column], dict[str, Label], list[str], pa.Table, dict[str, str]]:
-    table = read_table(opts.path, sep=opts.sep, string_columns=[*CHEXPERT_TEXT, *opts.text_columns], encoding=opts.encoding)
-    require_columns(table, ["Path", *CHEXPERT_LABELS], opts.path, CHEXPERT_HINT)
+    table = read_table(opts.path, sep=opts.sep, string_columns=[*spec.CHEXPERT_TEXT, *opts.text_columns], encoding=opts.encoding)
+    spec.require_columns(table, ["Path", *spec.CHEXPERT_LABELS], opts.path, spec.CHEXPERT_HINT)
     path = _one(table.column("Path"))
-    parts, matched = extract_groups_arrow(path, CHEXPERT_PATH)
+    parts, matched = extract_groups_arrow(path, spec.CHEXPERT_PATH)
     if not matched.all():
         raise Declined("paths without patientNNNNN/studyN/")
     frame: dict[str, Column] = {"image_id": path, "path": path, "patient_id": parts["patient"]}
@@ -257,12 +240,12 @@ def _chexpert(opts: TableOptions) -> tuple[dict[str, Column], dict[str, Label], 
             view = pc.if_else(pc.is_valid(view), view, pc.if_else(lateral, text_scalar("LATERAL"), null_scalar(pa.string())))
         frame["view"] = view
     origins = {}
-    for source, target in CHEXPERT_RENAMES.items():
+    for source, target in spec.CHEXPERT_RENAMES.items():
         if source in present:
             frame[target] = table.column(source)
             origins[target] = source
-    labels = {name: _label_values(table.column(name)) for name in CHEXPERT_LABELS}
-    for name in (c for c in present if c not in CHEXPERT_READ):
+    labels = {name: _label_values(table.column(name)) for name in spec.CHEXPERT_LABELS}
+    for name in (c for c in present if c not in spec.CHEXPERT_READ):
         if name in frame:
             raise Declined(f"column {name!r} named like a column the preset makes")
         frame[name] = table.column(name)
@@ -345,7 +328,7 @@ def _uncertain(labels: dict[str, Label], policy: str) -> None:
 
 def _check_identifiers(frame: Mapping[str, Column]) -> None:
     """What the pandas path checks of identifiers before the contract: text, no white space around, image ids present and unique."""
-    for col in ID_COLUMNS:
+    for col in spec.ID_COLUMNS:
         if col in frame and not (is_text(frame[col]) and stripped(frame[col])):
             raise Declined(f"{col} is not stripped text")
     if not distinct(frame["image_id"]):
@@ -424,7 +407,7 @@ def declined_reason(path: str | os.PathLike, **options: Any) -> str | None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _ingest(table_options(path, **options))
+            _ingest(spec.table_options(path, **options))
     except Declined as exc:
         return str(exc)
     except (MdprepError, pa.ArrowException) as exc:

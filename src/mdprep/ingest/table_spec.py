@@ -8,6 +8,7 @@ functions here, so the two cannot drift apart. Nothing here imports a data libra
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from dataclasses import dataclass
@@ -249,6 +250,11 @@ def table_options(
         text_columns=tuple(text_columns),
         first_line=first_line,
     )
+
+
+def options_signature(returns: Any) -> inspect.Signature:
+    """The signature of a function that takes a table and the options of :func:`table_options`, returning ``returns``."""
+    return inspect.signature(table_options).replace(return_annotation=returns)
 
 
 def label_map_notes(renamed: Sequence[tuple[str, str]], merged: Mapping[str, Sequence[str]]) -> list[str]:

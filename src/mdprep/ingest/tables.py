@@ -6,7 +6,7 @@ import os
 import re
 import shlex
 import warnings
-from typing import Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,6 +49,7 @@ from .table_spec import (
     label_map_notes,
     label_origin,
     manifest_root,
+    options_signature,
     provenance,
     require_columns,
     table_options,
@@ -600,30 +601,7 @@ def _aggregate(
 # ----------------------------------------------------------------------------- the command
 
 
-def ingest_table(
-    path: str | os.PathLike,
-    *,
-    preset: str = "generic",
-    metadata: str | os.PathLike | None = None,
-    uncertain: str = "keep",
-    image_col: str | None = None,
-    patient_col: str | None = None,
-    path_col: str | None = None,
-    study_col: str | None = None,
-    labels_col: str | None = None,
-    labels_sep: str = "|",
-    label_cols: Sequence[str] = (),
-    label_when: Sequence[str] | str = (),
-    blank: Sequence[str] | str = "missing",
-    label_map: str | os.PathLike | Mapping[str, str] | None = None,
-    aggregate: str = "error",
-    reader_col: str | None = None,
-    columns: Mapping[str, str] | Sequence[str] | None = None,
-    sep: str | None = None,
-    encoding: str = "utf-8",
-    image_ext: str = "jpg",
-    root: str | None = None,
-) -> IngestResult:
+def ingest_table(path: str | os.PathLike, **options: Any) -> IngestResult:
     """Turn a dataset's label/metadata table into a manifest.
 
     Labels go through these steps, in order: read (preset, ``labels_col``,
@@ -635,6 +613,9 @@ def ingest_table(
     ----------
     path : path
         The table: CSV, TSV (plain or compressed) or Parquet.
+    **options
+        The keywords below (their defaults are those of :func:`~mdprep.ingest.table_spec.table_options`,
+        which checks them and whose signature this function shows).
     preset : {"nih", "chexpert", "mimic", "generic"}
         How to read it (see :data:`PRESETS`).
     metadata : path, optional
@@ -682,33 +663,30 @@ def ingest_table(
     >>> len(r.manifest.labels), r.report.ingested == n
     (15, True)
     """
-    opts = table_options(
-        path, preset=preset, metadata=metadata, uncertain=uncertain, image_col=image_col, patient_col=patient_col,
-        path_col=path_col, study_col=study_col, labels_col=labels_col, labels_sep=labels_sep, label_cols=label_cols,
-        label_when=label_when, blank=blank, label_map=label_map, aggregate=aggregate, reader_col=reader_col,
-        columns=columns, sep=sep, encoding=encoding, image_ext=image_ext, root=root,
-    )  # fmt: skip
-    spath, sep, rules, column_map, label_mapping = opts.path, opts.sep, opts.rules, opts.column_map, opts.label_mapping
+    opts = table_options(path, **options)
+    spath, preset, sep, encoding, aggregate = opts.path, opts.preset, opts.sep, opts.encoding, opts.aggregate
+    rules, column_map, label_mapping = opts.rules, opts.column_map, opts.label_mapping
     text_columns, first_line = list(opts.text_columns), opts.first_line
+    labels_col, label_cols = opts.generic["labels_col"], opts.generic["label_cols"]
 
     if preset == "nih":
         parsed = _nih(spath, encoding, sep, text_columns, first_line)
     elif preset == "chexpert":
         parsed = _chexpert(spath, encoding, sep, text_columns, first_line)
     elif preset == "mimic":
-        parsed = _mimic(spath, os.fspath(metadata) if metadata else None, encoding, sep, image_ext, text_columns)
+        parsed = _mimic(spath, os.fspath(opts.metadata) if opts.metadata else None, encoding, sep, opts.image_ext, text_columns)
         first_line = None  # rows of the metadata table, joined
     else:
         parsed = _generic(
             spath,
             encoding=encoding,
             sep=sep,
-            image_col=image_col,
-            patient_col=patient_col,
-            path_col=path_col,
-            study_col=study_col,
+            image_col=opts.generic["image_col"],
+            patient_col=opts.patient_col,
+            path_col=opts.generic["path_col"],
+            study_col=opts.generic["study_col"],
             labels_col=labels_col,
-            labels_sep=labels_sep,
+            labels_sep=opts.labels_sep,
             label_cols=label_cols,
             columns=column_map,
             text_columns=text_columns,
@@ -756,20 +734,20 @@ def ingest_table(
                 path=spath,
             )
         readers = None
-        if reader_col:
-            hit = find_column(list(source.columns), reader_col)
+        if opts.reader_col:
+            hit = find_column(list(source.columns), opts.reader_col)
             if hit is None:
-                raise MissingColumnError([reader_col], list(source.columns), path=spath, hint="--reader-col names the column of each row's reader")
+                raise MissingColumnError([opts.reader_col], list(source.columns), path=spath, hint="--reader-col names the column of each row's reader")
             readers = source[hit]
         frame, more = _aggregate(frame.reset_index(drop=True), labels, aggregate, readers.reset_index(drop=True) if readers is not None else None, spath)
         notes += more
     unlabeled = int(frame[list(labels)].isna().all(axis=1).sum()) if labels else 0
-    frame = apply_uncertain_policy(frame, labels, uncertain)
+    frame = apply_uncertain_policy(frame, labels, opts.uncertain)
     frame, invalid, invalid_examples, more = _coerce_canonical(frame, origins, labels)
     notes += more
     frame = order_columns(frame.reset_index(drop=True), labels)
     step = provenance(opts)
-    manifest = Manifest(frame=frame, labels=tuple(labels), root=manifest_root(root)).with_step(step)
+    manifest = Manifest(frame=frame, labels=tuple(labels), root=manifest_root(opts.root)).with_step(step)
     try:
         check(manifest, path=spath)
     except ManifestValidationError as exc:
@@ -784,6 +762,9 @@ def ingest_table(
         notes=tuple(notes),
     )
     return IngestResult(manifest=manifest, errors=empty_errors(), report=report)
+
+
+ingest_table.__signature__ = options_signature(IngestResult)  # what help() and editors show: the options and their defaults
 
 
 def _apply_column_map(
