@@ -330,3 +330,26 @@ def test_nih_and_chexpert_never_import_pandas(tmp_path):
     argv = ["ingest", "table", str(table), "--preset", "chexpert", "--aggregate", "any", "-o", str(tmp_path / "agg.parquet"), "-q"]
     out = subprocess.run([sys.executable, "-c", _PROBE, *argv], env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"code": 0, "pandas": True}
+
+
+_EXIT_PROBE = """
+import atexit, gc, json, sys
+import pyarrow.parquet as pq
+from mdprep.cli import main
+
+def after():  # registered first, so it runs after the command's own exit hook
+    rows = pq.ParquetFile(sys.argv[-2]).metadata.num_rows  # the manifest is complete and readable by now
+    print(json.dumps({"gc_enabled": gc.isenabled(), "frozen": gc.get_freeze_count() > 0, "rows": rows}))
+
+atexit.register(after)
+main(sys.argv[1:], prog_name="mdprep")
+"""
+
+
+def test_ingest_table_exits_without_a_last_collection_after_writing(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    table = _clean_chexpert(tmp_path)
+    argv = ["ingest", "table", str(table), "--preset", "chexpert", "-o", str(tmp_path / "m.parquet"), "-q"]
+    out = subprocess.run([sys.executable, "-c", _EXIT_PROBE, *argv], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"gc_enabled": False, "frozen": True, "rows": 30}

@@ -33,9 +33,10 @@ sex by :func:`mdprep.ingest.sex_of_spellings`, CheXpert paths by
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -72,6 +73,7 @@ _INTEGER_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.
 _FLOAT_TYPES = (pa.float32(), pa.float64())
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
+T = TypeVar("T")
 Column = pa.Array | pa.ChunkedArray
 #: A label column: ``int8`` codes and where they are null.
 Label = tuple[np.ndarray, np.ndarray]
@@ -168,22 +170,26 @@ def _ingest(opts: TableOptions) -> ArrowIngest:
     frame, labels, notes, source, origins = _nih(opts) if opts.preset == "nih" else _chexpert(opts)
     if opts.column_map:
         _apply_column_map(frame, source, opts.column_map, notes, origins)
-    if opts.label_mapping is not None:
-        plan, renamed, merged = label_map_plan(list(labels), opts.label_mapping)
-        if renamed or merged:
-            labels = {name: labels[s[0]] if len(s) == 1 else _merged([labels[x] for x in s]) for name, s in plan.items()}
-        notes += spec.label_map_notes(renamed, merged)
-    names = list(labels)
-    spec.check_label_names(names, list(frame), opts.path, derived=[], mapped=opts.label_mapping, origin=spec.label_origin(opts.preset, None, ()))
-    filled = _blank(labels, opts.blank_default, spec.blank_policies(opts, names))
-    if filled:
-        notes.append(f"{filled} blank label cell(s) of labelled rows counted as negative (--blank)")
-    _check_identifiers(frame)
+    checked = _background(_check_identifiers, dict(frame))  # the ids are final: check them beside the label work
+    try:
+        if opts.label_mapping is not None:
+            plan, renamed, merged = label_map_plan(list(labels), opts.label_mapping)
+            if renamed or merged:
+                labels = {name: labels[s[0]] if len(s) == 1 else _merged([labels[x] for x in s]) for name, s in plan.items()}
+            notes += spec.label_map_notes(renamed, merged)
+        names = list(labels)
+        origin = spec.label_origin(opts.preset, None, ())
+        spec.check_label_names(names, list(frame), opts.path, derived=[], mapped=opts.label_mapping, origin=origin)
+        filled = _blank(labels, opts.blank_default, spec.blank_policies(opts, names))
+        if filled:
+            notes.append(f"{filled} blank label cell(s) of labelled rows counted as negative (--blank)")
+        unlabeled = int(np.logical_and.reduce([null for _, null in labels.values()]).sum()) if labels else 0
+        _uncertain(labels, opts.uncertain)
+        canonical = {c: _canonical(c, frame[c]) for c in CANONICAL_TYPES if c in frame}
+        rest = {c: _stored(frame[c]) for c in frame if c not in CANONICAL_TYPES}
+    finally:
+        checked()  # always waited for: nothing of this call runs on once it has returned
     n = source.num_rows
-    unlabeled = int(np.logical_and.reduce([null for _, null in labels.values()]).sum()) if labels else 0
-    _uncertain(labels, opts.uncertain)
-    canonical = {c: _canonical(c, frame[c]) for c in CANONICAL_TYPES if c in frame}
-    rest = {c: _stored(frame[c]) for c in frame if c not in CANONICAL_TYPES}
     columns = {**canonical, **{name: from_numpy(v, ~null, LABEL_TYPE) for name, (v, null) in labels.items()}, **rest}
     step = spec.provenance(opts)
     document = metadata_document(names, spec.manifest_root(opts.root), [step])
@@ -194,6 +200,31 @@ def _ingest(opts: TableOptions) -> ArrowIngest:
 
 
 # ----------------------------------------------------------------------------- presets
+
+
+def _background(fn: Callable[..., T], *args: Any) -> Callable[[], T]:
+    """Start ``fn(*args)`` in a thread; the function returned waits for its result, or raises what it raised.
+
+    pyarrow's kernels and numpy's loops let go of the GIL, so on two cores two of them run at once.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"mdprep-{getattr(fn, '__name__', 'task')}", daemon=True)
+    thread.start()
+
+    def wait() -> T:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    return wait
 
 
 def _one(column: Column) -> pa.Array:
@@ -227,7 +258,15 @@ def _chexpert(opts: TableOptions) -> tuple[dict[str, Column], dict[str, Label], 
     table = read_table(opts.path, sep=opts.sep, string_columns=[*spec.CHEXPERT_TEXT, *opts.text_columns], encoding=opts.encoding)
     spec.require_columns(table, ["Path", *spec.CHEXPERT_LABELS], opts.path, spec.CHEXPERT_HINT)
     path = _one(table.column("Path"))
-    parts, matched = extract_groups_arrow(path, spec.CHEXPERT_PATH)
+    # The regex is most of the work here: its two halves run at once (pyarrow lets go of the GIL).
+    half = len(path) // 2
+    tail = _background(extract_groups_arrow, path.slice(half), spec.CHEXPERT_PATH)
+    try:
+        head_parts, head_matched = extract_groups_arrow(path.slice(0, half), spec.CHEXPERT_PATH)
+    finally:
+        tail_parts, tail_matched = tail()
+    parts = {n: pa.concat_arrays([head_parts[n], tail_parts[n]]) for n in head_parts}
+    matched = np.concatenate([head_matched, tail_matched])
     if not matched.all():
         raise Declined("paths without patientNNNNN/studyN/")
     frame: dict[str, Column] = {"image_id": path, "path": path, "patient_id": parts["patient"]}
@@ -259,9 +298,8 @@ def _label_values(column: Column) -> Label:
         return np.zeros(len(arr), np.int8), np.ones(len(arr), bool)
     if not (arr.type in _INTEGER_TYPES or arr.type in _FLOAT_TYPES or pa.types.is_boolean(arr.type)):
         raise Declined("label values that are not numbers")
-    numbers = values(arr).astype(np.float64)
-    numbers[~valid_mask(arr)] = np.nan
-    if (~np.isnan(numbers) & ~np.isin(numbers, LABEL_VALUES)).any():
+    numbers = np.where(valid_mask(arr), values(arr), np.nan)
+    if not (np.isnan(numbers) | (numbers == LABEL_VALUES[0]) | (numbers == LABEL_VALUES[1]) | (numbers == LABEL_VALUES[2])).all():
         raise Declined("label values outside {1, 0, -1}")
     return label_codes(numbers)
 
@@ -328,9 +366,12 @@ def _uncertain(labels: dict[str, Label], policy: str) -> None:
 
 def _check_identifiers(frame: Mapping[str, Column]) -> None:
     """What the pandas path checks of identifiers before the contract: text, no white space around, image ids present and unique."""
+    seen: set[int] = set()
     for col in spec.ID_COLUMNS:
-        if col in frame and not (is_text(frame[col]) and stripped(frame[col])):
-            raise Declined(f"{col} is not stripped text")
+        if col in frame and id(frame[col]) not in seen:  # image_id and path are often one array
+            if not (is_text(frame[col]) and stripped(frame[col])):
+                raise Declined(f"{col} is not stripped text")
+            seen.add(id(frame[col]))
     if not distinct(frame["image_id"]):
         raise Declined("repeated image ids")
     if any(frame[c].null_count for c in REQUIRED_COLUMNS):
