@@ -298,6 +298,14 @@ def _label_values(column: Column) -> Label:
         return np.zeros(len(arr), np.int8), np.ones(len(arr), bool)
     if not (arr.type in _INTEGER_TYPES or arr.type in _FLOAT_TYPES or pa.types.is_boolean(arr.type)):
         raise Declined("label values that are not numbers")
+    try:  # whole numbers from -128 to 127 (no NaN) cast safely; then their range tells
+        codes = arr.cast(pa.int8())
+    except pa.ArrowInvalid:
+        codes = None
+    if codes is not None:
+        low, high = (x.as_py() for x in pc.min_max(codes).values())
+        if low is None or (low >= -1 and high <= 1):
+            return values(codes), ~valid_mask(codes)
     numbers = np.where(valid_mask(arr), values(arr), np.nan)
     if not (np.isnan(numbers) | (numbers == LABEL_VALUES[0]) | (numbers == LABEL_VALUES[1]) | (numbers == LABEL_VALUES[2])).all():
         raise Declined("label values outside {1, 0, -1}")
