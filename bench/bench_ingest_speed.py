@@ -4,28 +4,35 @@ On the real tables (NIH ChestX-ray14 112,120 rows, CheXpert 223,414 rows, PadChe
 160,861 rows, VinDr-CXR 67,914 rows), interleaved (A, B, C, ... then again), medians:
 
 * **whole process**: ``python -m mdprep ingest table TABLE ... -o OUT.parquet -q``,
-  start-up included;
+  start-up included (``chexpert-blank`` is CheXpert with ``--blank negative``, the
+  command of docs/datasets.md);
 * **read_csv**: ``python -c "import pandas; pandas.read_csv(TABLE)"``, the target;
 * **floors**: processes that do no work at all, only read the table with pyarrow and write
   it with the manifest's Parquet settings, once after ``import pandas`` and once without:
   no implementation that imports pandas (or, for the second, any at all) can beat them;
-* **library**: ``ingest_table`` + ``write_manifest`` timed inside a process that has
-  imported mdprep and run the call once (page cache and lazy imports warm), and
-  ``ingest_table`` alone; the same process times ``import mdprep.ingest, mdprep.manifest``
-  (pandas and pyarrow included), the start-up that the library call needs.
+* **library**: the call the command makes, timed inside a process that has imported
+  mdprep and run the call once (page cache and lazy imports warm): the Arrow path
+  (``ingest_table_arrow`` + ``write_table``) where it takes the table, else
+  ``ingest_table`` + ``write_manifest``; the same process times the imports that call
+  needs (for the Arrow path pyarrow and mdprep's table modules, no pandas).
+
+Python caches the bytecode of mdprep's modules (in a folder of the run's own, as an
+installed package has its ``.pyc`` files), whatever ``PYTHONDONTWRITEBYTECODE`` says;
+``--no-pyc`` compiles them in every process instead.
 
 With ``--against DIR`` (a ``src`` folder of another mdprep checkout, say the commit
 before a change) the whole process and the library call of that tree run in the same
 interleaved rounds, and the manifests both trees write are compared byte for byte.
 Peak memory is the largest resident set of the whole-process runs (``wait4``).
 
-    python bench/bench_ingest_speed.py [--repeat 7] [--tables nih chexpert] [--against /tmp/base/src]
+    python bench/bench_ingest_speed.py [--repeat 7] [--tables nih chexpert] [--against /tmp/base/src] [--no-pyc]
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import functools
 import json
 import os
 import subprocess
@@ -39,30 +46,43 @@ from _common import median, real_table
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 
-#: Table -> the `mdprep ingest table` options of docs/datasets.md (PadChest and VinDr: generic).
+#: Run -> (table, the `mdprep ingest table` options of docs/datasets.md; PadChest and VinDr: generic).
 COMMANDS = {
-    "nih": ["--preset", "nih"],
-    "chexpert": ["--preset", "chexpert"],
-    "padchest": ["--image-col", "ImageID", "--patient-col", "PatientID", "--study-col", "StudyID", "--labels-col", "Labels"],
-    "vindr": ["--patient-col", "image_id", "--labels-col", "class_name", "--aggregate", "majority", "--reader-col", "rad_id"],
+    "nih": ("nih", ["--preset", "nih"]),
+    "chexpert": ("chexpert", ["--preset", "chexpert"]),
+    "chexpert-blank": ("chexpert", ["--preset", "chexpert", "--blank", "negative"]),
+    "padchest": ("padchest", ["--image-col", "ImageID", "--patient-col", "PatientID", "--study-col", "StudyID", "--labels-col", "Labels"]),
+    "vindr": ("vindr", ["--patient-col", "image_id", "--labels-col", "class_name", "--aggregate", "majority", "--reader-col", "rad_id"]),
 }
 
 #: Times the library call in a fresh process: imports, one warm-up call, then one timed call of each step.
+#: The call is the command's: the Arrow path where it takes the table (a tree that has it), else the pandas path.
 _LIBRARY = """
 import json, sys, time, warnings
 warnings.simplefilter("ignore")
-t = time.perf_counter()
-from mdprep.ingest import ingest_table
-from mdprep.manifest import write_manifest
-imports = time.perf_counter() - t
 kwargs = json.loads(sys.argv[3])
-ingest_table(sys.argv[1], **kwargs)
+t = time.perf_counter()
+try:
+    from mdprep.ingest.table_arrow import ingest_table_arrow
+    from mdprep.manifest import write_table
+except ImportError:
+    ingest_table_arrow = None
+imports = time.perf_counter() - t
+if ingest_table_arrow is None or ingest_table_arrow(sys.argv[1], **kwargs) is None:
+    t = time.perf_counter()
+    from mdprep.ingest import ingest_table
+    from mdprep.manifest import write_manifest
+    imports += time.perf_counter() - t
+    ingest, write, path = (lambda: ingest_table(sys.argv[1], **kwargs)), (lambda r: write_manifest(r.manifest, sys.argv[2])), "pandas"
+else:
+    ingest, write, path = (lambda: ingest_table_arrow(sys.argv[1], **kwargs)), (lambda r: write_table(r.table, sys.argv[2])), "arrow"
+write(ingest())
 t0, c0 = time.perf_counter(), time.process_time()
-result = ingest_table(sys.argv[1], **kwargs)
+result = ingest()
 t1, c1 = time.perf_counter(), time.process_time()
-write_manifest(result.manifest, sys.argv[2])
+write(result)
 t2, c2 = time.perf_counter(), time.process_time()
-print(json.dumps({"imports": imports, "ingest": t1 - t0, "total": t2 - t0, "ingest_cpu": c1 - c0, "total_cpu": c2 - c0}))
+print(json.dumps({"imports": imports, "ingest": t1 - t0, "total": t2 - t0, "ingest_cpu": c1 - c0, "total_cpu": c2 - c0, "path": path}))
 """
 
 
@@ -85,9 +105,15 @@ def _kwargs(options: list[str]) -> dict:
     return out
 
 
-def _process(argv: list[str], src: Path) -> tuple[float, int, str, float]:
-    """Wall seconds, peak resident memory (bytes), stdout and CPU seconds (user + system) of one process run with ``src`` first on the path."""
+def _run_process(argv: list[str], src: Path, pyc: str | None) -> tuple[float, int, str, float]:
+    """Wall seconds, peak resident memory (bytes), stdout and CPU seconds (user + system) of one process run with ``src`` first on the path.
+
+    ``pyc``: the folder where Python caches compiled modules (None: as the environment says).
+    """
     env = dict(os.environ, PYTHONPATH=str(src), PYTHONWARNINGS="ignore")
+    if pyc is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = pyc
     start = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out = proc.stdout.read()
@@ -99,15 +125,17 @@ def _process(argv: list[str], src: Path) -> tuple[float, int, str, float]:
     return seconds, usage.ru_maxrss * 1024, out, usage.ru_utime + usage.ru_stime
 
 
-def run(repeat: int = 7, tables=("nih", "chexpert", "padchest", "vindr"), against: str | None = None) -> list[dict]:
+def run(repeat: int = 7, tables=("nih", "chexpert", "chexpert-blank", "padchest", "vindr"), against: str | None = None, pyc_cache: bool = True) -> list[dict]:
     out = Path(tempfile.mkdtemp())
+    pyc = str(out / "pycache") if pyc_cache else None
     py = sys.executable
     trees = {"new": SRC} | ({"base": Path(against).resolve()} if against else {})
     rows = []
     for name in tables:
-        path = str(real_table(name))
-        options = COMMANDS[name]
+        table, options = COMMANDS[name]
+        path = str(real_table(table))
         kwargs = json.dumps(_kwargs(options))
+        process = functools.partial(_run_process, pyc=pyc)
         runs: dict[str, list] = {}
 
         def add(key, value):
@@ -115,15 +143,15 @@ def run(repeat: int = 7, tables=("nih", "chexpert", "padchest", "vindr"), agains
 
         floor = str(out / f"{name}-floor.parquet")
         steps = [
-            ("read_csv", lambda: _process([py, "-c", f"import pandas; pandas.read_csv({path!r})"], SRC)),
-            ("floor pandas", lambda: _process([py, "-c", _FLOOR.format(imports="import pandas", path=path, out=floor)], SRC)),
-            ("floor arrow", lambda: _process([py, "-c", _FLOOR.format(imports="", path=path, out=floor)], SRC)),
+            ("read_csv", lambda: process([py, "-c", f"import pandas; pandas.read_csv({path!r})"], SRC)),
+            ("floor pandas", lambda: process([py, "-c", _FLOOR.format(imports="import pandas", path=path, out=floor)], SRC)),
+            ("floor arrow", lambda: process([py, "-c", _FLOOR.format(imports="", path=path, out=floor)], SRC)),
         ]
         for tree, src in trees.items():
             target = str(out / f"{name}-{tree}.parquet")
             steps += [
-                (f"whole {tree}", lambda src=src, target=target: _process([py, "-m", "mdprep", "ingest", "table", path, *options, "-o", target, "-q"], src)),
-                (f"library {tree}", lambda src=src, target=target: _process([py, "-c", _LIBRARY, path, target + ".lib", kwargs], src)),
+                (f"whole {tree}", lambda src=src, target=target: process([py, "-m", "mdprep", "ingest", "table", path, *options, "-o", target, "-q"], src)),
+                (f"library {tree}", lambda src=src, target=target: process([py, "-c", _LIBRARY, path, target + ".lib", kwargs], src)),
             ]
         for _ in range(repeat + 1):  # the first round warms the page cache and is dropped
             for key, step in steps:
@@ -138,6 +166,7 @@ def run(repeat: int = 7, tables=("nih", "chexpert", "padchest", "vindr"), agains
                 row[f"{key} s"] = median([t["total"] for t in timings])
                 row[f"{key} ingest_cpu_s"] = median([t["ingest_cpu"] for t in timings])
                 row[f"{key} cpu_s"] = median([t["total_cpu"] for t in timings])
+                row[f"{key} path"] = "/".join(sorted({t["path"] for t in timings}))
             else:
                 row[f"{key} s"] = median([v[0] for v in values])
                 row[f"{key} cpu_s"] = median([v[3] for v in values])
@@ -169,15 +198,15 @@ def markdown(rows: list[dict]) -> str:
             f"({r['whole new cpu_s'] / r['read_csv cpu_s']:.2f}x) | {both(r, 'floor pandas')} | {both(r, 'floor arrow')} | "
             f"{r['whole new peak_mb']:.0f} / {r['read_csv peak_mb']:.0f} |"
         )
-    head = "| table | imports (mdprep.ingest, pandas included), s | `ingest_table`, s | + `write_manifest`, s |"
-    sep = "|---|---:|---:|---:|"
+    head = "| table | path | imports, s | ingest, s | + write, s |"
+    sep = "|---|---|---:|---:|---:|"
     if against:
-        head += " before: `mdprep ingest table -q`, s | before: `ingest_table`, s | before: + `write_manifest`, s | whole process before / now (CPU) | same bytes |"
+        head += " before: `mdprep ingest table -q`, s | before: ingest, s | before: + write, s | whole process before / now (CPU) | same bytes |"
         sep += "---:|---:|---:|---:|---|"
     lines += ["", head, sep]
     for r in rows:
         line = (
-            f"| {r['table']} | {r['library new imports_s']:.3f} | {r['library new ingest_s']:.3f} ({r['library new ingest_cpu_s']:.3f}) | "
+            f"| {r['table']} | {r['library new path']} | {r['library new imports_s']:.3f} | {r['library new ingest_s']:.3f} ({r['library new ingest_cpu_s']:.3f}) | "
             f"{both(r, 'library new')} |"
         )
         if against:
@@ -194,8 +223,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--tables", nargs="+", default=list(COMMANDS), choices=list(COMMANDS))
     parser.add_argument("--against", metavar="SRC", help="src folder of another mdprep checkout to time in the same rounds")
+    parser.add_argument("--no-pyc", action="store_true", help="compile mdprep's modules in every process (no bytecode cache)")
     args = parser.parse_args()
-    print(markdown(run(args.repeat, args.tables, args.against)))
+    print(markdown(run(args.repeat, args.tables, args.against, pyc_cache=not args.no_pyc)))
 
 
 if __name__ == "__main__":

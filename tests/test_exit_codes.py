@@ -12,6 +12,8 @@ from mdprep.synthetic import write_nih_table
 
 # `mdprep ingest table` imports the library functions it calls when it runs: they are replaced where they live.
 INGEST_TABLE, WRITE_MANIFEST = "mdprep.ingest.ingest_table", "mdprep.manifest.write_manifest"
+#: `ingest table --preset nih` builds its manifest here, without pandas (ingest_table where this declines).
+INGEST_TABLE_ARROW = "mdprep.ingest.table_arrow.ingest_table_arrow"
 
 
 @pytest.fixture
@@ -30,6 +32,7 @@ def test_an_unexpected_exception_is_exit_3_with_one_line_and_no_traceback(runner
         raise KeyError(0)
 
     monkeypatch.setattr(INGEST_TABLE, broken)
+    monkeypatch.setattr(INGEST_TABLE_ARROW, broken)
     monkeypatch.delenv("MDPREP_DEBUG", raising=False)
     res = _ingest(runner, table, tmp_path)
     assert res.exit_code == EXIT_INTERNAL == 3
@@ -47,6 +50,7 @@ def test_debug_shows_the_traceback_and_keeps_exit_3(runner, table, tmp_path, mon
         raise ValueError("boom")
 
     monkeypatch.setattr(INGEST_TABLE, broken)
+    monkeypatch.setattr(INGEST_TABLE_ARROW, broken)
     if how == "env":
         monkeypatch.setenv("MDPREP_DEBUG", "1")
         res = _ingest(runner, table, tmp_path)
@@ -80,5 +84,6 @@ def test_ctrl_c_is_130_not_1(runner, table, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(INGEST_TABLE, interrupted)
+    monkeypatch.setattr(INGEST_TABLE_ARROW, interrupted)
     res = _ingest(runner, table, tmp_path)
     assert res.exit_code == 130 and res.stderr.startswith("Error: interrupted")

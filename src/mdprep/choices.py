@@ -73,6 +73,15 @@ AGGREGATE_POLICIES = {
 #: The syntax of ``--label-when``, for messages and docs.
 LABEL_WHEN_SYNTAX = "NAME:COLUMN==VALUE or NAME:COLUMN!=VALUE"
 
+# ----------------------------------------------------------------------------- scale-out (mdprep.executor)
+
+#: The environment variable the command line reads when ``--scheduler`` is not given.
+SCHEDULER_ENV = "MDPREP_SCHEDULER"
+#: The scheduler "address" that starts a ``LocalCluster`` of worker processes for the run.
+LOCAL_SCHEDULER = "local"
+#: Seconds to wait for a Dask scheduler to answer before giving up.
+CONNECT_TIMEOUT = 10.0
+
 # ----------------------------------------------------------------------------- pseudonyms (mdprep.pseudonyms)
 
 KEY_ENV = "MDPREP_PSEUDONYM_KEY"

@@ -21,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
+from .choices import CONNECT_TIMEOUT, LOCAL_SCHEDULER, SCHEDULER_ENV  # noqa: F401 - used below, and offered here as before
 from .errors import EngineError, UsageError, cut_text
 
 T = TypeVar("T")
@@ -192,12 +193,8 @@ def map_chunks(
 # ----------------------------------------------------------------------------- Dask
 
 
-#: The environment variable the command line reads when ``--scheduler`` is not given.
-SCHEDULER_ENV = "MDPREP_SCHEDULER"
-#: The scheduler "address" that starts a ``LocalCluster`` of worker processes for the run.
-LOCAL_SCHEDULER = "local"
-#: Seconds to wait for a Dask scheduler to answer before giving up.
-CONNECT_TIMEOUT = 10.0
+# SCHEDULER_ENV, LOCAL_SCHEDULER and CONNECT_TIMEOUT live with the other option values in
+# mdprep.choices, so that the command line offers --scheduler without importing this module.
 #: Items per Dask task when the items arrive as a stream: larger than :data:`STREAM_CHUNK`, as
 #: each task costs the scheduler about a millisecond (docs/benchmarks.md, "Scale-out on Dask").
 DASK_STREAM_CHUNK = 1024

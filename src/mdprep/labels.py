@@ -1,7 +1,8 @@
 """Label columns: parsing label lists, coercing one-hot values, derived labels, label-name
 harmonisation, blank and uncertainty policies, and combining several rows per image.
 
-Touches pandas objects only. A label column holds ``int8`` values 1 (positive),
+The column functions take and return pandas objects; the name, list and map functions
+import no data library. A label column holds ``int8`` values 1 (positive),
 0 (negative), -1 (uncertain) or null (not mentioned); see docs/manifest.md.
 """
 
@@ -16,11 +17,14 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
+from ._lazy import LazyModule
 from .choices import AGGREGATE_POLICIES, BLANK_POLICIES, LABEL_WHEN_SYNTAX, UNCERTAIN_POLICIES
 from .errors import InputError, ManifestValidationError, MdprepWarning, MissingColumnError, UsageError, Violation, examples_text, short_repr
 from .manifest import NEGATIVE, POSITIVE, UNCERTAIN, labels_outside_range
+
+#: pandas, imported on first use: label names, lists and maps are read without it.
+pd = LazyModule("pandas")
 
 #: Cell texts of a label-list column that mean "no value" (Python's ``str(nan)`` and ``str(None)``).
 _NULL_TEXTS = frozenset({"nan", "None"})
@@ -158,14 +162,7 @@ def labels_from_lists(
     (['A', 'B'], [1, 0, <NA>], 1)
     """
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    parsed: list[list[str]] = []
-    malformed: dict[int, str] = {}
-    for u, cell in enumerate(uniques):
-        try:
-            parsed.append(parse_label_list(str(cell), sep))
-        except MalformedListError as exc:
-            malformed[u] = str(exc)
-            parsed.append([])
+    names, table, empty_unique, malformed = parse_label_cells(uniques, sep=sep, known=known)
     if malformed:
         bad_rows = np.flatnonzero(np.isin(codes, list(malformed)))
         cells = [str(uniques[u]) for u in malformed]
@@ -181,17 +178,6 @@ def labels_from_lists(
             reasons=[malformed[u] for u in list(malformed)[:20]],
             rows=bad_rows[:20].tolist(),
         )
-    found = sorted({name for items in parsed for name in items} - set(known))
-    names = list(known) + found
-    index = {n: i for i, n in enumerate(names)}
-    table = np.zeros((len(uniques) + 1, len(names)), dtype=np.int8)
-    empty_unique = np.zeros(len(uniques) + 1, dtype=bool)
-    for u, items in enumerate(parsed):
-        if not items:
-            empty_unique[u] = True
-        for name in items:
-            table[u, index[name]] = POSITIVE
-    empty_unique[-1] = True  # code -1 (null) lands on the last row
     rows = table[codes]
     empty_rows = empty_unique[codes]
     frame = pd.DataFrame(
@@ -199,6 +185,40 @@ def labels_from_lists(
         index=values.index,
     )
     return frame, names, int(empty_rows.sum())
+
+
+def parse_label_cells(cells: Sequence[object], *, sep: str = "|", known: Sequence[str] = ()) -> tuple[list[str], np.ndarray, np.ndarray, dict[int, str]]:
+    """The distinct cells of a label-list column, each parsed once (:func:`parse_label_list`).
+
+    Returns the label names (``known`` first, in order, then the others sorted); an
+    ``int8`` table with one row per cell and one more, last, for null cells, holding 1
+    where the cell names the label and 0 elsewhere; which of those rows name no label
+    (the last one included); and the malformed cells, position -> why.
+
+    >>> names, table, empty, bad = parse_label_cells(["A|B", "", "[x"])
+    >>> names, table.tolist(), empty.tolist(), bad
+    (['A', 'B'], [[1, 1], [0, 0], [0, 0], [0, 0]], [False, True, True, True], {2: 'not a list literal (is a bracket or quote not closed?)'})
+    """
+    parsed: list[list[str]] = []
+    malformed: dict[int, str] = {}
+    for u, cell in enumerate(cells):
+        try:
+            parsed.append(parse_label_list(str(cell), sep))
+        except MalformedListError as exc:
+            malformed[u] = str(exc)
+            parsed.append([])
+    found = sorted({name for items in parsed for name in items} - set(known))
+    names = list(known) + found
+    index = {n: i for i, n in enumerate(names)}
+    table = np.zeros((len(parsed) + 1, len(names)), dtype=np.int8)
+    empty = np.zeros(len(parsed) + 1, dtype=bool)
+    for u, items in enumerate(parsed):
+        if not items:
+            empty[u] = True
+        for name in items:
+            table[u, index[name]] = POSITIVE
+    empty[-1] = True  # code -1 (null) lands on the last row
+    return names, table, empty, malformed
 
 
 _TRUE = {"true", "yes", "positive"}
@@ -251,11 +271,20 @@ def coerce_label_values(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataF
                 )
             )
             continue
-        nan = np.isnan(arr)
-        out[col] = pd.Series(pd.arrays.IntegerArray(np.where(nan, 0, arr).astype(np.int8), nan), index=frame.index)
+        out[col] = pd.Series(pd.arrays.IntegerArray(*label_codes(arr)), index=frame.index)
     if violations:
         raise ManifestValidationError(violations)
     return pd.DataFrame(out, index=frame.index)
+
+
+def label_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label ``values`` (float, NaN for null, already checked to lie in {1, 0, -1}) as ``int8`` codes and a null mask.
+
+    >>> [a.tolist() for a in label_codes(np.array([1.0, np.nan, -1.0]))]
+    [[1, 0, -1], [False, True, False]]
+    """
+    null = np.isnan(values)
+    return np.where(null, 0, values).astype(np.int8), null
 
 
 def apply_uncertain_policy(frame: pd.DataFrame, labels: Sequence[str], policy: str) -> pd.DataFrame:
@@ -684,10 +713,18 @@ def merge_label_values(block: pd.DataFrame) -> pd.Series:
     >>> merge_label_values(b).tolist()
     [1, 0, -1, <NA>]
     """
-    values = block.to_numpy(dtype="float64", na_value=np.nan)
+    return pd.Series(pd.arrays.IntegerArray(*merge_votes(block.to_numpy(dtype="float64", na_value=np.nan))), index=block.index)
+
+
+def merge_votes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``values`` (rows x columns, NaN for null), the strongest value, 1 > -1 > 0 > null: ``int8`` codes and a null mask.
+
+    >>> [a.tolist() for a in merge_votes(np.array([[0, 1], [np.nan, 0], [-1, 0], [np.nan, np.nan]]))]
+    [[1, 0, -1, 0], [False, False, False, True]]
+    """
     rank = np.select([np.isnan(values), values == NEGATIVE, values == UNCERTAIN], [0, 1, 2], 3).max(axis=1)
     back = np.array([0, NEGATIVE, UNCERTAIN, POSITIVE], dtype=np.int8)
-    return pd.Series(pd.arrays.IntegerArray(back[rank], rank == 0), index=block.index)
+    return back[rank], rank == 0
 
 
 def apply_label_map(
@@ -706,28 +743,33 @@ def apply_label_map(
     >>> names, out["Pleural Effusion"].tolist(), merged
     (['Pleural Effusion'], [1, 0], {'Pleural Effusion': ['Effusion', 'pleural effusion']})
     """
-    targets = [label_map.get(label_key(lab), lab) for lab in labels]
-    names = list(dict.fromkeys(targets))
+    plan, renamed, merged = label_map_plan(labels, label_map)
+    names = list(plan)
     clash = [n for n in names if n in frame.columns and n not in labels]
     if clash:
         raise UsageError(f"the label map gives labels named like other columns ({examples_text(clash, len(clash))}); map them to other names")
-    new: dict[str, pd.Series] = {}
-    renamed: list[tuple[str, str]] = []
-    merged: dict[str, list[str]] = {}
-    for name in names:
-        sources = [lab for lab, t in zip(labels, targets) if t == name]
-        if len(sources) == 1:
-            new[name] = frame[sources[0]]
-            if sources[0] != name:
-                renamed.append((sources[0], name))
-        else:
-            new[name] = merge_label_values(frame[sources])
-            merged[name] = sources
+    new = {name: frame[sources[0]] if len(sources) == 1 else merge_label_values(frame[sources]) for name, sources in plan.items()}
     if not renamed and not merged:
         return frame, list(labels), [], {}
     rest = frame.drop(columns=list(labels))
     labelled = pd.DataFrame(new, index=frame.index)
     return pd.concat([rest, labelled], axis=1), names, renamed, merged
+
+
+def label_map_plan(
+    labels: Sequence[str], label_map: Mapping[str, str]
+) -> tuple[dict[str, list[str]], list[tuple[str, str]], dict[str, list[str]]]:
+    """What :func:`apply_label_map` does to ``labels``: each new name with its source labels (in order of first
+    appearance), the renames ``(source, target)`` and the merges ``{target: [sources]}``.
+
+    >>> label_map_plan(["Effusion", "Mass", "pleural effusion"], load_label_map("cxr"))[0]
+    {'Pleural Effusion': ['Effusion', 'pleural effusion'], 'Mass': ['Mass']}
+    """
+    targets = [label_map.get(label_key(lab), lab) for lab in labels]
+    plan = {name: [lab for lab, t in zip(labels, targets) if t == name] for name in dict.fromkeys(targets)}
+    renamed = [(sources[0], name) for name, sources in plan.items() if len(sources) == 1 and sources[0] != name]
+    merged = {name: sources for name, sources in plan.items() if len(sources) > 1}
+    return plan, renamed, merged
 
 
 # ----------------------------------------------------------------------------- several rows per image

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__, textkeys
+from . import __version__
+from ._lazy import LazyModule
 from .errors import InputError, ManifestValidationError, MdprepError, Violation, cut_text, examples_text, short_repr
 from .fileio import atomic_write, is_stdio, stdin_file, stdout_binary
 
@@ -61,20 +61,30 @@ LABEL_TYPE = pa.int8()
 LABEL_VALUES: tuple[int, ...] = (1, 0, -1)
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
 
-_PANDAS_TYPES: dict[pa.DataType, Any] = {
-    pa.int8(): pd.Int8Dtype(),
-    pa.int16(): pd.Int16Dtype(),
-    pa.int32(): pd.Int32Dtype(),
-    pa.int64(): pd.Int64Dtype(),
-    pa.uint8(): pd.UInt8Dtype(),
-    pa.uint16(): pd.UInt16Dtype(),
-    pa.uint32(): pd.UInt32Dtype(),
-    pa.uint64(): pd.UInt64Dtype(),
-    pa.bool_(): pd.BooleanDtype(),
-}
+# pandas and the text hashes (which use pandas) are imported on first use: a command that
+# builds its manifest in Arrow (`ingest table --preset nih`) never needs them.
+pd = LazyModule("pandas")
+textkeys = LazyModule("mdprep.textkeys")
+
+#: Arrow integer and boolean types -> their nullable pandas types (filled on first use).
+_PANDAS_TYPES: dict[pa.DataType, Any] = {}
 
 
 def _pandas_type(arrow_type: pa.DataType) -> Any:
+    if not _PANDAS_TYPES:
+        _PANDAS_TYPES.update(
+            {
+                pa.int8(): pd.Int8Dtype(),
+                pa.int16(): pd.Int16Dtype(),
+                pa.int32(): pd.Int32Dtype(),
+                pa.int64(): pd.Int64Dtype(),
+                pa.uint8(): pd.UInt8Dtype(),
+                pa.uint16(): pd.UInt16Dtype(),
+                pa.uint32(): pd.UInt32Dtype(),
+                pa.uint64(): pd.UInt64Dtype(),
+                pa.bool_(): pd.BooleanDtype(),
+            }
+        )
     if arrow_type in _PANDAS_TYPES:
         return _PANDAS_TYPES[arrow_type]
     if pa.types.is_date(arrow_type) or pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
@@ -123,13 +133,31 @@ class Manifest:
     @property
     def metadata(self) -> dict:
         """The JSON document stored under the ``mdprep`` key of the Parquet metadata."""
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "labels": list(self.labels),
-            "root": self.root,
-            "history": [dict(h) for h in self.history],
-        }
+        return metadata_document(self.labels, self.root, self.history)
+
+
+def metadata_document(labels: Sequence[str], root: str | None = None, history: Sequence[Mapping[str, Any]] = ()) -> dict:
+    """The JSON document of a manifest's ``mdprep`` metadata (see :attr:`Manifest.metadata`), from its parts.
+
+    >>> metadata_document(["Edema"])["labels"]
+    ['Edema']
+    """
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "labels": list(labels),
+        "root": root,
+        "history": [dict(h) for h in history],
+    }
+
+
+def schema_metadata(document: Mapping[str, Any]) -> dict[bytes, bytes]:
+    """The Arrow schema metadata that stores a manifest's ``document`` (sorted keys, no spaces: the same bytes every time).
+
+    >>> schema_metadata({"labels": [], "format": "mdprep-manifest"})
+    {b'mdprep': b'{"format":"mdprep-manifest","labels":[]}'}
+    """
+    return {METADATA_KEY: json.dumps(document, sort_keys=True, separators=(",", ":")).encode()}
 
 
 def provenance_step(
@@ -567,8 +595,7 @@ def to_arrow(manifest: Manifest, *, converted: Mapping[str, pa.Array] | None = N
             arr = _column_to_arrow(frame[col], _target_type(manifest, col))
         arrays.append(arr)
         fields.append(pa.field(str(col), arr.type))
-    meta = {METADATA_KEY: json.dumps(manifest.metadata, sort_keys=True, separators=(",", ":")).encode()}
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema_metadata(manifest.metadata)))
 
 
 def frame_from_arrow(table: pa.Table, *, arrow_text: bool = False) -> pd.DataFrame:

@@ -104,11 +104,16 @@ def scheduler_options(command):
     ``scheduler`` is None (the local process pool) or a :class:`~mdprep.executor.DaskScheduler`.
     Dask itself is imported only when the command runs with a scheduler.
     """
-    from ..executor import CONNECT_TIMEOUT, LOCAL_SCHEDULER, SCHEDULER_ENV, DaskScheduler
+    from ..choices import CONNECT_TIMEOUT, LOCAL_SCHEDULER, SCHEDULER_ENV
 
     @functools.wraps(command)
     def wrapper(*args, scheduler, scheduler_timeout, **kwargs):
-        spec = DaskScheduler(scheduler, timeout=scheduler_timeout) if scheduler is not None else None
+        if scheduler is None:
+            spec = None
+        else:
+            from ..executor import DaskScheduler  # process pools and Dask only for the commands that use them
+
+            spec = DaskScheduler(scheduler, timeout=scheduler_timeout)
         return command(*args, scheduler=spec, **kwargs)
 
     options = [

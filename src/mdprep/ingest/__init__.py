@@ -10,15 +10,21 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..incremental import Signatures, UpdateCounts
+from .._lazy import LazyModule
 from ..manifest import Manifest, write_table
+
+if TYPE_CHECKING:
+    from ..incremental import Signatures, UpdateCounts
+
+# pandas, and the modules of each source, are imported on first use: `ingest table`
+# builds the manifests of its nih and chexpert presets in Arrow (see .table_arrow).
+pd = LazyModule("pandas")
 
 #: Columns of the error table.
 ERROR_COLUMNS = ("path", "outcome", "error_type", "message")
@@ -139,11 +145,23 @@ def normalize_sex(values: pd.Series) -> tuple[pd.Series, int]:
     """
     # A column holds a handful of spellings: read each distinct value once, then spread the result by code.
     codes, distinct = pd.factorize(values, use_na_sentinel=True)
-    spellings = pd.Series(distinct).astype("str").str.strip().str.upper()
-    mapped = np.array([SEX_CODES.get(s) for s in spellings] + [None], dtype=object)  # the last slot: nulls (code -1)
-    unknown = np.array([s not in SEX_CODES and s not in UNKNOWN_SEX for s in spellings] + [False])
+    mapped, unknown = sex_of_spellings(pd.Series(distinct).astype("str").str.strip().str.upper())
     not_recognised = int(unknown[codes].sum())
-    return pd.Series(mapped[codes], index=values.index, name=values.name, dtype="str"), not_recognised
+    return pd.Series(np.array(mapped, dtype=object)[codes], index=values.index, name=values.name, dtype="str"), not_recognised
+
+
+def sex_of_spellings(spellings: Iterable[str]) -> tuple[list[str | None], np.ndarray]:
+    """The canonical code of each distinct spelling (stripped, upper case), and which are not recognised.
+
+    Both have one more slot, last, for nulls: no code, not counted.
+
+    >>> sex_of_spellings(["FEMALE", "X", "UNKNOWN"])
+    (['F', None, None, None], array([False,  True, False, False]))
+    """
+    spellings = list(spellings)
+    mapped = [SEX_CODES.get(s) for s in spellings] + [None]
+    unknown = np.array([s not in SEX_CODES and s not in UNKNOWN_SEX for s in spellings] + [False])
+    return mapped, unknown
 
 
 def extract_groups(values: pd.Series, regex: re.Pattern, engine: str = "auto") -> tuple[pd.DataFrame, np.ndarray]:
@@ -181,20 +199,36 @@ def extract_groups(values: pd.Series, regex: re.Pattern, engine: str = "auto") -
         arr = pa.array(values.astype("str"), type=pa.string(), from_pandas=True)
         if isinstance(arr, pa.ChunkedArray):
             arr = arr.combine_chunks()
-        found = pc.extract_regex(arr, regex.pattern)
-        matched = found.is_valid().to_numpy(zero_copy_only=False)
-        columns = {}
-        for n in names:
-            # A group that took no part in the match is null, as in Python's re.
-            child = pc.struct_field(found, [regex.groupindex[n] - 1])
-            child = pc.if_else(pc.equal(child, ""), None, child)
-            columns[n] = pd.Series(child.to_pandas(), dtype="str", index=values.index)
+        groups, matched = extract_groups_arrow(arr, regex)
+        columns = {n: pd.Series(child.to_pandas(), dtype="str", index=values.index) for n, child in groups.items()}
         return pd.DataFrame(columns, index=values.index), matched
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pandas: "has match groups"
             matched = values.str.contains(regex, regex=True).fillna(False).to_numpy(dtype=bool)
         return values.str.extract(regex, expand=True).astype("str"), matched
+
+
+def extract_groups_arrow(values: pa.Array, regex: re.Pattern) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """:func:`extract_groups` on an Arrow ``string`` array, with pyarrow's RE2 engine: each named group, and which values matched.
+
+    Raises what pyarrow raises for a pattern RE2 cannot run (``ArrowInvalid``, ``ArrowNotImplementedError``).
+
+    >>> groups, ok = extract_groups_arrow(pa.chunked_array([["p1/s2", "x"]]).combine_chunks(), re.compile(r"(?P<p>p\\d)/(?P<s>s\\d)"))
+    >>> groups["p"].to_pylist(), ok.tolist()
+    (['p1', None], [True, False])
+    """
+    from ._arrow import null_scalar, text_scalar, true_mask
+
+    found = pc.extract_regex(values, regex.pattern)
+    matched = true_mask(found.is_valid())
+    empty, null = text_scalar(""), null_scalar(pa.string())
+    groups = {}
+    for n in regex.groupindex:
+        # A group that took no part in the match is null, as in Python's re.
+        child = pc.struct_field(found, [regex.groupindex[n] - 1])
+        groups[n] = pc.if_else(pc.equal(child, empty), null, child)
+    return groups, matched
 
 
 def _extract_groups_python(values: pd.Series, regex: re.Pattern, names: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -211,9 +245,23 @@ def _extract_groups_python(values: pd.Series, regex: re.Pattern, names: list[str
     return pd.DataFrame(columns, index=values.index), matched
 
 
-from .dicom import ingest_dicom  # noqa: E402
-from .images import ingest_images  # noqa: E402
-from .tables import PRESETS, ingest_table  # noqa: E402
+#: Names of this package defined in its modules, imported when first asked for (PEP 562).
+_LAZY = {"ingest_dicom": "dicom", "ingest_images": "images", "ingest_table": "tables", "PRESETS": "tables"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "IngestReport",

@@ -6,19 +6,14 @@ import os
 import re
 import shlex
 import warnings
-from typing import Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..errors import InputError, ManifestValidationError, MdprepWarning, MissingColumnError, UsageError, Violation, examples_text
-from ..fileio import file_fingerprint
-from ..storage import canonical_root
 from ..labels import (
-    AGGREGATE_POLICIES,
-    UNCERTAIN_POLICIES,
     aggregate_labels,
     apply_blank_policy,
     apply_label_map,
@@ -28,62 +23,38 @@ from ..labels import (
     find_column,
     label_key,
     labels_from_lists,
-    load_label_map,
-    parse_blank_specs,
-    parse_label_rules,
-    resolve_label_names,
     rows_text,
 )
-from ..choices import PRESETS
-from ..manifest import CANONICAL_TYPES, REQUIRED_COLUMNS, Manifest, check, frame_from_arrow, order_columns, provenance_step, validate_frame
+from ..choices import PRESETS  # noqa: F401 - offered here, as before
+from ..manifest import CANONICAL_TYPES, REQUIRED_COLUMNS, Manifest, check, frame_from_arrow, order_columns, validate_frame
 from . import UNKNOWN_SEX, IngestReport, IngestResult, empty_errors, extract_groups, normalize_sex
-from .table_io import is_parquet_table, read_table
-
-#: The 14 findings of NIH ChestX-ray14, in the dataset's customary order.
-NIH_LABELS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
+from ._arrow import distinct, is_text, stripped
+from .table_io import read_table
+from .table_spec import (
+    AGGREGATE_HINT,
+    CHEXPERT_HINT,
+    CHEXPERT_LABELS,
+    CHEXPERT_PATH,
+    CHEXPERT_READ,
+    CHEXPERT_RENAMES,
+    CHEXPERT_TEXT,
+    ID_COLUMNS,
+    NIH_HINT,
+    NIH_LABEL_COLUMNS,
+    NIH_RENAMES,
+    NIH_REQUIRED,
+    NIH_TEXT,
+    blank_policies,
+    check_label_names,
+    label_map_notes,
+    label_origin,
+    manifest_root,
+    options_signature,
+    provenance,
+    require_columns,
+    table_options,
 )
-#: The 14 observations of CheXpert and MIMIC-CXR's CheXpert labeler, in file order.
-CHEXPERT_LABELS = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-#: NIH label columns: the findings and "No Finding".
-NIH_LABEL_COLUMNS = NIH_LABELS + ("No Finding",)
-
-# ----------------------------------------------------------------------------- reading
-
-
-def _require(table_or_frame, columns: Sequence[str], path: str, hint: str = "") -> None:
-    present = list(table_or_frame.column_names if isinstance(table_or_frame, pa.Table) else table_or_frame.columns)
-    missing = [c for c in columns if c not in present]
-    if missing:
-        raise MissingColumnError(missing, present, path=path, hint=hint)
+from .table_spec import COLUMN_TARGETS, NIH_LABELS, parse_column_specs  # noqa: F401 - offered here, as before
 
 
 # ----------------------------------------------------------------------------- canonical spellings
@@ -103,16 +74,10 @@ CANONICAL_SPELLINGS: dict[str, tuple[str, ...]] = {
     "age": ("PatientAge", "Patient Age", "Age"),
     "study_date": ("StudyDate", "Study Date"),
 }
-#: Canonical columns ``--col CANONICAL=SOURCE`` may set; the others have options of their own.
-COLUMN_TARGETS = tuple(c for c in CANONICAL_TYPES if c not in ("image_id", "path", "patient_id", "study_id"))
 #: Canonical columns whose source is read as text (identifiers keep their zeros; dates their digits).
 _TEXT_TARGETS = ("image_id", "path", "patient_id", "study_id", "series_uid", "sop_uid", "accession", "study_date")
 #: Columns an aggregated image must agree on across its rows.
 _ONE_PER_IMAGE = ("patient_id", "path", "study_id")
-#: Identifier columns whose values are stripped of surrounding white space (``' p1'`` is ``p1``).
-ID_COLUMNS = ("image_id", "path", "patient_id", "study_id", "series_uid", "sop_uid", "accession")
-#: Column names a label may not take: the canonical columns and what ``--aggregate`` adds.
-RESERVED_COLUMNS = (*CANONICAL_TYPES, "source_rows")
 #: Canonical columns whose source text is kept, under its own name, when some of it does not parse.
 _PARSED_TARGETS = ("sex", "age", "study_date")
 #: The largest fold number (``fold`` is int16).
@@ -128,45 +93,6 @@ _SPELLING_INDEX = {_spelling_key(v): target for target, names in CANONICAL_SPELL
 _TEXT_SPELLINGS = [
     name + suffix for t in _TEXT_TARGETS for name in (t, *CANONICAL_SPELLINGS.get(t, ())) for suffix in ("", "_DICOM")
 ]
-
-
-def parse_column_specs(columns: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
-    """``--col CANONICAL=SOURCE`` values (or a mapping) as ``{canonical: source}``, checked.
-
-    Raises :class:`~mdprep.errors.UsageError` for a malformed spec, an unknown canonical
-    name (listing the valid ones) or a canonical name given twice.
-
-    >>> parse_column_specs(["split=Set Id", "sex = Gender"])
-    {'split': 'Set Id', 'sex': 'Gender'}
-    """
-    if columns is None:
-        return {}
-    if isinstance(columns, Mapping):
-        pairs = [(str(k), str(v)) for k, v in columns.items()]
-        bad: list[str] = []
-    else:
-        specs = [columns] if isinstance(columns, str) else list(columns)
-        bad = [c for c in specs if "=" not in c or not c.split("=", 1)[0].strip() or not c.split("=", 1)[1].strip()]
-        pairs = [(c.split("=", 1)[0], c.split("=", 1)[1]) for c in specs if c not in bad]
-    if bad:
-        raise UsageError(f"--col {examples_text(bad, len(bad))} is not CANONICAL=SOURCE (for example --col 'split=Set Id')", specs=bad)
-    out: dict[str, str] = {}
-    unknown: list[str] = []
-    for target, source in pairs:
-        target, source = target.strip(), source.strip()
-        if target not in COLUMN_TARGETS:
-            unknown.append(target)
-        elif out.setdefault(target, source) != source:
-            raise UsageError(f"--col gives {target} twice ({out[target]!r} and {source!r}); give it once")
-    if unknown:
-        own = {"image_id": "--image-col", "path": "--path-col", "patient_id": "--patient-col", "study_id": "--study-col"}
-        hint = "; ".join(f"{c}: use {own[c]}" for c in unknown if c in own)
-        raise UsageError(
-            f"--col names {examples_text(unknown, len(unknown))}, not a canonical column it can set; choose one of "
-            f"{', '.join(COLUMN_TARGETS)}{' (' + hint + ')' if hint else ''}",
-            names=unknown,
-        )
-    return out
 
 
 # ----------------------------------------------------------------------------- presets
@@ -190,13 +116,8 @@ class _Parsed(NamedTuple):
 
 
 def _nih(path: str, encoding: str, sep: str | None, text_columns: Sequence[str], first_line: int | None) -> _Parsed:
-    table = read_table(
-        path,
-        sep=sep,
-        string_columns=["Image Index", "Patient ID", "Finding Labels", "Patient Gender", "View Position", *text_columns],
-        encoding=encoding,
-    )
-    _require(table, ["Image Index", "Finding Labels", "Patient ID"], path, "is this an NIH Data_Entry_2017 table?")
+    table = read_table(path, sep=sep, string_columns=[*NIH_TEXT, *text_columns], encoding=encoding)
+    require_columns(table, NIH_REQUIRED, path, NIH_HINT)
     src = frame_from_arrow(table)
     labels, names, _ = labels_from_lists(
         src["Finding Labels"], sep="|", known=NIH_LABEL_COLUMNS, column="Finding Labels", path=path, first_line=first_line
@@ -206,32 +127,19 @@ def _nih(path: str, encoding: str, sep: str | None, text_columns: Sequence[str],
     extra = [n for n in names if n not in NIH_LABEL_COLUMNS]
     if extra:
         notes.append(f"labels not in the NIH list: {', '.join(extra)}")
-    renames = {
-        "Patient Age": "age",
-        "Patient Gender": "sex",
-        "View Position": "view",
-        "Follow-up #": "follow_up",
-        "OriginalImage[Width]": "width",
-        "OriginalImage[Height]": "height",
-        "OriginalImagePixelSpacing[x]": "pixel_spacing_x",
-        "OriginalImagePixelSpacing[y]": "pixel_spacing_y",
-    }
     origins = {}
-    for source, target in renames.items():
+    for source, target in NIH_RENAMES.items():
         if source in src.columns:
             frame[target] = src[source]
             origins[target] = source
     return _Parsed(frame, labels, notes, src, origins)
 
 
-_CHEXPERT_PATH = re.compile(r"(?P<patient>patient\d+)/(?P<study>study\d+)/")
-
-
 def _chexpert(path: str, encoding: str, sep: str | None, text_columns: Sequence[str], first_line: int | None) -> _Parsed:
-    table = read_table(path, sep=sep, string_columns=["Path", "Sex", "Frontal/Lateral", "AP/PA", *text_columns], encoding=encoding)
-    _require(table, ["Path", *CHEXPERT_LABELS], path, "is this a CheXpert train.csv or valid.csv?")
+    table = read_table(path, sep=sep, string_columns=[*CHEXPERT_TEXT, *text_columns], encoding=encoding)
+    require_columns(table, ["Path", *CHEXPERT_LABELS], path, CHEXPERT_HINT)
     src = frame_from_arrow(table)
-    parts, matched = extract_groups(src["Path"], _CHEXPERT_PATH)
+    parts, matched = extract_groups(src["Path"], CHEXPERT_PATH)
     bad = pd.Series(~matched, index=src.index)
     if bad.any():
         rows = np.flatnonzero(bad.to_numpy())
@@ -250,12 +158,12 @@ def _chexpert(path: str, encoding: str, sep: str | None, text_columns: Sequence[
             view = view.where(view.notna(), src["Frontal/Lateral"].str.upper().where(src["Frontal/Lateral"] == "Lateral"))
         frame["view"] = view
     origins = {}
-    for source, target in (("Sex", "sex"), ("Age", "age"), ("Frontal/Lateral", "frontal_lateral")):
+    for source, target in CHEXPERT_RENAMES.items():
         if source in src.columns:
             frame[target] = src[source]
             origins[target] = source
     labels = coerce_label_values(src, CHEXPERT_LABELS)
-    extra = [c for c in src.columns if c not in {"Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS}]
+    extra = [c for c in src.columns if c not in CHEXPERT_READ]
     frame = pd.concat([frame, src[extra]], axis=1)
     return _Parsed(frame, labels, [], src, origins)
 
@@ -267,11 +175,11 @@ def _mimic(path: str, metadata: str | None, encoding: str, sep: str | None, imag
         )
     keys = ["subject_id", "study_id"]
     lab = frame_from_arrow(read_table(path, sep=sep, string_columns=[*keys, *text_columns], encoding=encoding))
-    _require(lab, keys, path, "is this a MIMIC-CXR *-chexpert.csv or *-negbio.csv table?")
+    require_columns(lab, keys, path, "is this a MIMIC-CXR *-chexpert.csv or *-negbio.csv table?")
     meta = frame_from_arrow(
         read_table(metadata, sep=sep, string_columns=["dicom_id", *keys, "StudyDate", "ViewPosition", *text_columns], encoding=encoding)
     )
-    _require(meta, ["dicom_id", *keys], metadata, "is this the MIMIC-CXR metadata table?")
+    require_columns(meta, ["dicom_id", *keys], metadata, "is this the MIMIC-CXR metadata table?")
     label_names = [c for c in lab.columns if c not in keys]
     dup = lab.duplicated(keys, keep=False)
     if dup.any():
@@ -374,8 +282,8 @@ def _generic(
     if study_col is None:
         study_col = "study_id" if "study_id" in present else auto.pop("study_id", None)
     wanted = [image_col, patient_col, path_col] + ([study_col] if study_col else []) + ([labels_col] if labels_col else []) + list(label_cols)
-    _require(table, list(dict.fromkeys(wanted)), path, "choose columns with --image-col, --patient-col, --path-col, --labels-col or --label-cols")
-    _require(table, list(dict.fromkeys(columns.values())), path, "--col CANONICAL=SOURCE names a column of the table")
+    require_columns(table, list(dict.fromkeys(wanted)), path, "choose columns with --image-col, --patient-col, --path-col, --labels-col or --label-cols")
+    require_columns(table, list(dict.fromkeys(columns.values())), path, "--col CANONICAL=SOURCE names a column of the table")
     mapped = {**columns, **auto}
     # Identifiers found by their spelling may not have been read as text: read again if so.
     as_text = [image_col, path_col, patient_col, study_col] + [c for t, c in mapped.items() if t in _TEXT_TARGETS]
@@ -554,9 +462,7 @@ def _stripped_already(values: pd.Series) -> bool:
     (True, False)
     """
     arr = pa.array(values, from_pandas=True)
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        return False
-    return not pc.any(pc.not_equal(arr, pc.utf8_trim_whitespace(arr))).as_py()
+    return is_text(arr) and stripped(arr)
 
 
 def _strip_identifiers(frame: pd.DataFrame) -> pd.DataFrame:
@@ -591,8 +497,6 @@ def _strip_identifiers(frame: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- several rows per image
 
-_AGGREGATE_HINT = "pass --aggregate any|majority|all (one row per reader or box)"
-
 
 def _distinct_text(values: pd.Series) -> bool:
     """Whether ``values`` is text whose non-null values are all different (False: look closer).
@@ -606,10 +510,7 @@ def _distinct_text(values: pd.Series) -> bool:
     if not pd.api.types.is_string_dtype(values.dtype) or values.dtype == object:
         return False
     arr = pa.array(values, from_pandas=True)
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        return False
-    distinct = pc.unique(arr)
-    return len(distinct) - distinct.null_count == len(arr) - arr.null_count
+    return is_text(arr) and distinct(arr)
 
 
 def _check_rows(frame: pd.DataFrame, path: str, aggregate: str, first_line: int | None) -> None:
@@ -628,7 +529,7 @@ def _check_rows(frame: pd.DataFrame, path: str, aggregate: str, first_line: int 
         examples = list(pd.unique(repeated)[:5])
         message = (
             f"{n_images} image id(s) of {path} occur on more than one row ({n_rows} rows), for example "
-            f"{examples_text(examples, n_images)}; {_AGGREGATE_HINT}"
+            f"{examples_text(examples, n_images)}; {AGGREGATE_HINT}"
         )
         if not others:
             raise InputError(message, path=path, repeated_images=n_images, rows=n_rows, examples=examples)
@@ -700,30 +601,7 @@ def _aggregate(
 # ----------------------------------------------------------------------------- the command
 
 
-def ingest_table(
-    path: str | os.PathLike,
-    *,
-    preset: str = "generic",
-    metadata: str | os.PathLike | None = None,
-    uncertain: str = "keep",
-    image_col: str | None = None,
-    patient_col: str | None = None,
-    path_col: str | None = None,
-    study_col: str | None = None,
-    labels_col: str | None = None,
-    labels_sep: str = "|",
-    label_cols: Sequence[str] = (),
-    label_when: Sequence[str] | str = (),
-    blank: Sequence[str] | str = "missing",
-    label_map: str | os.PathLike | Mapping[str, str] | None = None,
-    aggregate: str = "error",
-    reader_col: str | None = None,
-    columns: Mapping[str, str] | Sequence[str] | None = None,
-    sep: str | None = None,
-    encoding: str = "utf-8",
-    image_ext: str = "jpg",
-    root: str | None = None,
-) -> IngestResult:
+def ingest_table(path: str | os.PathLike, **options: Any) -> IngestResult:
     """Turn a dataset's label/metadata table into a manifest.
 
     Labels go through these steps, in order: read (preset, ``labels_col``,
@@ -735,6 +613,9 @@ def ingest_table(
     ----------
     path : path
         The table: CSV, TSV (plain or compressed) or Parquet.
+    **options
+        The keywords below (their defaults are those of :func:`~mdprep.ingest.table_spec.table_options`,
+        which checks them and whose signature this function shows).
     preset : {"nih", "chexpert", "mimic", "generic"}
         How to read it (see :data:`PRESETS`).
     metadata : path, optional
@@ -782,51 +663,30 @@ def ingest_table(
     >>> len(r.manifest.labels), r.report.ingested == n
     (15, True)
     """
-    spath = os.fspath(path)
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}", preset=preset)
-    if uncertain not in UNCERTAIN_POLICIES:
-        raise UsageError(f"unknown --uncertain policy {uncertain!r}; choose one of {', '.join(UNCERTAIN_POLICIES)}")
-    if aggregate not in AGGREGATE_POLICIES:
-        raise UsageError(f"unknown --aggregate policy {aggregate!r}; choose one of {', '.join(AGGREGATE_POLICIES)}", aggregate=aggregate)
-    if reader_col and aggregate == "error":
-        raise UsageError(f"--reader-col {reader_col!r} only matters when rows are aggregated: {_AGGREGATE_HINT}")
-    if sep == "\\t":
-        sep = "\t"  # --sep '\t' as typed in a shell: one tab, recorded as one
-    if not labels_sep:
-        raise UsageError("--labels-sep is empty; give the character between the findings of a cell, for example --labels-sep '|' or --labels-sep ','")
-    generic_opts = dict(image_col=image_col, path_col=path_col, study_col=study_col, labels_col=labels_col, label_cols=list(label_cols))
-    if preset != "generic" and patient_col not in (None, "patient_id"):
-        generic_opts["patient_col"] = patient_col
-    if preset != "generic" and any(v for v in generic_opts.values()):
-        given = ", ".join(f"--{k.replace('_', '-')}" for k, v in generic_opts.items() if v)
-        raise UsageError(f"{given} only apply to --preset generic; preset {preset!r} knows its columns")
-    rules = parse_label_rules(label_when)
-    blank_default, blank_per = parse_blank_specs(blank)
-    column_map = parse_column_specs(columns)
-    label_mapping = load_label_map(label_map) if label_map is not None else None
-    text_columns = list(dict.fromkeys([r.column for r in rules] + list(column_map.values()) + ([reader_col] if reader_col else [])))
-    # Rows are lines of a text table (header on line 1) and counted rows of Parquet.
-    first_line = None if is_parquet_table(spath) else 2
+    opts = table_options(path, **options)
+    spath, preset, sep, encoding, aggregate = opts.path, opts.preset, opts.sep, opts.encoding, opts.aggregate
+    rules, column_map, label_mapping = opts.rules, opts.column_map, opts.label_mapping
+    text_columns, first_line = list(opts.text_columns), opts.first_line
+    labels_col, label_cols = opts.generic["labels_col"], opts.generic["label_cols"]
 
     if preset == "nih":
         parsed = _nih(spath, encoding, sep, text_columns, first_line)
     elif preset == "chexpert":
         parsed = _chexpert(spath, encoding, sep, text_columns, first_line)
     elif preset == "mimic":
-        parsed = _mimic(spath, os.fspath(metadata) if metadata else None, encoding, sep, image_ext, text_columns)
+        parsed = _mimic(spath, os.fspath(opts.metadata) if opts.metadata else None, encoding, sep, opts.image_ext, text_columns)
         first_line = None  # rows of the metadata table, joined
     else:
         parsed = _generic(
             spath,
             encoding=encoding,
             sep=sep,
-            image_col=image_col,
-            patient_col=patient_col,
-            path_col=path_col,
-            study_col=study_col,
+            image_col=opts.generic["image_col"],
+            patient_col=opts.patient_col,
+            path_col=opts.generic["path_col"],
+            study_col=opts.generic["study_col"],
             labels_col=labels_col,
-            labels_sep=labels_sep,
+            labels_sep=opts.labels_sep,
             label_cols=label_cols,
             columns=column_map,
             text_columns=text_columns,
@@ -853,24 +713,12 @@ def ingest_table(
     merged: dict[str, list[str]] = {}
     if label_mapping is not None:
         label_frame, labels, renamed, merged = apply_label_map(label_frame, labels, label_mapping)
-        if merged:
-            notes.append("label map merged " + "; ".join(f"{', '.join(map(repr, s))} into {t!r}" for t, s in merged.items()))
-        if renamed:
-            notes.append("label map renamed " + ", ".join(f"{s!r} to {t!r}" for s, t in renamed))
-    _check_label_names(
-        labels, frame.columns, spath, derived=derived_names, mapped=label_mapping, origin=_label_origin(preset, labels_col, label_cols)
+        notes += label_map_notes(renamed, merged)
+    check_label_names(
+        labels, frame.columns, spath, derived=derived_names, mapped=label_mapping, origin=label_origin(preset, labels_col, label_cols)
     )
     frame = pd.concat([frame, label_frame], axis=1)
-    per_label = resolve_label_names(blank_per, labels, label_mapping, option="--blank")
-    blank_labels: dict[str, tuple[str, str]] = {}
-    for name, label in per_label.items():
-        first = blank_labels.setdefault(label, (name, blank_per[name]))
-        if first[1] != blank_per[name]:
-            raise UsageError(
-                f"--blank gives label {label!r} two policies: {first[0]}={first[1]} and {name}={blank_per[name]} "
-                "(both names mean that label); give it one policy"
-            )
-    frame, filled = apply_blank_policy(frame, labels, blank_default, {lab: policy for lab, (_, policy) in blank_labels.items()})
+    frame, filled = apply_blank_policy(frame, labels, opts.blank_default, blank_policies(opts, labels))
     if filled:
         notes.append(f"{filled} blank label cell(s) of labelled rows counted as negative (--blank)")
 
@@ -886,38 +734,20 @@ def ingest_table(
                 path=spath,
             )
         readers = None
-        if reader_col:
-            hit = find_column(list(source.columns), reader_col)
+        if opts.reader_col:
+            hit = find_column(list(source.columns), opts.reader_col)
             if hit is None:
-                raise MissingColumnError([reader_col], list(source.columns), path=spath, hint="--reader-col names the column of each row's reader")
+                raise MissingColumnError([opts.reader_col], list(source.columns), path=spath, hint="--reader-col names the column of each row's reader")
             readers = source[hit]
         frame, more = _aggregate(frame.reset_index(drop=True), labels, aggregate, readers.reset_index(drop=True) if readers is not None else None, spath)
         notes += more
     unlabeled = int(frame[list(labels)].isna().all(axis=1).sum()) if labels else 0
-    frame = apply_uncertain_policy(frame, labels, uncertain)
+    frame = apply_uncertain_policy(frame, labels, opts.uncertain)
     frame, invalid, invalid_examples, more = _coerce_canonical(frame, origins, labels)
     notes += more
     frame = order_columns(frame.reset_index(drop=True), labels)
-    inputs = [file_fingerprint(spath)] + ([file_fingerprint(metadata)] if metadata else [])
-    if label_map is not None and not isinstance(label_map, Mapping) and os.path.isfile(os.fspath(label_map)):
-        inputs.append(file_fingerprint(label_map))
-    options: dict = {"preset": preset, "uncertain": uncertain, "encoding": encoding, "sep": sep}
-    if preset == "generic":
-        options.update(patient_col=patient_col, labels_sep=labels_sep, **generic_opts)
-    if preset == "mimic":
-        options["image_ext"] = image_ext
-    if rules:
-        options["label_when"] = [str(r) for r in rules]
-    if blank_default != "missing" or blank_per:
-        options["blank"] = {"default": blank_default, "labels": dict(sorted(blank_per.items()))}
-    if label_map is not None:
-        options["label_map"] = dict(sorted(label_mapping.items())) if isinstance(label_map, Mapping) else os.fspath(label_map)
-    if aggregate != "error":
-        options.update(aggregate=aggregate, reader_col=reader_col)
-    if column_map:
-        options["columns"] = dict(sorted(column_map.items()))
-    manifest = Manifest(frame=frame, labels=tuple(labels), root=canonical_root(root) if root else None)
-    manifest = manifest.with_step(provenance_step("ingest table", options, inputs))
+    step = provenance(opts)
+    manifest = Manifest(frame=frame, labels=tuple(labels), root=manifest_root(opts.root)).with_step(step)
     try:
         check(manifest, path=spath)
     except ManifestValidationError as exc:
@@ -934,61 +764,7 @@ def ingest_table(
     return IngestResult(manifest=manifest, errors=empty_errors(), report=report)
 
 
-def _label_origin(preset: str, labels_col: str | None, label_cols: Sequence[str]) -> str:
-    if labels_col:
-        return f"found in --labels-col {labels_col!r}"
-    if label_cols:
-        return "given by --label-cols"
-    return f"read by preset {preset!r}"
-
-
-def _check_label_names(
-    labels: Sequence[str],
-    columns: Sequence[str],
-    path: str,
-    *,
-    derived: Sequence[str],
-    mapped: Mapping[str, str] | None,
-    origin: str,
-) -> None:
-    """Label names, final after ``--label-map``, must not be manifest or table column names.
-
-    Raises one :class:`~mdprep.errors.UsageError` that names every clash and says,
-    for each kind of label (read, ``--label-when``, a map target), how to rename it.
-    """
-    reserved = [n for n in labels if n in RESERVED_COLUMNS]
-    taken = [n for n in labels if n not in RESERVED_COLUMNS and n in set(columns)]
-    if not reserved and not taken:
-        return
-    targets = set(mapped.values()) if mapped else set()
-
-    def kind(name: str) -> str:
-        if name in derived:
-            return "derived"
-        if name in targets and label_key(name) not in (mapped or {}):
-            return "mapped"
-        return "read"
-
-    problems: list[str] = []
-    for names, what in (
-        (reserved, "names of manifest columns (canonical columns and source_rows cannot be labels)"),
-        (taken, f"names of other columns of {path}"),
-    ):
-        groups: dict[str, list[str]] = {}
-        for n in names:
-            groups.setdefault(kind(n), []).append(n)
-        for k, group in groups.items():
-            shown = examples_text(group, len(group), limit=10)
-            if k == "derived":
-                problems.append(f"--label-when names {shown}, {what}; choose another NAME")
-            elif k == "mapped":
-                problems.append(f"the label map gives labels {shown}, {what}; map them to other names")
-            else:
-                problems.append(
-                    f"label(s) {shown} {origin} are {what}; rename them with --label-map, a CSV file with the header "
-                    f"source,target and a line such as {group[0]},{group[0]} finding"
-                )
-    raise UsageError("; ".join(problems), names=reserved + taken)
+ingest_table.__signature__ = options_signature(IngestResult)  # what help() and editors show: the options and their defaults
 
 
 def _apply_column_map(

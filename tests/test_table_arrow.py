@@ -1,0 +1,355 @@
+"""The Arrow path of `ingest table` (nih and chexpert presets) gives the pandas path's bytes, or declines.
+
+Every test builds look-alike NIH and CheXpert tables with the values real tables hold and
+the ones they should not (blanks, -1/0/1/1.0, ids with zeros in front or white space
+around, non-ASCII, quoted commas, a byte-order mark, CRLF line ends, repeated ids, bad
+label lists, unknown sex spellings, ages as DICOM text), runs both paths, and requires
+the Arrow path either to give the very same manifest bytes, report and summary, or to
+decline (return None) so that the pandas path runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mdprep.cli import main
+from mdprep.errors import MdprepError
+from mdprep.ingest import ingest_table
+from mdprep.ingest.table_arrow import declined_reason, ingest_table_arrow
+from mdprep.ingest.table_spec import CHEXPERT_LABELS
+from mdprep.manifest import summarize, to_arrow, write_table
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+NIH_HEADER = [
+    "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender", "View Position",
+    "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]",
+]  # fmt: skip
+CHEXPERT_HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS]
+
+#: Values the Arrow path reads exactly (it must not decline a table made of these).
+NIH_CLEAN = {
+    "labels": ["No Finding", "Mass|Nodule", "", "Hernia|COVID-19", "['Mass', \"Edema\"]", " Mass | Edema ", "nan", "Effusion|Pleural_Thickening",
+               "|Mass||Mass|", "[]", "['Edema',]", "None", "pleural effusion"],
+    "follow": ["0", "12", ""],
+    "patient": ["00012", "12", "é7", "p,1", "中3"],
+    "age": ["58", "", "7", "58.5", "-1"],
+    "sex": ["M", "F", "male", " f ", "", "U", "unknown", "<NA>", "\u3000F", "m\t", "\u00a0O", "oTHer", "none"],
+    "view": ["PA", "AP", "nan", "None", "", "LL"],
+    "size": ["2500", "", "0"],
+    "spacing": ["0.143", "", "NaN", "-0.0", "1e-3"],
+}
+#: Values that make it decline (the pandas path then speaks, or warns).
+NIH_NASTY = {
+    "labels": ["[Mass", "[['Mass']]"],
+    "patient": [" 12", "12 ", ""],
+    "age": ["058Y", "4x", "1e39", "inf"],
+    "sex": ["x", "Ｍ"],
+}
+CHEXPERT_CLEAN = {
+    "sex": ["Female", "Male", "", "Unknown"],
+    "age": ["68", "", "0"],
+    "fl": ["Frontal", "Lateral", "", "lateral"],
+    "appa": ["AP", "PA", "", "LL"],
+    "label": ["1.0", "0.0", "-1.0", "", "1", "0", "-1", "-0.0", "1e0"],
+    "prefix": ["CheXpert-v1.0-small/train", "data/é", "x,y"],
+}
+CHEXPERT_NASTY = {"label": ["2", "yes", "0.5", " 1", "nan"], "prefix": ["nopatient", " lead"], "sex": ["Femme"], "age": ["1e39", "inf", "58Y"]}
+
+
+def _write(path: Path, header, rows, *, bom=False, crlf=False) -> Path:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n" if crlf else "\n").writerows([header, *rows])
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + buf.getvalue().encode())
+    return path
+
+
+def _nih_rows(draw, pools, n):
+    rows = []
+    for i in range(n):
+        pick = {k: draw(st.sampled_from(v)) for k, v in pools.items()}
+        rows.append(
+            [f"{i:08d}_{'é' if i % 3 == 0 else ''}{i % 2:03d}.png", pick["labels"], pick["follow"], pick["patient"], pick["age"],
+             pick["sex"], pick["view"], pick["size"], pick["size"], pick["spacing"], pick["spacing"]]
+        )  # fmt: skip
+    return rows
+
+
+def _chexpert_rows(draw, pools, n):
+    rows = []
+    for i in range(n):
+        pick = {k: draw(st.sampled_from(v)) for k, v in pools.items() if k != "label"}
+        labels = [draw(st.sampled_from(pools["label"])) for _ in CHEXPERT_LABELS]
+        rows.append([f"{pick['prefix']}/patient{i // 3:05d}/study{i % 2 + 1}/view{i % 3}_frontal.jpg", pick["sex"], pick["age"], pick["fl"], pick["appa"], *labels])
+    return rows
+
+
+def _merged(clean, nasty):
+    return {k: v + nasty.get(k, []) for k, v in clean.items()}
+
+
+def _pandas(path, **options):
+    """The pandas path: the manifest's bytes as the CLI writes them, the report, the summary; or the error."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = ingest_table(path, **options)
+        except MdprepError as exc:
+            return None, (type(exc).__name__, exc.message), caught
+    buf = io.BytesIO()
+    write_table(to_arrow(result.manifest), buf)
+    return buf.getvalue(), result, caught
+
+
+def _same_or_declined(path, **options) -> bool:
+    """Both paths on one table: the Arrow path gives the pandas path's bytes, report and summary, or None. True: it gave them."""
+    fast = ingest_table_arrow(path, **options)
+    data, result, caught = _pandas(path, **options)
+    if fast is None:
+        return False
+    assert data is not None, f"the Arrow path wrote a manifest where the pandas path says {result}"
+    assert not caught, [str(w.message) for w in caught]
+    buf = io.BytesIO()
+    write_table(fast.table, buf)
+    assert buf.getvalue() == data
+    assert fast.report == result.report
+    assert fast.summary() == summarize(result.manifest)
+    return True
+
+
+#: Options tried on each preset; those marked False the Arrow path declines even on clean tables.
+_OPTIONS = {
+    "nih": [
+        ({}, True),
+        ({"label_map": "cxr"}, True),
+        ({"blank": ["negative"]}, True),
+        ({"blank": ["negative", "No Finding=missing"], "uncertain": "ones"}, True),
+        ({"uncertain": "ignore", "label_map": "cxr"}, True),
+        ({"uncertain": "zeros", "blank": ["negative"], "label_map": "cxr"}, True),
+        ({"columns": ["split=View Position"]}, True),
+        ({"columns": ["view=Patient Gender", "accession=Image Index"]}, True),
+        ({"columns": ["sex=View Position"]}, False),  # PA and AP are no sex
+        ({"root": "/data/images"}, True),
+    ],
+    "chexpert": [
+        ({}, True),
+        ({"label_map": "cxr"}, True),
+        ({"blank": ["negative"]}, True),
+        ({"blank": ["negative", "no_finding=missing"], "uncertain": "ones"}, True),
+        ({"uncertain": "ignore"}, True),
+        ({"uncertain": "zeros", "blank": ["negative"], "label_map": "cxr"}, True),
+        ({"columns": ["view=Frontal/Lateral"]}, True),
+        ({"columns": ["split=AP/PA", "sop_uid=Path"]}, True),
+    ],
+}
+#: Per preset: file name, header, row maker, the values it takes, the values it may decline.
+_TABLES = {
+    "nih": ("Data_Entry_2017.csv", NIH_HEADER, _nih_rows, NIH_CLEAN, NIH_NASTY),
+    "chexpert": ("train.csv", CHEXPERT_HEADER, _chexpert_rows, CHEXPERT_CLEAN, CHEXPERT_NASTY),
+}
+
+
+@pytest.mark.parametrize("preset", ["nih", "chexpert"])
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), bom=st.booleans(), crlf=st.booleans(), nasty=st.booleans())
+def test_arrow_path_gives_the_pandas_bytes_or_declines(tmp_path_factory, preset, data, bom, crlf, nasty):
+    name, header, make_rows, clean, more = _TABLES[preset]
+    options, takes_clean = data.draw(st.sampled_from(_OPTIONS[preset]))
+    rows = make_rows(data.draw, _merged(clean, more) if nasty else clean, data.draw(st.integers(1, 12)))
+    path = _write(tmp_path_factory.mktemp(preset) / name, header, rows, bom=bom, crlf=crlf)
+    took = _same_or_declined(path, preset=preset, **options)
+    if takes_clean and not nasty:
+        assert took, declined_reason(path, preset=preset, **options)
+
+
+def _clean_nih(tmp_path, n=30) -> Path:
+    rows = []
+    for i in range(n):
+        rows.append(
+            [f"{i:08d}_000.png", NIH_CLEAN["labels"][i % 8], str(i % 4), f"{i // 2:05d}", str(20 + i), NIH_CLEAN["sex"][i % 8],
+             NIH_CLEAN["view"][i % 6], "2500", "2048", NIH_CLEAN["spacing"][i % 5], "0.143"]
+        )  # fmt: skip
+    return _write(tmp_path / "Data_Entry_2017.csv", NIH_HEADER, rows, bom=True, crlf=True)
+
+
+def _clean_chexpert(tmp_path, n=30, extra=None) -> Path:
+    rows = []
+    for i in range(n):
+        labels = [CHEXPERT_CLEAN["label"][(i + j) % 7] for j in range(len(CHEXPERT_LABELS))]
+        rows.append([f"train/patient{i // 3:05d}/study{i % 2 + 1}/view{i % 3}.jpg", "Female" if i % 2 else "Male", str(30 + i),
+                     "Lateral" if i % 3 == 2 else "Frontal", "" if i % 3 == 2 else "AP", *labels])  # fmt: skip
+    header = list(CHEXPERT_HEADER)
+    if extra:
+        header += list(extra)
+        rows = [r + [extra[c][i % len(extra[c])] for c in extra] for i, r in enumerate(rows)]
+    return _write(tmp_path / "train.csv", header, rows)
+
+
+@pytest.mark.parametrize(
+    "edit, reason",
+    [
+        (lambda r: r[1].__setitem__(0, r[0][0]), "repeated image ids"),
+        (lambda r: r[1].__setitem__(3, " 00001"), "patient_id is not stripped text"),
+        (lambda r: r[1].__setitem__(3, ""), "missing identifiers"),
+        (lambda r: r[1].__setitem__(1, "[Mass"), "malformed label lists"),
+        (lambda r: r[1].__setitem__(5, "x"), "sex spellings that are not recognised"),
+        (lambda r: r[1].__setitem__(4, "058Y"), "ages that are not numbers"),
+    ],
+)
+def test_nih_inputs_the_arrow_path_declines(tmp_path, edit, reason):
+    rows = list(csv.reader(io.StringIO(_clean_nih(tmp_path).read_bytes().decode("utf-8-sig"))))[1:]
+    edit(rows)
+    path = _write(tmp_path / "bad.csv", NIH_HEADER, rows)
+    assert declined_reason(path, preset="nih") == reason
+    assert not _same_or_declined(path, preset="nih")
+
+
+def test_chexpert_inputs_and_options_the_arrow_path_declines(tmp_path):
+    path = _clean_chexpert(tmp_path)
+    assert declined_reason(path, preset="chexpert") is None
+    assert declined_reason(path, preset="chexpert", aggregate="any") == "--label-when or --aggregate"
+    assert declined_reason(path, preset="chexpert", columns=["age=Sex"]) == "--col for a column that pandas parses"
+    assert declined_reason(path, preset="nih").startswith("MissingColumnError")
+    assert declined_reason(path, preset="chexpert", uncertain="maybe").startswith("UsageError")
+    assert declined_reason(path, preset="generic") == "preset 'generic'"
+    for i, (extra, reason) in enumerate(
+        (
+            ({"view": ["x"]}, "column 'view' named like a column the preset makes"),
+            ({"when": ["2020-01-01 10:00:00"]}, "a column of type timestamp[s]"),
+            ({"fold": ["1"]}, "fold is parsed by pandas"),
+        )
+    ):
+        (tmp_path / str(i)).mkdir()
+        bad = _clean_chexpert(tmp_path / str(i), extra=extra)
+        assert declined_reason(bad, preset="chexpert") == reason
+        assert ingest_table_arrow(bad, preset="chexpert") is None
+
+
+def test_chexpert_extra_columns_of_every_kept_type_read_alike(tmp_path):
+    extra = {
+        "note": ["a, b", "", "é"],
+        "count": ["1", "", "3"],
+        "score": ["0.5", "NaN", ""],
+        "flag": ["true", "false", ""],
+        "day": ["2020-01-01", "", "2021-12-31"],
+        "empty": [""],
+        "split": ["train", "test", ""],
+    }
+    path = _clean_chexpert(tmp_path, extra=extra)
+    assert _same_or_declined(path, preset="chexpert", blank=["negative"]), declined_reason(path, preset="chexpert")
+
+
+def test_parquet_compressed_and_zipped_tables_read_alike(tmp_path):
+    nih = _clean_nih(tmp_path)
+    table = pacsv.read_csv(nih, convert_options=pacsv.ConvertOptions(column_types={"Patient ID": pa.string()}))
+    table = table.set_column(4, "Patient Age", table.column("Patient Age").cast(pa.int16()))
+    pq.write_table(table, tmp_path / "nih.parquet")
+    (tmp_path / "nih.csv.gz").write_bytes(gzip.compress(nih.read_bytes(), mtime=0))
+    with zipfile.ZipFile(tmp_path / "nih.zip", "w") as zf:
+        zf.write(nih, "Data_Entry_2017.csv")
+    for path in (tmp_path / "nih.parquet", tmp_path / "nih.csv.gz", tmp_path / "nih.zip"):
+        assert _same_or_declined(path, preset="nih", label_map="cxr"), declined_reason(path, preset="nih")
+
+
+def _cli(runner, argv, monkeypatch, arrow: bool):
+    if not arrow:
+        monkeypatch.setattr("mdprep.ingest.table_arrow.ingest_table_arrow", lambda *a, **k: None)
+    try:
+        return runner.invoke(main, argv)
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_cli_output_is_the_same_on_both_paths(runner, tmp_path, monkeypatch, quiet):
+    for table, preset, extra in ((_clean_nih(tmp_path), "nih", ["--label-map", "cxr"]), (_clean_chexpert(tmp_path), "chexpert", ["--blank", "negative"])):
+        for target in ("m.parquet", "-"):
+            outs = []
+            for arrow in (True, False):
+                out = tmp_path / f"{arrow}" / target if target != "-" else "-"
+                if out != "-":
+                    out.parent.mkdir(exist_ok=True)
+                argv = ["ingest", "table", str(table), "--preset", preset, *extra, "-o", str(out) if out == "-" else target, *(["-q"] if quiet else [])]
+                cwd = os.getcwd()
+                os.chdir(out.parent if out != "-" else tmp_path)
+                try:
+                    res = _cli(runner, argv, monkeypatch, arrow)
+                finally:
+                    os.chdir(cwd)
+                assert res.exit_code == 0, res.output
+                data = out.read_bytes() if out != "-" else res.stdout_bytes
+                outs.append((data, res.stdout_bytes, res.stderr))
+            assert outs[0] == outs[1]
+            assert quiet or "Labels" in outs[0][2]
+
+
+def test_cli_errors_are_the_pandas_path_errors(runner, tmp_path):
+    rows = list(csv.reader(io.StringIO(_clean_nih(tmp_path).read_bytes().decode("utf-8-sig"))))[1:]
+    rows[2][0] = rows[1][0]
+    rows[3][3] = ""
+    path = _write(tmp_path / "bad.csv", NIH_HEADER, rows)
+    res = runner.invoke(main, ["ingest", "table", str(path), "--preset", "nih", "-o", str(tmp_path / "m.parquet")])
+    assert res.exit_code == 2
+    assert "Error: " in res.stderr and "line 5" in res.stderr and "00000001_000.png" in res.stderr
+    assert not (tmp_path / "m.parquet").exists()
+
+
+_PROBE = """
+import json, sys
+from mdprep.cli import main
+try:
+    main(sys.argv[1:], prog_name="mdprep")
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "pandas": "pandas" in sys.modules}))
+"""
+
+
+def test_nih_and_chexpert_never_import_pandas(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    for table, preset, quiet in ((_clean_nih(tmp_path), "nih", []), (_clean_chexpert(tmp_path), "chexpert", ["-q"])):
+        argv = ["ingest", "table", str(table), "--preset", preset, "--blank", "negative", "-o", str(tmp_path / f"{preset}.parquet"), *quiet]
+        out = subprocess.run([sys.executable, "-c", _PROBE, *argv], env=env, capture_output=True, text=True, check=True)
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == {"code": 0, "pandas": False}, out.stderr
+    argv = ["ingest", "table", str(table), "--preset", "chexpert", "--aggregate", "any", "-o", str(tmp_path / "agg.parquet"), "-q"]
+    out = subprocess.run([sys.executable, "-c", _PROBE, *argv], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"code": 0, "pandas": True}
+
+
+_EXIT_PROBE = """
+import atexit, gc, json, sys
+import pyarrow.parquet as pq
+from mdprep.cli import main
+
+def after():  # registered first, so it runs after the command's own exit hook
+    rows = pq.ParquetFile(sys.argv[-2]).metadata.num_rows  # the manifest is complete and readable by now
+    print(json.dumps({"gc_enabled": gc.isenabled(), "frozen": gc.get_freeze_count() > 0, "rows": rows}))
+
+atexit.register(after)
+main(sys.argv[1:], prog_name="mdprep")
+"""
+
+
+def test_ingest_table_exits_without_a_last_collection_after_writing(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    table = _clean_chexpert(tmp_path)
+    argv = ["ingest", "table", str(table), "--preset", "chexpert", "-o", str(tmp_path / "m.parquet"), "-q"]
+    out = subprocess.run([sys.executable, "-c", _EXIT_PROBE, *argv], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"gc_enabled": False, "frozen": True, "rows": 30}
