@@ -296,12 +296,15 @@ class _Scanner:
                     scan.text_columns[column] = kept
             named = _union(rows for kept in scan.text_columns.values() for rows in kept.candidates.values())
             scan.text_columns["image_id"] = self._column("image_id", hash_it=True, partitions=partitions, capture=named)
-            wanted = {c: _union(kept.candidates.values()) for c, kept in scan.text_columns.items()}
-            images = scan.text_columns["image_id"]
-            wanted["image_id"] = np.setdiff1d(wanted["image_id"], images.rows, assume_unique=True)  # those not captured
-            for column, text in self._fetch(wanted).items():
+            missing = {}
+            for column, kept in scan.text_columns.items():
+                wanted = _union(kept.candidates.values()) if column != "image_id" else _union([named, *kept.candidates.values()])
+                have = np.isin(kept.rows, wanted)  # what was captured and is wanted
+                kept.rows, kept.text = kept.rows[have], kept.text.filter(pa.array(have))
+                missing[column] = np.setdiff1d(wanted, kept.rows, assume_unique=True)
+            for column, text in self._fetch(missing).items():  # read again where some text is missing
                 kept = scan.text_columns[column]
-                rows = np.concatenate([kept.rows, wanted[column]])
+                rows = np.concatenate([kept.rows, missing[column]])
                 order = np.argsort(rows, kind="stable")
                 kept.rows, kept.text = rows[order], pa.concat_arrays([kept.text, text]).take(pa.array(order))
         return scan
@@ -409,9 +412,11 @@ class _Scanner:
     def _column(self, column: str, *, hash_it: bool, partitions: dict[str, np.ndarray], capture: np.ndarray | None = None) -> _Column | None:
         """Read, validate and (``hash_it``) hash one text column: its counts and candidate rows per partition.
 
-        No text is kept but that of the ``capture`` rows (sorted): :meth:`_fetch` reads the
-        candidates' text once every column is done. image_id, read last, captures the rows
-        that the other columns' findings will name.
+        No text is kept but that of the ``capture`` rows (sorted) and, for the other columns,
+        of runs of rows with one key in two parts (a leaking patient's images, which usually
+        come together): :meth:`_fetch` reads the rest of the candidates' text once every
+        column is done. image_id, read last, captures the rows that the other columns'
+        findings will name.
         """
         bits = self.bits
         image = column == "image_id"
@@ -422,7 +427,7 @@ class _Scanner:
 
         def read(task: tuple[_File, int, int]) -> dict[str, Any]:
             f, group, first = task
-            got: dict[str, Any] = {"first": first, "bytes": 0, "nulls": 0, "high": [], "low": [], "null": [], "taken": [], "ordered": True, "ends": None}
+            got: dict[str, Any] = {"first": first, "bytes": 0, "nulls": 0, "high": [], "low": [], "null": [], "taken": [], "rows": [], "ordered": True, "ends": None}
             last = first + self._parquet(f.path).metadata.row_group(group).num_rows
             want = capture[np.searchsorted(capture, first) : np.searchsorted(capture, last)] - first
             at = 0
@@ -448,8 +453,11 @@ class _Scanner:
                     previous = array[-1].as_py()
                     got["ends"] = (got["ends"] or (array[0].as_py(),))[:1] + (previous,)
                 local = want[np.searchsorted(want, at) : np.searchsorted(want, at + len(array))] - at
+                if hash_it and not image:
+                    local = _runs_across(got["high"][-1], got["null"][-1], [codes[first + at : first + at + len(array)] for codes in partitions.values()])
                 if len(local):
                     got["taken"].append(array.take(pa.array(local)))
+                    got["rows"].append(local + first + at)
                 at += len(array)
             return got
 
@@ -458,6 +466,7 @@ class _Scanner:
         low = np.zeros(self.n if hash_it and wide else 0, dtype=np.uint32)
         null = np.ones(self.n if hash_it else 0, dtype=bool)  # rows of files without the column are null
         taken: list[pa.Array] = []
+        taken_rows: list[np.ndarray] = []
         ordered = {f.path: True for f in self.files}
         ends: dict[str, Any] = {}
         for (f, _, _), got in zip(self._tasks(column), self.pool.map(read, self._tasks(column))):
@@ -472,6 +481,7 @@ class _Scanner:
                 null[first : first + len(k)] = got["null"][i]
                 first += len(k)
             taken += got["taken"]
+            taken_rows += got["rows"]
             if image and got["ends"] is not None:
                 before = ends.get(f.path)
                 ordered[f.path] = ordered[f.path] and got["ordered"] and (before is None or before < got["ends"][0])
@@ -485,7 +495,10 @@ class _Scanner:
             """The 64-bit hashes of ``rows``."""
             return (high[rows].astype(np.uint64) << np.uint64(32)) | low[rows] if wide else high[rows]
 
-        out = _Column(rows=capture, text=pa.concat_arrays(taken) if taken else pa.array([], type=pa.string()))
+        out = _Column(
+            rows=np.concatenate(taken_rows) if taken_rows else np.zeros(0, np.int64),
+            text=pa.concat_arrays(taken) if taken else pa.array([], type=pa.string()),
+        )
         if image:
             for f in self.files:  # the contract, per file: image ids are unique
                 if ordered[f.path]:
@@ -541,6 +554,25 @@ class _Scanner:
             for c, arrays in got.items():
                 out[c] += arrays
         return {c: pa.concat_arrays(arrays) if arrays else pa.array([], type=pa.string()) for c, arrays in out.items()}
+
+
+def _runs_across(keys: np.ndarray, null: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
+    """Rows (of one batch) in runs of one key that hold two parts of some partition: candidates caught as they pass.
+
+    Only adjacent rows are compared (O(rows)): a leaking value whose rows come together is
+    caught whole here, the others are found by the scan's sort and read again.
+    """
+    same = keys[1:] == keys[:-1]
+    if not same.any():
+        return np.zeros(0, np.int64)
+    pairs = np.zeros(len(same), dtype=bool)
+    for codes in parts:
+        q = np.where(null, codes.dtype.type(-1), codes)
+        pairs |= same & (q[1:] != q[:-1]) & (q[1:] >= 0) & (q[:-1] >= 0)
+    if not pairs.any():
+        return np.zeros(0, np.int64)
+    run = np.concatenate([[0], np.cumsum(~same)])  # each row's run of one key
+    return np.flatnonzero(np.isin(run, run[1:][pairs]))
 
 
 def _union(rows: Any) -> np.ndarray:
