@@ -171,6 +171,8 @@ class ScanRows:
 def _text_of(kept: _Column, rows: np.ndarray) -> pd.Series:
     """The kept text of ``rows`` (all kept), as Arrow-backed strings like those a read manifest holds."""
     at = np.searchsorted(kept.rows, rows)
+    if len(rows) and (int(at[-1]) >= len(kept.rows) or not np.array_equal(kept.rows[at], rows)):
+        raise RuntimeError("the audit scan lost the text of rows it reports")  # a bug, never bad input
     return pd.Series(kept.text.take(pa.array(at)), dtype=pd.ArrowDtype(pa.string()))
 
 
@@ -273,10 +275,11 @@ class _Scanner:
             columns.append(self.split_col)
         value_columns = dict(VALUE_CHECKS, patient_overlap=self.group)
         hashed = list(dict.fromkeys(value_columns[c] for c in self.checks if value_columns[c] in columns))
-        if self.split_col in hashed or self.split_col in REQUIRED_COLUMNS:
-            return None  # the split names a compared column: left to the frame
+        if self.split_col in hashed or self.split_col in REQUIRED_COLUMNS or "fold" in hashed:
+            return None  # the split or a compared column is a column of another role: left to reading
         self.bits = textkeys.key_bits(self.n)
-        with ThreadPoolExecutor(textkeys._cores()) as self.pool:
+        self.pool = ThreadPoolExecutor(textkeys._cores())
+        try:
             parts, part_names = self._parts()
             scan = ManifestScan(files, columns, self.split_col, parts, part_names)
             if "fold" in columns:
@@ -307,6 +310,8 @@ class _Scanner:
                 rows = np.concatenate([kept.rows, missing[column]])
                 order = np.argsort(rows, kind="stable")
                 kept.rows, kept.text = rows[order], pa.concat_arrays([kept.text, text]).take(pa.array(order))
+        finally:
+            self.pool.shutdown(cancel_futures=True)  # giving up: the rest of a column is not read
         return scan
 
     def _tasks(self, column: str) -> list[tuple[_File, int, int]]:
