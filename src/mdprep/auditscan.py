@@ -206,11 +206,14 @@ def scan_for_audit(
         Fewer rows in all are read instead (default: :data:`mdprep.textkeys.MIN_ROWS`, from
         which columns are hashed).
 
-    Returns None, having changed nothing, when any file is standard input or is not a
-    manifest whose columns are of the contract's types and valid, when a file breaks the
-    contract, when ``patient_overlap``'s grouping may be degenerate, when a check is not a
-    value check, or when the files hold fewer than ``min_rows`` rows. Reading the files
-    then decides (and reports) as before.
+    Returns
+    -------
+    ManifestScan or None
+        None, having changed nothing, when any file is standard input or is not a manifest
+        whose columns are of the contract's types, when a file breaks the contract (or its
+        64-bit hashes of ``image_id`` repeat), when ``patient_overlap``'s grouping may be
+        degenerate, when a check is not a value check, or when the files hold fewer than
+        ``min_rows`` rows. Reading the files then decides, and reports, as before.
     """
     if any(is_stdio(p) for p in paths) or not all(c in VALUE_CHECKS for c in checks) or group == split_col or split_col == "fold":
         return None

@@ -298,7 +298,6 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, require, allo
         train_split=train_split,
         inputs=inputs,
         require=required,
-        stacklevel=3,
     )
     if suggest and report.exit_code:
         from dataclasses import replace
