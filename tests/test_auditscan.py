@@ -180,3 +180,26 @@ def test_scan_keeps_only_what_it_reports(small, tmp_path):
     assert not auditscan.scannable(None, None) and not auditscan.scannable(["patient_overlap"], "study_date")
     with pytest.raises(TypeError, match="value checks"):
         scan.audit_rows().partition("split", "split")
+
+
+def test_grouping_sound_beyond_the_first_rows(small, tmp_path, monkeypatch):
+    """No patient repeats in the first rows (rows in random order): the scan shows one that repeats, as reading does."""
+    from mdprep import audit as audit_mod
+
+    for module in (audit_mod, auditscan):
+        monkeypatch.setattr(module, "HEAD_ROWS", 5)
+    frame = cohort(shuffled=True, seed=3)
+    assert not frame["patient_id"][:5].duplicated().any()
+    path = tmp_path / "m.parquet"
+    write_manifest(Manifest(frame), path)
+    shown = []
+    real = auditscan._Scanner._repeat_shown
+    monkeypatch.setattr(auditscan._Scanner, "_repeat_shown", lambda self, *a: shown.append(real(self, *a)) or shown[-1])
+    (scan, read), scanned = audit_both(tmp_path, monkeypatch, [path], "--checks", CHECKS)
+    assert scanned == [True, False] and scan == read and shown == [True]
+    # One image per patient while studies group them: degenerate, which reading reports.
+    single = frame.assign(patient_id=frame["image_id"].str.slice(0, 12))
+    write_manifest(Manifest(single), path)
+    assert auditscan.scan_for_audit([str(path)], LEAN, split_col="split", checks=CHECKS.split(",")) is None
+    result = CliRunner().invoke(main, ["audit-leakage", str(path), "--checks", CHECKS])
+    assert "degenerate grouping" in result.stderr

@@ -287,8 +287,7 @@ class _Scanner:
             scan = ManifestScan(files, columns, self.split_col, parts, part_names)
             if "fold" in columns:
                 scan.fold = self._folds()
-            if "patient_overlap" in self.checks and self.group in columns:
-                self._check_head(scan, columns)
+            self.show_repeat = "patient_overlap" in self.checks and self.group in columns and self._check_head(scan, columns)
             partitions = {"split": parts}
             if scan.fold is not None and (scan.fold[0] >= 0).any():
                 partitions["fold"] = scan.fold[0]
@@ -406,16 +405,34 @@ class _Scanner:
                     break
         return pa.chunked_array(pieces, type=pa.string())
 
-    def _check_head(self, scan: ManifestScan, columns: list[str]) -> None:
-        """Give up unless the first rows with a split show the grouping sound (see :func:`mdprep.audit.head_grouping`)."""
+    def _check_head(self, scan: ManifestScan, columns: list[str]) -> bool:
+        """Whether the grouping is sound only if some group value repeats (see :func:`mdprep.audit.head_grouping`).
+
+        False: the first rows with a split show it sound. True: no group value repeats in
+        those rows (rows in random order of a large manifest): the group column's pass must
+        show one that does (:meth:`_repeat_shown`). Gives up when the group may be the image
+        id itself, which only the whole columns' text can tell.
+        """
         assigned = np.flatnonzero(scan.parts >= 0)[:HEAD_ROWS]
         stop = int(assigned[-1]) + 1 if len(assigned) else 0
         head = pd.DataFrame(
             {c: pd.Series(self._head(c, stop).take(pa.array(assigned, pa.int64())), dtype=pd.ArrowDtype(pa.string())) for c in dict.fromkeys([self.group, "image_id"])}
         )
         grouping = any(c != self.group and c in columns for c in GROUPING_COLUMNS)
-        if any(head_grouping(head, self.group, grouping=grouping)):
+        maybe_image, maybe_single = head_grouping(head, self.group, grouping=grouping)
+        if maybe_image:
             raise _GiveUp
+        return maybe_single
+
+    def _repeat_shown(self, column: str, rows: np.ndarray, hashes: np.ndarray) -> bool:
+        """Whether two of ``rows`` (with their 64-bit ``hashes``) hold one value: the first pair of equal hashes, read."""
+        order = np.argsort(hashes, kind="stable")
+        equal = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
+        if not len(equal):
+            return False
+        pair = np.sort(rows[order[[equal[0], equal[0] + 1]]])
+        text = self._fetch({column: pair})[column].to_pylist()
+        return text[0] == text[1]
 
     def _column(self, column: str, *, hash_it: bool, partitions: dict[str, np.ndarray], capture: np.ndarray | None = None) -> _Column | None:
         """Read, validate and (``hash_it``) hash one text column: its counts and candidate rows per partition.
@@ -503,6 +520,11 @@ class _Scanner:
             """The 64-bit hashes of ``rows``."""
             return (high[rows].astype(np.uint64) << np.uint64(32)) | low[rows] if wide else high[rows]
 
+        if column == self.group and self.show_repeat:
+            # degenerate_grouping reads the whole column when no group value repeats in the first rows: one that repeats settles it.
+            rows = np.flatnonzero(textkeys.repeated(high, null | (partitions["split"] < 0)))
+            if not self._repeat_shown(column, rows, hashes(rows)):
+                raise _GiveUp
         out = _Column(
             rows=np.concatenate(taken_rows) if taken_rows else np.zeros(0, np.int64),
             text=pa.concat_arrays(taken) if taken else pa.array([], type=pa.string()),
