@@ -424,15 +424,22 @@ class _Scanner:
             raise _GiveUp
         return maybe_single
 
-    def _repeat_shown(self, column: str, rows: np.ndarray, hashes: np.ndarray) -> bool:
-        """Whether two of ``rows`` (with their 64-bit ``hashes``) hold one value: the first pair of equal hashes, read."""
-        order = np.argsort(hashes, kind="stable")
-        equal = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
-        if not len(equal):
-            return False
-        pair = np.sort(rows[order[[equal[0], equal[0] + 1]]])
-        text = self._fetch({column: pair})[column].to_pylist()
-        return text[0] == text[1]
+    def _repeat_shown(self, column: str, eligible: np.ndarray, hashes: Any) -> bool:
+        """Whether two ``eligible`` rows hold one value of ``column``: two rows of equal 64-bit ``hashes(rows)``, read.
+
+        Rows spread over the column (at most 65,536) are looked at first: a column whose
+        values repeat shows a pair among them, at the cost of a small sort; then all rows.
+        """
+        spread = np.arange(0, len(eligible), max(1, len(eligible) >> 16))
+        for rows in (spread[eligible[spread]], np.flatnonzero(eligible)):
+            h = hashes(rows)
+            order = np.argsort(h, kind="stable")
+            equal = np.flatnonzero(h[order][1:] == h[order][:-1])
+            if len(equal):
+                pair = np.sort(rows[order[[equal[0], equal[0] + 1]]])
+                text = self._fetch({column: pair})[column].to_pylist()
+                return text[0] == text[1]
+        return False
 
     def _column(self, column: str, *, hash_it: bool, partitions: dict[str, np.ndarray], capture: np.ndarray | None = None) -> _Column | None:
         """Read, validate and (``hash_it``) hash one text column: its counts and candidate rows per partition.
@@ -522,8 +529,7 @@ class _Scanner:
 
         if column == self.group and self.show_repeat:
             # degenerate_grouping reads the whole column when no group value repeats in the first rows: one that repeats settles it.
-            rows = np.flatnonzero(textkeys.repeated(high, null | (partitions["split"] < 0)))
-            if not self._repeat_shown(column, rows, hashes(rows)):
+            if not self._repeat_shown(column, ~null & (partitions["split"] >= 0), hashes):
                 raise _GiveUp
         out = _Column(
             rows=np.concatenate(taken_rows) if taken_rows else np.zeros(0, np.int64),
