@@ -249,7 +249,8 @@ def value_overlap(frame: pd.DataFrame, column: str, *, split_col: str = "split",
     if not rows.any():
         return _result(check, partition, _empty_findings(), _empty_pairs(), checked, unchecked)
     # Column by column: a Series masks Arrow data chunk by chunk, a whole frame would take() it.
-    rows_frame = pd.DataFrame({c: frame[c][rows] for c in dict.fromkeys([column, split_col, "image_id"])})
+    every = rows.all()
+    rows_frame = pd.DataFrame({c: frame[c] if every else frame[c][rows] for c in dict.fromkeys([column, split_col, "image_id"])})
     return overlap_result(rows_frame, column, split_col=split_col, check=check, partition=partition, checked=checked, unchecked=unchecked)
 
 
