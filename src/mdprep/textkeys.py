@@ -215,8 +215,20 @@ def _hashed(values: Any) -> _Hashed | None:
 
 
 def _isin(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Whether each key is one of the (few, distinct) ``wanted`` keys: one hash-table probe per key."""
-    return pd.Series(keys, copy=False).isin(wanted).to_numpy()
+    """Whether each key is one of the (few, distinct) ``wanted`` keys.
+
+    A few wanted keys (the usual answer) are looked up by their top 16 bits in a table that
+    stays in cache first; only the keys that pass are probed in a hash table.
+    """
+    if len(wanted) > 4096 or keys.dtype.kind != "u":
+        return pd.Series(keys, copy=False).isin(wanted).to_numpy()
+    shift = keys.dtype.type(8 * keys.dtype.itemsize - 16)
+    table = np.zeros(1 << 16, dtype=bool)
+    table[wanted >> shift] = True
+    maybe = np.flatnonzero(table[keys >> shift])
+    out = np.zeros(len(keys), dtype=bool)
+    out[maybe] = pd.Series(keys[maybe], copy=False).isin(wanted).to_numpy()
+    return out
 
 
 #: id(Arrow array) -> its part codes, dropped with the array.
