@@ -177,3 +177,11 @@ def test_keys_of_any_chunking_agree():
     assert whole.tolist() == pieces.tolist() and whole.dtype == np.uint32
     assert textkeys.null_mask(arr).tolist() == [v is None for v in values]
     assert len(set(whole[:3000].tolist())) == 3000  # distinct values, distinct keys (at this size)
+
+
+def test_few_wanted_keys_found_exactly():
+    """Keys that share their top bits with a wanted key pass the table, and the hash table refuses them."""
+    keys = np.array([1, 2, 1 << 20, 3, 2, (1 << 32) - 1], dtype=np.uint32)
+    assert textkeys._isin(keys, np.array([2, (1 << 32) - 1], dtype=np.uint32)).tolist() == [False, True, False, False, True, True]
+    many = np.arange(5000, dtype=np.uint64)  # more wanted keys than the table is for: the hash table alone
+    assert textkeys._isin(np.array([3, 6000], dtype=np.uint64), many).tolist() == [True, False]
