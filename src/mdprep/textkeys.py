@@ -34,6 +34,8 @@ _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _M2 = np.uint64(0xC4CEB9FE1A85EC53)
 _K = np.uint64(0x9E3779B97F4A7C15)
 _FOLD = np.uint64(0xC2B2AE3D27D4EB4F)
+#: The mask of the low ``i`` bytes of a word, for ``i`` from 0 to 8.
+_LOW_BYTES = np.array([(1 << (8 * i)) - 1 for i in range(9)], dtype=np.uint64)
 _S33 = np.uint64(33)
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 #: Rows hashed at a time.
@@ -117,12 +119,13 @@ def _chunk_hash(chunk: pa.Array) -> np.ndarray:
             rows = np.flatnonzero(more) if rows is None else rows[more]
             rem = rem[more]
         pos = (begin if rows is None else begin[rows]) + 8 * k
-        clipped = np.minimum(pos, last)
-        word = window[clipped]
-        word >>= ((pos - clipped) * 8).astype(np.uint64)  # a load moved back from the end: drop the bytes before
-        short = rem < 8
-        if short.any():
-            word &= np.where(short, (np.uint64(1) << (np.minimum(rem, 7).astype(np.uint64) * np.uint64(8))) - np.uint64(1), _ALL)
+        # Positions increase with the row: only the last values' loads can pass the end of the data.
+        safe = int(np.searchsorted(pos, last, side="right"))
+        word = window[pos[:safe]]
+        if safe < len(pos):  # moved back to end at the data's end, then the bytes before dropped
+            tail = window[np.full(len(pos) - safe, last)] >> ((pos[safe:] - last) * 8).astype(np.uint64)
+            word = np.concatenate([word, tail])
+        word &= _LOW_BYTES[np.minimum(rem, 8)]
         if rows is None:
             h ^= word
             h *= _FOLD
