@@ -6,8 +6,10 @@ strings, yet the contract's unique ``image_id`` and the value checks (``image_ov
 (:mod:`mdprep.textkeys`) and the text of the few rows whose hash repeats or occurs in two
 splits. So :func:`scan_for_audit` reads each text column on its own, in batches, on every
 core. Each batch is validated as :func:`mdprep.manifest.read_manifest` validates it, hashed,
-and kept only until the column's candidates are known. Then the candidates' text is kept and
-the rest is let go. Validation and the checks share that one hash pass per column.
+and let go, but for the text of rows that show a leak as they pass (runs of one value in two
+splits). Once a column's candidates are known from its hashes, only the text still missing
+is read again, and only in the row groups that hold it. Validation and the checks share that
+one hash pass per column; the scan keeps about 9 bytes per row and column.
 
 The report comes from :func:`mdprep.audit.audit_rows`, the function that :func:`mdprep.audit.audit`
 runs on a frame, fed with the same rows. It is therefore the same report, byte for byte.
