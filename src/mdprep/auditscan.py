@@ -9,7 +9,7 @@ core. Each batch is validated as :func:`mdprep.manifest.read_manifest` validates
 and let go, but for the text of rows that show a leak as they pass (runs of one value in two
 splits). Once a column's candidates are known from its hashes, only the text still missing
 is read again, and only in the row groups that hold it. Validation and the checks share that
-one hash pass per column; the scan keeps about 9 bytes per row and column.
+one hash pass per column; while a column is read, the scan holds about 9 bytes per row for it.
 
 The report comes from :func:`mdprep.audit.audit_rows`, the function that :func:`mdprep.audit.audit`
 runs on a frame, fed with the same rows. It is therefore the same report, byte for byte.
