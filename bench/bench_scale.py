@@ -7,7 +7,9 @@
    * DuckDB: ``SELECT col FROM 'M.parquet' GROUP BY col HAVING count(DISTINCT split) > 1``
      for image_id, patient_id and study_id, in one process;
    * pandas: ``read_parquet`` of the four columns, then ``groupby(col)["split"].nunique() > 1``.
-   Each is a fresh process: wall time and peak resident memory (``wait4``'s ``ru_maxrss``).
+   Each is a fresh process: wall time, CPU time (user + system, all threads) and peak resident
+   memory (``wait4``'s ``ru_maxrss``). ``--shuffled N`` also runs them on a copy of the N-row
+   manifest with its rows in random order (cached), where no value's rows come together.
 2. ``mdprep split M.parquet --ratios 0.7,0.1,0.2 -o OUT`` at 3M rows: the whole process
    against the library call (``split_manifest`` alone, timed inside a process that has read
    the manifest), and the CLI's peak memory per million rows.
@@ -61,8 +63,28 @@ print(time.perf_counter() - start)
 """
 
 
-def run(cmd: list[str], src: Path = SRC) -> tuple[float, float, str]:
-    """Wall seconds, peak resident MB and standard output of one fresh process."""
+SHUFFLE = """
+import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+from mdprep.manifest import write_table
+table = pq.read_table(sys.argv[1])
+write_table(table.take(pa.array(np.random.default_rng(0).permutation(table.num_rows))), sys.argv[2])
+"""
+
+
+def shuffled_path(n: int) -> Path:
+    """The ``n``-row manifest with its rows in a fixed random order, written once (mdprep's writer, same metadata).
+
+    Written by a child process: this one stays small, and so do the processes it forks
+    (a child's peak memory counts what it inherited before ``exec``).
+    """
+    path = manifest_path(n).with_name(f"scale-{n}-shuffled.parquet")
+    if not path.exists():
+        subprocess.run([sys.executable, "-c", SHUFFLE, str(manifest_path(n)), str(path)], env=dict(os.environ, PYTHONPATH=str(SRC)), check=True)
+    return path
+
+
+def run_usage(cmd: list[str], src: Path = SRC) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds (user + system), peak resident MB and standard output of one fresh process."""
     env = dict(os.environ, PYTHONPATH=str(src))
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -72,13 +94,19 @@ def run(cmd: list[str], src: Path = SRC) -> tuple[float, float, str]:
     seconds = time.perf_counter() - start
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{cmd} exited {proc.returncode}")
-    return seconds, usage.ru_maxrss / 1024, out
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out
 
 
-def audit_curve(sizes: list[int], repeat: int, base: Path | None) -> list[dict]:
+def run(cmd: list[str], src: Path = SRC) -> tuple[float, float, str]:
+    """Wall seconds, peak resident MB and standard output of one fresh process."""
+    seconds, _, mb, out = run_usage(cmd, src)
+    return seconds, mb, out
+
+
+def audit_curve(sizes: list[int], repeat: int, base: Path | None, shuffled: list[int] = ()) -> list[dict]:
     rows = []
-    for n in sizes:
-        path = str(manifest_path(n))
+    for n, path in [*((n, str(manifest_path(n))) for n in sizes), *((n, str(shuffled_path(n))) for n in shuffled)]:
+        order = " (rows shuffled)" if "shuffled" in path else ""
         contenders = {
             "mdprep audit-leakage": ([sys.executable, "-m", "mdprep", "audit-leakage", path, "--checks", CHECKS, "-q"], SRC),
             "DuckDB": ([sys.executable, "-c", DUCKDB, path], SRC),
@@ -86,13 +114,15 @@ def audit_curve(sizes: list[int], repeat: int, base: Path | None) -> list[dict]:
         }
         if base is not None:
             contenders["mdprep audit-leakage (base)"] = (contenders["mdprep audit-leakage"][0], base)
-        samples: dict[str, list[tuple[float, float]]] = {k: [] for k in contenders}
+        samples: dict[str, list[tuple[float, float, float]]] = {k: [] for k in contenders}
         for _ in range(repeat):  # interleaved: A, B, C, A, B, C, ...
             for name, (cmd, src) in contenders.items():
-                seconds, mb, _ = run(cmd, src)
-                samples[name].append((seconds, mb))
+                seconds, cpu, mb, _ = run_usage(cmd, src)
+                samples[name].append((seconds, cpu, mb))
         for name, got in samples.items():
-            rows.append({"rows": n, "what": name, "seconds": median([s for s, _ in got]), "peak_mb": max(m for _, m in got)})
+            rows.append(
+                {"rows": n, "order": order, "what": name, "seconds": median([s for s, _, _ in got]), "cpu": median([c for _, c, _ in got]), "peak_mb": max(m for _, _, m in got)}
+            )
     return rows
 
 
@@ -117,12 +147,12 @@ def split_at(n: int, repeat: int, base: Path | None) -> list[dict]:
 
 
 def markdown(audit: list[dict], split: list[dict]) -> str:
-    lines = ["| rows | process | seconds (median) | peak memory | vs DuckDB (time, memory) |", "|---:|---|---:|---:|---|"]
-    duck = {r["rows"]: r for r in audit if r["what"] == "DuckDB"}
+    lines = ["| rows | process | seconds (median) | CPU seconds | peak memory | vs DuckDB (time, memory) |", "|---:|---|---:|---:|---:|---|"]
+    duck = {(r["rows"], r["order"]): r for r in audit if r["what"] == "DuckDB"}
     for r in audit:
-        d = duck[r["rows"]]
+        d = duck[r["rows"], r["order"]]
         lines.append(
-            f"| {r['rows']:,} | {r['what']} | {r['seconds']:.2f} s | {r['peak_mb']:,.0f} MB | "
+            f"| {r['rows']:,}{r['order']} | {r['what']} | {r['seconds']:.2f} s | {r['cpu']:.2f} s | {r['peak_mb']:,.0f} MB | "
             f"{r['seconds'] / d['seconds']:.2f}x, {r['peak_mb'] / d['peak_mb']:.2f}x |"
         )
     lines += ["", "| rows | mdprep | `mdprep split` process | `split_manifest` alone | CLI / library | peak memory (CLI) | per million rows |", "|---:|---|---:|---:|---:|---:|---:|"]
@@ -139,8 +169,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--split-rows", type=int, default=3_000_000)
     parser.add_argument("--base", type=Path, help="another mdprep src/ folder to run beside this one")
+    parser.add_argument("--shuffled", type=int, nargs="*", default=[10_000_000], help="sizes also audited with their rows in random order")
     args = parser.parse_args(argv)
-    return markdown(audit_curve(args.sizes, args.repeat, args.base), split_at(args.split_rows, args.repeat, args.base))
+    return markdown(audit_curve(args.sizes, args.repeat, args.base, args.shuffled), split_at(args.split_rows, args.repeat, args.base))
 
 
 if __name__ == "__main__":

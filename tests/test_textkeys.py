@@ -149,3 +149,39 @@ def test_written_in_row_groups_as_in_one_piece(tmp_path, monkeypatch):
     write_table(to_arrow(m), whole)
     assert pieces.read_bytes() == whole.read_bytes()
     assert pq.ParquetFile(pieces).num_row_groups == 3
+
+
+@pytest.mark.parametrize("dtype, bits", [(np.uint32, 32), (np.uint64, 64)])
+def test_key_questions_answered_exactly(monkeypatch, dtype, bits):
+    """repeated() and across() on raw keys, sorted on two cores (as from a million keys) and with runs of one key."""
+    monkeypatch.setattr(textkeys, "_PARALLEL_SORT", 8)
+    rng = np.random.default_rng(bits)
+    keys = np.repeat(rng.integers(0, 60, 400), rng.integers(1, 4, 400))[:1000].astype(dtype) << dtype(bits - 8)
+    null = rng.random(len(keys)) < 0.1
+    parts = rng.integers(-1, 3, len(keys)).astype(np.int8)
+    counts = pd.Series(keys[~null]).value_counts()
+    assert textkeys.repeated(keys, null).tolist() == (~null & np.isin(keys, counts.index[counts > 1])).tolist()
+    used = (parts >= 0) & ~null
+    spread = pd.DataFrame({"k": keys[used], "p": parts[used]}).groupby("k")["p"].nunique()
+    rows = textkeys.across(keys, np.where(null, -1, parts).astype(np.int8), bits)
+    assert rows.tolist() == (used & np.isin(keys, spread.index[spread > 1])).tolist()
+    assert textkeys._sorted(keys).tolist() == np.sort(keys).tolist()
+    assert textkeys.across(keys, np.full(len(keys), 40000), 16 + 15) is None  # too many parts for the key
+
+
+def test_keys_of_any_chunking_agree():
+    values = [f"1.2.826.0.{i % 37}.{i}" for i in range(3000)] + ["", "é" * 9, None]
+    arr = pa.array(values, type=pa.string())
+    whole = textkeys.chunk_keys(arr, 32)
+    pieces = np.concatenate([textkeys.chunk_keys(arr.slice(i, 700), 32) for i in range(0, len(arr), 700)])
+    assert whole.tolist() == pieces.tolist() and whole.dtype == np.uint32
+    assert textkeys.null_mask(arr).tolist() == [v is None for v in values]
+    assert len(set(whole[:3000].tolist())) == 3000  # distinct values, distinct keys (at this size)
+
+
+def test_few_wanted_keys_found_exactly():
+    """Keys that share their top bits with a wanted key pass the table, and the hash table refuses them."""
+    keys = np.array([1, 2, 1 << 20, 3, 2, (1 << 32) - 1], dtype=np.uint32)
+    assert textkeys._isin(keys, np.array([2, (1 << 32) - 1], dtype=np.uint32)).tolist() == [False, True, False, False, True, True]
+    many = np.arange(5000, dtype=np.uint64)  # more wanted keys than the table is for: the hash table alone
+    assert textkeys._isin(np.array([3, 6000], dtype=np.uint64), many).tolist() == [True, False]

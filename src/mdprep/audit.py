@@ -245,15 +245,28 @@ def value_overlap(frame: pd.DataFrame, column: str, *, split_col: str = "split",
     # leaking value keeps all its rows, in their order, so what follows finds the same leaks.
     split_codes = textkeys.codes(frame[split_col])
     candidates = textkeys.spanning(values, np.where(present, split_codes, split_codes.dtype.type(-1)))
-    if candidates is not None:
-        if not candidates.any():
-            return _result(check, partition, _empty_findings(), _empty_pairs(), checked, unchecked)
-        # Column by column: a Series masks Arrow data chunk by chunk, a whole frame would take() it.
-        frame = pd.DataFrame({c: frame[c][candidates] for c in dict.fromkeys([column, split_col, "image_id"])})
-        values = frame[column]
-        present = np.ones(len(frame), dtype=bool)
-    vcodes, vuniq = pd.factorize(values[present], sort=False)
-    scodes, snames = pd.factorize(frame[split_col][present], sort=True)
+    rows = present if candidates is None else candidates
+    if not rows.any():
+        return _result(check, partition, _empty_findings(), _empty_pairs(), checked, unchecked)
+    # Column by column: a Series masks Arrow data chunk by chunk, a whole frame would take() it.
+    every = rows.all()
+    rows_frame = pd.DataFrame({c: frame[c] if every else frame[c][rows] for c in dict.fromkeys([column, split_col, "image_id"])})
+    return overlap_result(rows_frame, column, split_col=split_col, check=check, partition=partition, checked=checked, unchecked=unchecked)
+
+
+def overlap_result(
+    rows: pd.DataFrame, column: str, *, split_col: str, check: str, partition: str, checked: int, unchecked: int
+) -> CheckResult:
+    """The result of :func:`value_overlap` from the rows that may leak.
+
+    ``rows`` holds ``column`` (no nulls), ``split_col`` (no nulls) and ``image_id`` of every
+    row of each value that may occur in two splits, in their order (more rows do no harm);
+    ``checked`` and ``unchecked`` count the rows of the whole partition with and without a
+    value. The scan of large manifest files (:mod:`mdprep.auditscan`) calls it with the rows
+    its hashes picked.
+    """
+    vcodes, vuniq = pd.factorize(rows[column], sort=False)
+    scodes, snames = pd.factorize(rows[split_col], sort=True)
     n_splits = len(snames)
     combo = vcodes.astype(np.int64) * n_splits + scodes
     uniq_combo, combo_rows = np.unique(combo, return_counts=True)
@@ -270,7 +283,7 @@ def value_overlap(frame: pd.DataFrame, column: str, *, split_col: str = "split",
     matrix[position[key_of[sel]], (uniq_combo % n_splits)[sel]] = combo_rows[sel]
     pairs = _pairs_from_matrix(matrix, list(map(str, snames)))
     row_sel = np.isin(vcodes, leaking)
-    ids = frame["image_id"].to_numpy()[present][row_sel]
+    ids = rows["image_id"].to_numpy()[row_sel]
     keys = vcodes[row_sel]
     order = np.argsort(keys, kind="stable")
     bounds = np.searchsorted(keys[order], leaking)
@@ -607,6 +620,30 @@ def _incomplete_short(result: CheckResult) -> str:
     return ", ".join(parts + (["degenerate grouping"] if result.caveat else []))
 
 
+#: The first rows that :func:`degenerate_grouping` looks at before the whole columns.
+HEAD_ROWS = 1000
+
+
+def head_grouping(head: pd.DataFrame, group: str, *, image_col: str = "image_id", grouping: bool) -> tuple[bool, bool]:
+    """What the first rows say of a grouping: whether it may be the image itself, and whether it may hold one image each.
+
+    The first rows settle a sound grouping without touching the whole column: one row whose
+    group is not its image id rules out the first case, one repeated group the second (which
+    only counts when a ``grouping`` column, :data:`GROUPING_COLUMNS`, is there). Identifiers
+    are text, compared as they are (a frame built in Python may hold any str).
+
+    >>> head_grouping(pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p", "p"]}), "patient_id", grouping=True)
+    (False, False)
+    """
+    head_present = head[group].notna().to_numpy()
+    head_values = head[group][head_present]
+    maybe_image = group == image_col or bool(
+        (head_values.to_numpy(dtype=object) == head[image_col][head_present].to_numpy(dtype=object)).all()
+    )
+    maybe_single = grouping and not head_values.duplicated().any()
+    return maybe_image, bool(maybe_single)
+
+
 def degenerate_grouping(frame: pd.DataFrame, group: str = "patient_id", *, image_col: str = "image_id") -> dict | None:
     """Whether ``group`` fails to group images, so a patient-level check has nothing to compare.
 
@@ -634,16 +671,7 @@ def degenerate_grouping(frame: pd.DataFrame, group: str = "patient_id", *, image
     if group not in frame.columns or image_col not in frame.columns:
         return None
     grouping = [c for c in GROUPING_COLUMNS if c != group and c in frame.columns]
-    # The first rows settle a sound grouping without touching the whole column: one row whose
-    # group is not its image id rules out the first case, one repeated group the second.
-    # Identifiers are text, compared as they are (a frame built in Python may hold any str).
-    head = frame.iloc[:1000]
-    head_present = head[group].notna().to_numpy()
-    head_values = head[group][head_present]
-    maybe_image = group == image_col or bool(
-        (head_values.to_numpy(dtype=object) == head[image_col][head_present].to_numpy(dtype=object)).all()
-    )
-    maybe_single = bool(grouping) and not head_values.duplicated().any()
+    maybe_image, maybe_single = head_grouping(frame.iloc[:HEAD_ROWS], group, image_col=image_col, grouping=bool(grouping))
     if not (maybe_image or maybe_single):
         return None
     present = frame[group].notna().to_numpy()
@@ -804,10 +832,88 @@ def audit(
     >>> audit(f.assign(patient_id=["p", "q"]), require=["near_duplicate"]).exit_code
     1
     """
-    if split_col not in frame.columns:
-        raise MissingColumnError([split_col], list(frame.columns), hint="split the manifest first (mdprep split) or pass --split-col")
-    if "image_id" not in frame.columns:
-        raise MissingColumnError(["image_id"], list(frame.columns))
+    return audit_rows(
+        FrameRows(frame), split_col=split_col, group=group, fold_col=fold_col, checks=checks, fail_on=fail_on, allow=allow,
+        threshold=threshold, person_columns=person_columns, time_col=time_col, train_split=train_split, inputs=inputs,
+        require=require, stacklevel=3,
+    )
+
+
+class FrameRows:
+    """The rows of a frame in memory, as :func:`audit_rows` asks for them.
+
+    The scan of large manifest files (:class:`mdprep.auditscan.ScanRows`) answers the same
+    questions from hashes, for the value checks.
+    """
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self._parts: dict[tuple[str, str], pd.DataFrame] = {}
+
+    @property
+    def columns(self) -> list:
+        """The column names."""
+        return list(self.frame.columns)
+
+    def has_values(self, column: str) -> bool:
+        """Whether some row has a value in ``column``."""
+        return bool(self.frame[column].notna().any())
+
+    def unassigned(self, split_col: str) -> int:
+        """The rows with no split."""
+        return int(self.frame[split_col].isna().sum())
+
+    def degenerate(self, group: str, split_col: str, unassigned: int) -> dict | None:
+        """:func:`degenerate_grouping` of the rows that have a split."""
+        return degenerate_grouping(self.frame[self.frame[split_col].notna()] if unassigned else self.frame, group)
+
+    def partition(self, partition: str, col: str) -> pd.DataFrame:
+        """The rows with a value in ``col``, the column that names their part (folds as ``fold K``)."""
+        key = (partition, col)
+        if key not in self._parts:
+            self._parts.clear()  # one partition at a time, as the checks run through them
+            frame = self.frame
+            assigned = frame[col].notna().to_numpy()
+            sub = frame if assigned.all() else frame[assigned]  # no copy of every column when every row has one
+            if partition == "fold":
+                sub = sub.assign(**{col: "fold " + sub[col].astype("str")})
+            self._parts[key] = sub
+        return self._parts[key]
+
+    def value_overlap(self, column: str, partition: str, col: str, check: str) -> CheckResult:
+        """:func:`value_overlap` of ``column`` between the parts named by ``col``."""
+        return value_overlap(self.partition(partition, col), column, split_col=col, check=check, partition=partition)
+
+
+def audit_rows(
+    rows: Any,
+    *,
+    split_col: str = "split",
+    group: str = "patient_id",
+    fold_col: str | None = "fold",
+    checks: Sequence[str] | None = None,
+    fail_on: Sequence[str] | None = None,
+    allow: Sequence[Mapping] = (),
+    threshold: int = 4,
+    person_columns: Sequence[str] = PERSON_COLUMNS,
+    time_col: str | None = None,
+    train_split: str = "train",
+    inputs: Sequence[dict] = (),
+    require: Sequence[str] | None = None,
+    stacklevel: int = 2,
+) -> AuditReport:
+    """:func:`audit` of rows held anywhere: a frame (:class:`FrameRows`) or a scanned file (:class:`mdprep.auditscan.ScanRows`).
+
+    ``rows`` answers ``columns``, ``has_values(column)``, ``unassigned(split_col)``,
+    ``degenerate(group, split_col, unassigned)``, ``value_overlap(column, partition, col,
+    check)`` and, for the other checks, ``partition(partition, col)`` (the rows as a frame).
+    The options, their errors and the report are the same whatever holds the rows.
+    """
+    columns = rows.columns
+    if split_col not in columns:
+        raise MissingColumnError([split_col], list(columns), hint="split the manifest first (mdprep split) or pass --split-col")
+    if "image_id" not in columns:
+        raise MissingColumnError(["image_id"], list(columns))
     check_number(threshold, "--threshold", minimum=0, maximum=16, integer=True)
     if group == split_col:
         raise UsageError(f"--group and --split-col both name {group!r}; the group (patient) column must differ from the split column")
@@ -826,36 +932,32 @@ def audit(
     required = _required_checks(require, wanted)
     value_checks = dict(VALUE_CHECKS, patient_overlap=group)
     partitions = [("split", split_col)]
-    if fold_col and fold_col in frame.columns and frame[fold_col].notna().any():
+    if fold_col and fold_col in columns and rows.has_values(fold_col):
         partitions.append(("fold", fold_col))
     results: list[CheckResult] = []
-    unassigned = int(frame[split_col].isna().sum())
+    unassigned = rows.unassigned(split_col)
     degenerate = None
     if "patient_overlap" in wanted:
-        degenerate = degenerate_grouping(frame[frame[split_col].notna()] if unassigned else frame, group)
+        degenerate = rows.degenerate(group, split_col, unassigned)
     if degenerate:
         warnings.warn(
             visible(f"degenerate grouping: {degenerate['message']}; patient_overlap compares single images, so a pass says "
                     f"nothing about a patient in two splits: {degenerate['hint']}"),
             MdprepWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
     for partition, col in partitions:
-        assigned = frame[col].notna().to_numpy()
-        sub = frame if assigned.all() else frame[assigned]  # no copy of every column when every row has one
-        if partition == "fold":
-            sub = sub.assign(**{col: "fold " + sub[col].astype("str")})
         for check in wanted:
             if check in value_checks:
-                r = value_overlap(sub, value_checks[check], split_col=col, check=check, partition=partition)
+                r = rows.value_overlap(value_checks[check], partition, col, check)
             elif check == "near_duplicate":
-                r = near_duplicates(sub, threshold=threshold, split_col=col, partition=partition)
+                r = near_duplicates(rows.partition(partition, col), threshold=threshold, split_col=col, partition=partition)
             elif check == "same_person":
-                r = same_person(sub, group=group, columns=person_columns, split_col=col, partition=partition)
+                r = same_person(rows.partition(partition, col), group=group, columns=person_columns, split_col=col, partition=partition)
             else:
                 if partition == "fold":
                     continue
-                r = temporal(sub, time_col=time_col, train=train_split, split_col=col, partition=partition)
+                r = temporal(rows.partition(partition, col), time_col=time_col, train=train_split, split_col=col, partition=partition)
             caveat = f"degenerate grouping: {degenerate['message']}" if degenerate and check == "patient_overlap" else ""
             r = replace(_apply_allow(r, allow), gate=check in gating, required=check in required, caveat=caveat)
             results.append(r)
@@ -872,6 +974,8 @@ def audit(
         "require": sorted(required),
     }
     return AuditReport(tuple(results), tuple(inputs), unassigned, options, tuple(c for c in wanted if c in required), degenerate)
+
+
 
 
 def _required_checks(require: Sequence[str] | None, wanted: Sequence[str]) -> set[str]:
@@ -894,12 +998,10 @@ def _required_checks(require: Sequence[str] | None, wanted: Sequence[str]) -> se
     return set(names)
 
 
-def combine_manifests(manifests: Sequence[Manifest], names: Sequence[str], *, split_col: str = "split") -> pd.DataFrame:
-    """One frame from several manifests, each one split named by ``names``.
+def check_combinable(manifests: Sequence[Manifest], names: Sequence[str]) -> None:
+    """Refuse to combine ``manifests`` under ``names`` (see :func:`combine_manifests`): UsageError saying why.
 
-    Pseudonymised manifests must share their key and their number of passes (see
-    :func:`mdprep.pseudonyms.pseudonymization_state`): ids made otherwise never
-    match, so comparing them would pass for the wrong reason (UsageError).
+    Only the names and the manifests' history are looked at, not their rows.
     """
     from .pseudonyms import check_same_pseudonymization
 
@@ -909,6 +1011,16 @@ def combine_manifests(manifests: Sequence[Manifest], names: Sequence[str], *, sp
     if bad:
         raise UsageError(f"--names {examples_text(bad, len(bad))} are not valid UTF-8 text; give split names in plain text")
     check_same_pseudonymization(manifests, names)
+
+
+def combine_manifests(manifests: Sequence[Manifest], names: Sequence[str], *, split_col: str = "split") -> pd.DataFrame:
+    """One frame from several manifests, each one split named by ``names``.
+
+    Pseudonymised manifests must share their key and their number of passes (see
+    :func:`mdprep.pseudonyms.pseudonymization_state`): ids made otherwise never
+    match, so comparing them would pass for the wrong reason (UsageError).
+    """
+    check_combinable(manifests, names)
     frames = [m.frame.assign(**{split_col: n}) for m, n in zip(manifests, names)]
     return pd.concat(frames, ignore_index=True, sort=False)
 

@@ -204,26 +204,28 @@ def _check_columns(checks, person_columns, time_col) -> list[str]:
     return columns + ([time_col] if time_col else [])
 
 
+def _fingerprints(manifests) -> list:
+    """A function per manifest that returns its :func:`mdprep.fileio.file_fingerprint`.
+
+    The files are hashed on another thread from now on (hashlib lets go of the GIL), while
+    the libraries load and the manifests are read; a function raises what the hashing raised,
+    when it is called, where the fingerprint was computed before. Standard input is
+    fingerprinted when asked, as its copy is made by the first reader.
+    """
+    from ..fileio import file_fingerprint, is_stdio
+
+    if any(is_stdio(p) for p in manifests):
+        return [lambda p=p: file_fingerprint(p) for p in manifests]
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)
+    futures = [pool.submit(file_fingerprint, p) for p in manifests]
+    pool.shutdown(wait=False)
+    return [f.result for f in futures]
+
+
 def run_audit(manifests, names, split_col, group, checks, fail_on, require, allow_path, threshold, person_cols, time_col, temporal, train_split, json_path, junit_path, markdown_path, suggest, quiet) -> int:
     """Load the manifests, run the audit, write the reports, print the summary; return the exit code."""
-    from ..audit import (
-        DESCRIPTIONS,
-        VALUE_CHECKS,
-        WARNING_CHECKS,
-        audit,
-        combine_manifests,
-        finding_lines,
-        load_allow_list,
-        summary_line,
-        to_junit,
-        to_markdown,
-        visible,
-    )
-    from ..fileio import file_fingerprint, write_text
-    from ..hashing import HASH_COLUMNS
-    from ..manifest import REQUIRED_COLUMNS, read_manifest
-    from ..pseudonyms import check_same_key
-
     person_columns = comma_list([person_cols])
     if temporal and not time_col:
         raise click.UsageError("--temporal needs --time-col (the date of each image)")
@@ -232,6 +234,28 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, require, allo
             "--suggest re-splits one manifest with a split column; these are several files, one per split: "
             "put their rows in one manifest with a split column (pandas.concat) and audit that"
         )
+    fingerprints = _fingerprints(manifests)  # on another core while the libraries load
+    from ..audit import (
+        DESCRIPTIONS,
+        VALUE_CHECKS,
+        WARNING_CHECKS,
+        FrameRows,
+        audit_rows,
+        check_combinable,
+        combine_manifests,
+        finding_lines,
+        load_allow_list,
+        summary_line,
+        to_junit,
+        to_markdown,
+        visible,
+    )
+    from ..auditscan import scan_for_audit, scannable
+    from ..fileio import write_text
+    from ..hashing import HASH_COLUMNS
+    from ..manifest import REQUIRED_COLUMNS, read_manifest
+    from ..pseudonyms import check_same_key
+
     check_list = comma_list(checks) if checks else None
     gate = comma_list(fail_on) if fail_on else None
     required = comma_list(require) if require else None
@@ -240,17 +264,29 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, require, allo
         gate = [c for c in ALL_CHECKS if c not in WARNING_CHECKS and c != "temporal"]
     columns = list(dict.fromkeys([*REQUIRED_COLUMNS, split_col, "fold", group, *VALUE_CHECKS.values(), *HASH_COLUMNS, *person_columns, *( [time_col] if time_col else [])]))
     lean = [c for c in columns if c in {*REQUIRED_COLUMNS, split_col, "fold", group, *_check_columns(check_list, person_columns, time_col)}]
-    loaded = [_read_for_audit(p, columns, lean, split_col if len(manifests) == 1 else None) for p in manifests]
-    inputs = [{**file_fingerprint(p), "rows": len(m.frame)} for p, m in zip(manifests, loaded)]
-    check_same_key(loaded, list(manifests))
-    if len(loaded) == 1:
-        frame = loaded[0].frame
+    scan = None
+    if scannable(check_list, time_col):
+        # A large manifest is scanned column by column; None when it must be read (small, or anything to report).
+        scan = scan_for_audit(manifests, lean, split_col=split_col, checks=check_list, group=group, one_split_per_file=len(manifests) > 1)
+    if scan is None:
+        loaded = [_read_for_audit(p, columns, lean, split_col if len(manifests) == 1 else None) for p in manifests]
+        rows = [len(m.frame) for m in loaded]
     else:
+        loaded, rows = scan.manifests, scan.rows
+    inputs = [{**fingerprint(), "rows": n} for fingerprint, n in zip(fingerprints, rows)]
+    check_same_key(loaded, list(manifests))
+    split_names = None
+    if len(loaded) > 1:
         split_names = comma_list([names]) if names else [os.path.splitext(os.path.basename(p))[0] for p in manifests]
-        frame = combine_manifests(loaded, split_names, split_col=split_col)
+    if scan is not None:
+        if split_names is not None:
+            check_combinable(loaded, split_names)
+        held = scan.audit_rows(split_names)
+    else:
+        held = FrameRows(loaded[0].frame if split_names is None else combine_manifests(loaded, split_names, split_col=split_col))
     allow = load_allow_list(allow_path) if allow_path else []
-    report = audit(
-        frame,
+    report = audit_rows(
+        held,
         split_col=split_col,
         group=group,
         checks=check_list,
