@@ -11,6 +11,12 @@ imagehash. Three hashes per image:
   first windowed to their own range, and MONOCHROME1 is inverted. Slightly different copies
   (re-windowed, brightened, resized, JPEG-compressed) land within a few bits.
 
+NIfTI volumes (``.nii``, ``.nii.gz``, through nibabel) get the same three columns
+(:func:`hash_volume`, :mod:`mdprep.nifti`): ``pixel_sha256`` of the voxel array and
+``phash`` of its three maximum-intensity projections, both after reorienting the
+volume to the closest canonical (RAS+) axes, so that a copy stored on other axes
+matches.
+
 Hashes are computed once (``mdprep hash``) so that the audit runs on manifests alone.
 """
 
@@ -25,7 +31,7 @@ import stat
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,6 +44,7 @@ from .fileio import open_nonblocking, paths_outside_root
 from .imaging import _decode, _modality, _photometric, grey_8bit
 from .incremental import Plan, Signatures, UpdateCounts, check_compatible, load_previous, plan_update, refuse_unusable, results_table, reused_rows, signatures_for
 from .manifest import Manifest, provenance_step
+from .nifti import NIFTI_EXTENSIONS, is_nifti, require_nibabel
 from .storage import canonical_root, is_url, join
 
 HASH_COLUMNS = ("file_sha256", "pixel_sha256", "phash")
@@ -95,21 +102,33 @@ def read_image_bytes(path: str, *, max_bytes: int = MAX_BYTES, digest=None) -> b
     ...
     mdprep.hashing.NotRegularFile: a character device, not a regular file; only regular files are read
     """
+    parts = []
+    for chunk in iter_file_chunks(path, max_bytes=max_bytes):
+        if digest is not None:
+            digest.update(chunk)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def iter_file_chunks(path: str, *, max_bytes: int = MAX_BYTES) -> Iterator[bytes]:
+    """The bytes of one regular file of at most ``max_bytes``, :data:`READ_CHUNK` at a time, with the checks of :func:`read_image_bytes`.
+
+    Nothing is read before the first chunk is asked for; the errors of
+    :func:`read_image_bytes` are raised by the iteration. A URL comes as one chunk.
+    """
     if is_url(path):
-        return _read_object(path, max_bytes, digest)
+        yield _read_object(path, max_bytes, None)
+        return
     _check_stat(os.stat(path), max_bytes)
     fd, st = open_nonblocking(path)
     with os.fdopen(fd, "rb", buffering=0) as fh:
         _check_stat(st, max_bytes)
-        parts, total = [], 0
+        total = 0
         while chunk := fh.read(min(READ_CHUNK, max_bytes + 1 - total)):
             total += len(chunk)
             if total > max_bytes:
                 raise TooLarge(f"over the limit of {max_bytes:,} bytes (the file grew while it was read); raise --max-bytes to read it")
-            if digest is not None:
-                digest.update(chunk)
-            parts.append(chunk)
-    return b"".join(parts)
+            yield chunk
 
 
 def _read_object(url: str, max_bytes: int, digest) -> bytes:
@@ -329,8 +348,11 @@ def hash_image(path: str, *, max_bytes: int = MAX_BYTES, read: Callable[[], byte
     files of at most ``max_bytes`` only); the bytes are hashed as they arrive and
     then decoded (:func:`image_hashes`). ``read``, when given and not returning None, gives the bytes
     instead (read ahead by :func:`remote_reads`). Messages come from
-    :func:`error_text`, so they are the same on every run.
+    :func:`error_text`, so they are the same on every run. A NIfTI volume
+    (``.nii``, ``.nii.gz``) is hashed by :func:`hash_volume`.
     """
+    if is_nifti(path):
+        return hash_volume(path, max_bytes=max_bytes, read=read)
     digest = hashlib.sha256()
     try:
         data = read() if read is not None else None
@@ -346,6 +368,63 @@ def hash_image(path: str, *, max_bytes: int = MAX_BYTES, read: Callable[[], byte
         return file_hash, pixel_hash, phash, "", ""
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's error row
         return file_hash, None, None, *error_text(exc)
+
+
+class _ReadFailed(Exception):
+    """Reading the file failed (the error is the reader's ``error``): no hash of it at all."""
+
+
+class _Reader:
+    """A file's chunks, each added to ``digest`` as it passes; a read error is kept and ends the iteration with :class:`_ReadFailed`."""
+
+    def __init__(self, chunks: Iterable[bytes], digest) -> None:
+        self._chunks = chunks
+        self.digest = digest
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._chunks:
+                self.digest.update(chunk)
+                yield chunk
+        except (OSError, ValueError) as exc:  # ValueError: a path with a NUL byte
+            self.error = exc
+            raise _ReadFailed from None
+
+
+def hash_volume(path: str, *, max_bytes: int = MAX_BYTES, read: Callable[[], bytes | None] | None = None) -> tuple[str | None, str | None, int | None, str, str]:
+    """:func:`hash_image` of a NIfTI volume: the file read once, in chunks, hashed and inflated as they arrive.
+
+    The voxels are read into one array (:func:`mdprep.nifti.volume_hashes`), never
+    the whole file besides: a local file's chunks are dropped once hashed and
+    copied. ``max_bytes`` caps the file (compressed or not) and also the
+    uncompressed voxel data that its header declares. A volume that cannot be
+    decoded keeps its ``file_sha256`` (the rest of the file is still read for it).
+    """
+    from .nifti import volume_hashes
+
+    try:
+        data = read() if read is not None else None
+    except (OSError, ValueError) as exc:
+        return None, None, None, *error_text(exc)
+    reader = _Reader([data] if data is not None else iter_file_chunks(path, max_bytes=max_bytes), hashlib.sha256())
+    chunks = iter(reader)
+    pixel_hash = phash = failure = None
+    try:
+        try:
+            pixel_hash, phash = volume_hashes(chunks, max_bytes=max_bytes)
+        except _ReadFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's error row
+            failure = exc
+        for _ in chunks:  # the rest of the file, for its SHA-256
+            pass
+    except _ReadFailed:
+        assert reader.error is not None
+        return None, None, None, *error_text(reader.error)
+    if failure is not None:
+        return reader.digest.hexdigest(), None, None, *error_text(failure)
+    return reader.digest.hexdigest(), pixel_hash, phash, "", ""
 
 
 #: Files per task when local worker processes hash (a few milliseconds each): the last tasks
@@ -494,6 +573,8 @@ def hash_manifest(
     outside = paths_outside_root(root_abs, read, allow_outside_root=allow_outside_root)
     if outside.any():
         warnings.warn(f"{int(outside.sum())} row(s) read from outside the image root {root_abs!r} (--allow-outside-root)", MdprepWarning, stacklevel=2)
+    if len(read) and pd.Series(read, dtype="str").str.lower().str.endswith(NIFTI_EXTENSIONS).any():
+        require_nibabel()  # imported here, before any worker starts: forked workers share it
     task = functools.partial(_hash_chunk, root=root_abs, max_bytes=int(max_bytes))
     chunk_size = None
     if scheduler is None and not is_url(root_abs) and (workers is None or int(workers) > 1):

@@ -849,3 +849,140 @@ class LocalS3:
                 n, total = out.get(path, (0, 0))
                 out[path] = (n + 1, total + sent)
         return out
+
+
+# ----------------------------------------------------------------------------- NIfTI volumes
+
+
+@dataclass
+class PlantedVolumes:
+    """What :func:`write_nifti_tree` wrote.
+
+    ``volumes`` maps each file (relative to the root) to a dict with ``patient``,
+    ``kind`` (``volume``, ``copy`` or ``damaged``), ``shape`` (x, y, z[, t]) and
+    ``axis_codes`` of what was stored, ``source`` (for a copy: the file it copies) and
+    ``error`` (for a damaged file: the error type ``ingest images`` must give).
+    """
+
+    root: str
+    files: int = 0
+    volumes: dict[str, dict] = field(default_factory=dict)
+
+    def of_kind(self, kind: str) -> list[str]:
+        """The files of one kind, sorted."""
+        return sorted(p for p, v in self.volumes.items() if v["kind"] == kind)
+
+
+def nifti_volume(rng: np.random.Generator, shape: tuple[int, int, int] = (20, 24, 16)) -> np.ndarray:
+    """A CT-like int16 volume indexed (x, y, z): :func:`ct_volume`'s body with three bright bones at random places."""
+    x, y, z = shape
+    vol = ct_volume(rng, z, (y, x)).transpose(2, 1, 0).copy()
+    grid = np.indices(shape, dtype=np.float32)
+    for _ in range(3):
+        centre = rng.uniform(0.2, 0.8, 3) * np.array(shape)
+        radius = rng.uniform(0.08, 0.18) * min(shape)
+        inside = sum((g - c) ** 2 for g, c in zip(grid, centre)) < radius**2
+        vol[inside] = 700 + rng.integers(0, 300)
+    return vol
+
+
+def write_nifti_tree(
+    root: str | os.PathLike,
+    *,
+    patients: int = 3,
+    shape: tuple[int, int, int] = (20, 24, 16),
+    spacing: tuple[float, float, float] = (0.8, 0.8, 2.5),
+    frames: int = 0,
+    copies: bool = False,
+    damaged: bool = False,
+    seed: int = 0,
+) -> PlantedVolumes:
+    """Write CT-like NIfTI volumes: ``PATIENT/study0/ct.nii.gz``, int16, one per patient (needs nibabel).
+
+    Even patients' volumes are stored LPS (as converted from DICOM), odd ones RAS.
+    ``frames`` adds a 4-D file ``P0000/study1/perfusion.nii`` of that many frames.
+    ``copies`` adds copies of ``P0000/study0/ct.nii.gz`` under other patients, each a
+    near duplicate that ``hash`` and ``audit-leakage`` must find:
+
+    * ``C0000/study0/reoriented.nii.gz``: the same voxels stored on the axes S, L, A
+      (transposed and flipped, the affine adjusted);
+    * ``C0001/study0/float32.nii``: the same values as float32, not compressed;
+    * ``C0002/study0/scaled.nii.gz``: int16 stored values halved, with scl_slope 2
+      and scl_inter -1, so the values are the original ones give or take 1.
+
+    ``damaged`` adds files that ``ingest images`` must turn into error rows:
+    ``D0000/study0/cut.nii`` and ``D0001/study0/cut.nii.gz`` (cut to 60 % of their
+    bytes: ``TruncatedFile``), ``D0002/study0/notes.nii`` (text: ``NotNifti``) and
+    ``D0003/study0/pair.nii`` (the header of a .hdr/.img pair: ``NotNifti``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = write_nifti_tree(tempfile.mkdtemp(), patients=2, copies=True)
+    >>> p.of_kind("copy")
+    ['C0000/study0/reoriented.nii.gz', 'C0001/study0/float32.nii', 'C0002/study0/scaled.nii.gz']
+    """
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    rng = np.random.default_rng(seed)
+    root_p = Path(root)
+    planted = PlantedVolumes(str(root_p))
+
+    def save(rel: str, img, kind: str, patient: str, **extra) -> None:
+        path = root_p / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(img, path)
+        planted.volumes[rel] = {"patient": patient, "kind": kind, "shape": tuple(int(n) for n in img.shape),
+                                "axis_codes": "".join(nib.aff2axcodes(img.affine)), **extra}
+        planted.files += 1
+
+    def affine(lps: bool) -> np.ndarray:
+        sign = np.array([-1.0, -1.0, 1.0]) if lps else np.ones(3)
+        out = np.diag([*(sign * np.asarray(spacing)), 1.0])
+        out[:3, 3] = -0.5 * sign * np.asarray(spacing) * np.asarray(shape)
+        return out
+
+    def image(data: np.ndarray, aff: np.ndarray, dtype=np.int16):
+        img = nib.Nifti1Image(data.astype(dtype), aff)
+        img.header.set_xyzt_units("mm", "sec")
+        img.set_qform(aff, code=1)
+        img.set_sform(aff, code=1)
+        return img
+
+    first = None
+    for p in range(patients):
+        patient = f"P{p:04d}"
+        data = nifti_volume(rng, shape)
+        img = image(data, affine(p % 2 == 0))
+        save(f"{patient}/study0/ct.nii.gz", img, "volume", patient)
+        first = (data, img) if first is None else first
+    if frames:
+        data = np.stack([nifti_volume(rng, shape) for _ in range(frames)], axis=-1)
+        save("P0000/study1/perfusion.nii", image(data, affine(True)), "volume", "P0000")
+    if copies and first is not None:
+        data, img = first
+        source = "P0000/study0/ct.nii.gz"
+        moved = img.as_reoriented(ornt_transform(nib.io_orientation(img.affine), axcodes2ornt(("S", "L", "A"))))
+        save("C0000/study0/reoriented.nii.gz", image(np.asarray(moved.dataobj), moved.affine), "copy", "C0000", source=source)
+        save("C0001/study0/float32.nii", image(data, img.affine, np.float32), "copy", "C0001", source=source)
+        scaled = image(np.floor((data + 1) / 2), img.affine)
+        scaled.header.set_slope_inter(2.0, -1.0)
+        save("C0002/study0/scaled.nii.gz", scaled, "copy", "C0002", source=source)
+    if damaged:
+        whole = image(nifti_volume(rng, shape), affine(True))
+        for rel in ("D0000/study0/cut.nii", "D0001/study0/cut.nii.gz"):
+            save(rel, whole, "damaged", rel[:5], error="TruncatedFile")
+            path = root_p / rel
+            path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.6)])
+        notes = root_p / "D0002/study0/notes.nii"
+        notes.parent.mkdir(parents=True, exist_ok=True)
+        notes.write_text("not a volume: the scan is still on the scanner\n")
+        planted.volumes["D0002/study0/notes.nii"] = {"patient": "D0002", "kind": "damaged", "error": "NotNifti"}
+        planted.files += 1
+        save("D0003/study0/pair.nii", whole, "damaged", "D0003", error="NotNifti")
+        pair = root_p / "D0003/study0/pair.nii"
+        raw = bytearray(pair.read_bytes())
+        raw[344:348] = b"ni1\x00"  # the magic of a .hdr/.img pair
+        pair.write_bytes(bytes(raw))
+    return planted

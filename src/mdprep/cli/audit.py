@@ -51,7 +51,7 @@ allow_outside_root_option = click.option(
 @click.option("--workers", type=click.IntRange(min=1), help="Processes reading images [default: all cores]; with --scheduler local, the Dask workers started.")
 @scheduler_options
 @click.option("--errors", "errors_path", metavar="FILE", help="Write the files that could not be hashed (.csv or .parquet).")
-@click.option("--max-bytes", type=ByteSize(), default="2G", show_default=True, help="Largest file read; a larger one is a failed row (TooLarge). Units K, M, G, T are powers of 1024.")
+@click.option("--max-bytes", type=ByteSize(), default="2G", show_default=True, help="Largest file read, and largest uncompressed voxel data of a NIfTI volume; more is a failed row (TooLarge). Units K, M, G, T are powers of 1024.")
 @allow_outside_root_option
 @path_map_option
 @incremental_options
@@ -65,7 +65,12 @@ def hash_cmd(manifest, output, root, workers, scheduler, errors_path, max_bytes,
     over --max-bytes are failed rows.
 
     \b
-    Needs the hash extra: pip install 'mdprep[hash]'.
+    NIfTI volumes (.nii, .nii.gz) are hashed whole: pixel_sha256 of the voxel
+    array and phash of its three maximum-intensity projections, after turning
+    it to the closest canonical (RAS) axes, so a re-oriented copy matches.
+
+    \b
+    Needs the hash extra: pip install 'mdprep[hash]' (and 'mdprep[nifti]' for volumes).
 
     \b
     Examples:

@@ -354,9 +354,15 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outs
 @pseudonymize_options
 @_quiet
 def ingest_images_cmd(root, patient_regex, output, files_from, allow_outside_root, workers, scheduler, errors_path, update, record_signatures, pseudo, quiet):
-    """Index the PNG/JPEG/TIFF images under ROOT; patient and study come from the path.
+    """Index the PNG/JPEG/TIFF images, or the NIfTI volumes, under ROOT; patient and study come from the path.
 
     ROOT may be a URL (s3://bucket/prefix, gs://, az://), as for ingest dicom.
+
+    \b
+    NIfTI volumes (.nii, .nii.gz; pip install 'mdprep[nifti]') give one row per
+    volume from the header only: width, height, depth, frames, voxel_spacing (mm),
+    orientation (plane of the slices), axis_codes (RAS, LPS, ...), datatype, format.
+    A tree holding both 2D images and volumes is refused: ingest each with --files-from.
 
     \b
     Example (CheXpert layout patient00001/study1/view1_frontal.jpg):

@@ -1,4 +1,4 @@
-"""``ingest images``: PNG/JPEG trees where patient, study and view come from the path."""
+"""``ingest images``: PNG/JPEG trees, or trees of NIfTI volumes, where patient, study and view come from the path."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ..errors import EmptyInputError, UsageError, cut_text, examples_text
 from ..executor import map_chunks
 from ..fileio import listing_fingerprint, open_nonblocking, special_file_kind
 from ..manifest import CANONICAL_TYPES, Manifest, check, provenance_step
+from ..nifti import NIFTI_EXTENSIONS, VOLUME_COLUMNS, DamagedGzip, NotNifti, TruncatedFile, require_nibabel, volume_columns
 from . import IngestReport, IngestResult, errors_frame, extract_groups
 from ..manifest import order_columns
 from ..incremental import Plan, check_compatible, load_previous, plan_update, results_table, reused_rows, signatures_for
@@ -29,8 +31,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _GROUP_COLUMNS = {"patient": "patient_id", "study": "study_id", "view": "view"}
 #: Columns ``ingest images`` fills itself (besides the canonical ones): no regex group may name them.
 _IMAGE_COLUMNS = ("width", "height", "color_mode", "format")
-#: Group names refused: every column of the manifest, but for the three groups that fill one.
-RESERVED_GROUPS: tuple[str, ...] = tuple(n for n in dict.fromkeys([*CANONICAL_TYPES, *_IMAGE_COLUMNS]) if n not in _GROUP_COLUMNS)
+#: Group names refused: every column of the manifest (a volume's too), but for the three groups that fill one.
+RESERVED_GROUPS: tuple[str, ...] = tuple(n for n in dict.fromkeys([*CANONICAL_TYPES, *_IMAGE_COLUMNS, *VOLUME_COLUMNS]) if n not in _GROUP_COLUMNS)
 
 
 def _compile(pattern: str) -> tuple[re.Pattern, list[str]]:
@@ -76,7 +78,7 @@ def compile_path_regex(pattern: str) -> re.Pattern:
     >>> compile_path_regex(r"(?P<patient>p\\d+)/(?P<width>\\d+)")
     Traceback (most recent call last):
     ...
-    mdprep.errors.UsageError: --patient-regex '(?P<patient>p\\\\d+)/(?P<width>\\\\d+)' has the group(s) 'width', named after column(s) the manifest fills itself; rename them (reserved: image_id, path, patient_id, study_id, series_uid, sop_uid, accession, sex, age, study_date, split, fold, width, height, color_mode, format; the groups 'patient', 'study' and 'view' fill patient_id, study_id and view, and any other name becomes a column of its own)
+    mdprep.errors.UsageError: --patient-regex '(?P<patient>p\\\\d+)/(?P<width>\\\\d+)' has the group(s) 'width', named after column(s) the manifest fills itself; rename them (reserved: image_id, path, patient_id, study_id, series_uid, sop_uid, accession, sex, age, study_date, split, fold, width, height, color_mode, format, depth, frames, voxel_spacing, orientation, axis_codes, datatype; the groups 'patient', 'study' and 'view' fill patient_id, study_id and view, and any other name becomes a column of its own)
     """
     return _compile(pattern)[0]
 
@@ -247,6 +249,84 @@ def _read_image_headers(relpaths: Sequence[str], *, root: str) -> list[tuple]:
     return out
 
 
+def _volume_row(path: str) -> tuple:
+    """(outcome, size, *VOLUME_COLUMNS, error_type, message, notes) of one NIfTI file."""
+    fd, st = open_nonblocking(path)
+    if stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        return ("skipped", 0, *_NO_VOLUME, "Folder", "a folder, not a file; not read (list the files in it)", ())
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = special_file_kind(st.st_mode)
+        return ("skipped", 0, *_NO_VOLUME, kind, f"not a regular file ({kind}); not read", ())
+    return _volume_file_row(open(fd, "rb"), st.st_size)
+
+
+_NO_VOLUME = (None,) * len(VOLUME_COLUMNS)
+
+
+def _volume_file_row(fh: BinaryIO, size: int) -> tuple:
+    """:func:`_volume_row` of an open file of ``size`` bytes (closed at the end): a local file or a ranged object."""
+    with fh:
+        try:
+            values, notes = volume_columns(fh, size)
+            return ("ok", size, *values, "", "", notes)
+        except (NotNifti, TruncatedFile, DamagedGzip) as exc:
+            return ("failed", size, *_NO_VOLUME, type(exc).__name__, str(exc), ())
+        except OSError as exc:
+            return ("failed", size, *_NO_VOLUME, type(exc).__name__, f"cannot read the file: {exc.strerror or cut_text(str(exc) or repr(exc))}", ())
+        except Exception as exc:  # noqa: BLE001 - nibabel's HeaderDataError and the like: this file's error row
+            return ("failed", size, *_NO_VOLUME, type(exc).__name__, cut_text(str(exc) or repr(exc)), ())
+
+
+def _read_volume_headers(relpaths: Sequence[str], *, root: str) -> list[tuple]:
+    """The :data:`~mdprep.nifti.VOLUME_COLUMNS` of each NIfTI file, from its header, and a check that its voxel data are complete.
+
+    The header only (:func:`mdprep.nifti.volume_columns`): the first bytes, and
+    for a gzip-compressed file its last 4 (the uncompressed size); the voxel data
+    are inflated only when the two disagree. Folders and special files are skipped
+    without being read; any error is the file's error row. Under a URL root the
+    objects are opened as for images (:func:`_read_image_headers`): their first
+    :data:`mdprep.storage.IMAGE_HEAD` and last 64 bytes fetched concurrently.
+    """
+    opened = None
+    if is_url(root):
+        from ..storage import IMAGE_HEAD, open_objects
+
+        opened = open_objects(root, relpaths, head=IMAGE_HEAD, tail=_TAIL)
+    out = []
+    for rel in relpaths:
+        try:
+            path = join(root, rel)
+            if opened is None:
+                row = _volume_row(path)
+            elif isinstance(opened[path], OSError):
+                raise opened[path]
+            else:
+                row = _volume_file_row(opened[path], opened[path].size)
+        except OSError as exc:
+            row = ("failed", 0, *_NO_VOLUME, type(exc).__name__, f"cannot read the file: {exc.strerror or exc}", ())
+        except Exception as exc:  # noqa: BLE001 - any reader failure is this file's error row
+            row = ("failed", 0, *_NO_VOLUME, type(exc).__name__, cut_text(str(exc) or repr(exc)), ())
+        out.append(row)
+    return out
+
+
+def _mixed_error(root: str, images: pd.Series, volumes: pd.Series) -> UsageError:
+    shown = escaped_path(root)
+    return UsageError(
+        f"{shown} holds 2D images ({examples_text(images.head(2).tolist(), len(images), limit=2)}) and NIfTI volumes "
+        f"({examples_text(volumes.head(2).tolist(), len(volumes), limit=2)}); a manifest has one row per 2D image or one per "
+        f"volume, never both: ingest each into its own manifest with --files-from, listing paths relative to ROOT, for example "
+        f"(cd {shown} && find . -iname '*.nii' -o -iname '*.nii.gz') > volumes.txt and "
+        f"(cd {shown} && find . -type f ! -iname '*.nii' ! -iname '*.nii.gz') > images.txt, then "
+        f"mdprep ingest images {shown} --files-from volumes.txt ... and again with images.txt",
+        path=shown,
+        images=len(images),
+        volumes=len(volumes),
+    )
+
+
 def _no_match_error(regex: re.Pattern, images: pd.Series, notes: Sequence[str] = ()) -> UsageError:
     examples = examples_text(images.head(3).tolist(), len(images), limit=3)
     warned = "".join(f"; {note}" for note in notes)
@@ -271,7 +351,7 @@ def ingest_images(
     record_signatures: bool = False,
     scheduler=None,
 ) -> IngestResult:
-    """Index a folder of PNG/JPEG images into a manifest.
+    """Index a folder of PNG/JPEG images, or of NIfTI volumes, into a manifest.
 
     Patient, study and view come from the named groups ``patient`` (required),
     ``study`` and ``view`` of ``patient_regex``, searched with Python's :mod:`re` in
@@ -286,6 +366,17 @@ def ingest_images(
     see :func:`_incomplete`) fail with a row in ``errors``. Special entries of the
     tree are counted as in :func:`mdprep.ingest.files.iter_tree`.
 
+    A tree of NIfTI volumes (``.nii``, ``.nii.gz``; nibabel, ``pip install
+    'mdprep[nifti]'``) gives one row per volume file: every row of such a manifest
+    is a volume (its level is ``volume``), with the columns
+    :data:`mdprep.nifti.VOLUME_COLUMNS` in place of the 2-D ones (width, height,
+    depth and frames of the stored array, ``voxel_spacing`` in mm, ``orientation``
+    the plane of the slices, ``axis_codes`` such as ``LPS``, ``datatype`` and
+    ``format``), read from the header only (:func:`mdprep.nifti.volume_columns`).
+    A volume whose file ends before its voxel data (``TruncatedFile``), that is no
+    single-file NIfTI (``NotNifti``) or whose header nibabel refuses fails with a row
+    in ``errors``.
+
     ``update`` (a manifest this function wrote, with its signatures) reads only the
     images that are new or whose size or modification time changed, and
     ``record_signatures`` takes the signatures for a later update, as in
@@ -297,12 +388,14 @@ def ingest_images(
         When ``patient_regex`` is invalid, has no ``patient`` group, has a group named
         after a manifest column, matches none of the image paths (the message shows
         some of them), or leaves its ``patient`` group empty in every match; or
-        ``update`` was made with another pattern or other options.
+        ``update`` was made with another pattern or other options. Also when
+        ``root`` holds both 2-D images and NIfTI volumes (the message says how to
+        ingest each separately), or holds volumes and nibabel is missing.
     InputError
         ``update`` cannot be updated (:func:`mdprep.incremental.load_previous`) or
         was made from another root.
     EmptyInputError
-        When no file under ``root`` is an image.
+        When no file under ``root`` is an image or a volume.
 
     Examples
     --------
@@ -322,15 +415,25 @@ def ingest_images(
         check_compatible(previous, root=check_root(root), options=options)
     listing = collect_files(root, files, allow_outside_root=allow_outside_root)
     rels = pd.Series(listing.relpaths, dtype="str")
-    is_image = rels.str.lower().str.endswith(IMAGE_EXTENSIONS).to_numpy(dtype=bool) if len(rels) else np.zeros(0, bool)
-    if not is_image.any():
+    lowered = rels.str.lower()
+    is_image = lowered.str.endswith(IMAGE_EXTENSIONS).to_numpy(dtype=bool) if len(rels) else np.zeros(0, bool)
+    is_volume = lowered.str.endswith(NIFTI_EXTENSIONS).to_numpy(dtype=bool) if len(rels) else np.zeros(0, bool)
+    if not is_image.any() and not is_volume.any():
         shown = escaped_path(os.fspath(root))
         others = rels.tolist() + [row[0] for row in listing.refused]
         raise EmptyInputError(
-            f"none of the {listing.found} entries under {shown} is an image ({', '.join(IMAGE_EXTENSIONS)}), for example "
-            f"{examples_text(others[:3], len(others), limit=3)}; for DICOM files use `mdprep ingest dicom`",
+            f"none of the {listing.found} entries under {shown} is an image ({', '.join(IMAGE_EXTENSIONS)}) or a NIfTI volume "
+            f"({', '.join(NIFTI_EXTENSIONS)}), for example {examples_text(others[:3], len(others), limit=3)}; for DICOM files "
+            "use `mdprep ingest dicom`",
             path=shown,
         )
+    if is_image.any() and is_volume.any():
+        raise _mixed_error(os.fspath(root), rels[is_image], rels[is_volume])
+    volumes = bool(is_volume.any())
+    if volumes:
+        require_nibabel()
+        is_image = is_volume  # the files read: volumes, one row each
+    extensions, columns = (NIFTI_EXTENSIONS, VOLUME_COLUMNS) if volumes else (IMAGE_EXTENSIONS, _IMAGE_COLUMNS)
     # Python's re, always: the pattern means what compiling it checked (RE2 differs on \d, POSIX classes, ...).
     groups_all, matched = extract_groups(rels, regex, engine="python")
     if not matched[is_image].any():
@@ -351,20 +454,22 @@ def ingest_images(
     fresh = plan.to_read if plan is not None else to_read
     if on_found:
         on_found(len(fresh))
-    parts = map_chunks(functools.partial(_read_image_headers, root=listing.root), fresh, workers=workers, on_progress=on_progress, scheduler=scheduler)
+    reader = _read_volume_headers if volumes else _read_image_headers
+    parts = map_chunks(functools.partial(reader, root=listing.root), fresh, workers=workers, on_progress=on_progress, scheduler=scheduler)
+    # Each header: (outcome, size, *columns, error_type, message, notes).
     headers = [h for part in parts for h in part]
     signatures = None
     if plan is not None:
         read = results_table(
-            fresh, [h[1] for h in headers], [h[0] for h in headers], [h[6] for h in headers], [h[7] for h in headers],
-            notes=[h[8] if h[0] == "ok" else () for h in headers],
+            fresh, [h[1] for h in headers], [h[0] for h in headers], [h[-3] for h in headers], [h[-2] for h in headers],
+            notes=[h[-1] if h[0] == "ok" else () for h in headers],
         )
         signatures = signatures_for(plan, "ingest images", options, read)
         if plan.reuse.any():
-            headers = _with_reused_headers(plan, headers)
+            headers = _with_reused_headers(plan, headers, columns)
 
     error_rows = list(listing.refused)
-    error_rows += [(r, "skipped", "NotImage", f"not one of {', '.join(IMAGE_EXTENSIONS)}") for r in rels[~is_image]]
+    error_rows += [(r, "skipped", "NotImage", f"not one of {', '.join(extensions)}") for r in rels[~is_image]]
     error_rows += [
         (r, "failed", "PatternMismatch", f"the path does not match --patient-regex {regex.pattern!r}")
         for r in rels[is_image & ~matched]
@@ -374,8 +479,8 @@ def ingest_images(
         for r in rels[is_image & matched & ~has_patient]
     ]
     ok_mask = np.array([h[0] == "ok" for h in headers], dtype=bool)
-    error_rows += [(rel, h[0], h[6], h[7]) for rel, h in zip(to_read, headers) if h[0] != "ok"]
-    notes: Counter[str] = Counter(note for h in headers if h[0] == "ok" for note in h[8])
+    error_rows += [(rel, h[0], h[-3], h[-2]) for rel, h in zip(to_read, headers) if h[0] != "ok"]
+    notes: Counter[str] = Counter(note for h in headers if h[0] == "ok" for note in h[-1])
 
     read_ok = np.zeros(len(rels), dtype=bool)
     read_ok[np.flatnonzero(to_read_mask)[ok_mask]] = True
@@ -387,10 +492,13 @@ def ingest_images(
     if "study_id" in frame.columns:
         frame["study_id"] = (frame["patient_id"] + "/" + frame["study_id"]).where(frame["study_id"].notna())
     ok_headers = [h for h in headers if h[0] == "ok"]
-    frame["width"] = pd.array([h[2] for h in ok_headers], dtype="Int32")
-    frame["height"] = pd.array([h[3] for h in ok_headers], dtype="Int32")
-    frame["color_mode"] = pd.Series([h[4] for h in ok_headers], dtype="str")
-    frame["format"] = pd.Series([h[5] for h in ok_headers], dtype="str")
+    if volumes:
+        _add_volume_columns(frame, [h[2:-3] for h in ok_headers])
+    else:
+        frame["width"] = pd.array([h[2] for h in ok_headers], dtype="Int32")
+        frame["height"] = pd.array([h[3] for h in ok_headers], dtype="Int32")
+        frame["color_mode"] = pd.Series([h[4] for h in ok_headers], dtype="str")
+        frame["format"] = pd.Series([h[5] for h in ok_headers], dtype="str")
     frame = order_columns(frame.reset_index(drop=True))
 
     sizes = [h[1] for h in headers]
@@ -410,19 +518,32 @@ def ingest_images(
     return IngestResult(manifest=manifest, errors=errors_frame(sorted(error_rows)), report=report, signatures=signatures)
 
 
-def _with_reused_headers(plan: Plan, fresh: list[tuple]) -> list[tuple]:
+#: Arrow type of each volume column (the others are text).
+_VOLUME_TYPES = {"width": "Int32", "height": "Int32", "depth": "Int32", "frames": "Int32", "voxel_spacing": pd.ArrowDtype(pa.list_(pa.float64()))}
+
+
+def _add_volume_columns(frame: pd.DataFrame, values: Sequence[tuple]) -> None:
+    """The :data:`~mdprep.nifti.VOLUME_COLUMNS` of the read volumes (one tuple each, in that order) added to ``frame``."""
+    by_column = list(zip(*values)) if values else [()] * len(VOLUME_COLUMNS)
+    for name, column in zip(VOLUME_COLUMNS, by_column):
+        kind = _VOLUME_TYPES.get(name, "str")
+        frame[name] = pd.Series(list(column), dtype=kind) if kind != "Int32" else pd.array(list(column), dtype="Int32")
+
+
+def _with_reused_headers(plan: Plan, fresh: list[tuple], columns: Sequence[str] = _IMAGE_COLUMNS) -> list[tuple]:
     """The header tuples of every planned file, in listing order: those read now and those of OLD.
 
-    A reused image's width, height, mode and format come from OLD's row, its size,
-    outcome, error and Pillow's warnings from the signatures.
+    A reused file's ``columns`` (an image's width, height, mode and format, a
+    volume's :data:`~mdprep.nifti.VOLUME_COLUMNS`) come from OLD's row, its size,
+    outcome, error and the reader's warnings from the signatures.
     """
     assert plan.previous is not None
     old = plan.old_files()
     paths = old.column("path").to_pylist()
     outcome = old.column("outcome").to_pylist()
-    rows = reused_rows(plan.previous, [p for p, o in zip(paths, outcome) if o == "ok"], ["path", *_IMAGE_COLUMNS])
-    by_path = dict(zip(rows.column("path").to_pylist(), zip(*(rows.column(c).to_pylist() for c in _IMAGE_COLUMNS))))
-    empty = (None,) * len(_IMAGE_COLUMNS)
+    rows = reused_rows(plan.previous, [p for p, o in zip(paths, outcome) if o == "ok"], ["path", *columns])
+    by_path = dict(zip(rows.column("path").to_pylist(), zip(*(rows.column(c).to_pylist() for c in columns))))
+    empty = (None,) * len(columns)
     reused = iter(
         (o, size, *(by_path[p] if o == "ok" else empty), t, m, tuple(n))
         for p, o, size, t, m, n in zip(
