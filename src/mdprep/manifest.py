@@ -107,6 +107,10 @@ class Manifest:
         Folder that ``path`` is relative to, where files exist.
     history : tuple of dict
         Provenance steps, oldest first (see :func:`provenance_step`).
+    level : str
+        What one row is (:data:`LEVELS`): ``"image"`` (one 2D image, the default),
+        ``"series"`` (a DICOM series: ``mdprep ingest dicom --level series``) or
+        ``"volume"`` (one NIfTI volume file). Stored in the metadata unless it is ``"image"``.
 
     Examples
     --------
@@ -121,6 +125,7 @@ class Manifest:
     labels: tuple[str, ...] = ()
     root: str | None = None
     history: tuple[dict, ...] = field(default_factory=tuple)
+    level: str = "image"
 
     def with_step(self, step: Mapping[str, Any]) -> "Manifest":
         """Return a copy with one more provenance step appended."""
@@ -133,22 +138,33 @@ class Manifest:
     @property
     def metadata(self) -> dict:
         """The JSON document stored under the ``mdprep`` key of the Parquet metadata."""
-        return metadata_document(self.labels, self.root, self.history)
+        return metadata_document(self.labels, self.root, self.history, self.level)
 
 
-def metadata_document(labels: Sequence[str], root: str | None = None, history: Sequence[Mapping[str, Any]] = ()) -> dict:
+#: What one row of a manifest is: a 2D image, a DICOM series, or a volume file (NIfTI).
+LEVELS = ("image", "series", "volume")
+
+
+def metadata_document(labels: Sequence[str], root: str | None = None, history: Sequence[Mapping[str, Any]] = (), level: str = "image") -> dict:
     """The JSON document of a manifest's ``mdprep`` metadata (see :attr:`Manifest.metadata`), from its parts.
+
+    ``level`` is written only when it is not ``"image"``, so image manifests keep their bytes.
 
     >>> metadata_document(["Edema"])["labels"]
     ['Edema']
+    >>> metadata_document([], level="series")["level"]
+    'series'
     """
-    return {
+    document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "labels": list(labels),
         "root": root,
         "history": [dict(h) for h in history],
     }
+    if level != "image":
+        document["level"] = level
+    return document
 
 
 def schema_metadata(document: Mapping[str, Any]) -> dict[bytes, bytes]:
@@ -460,7 +476,8 @@ def metadata_violations(meta: Any) -> list[Violation]:
     names (text), whose ``root`` is text or null and whose ``history`` is a list of
     objects (each with text ``command`` and ``mdprep_version``, an object ``options``,
     a list of objects ``inputs`` and an integer or null ``seed``, where present).
-    Absent ``labels``, ``root`` and ``history`` mean none.
+    Absent ``labels``, ``root`` and ``history`` mean none. ``level``, when present, is one of
+    :data:`LEVELS` (absent: ``"image"``).
 
     Examples
     --------
@@ -481,6 +498,9 @@ def metadata_violations(meta: Any) -> list[Violation]:
     root = meta.get("root")
     if root is not None and not isinstance(root, str):
         out.append(_metadata_violation("root", root, "the image folder (text) or null"))
+    level = meta.get("level", "image")
+    if level not in LEVELS:
+        out.append(_metadata_violation("level", level, "one of " + ", ".join(map(repr, LEVELS))))
     history = meta.get("history", [])
     if not isinstance(history, list):
         out.append(_metadata_violation("history", history, "a list of provenance steps (objects)"))
@@ -499,6 +519,12 @@ def metadata_violations(meta: Any) -> list[Violation]:
                 )
             )
     return out
+
+
+def _salvaged_level(meta: Any) -> str:
+    """The level of a metadata document (``"image"`` when absent or malformed)."""
+    level = meta.get("level", "image") if isinstance(meta, dict) else "image"
+    return level if level in LEVELS else "image"
 
 
 def _salvaged(meta: Any) -> tuple[tuple[str, ...], str | None, tuple[dict, ...]]:
@@ -659,7 +685,7 @@ def from_arrow(table: pa.Table, *, path: str | None = None, arrow_text: bool = F
             violations=violations,
         )
     labels, root, history = _salvaged(meta)
-    return Manifest(frame=frame_from_arrow(table, arrow_text=arrow_text), labels=labels, root=root, history=history)
+    return Manifest(frame=frame_from_arrow(table, arrow_text=arrow_text), labels=labels, root=root, history=history, level=_salvaged_level(meta))
 
 
 # --------------------------------------------------------------------------- files
@@ -875,7 +901,7 @@ def inspect_manifest(path: str | os.PathLike) -> tuple[Manifest, list[Violation]
     table = _read_table(spath)
     meta, violations = _metadata(table, spath)
     labels, root, history = _salvaged(meta)
-    manifest = Manifest(frame=frame_from_arrow(table), labels=labels, root=root, history=history)
+    manifest = Manifest(frame=frame_from_arrow(table), labels=labels, root=root, history=history, level=_salvaged_level(meta))
     return manifest, violations + validate(manifest)
 
 

@@ -503,7 +503,9 @@ def ingest_images(
 
     sizes = [h[1] for h in headers]
     inputs = [listing_fingerprint(os.fspath(root), to_read, sizes)]
-    manifest = Manifest(frame=frame, labels=(), root=listing.root).with_step(provenance_step("ingest images", options, inputs))
+    manifest = Manifest(frame=frame, labels=(), root=listing.root, level="volume" if volumes else "image").with_step(
+        provenance_step("ingest images", options, inputs)
+    )
     check(manifest)
     reasons = Counter(f"{o}:{t}" for _, o, t, _ in error_rows)
     report = IngestReport(

@@ -436,7 +436,17 @@ def train(
     ``path_map`` (pseudonymised path -> real path) trains on a pseudonymised
     manifest: images are read at their real paths; messages and outputs name only
     the pseudonymised ones.
+
+    The trainer is 2D: a series- or volume-level manifest (``manifest.level``) is
+    refused with a :class:`UsageError` before anything is read.
     """
+    if manifest.level != "image":
+        raise UsageError(
+            f"mdprep train is 2D and this manifest is {manifest.level}-level (one row per "
+            f"{'DICOM series' if manifest.level == 'series' else 'volume'}); train a 3D model on it from "
+            "`mdprep export monai` (a MONAI datalist), or ingest the images at instance level for 2D training",
+            level=manifest.level,
+        )
     fit_fn, arches = _framework_fit(framework)
     if framework == "torch":
         check_arch(arch)
