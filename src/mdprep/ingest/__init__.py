@@ -2,7 +2,7 @@
 
 Every source returns an :class:`IngestResult`: the manifest, a table of the inputs
 that did not become rows (with why), and an :class:`IngestReport` whose counts
-reconcile (``found == ingested + skipped + failed + aggregated``).
+reconcile (``found == ingested + skipped + failed + aggregated + dropped``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -20,13 +20,16 @@ import pyarrow.compute as pc
 from ..incremental import Signatures, UpdateCounts
 from ..manifest import Manifest, write_table
 
+if TYPE_CHECKING:
+    from .series import SeriesSummary
+
 #: Columns of the error table.
 ERROR_COLUMNS = ("path", "outcome", "error_type", "message")
 
 
 @dataclass(frozen=True)
 class IngestReport:
-    """Counts that reconcile: every input item is ingested, skipped, failed or aggregated.
+    """Counts that reconcile: every input item is ingested, skipped, failed, aggregated or dropped.
 
     Attributes
     ----------
@@ -40,7 +43,11 @@ class IngestReport:
         Inputs that should have been images but could not be read.
     aggregated : int
         Table rows combined into another row of the same image (``ingest table
-        --aggregate``): the rows found minus the images they gave.
+        --aggregate``): the rows found minus the images they gave; at ``ingest dicom
+        --level series``, the files combined into another file's series row (files
+        in series rows minus series rows).
+    dropped : int
+        Files left out with their series (``ingest dicom --level series --drop-bad-series``).
     lenient : int
         DICOM files read without the Part 10 preamble.
     unlabeled : int
@@ -56,6 +63,9 @@ class IngestReport:
     update : UpdateCounts or None
         With ``update=OLD``: files new, changed, removed and unchanged since OLD
         (:class:`mdprep.incremental.UpdateCounts`); None for a full run.
+    series : SeriesSummary or None
+        ``ingest dicom --level series``: series rows, files in them, volume problems
+        per series, what was dropped (:class:`mdprep.ingest.series.SeriesSummary`).
     """
 
     found: int
@@ -70,10 +80,12 @@ class IngestReport:
     notes: tuple[str, ...] = ()
     invalid_examples: Mapping[str, tuple] = field(default_factory=dict)
     update: UpdateCounts | None = None
+    dropped: int = 0
+    series: SeriesSummary | None = None
 
     @property
     def reconciles(self) -> bool:
-        return self.found == self.ingested + self.skipped + self.failed + self.aggregated
+        return self.found == self.ingested + self.skipped + self.failed + self.aggregated + self.dropped
 
 
 @dataclass(frozen=True)
