@@ -299,3 +299,37 @@ def test_cli_pseudonymize_series_keeps_instance_pseudonyms_and_leaks_no_path(run
     assert b"CT0000" not in raw and not any(uid.encode() in raw for uid in ct.series)
     real = resolve_paths(series, load_path_map(path_map)).frame.set_index("path")
     assert sorted(real.loc["CT0001/study0/series1", "instance_paths"]) == [f"CT0001/study0/series1/im{k:04d}.dcm" for k in range(SLICES)]
+
+
+def test_cli_series_lists_what_was_not_ingested_once(runner, ct, tmp_path):
+    root = _copy(ct, tmp_path)
+    (root / "README.txt").write_text("scanner export notes")
+    res = runner.invoke(main, ["ingest", "dicom", str(root), "-o", str(tmp_path / "s.parquet"), "--level", "series", "-q"])
+    assert res.exit_code == 0, res.stderr
+    assert f"{ct.files + 1} files found = {ct.files} in {len(ct.series)} series rows + 0 in 0 dropped series + 1 skipped + 0 failed" in res.stderr
+    assert res.stderr.count("Not ingested: NotDicom 1 (pass --errors FILE to list them)") == 1
+
+
+def test_instance_paths_follow_the_paths_policy():
+    from mdprep.manifest import Manifest
+    from mdprep.pseudonyms import path_pseudonym, pseudonymize
+
+    key = bytes.fromhex(KEY)
+    rows = _rows([0, 1, 2], uid="7.7")
+    rows["path"] = [f"scans/1.2.840.99.{k}.dcm" for k in range(3)]  # files named by UIDs the row does not hold
+    manifest = Manifest(series_rows(rows).frame)
+    assert manifest.frame["path"].tolist() == ["scans"]
+    done = pseudonymize(manifest, key)
+    assert done.manifest.frame["path"].tolist() == ["scans"]  # the folder names nothing
+    files = list(done.manifest.frame["instance_paths"].iloc[0])
+    assert files == [path_pseudonym(key, p) for p in rows["path"]]
+    assert set(done.path_map["original_path"]) == set(rows["path"])
+    assert list(pseudonymize(manifest, key, paths="drop").manifest.frame["instance_paths"].iloc[0]) == []
+    with pytest.warns(UserWarning, match="1 path value"):
+        kept = pseudonymize(manifest, key, paths="keep")
+    assert list(kept.manifest.frame["instance_paths"].iloc[0]) == rows["path"].tolist()
+    rows["path"] = [f"scans/slice{k}.dcm" for k in range(3)]
+    plain = pseudonymize(Manifest(series_rows(rows).frame), key)
+    assert list(plain.manifest.frame["instance_paths"].iloc[0]) == rows["path"].tolist()  # nothing to hide: kept
+    with pytest.raises(UsageError, match="cannot be kept raw"):
+        pseudonymize(manifest, key, keep_columns=["instance_paths"])

@@ -199,7 +199,7 @@ def render_summary(result: IngestResult, output: str, errors_path: str | None, q
         if rep.lenient:
             line += f" ({rep.lenient} read without the DICOM preamble, marked lenient_read)"
         click.echo(line, err=True)
-    if lost:
+    if lost and rep.series is None:  # a series-level run said it already
         reasons = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in rep.reasons.items())
         hint = f"listed in {errors_path}" if errors_path else "pass --errors FILE to list them"
         click.echo(f"Not ingested: {reasons} ({hint})", err=True)
