@@ -333,3 +333,23 @@ def test_instance_paths_follow_the_paths_policy():
     assert list(plain.manifest.frame["instance_paths"].iloc[0]) == rows["path"].tolist()  # nothing to hide: kept
     with pytest.raises(UsageError, match="cannot be kept raw"):
         pseudonymize(manifest, key, keep_columns=["instance_paths"])
+
+
+def test_series_level_from_object_storage_equals_local(ct, tmp_path, monkeypatch):
+    import s3fs
+
+    from mdprep.synthetic import LocalS3
+
+    with LocalS3() as server:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIASERIESTEST000001")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "series-test-secret")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        s3fs.S3FileSystem.clear_instance_cache()
+        url = server.upload(ct.root, "scans", "ct")
+        remote = ingest_dicom(url, level="series", workers=1)
+        s3fs.S3FileSystem.clear_instance_cache()
+    local = ingest_dicom(ct.root, level="series", workers=1)
+    columns = [c for c in local.manifest.frame.columns]
+    pd.testing.assert_frame_equal(remote.manifest.frame[columns], local.manifest.frame)
+    assert remote.report.series == local.report.series  # the Enhanced CT file's frames read through ranged requests too
