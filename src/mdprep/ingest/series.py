@@ -343,6 +343,122 @@ def _unit(v: np.ndarray) -> np.ndarray:
         return np.where(norm > 1e-6, v / norm, np.nan)
 
 
+@dataclass(frozen=True)
+class _Frames:
+    """One row per image: a single-frame file, or one frame of a multi-frame file whose geometry was read."""
+
+    file: np.ndarray  # the file (instance row) each frame belongs to
+    series: np.ndarray  # its series code
+    position: np.ndarray  # (frames, 3), NaN where unknown
+    orientation: np.ndarray  # (frames, 6), NaN where unknown
+
+
+def _frames(inst: pd.DataFrame, paths: np.ndarray, codes: np.ndarray, geometry: Mapping[str, FrameGeometry]) -> tuple[_Frames, list]:
+    """The frame table, and the (file, geometry) pairs of the multi-frame files."""
+    n = len(inst)
+    position = _fixed_lists(inst["image_position_patient"], 3)
+    orientation = _fixed_lists(inst["image_orientation_patient"], 6)
+    multi = [(i, geometry[p]) for i, p in enumerate(paths) if p in geometry]
+    k = np.ones(n, dtype=np.int64)
+    for i, g in multi:
+        k[i] = max(len(g.positions), 1)
+    starts = np.concatenate([[0], np.cumsum(k)[:-1]]).astype(np.int64)
+    file = np.repeat(np.arange(n), k)
+    f_pos, f_ori = np.repeat(position, k, axis=0), np.repeat(orientation, k, axis=0)
+    for i, g in multi:  # a loop over multi-frame files only
+        at = slice(starts[i], starts[i] + k[i])
+        f_pos[at] = np.where(np.isfinite(g.positions), g.positions, f_pos[at])
+        f_ori[at] = np.where(np.isfinite(g.orientations), g.orientations, f_ori[at])
+    return _Frames(file, codes[file], f_pos, f_ori), multi
+
+
+@dataclass(frozen=True)
+class _Orientation:
+    """Per series: the modal orientation's unit normal, its name and whether images differ; per frame: localisers."""
+
+    normal: np.ndarray  # (series, 3), NaN without an orientation
+    name: np.ndarray  # axial, coronal, sagittal, oblique or None
+    mixed: np.ndarray  # series with images of another orientation
+    localizer_frame: np.ndarray  # frames that are localisers
+
+
+def _orientations(frames: _Frames, typed_localizer: np.ndarray, n_series: int) -> _Orientation:
+    """Each series' most common ImageOrientationPatient (rounded to 3 decimals), its normal and name, and the localisers."""
+    s, ori = frames.series, frames.orientation
+    has_ori = np.isfinite(ori).all(axis=1)
+    names = [f"o{j}" for j in range(6)]
+    tally = pd.DataFrame(np.round(ori[has_ori], 3) + 0.0, columns=names).assign(s=s[has_ori])
+    tally = tally.groupby(["s", *names], sort=True).size().rename("n").reset_index()
+    tally = tally.sort_values(["s", "n"], ascending=[True, False], kind="stable").drop_duplicates("s")
+    modal = np.full((n_series, 6), np.nan)
+    modal[tally["s"].to_numpy(dtype=np.int64)] = tally[names].to_numpy(dtype=float)
+    normal = _unit(np.cross(modal[:, :3], modal[:, 3:]))
+    cos_named = math.cos(math.radians(ORIENTATION_DEGREES))
+    magnitude = np.abs(np.nan_to_num(normal))
+    axis = np.argmax(magnitude, axis=1)
+    name = np.where(magnitude[np.arange(n_series), axis] >= cos_named, np.array(["sagittal", "coronal", "axial"], dtype=object)[axis], "oblique")
+    name = np.where(np.isfinite(normal).all(axis=1), name, None)
+    differs = has_ori & (np.abs(ori - modal[s]).max(axis=1, initial=0.0) > _ORIENTATION_EPS)
+    with np.errstate(invalid="ignore"):
+        out_of_plane = has_ori & (np.abs((_unit(np.cross(ori[:, :3], ori[:, 3:])) * normal[s]).sum(axis=1)) < cos_named)
+    single = (np.bincount(s[out_of_plane], minlength=n_series) == 1) & (np.bincount(s[has_ori], minlength=n_series) >= 3) & (name == "axial")
+    localizer = typed_localizer[frames.file] | (out_of_plane & single[s])
+    return _Orientation(normal, name, _per_series_any(s, differs, n_series), localizer)
+
+
+def _positions(frames: _Frames, looks: _Orientation, n_series: int, tolerance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Positions along the normal (NaN for localisers), unmeasured series, the median step, and the step checks per series."""
+    s = frames.series
+    kept = ~looks.localizer_frame
+    with np.errstate(invalid="ignore"):
+        d = (frames.position * looks.normal[s]).sum(axis=1)
+    d = np.where(kept & np.isfinite(d), d, np.nan)
+    unmeasured = _per_series_any(s, kept & ~np.isfinite(d), n_series) | ~_per_series_any(s, kept, n_series)
+    measured = np.isfinite(d) & ~unmeasured[s]
+    m_series, m_d = s[measured], d[measured]
+    by_position = np.lexsort((m_d, m_series))
+    ss, dd = m_series[by_position], m_d[by_position]
+    same = ss[1:] == ss[:-1]
+    step, step_series = (dd[1:] - dd[:-1])[same], ss[1:][same]
+    duplicate = step <= DUPLICATE_MM
+    spacing = np.full(n_series, np.nan)
+    if (~duplicate).any():
+        medians = pd.Series(step[~duplicate]).groupby(step_series[~duplicate]).median()
+        spacing[medians.index.to_numpy(dtype=np.int64)] = medians.to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = step / spacing[step_series]
+    whole = np.rint(ratio)
+    near = np.abs(ratio - whole) <= tolerance
+    checks = {
+        "duplicate_positions": _per_series_any(step_series, duplicate, n_series),
+        "missing_slices": _per_series_any(step_series, ~duplicate & near & (whole >= 2), n_series),
+        "irregular_spacing": _per_series_any(step_series, ~duplicate & ~(near & (whole >= 1)), n_series),
+    }
+    return d, unmeasured, spacing, checks
+
+
+def _number_gaps(codes: np.ndarray, number: np.ndarray, localizer: np.ndarray, n_series: int) -> np.ndarray:
+    """Series whose InstanceNumbers (localisers left out) skip a number."""
+    numbered = np.isfinite(number) & ~localizer
+    by_number = np.lexsort((number[numbered], codes[numbered]))
+    ns, nn = codes[numbered][by_number], number[numbered][by_number]
+    gap = (ns[1:] == ns[:-1]) & (nn[1:] - nn[:-1] > 1)
+    return _per_series_any(ns[1:], gap, n_series)
+
+
+def _folders(paths: np.ndarray, codes: np.ndarray, first: np.ndarray, n_series: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each series' folder (the longest common one when its files lie in several), and how many folders it spans."""
+    text = pd.Series(paths, dtype="str")
+    folder = text.str.replace(r"/[^/]*$", "", regex=True).where(text.str.contains("/", regex=False), ".").replace("", ".")
+    folders = pd.DataFrame({"s": codes, "f": folder.to_numpy(dtype=object)}).drop_duplicates()
+    n_folders = np.bincount(folders["s"].to_numpy(dtype=np.int64), minlength=n_series)
+    series_folder = folder.to_numpy(dtype=object)[first] if len(paths) else np.array([], dtype=object)
+    for s in np.flatnonzero(n_folders > 1):  # a loop over the (few) series spread over several folders
+        parts = folders.loc[folders["s"] == s, "f"].tolist()
+        series_folder[s] = posixpath.commonpath(["" if f == "." else f for f in parts]) or "."
+    return series_folder, n_folders
+
+
 def series_rows(
     instances: pd.DataFrame,
     *,
@@ -426,112 +542,28 @@ def series_rows(
     n_series = len(uniques)
     paths = inst["path"].astype("str").to_numpy(dtype=object)
 
-    # ---- frames: one per single-frame file, one per frame of a multi-frame file whose geometry was read
-    declared = _floats(inst["number_of_frames"])
-    frames_per_file = np.where(np.isfinite(declared) & (declared >= 1), declared, 1).astype(np.int64)
-    ipp = _fixed_lists(inst["image_position_patient"], 3)
-    iop = _fixed_lists(inst["image_orientation_patient"], 6)
-    multi = [(i, geometry[p]) for i, p in enumerate(paths) if p in geometry]
-    k = np.ones(n, dtype=np.int64)
-    for i, g in multi:
-        k[i] = max(len(g.positions), 1)
-    starts = np.concatenate([[0], np.cumsum(k)[:-1]]).astype(np.int64)
-    f_inst = np.repeat(np.arange(n), k)
-    f_pos = np.repeat(ipp, k, axis=0)
-    f_ori = np.repeat(iop, k, axis=0)
-    for i, g in multi:  # a loop over multi-frame files only
-        sl = slice(starts[i], starts[i] + k[i])
-        f_pos[sl] = np.where(np.isfinite(g.positions), g.positions, f_pos[sl])
-        f_ori[sl] = np.where(np.isfinite(g.orientations), g.orientations, f_ori[sl])
-    f_series = codes[f_inst]
-
-    # ---- orientation: each series' most common ImageOrientationPatient
-    has_ori = np.isfinite(f_ori).all(axis=1)
-    rounded = np.round(f_ori[has_ori], 3) + 0.0
-    tally = pd.DataFrame(rounded, columns=[f"o{j}" for j in range(6)]).assign(s=f_series[has_ori])
-    tally = tally.groupby(["s", *[f"o{j}" for j in range(6)]], sort=True).size().rename("n").reset_index()
-    tally = tally.sort_values(["s", "n"], ascending=[True, False], kind="stable").drop_duplicates("s")
-    modal = np.full((n_series, 6), np.nan)
-    modal[tally["s"].to_numpy(dtype=np.int64)] = tally[[f"o{j}" for j in range(6)]].to_numpy(dtype=float)
-    normal = _unit(np.cross(modal[:, :3], modal[:, 3:]))
-    has_normal = np.isfinite(normal).all(axis=1)
-    cos_named = math.cos(math.radians(ORIENTATION_DEGREES))
-    axis = np.argmax(np.abs(np.nan_to_num(normal)), axis=1)
-    named = np.abs(np.nan_to_num(normal))[np.arange(n_series), axis] >= cos_named
-    orientation = np.where(named, np.array(["sagittal", "coronal", "axial"], dtype=object)[axis], "oblique")
-    orientation = np.where(has_normal, orientation, None)
-
-    differs = has_ori & (np.abs(f_ori - modal[f_series]).max(axis=1, initial=0.0) > _ORIENTATION_EPS)
-    mixed_orientation = _per_series_any(f_series, differs, n_series)
-    f_normal = _unit(np.cross(f_ori[:, :3], f_ori[:, 3:]))
-    with np.errstate(invalid="ignore"):
-        out_of_plane = has_ori & (np.abs((f_normal * normal[f_series]).sum(axis=1)) < cos_named)
-    oop_count = np.bincount(f_series[out_of_plane], minlength=n_series)
-    ori_count = np.bincount(f_series[has_ori], minlength=n_series)
-    single_oop = (oop_count == 1) & (ori_count >= 3) & (orientation == "axial")
-    typed_localizer = _any_word(inst["image_type"], _LOCALIZER_WORDS)
-    f_localizer = typed_localizer[f_inst] | (out_of_plane & single_oop[f_series])
-    inst_localizer = np.bincount(f_inst[f_localizer], minlength=n) > 0
-    localizer = _per_series_any(f_series, f_localizer, n_series)
-
-    # ---- positions along the normal, sorted per series
-    in_geometry = ~f_localizer
-    with np.errstate(invalid="ignore"):
-        d = (f_pos * normal[f_series]).sum(axis=1)
-    d = np.where(in_geometry & has_normal[f_series] & np.isfinite(d), d, np.nan)
-    unmeasured = _per_series_any(f_series, in_geometry & ~np.isfinite(d), n_series) | ~_per_series_any(f_series, in_geometry, n_series)
-    measured = np.isfinite(d) & ~unmeasured[f_series]
-    m_series, m_d = f_series[measured], d[measured]
-    by_position = np.lexsort((m_d, m_series))
-    ss, dd = m_series[by_position], m_d[by_position]
-    same = ss[1:] == ss[:-1]
-    step = (dd[1:] - dd[:-1])[same]
-    step_series = ss[1:][same]
-    duplicate_step = step <= DUPLICATE_MM
-    spacing = np.full(n_series, np.nan)
-    if (~duplicate_step).any():
-        medians = pd.Series(step[~duplicate_step]).groupby(step_series[~duplicate_step]).median()
-        spacing[medians.index.to_numpy(dtype=np.int64)] = medians.to_numpy(dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = step / spacing[step_series]
-    whole = np.rint(ratio)
-    near = np.abs(ratio - whole) <= spacing_tolerance
-    missing_step = ~duplicate_step & near & (whole >= 2)
-    irregular_step = ~duplicate_step & ~(near & (whole >= 1))
-    duplicate_positions = _per_series_any(step_series, duplicate_step, n_series)
-    missing_slices = _per_series_any(step_series, missing_step, n_series)
-    irregular_spacing = _per_series_any(step_series, irregular_step, n_series)
-
-    # ---- InstanceNumber gaps (localisers left out)
+    frames, multi = _frames(inst, paths, codes, geometry)
+    looks = _orientations(frames, _any_word(inst["image_type"], _LOCALIZER_WORDS), n_series)
+    inst_localizer = np.bincount(frames.file[looks.localizer_frame], minlength=n) > 0
+    d, unmeasured, spacing, steps = _positions(frames, looks, n_series, spacing_tolerance)
     number = _floats(inst["instance_number"])
-    numbered = np.isfinite(number) & ~inst_localizer
-    by_number = np.lexsort((number[numbered], codes[numbered]))
-    ns, nn = codes[numbered][by_number], number[numbered][by_number]
-    gap = (ns[1:] == ns[:-1]) & (nn[1:] - nn[:-1] > 1)
-    missing_slices |= _per_series_any(ns[1:], gap, n_series)
-
-    # ---- the other checks
     size_keys = pd.DataFrame({"r": _floats(inst["rows"]), "c": _floats(inst["columns"])})
-    mixed_size = _distinct_per_series(codes, size_keys, n_series) > 1
-    mixed_sop_class = _distinct_per_series(codes, inst[["sop_class_uid"]].astype("str"), n_series) > 1
-    mixed_patient = _distinct_per_series(codes, inst[["patient_id"]].astype("str"), n_series) > 1
-    mixed_study = _distinct_per_series(codes, inst[["study_id"]].astype("str"), n_series) > 1
     flags = {
-        "missing_slices": missing_slices,
-        "duplicate_positions": duplicate_positions,
-        "irregular_spacing": irregular_spacing,
-        "mixed_orientation": mixed_orientation,
-        "mixed_size": mixed_size,
-        "mixed_sop_class": mixed_sop_class,
-        "localizer": localizer,
-        "mixed_patient": mixed_patient,
-        "mixed_study": mixed_study,
+        "missing_slices": steps["missing_slices"] | _number_gaps(codes, number, inst_localizer, n_series),
+        "duplicate_positions": steps["duplicate_positions"],
+        "irregular_spacing": steps["irregular_spacing"],
+        "mixed_orientation": looks.mixed,
+        "mixed_size": _distinct_per_series(codes, size_keys, n_series) > 1,
+        "mixed_sop_class": _distinct_per_series(codes, inst[["sop_class_uid"]].astype("str"), n_series) > 1,
+        "localizer": _per_series_any(frames.series, looks.localizer_frame, n_series),
+        "mixed_patient": _distinct_per_series(codes, inst[["patient_id"]].astype("str"), n_series) > 1,
+        "mixed_study": _distinct_per_series(codes, inst[["study_id"]].astype("str"), n_series) > 1,
     }
     matrix = np.column_stack([flags[p] for p in PROBLEMS]) if n_series else np.zeros((0, len(PROBLEMS)), dtype=bool)
     flagged = matrix.any(axis=1)
 
     # ---- slice order of the files: position (a multi-frame file by its first frame), then InstanceNumber, then the walk
-    d_file = pd.Series(d).groupby(f_inst).min().reindex(range(n)).to_numpy(dtype=float)
+    d_file = pd.Series(d).groupby(frames.file).min().reindex(range(n)).to_numpy(dtype=float)
     d_file = np.where(inst_localizer | unmeasured[codes], np.nan, d_file)
     order = np.lexsort((
         np.arange(n),
@@ -546,17 +578,9 @@ def series_rows(
     first = _first_where(np.ones(n, dtype=bool), codes_sorted, order, n_series)
     representative = _first_where(~inst_localizer[order], codes_sorted, order, n_series)
     representative = np.where(representative >= 0, representative, first)
-
-    # ---- folders
-    text = pd.Series(paths, dtype="str")
-    folder = text.str.replace(r"/[^/]*$", "", regex=True).where(text.str.contains("/", regex=False), ".").replace("", ".")
-    folders = pd.DataFrame({"s": codes, "f": folder.to_numpy(dtype=object)}).drop_duplicates()
-    n_folders = np.bincount(folders["s"].to_numpy(dtype=np.int64), minlength=n_series)
-    series_folder = folder.to_numpy(dtype=object)[first] if n else np.array([], dtype=object)
-    for s in np.flatnonzero(n_folders > 1):  # a loop over the (few) series spread over several folders
-        parts = folders.loc[folders["s"] == s, "f"].tolist()
-        common = posixpath.commonpath(["" if f == "." else f for f in parts])
-        series_folder[s] = common or "."
+    series_folder, n_folders = _folders(paths, codes, first, n_series)
+    frames_per_file = _floats(inst["number_of_frames"])
+    frames_per_file = np.where(np.isfinite(frames_per_file) & (frames_per_file >= 1), frames_per_file, 1).astype(np.int64)
 
     # ---- columns
     columns: dict[str, pa.Array] = {}
@@ -576,7 +600,7 @@ def series_rows(
     columns["n_instances"] = pa.array(counts, type=pa.int64())
     columns["n_frames"] = pa.array(np.bincount(codes, weights=frames_per_file, minlength=n_series).astype(np.int64), type=pa.int64())
     columns["spacing_between_slices"] = pa.array(spacing, type=pa.float64(), from_pandas=True)
-    columns["orientation"] = pa.array(orientation, type=pa.string())
+    columns["orientation"] = pa.array(looks.name, type=pa.string())
     lenient = inst["lenient_read"].fillna(False).to_numpy(dtype=bool)
     pixels = inst["has_pixels"].fillna(False).to_numpy(dtype=bool)
     columns["lenient_read"] = pa.array(_per_series_any(codes, lenient, n_series))
@@ -592,7 +616,7 @@ def series_rows(
     notes: list[str] = []
     for col in shared_columns:
         if col in inst.columns:
-            arr, differ = _shared_value(inst[col], codes, order, codes_sorted, first, n_series)
+            arr, differ = _shared_value(inst[col], codes, first, n_series)
             columns[col] = arr
             if differ:
                 notes.append(f"{col!r} differs between the images of {differ} series: null there (a series row holds a value all its images share)")
@@ -654,7 +678,7 @@ def _fill_from_geometry(columns: dict[str, pa.Array], representative: np.ndarray
             columns[name] = pa.array(values, type=columns[name].type)
 
 
-def _shared_value(values: pd.Series, codes: np.ndarray, order: np.ndarray, codes_sorted: np.ndarray, first: np.ndarray, n_series: int) -> tuple[pa.Array, int]:
+def _shared_value(values: pd.Series, codes: np.ndarray, first: np.ndarray, n_series: int) -> tuple[pa.Array, int]:
     """The value all images of each series share (null where they differ), and how many series differ."""
     key = values.astype("str").where(values.notna(), "\x00null")
     distinct = pd.DataFrame({"s": codes, "k": key.to_numpy(dtype=object)}).drop_duplicates()
