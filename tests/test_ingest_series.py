@@ -353,3 +353,18 @@ def test_series_level_from_object_storage_equals_local(ct, tmp_path, monkeypatch
     columns = [c for c in local.manifest.frame.columns]
     pd.testing.assert_frame_equal(remote.manifest.frame[columns], local.manifest.frame)
     assert remote.report.series == local.report.series  # the Enhanced CT file's frames read through ranged requests too
+
+
+def test_a_multi_frame_file_whose_groups_cannot_be_read_keeps_its_row(ct, monkeypatch):
+    import mdprep.ingest.dicom as dicom
+
+    def broken(fh):
+        raise ValueError("no functional groups")
+
+    monkeypatch.setattr(dicom, "read_frame_geometry", broken)
+    result = ingest_dicom(ct.root, level="series", workers=1)
+    row = result.manifest.frame.set_index("path").loc["CT0000/study0/enhanced"]
+    assert (row["n_instances"], row["n_frames"]) == (1, SLICES) and pd.isna(row["spacing_between_slices"])
+    notes = " ".join(result.report.notes)
+    assert "1 file(s): multi-frame file whose functional groups could not be read (ValueError): no frame positions" in notes
+    assert "1 series whose images do not all carry ImagePositionPatient" in notes and result.report.reconciles

@@ -1,9 +1,10 @@
-"""``ingest dicom``: a tree of DICOM files into a manifest, one row per file, headers only."""
+"""``ingest dicom``: a tree of DICOM files into a manifest, headers only: one row per file, or per series (``level="series"``)."""
 
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
@@ -182,7 +183,9 @@ def _frame_geometry(rows: Sequence[_Row], columns: Sequence[TagColumn], root: st
             continue
         path = join(root, row.rel)
         try:
-            with (open(path, "rb") if open_remote is None else open_remote(path)[0]) as fh:
+            # What pydicom warns about in this file was noted when its header was read.
+            with warnings.catch_warnings(), (open(path, "rb") if open_remote is None else open_remote(path)[0]) as fh:
+                warnings.simplefilter("ignore")
                 out[row.rel] = read_frame_geometry(fh)
         except Exception as exc:  # noqa: BLE001 - the file keeps its row, without frame positions
             notes[f"multi-frame file whose functional groups could not be read ({type(exc).__name__}): no frame positions"] += 1
