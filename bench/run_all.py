@@ -32,6 +32,7 @@ SECTIONS = (
     ("Trainer throughput, PyTorch and Keras on the same data", "bench_train_frameworks", "print(m.markdown(m.run()))"),
     ("Incremental updates", "bench_update", "print(m.markdown(m.run()))"),
     ("Hashing throughput", "bench_hash", "print(m.markdown(m.run()))"),
+    ("Series-level DICOM ingest", "bench_series", "print(m.markdown(m.run()))"),
     ("Scale-out on Dask", "bench_dask", "print(m.markdown(m.run()))"),
     ("DICOM headers from object storage (S3)", "bench_s3", "print(m.report())"),
 )

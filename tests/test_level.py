@@ -58,3 +58,21 @@ def test_split_keeps_the_level_and_train_refuses_volumes(tmp_path):
     assert "Error: mdprep train is 2D and this manifest is volume-level" in res.output
     assert "mdprep export monai" in res.output
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_series_level_ingest_is_series_and_train_refuses_it(tmp_path):
+    from mdprep.synthetic import write_ct_tree
+
+    tree = write_ct_tree(tmp_path / "ct", patients=4, slices=6, shape=(8, 8), plant_problems=False)
+    runner = CliRunner()
+    m, s = tmp_path / "m.parquet", tmp_path / "s.parquet"
+    res = runner.invoke(main, ["ingest", "dicom", tree.root, "--level", "series", "-o", str(m), "-q"])
+    assert res.exit_code == 0, res.output
+    manifest = read_manifest(m)
+    assert manifest.level == "series" and len(manifest.frame) == 4
+    res = runner.invoke(main, ["ingest", "dicom", tree.root, "-o", str(tmp_path / "i.parquet"), "-q"])
+    assert read_manifest(tmp_path / "i.parquet").level == "image"
+    res = runner.invoke(main, ["split", str(m), "--ratios", "0.5,0.5", "--names", "train,val", "-o", str(s), "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["train", str(s), "--out", str(tmp_path / "run"), "--epochs", "1", "-q"])
+    assert res.exit_code == 2 and "this manifest is series-level (one row per DICOM series)" in res.output

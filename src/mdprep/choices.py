@@ -45,6 +45,11 @@ MISSING_PATIENT_POLICIES = {
     "series": "patient_id becomes the PatientID other files of its series carry, else 'series:' + SeriesInstanceUID "
     "(the file fails if that is missing too)",
 }
+#: What one row of ``ingest dicom`` stands for: value -> meaning.
+INGEST_LEVELS = {
+    "instance": "file (projection radiography)",
+    "series": "SeriesInstanceUID (CT, MR volumes), with volume checks",
+}
 PRESETS = {
     "nih": "NIH ChestX-ray14 Data_Entry_2017*.csv: pipe-separated 'Finding Labels' into 15 label columns",
     "chexpert": "CheXpert train.csv/valid.csv: patient and study from 'Path', 14 labels with 1/0/-1/blank",

@@ -69,6 +69,10 @@ HEX_COLUMNS = ("patient_id", "study_id", "accession", "image_id")
 UID_COLUMNS = ("series_uid", "sop_uid")
 #: Columns that hold the identifiers a path may spell out.
 PATH_IDENTIFIERS = ("patient_id", "study_id", "series_uid", "sop_uid", "accession", "image_id")
+#: The list column of a series-level manifest naming each row's files (``ingest dicom --level series``): paths, like ``path``.
+INSTANCE_PATHS = "instance_paths"
+#: A DICOM UID as a file or folder name (``1.2.840.113619.2.55.3.604688119``): an identifier, whatever the row holds.
+_UID_NAME = r"(^|[/_-])[0-9]+(\.[0-9]+){4,}"
 #: Date columns transformed by the date policy whatever their type.
 DATE_COLUMNS = ("study_date", "birth_date")
 #: Columns kept under the Retain Patient Characteristics Option (besides labels).
@@ -718,6 +722,8 @@ def _column_step(col: str, ctx: _Context) -> _Step:
         return _Step(col, KEPT, "label", "keep")
     if col == "path":
         return _Step(col, *_path_step(ctx.frame, ctx.paths))
+    if col == INSTANCE_PATHS and _is_list(s):
+        return _Step(col, *_instance_paths_step(ctx.frame, ctx.paths))
     if col in ctx.hex_cols:
         return _Step(col, PSEUDONYMISED, OPTION_NOTES["hex"], "hex")
     if col in ctx.uid_cols:
@@ -781,6 +787,58 @@ def _path_step(frame: pd.DataFrame, paths: str) -> tuple[str, str, str]:
     if n:
         return PSEUDONYMISED, f"{n} path(s) spell out an identifier of their row: keyed pseudonym, extension kept", "path"
     return KEPT, "no path spells out an identifier of its row", "keep"
+
+
+def _instance_paths_step(frame: pd.DataFrame, paths: str) -> tuple[str, str, str]:
+    """The treatment of ``instance_paths``: the ``--paths`` policy, applied to each file of the list.
+
+    With ``auto`` the files are pseudonymised when the row's ``path`` is, when any
+    of them spells out an identifier of its row, or when a file or folder is named
+    by a UID (a series row does not hold its files' SOP Instance UIDs to compare).
+    Each file becomes the pseudonym its ``path`` gets in an instance-level manifest.
+    """
+    if paths == "keep":
+        return KEPT, "--paths keep", "keep"
+    if paths == "drop":
+        return EMPTIED, "--paths drop: every list emptied", "empty_list"
+    if paths == "pseudonymize":
+        return PSEUDONYMISED, "--paths pseudonymize: each file a keyed pseudonym, extension kept", "paths"
+    n = int(instance_paths_with_identifiers(frame).sum())
+    if n or ("path" in frame.columns and paths_with_identifiers(frame).any()):
+        return PSEUDONYMISED, "files that (or whose folders) spell out an identifier or a UID: each a keyed pseudonym, extension kept", "paths"
+    return KEPT, "no file spells out an identifier of its row or a UID", "keep"
+
+
+def instance_paths_with_identifiers(frame: pd.DataFrame) -> np.ndarray:
+    """A mask of the rows one of whose ``instance_paths`` contains an identifier of the row, or a UID as a name."""
+    values = pa.array(frame[INSTANCE_PATHS], from_pandas=True)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    flat = pc.list_flatten(values).cast(pa.string())
+    parents = pc.list_parent_indices(values).to_numpy(zero_copy_only=False)
+    hit = pc.fill_null(pc.match_substring_regex(flat, _UID_NAME), False).to_numpy(zero_copy_only=False)
+    text = np.asarray(flat.fill_null("").to_numpy(zero_copy_only=False), dtype="U")
+    for col in PATH_IDENTIFIERS:
+        if col not in frame.columns:
+            continue
+        ids = frame[col].fillna("").astype("str").to_numpy(dtype="U")[parents]
+        hit |= (np.strings.str_len(ids) > 0) & (np.strings.find(text, ids) >= 0)
+    out = np.zeros(len(frame), dtype=bool)
+    out[parents[hit]] = True
+    return out
+
+
+def _map_list(values: pd.Series, fn) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """``fn`` on every element of a list<string> column (once per distinct value): the new column, and the elements before and after."""
+    arr = pa.array(values, from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    flat = pc.list_flatten(arr).cast(pa.string())
+    before = pd.Series(flat.to_pandas(), dtype="str")
+    after = map_distinct(before, fn)
+    offsets = np.concatenate([[0], np.cumsum(pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False))])
+    rebuilt = pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), pa.array(after.to_numpy(dtype=object), type=pa.string()), mask=arr.is_null())
+    return pd.Series(pd.arrays.ArrowExtensionArray(rebuilt), index=values.index), before, after
 
 
 def paths_with_identifiers(frame: pd.DataFrame, column: str = "path") -> np.ndarray:
@@ -982,7 +1040,7 @@ def _user_columns(frame: pd.DataFrame, keep: Sequence[str], drop: Sequence[str],
     required = [c for c in drop if c in REQUIRED_COLUMNS]
     if required:
         problems.append(f"{examples_text(required, len(required))} cannot be dropped (every manifest needs it; use --paths drop for paths)")
-    identifiers = [c for c in keep if c in (*HEX_COLUMNS, *UID_COLUMNS, "path", *columns) or _is_temporal(frame[c]) or c in DATE_COLUMNS]
+    identifiers = [c for c in keep if c in (*HEX_COLUMNS, *UID_COLUMNS, "path", INSTANCE_PATHS, *columns) or _is_temporal(frame[c]) or c in DATE_COLUMNS]
     if identifiers:
         problems.append(
             f"{examples_text(identifiers, len(identifiers))} cannot be kept raw (identifiers are always pseudonymised, "
@@ -1089,10 +1147,18 @@ def pseudonymize(
             before = frame[col].astype("str")
             after = map_distinct(before, lambda v, c=col: path_pseudonym(key, v, namespace=c))
             if col == "path":
-                path_map = pd.DataFrame({"path": after, "original_path": before}).drop_duplicates().sort_values("path", ignore_index=True)
+                pairs = pd.DataFrame({"path": after, "original_path": before})
+                path_map = pd.concat([path_map, pairs]).drop_duplicates().sort_values("path", ignore_index=True)
             out[col] = after
+        elif step.how == "paths":  # instance_paths: each file as its own path would be
+            out[col], before, after = _map_list(frame[col], lambda v: path_pseudonym(key, v, namespace="path"))
+            files = pd.DataFrame({"path": after, "original_path": before})
+            path_map = pd.concat([path_map, files]).drop_duplicates().sort_values("path", ignore_index=True)
         elif step.how == "empty":
             out[col] = pd.Series("", index=frame.index, dtype="str")
+        elif step.how == "empty_list":
+            empty = pa.array([[]] * len(frame), type=pa.list_(pa.string()))
+            out[col] = pd.Series(pd.arrays.ArrowExtensionArray(empty), index=frame.index)
         elif step.how in ("date", "dt"):
             out[col], unread = _transform_dates(frame[col], step.how, step.treatment, offsets)
             if unread:
@@ -1104,6 +1170,8 @@ def pseudonymize(
         final.append(replace(step, reason=reason))
     if paths == "keep" and "path" in frame.columns:
         n = int(paths_with_identifiers(frame).sum())
+        if INSTANCE_PATHS in frame.columns and _is_list(frame[INSTANCE_PATHS]):
+            n = int((paths_with_identifiers(frame) | instance_paths_with_identifiers(frame)).sum())
         if n:
             warnings.warn(
                 f"{n} path value(s) spell out an identifier of their row (patient, study, series, instance, accession or image id) "
@@ -1253,22 +1321,29 @@ def load_path_map(path: str | os.PathLike) -> dict[str, str]:
 def resolve_paths(manifest: Manifest, path_map: Mapping[str, str]) -> Manifest:
     """The manifest with its pseudonymised paths replaced by the real ones, to read the files.
 
-    Use the result only to open files (``hash``, ``train``): write outputs from the
+    A series-level manifest's ``instance_paths`` (its files) are resolved too. Use
+    the result only to open files (``hash``, ``train``): write outputs from the
     pseudonymised manifest, whose rows are in the same order. Raises
     :class:`InputError` when a path is missing from the map (the error quotes
     pseudonymised paths only).
     """
-    paths = manifest.frame["path"].astype("str")
+    frame = manifest.frame
+    paths = frame["path"].astype("str")
     real = paths.map(path_map)
-    unknown = real.isna() & paths.notna()
-    if unknown.any():
-        bad = pd.unique(paths[unknown])
+    new = {"path": real.astype("str")}
+    missing, total = paths[real.isna() & paths.notna()], len(paths)
+    if INSTANCE_PATHS in frame.columns and _is_list(frame[INSTANCE_PATHS]):
+        # A series-level manifest: its files too (each pseudonymised as its own path would be).
+        new[INSTANCE_PATHS], files, found = _map_list(frame[INSTANCE_PATHS], path_map.get)
+        missing, total = pd.concat([missing, files[found.isna()]], ignore_index=True), total + len(files)
+    if len(missing):
+        bad = pd.unique(missing)
         raise InputError(
-            f"{int(unknown.sum())} of {len(paths)} path(s) are not in the path map, for example {examples_text(list(bad), len(bad))}; "
+            f"{len(missing)} of {total} path(s) are not in the path map, for example {examples_text(list(bad), len(bad))}; "
             "pass the path map written when this manifest was pseudonymised",
             missing=len(bad),
         )
-    return manifest.with_frame(manifest.frame.assign(path=real.astype("str")))
+    return manifest.with_frame(frame.assign(**new))
 
 
 def pseudonymised_paths(real_paths: pd.Series, path_map: Mapping[str, str]) -> pd.Series:

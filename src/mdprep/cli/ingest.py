@@ -17,6 +17,7 @@ from ..choices import (
     AGGREGATE_POLICIES,
     BLANK_POLICIES,
     DATE_POLICIES,
+    INGEST_LEVELS,
     LABEL_WHEN_SYNTAX,
     MISSING_PATIENT_POLICIES,
     PATH_POLICIES,
@@ -198,14 +199,16 @@ def render_summary(
     rep = result.report
     # What was not ingested as a row of its own is reported even with --quiet: nothing is lost silently.
     lost = bool(rep.skipped or rep.failed)
-    if lost or rep.aggregated or not quiet:
+    if rep.series is not None:
+        _render_series(rep, errors_path, quiet)
+    elif lost or rep.aggregated or not quiet:
         line = f"{rep.found} found = {rep.ingested} ingested + {rep.skipped} skipped + {rep.failed} failed"
         if rep.aggregated:
             line += f" + {rep.aggregated} aggregated"
         if rep.lenient:
             line += f" ({rep.lenient} read without the DICOM preamble, marked lenient_read)"
         click.echo(line, err=True)
-    if lost:
+    if lost and rep.series is None:  # a series-level run said it already
         reasons = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in rep.reasons.items())
         hint = f"listed in {errors_path}" if errors_path else "pass --errors FILE to list them"
         click.echo(f"Not ingested: {reasons} ({hint})", err=True)
@@ -232,7 +235,8 @@ def render_summary(
     table = Table(title=f"Wrote {output}", title_justify="left", show_header=False, box=None)
     table.add_row("rows", f"{s.rows:,}")
     table.add_row("patients", f"{s.patients:,}")
-    table.add_row("images per patient", f"median {s.images_per_patient_median:g}, max {s.images_per_patient_max}")
+    per = "series per patient" if rep.series is not None else "images per patient"
+    table.add_row(per, f"median {s.images_per_patient_median:g}, max {s.images_per_patient_max}")
     print_table(table)
     if s.labels:
         lt = Table(title="Labels", title_justify="left")
@@ -244,6 +248,36 @@ def render_summary(
         for c in s.labels:
             lt.add_row(c.label, f"{c.positive:,}", f"{c.prevalence:.2%}", f"{c.uncertain:,}", f"{c.missing:,}")
         print_table(lt)
+
+
+def _render_series(rep, errors_path: str | None, quiet: bool) -> None:
+    """The reconciled counts of a series-level ingest, and its volume problems (a warning: printed even with --quiet)."""
+    series = rep.series
+    lost = bool(rep.skipped or rep.failed or rep.dropped)
+    if lost or not quiet:
+        line = (
+            f"{rep.found} files found = {series.instances} in {series.series} series rows + {rep.dropped} in "
+            f"{series.dropped_series} dropped series + {rep.skipped} skipped + {rep.failed} failed"
+        )
+        if rep.lenient:
+            line += f" ({rep.lenient} read without the DICOM preamble, marked lenient_read)"
+        click.echo(line, err=True)
+    hint = f"listed in {errors_path}" if errors_path else "pass --errors FILE to list them"
+    if rep.skipped or rep.failed:
+        reasons = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in rep.reasons.items() if not k.startswith("dropped:"))
+        click.echo(f"Not ingested: {reasons} ({hint})", err=True)
+    if series.dropped_series:
+        click.echo(
+            f"Dropped {series.dropped_series} series ({rep.dropped} files) with volume problems: {series.problems_text()} "
+            f"(--drop-bad-series; {hint})",
+            err=True,
+        )
+    elif series.flagged:
+        click.echo(
+            f"Warning: {series.flagged} of {series.series} series have volume problems: {series.problems_text()}; "
+            "kept, flagged in their columns and in series_problems (--drop-bad-series leaves them out)",
+            err=True,
+        )
 
 
 _output = click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write (atomically); '-' for stdout.")
@@ -276,6 +310,21 @@ def ingest() -> None:
     help="Extra attributes besides the preset: keywords, GGGG,EEEE, (GGGG,EEEE) or GGGGEEEE; comma-separated or repeated.",
 )
 @choice_option("--missing-patient", MISSING_PATIENT_POLICIES, "error", "Files without PatientID")
+@choice_option("--level", INGEST_LEVELS, "instance", "One row per")
+@click.option(
+    "--drop-bad-series",
+    is_flag=True,
+    help="With --level series: leave out the series with a volume problem (counted, their files listed with --errors) instead of flagging them.",
+)
+@click.option(
+    "--spacing-tolerance",
+    type=float,
+    default=0.1,
+    show_default=True,
+    metavar="FRACTION",
+    help="With --level series: how far a step between slice positions may be from the median step (or a whole multiple of it, "
+    "for missing slices), as a fraction of the median step; above 0, below 0.5.",
+)
 @_files_from
 @allow_outside_root_option
 @_workers
@@ -284,7 +333,10 @@ def ingest() -> None:
 @incremental_options
 @pseudonymize_options
 @_quiet
-def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outside_root, workers, scheduler, errors_path, update, record_signatures, pseudo, quiet):
+def ingest_dicom_cmd(
+    root, output, tags, missing_patient, level, drop_bad_series, spacing_tolerance, files_from, allow_outside_root, workers, scheduler,
+    errors_path, update, record_signatures, pseudo, quiet,
+):
     """Read the headers (never the pixels) of every DICOM file under ROOT.
 
     \b
@@ -300,8 +352,16 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outs
     from the back-end's environment (AWS_PROFILE, AWS_ENDPOINT_URL, ...).
 
     \b
+    --level series gives one row per SeriesInstanceUID (CT, MR): its files in slice order
+    (instance_paths), n_instances, n_frames, spacing_between_slices, orientation, and
+    volume checks as columns (missing_slices, duplicate_positions, irregular_spacing,
+    mixed_orientation, mixed_size, mixed_sop_class, localizer, mixed_patient, mixed_study,
+    series_problems), summarised on stderr. Flagged series are kept unless --drop-bad-series.
+
+    \b
     Examples:
       mdprep ingest dicom /data/dump -o manifest.parquet --tags Manufacturer,KVP,0018,1151 --errors errors.csv
+      mdprep ingest dicom /data/ct -o ct-series.parquet --level series --errors ct-errors.csv
       mdprep ingest dicom /data/dump -o v1.parquet --record-signatures
       mdprep ingest dicom /data/dump --update v1.parquet -o v2.parquet   # reads only new and changed files
     """
@@ -329,6 +389,9 @@ def ingest_dicom_cmd(root, output, tags, missing_patient, files_from, allow_outs
                 update=update,
                 record_signatures=record_signatures,
                 scheduler=scheduler,
+                level=level,
+                drop_bad_series=drop_bad_series,
+                spacing_tolerance=spacing_tolerance,
             )
         keep.update(result.manifest.frame.columns)
         result = _pseudonymized(result, pseudo, quiet)

@@ -2,7 +2,7 @@
 
 Every source returns an :class:`IngestResult`: the manifest, a table of the inputs
 that did not become rows (with why), and an :class:`IngestReport` whose counts
-reconcile (``found == ingested + skipped + failed + aggregated``).
+reconcile (``found == ingested + skipped + failed + aggregated + dropped``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..manifest import Manifest, write_table
 
 if TYPE_CHECKING:
     from ..incremental import Signatures, UpdateCounts
+    from .series import SeriesSummary
 
 # pandas, and the modules of each source, are imported on first use: `ingest table`
 # builds the manifests of its nih and chexpert presets in Arrow (see .table_arrow).
@@ -32,7 +33,7 @@ ERROR_COLUMNS = ("path", "outcome", "error_type", "message")
 
 @dataclass(frozen=True)
 class IngestReport:
-    """Counts that reconcile: every input item is ingested, skipped, failed or aggregated.
+    """Counts that reconcile: every input item is ingested, skipped, failed, aggregated or dropped.
 
     Attributes
     ----------
@@ -46,7 +47,11 @@ class IngestReport:
         Inputs that should have been images but could not be read.
     aggregated : int
         Table rows combined into another row of the same image (``ingest table
-        --aggregate``): the rows found minus the images they gave.
+        --aggregate``): the rows found minus the images they gave; at ``ingest dicom
+        --level series``, the files combined into another file's series row (files
+        in series rows minus series rows).
+    dropped : int
+        Files left out with their series (``ingest dicom --level series --drop-bad-series``).
     lenient : int
         DICOM files read without the Part 10 preamble.
     unlabeled : int
@@ -62,6 +67,9 @@ class IngestReport:
     update : UpdateCounts or None
         With ``update=OLD``: files new, changed, removed and unchanged since OLD
         (:class:`mdprep.incremental.UpdateCounts`); None for a full run.
+    series : SeriesSummary or None
+        ``ingest dicom --level series``: series rows, files in them, volume problems
+        per series, what was dropped (:class:`mdprep.ingest.series.SeriesSummary`).
     """
 
     found: int
@@ -76,10 +84,12 @@ class IngestReport:
     notes: tuple[str, ...] = ()
     invalid_examples: Mapping[str, tuple] = field(default_factory=dict)
     update: UpdateCounts | None = None
+    dropped: int = 0
+    series: SeriesSummary | None = None
 
     @property
     def reconciles(self) -> bool:
-        return self.found == self.ingested + self.skipped + self.failed + self.aggregated
+        return self.found == self.ingested + self.skipped + self.failed + self.aggregated + self.dropped
 
 
 @dataclass(frozen=True)

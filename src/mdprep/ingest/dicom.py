@@ -1,9 +1,10 @@
-"""``ingest dicom``: a tree of DICOM files into a manifest, one row per file, headers only."""
+"""``ingest dicom``: a tree of DICOM files into a manifest, headers only: one row per file, or per series (``level="series"``)."""
 
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
@@ -13,7 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..dicom_header import FAILED, MISSING_PATIENT_POLICIES, OK, SKIPPED, TagColumn, header_columns, read_headers
+from ..dicom_header import FAILED, MISSING_PATIENT_POLICIES, OK, PRESET_TAGS, SKIPPED, TagColumn, header_columns, read_headers
+from ..choices import INGEST_LEVELS
 from ..errors import EmptyInputError, UsageError, examples_text
 from ..executor import map_chunks
 from ..fileio import listing_fingerprint
@@ -22,6 +24,7 @@ from ..manifest import CANONICAL_TYPES, Manifest, frame_from_arrow, provenance_s
 from . import IngestReport, IngestResult, canonical_sex, errors_frame
 from ..manifest import order_columns
 from .files import check_root, collect_files, escaped_path, iter_tree
+from .series import DEFAULT_SPACING_TOLERANCE, SERIES_COLUMNS, SERIES_TAGS, FrameGeometry, check_spacing_tolerance, read_frame_geometry, series_rows
 from ..storage import is_url, join
 
 
@@ -36,6 +39,7 @@ class _Chunk:
     sizes: list[int]
     notes: dict[str, int]  # what pydicom warned about -> files
     per_file: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)  # rel -> (invalid, notes), where any
+    frames: dict[str, FrameGeometry] = field(default_factory=dict)  # rel -> frame geometry of a multi-frame file (series level)
 
 
 #: Column added when a missing PatientID may fall back on a UID: which attribute gave patient_id.
@@ -113,19 +117,25 @@ def _remote_reading(root: str, relpaths: Sequence[str]) -> dict:
     return {"opener": opener(open_objects(root, relpaths, head=DICOM_HEAD)), "first_read": DICOM_HEAD}
 
 
-def _read_chunk(relpaths: Sequence[str], *, root: str, columns: Sequence[TagColumn], missing_patient: str = "error") -> _Chunk:
+def _read_chunk(
+    relpaths: Sequence[str], *, root: str, columns: Sequence[TagColumn], missing_patient: str = "error", frames: bool = False
+) -> _Chunk:
     """Read a chunk of files and build its rows as one Arrow record batch (in the worker).
 
     The values :func:`read_header` gives always fit their columns; should a file
     still give one Arrow refuses, that file alone becomes a failed row
-    (``UnstorableValue``) and the rest of the chunk is kept.
+    (``UnstorableValue``) and the rest of the chunk is kept. With ``frames`` (series
+    level), the multi-frame files (NumberOfFrames without a top-level
+    ImagePositionPatient) are read again, with pydicom, for the positions of their
+    frames (:func:`mdprep.ingest.series.read_frame_geometry`).
     """
     rows: list[_Row] = []
     errors, sizes = [], []
     notes: Counter[str] = Counter()
     file_notes: dict[str, tuple[str, ...]] = {}
     sex_at = next((i for i, c in enumerate(columns) if c.column == "sex"), None)
-    results = read_headers([join(root, rel) for rel in relpaths], columns, missing_patient, **_remote_reading(root, relpaths))
+    reading = _remote_reading(root, relpaths)
+    results = read_headers([join(root, rel) for rel in relpaths], columns, missing_patient, **reading)
     for rel, res in zip(relpaths, results):
         sizes.append(res.size)
         if res.outcome != OK:
@@ -159,7 +169,27 @@ def _read_chunk(relpaths: Sequence[str], *, root: str, columns: Sequence[TagColu
     # Per file, for the signatures of an incremental run (mdprep.incremental): what each file adds to the counts.
     per_file = {rel: ((), n) for rel, n in file_notes.items()}
     per_file.update({row.rel: (tuple(row.invalid), file_notes.get(row.rel, ())) for row in rows if row.invalid})
-    return _Chunk(batch, errors, dict(invalid_counts), list(relpaths), sizes, dict(notes), per_file)
+    geometry = _frame_geometry(rows, columns, root, reading.get("opener"), notes) if frames else {}
+    return _Chunk(batch, errors, dict(invalid_counts), list(relpaths), sizes, dict(notes), per_file, geometry)
+
+
+def _frame_geometry(rows: Sequence[_Row], columns: Sequence[TagColumn], root: str, open_remote, notes: Counter) -> dict[str, FrameGeometry]:
+    """The frame geometry of the multi-frame files among ``rows``: NumberOfFrames given, no top-level position."""
+    names = [c.column for c in columns]
+    frames_at, position_at = names.index("number_of_frames"), names.index("image_position_patient")
+    out: dict[str, FrameGeometry] = {}
+    for row in rows:
+        if row.values[frames_at] is None or row.values[position_at] is not None:
+            continue
+        path = join(root, row.rel)
+        try:
+            # What pydicom warns about in this file was noted when its header was read.
+            with warnings.catch_warnings(), (open(path, "rb") if open_remote is None else open_remote(path)[0]) as fh:
+                warnings.simplefilter("ignore")
+                out[row.rel] = read_frame_geometry(fh)
+        except Exception as exc:  # noqa: BLE001 - the file keeps its row, without frame positions
+            notes[f"multi-frame file whose functional groups could not be read ({type(exc).__name__}): no frame positions"] += 1
+    return out
 
 
 #: --missing-patient policy -> (the column holding the UID, the attribute's name, the group's name).
@@ -242,6 +272,9 @@ def ingest_dicom(
     update: str | os.PathLike | None = None,
     record_signatures: bool = False,
     scheduler=None,
+    level: str = "instance",
+    drop_bad_series: bool = False,
+    spacing_tolerance: float = DEFAULT_SPACING_TOLERANCE,
 ) -> IngestResult:
     """Read the headers of every DICOM file under ``root`` into a manifest.
 
@@ -278,6 +311,20 @@ def ingest_dicom(
         Take every file's signature, for a later ``update`` (implied by ``update``).
     scheduler : str, DaskScheduler or distributed.Client, optional
         Read on a Dask cluster (see :func:`mdprep.executor.map_chunks`); the result is the same.
+    level : {"instance", "series"}
+        ``instance`` (the default, for projection radiography): one row per file.
+        ``series``: one row per SeriesInstanceUID, a series-level manifest with
+        volume checks (:func:`mdprep.ingest.series.series_rows`); the geometry
+        attributes of :data:`mdprep.ingest.series.SERIES_TAGS` are read too, and
+        the positions of the frames of multi-frame files. A file without
+        SeriesInstanceUID then fails (``MissingSeriesUID``). ``--tags`` columns hold
+        the value every file of the series shares (null where they differ).
+    drop_bad_series : bool
+        Series level only: leave out every series with a volume problem; its files
+        are error rows with outcome ``dropped`` and counted in ``report.dropped``.
+    spacing_tolerance : float
+        Series level only: how far a step between slice positions may be from the
+        median step, as a fraction of it (0.1: 10%).
 
     Returns
     -------
@@ -285,7 +332,11 @@ def ingest_dicom(
         Rows for readable DICOM files; non-DICOM files and special entries (skipped)
         and unreadable or incomplete ones (failed) in ``errors``; counts in ``report``;
         with ``update`` or ``record_signatures``, the ``signatures`` to write next to
-        the manifest (:func:`mdprep.incremental.write_signatures`).
+        the manifest (:func:`mdprep.incremental.write_signatures`). At series level,
+        ``report.ingested`` counts series rows, ``report.aggregated`` the files
+        combined into another file's series row, ``report.dropped`` the files of
+        dropped series, and ``report.series`` holds the
+        :class:`~mdprep.ingest.series.SeriesSummary` (problems per series).
 
     Rows whose values pydicom warned about are counted in ``report.notes``, one
     line per kind of warning (``2 file(s): unknown character set 'ISO_IR 999'; ...``).
@@ -293,8 +344,12 @@ def ingest_dicom(
     Raises
     ------
     UsageError
-        For an unknown ``missing_patient`` or tag, or a tag whose column the manifest
-        reserves (:data:`RESERVED_COLUMNS`); or ``update`` made with other options.
+        For an unknown ``missing_patient``, ``level`` or tag, or a tag whose column the
+        manifest reserves (:data:`RESERVED_COLUMNS`, and at series level
+        :data:`mdprep.ingest.series.SERIES_COLUMNS`); ``update`` made with other
+        options; ``drop_bad_series`` or a ``spacing_tolerance`` other than the default
+        at instance level; ``update`` or ``record_signatures`` at series level; a
+        ``spacing_tolerance`` outside (0, 0.5).
     InputError
         ``update`` has no signatures file, was made from another root, by another
         command, or was pseudonymised (:func:`mdprep.incremental.load_previous`).
@@ -317,8 +372,13 @@ def ingest_dicom(
             f"missing_patient {missing_patient!r} is not one of {', '.join(MISSING_PATIENT_POLICIES)}",
             missing_patient=missing_patient,
         )
-    columns = header_columns(tags, reserved=RESERVED_COLUMNS)
+    series = _check_level(level, drop_bad_series, spacing_tolerance, update, record_signatures)
+    reserved = RESERVED_COLUMNS + (SERIES_COLUMNS if series else ())
+    user_columns = [c.column for c in header_columns(tags, reserved=reserved)[len(PRESET_TAGS) :]]
+    columns = header_columns(list(tags) + (list(SERIES_TAGS) if series else []), reserved=reserved)
     options = {"tags": list(tags), "file_list": files is not None, "missing_patient": missing_patient, "allow_outside_root": allow_outside_root}
+    if series:  # recorded only at series level: instance-level manifests keep their bytes
+        options.update(level=level, drop_bad_series=drop_bad_series, spacing_tolerance=float(spacing_tolerance))
     schema = _schema(columns, with_source=missing_patient != "error")
     plan = None
     if files is None and update is None and not record_signatures:
@@ -343,7 +403,7 @@ def ingest_dicom(
         if on_found:
             on_found(len(source))
     chunks: list[_Chunk] = map_chunks(
-        functools.partial(_read_chunk, root=root_abs, columns=columns, missing_patient=missing_patient),
+        functools.partial(_read_chunk, root=root_abs, columns=columns, missing_patient=missing_patient, frames=series),
         source,
         workers=workers,
         on_progress=on_progress,
@@ -388,10 +448,25 @@ def ingest_dicom(
     if missing_patient != "error":
         frame, fallback_notes = borrow_patient_ids(frame, missing_patient)
 
+    lenient = int(frame["lenient_read"].sum())
+    summary = None
+    if series:
+        made = series_rows(
+            frame,
+            geometry={rel: g for c in chunks for rel, g in c.frames.items()},
+            spacing_tolerance=spacing_tolerance,
+            drop_bad_series=drop_bad_series,
+            shared_columns=user_columns,
+        )
+        frame, summary = made.frame, made.summary
+        error_rows = sorted(error_rows + made.errors)
+        reasons = Counter(f"{o}:{t}" for _, o, t, _ in error_rows)
+        fallback_notes += list(summary.notes)
+
     errors = errors_frame(error_rows)
     inputs = [listing_fingerprint(os.fspath(root), [r for c in chunks for r in c.relpaths], [z for c in chunks for z in c.sizes])]
     # Valid by construction (unique paths, a patient on every row); write_manifest checks again.
-    manifest = Manifest(frame=frame, labels=(), root=root_abs).with_step(
+    manifest = Manifest(frame=frame, labels=(), root=root_abs, level="series" if level == "series" else "image").with_step(
         provenance_step("ingest dicom", options, inputs)
     )
     report = IngestReport(
@@ -399,13 +474,35 @@ def ingest_dicom(
         ingested=len(frame),
         skipped=sum(1 for _, o, _, _ in error_rows if o == SKIPPED),
         failed=sum(1 for _, o, _, _ in error_rows if o == FAILED),
-        lenient=int(frame["lenient_read"].sum()),
+        aggregated=summary.instances - summary.series if summary is not None else 0,
+        dropped=summary.dropped_instances if summary is not None else 0,
+        lenient=lenient,
         invalid_values=dict(sorted(invalid.items())),
         reasons=dict(sorted(reasons.items())),
         notes=tuple(fallback_notes) + tuple(f"{n} file(s): {note}" for note, n in sorted(notes.items())),
         update=plan.counts if plan is not None else None,
+        series=summary,
     )
     return IngestResult(manifest=manifest, errors=errors, report=report, signatures=signatures)
+
+
+def _check_level(level: str, drop_bad_series: bool, spacing_tolerance: float, update, record_signatures: bool) -> bool:
+    """True for the series level; a UsageError for options that do not go with ``level``."""
+    if level not in INGEST_LEVELS:
+        raise UsageError(f"level {level!r} is not one of {', '.join(INGEST_LEVELS)}", level=level)
+    if level == "series":
+        check_spacing_tolerance(spacing_tolerance)
+        if update is not None or record_signatures:
+            raise UsageError(
+                "--update and --record-signatures work at --level instance only (a series row depends on every file of "
+                "its series); run the series level in full, or keep an instance-level manifest up to date",
+                level=level,
+            )
+        return True
+    given = [name for name, value in (("--drop-bad-series", drop_bad_series), ("--spacing-tolerance", spacing_tolerance != DEFAULT_SPACING_TOLERANCE)) if value]
+    if given:
+        raise UsageError(f"{' and '.join(given)} only {'applies' if len(given) == 1 else 'apply'} with --level series; add it, or leave them out", level=level)
+    return False
 
 
 def _results(chunks: Sequence[_Chunk]) -> pa.Table:
