@@ -35,13 +35,15 @@ def demo(ctx, out_dir, patients, seed, quiet):
 
     \b
     The cohort: a DICOM tree with realistic headers (and planted non-DICOM, truncated,
-    corrupt and preamble-less files), a CheXpert-style PNG tree, and an NIH-style table.
+    corrupt and preamble-less files), CT series ingested one row per series (with planted
+    missing slices, a scout, mixed orientations, ...), a CheXpert-style PNG tree, and an
+    NIH-style table.
 
     \b
     Example:
       mdprep demo --out /tmp/mdprep-demo
     """
-    from ..synthetic import write_dicom_tree, write_image_tree, write_nih_table
+    from ..synthetic import write_ct_tree, write_dicom_tree, write_image_tree, write_nih_table
 
     data = os.path.join(out_dir, "data")
     manifests = os.path.join(out_dir, "manifests")
@@ -55,12 +57,19 @@ def demo(ctx, out_dir, patients, seed, quiet):
     if not os.path.isdir(images_root):
         write_image_tree(images_root, patients=patients, studies=2, seed=seed, plant_bad_files=True)
     write_nih_table(nih_table, patients=patients * 5, seed=seed)
+    ct_root = os.path.join(data, "ct")
+    if not os.path.isdir(ct_root):
+        # Clean axial series, plus one series for each volume problem and an Enhanced CT multi-frame file.
+        write_ct_tree(ct_root, patients=max(2, patients // 8), slices=16, shape=(32, 32), seed=seed)
 
     out = lambda name: os.path.join(manifests, name)  # noqa: E731
     _step("Ingest a DICOM tree (headers only; bad files are counted, not dropped)",
           ["ingest", "dicom", dicom_root, "-o", out("dicom.parquet"), "--errors", out("dicom-errors.csv")], quiet)
     ctx.invoke(ingest_dicom_cmd, root=dicom_root, output=out("dicom.parquet"), tags=(), files_from=None, workers=None,
                errors_path=out("dicom-errors.csv"), pseudonymize=False, key_file=None, quiet=quiet)
+    _step("Ingest CT series at series level: one row per scan, volume problems flagged, not dropped",
+          ["ingest", "dicom", ct_root, "--level", "series", "-o", out("ct-series.parquet"), "--errors", out("ct-errors.csv")], quiet)
+    ctx.invoke(ingest_dicom_cmd, root=ct_root, output=out("ct-series.parquet"), level="series", errors_path=out("ct-errors.csv"), quiet=quiet)
     _step("Ingest a folder of PNGs; patient and study come from the path",
           ["ingest", "images", images_root, "--patient-regex", IMAGE_REGEX, "-o", out("images.parquet"), "--errors", out("images-errors.csv")], quiet)
     ctx.invoke(ingest_images_cmd, root=images_root, patient_regex=IMAGE_REGEX, output=out("images.parquet"), files_from=None,
