@@ -1007,6 +1007,8 @@ def split_manifest(
         parts = splitter.assign(positives, codes, fixed=fixed if fixed is not None and (fixed >= 0).any() else None)
         split_q = split_quality(positives, parts, codes, names, ratios_arr, strat_names, kind="split")
         _assert_no_overlap(split_q)
+        if folds is None:
+            positives = None  # done with: let it go before the split column is built
         out["split"] = _named_parts(names, parts, frame.index)
         unchanged = keep_existing and "split" in frame.columns and bool((frame["split"].astype("str") == out["split"]).fillna(False).all())
         if folds is None and "fold" in out.columns and out["fold"].notna().any() and not unchanged:
@@ -1029,16 +1031,20 @@ def split_manifest(
         sub = np.flatnonzero(eligible)
         if not len(sub):
             raise UsageError(f"no row is left to fold: every row is in the held-out part {names[-1]!r}; give it fewer rows or hold out nothing")
-        if len(np.unique(codes[sub])) < folds:
-            raise UsageError(f"{len(np.unique(codes[sub]))} group(s) cannot fill {folds} folds; use fewer folds")
-        _rare_label_warnings(positives[sub], codes[sub], strat_names, folds, "folds")
+        # Every row folded (no held-out part): the arrays themselves, not copies of them.
+        pos_sub, codes_sub = (positives, codes) if len(sub) == len(frame) else (positives[sub], codes[sub])
+        n_sub_groups = int(np.count_nonzero(np.bincount(codes_sub)))  # distinct groups, counted without a sort
+        if n_sub_groups < folds:
+            raise UsageError(f"{n_sub_groups} group(s) cannot fill {folds} folds; use fewer folds")
+        _rare_label_warnings(pos_sub, codes_sub, strat_names, folds, "folds")
         cv = MultilabelStratifiedGroupKFold(n_splits=folds, random_state=seed)
         fixed_folds = None
         if kept_folds is not None:
-            fixed_folds, moved_fold = _resolve_fixed(kept_folds[sub], folds, codes[sub], uniques, notes, "fold")
+            fixed_folds, moved_fold = _resolve_fixed(kept_folds[sub], folds, codes_sub, uniques, notes, "fold")
             moved["fold"] = moved.get("fold", 0) + moved_fold
         fold_of = np.full(len(frame), -1, dtype=np.int64)
-        fold_of[sub] = cv.assign(positives[sub], codes[sub], fixed=fixed_folds)
+        fold_of[sub] = cv.assign(pos_sub, codes_sub, fixed=fixed_folds)
+        del pos_sub, codes_sub
         fold_q = split_quality(positives, fold_of, codes, [f"fold {k}" for k in range(folds)], np.full(folds, 1.0 / folds), strat_names, kind="fold")
         _assert_no_overlap(fold_q)
         out["fold"] = pd.array(np.where(fold_of >= 0, fold_of, 0), dtype="Int16")
