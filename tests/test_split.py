@@ -456,14 +456,15 @@ def test_manifest_written_in_row_groups_from_arrow_text_as_in_one_piece(tmp_path
     assert again.read_bytes() == whole.read_bytes()
 
 
-def test_dense_group_codes_are_their_own_codes():
+def test_integer_group_codes_are_ranked_as_the_general_way_ranks_them():
     from mdprep.splitting import _group_codes
 
     rng = np.random.default_rng(0)
     dense = rng.permutation(np.repeat(np.arange(50), 3))
     codes, n = _group_codes(dense)
     assert n == 50 and codes.tolist() == dense.tolist()
-    for groups in (dense.astype(np.int32), dense + 7, np.delete(dense, np.flatnonzero(dense == 4)), np.array([2, 0, 2, 9])):
+    others = (dense.astype(np.int32), dense + 7, np.delete(dense, np.flatnonzero(dense == 4)), np.array([2, 0, 2, 9]), np.array([10**9, 3, 3]), np.array([-1, 2, 2]))
+    for groups in others:  # a subset of codes, gaps, large or negative values
         fast, n_fast = _group_codes(groups)
         general, n_general = _group_codes(pd.Series(groups))  # the general way: factorise, then sort the distinct ids
         assert n_fast == n_general and fast.tolist() == general.tolist()

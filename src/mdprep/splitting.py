@@ -272,12 +272,16 @@ def _group_codes(groups: Any) -> tuple[np.ndarray, int]:
     else:
         values = np.asarray(groups)
         if values.dtype.kind in "iu" and len(values):
-            # Codes 0..G-1, each used (split_manifest's): they are their own sorted codes, as the general way below finds.
+            # Small non-negative integers (split_manifest's group codes, or a subset of them): ranked through a
+            # table of the values present, which gives the codes the general way below gives, without hashing.
+            # Codes 0..G-1 that are all used are their own codes.
             low, high = int(values.min()), int(values.max())
-            if low == 0 and high < len(values):
-                dense = values.astype(np.int64, copy=False)
-                if np.bincount(dense, minlength=high + 1).all():
-                    return dense, high + 1
+            if low >= 0 and high < 4 * len(values):
+                ints = values.astype(np.int64, copy=False)
+                present = np.bincount(ints, minlength=high + 1) > 0
+                if present.all():
+                    return ints, high + 1
+                return (np.cumsum(present) - 1)[ints], int(present.sum())
         if values.dtype.kind not in "iu":  # integer codes (from split_manifest) sort as they are; others as Python objects
             values = np.asarray(groups, dtype=object)
     # Hash first, then sort only the distinct values: codes follow the sorted group ids.
@@ -1005,6 +1009,7 @@ def split_manifest(
         _rare_label_warnings(positives, codes, strat_names, len(ratios_arr), "parts")
         splitter = MultilabelStratifiedGroupSplit(ratios=tuple(ratios_arr), random_state=seed)
         parts = splitter.assign(positives, codes, fixed=fixed if fixed is not None and (fixed >= 0).any() else None)
+        fixed = None  # done with
         split_q = split_quality(positives, parts, codes, names, ratios_arr, strat_names, kind="split")
         _assert_no_overlap(split_q)
         if folds is None:
@@ -1018,6 +1023,7 @@ def split_manifest(
         if folds is not None:
             eligible = parts != len(names) - 1
             notes.append(f"folds cover the {', '.join(names[:-1])} rows; {names[-1]} is held out")
+        parts = None  # in the split column now
     elif "split" in frame.columns and frame["split"].notna().any():
         # --folds alone folds every row: a split column of an earlier split would contradict the folds.
         out = out.drop(columns=["split"])
@@ -1042,6 +1048,7 @@ def split_manifest(
         if kept_folds is not None:
             fixed_folds, moved_fold = _resolve_fixed(kept_folds[sub], folds, codes_sub, uniques, notes, "fold")
             moved["fold"] = moved.get("fold", 0) + moved_fold
+            kept_folds = None  # in fixed_folds now
         fold_of = np.full(len(frame), -1, dtype=np.int64)
         fold_of[sub] = cv.assign(pos_sub, codes_sub, fixed=fixed_folds)
         del pos_sub, codes_sub
