@@ -1034,11 +1034,11 @@ def split_manifest(
             stacklevel=2,
         )
     if folds is not None:
-        sub = np.flatnonzero(eligible)
-        if not len(sub):
+        if not eligible.any():
             raise UsageError(f"no row is left to fold: every row is in the held-out part {names[-1]!r}; give it fewer rows or hold out nothing")
-        # Every row folded (no held-out part): the arrays themselves, not copies of them.
-        pos_sub, codes_sub = (positives, codes) if len(sub) == len(frame) else (positives[sub], codes[sub])
+        # The rows to fold; None when that is every row (no held-out part): then the arrays themselves, not copies.
+        sub = None if eligible.all() else np.flatnonzero(eligible)
+        pos_sub, codes_sub = (positives, codes) if sub is None else (positives[sub], codes[sub])
         n_sub_groups = int(np.count_nonzero(np.bincount(codes_sub)))  # distinct groups, counted without a sort
         if n_sub_groups < folds:
             raise UsageError(f"{n_sub_groups} group(s) cannot fill {folds} folds; use fewer folds")
@@ -1046,16 +1046,23 @@ def split_manifest(
         cv = MultilabelStratifiedGroupKFold(n_splits=folds, random_state=seed)
         fixed_folds = None
         if kept_folds is not None:
-            fixed_folds, moved_fold = _resolve_fixed(kept_folds[sub], folds, codes_sub, uniques, notes, "fold")
+            fixed_folds, moved_fold = _resolve_fixed(kept_folds if sub is None else kept_folds[sub], folds, codes_sub, uniques, notes, "fold")
             moved["fold"] = moved.get("fold", 0) + moved_fold
             kept_folds = None  # in fixed_folds now
-        fold_of = np.full(len(frame), -1, dtype=np.int64)
-        fold_of[sub] = cv.assign(pos_sub, codes_sub, fixed=fixed_folds)
-        del pos_sub, codes_sub
+        assigned = cv.assign(pos_sub, codes_sub, fixed=fixed_folds)
+        del pos_sub, codes_sub, fixed_folds
+        if sub is None:
+            fold_of = assigned
+        else:
+            fold_of = np.full(len(frame), -1, dtype=np.int64)
+            fold_of[sub] = assigned
+        del assigned
         fold_q = split_quality(positives, fold_of, codes, [f"fold {k}" for k in range(folds)], np.full(folds, 1.0 / folds), strat_names, kind="fold")
         _assert_no_overlap(fold_q)
-        out["fold"] = pd.array(np.where(fold_of >= 0, fold_of, 0), dtype="Int16")
-        out.loc[fold_of < 0, "fold"] = pd.NA
+        held_out = fold_of < 0
+        values = fold_of.astype(np.int16)
+        values[held_out] = 0
+        out["fold"] = pd.arrays.IntegerArray(values, held_out)  # Int16, null in the held-out part
     options = {
         "group": group,
         "ratios": None if ratios is None else [float(r) for r in ratios],
