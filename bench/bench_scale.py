@@ -1,6 +1,6 @@
 """Audit and split at scale: whole processes on synthetic NIH-like manifests of 100k to 10M rows.
 
-    python bench/bench_scale.py [--sizes 100000 1000000 3000000 10000000] [--repeat 3] [--base SRC]
+    python bench/bench_scale.py [--sizes 100000 1000000 3000000 10000000] [--repeat 3] [--base SRC] [--only audit|split]
 
 1. ``mdprep audit-leakage M.parquet --checks image_overlap,patient_overlap,study_overlap -q``
    against, on the same Parquet file and in the same run (interleaved, medians):
@@ -10,9 +10,10 @@
    Each is a fresh process: wall time, CPU time (user + system, all threads) and peak resident
    memory (``wait4``'s ``ru_maxrss``). ``--shuffled N`` also runs them on a copy of the N-row
    manifest with its rows in random order (cached), where no value's rows come together.
-2. ``mdprep split M.parquet --ratios 0.7,0.1,0.2 -o OUT`` at 3M rows: the whole process
+2. ``mdprep split M.parquet --ratios 0.7,0.1,0.2 -o OUT -q`` at 3M rows: the whole process
    against the library call (``split_manifest`` alone, timed inside a process that has read
-   the manifest), and the CLI's peak memory per million rows.
+   the manifest), and the CLI's peak memory per million rows. The library's process also times
+   its ``read_manifest`` and ``write_manifest``: the fixed costs around the call.
 
 ``--base SRC`` also runs the commands with another mdprep source tree (an older commit) on
 ``PYTHONPATH``. Needs the bench extra (DuckDB): pip install -e '.[bench]'. The manifests come
@@ -52,14 +53,19 @@ for col in {columns!r}:
     n[n > 1].index.tolist()
 """.format(columns=COLUMNS)
 SPLIT_LIBRARY = """
-import sys, time, warnings
+import os, sys, time, warnings
 warnings.simplefilter("ignore")
-from mdprep.manifest import read_manifest
+from mdprep.manifest import read_manifest, write_manifest
 from mdprep.splitting import split_manifest
-m = read_manifest(sys.argv[1])
 start = time.perf_counter()
-split_manifest(m, ratios=(0.7, 0.1, 0.2), seed=0)
-print(time.perf_counter() - start)
+m = read_manifest(sys.argv[1])
+read = time.perf_counter() - start
+start = time.perf_counter()
+result = split_manifest(m, ratios=(0.7, 0.1, 0.2), seed=0)
+split = time.perf_counter() - start
+start = time.perf_counter()
+write_manifest(result.manifest, sys.argv[2])
+print(read, split, time.perf_counter() - start)
 """
 
 
@@ -132,22 +138,29 @@ def split_at(n: int, repeat: int, base: Path | None) -> list[dict]:
     trees = {"mdprep": SRC, **({"mdprep (base)": base} if base is not None else {})}
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "split.parquet")
-        samples: dict[str, dict[str, list]] = {k: {"cli": [], "lib": [], "mb": []} for k in trees}
+        lib_out = str(Path(tmp) / "library.parquet")
+        samples: dict[str, dict[str, list]] = {k: {"cli": [], "lib": [], "read": [], "write": [], "mb": []} for k in trees}
         for _ in range(repeat):
             for name, src in trees.items():
                 seconds, mb, _ = run([sys.executable, "-m", "mdprep", "split", path, "--ratios", "0.7,0.1,0.2", "-o", out, "-q"], src)
                 samples[name]["cli"].append(seconds)
                 samples[name]["mb"].append(mb)
-                _, _, printed = run([sys.executable, "-c", SPLIT_LIBRARY, path], src)
-                samples[name]["lib"].append(float(printed.strip().splitlines()[-1]))
+                _, _, printed = run([sys.executable, "-c", SPLIT_LIBRARY, path, lib_out], src)
+                read, split, write = map(float, printed.strip().splitlines()[-1].split())
+                samples[name]["read"].append(read)
+                samples[name]["lib"].append(split)
+                samples[name]["write"].append(write)
         for name, got in samples.items():
             cli, lib, mb = median(got["cli"]), median(got["lib"]), max(got["mb"])
-            rows.append({"rows": n, "what": name, "cli_s": cli, "library_s": lib, "ratio": cli / lib, "peak_mb": mb, "mb_per_million": mb / (n / 1e6)})
+            rows.append(
+                {"rows": n, "what": name, "cli_s": cli, "library_s": lib, "ratio": cli / lib, "read_s": median(got["read"]),
+                 "write_s": median(got["write"]), "peak_mb": mb, "mb_per_million": mb / (n / 1e6)}
+            )
     return rows
 
 
 def markdown(audit: list[dict], split: list[dict]) -> str:
-    lines = ["| rows | process | seconds (median) | CPU seconds | peak memory | vs DuckDB (time, memory) |", "|---:|---|---:|---:|---:|---|"]
+    lines = ["| rows | process | seconds (median) | CPU seconds | peak memory | vs DuckDB (time, memory) |", "|---:|---|---:|---:|---:|---|"] if audit else []
     duck = {(r["rows"], r["order"]): r for r in audit if r["what"] == "DuckDB"}
     for r in audit:
         d = duck[r["rows"], r["order"]]
@@ -155,10 +168,17 @@ def markdown(audit: list[dict], split: list[dict]) -> str:
             f"| {r['rows']:,}{r['order']} | {r['what']} | {r['seconds']:.2f} s | {r['cpu']:.2f} s | {r['peak_mb']:,.0f} MB | "
             f"{r['seconds'] / d['seconds']:.2f}x, {r['peak_mb'] / d['peak_mb']:.2f}x |"
         )
-    lines += ["", "| rows | mdprep | `mdprep split` process | `split_manifest` alone | CLI / library | peak memory (CLI) | per million rows |", "|---:|---|---:|---:|---:|---:|---:|"]
+    if split:
+        lines += [""] if audit else []
+        lines += [
+            "| rows | mdprep | `mdprep split` process | `split_manifest` alone | CLI / library | CLI - library "
+            "| `read_manifest`, `write_manifest` (library process) | peak memory (CLI) | per million rows |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
     for r in split:
         lines.append(
-            f"| {r['rows']:,} | {r['what']} | {r['cli_s']:.2f} s | {r['library_s']:.2f} s | {r['ratio']:.2f}x | {r['peak_mb']:,.0f} MB | {r['mb_per_million']:,.0f} MB |"
+            f"| {r['rows']:,} | {r['what']} | {r['cli_s']:.2f} s | {r['library_s']:.2f} s | {r['ratio']:.2f}x | {r['cli_s'] - r['library_s']:.2f} s "
+            f"| {r['read_s']:.2f} s, {r['write_s']:.2f} s | {r['peak_mb']:,.0f} MB | {r['mb_per_million']:,.0f} MB |"
         )
     return "\n".join(lines)
 
@@ -170,8 +190,11 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--split-rows", type=int, default=3_000_000)
     parser.add_argument("--base", type=Path, help="another mdprep src/ folder to run beside this one")
     parser.add_argument("--shuffled", type=int, nargs="*", default=[10_000_000], help="sizes also audited with their rows in random order")
+    parser.add_argument("--only", choices=("audit", "split"), help="run one of the two parts")
     args = parser.parse_args(argv)
-    return markdown(audit_curve(args.sizes, args.repeat, args.base, args.shuffled), split_at(args.split_rows, args.repeat, args.base))
+    audit = audit_curve(args.sizes, args.repeat, args.base, args.shuffled) if args.only != "split" else []
+    split = split_at(args.split_rows, args.repeat, args.base) if args.only != "audit" else []
+    return markdown(audit, split)
 
 
 if __name__ == "__main__":

@@ -147,3 +147,23 @@ def test_round_trip_property(tmp_path_factory, rows):
     write_manifest(back, path)
     assert path.read_bytes() == first
     assert not any(name.endswith(".tmp") for name in os.listdir(path.parent))
+
+
+def test_integer_labels_are_judged_like_their_float_values():
+    import pyarrow as pa
+
+    values = [1, 0, -1, None, 3, -2, 3, 1]
+    kinds = {
+        "Int8": pd.array(values, dtype="Int8"),
+        "int8[pyarrow]": pd.array(values, dtype=pd.ArrowDtype(pa.int8())),
+        "int64": pd.Series([0 if v is None else v for v in values], dtype="int64"),
+        "UInt8": pd.array([None if v is None else abs(v) for v in values], dtype="UInt8"),
+    }
+    for name, labels in kinds.items():
+        frame = _manifest(4).frame.drop(columns="Edema").sample(8, replace=True, random_state=0).reset_index(drop=True)
+        frame = frame.assign(image_id=[f"i{i}" for i in range(8)], Edema=labels)
+        floats = frame.assign(Edema=pd.Series(labels).to_numpy(dtype="float64", na_value=np.nan))
+        got, expected = validate_frame(frame, ("Edema",)), validate_frame(floats, ("Edema",))
+        assert [v.message for v in got] == [v.message for v in expected] and len(got) == 1, name
+        assert validate_frame(frame.assign(Edema=pd.Series(labels).clip(-1, 1)), ("Edema",)) == [], name
+    assert validate_frame(_manifest(4).frame.assign(Edema=pd.array([None] * 4, dtype="Int8")), ("Edema",)) == []

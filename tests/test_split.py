@@ -380,3 +380,147 @@ def test_cli_split_degenerate_grouping_warning(runner, tmp_path):
     res = runner.invoke(main, ["split", str(tmp_path / "m.parquet"), "--ratios", "0.5,0.5", "-o", str(tmp_path / "s.parquet"), "-q"])
     assert res.exit_code == 0, res.stderr
     assert res.stderr.startswith("Warning: degenerate grouping: patient_id equals image_id on every row (12 rows)")
+
+
+# --------------------------------------------------------------------------- at scale: the same results from leaner paths
+
+
+def _with_text_extras(m: Manifest, seed=0) -> Manifest:
+    """``m`` with a study column (nulls included), a view column and an existing split, as a read manifest has."""
+    rng = np.random.default_rng(seed)
+    f = m.frame.copy()
+    f["study_id"] = [f"s{p}-{i % 2}" if i % 7 else None for i, p in enumerate(f["patient_id"])]
+    f["view"] = rng.choice(["PA", "AP"], len(f))
+    f["split"] = rng.choice(["train", "val", "test"], len(f))
+    return m.with_frame(f)
+
+
+@pytest.mark.filterwarnings("ignore::mdprep.errors.MdprepWarning")
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(ratios=(0.7, 0.1, 0.2)),
+        dict(folds=3, stratify_by=["sex", "view"]),
+        dict(ratios=(0.7, 0.1, 0.2), folds=3, keep_existing=True),
+        dict(group="study_id", missing_group="own", ratios=(0.5, 0.5)),
+        dict(links=["study_id"], ratios=(0.7, 0.3), max_component="50%"),
+    ],
+)
+def test_text_kept_in_arrow_splits_and_writes_the_same_bytes(tmp_path, options):
+    src = tmp_path / "m.parquet"
+    write_manifest(_with_text_extras(cohort(patients=300)), src)
+    plain, arrow = read_manifest(src), read_manifest(src, arrow_text=True)
+    assert isinstance(arrow.frame["patient_id"].dtype, pd.ArrowDtype) and not isinstance(plain.frame["patient_id"].dtype, pd.ArrowDtype)
+    a, b = split_manifest(plain, seed=1, **options), split_manifest(arrow, seed=1, **options)
+    assert json.dumps(a.report(), sort_keys=True) == json.dumps(b.report(), sort_keys=True) and a.notes == b.notes
+    assert b.manifest.frame["split" if "ratios" in options else "fold"].dtype == a.manifest.frame["split" if "ratios" in options else "fold"].dtype
+    write_manifest(a.manifest, tmp_path / "a.parquet")
+    write_manifest(b.manifest, tmp_path / "b.parquet")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_cli_split_equals_the_library_on_the_plain_read(runner, tmp_path):
+    from mdprep.fileio import file_fingerprint
+
+    src, out, report = tmp_path / "m.parquet", tmp_path / "s.parquet", tmp_path / "r.json"
+    write_manifest(_with_text_extras(cohort(patients=200)), src)
+    res = runner.invoke(main, ["split", str(src), "--folds", "3", "--stratify-by", "view", "-o", str(out), "--report", str(report), "-q"])
+    assert res.exit_code == 0, res.stderr
+    with pytest.warns(MdprepWarning):
+        lib = split_manifest(read_manifest(src), folds=3, stratify_by=["view"], inputs=[file_fingerprint(src)])
+    write_manifest(lib.manifest, tmp_path / "lib.parquet")
+    assert out.read_bytes() == (tmp_path / "lib.parquet").read_bytes()
+    assert json.loads(report.read_text()) == json.loads(json.dumps(lib.report()))
+
+
+@pytest.mark.filterwarnings("ignore::mdprep.errors.MdprepWarning")  # the existing split is replaced, as asked
+def test_manifest_written_in_row_groups_from_arrow_text_as_in_one_piece(tmp_path, monkeypatch):
+    import mdprep.manifest as manifest_mod
+
+    src = tmp_path / "m.parquet"
+    write_manifest(_with_text_extras(cohort(patients=900)), src)
+    whole = tmp_path / "whole.parquet"
+    write_manifest(split_manifest(read_manifest(src), ratios=(0.8, 0.2), seed=2).manifest, whole)
+    monkeypatch.setattr(manifest_mod, "ROW_GROUP_ROWS", 512)
+    result = split_manifest(read_manifest(src, arrow_text=True), ratios=(0.8, 0.2), seed=2).manifest
+    assert len(result.frame) > 4 * 512
+    pieces = tmp_path / "pieces.parquet"
+    write_manifest(result, pieces)
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(pieces).num_row_groups == -(-len(result.frame) // 512)
+    assert pq.read_table(pieces).equals(pq.read_table(whole))
+    monkeypatch.setattr(manifest_mod, "ROW_GROUP_ROWS", 1 << 20)
+    again = tmp_path / "again.parquet"
+    write_manifest(read_manifest(pieces, arrow_text=True), again)
+    assert again.read_bytes() == whole.read_bytes()
+
+
+def test_integer_group_codes_are_ranked_as_the_general_way_ranks_them():
+    from mdprep.splitting import _group_codes
+
+    rng = np.random.default_rng(0)
+    dense = rng.permutation(np.repeat(np.arange(50), 3))
+    codes, n = _group_codes(dense)
+    assert n == 50 and codes.tolist() == dense.tolist()
+    others = (dense.astype(np.int32), dense + 7, np.delete(dense, np.flatnonzero(dense == 4)), np.array([2, 0, 2, 9]), np.array([10**9, 3, 3]), np.array([-1, 2, 2]))
+    for groups in others:  # a subset of codes, gaps, large or negative values
+        fast, n_fast = _group_codes(groups)
+        general, n_general = _group_codes(pd.Series(groups))  # the general way: factorise, then sort the distinct ids
+        assert n_fast == n_general and fast.tolist() == general.tolist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), k=st.integers(1, 4))
+def test_group_spread_counts_like_distinct_pairs(data, k):
+    from mdprep.splitting import _group_spread
+
+    groups = np.array(data.draw(st.lists(st.integers(0, 12), min_size=1, max_size=40)))
+    part = np.array(data.draw(st.lists(st.integers(0, k - 1), min_size=len(groups), max_size=len(groups))))
+    overlap, per_part = _group_spread(groups, part, k)
+    pairs = set(zip(groups.tolist(), part.tolist()))
+    assert overlap == sum(1 for g in set(groups.tolist()) if len({p for gg, p in pairs if gg == g}) > 1)
+    assert per_part.tolist() == [sum(1 for _, p in pairs if p == j) for j in range(k)]
+    named = _group_spread(np.array([f"g{g}" for g in groups], dtype=object), part, k)
+    assert named[0] == overlap and named[1].tolist() == per_part.tolist()
+
+
+def test_group_counts_take_the_smallest_type_and_assign_the_same():
+    from mdprep.splitting import group_counts
+
+    rng = np.random.default_rng(1)
+    codes = np.concatenate([np.zeros(300, dtype=np.int64), rng.integers(1, 40, 500)])  # group 0 holds 300 images
+    positives = rng.random((len(codes), 3)) < 0.3
+    sizes, counts = group_counts(positives, codes, 40)
+    assert counts.dtype == np.int16 and sizes.tolist() == np.bincount(codes, minlength=40).tolist()
+    reference = np.stack([np.bincount(codes, weights=positives[:, j], minlength=40) for j in range(3)], axis=1)
+    assert counts.tolist() == reference.astype(np.int64).tolist()
+    assert group_counts(positives[300:], codes[300:], 40)[1].dtype == np.int8
+    for seed in range(5):
+        wide = iterative_group_assignment(sizes, counts.astype(np.int64), (0.6, 0.2, 0.2), np.random.RandomState(seed))
+        narrow = iterative_group_assignment(sizes, counts, (0.6, 0.2, 0.2), np.random.RandomState(seed))
+        assert wide.tolist() == narrow.tolist()
+
+
+def test_positives_of_every_label_type():
+    import pyarrow as pa
+
+    from mdprep.splitting import _stratification_matrix
+
+    values = [1, 0, None, -1, 1]
+    frame = pd.DataFrame(
+        {
+            "masked": pd.array(values, dtype="Int8"),
+            "arrow": pd.array(values, dtype=pd.ArrowDtype(pa.int8())),
+            "floats": pd.Series([1.0, 0.0, np.nan, -1.0, 1.0]),
+            "flags": [True, False, False, False, True],
+            "empty": pd.Series([None] * 5, dtype=object),
+            "sex": ["M", "F", None, "F", "M"],
+        }
+    )
+    labels = ["masked", "arrow", "floats", "flags", "empty"]
+    matrix, names = _stratification_matrix(frame, labels, [("sex", frame["sex"])])
+    assert names == [*labels, "sex=F", "sex=M", "sex=missing"]
+    for j, label in enumerate(labels):  # as before: the value as a float, compared with 1
+        assert matrix[:, j].tolist() == (frame[label].to_numpy(dtype="float64", na_value=np.nan) == 1).tolist()
+    assert matrix[:, 5:].tolist() == [[False, True, False], [True, False, False], [False, False, True], [True, False, False], [False, True, False]]

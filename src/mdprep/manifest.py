@@ -241,6 +241,11 @@ def _label_violations(frame: pd.DataFrame, labels: Sequence[str]) -> list[Violat
                 )
             )
             continue
+        if pd.api.types.is_integer_dtype(s.dtype):
+            # The integers from -1 to 1 are exactly the label values: two reductions settle a valid column.
+            low, high = s.min(), s.max()
+            if pd.isna(low) or (low >= -1 and high <= 1):
+                continue
         violation = label_value_violation(col, s.to_numpy(dtype="float64", na_value=np.nan))
         if violation:
             out.append(violation)
@@ -699,6 +704,7 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike | BinaryIO) -> No
     writes nothing when the manifest breaks the contract.
     """
     check(manifest)
+    pa.default_memory_pool().release_unused()  # what Arrow freed before (a replaced column, say): room for the copies below
     if len(manifest.frame) <= ROW_GROUP_ROWS:
         write_table(to_arrow(manifest), path)
         return
@@ -719,26 +725,24 @@ ROW_GROUP_ROWS = 1 << 20
 
 def write_table(table: pa.Table, path: str | os.PathLike | BinaryIO) -> None:
     """Write any Arrow table deterministically (zstd, fixed row groups); atomically to a path, ``-`` for stdout."""
-    _write_parts(iter([table]), path)
+    _write_parts(iter([table]), path, lone=True)
 
 
-def _write_parts(tables: Iterator[pa.Table], path: str | os.PathLike | BinaryIO) -> None:
-    """Write ``tables`` (each at most one row group, but for a lone table) as one Parquet file, as :func:`pyarrow.parquet.write_table` would write them concatenated.
+def _write_parts(tables: Iterator[pa.Table], path: str | os.PathLike | BinaryIO, *, lone: bool = False) -> None:
+    """Write ``tables`` (each at most one row group, but for a ``lone`` table) as one Parquet file, as :func:`pyarrow.parquet.write_table` would write them concatenated.
 
-    Each table is let go once written, so a manifest written in pieces holds one piece at a time.
+    Each table is let go once written, and the next one asked for only then, so a manifest
+    written in pieces holds one piece at a time.
     """
     options = dict(compression="zstd")
 
     def write(sink) -> None:
         table = next(tables)
-        following = next(tables, None)
-        if following is None:  # a lone table: the plain writer, which splits it into row groups itself
+        if lone:  # the plain writer, which splits it into row groups itself
             pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **options)
             return
+        # What pyarrow.parquet.write_table does for one table, here for each in turn.
         with pq.ParquetWriter(sink, table.schema, **options) as writer:
-            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-            table = following
-            following = None
             while table is not None:
                 writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
                 table = None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -38,6 +39,42 @@ from .choices import MISSING_GROUP_POLICIES
 from .errors import MdprepWarning, MissingColumnError, UsageError, examples_text
 from .manifest import Manifest, check, order_columns, provenance_step
 from .params import check_seed
+
+
+def _arrow_text(values: pd.Series) -> bool:
+    """Whether ``values`` is text held in Arrow (pandas' ``str``, or ``pd.ArrowDtype`` of a string type).
+
+    >>> import pyarrow as pa
+    >>> _arrow_text(pd.Series(["a"], dtype=pd.ArrowDtype(pa.string()))), _arrow_text(pd.Series([1]))
+    (True, False)
+    """
+    dtype = values.dtype
+    if isinstance(dtype, pd.StringDtype):
+        return dtype.storage == "pyarrow"
+    if isinstance(dtype, pd.ArrowDtype):
+        import pyarrow as pa
+
+        return pa.types.is_string(dtype.pyarrow_dtype) or pa.types.is_large_string(dtype.pyarrow_dtype)
+    return False
+
+
+def _dtype_text(values: pd.Series) -> str:
+    """The type of ``values`` as messages name it: text held in Arrow is ``str``, as pandas' own text type.
+
+    >>> import pyarrow as pa
+    >>> _dtype_text(pd.Series(["a"], dtype=pd.ArrowDtype(pa.string()))), _dtype_text(pd.Series(["a"], dtype="str"))
+    ('str', 'str')
+    """
+    if isinstance(values.dtype, pd.ArrowDtype) and _arrow_text(values):
+        return "str"
+    return str(values.dtype)
+
+
+def _release_arrow_memory() -> None:
+    """Hand the memory Arrow has freed back to the system (its allocator keeps it for reuse otherwise)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def check_ratios(ratios: Sequence[float]) -> np.ndarray:
@@ -77,16 +114,25 @@ def _positives(y: Any) -> np.ndarray:
 
 
 def group_counts(positives: np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per group: image count and positive images per label (vectorised).
+    """Per group: image count (int64) and positive images per label.
+
+    The counts take the smallest integer type that holds the largest group's image count
+    (``int8`` for groups of up to 127 images): one (G, L) table for every group and label.
 
     >>> sizes, counts = group_counts(np.array([[1, 0], [1, 1], [0, 0]], bool), np.array([0, 0, 1]), 2)
-    >>> sizes.tolist(), counts.tolist()
-    ([2, 1], [[2, 1], [0, 0]])
+    >>> sizes.tolist(), counts.tolist(), counts.dtype.name
+    ([2, 1], [[2, 1], [0, 0]], 'int8')
     """
     sizes = np.bincount(codes, minlength=n_groups).astype(np.int64)
-    counts = np.zeros((n_groups, positives.shape[1]), dtype=np.int64)
+    largest = int(sizes.max()) if len(sizes) else 0
+    if not positives.dtype == bool:  # weights, not indicators: a count may exceed the group's images
+        largest = max(largest, int(np.abs(positives).sum(axis=0).max()) if positives.size else 0)
+    dtype = next(t for t in (np.int8, np.int16, np.int32, np.int64) if largest <= np.iinfo(t).max)
+    counts = np.zeros((n_groups, positives.shape[1]), dtype=dtype)
     for j in range(positives.shape[1]):
-        counts[:, j] = np.bincount(codes, weights=positives[:, j], minlength=n_groups)
+        col = positives[:, j]
+        # Indicators: the codes of the positive rows, counted (no float weight per row).
+        counts[:, j] = np.bincount(codes[col], minlength=n_groups) if col.dtype == bool else np.bincount(codes, weights=col, minlength=n_groups)
     return sizes, counts
 
 
@@ -148,14 +194,19 @@ def iterative_group_assignment(
     need = need_arr.tolist()
     room = room_arr.tolist()
     parts = list(range(k))
-    # Each group's labels as (label, positives) pairs: groups carry few labels each.
+    # Each group's labels as (label, positives) pairs: groups carry few labels each. Two flat
+    # arrays of machine integers rather than a tuple per pair (64 bytes) or a list of Python
+    # ints: 4 bytes per pair, and 8 per group for where its pairs start.
     gi, li = np.nonzero(counts)
-    # Two flat lists of small ints rather than a tuple per pair: a few bytes per pair, not 64.
-    pair_label, pair_count = li.tolist(), counts[gi, li].tolist()
-    bounds = np.searchsorted(gi, np.arange(n_groups + 1)).tolist()
+    pair_label = array("i", li.astype(np.intc).tobytes())
+    values = counts[gi, li].astype(np.int64)
+    wide = len(values) and int(values.max()) > np.iinfo(np.intc).max
+    pair_count = array("q", values.tobytes()) if wide else array("i", values.astype(np.intc).tobytes())
+    del values
+    bounds = array("q", np.searchsorted(gi, np.arange(n_groups + 1)).astype(np.int64).tobytes())
+    del gi, li
     size_list = sizes.tolist()
     priority = rng.permutation(n_groups)
-    has = counts > 0
     free = part < 0
     done = np.zeros(n_labels, dtype=bool)
     out = part.tolist()
@@ -165,17 +216,20 @@ def iterative_group_assignment(
         cands = [j for j in cands if room[j] == best]
         return cands[0] if len(cands) == 1 else cands[rng.randint(len(cands))]
 
-    unassigned = has[free].sum(axis=0)  # free groups carrying each label
+    # Free groups carrying each label. A label's groups are found from its column of counts when
+    # it is its turn: no (G, L) table of indicators beside the counts.
+    unassigned = (counts[free] > 0).sum(axis=0)
     while n_labels:
         remaining = np.where(done | (unassigned == 0), np.iinfo(np.int64).max, unassigned)
         if remaining.min() == np.iinfo(np.int64).max:
             break
         label = int(np.argmin(remaining))  # rarest first; ties by label order
-        members = np.flatnonzero(has[:, label] & free)
+        members = np.flatnonzero((counts[:, label] > 0) & free)
         weights = counts[members, label]
         order = np.lexsort((priority[members], -weights))
         inv_l = [inv_quota[j][label] for j in parts]
-        for g, c_l in zip(members[order].tolist(), weights[order].tolist()):
+        # Machine integers, each made a Python int when its turn comes: not a list of them all at once.
+        for g, c_l in zip(array("q", members[order].astype(np.int64).tobytes()), array("q", weights[order].astype(np.int64).tobytes())):
             rel = [need[j][label] * inv_l[j] for j in parts]
             top = max(rel)
             cands = [j for j in parts if rel[j] >= top - c_l * inv_l[j]]
@@ -198,7 +252,7 @@ def iterative_group_assignment(
                 need_j[ll] -= c
             room[j] -= size_list[g]
         free[members] = False
-        unassigned -= has[members].sum(axis=0)
+        unassigned -= (counts[members] > 0).sum(axis=0)
         done[label] = True
     rest = np.flatnonzero(free)
     for g in rest[np.lexsort((priority[rest], -sizes[rest]))].tolist():
@@ -217,6 +271,17 @@ def _group_codes(groups: Any) -> tuple[np.ndarray, int]:
         values = groups
     else:
         values = np.asarray(groups)
+        if values.dtype.kind in "iu" and len(values):
+            # Small non-negative integers (split_manifest's group codes, or a subset of them): ranked through a
+            # table of the values present, which gives the codes the general way below gives, without hashing.
+            # Codes 0..G-1 that are all used are their own codes.
+            low, high = int(values.min()), int(values.max())
+            if low >= 0 and high < 4 * len(values):
+                ints = values.astype(np.int64, copy=False)
+                present = np.bincount(ints, minlength=high + 1) > 0
+                if present.all():
+                    return ints, high + 1
+                return (np.cumsum(present) - 1)[ints], int(present.sum())
         if values.dtype.kind not in "iu":  # integer codes (from split_manifest) sort as they are; others as Python objects
             values = np.asarray(groups, dtype=object)
     # Hash first, then sort only the distinct values: codes follow the sorted group ids.
@@ -441,6 +506,28 @@ def _proportion(pos: np.ndarray, total: np.ndarray) -> np.ndarray:
         return np.where(neg > 0, pos / np.maximum(neg, 1), 0.0)
 
 
+def _group_spread(groups: np.ndarray, part: np.ndarray, k: int) -> tuple[int, np.ndarray]:
+    """Groups found in more than one of the ``k`` parts, and the distinct groups of each part.
+
+    Integer codes 0..G-1 (split_manifest's) are counted in a (group, part) table; other group
+    values through their distinct (group, part) pairs.
+
+    >>> overlap, per_part = _group_spread(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), 2)
+    >>> overlap, per_part.tolist()
+    (1, [1, 3])
+    >>> overlap, per_part = _group_spread(np.array(["a", "a", "b", "c"], dtype=object), np.array([0, 1, 1, 1]), 2)
+    >>> overlap, per_part.tolist()
+    (1, [1, 3])
+    """
+    if groups.dtype.kind in "iu" and len(groups) and int(groups.min()) >= 0 and int(groups.max()) < len(groups):
+        table = np.zeros((int(groups.max()) + 1, k), dtype=bool)
+        table[groups, part] = True
+        return int((table.sum(axis=1) > 1).sum()), table.sum(axis=0).astype(np.int64)
+    pairs = pd.DataFrame({"g": groups, "p": part}).drop_duplicates()
+    overlap = int((pairs.groupby("g", sort=False).size() > 1).sum())
+    return overlap, pairs.groupby("p").size().reindex(range(k), fill_value=0).to_numpy()
+
+
 def split_quality(
     positives: np.ndarray,
     parts: np.ndarray,
@@ -464,9 +551,10 @@ def split_quality(
     * group overlap: groups found in more than one part (must be 0).
     """
     inside = parts >= 0
-    pos = positives[inside]
-    part = parts[inside]
-    grp = np.asarray(groups)[inside]
+    if inside.all():  # every row is in a part: the arrays as they are, no copies
+        pos, part, grp = positives, parts, np.asarray(groups)
+    else:
+        pos, part, grp = positives[inside], parts[inside], np.asarray(groups)[inside]
     k = len(names)
     n_total = len(part)
     label_totals = pos.sum(axis=0)
@@ -474,7 +562,9 @@ def split_quality(
     images = np.bincount(part, minlength=k)
     per_part = np.zeros((k, len(labels)), dtype=np.int64)
     for j in range(len(labels)):
-        per_part[:, j] = np.bincount(part, weights=pos[:, j], minlength=k)
+        col = pos[:, j]
+        # Indicators: the parts of the positive rows, counted (no float weight per row).
+        per_part[:, j] = np.bincount(part[col], minlength=k) if col.dtype == bool else np.bincount(part, weights=col, minlength=k)
     with np.errstate(divide="ignore", invalid="ignore"):
         prevalence = np.where(images[:, None] > 0, per_part / np.maximum(images[:, None], 1), 0.0)
     deviation = prevalence - overall[None, :]
@@ -482,9 +572,7 @@ def split_quality(
     targets = np.asarray(ratios, dtype=float) * n_total
     ed = float(np.abs(images - targets).mean())
     zero_pairs = int(((per_part == 0) & (label_totals[None, :] > 0)).sum())
-    pairs = pd.DataFrame({"g": grp, "p": part}).drop_duplicates()
-    overlap = int((pairs.groupby("g", sort=False).size() > 1).sum())
-    n_groups = pairs.groupby("p").size().reindex(range(k), fill_value=0).to_numpy()
+    overlap, n_groups = _group_spread(grp, part, k)
     part_q = tuple(
         PartQuality(
             name=names[j],
@@ -679,7 +767,7 @@ def _resolve_strata(frame: pd.DataFrame, texts: Sequence[str], notes: list[str])
         return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
 
     problems += [
-        f"--stratify-by {s.text!r}: column {s.column!r} holds {frame[s.column].dtype} values, not numbers, so it cannot be binned; "
+        f"--stratify-by {s.text!r}: column {s.column!r} holds {_dtype_text(frame[s.column])} values, not numbers, so it cannot be binned; "
         f"write --stratify-by {s.column} for one stratum per value"
         for s in strata
         if s.binned and s.column in frame.columns and not numeric(s.column)
@@ -725,20 +813,25 @@ def _stratification_matrix(frame: pd.DataFrame, labels: Sequence[str], by: Seque
     Categories follow their sorted order (a binned column: its bins in order); null
     values are one more category, ``missing``, last.
     """
-    # Label by label: one float column at a time, not a float copy of every label at once.
-    blocks = [np.column_stack([frame[l].to_numpy(dtype="float64", na_value=np.nan) == 1 for l in labels])] if labels else []
     names = list(labels)
+    strata = []
     for col, values in by:
         codes, cats = pd.factorize(values, sort=True)
         cat_names = [str(c) for c in cats]
         if (codes < 0).any():
             codes = np.where(codes < 0, len(cat_names), codes)
             cat_names.append(MISSING_STRATUM)
-        onehot = np.zeros((len(frame), len(cat_names)), dtype=bool)
-        onehot[np.arange(len(frame)), codes] = True
-        blocks.append(onehot)
+        strata.append((codes, len(cat_names)))
         names += [f"{col}={c}" for c in cat_names]
-    matrix = np.hstack(blocks) if blocks else np.zeros((len(frame), 0), dtype=bool)
+    # Filled in place, column by column: no block of indicators is ever copied into the matrix,
+    # and a label is compared as it is stored (no float copy of it).
+    matrix = np.zeros((len(frame), len(names)), dtype=bool)
+    for j, label in enumerate(labels):
+        matrix[:, j] = frame[label].eq(1).to_numpy(dtype=bool, na_value=False)
+    start = len(labels)
+    for codes, width in strata:
+        matrix[np.arange(len(frame)), start + codes] = True
+        start += width
     return matrix, names
 
 
@@ -749,8 +842,10 @@ def _rare_label_warnings(positives: np.ndarray, codes: np.ndarray, names: Sequen
     column) make a single warning with examples, rather than a screenful.
     """
     rare = []
+    n_groups = int(codes.max()) + 1 if len(codes) else 0
     for j, name in enumerate(names):
-        n = len(np.unique(codes[positives[:, j]]))
+        # Groups holding a positive: a count per group of the positive rows' codes, not a sort of them.
+        n = int(np.count_nonzero(np.bincount(codes[positives[:, j]], minlength=n_groups)))
         if 0 < n < parts:
             rare.append((name, n))
     if len(rare) > 3:
@@ -841,9 +936,12 @@ def split_manifest(
     notes: list[str] = []
     strata = _resolve_strata(frame, list(stratify_by), notes)
 
-    group_values = frame[group].astype("str")
+    group_values = frame[group]
+    if not _arrow_text(group_values):  # text kept in Arrow (as read_manifest(arrow_text=True) gives it) is used as it is
+        group_values = group_values.astype("str")
     missing = group_values.isna().to_numpy()
     if missing.any():
+        group_values = group_values.astype("str")
         if missing_group == "error":
             raise UsageError(
                 f"{int(missing.sum())} row(s) have no {group}; fill it in, or pass --missing-group own "
@@ -861,9 +959,10 @@ def split_manifest(
             MdprepWarning,
             stacklevel=2,
         )
-    # On the Arrow text itself (no Python string per row); the distinct ids become Python strings, as before.
+    # On the Arrow text itself (no Python string per row). The distinct ids stay in Arrow too: messages
+    # name a few of them (uniques[g] is a Python string), and --link takes them as Python strings.
     codes, uniques = pd.factorize(group_values, sort=True)
-    uniques = np.asarray(uniques, dtype=object)
+    _release_arrow_memory()  # the hash table of the distinct ids, which Arrow's allocator would keep otherwise
     if missing.any():  # as messages show them
         uniques = np.array([f"row {u[5:]} (no {group})" if u.startswith("\x00row:") else u for u in uniques.tolist()], dtype=object)
     if max_component is not None and not link_list:
@@ -873,7 +972,7 @@ def split_manifest(
         from .linking import link_groups, parse_links
 
         parsed = parse_links(link_list, list(frame.columns), person_columns=person_columns)
-        linked = link_groups(frame, codes, uniques, parsed, max_component=max_component)
+        linked = link_groups(frame, codes, np.asarray(uniques, dtype=object), parsed, max_component=max_component)
         codes, uniques = linked.codes, linked.names
         notes += [*linked.notes, f"--link {','.join(link_list)}: {linked.summary(group)}"]
         parts_needed = max(len(ratios) if ratios is not None else 0, folds or 0)
@@ -897,7 +996,7 @@ def split_manifest(
         names = list(names) if names is not None else list(DEFAULT_NAMES.get(len(ratios_arr), [f"part{i}" for i in range(len(ratios_arr))]))
         if len(names) != len(ratios_arr) or len(set(names)) != len(names):
             raise UsageError(f"--names {','.join(names)} must give {len(ratios_arr)} distinct names, one per ratio")
-        fixed = np.full(len(frame), -1, dtype=np.int64)
+        fixed = None  # per row, the part its group is pinned to (-1 where free); None: no row is pinned
         if "split" in frame.columns and frame["split"].notna().any():
             if keep_existing:
                 split_rows = _split_indices(frame["split"], names)
@@ -909,10 +1008,13 @@ def split_manifest(
                 warnings.warn("the manifest already has a split column; it is replaced (--keep-existing keeps it)", MdprepWarning, stacklevel=2)
         _rare_label_warnings(positives, codes, strat_names, len(ratios_arr), "parts")
         splitter = MultilabelStratifiedGroupSplit(ratios=tuple(ratios_arr), random_state=seed)
-        parts = splitter.assign(positives, codes, fixed=fixed if (fixed >= 0).any() else None)
+        parts = splitter.assign(positives, codes, fixed=fixed if fixed is not None and (fixed >= 0).any() else None)
+        fixed = None  # done with
         split_q = split_quality(positives, parts, codes, names, ratios_arr, strat_names, kind="split")
         _assert_no_overlap(split_q)
-        out["split"] = pd.Series(np.asarray(names, dtype=object)[parts], index=frame.index, dtype="str")
+        if folds is None:
+            positives = None  # done with: let it go before the split column is built
+        out["split"] = _named_parts(names, parts, frame.index)
         unchanged = keep_existing and "split" in frame.columns and bool((frame["split"].astype("str") == out["split"]).fillna(False).all())
         if folds is None and "fold" in out.columns and out["fold"].notna().any() and not unchanged:
             # Folds of an earlier split do not fit the new split: drop them rather than keep them stale.
@@ -921,6 +1023,7 @@ def split_manifest(
         if folds is not None:
             eligible = parts != len(names) - 1
             notes.append(f"folds cover the {', '.join(names[:-1])} rows; {names[-1]} is held out")
+        parts = None  # in the split column now
     elif "split" in frame.columns and frame["split"].notna().any():
         # --folds alone folds every row: a split column of an earlier split would contradict the folds.
         out = out.drop(columns=["split"])
@@ -931,23 +1034,35 @@ def split_manifest(
             stacklevel=2,
         )
     if folds is not None:
-        sub = np.flatnonzero(eligible)
-        if not len(sub):
+        if not eligible.any():
             raise UsageError(f"no row is left to fold: every row is in the held-out part {names[-1]!r}; give it fewer rows or hold out nothing")
-        if len(np.unique(codes[sub])) < folds:
-            raise UsageError(f"{len(np.unique(codes[sub]))} group(s) cannot fill {folds} folds; use fewer folds")
-        _rare_label_warnings(positives[sub], codes[sub], strat_names, folds, "folds")
+        # The rows to fold; None when that is every row (no held-out part): then the arrays themselves, not copies.
+        sub = None if eligible.all() else np.flatnonzero(eligible)
+        pos_sub, codes_sub = (positives, codes) if sub is None else (positives[sub], codes[sub])
+        n_sub_groups = int(np.count_nonzero(np.bincount(codes_sub)))  # distinct groups, counted without a sort
+        if n_sub_groups < folds:
+            raise UsageError(f"{n_sub_groups} group(s) cannot fill {folds} folds; use fewer folds")
+        _rare_label_warnings(pos_sub, codes_sub, strat_names, folds, "folds")
         cv = MultilabelStratifiedGroupKFold(n_splits=folds, random_state=seed)
         fixed_folds = None
         if kept_folds is not None:
-            fixed_folds, moved_fold = _resolve_fixed(kept_folds[sub], folds, codes[sub], uniques, notes, "fold")
+            fixed_folds, moved_fold = _resolve_fixed(kept_folds if sub is None else kept_folds[sub], folds, codes_sub, uniques, notes, "fold")
             moved["fold"] = moved.get("fold", 0) + moved_fold
-        fold_of = np.full(len(frame), -1, dtype=np.int64)
-        fold_of[sub] = cv.assign(positives[sub], codes[sub], fixed=fixed_folds)
+            kept_folds = None  # in fixed_folds now
+        assigned = cv.assign(pos_sub, codes_sub, fixed=fixed_folds)
+        del pos_sub, codes_sub, fixed_folds
+        if sub is None:
+            fold_of = assigned
+        else:
+            fold_of = np.full(len(frame), -1, dtype=np.int64)
+            fold_of[sub] = assigned
+        del assigned
         fold_q = split_quality(positives, fold_of, codes, [f"fold {k}" for k in range(folds)], np.full(folds, 1.0 / folds), strat_names, kind="fold")
         _assert_no_overlap(fold_q)
-        out["fold"] = pd.array(np.where(fold_of >= 0, fold_of, 0), dtype="Int16")
-        out.loc[fold_of < 0, "fold"] = pd.NA
+        held_out = fold_of < 0
+        values = fold_of.astype(np.int16)
+        values[held_out] = 0
+        out["fold"] = pd.arrays.IntegerArray(values, held_out)  # Int16, null in the held-out part
     options = {
         "group": group,
         "ratios": None if ratios is None else [float(r) for r in ratios],
@@ -974,6 +1089,18 @@ def split_manifest(
                 rows[MISSING_STRATUM] = int(values.isna().sum())
             bins[st.column] = {**st.bin_options(), "rows": rows}
     return SplitResult(manifest=result, split_quality=split_q, fold_quality=fold_q, notes=tuple(notes), bins=bins, links=linked, moved=moved)
+
+
+def _named_parts(names: Sequence[str], parts: np.ndarray, index: pd.Index) -> pd.Series:
+    """The ``split`` column: each row's part name, as text (``str``), built in Arrow (no Python string per row).
+
+    >>> _named_parts(["train", "test"], np.array([1, 0, 0]), pd.RangeIndex(3)).tolist()
+    ['test', 'train', 'train']
+    """
+    import pyarrow as pa
+
+    text = pa.array(list(names), type=pa.large_string()).take(pa.array(parts))
+    return pd.Series(pd.array(text, dtype="str"), index=index)
 
 
 def _split_indices(existing: pd.Series, names: Sequence[str]) -> np.ndarray:

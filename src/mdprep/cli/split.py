@@ -129,9 +129,10 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
         raise click.UsageError("--link is empty; give column names, phash[:T] or same_person, for example --link study_id,file_sha256")
     names_list = comma_list([names]) if names else None
     with status(f"Splitting {manifest}", quiet):
-        m = read_manifest(manifest)
+        # Text stays in Arrow as read (no pandas copy of it): split_manifest and the writer take it as it is.
+        # The input manifest is not kept beside the result: the columns the split replaced go before the write.
         result = split_manifest(
-            m,
+            read_manifest(manifest, arrow_text=True),
             group=group,
             ratios=_floats(ratios),
             names=names_list,
