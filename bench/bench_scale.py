@@ -60,12 +60,12 @@ from mdprep.splitting import split_manifest
 start = time.perf_counter()
 m = read_manifest(sys.argv[1])
 read = time.perf_counter() - start
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 result = split_manifest(m, ratios=(0.7, 0.1, 0.2), seed=0)
-split = time.perf_counter() - start
+split, cpu = time.perf_counter() - start, time.process_time() - cpu
 start = time.perf_counter()
 write_manifest(result.manifest, sys.argv[2])
-print(read, split, time.perf_counter() - start)
+print(read, split, time.perf_counter() - start, cpu)
 """
 
 
@@ -109,6 +109,12 @@ def run(cmd: list[str], src: Path = SRC) -> tuple[float, float, str]:
     return seconds, mb, out
 
 
+def run_cpu(cmd: list[str], src: Path = SRC) -> tuple[float, float, float, str]:
+    """Wall seconds, peak resident MB, CPU seconds (user + system) and standard output of one fresh process."""
+    seconds, cpu, mb, out = run_usage(cmd, src)
+    return seconds, mb, cpu, out
+
+
 def audit_curve(sizes: list[int], repeat: int, base: Path | None, shuffled: list[int] = ()) -> list[dict]:
     rows = []
     for n, path in [*((n, str(manifest_path(n))) for n in sizes), *((n, str(shuffled_path(n))) for n in shuffled)]:
@@ -139,22 +145,23 @@ def split_at(n: int, repeat: int, base: Path | None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "split.parquet")
         lib_out = str(Path(tmp) / "library.parquet")
-        samples: dict[str, dict[str, list]] = {k: {"cli": [], "lib": [], "read": [], "write": [], "mb": []} for k in trees}
+        samples: dict[str, dict[str, list]] = {k: {"cli": [], "cli_cpu": [], "lib": [], "lib_cpu": [], "read": [], "write": [], "mb": []} for k in trees}
         for _ in range(repeat):
             for name, src in trees.items():
-                seconds, mb, _ = run([sys.executable, "-m", "mdprep", "split", path, "--ratios", "0.7,0.1,0.2", "-o", out, "-q"], src)
+                seconds, mb, cpu, _ = run_cpu([sys.executable, "-m", "mdprep", "split", path, "--ratios", "0.7,0.1,0.2", "-o", out, "-q"], src)
                 samples[name]["cli"].append(seconds)
+                samples[name]["cli_cpu"].append(cpu)
                 samples[name]["mb"].append(mb)
                 _, _, printed = run([sys.executable, "-c", SPLIT_LIBRARY, path, lib_out], src)
-                read, split, write = map(float, printed.strip().splitlines()[-1].split())
-                samples[name]["read"].append(read)
-                samples[name]["lib"].append(split)
-                samples[name]["write"].append(write)
+                read, split, write, split_cpu = map(float, printed.strip().splitlines()[-1].split())
+                for key, value in (("read", read), ("lib", split), ("write", write), ("lib_cpu", split_cpu)):
+                    samples[name][key].append(value)
         for name, got in samples.items():
             cli, lib, mb = median(got["cli"]), median(got["lib"]), max(got["mb"])
             rows.append(
                 {"rows": n, "what": name, "cli_s": cli, "library_s": lib, "ratio": cli / lib, "read_s": median(got["read"]),
-                 "write_s": median(got["write"]), "peak_mb": mb, "mb_per_million": mb / (n / 1e6)}
+                 "write_s": median(got["write"]), "cpu_ratio": median(got["cli_cpu"]) / median(got["lib_cpu"]),
+                 "peak_mb": mb, "mb_per_million": mb / (n / 1e6)}
             )
     return rows
 
@@ -172,13 +179,13 @@ def markdown(audit: list[dict], split: list[dict]) -> str:
         lines += [""] if audit else []
         lines += [
             "| rows | mdprep | `mdprep split` process | `split_manifest` alone | CLI / library | CLI - library "
-            "| `read_manifest`, `write_manifest` (library process) | peak memory (CLI) | per million rows |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| `read_manifest`, `write_manifest` (library process) | CPU time, CLI / library | peak memory (CLI) | per million rows |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
     for r in split:
         lines.append(
             f"| {r['rows']:,} | {r['what']} | {r['cli_s']:.2f} s | {r['library_s']:.2f} s | {r['ratio']:.2f}x | {r['cli_s'] - r['library_s']:.2f} s "
-            f"| {r['read_s']:.2f} s, {r['write_s']:.2f} s | {r['peak_mb']:,.0f} MB | {r['mb_per_million']:,.0f} MB |"
+            f"| {r['read_s']:.2f} s, {r['write_s']:.2f} s | {r['cpu_ratio']:.2f}x | {r['peak_mb']:,.0f} MB | {r['mb_per_million']:,.0f} MB |"
         )
     return "\n".join(lines)
 
