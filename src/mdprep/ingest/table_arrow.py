@@ -258,32 +258,38 @@ def _chexpert(opts: TableOptions) -> tuple[dict[str, Column], dict[str, Label], 
     table = read_table(opts.path, sep=opts.sep, string_columns=[*spec.CHEXPERT_TEXT, *opts.text_columns], encoding=opts.encoding)
     spec.require_columns(table, ["Path", *spec.CHEXPERT_LABELS], opts.path, spec.CHEXPERT_HINT)
     path = _one(table.column("Path"))
-    # The regex is most of the work here: its two halves run at once (pyarrow lets go of the GIL).
+    # The regex is most of the work here: its two halves run at once (pyarrow lets go of the GIL),
+    # the second one followed by the label columns, while this thread builds the views.
     half = len(path) // 2
-    tail = _background(extract_groups_arrow, path.slice(half), spec.CHEXPERT_PATH)
+
+    def second_half() -> tuple[tuple[dict[str, pa.Array], np.ndarray], dict[str, Label]]:
+        parts = extract_groups_arrow(path.slice(half), spec.CHEXPERT_PATH)
+        return parts, {name: _label_values(table.column(name)) for name in spec.CHEXPERT_LABELS}
+
+    tail = _background(second_half)
     try:
         head_parts, head_matched = extract_groups_arrow(path.slice(0, half), spec.CHEXPERT_PATH)
+        present = table.column_names
+        view = None
+        if "AP/PA" in present:
+            view = _one(table.column("AP/PA"))
+            if "Frontal/Lateral" in present:
+                lateral = pc.equal(_one(table.column("Frontal/Lateral")), text_scalar("Lateral"))
+                view = pc.if_else(pc.is_valid(view), view, pc.if_else(lateral, text_scalar("LATERAL"), null_scalar(pa.string())))
     finally:
-        tail_parts, tail_matched = tail()
+        (tail_parts, tail_matched), labels = tail()
     parts = {n: pa.concat_arrays([head_parts[n], tail_parts[n]]) for n in head_parts}
-    matched = np.concatenate([head_matched, tail_matched])
-    if not matched.all():
+    if not (head_matched.all() and tail_matched.all()):
         raise Declined("paths without patientNNNNN/studyN/")
     frame: dict[str, Column] = {"image_id": path, "path": path, "patient_id": parts["patient"]}
     frame["study_id"] = pc.binary_join_element_wise(parts["patient"], parts["study"], text_scalar("/"))
-    present = table.column_names
-    if "AP/PA" in present:
-        view = _one(table.column("AP/PA"))
-        if "Frontal/Lateral" in present:
-            lateral = pc.equal(_one(table.column("Frontal/Lateral")), text_scalar("Lateral"))
-            view = pc.if_else(pc.is_valid(view), view, pc.if_else(lateral, text_scalar("LATERAL"), null_scalar(pa.string())))
+    if view is not None:
         frame["view"] = view
     origins = {}
     for source, target in spec.CHEXPERT_RENAMES.items():
         if source in present:
             frame[target] = table.column(source)
             origins[target] = source
-    labels = {name: _label_values(table.column(name)) for name in spec.CHEXPERT_LABELS}
     for name in (c for c in present if c not in spec.CHEXPERT_READ):
         if name in frame:
             raise Declined(f"column {name!r} named like a column the preset makes")
