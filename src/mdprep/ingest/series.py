@@ -260,15 +260,21 @@ def check_spacing_tolerance(value: float) -> float:
     return float(value)
 
 
-def _fixed_lists(values: pd.Series, width: int) -> np.ndarray:
-    """A list column as an ``(n, width)`` float array; NaN rows where a value is missing or not ``width`` long."""
-    out = np.full((len(values), width), np.nan)
+def _list_array(values: pd.Series) -> pa.Array | None:
+    """A list column as one Arrow list array, or None when it is empty or not a list column."""
     if not len(values):
-        return out
+        return None
     arr = pa.array(values, from_pandas=True)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    if not pa.types.is_list(arr.type):
+    return arr if pa.types.is_list(arr.type) else None
+
+
+def _fixed_lists(values: pd.Series, width: int) -> np.ndarray:
+    """A list column as an ``(n, width)`` float array; NaN rows where a value is missing or not ``width`` long."""
+    out = np.full((len(values), width), np.nan)
+    arr = _list_array(values)
+    if arr is None:
         return out
     lengths = arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
     ok = lengths == width
@@ -285,12 +291,8 @@ def _any_word(values: pd.Series, words: Sequence[str]) -> np.ndarray:
     import pyarrow.compute as pc
 
     hit = np.zeros(len(values), dtype=bool)
-    if not len(values):
-        return hit
-    arr = pa.array(values, from_pandas=True)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if not pa.types.is_list(arr.type):
+    arr = _list_array(values)
+    if arr is None:
         return hit
     flat = pc.utf8_upper(pc.utf8_trim_whitespace(pc.list_flatten(arr).cast(pa.string())))
     found = pc.fill_null(pc.is_in(flat, value_set=pa.array(list(words))), False).to_numpy(zero_copy_only=False)
