@@ -130,7 +130,7 @@ def test_validate_exit_codes(runner, tmp_path):
 
 
 def test_demo_runs_end_to_end(runner, tmp_path):
-    res = runner.invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--patients", "6"])
+    res = runner.invoke(main, ["demo", "-o", str(tmp_path / "demo"), "--patients", "6"])
     assert res.exit_code == 0, res.stderr
     assert "$ mdprep ingest dicom" in res.stderr and "$ mdprep split" in res.stderr and "$ mdprep validate" in res.stderr
     assert read_manifest(tmp_path / "demo" / "manifests" / "nih-split.parquet").frame["split"].notna().all()

@@ -421,7 +421,7 @@ def cmd_split(draw, w: World, d: Path) -> list[str]:
     if draw(st.booleans()):
         args.append("--keep-existing")
     if draw(st.booleans()):
-        args += ["--report", str(d / "split.json")]
+        args += ["--json", str(d / "split.json")]
     return args
 
 
@@ -496,7 +496,7 @@ def cmd_resample(draw, w: World, d: Path) -> list[str]:
 
 
 def cmd_train(draw, w: World, d: Path) -> list[str]:
-    args = ["train", manifest_file(draw, w, d / "m.parquet"), "--out", str(d / "run"), "--arch", "small", "--device", "cpu", "-q"]
+    args = ["train", manifest_file(draw, w, d / "m.parquet"), "-o", str(d / "run"), "--arch", "small", "--device", "cpu", "-q"]
     args += _opt(draw, "--root", st.sampled_from([str(w.images), str(d / "absent")]))
     # At most one bad numeric option, and mostly none, so that examples reach the inputs.
     bad = draw(st.sampled_from([None, None, None, None, "--epochs", "--image-size", "--batch-size", "--lr", "--seed", "--workers"]))
@@ -524,7 +524,7 @@ def cmd_train(draw, w: World, d: Path) -> list[str]:
 def cmd_keygen(draw, w: World, d: Path) -> list[str]:
     target = draw(st.sampled_from(["new", "existing", "folder", "under-file"]))
     path = {"new": d / "new.key", "existing": w.key, "folder": d, "under-file": w.nih / "k.key"}[target]
-    return ["keygen", str(path)]
+    return ["keygen", "-o", str(path)]
 
 
 def cmd_pseudonymize(draw, w: World, d: Path) -> list[str]:

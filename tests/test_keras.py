@@ -264,7 +264,7 @@ def test_mdprep_train_framework_keras_writes_what_the_pytorch_path_writes(shapes
             "--evaluate-test", "--bootstrap", "20", "-q"]
     outs = {}
     for framework in ("keras", "torch"):
-        r = runner.invoke(main, [*args, "--framework", framework, "--out", str(tmp_path / framework)])
+        r = runner.invoke(main, [*args, "--framework", framework, "-o", str(tmp_path / framework)])
         assert r.exit_code == 0, r.output
         outs[framework] = pd.read_parquet(tmp_path / framework / "predictions.parquet")
     assert (tmp_path / "keras" / "fold-0" / "best.keras").is_file() and (tmp_path / "keras" / "fold-1" / "best.keras").is_file()
@@ -274,5 +274,5 @@ def test_mdprep_train_framework_keras_writes_what_the_pytorch_path_writes(shapes
     metrics = json.loads((tmp_path / "keras" / "metrics.json").read_text())
     assert metrics["framework"] == "keras" and metrics["provenance"]["versions"]["keras"]
     assert metrics["out_of_fold"]["rows"] == int((folded.frame["split"] != "test").sum())
-    r = runner.invoke(main, [*args, "--framework", "keras", "--arch", "resnet18", "--out", str(tmp_path / "bad")])
+    r = runner.invoke(main, [*args, "--framework", "keras", "--arch", "resnet18", "-o", str(tmp_path / "bad")])
     assert r.exit_code == 2 and "Error: unknown --arch 'resnet18' for --framework keras; choose one of densenet121, resnet50, small" in r.output

@@ -53,7 +53,7 @@ def test_split_keeps_the_level_and_train_refuses_volumes(tmp_path):
     res = runner.invoke(main, ["split", str(m), "--ratios", "0.5,0.5", "--names", "train,val", "-o", str(s), "-q"])
     assert res.exit_code == 0, res.output
     assert read_manifest(s).level == "volume"
-    res = runner.invoke(main, ["train", str(s), "--out", str(tmp_path / "run"), "--epochs", "1", "-q"])
+    res = runner.invoke(main, ["train", str(s), "-o", str(tmp_path / "run"), "--epochs", "1", "-q"])
     assert res.exit_code == 2, res.output
     assert "Error: mdprep train is 2D and this manifest is volume-level" in res.output
     assert "mdprep export monai" in res.output
@@ -74,5 +74,5 @@ def test_series_level_ingest_is_series_and_train_refuses_it(tmp_path):
     assert read_manifest(tmp_path / "i.parquet").level == "image"
     res = runner.invoke(main, ["split", str(m), "--ratios", "0.5,0.5", "--names", "train,val", "-o", str(s), "-q"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(main, ["train", str(s), "--out", str(tmp_path / "run"), "--epochs", "1", "-q"])
+    res = runner.invoke(main, ["train", str(s), "-o", str(tmp_path / "run"), "--epochs", "1", "-q"])
     assert res.exit_code == 2 and "this manifest is series-level (one row per DICOM series)" in res.output

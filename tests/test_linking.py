@@ -227,7 +227,7 @@ def test_cli_link_summary_report_and_errors(runner, tmp_path):
     src = tmp_path / "in.parquet"
     write_manifest(m, src)
     out, rep = tmp_path / "out.parquet", tmp_path / "split.json"
-    res = runner.invoke(main, ["split", str(src), "--link", "study_id,file_sha256", "--link", "phash,same_person", "-o", str(out), "--report", str(rep)])
+    res = runner.invoke(main, ["split", str(src), "--link", "study_id,file_sha256", "--link", "phash,same_person", "-o", str(out), "--json", str(rep)])
     assert res.exit_code == 0, res.output
     assert "became" in res.stderr and "Largest merged components" in res.stderr
     report = json.loads(rep.read_text())

@@ -207,7 +207,7 @@ def test_train_reads_images_through_the_url(s3, tmp_path, runner):
     assert bad[["path", "error_type", "message"]].values.tolist() == [["img99999.png", "FileNotFoundError", storage.storage_error(FileNotFoundError()).strerror]]
     path = tmp_path / "m.parquet"
     write_manifest(Manifest(frame.drop(index=1), labels=SHAPE_LABELS, root=url), path)
-    res = runner.invoke(main, ["train", str(path), "--out", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--batch-size", "4",
+    res = runner.invoke(main, ["train", str(path), "-o", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--batch-size", "4",
                                "--image-size", "16", "--device", "cpu", "--workers", "0", "-q"])
     assert res.exit_code == 0, res.stderr
     assert (tmp_path / "run" / "metrics.json").exists()

@@ -87,9 +87,9 @@ def _cases(d: Path, t: Path) -> list[tuple[list[str], tuple]]:
         (["ingest", "table", str(csv), "--preset", "mimic", "--metadata", str(lmap), "-o", str(lmap)], (lmap,)),
         (["ingest", "table", str(csv), "--label-map", str(lmap), "-o", str(lmap)], (lmap,)),
         (["ingest", "table", str(csv), "--pseudonymize", "--key-file", str(key), "-o", str(key)], (key,)),
-        (["split", str(m), "-o", str(o), "--report", str(o)], (o,)),
+        (["split", str(m), "-o", str(o), "--json", str(o)], (o,)),
         (["split", str(m), "-o", str(m)], (m,)),
-        (["split", str(m), "-o", str(o), "--report", str(m)], (m,)),
+        (["split", str(m), "-o", str(o), "--json", str(m)], (m,)),
         (["hash", str(m), "-o", str(m)], (m,)),
         (["hash", str(m), "-o", str(o), "--errors", str(o)], (o,)),
         (["audit-leakage", str(s), "--json", str(s)], (s,)),
@@ -101,8 +101,8 @@ def _cases(d: Path, t: Path) -> list[tuple[list[str], tuple]]:
         (["weights", str(s), "-o", str(s)], (s,)),
         (["resample", str(s), "--strategy", "ml-ros", "-o", str(o), "--removed", str(o)], (o,)),
         (["resample", str(s), "--strategy", "ml-ros", "-o", str(s)], (s,)),
-        (["train", str(s), "--out", str(run), "--weights", str(run / "metrics.json")], (run / "metrics.json",)),
-        (["train", str(s), "--out", str(run), "--pretrained", str(run / "best.pt")], (run / "best.pt",)),
+        (["train", str(s), "-o", str(run), "--weights", str(run / "metrics.json")], (run / "metrics.json",)),
+        (["train", str(s), "-o", str(run), "--pretrained", str(run / "best.pt")], (run / "best.pt",)),
         (["pseudonymize", str(m), "--key-file", str(key), "-o", str(key)], (key,)),
         (["pseudonymize", str(m), "--key-file", str(key), "-o", str(o), "--mapping", str(o)], (o,)),
         (["pseudonymize", str(m), "--key-file", str(key), "-o", str(m)], (m,)),
@@ -139,11 +139,11 @@ def test_an_existing_folder_is_not_an_output_file(runner, data, tmp_path):
                  ["weights", str(data / "s.parquet"), "-o", str(tmp_path) + "/"]):
         line = _refused(runner.invoke(main, argv))
         assert "is a folder; give a file path" in line
-    res = runner.invoke(main, ["keygen", str(folder)])  # click checks this argument itself
+    res = runner.invoke(main, ["keygen", "-o", str(folder)])  # click checks this option itself
     assert res.exit_code == 2 and "is a directory" in res.stderr
     assert list(folder.iterdir()) == []
     (tmp_path / "file").write_text("x")
-    res = runner.invoke(main, ["train", str(data / "s.parquet"), "--out", str(tmp_path / "file")])  # and this one
+    res = runner.invoke(main, ["train", str(data / "s.parquet"), "-o", str(tmp_path / "file")])  # and this one
     assert res.exit_code == 2 and "is a file" in res.stderr
     with pytest.raises(UsageError, match="--out '.*file' is a file; give a folder"):
         check_outputs({}, {"--out": tmp_path / "file"}, folders={"--out": ("best.pt",)})
@@ -151,11 +151,11 @@ def test_an_existing_folder_is_not_an_output_file(runner, data, tmp_path):
 
 def test_stdout_and_stdin_only_once_and_only_where_they_make_sense(runner, data, tmp_path):
     s = str(data / "s.parquet")
-    line = _refused(runner.invoke(main, ["split", s, "-o", "-", "--report", "-"]))
-    assert "-o/--output and --report both go to standard output" in line
+    line = _refused(runner.invoke(main, ["split", s, "-o", "-", "--json", "-"]))
+    assert "-o/--output and --json both go to standard output" in line
     line = _refused(runner.invoke(main, ["audit-leakage", s, "--json", "-", "--junit", "-", "--markdown", "-"]))
     assert "all go to standard output" in line
-    for argv, label in ((["keygen", "-"], "KEY_FILE"), (["train", s, "--out", "-"], "--out"), (["hash", s, "-o", str(tmp_path / "h.parquet"), "--errors", "-"], "--errors"),
+    for argv, label in ((["keygen", "-o", "-"], "-o/--output"), (["keygen", "-"], "-o/--output"), (["train", s, "-o", "-"], "-o/--output"), (["hash", s, "-o", str(tmp_path / "h.parquet"), "--errors", "-"], "--errors"),
                         (["pseudonymize", s, "-o", str(tmp_path / "p.parquet"), "--mapping", "-"], "--mapping")):
         assert f"{label} cannot be '-' (standard output)" in _refused(runner.invoke(main, argv))
     assert "read standard input ('-') 2 times" in _refused(runner.invoke(main, ["validate", "-", "-"], input=b"x"))
@@ -312,17 +312,17 @@ def test_kill_9_mid_write_leaves_a_temp_that_the_next_run_removes(runner, data, 
 
 def test_keygen_is_atomic_and_never_overwrites(runner, tmp_path, monkeypatch):
     key = tmp_path / "keys" / "site.key"
-    res = runner.invoke(main, ["keygen", str(key)])
+    res = runner.invoke(main, ["keygen", "-o", str(key)])
     assert res.exit_code == 0 and oct(key.stat().st_mode & 0o777) == "0o600" and len(key.read_text().strip()) == 64
     first = key.read_bytes()
-    res = runner.invoke(main, ["keygen", str(key)])
+    res = runner.invoke(main, ["keygen", "-o", str(key)])
     assert res.exit_code == 2 and "already exists" in res.stderr and key.read_bytes() == first
 
     def disk_full():
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("mdprep.pseudonyms.generate_key", disk_full)
-    res = runner.invoke(main, ["keygen", str(tmp_path / "new.key")])
+    res = runner.invoke(main, ["keygen", "-o", str(tmp_path / "new.key")])
     assert res.exit_code == 2 and res.stderr.startswith("Error: No space left on device")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keys"]  # no empty key, no temporary file
 

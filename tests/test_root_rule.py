@@ -91,7 +91,7 @@ def test_train_refuses_images_outside_the_root_before_training(tree, tmp_path, r
     frame = m.frame.assign(patient_id=["p0", "p1", "p2"], split=["train", "train", "val"], label=pd.array([1, 0, 1], dtype="Int8"))
     path = tmp_path / "m.parquet"
     write_manifest(Manifest(frame, labels=("label",), root=str(root)), path)
-    args = ["train", str(path), "--out", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--image-size", "16", "--device", "cpu", "-q"]
+    args = ["train", str(path), "-o", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--image-size", "16", "--device", "cpu", "-q"]
     res = runner.invoke(main, args)
     assert res.exit_code == 2 and "Error: 1 manifest path(s) lead outside the image root" in res.stderr and "'linked/c.png'" in res.stderr
     assert not (tmp_path / "run").exists()

@@ -236,7 +236,7 @@ def test_cli_split_writes_report_and_exit_codes(runner, tmp_path):
     src = tmp_path / "m.parquet"
     write_manifest(cohort(patients=100), src)
     out, report = tmp_path / "s.parquet", tmp_path / "r.json"
-    res = runner.invoke(main, ["split", str(src), "--ratios", "0.7,0.1,0.2", "--folds", "3", "--seed", "1", "-o", str(out), "--report", str(report)])
+    res = runner.invoke(main, ["split", str(src), "--ratios", "0.7,0.1,0.2", "--folds", "3", "--seed", "1", "-o", str(out), "--json", str(report)])
     assert res.exit_code == 0, res.stderr
     assert res.stdout == ""
     assert "LD " in res.stderr and "group overlap 0" in res.stderr
@@ -344,7 +344,7 @@ def test_bad_bin_specs(spec, message):
 def test_cli_bins_and_bad_spec(runner, tmp_path):
     src, out, report = tmp_path / "m.parquet", tmp_path / "s.parquet", tmp_path / "r.json"
     write_manifest(aged(patients=100), src)
-    res = runner.invoke(main, ["split", str(src), "--stratify-by", "sex,age:0,18,65,120", "-o", str(out), "--report", str(report)])
+    res = runner.invoke(main, ["split", str(src), "--stratify-by", "sex,age:0,18,65,120", "-o", str(out), "--json", str(report)])
     assert res.exit_code == 0, res.stderr
     assert "age=[18, 65)" in res.stderr
     doc = json.loads(report.read_text())
@@ -424,7 +424,7 @@ def test_cli_split_equals_the_library_on_the_plain_read(runner, tmp_path):
 
     src, out, report = tmp_path / "m.parquet", tmp_path / "s.parquet", tmp_path / "r.json"
     write_manifest(_with_text_extras(cohort(patients=200)), src)
-    res = runner.invoke(main, ["split", str(src), "--folds", "3", "--stratify-by", "view", "-o", str(out), "--report", str(report), "-q"])
+    res = runner.invoke(main, ["split", str(src), "--folds", "3", "--stratify-by", "view", "-o", str(out), "--json", str(report), "-q"])
     assert res.exit_code == 0, res.stderr
     with pytest.warns(MdprepWarning):
         lib = split_manifest(read_manifest(src), folds=3, stratify_by=["view"], inputs=[file_fingerprint(src)])

@@ -124,9 +124,9 @@ def test_leakage_gate(shapes, tmp_path, runner):
         train(leaky, root=str(root), out_dir=str(tmp_path / "run"), arch="small", epochs=1, image_size=32, device="cpu")
     path = tmp_path / "leaky.parquet"
     write_manifest(leaky, path)
-    res = runner.invoke(main, ["train", str(path), "--out", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--image-size", "32", "--device", "cpu"])
+    res = runner.invoke(main, ["train", str(path), "-o", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--image-size", "32", "--device", "cpu"])
     assert res.exit_code == 2 and "--allow-leakage" in res.stderr
-    res = runner.invoke(main, ["train", str(path), "--out", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--image-size", "32", "--device", "cpu", "--allow-leakage", "-q"])
+    res = runner.invoke(main, ["train", str(path), "-o", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--image-size", "32", "--device", "cpu", "--allow-leakage", "-q"])
     assert res.exit_code == 0, res.stderr
     assert "Warning:" in res.stderr
 
@@ -192,7 +192,7 @@ def test_unreadable_images_stop_training_before_the_first_epoch(broken_set, tmp_
         train(m, out_dir=str(tmp_path / "run"), evaluate_test=True, **kw)
     path = tmp_path / "m.parquet"
     write_manifest(m, path)
-    args = ["train", str(path), "--out", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--device", "cpu", "-q"]
+    args = ["train", str(path), "-o", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--device", "cpu", "-q"]
     res = runner.invoke(main, args)
     assert res.exit_code == 2 and res.stderr.startswith("Error: 2 image(s) that training would read") and "Traceback" not in res.stderr
     res = runner.invoke(main, [*args, "--skip-missing", "--evaluate-test"])
@@ -228,7 +228,7 @@ def test_path_map_trains_on_a_pseudonymised_manifest_without_naming_real_paths(b
     # The same through the command line, with the map file pseudonymize writes.
     write_manifest(pseudo, tmp_path / "p.parquet")
     write_path_map(done.path_map, tmp_path / "paths.csv")
-    res = runner.invoke(main, ["train", str(tmp_path / "p.parquet"), "--path-map", str(tmp_path / "paths.csv"), "--root", str(root), "--out", str(tmp_path / "cli"),
+    res = runner.invoke(main, ["train", str(tmp_path / "p.parquet"), "--path-map", str(tmp_path / "paths.csv"), "--root", str(root), "-o", str(tmp_path / "cli"),
                                "--arch", "small", "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--device", "cpu", "-q"])
     assert res.exit_code == 2 and "--skip-missing" in res.stderr and "img0000" not in res.stderr
 
@@ -256,7 +256,7 @@ def test_every_fold_gives_out_of_fold_predictions(folded, tmp_path, runner):
     out = tmp_path / "cv"
     args = ["train", str(path), "--fold", "all", "--arch", "small", "--epochs", "1", "--image-size", "32", "--device", "cpu",
             "--evaluate-test", "--bootstrap", "200", *weights]
-    r = runner.invoke(main, [*args, "--out", str(out)])
+    r = runner.invoke(main, [*args, "-o", str(out)])
     assert r.exit_code == 0, r.output
     assert "3-fold cross-validation" in r.output and "out-of-fold AUC" in r.output and "AUC per fold" in r.output
     assert all((out / f"fold-{k}" / "best.pt").is_file() for k in range(3))
@@ -281,10 +281,10 @@ def test_every_fold_gives_out_of_fold_predictions(folded, tmp_path, runner):
     for run in metrics["runs"]:
         assert run["rows"]["train"] + run["rows"]["val"] == len(non_test)
     # A fold's checkpoint is an input like any other: the next run may not write over it.
-    r = runner.invoke(main, [*args, "--pretrained", str(out / "fold-1" / "best.pt"), "--out", str(out)])
-    assert r.exit_code == 2 and "Error: --out (fold-1/best.pt)" in r.output and "never writes over its inputs" in r.output
+    r = runner.invoke(main, [*args, "--pretrained", str(out / "fold-1" / "best.pt"), "-o", str(out)])
+    assert r.exit_code == 2 and "Error: -o/--output (fold-1/best.pt)" in r.output and "never writes over its inputs" in r.output
     # Same seed, same bytes.
-    r = runner.invoke(main, [*args, "--out", str(tmp_path / "cv2")])
+    r = runner.invoke(main, [*args, "-o", str(tmp_path / "cv2")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "cv2" / "predictions.parquet").read_bytes() == (out / "predictions.parquet").read_bytes()
 
@@ -294,9 +294,9 @@ def test_one_fold_validates_and_weights_must_match_the_fold(folded, tmp_path, ru
     w = tmp_path / "w2.json"
     assert runner.invoke(main, ["weights", str(path), "--fold", "2", "-o", str(w), "-q"]).exit_code == 0
     base = ["train", str(path), "--arch", "small", "--epochs", "1", "--image-size", "32", "--device", "cpu", "-q"]
-    r = runner.invoke(main, [*base, "--fold", "1", "--weights", str(w), "--out", str(tmp_path / "a")])
+    r = runner.invoke(main, [*base, "--fold", "1", "--weights", str(w), "-o", str(tmp_path / "a")])
     assert r.exit_code == 2 and "Error: no --weights file for fold 1 (the files are for fold 2); compute it with `mdprep weights --fold 1`" in r.output
-    r = runner.invoke(main, [*base, "--fold", "2", "--weights", str(w), "--out", str(tmp_path / "b")])
+    r = runner.invoke(main, [*base, "--fold", "2", "--weights", str(w), "-o", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     run = metrics["runs"][0]
@@ -311,15 +311,15 @@ def test_validation_split_names_and_no_val(shapes, tmp_path, runner):
     path = tmp_path / "valid.parquet"
     write_manifest(m.with_frame(f), path)
     base = ["train", str(path), "--arch", "small", "--epochs", "1", "--image-size", "32", "--device", "cpu", "-q"]
-    r = runner.invoke(main, [*base, "--out", str(tmp_path / "a")])
+    r = runner.invoke(main, [*base, "-o", str(tmp_path / "a")])
     assert r.exit_code == 0, r.output
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["plan"]["val_split"] == "valid" and metrics["runs"][0]["rows"]["val"] == int((f["split"] == "valid").sum())
     f["split"] = f["split"].replace({"valid": "train"})
     write_manifest(m.with_frame(f), path)
-    r = runner.invoke(main, [*base, "--out", str(tmp_path / "b")])
+    r = runner.invoke(main, [*base, "-o", str(tmp_path / "b")])
     assert r.exit_code == 2 and "Error: the manifest has no validation rows" in r.output and "--no-val" in r.output
-    r = runner.invoke(main, [*base, "--no-val", "--out", str(tmp_path / "c")])
+    r = runner.invoke(main, [*base, "--no-val", "-o", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
     pred = pd.read_parquet(tmp_path / "c" / "predictions.parquet")
     assert len(pred) == 0 and list(pred.columns) == ["image_id", "split", "fold", "part", *SHAPE_LABELS]
@@ -350,13 +350,13 @@ def test_cross_validation_refuses_before_training_what_would_break_it_after(fold
     shutil.copytree(root, copy, ignore=shutil.ignore_patterns("*.parquet"))
     for rel in m.frame.loc[m.frame["fold"] == 1, "path"]:
         (copy / rel).unlink()
-    r = runner.invoke(main, ["train", str(path), "--root", str(copy), "--fold", "all", "--skip-missing", *TINY, "--out", str(tmp_path / "a")])
+    r = runner.invoke(main, ["train", str(path), "--root", str(copy), "--fold", "all", "--skip-missing", *TINY, "-o", str(tmp_path / "a")])
     assert r.exit_code == 2 and "Error: fold-1: no validation rows are left after skipping" in r.output
     assert not (tmp_path / "a").exists()
     # A label named like a predictions column: refused before the first epoch, not after the last.
     f = m.frame.rename(columns={"circle": "part"})
     write_manifest(Manifest(f, labels=("square", "part", "stripes"), root=m.root), tmp_path / "part.parquet")
-    r = runner.invoke(main, ["train", str(tmp_path / "part.parquet"), "--fold", "0", *TINY, "--out", str(tmp_path / "b")])
+    r = runner.invoke(main, ["train", str(tmp_path / "part.parquet"), "--fold", "0", *TINY, "-o", str(tmp_path / "b")])
     assert r.exit_code == 2 and "Error: label column(s) 'part' have the name of a predictions column" in r.output
     assert not (tmp_path / "b").exists()
 
@@ -365,7 +365,7 @@ def test_resampled_copies_never_validate_and_every_row_is_counted(folded, tmp_pa
     m, root, path = folded
     ros = tmp_path / "ros.parquet"
     assert runner.invoke(main, ["resample", str(path), "--strategy", "ml-ros", "--percent", "50", "-o", str(ros), "-q"]).exit_code == 0
-    r = runner.invoke(main, ["train", str(ros), "--fold", "all", *TINY, "--out", str(tmp_path / "cv")])
+    r = runner.invoke(main, ["train", str(ros), "--fold", "all", *TINY, "-o", str(tmp_path / "cv")])
     assert r.exit_code == 0, r.output
     assert "copies made by mdprep resample (never validated or tested)" in r.output
     pred = pd.read_parquet(tmp_path / "cv" / "predictions.parquet")
@@ -386,16 +386,16 @@ def test_weights_files_must_fit_the_rows_they_train(shapes, folded, tmp_path, ru
     for split in ("val", "all", "train"):
         assert runner.invoke(main, ["weights", str(path), "--split", split, "-o", str(tmp_path / f"{split}.json"), "-q"]).exit_code == 0
     base = ["train", str(path), *TINY]
-    r = runner.invoke(main, [*base, "--weights", str(tmp_path / "val.json"), "--out", str(tmp_path / "a")])
+    r = runner.invoke(main, [*base, "--weights", str(tmp_path / "val.json"), "-o", str(tmp_path / "a")])
     assert r.exit_code == 2 and "Error: " in r.output and "was counted on the 'val' rows, which validate or test this run" in r.output
-    r = runner.invoke(main, [*base, "--weights", str(tmp_path / "all.json"), "--out", str(tmp_path / "b")])
+    r = runner.invoke(main, [*base, "--weights", str(tmp_path / "all.json"), "-o", str(tmp_path / "b")])
     assert r.exit_code == 0 and "was counted on every row" in r.output
     fm, _, fpath = folded
     assert runner.invoke(main, ["weights", str(fpath), "--fold", "0", "-o", str(tmp_path / "f0.json"), "-q"]).exit_code == 0
-    r = runner.invoke(main, [*base, "--weights", str(tmp_path / "f0.json"), "--out", str(tmp_path / "c")])
+    r = runner.invoke(main, [*base, "--weights", str(tmp_path / "f0.json"), "-o", str(tmp_path / "c")])
     assert r.exit_code == 2 and "was counted on the training part of fold 0, but this run trains on the 'train' split" in r.output
     # Counted on another manifest file: a warning naming both.
-    r = runner.invoke(main, ["train", str(fpath), "--fold", "0", *TINY, "--weights", str(tmp_path / "train.json"), "--out", str(tmp_path / "d")])
+    r = runner.invoke(main, ["train", str(fpath), "--fold", "0", *TINY, "--weights", str(tmp_path / "train.json"), "-o", str(tmp_path / "d")])
     assert "was counted on another manifest file" in r.output
 
 
@@ -405,7 +405,7 @@ def test_leakage_allowed_is_recorded_and_intervals_need_enough_patients(shapes, 
     f.loc[f.index[0], "patient_id"] = f.loc[f["split"] == "val", "patient_id"].iloc[0]  # one patient in train and val
     path = tmp_path / "leak.parquet"
     write_manifest(m.with_frame(f), path)
-    r = runner.invoke(main, ["train", str(path), *TINY, "--allow-leakage", "--out", str(tmp_path / "a")])
+    r = runner.invoke(main, ["train", str(path), *TINY, "--allow-leakage", "-o", str(tmp_path / "a")])
     assert r.exit_code == 0 and "training anyway (--allow-leakage)" in r.output and "or pass --allow-leakage" not in r.output
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["leakage"] == {"patients_shared": 1, "allowed": True} and metrics["options"]["allow_leakage"] is True
@@ -413,7 +413,7 @@ def test_leakage_allowed_is_recorded_and_intervals_need_enough_patients(shapes, 
     # Three validation patients: an AUC, but no interval worth the name.
     few = m.frame[(m.frame["split"] != "val") | m.frame["patient_id"].isin(m.frame.loc[m.frame["split"] == "val", "patient_id"].unique()[:3])]
     write_manifest(m.with_frame(few), tmp_path / "few.parquet")
-    r = runner.invoke(main, ["train", str(tmp_path / "few.parquet"), *TINY, "--out", str(tmp_path / "b")])
+    r = runner.invoke(main, ["train", str(tmp_path / "few.parquet"), *TINY, "-o", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     val = json.loads((tmp_path / "b" / "metrics.json").read_text())["runs"][0]["val"]
     assert val["patients"] == 3 and all(v is None for v in val["ci"].values()) and val["mean_auc_ci"] is None
@@ -425,10 +425,10 @@ def test_test_split_option_and_evaluate_test_without_test_rows(shapes, tmp_path,
     f["split"] = f["split"].replace({"test": "Holdout"})
     path = tmp_path / "holdout.parquet"
     write_manifest(m.with_frame(f), path)
-    r = runner.invoke(main, ["train", str(path), *TINY, "--evaluate-test", "--out", str(tmp_path / "a")])
+    r = runner.invoke(main, ["train", str(path), *TINY, "--evaluate-test", "-o", str(tmp_path / "a")])
     assert r.exit_code == 0 and "--evaluate-test: no rows have split 'test', so nothing is tested; pass --test-split NAME" in r.output
     assert f"({int((f['split'] == 'Holdout').sum())} Holdout)" in r.output  # and the Holdout rows, used by no run, are counted
-    r = runner.invoke(main, ["train", str(path), *TINY, "--evaluate-test", "--test-split", "Holdout", "--bootstrap", "0", "--out", str(tmp_path / "b")])
+    r = runner.invoke(main, ["train", str(path), *TINY, "--evaluate-test", "--test-split", "Holdout", "--bootstrap", "0", "-o", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["runs"][0]["rows"]["test"] == int((f["split"] == "Holdout").sum()) and metrics["plan"]["test_split"] == "Holdout"

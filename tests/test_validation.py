@@ -78,7 +78,7 @@ def test_seed_outside_32_bits_is_refused_by_every_command(runner, cohort, tmp_pa
     args = {
         "split": ["split", str(cohort), "-o", str(tmp_path / "o.parquet")],
         "resample": ["resample", str(cohort), "--strategy", "ml-ros", "-o", str(tmp_path / "o.parquet")],
-        "train": ["train", str(cohort), "--out", str(tmp_path / "run"), "--arch", "small"],
+        "train": ["train", str(cohort), "-o", str(tmp_path / "run"), "--arch", "small"],
     }[command]
     err = one_error(runner.invoke(main, [*args, "--seed", seed]))
     assert "Invalid value for '--seed'" in err and ("0<=x<=4294967295" in err or "'1.5' is not a valid integer." in err)
@@ -123,7 +123,7 @@ def test_fold_values_outside_the_recorded_folds_break_the_contract(runner, cohor
     assert res.exit_code == 1 and "[bad_fold]" in res.stderr and words in res.stderr
     with pytest.raises(ManifestValidationError, match=words):
         read_manifest(bad)
-    for args in (["weights", str(bad), "-o", str(tmp_path / "w.json")], ["audit-leakage", str(bad)], ["train", str(bad), "--out", str(tmp_path / "run")]):
+    for args in (["weights", str(bad), "-o", str(tmp_path / "w.json")], ["audit-leakage", str(bad)], ["train", str(bad), "-o", str(tmp_path / "run")]):
         assert "fold" in one_error(runner.invoke(main, args))
     res = runner.invoke(main, ["audit-leakage", str(cohort), "-q"])
     assert res.exit_code == 0, res.stderr
@@ -252,7 +252,7 @@ def test_weights_of_the_wrong_shape_or_not_finite_stop_train_before_it_starts(ru
         from mdprep.training import read_weights
 
         read_weights(str(tmp_path / "w.json"), SHAPE_LABELS)
-    res = runner.invoke(main, ["train", str(cohort), "--weights", str(tmp_path / "w.json"), "--out", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--image-size", "16", "--device", "cpu"])
+    res = runner.invoke(main, ["train", str(cohort), "--weights", str(tmp_path / "w.json"), "-o", str(tmp_path / "run"), "--arch", "small", "--epochs", "1", "--image-size", "16", "--device", "cpu"])
     assert words in one_error(res)
     assert not (tmp_path / "run").exists()  # refused before a single image was read
 
@@ -347,7 +347,7 @@ def test_patient_overlap_leaves_out_rows_in_no_split():
 
 def test_train_on_a_manifest_without_split_values_is_exit_2_without_warnings(runner, cohort, tmp_path):
     bad = with_column(cohort, tmp_path / "bad.parquet", "split", pa.nulls(16, pa.string()))
-    err = one_error(runner.invoke(main, ["train", str(bad), "--out", str(tmp_path / "run"), "--arch", "small", "--image-size", "16", "--device", "cpu"]))
+    err = one_error(runner.invoke(main, ["train", str(bad), "-o", str(tmp_path / "run"), "--arch", "small", "--image-size", "16", "--device", "cpu"]))
     assert "no rows have split == 'train'" in err and "RuntimeWarning" not in err
 
 
@@ -376,7 +376,7 @@ def test_ingest_table_refuses_a_delimiter_that_is_not_ascii(runner, tmp_path):
      ("--batch-size", "99999999999999999999"), ("--image-size", "8"), ("--image-size", "5000"), ("--workers", "-1")],
 )
 def test_train_options_out_of_range_are_refused(runner, cohort, tmp_path, option, value):
-    err = one_error(runner.invoke(main, ["train", str(cohort), "--out", str(tmp_path / "run"), "--arch", "small", option, value]))
+    err = one_error(runner.invoke(main, ["train", str(cohort), "-o", str(tmp_path / "run"), "--arch", "small", option, value]))
     assert option in err
 
 
@@ -392,7 +392,7 @@ def test_train_options_are_checked_in_the_library_too(cohort, tmp_path):
 
 
 def _train(runner, cohort, tmp_path, *extra):
-    return runner.invoke(main, ["train", str(cohort), "--out", str(tmp_path / "run"), "--epochs", "1", "--image-size", "16", "--batch-size", "4", "--device", "cpu", "-q", *extra])
+    return runner.invoke(main, ["train", str(cohort), "-o", str(tmp_path / "run"), "--epochs", "1", "--image-size", "16", "--batch-size", "4", "--device", "cpu", "-q", *extra])
 
 
 class Pickled:

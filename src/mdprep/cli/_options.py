@@ -48,9 +48,79 @@ class FiniteFloat(click.FloatRange):
         return rv
 
 
-def seed_option(help: str):
+#: The one help text of ``--seed`` (``mdprep train`` adds what "the same" means for a training run).
+SEED_HELP = "Seed, 0 to 2**32-1: the same inputs and seed give the same bytes."
+
+
+def seed_option(help: str = SEED_HELP):
     """``--seed`` (default 0), an integer from 0 to 2**32-1."""
     return click.option("--seed", default=0, show_default=True, type=SEED, help=help)
+
+
+# One CLI grammar (docs/cli.md): the options every command shares are defined here, once,
+# so their names, help and defaults cannot drift apart (tests/test_cli_grammar.py walks the
+# command tree and checks each use against these).
+
+#: ``-q/--quiet``: the same promise on every command.
+QUIET_HELP = "Nothing on stderr but warnings, errors and a gate's verdict: no progress bars, tables, summaries or notes."
+quiet_option = click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
+
+#: ``--json FILE``: the command's summary (or report) as JSON; schemas in docs/cli.md.
+JSON_HELP = "Write the summary as JSON to FILE ('-' for stdout); docs/cli.md gives each command's schema."
+json_option = click.option("--json", "json_path", metavar="FILE", help=JSON_HELP)
+
+#: ``--workers`` for per-file work (ingest dicom, ingest images, hash); the trainer's data loader documents its own default.
+WORKERS_HELP = "Processes for the per-file work [default: all cores]; with --scheduler local, the Dask workers started."
+workers_option = click.option("--workers", type=click.IntRange(min=1), default=None, help=WORKERS_HELP)
+
+
+#: ``--root``: where the images of a manifest are (hash, export, train).
+root_option = click.option(
+    "--root", type=click.Path(file_okay=False), help="Folder the manifest's paths are relative to [default: the recorded root]."
+)
+
+
+def output_option(metavar: str, what: str, *, required: bool = True, **attrs):
+    """``-o/--output``: the command's one main output; ``what`` says what is written there."""
+    return click.option("-o", "--output", required=required, metavar=metavar, help=what, **attrs)
+
+
+def renamed_option(old: str, new: str, param: str, *, required: bool = False, **attrs):
+    """Keep ``old``, a former spelling of the option ``new`` (parameter ``param``), working: hidden, with a warning.
+
+    The value given under ``old`` fills ``param``; giving both is a usage error. ``required``
+    is checked here (after the alias is folded in), so ``new`` itself must be declared
+    ``required=False``.
+    """
+    hidden = f"renamed_{param}"
+
+    def decorator(command):
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            value = kwargs.pop(hidden)
+            if value is not None:
+                source = click.get_current_context().get_parameter_source(param)
+                if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+                    raise click.UsageError(f"{old} is the former name of {new}; give {new} only")
+                click.echo(f"Warning: {old} is deprecated and will be removed; use {new}", err=True)
+                kwargs[param] = value
+            if required and kwargs.get(param) is None:
+                raise click.UsageError(f"Missing option {new}.")
+            return command(*args, **kwargs)
+
+        return click.option(old, hidden, hidden=True, **attrs)(wrapper)
+
+    return decorator
+
+
+def write_json_summary(path: str | None, doc: dict) -> None:
+    """Write ``doc`` (a command's summary, :mod:`mdprep.summaries`) as JSON to ``path`` ('-' for stdout); nothing when None."""
+    if path:
+        import json
+
+        from ..fileio import write_text
+
+        write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 def described(choices: dict[str, str]) -> str:

@@ -9,7 +9,18 @@ import click
 from ..choices import ALL_CHECKS, PERSON_COLUMNS
 from ..fileio import check_outputs
 from ._ui import file_progress, print_table
-from ._options import check_incremental, comma_list, incremental_options, scheduler_options
+from ._options import (
+    check_incremental,
+    comma_list,
+    incremental_options,
+    json_option,
+    output_option,
+    quiet_option,
+    root_option,
+    scheduler_options,
+    workers_option,
+    write_json_summary,
+)
 
 
 class ByteSize(click.ParamType):
@@ -46,17 +57,18 @@ allow_outside_root_option = click.option(
 
 @click.command("hash")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write with file_sha256, pixel_sha256 and phash columns; '-' for stdout.")
-@click.option("--root", type=click.Path(file_okay=False), help="Folder the manifest's paths are relative to [default: the recorded root].")
-@click.option("--workers", type=click.IntRange(min=1), help="Processes reading images [default: all cores]; with --scheduler local, the Dask workers started.")
+@output_option("OUT.parquet", "Manifest to write with file_sha256, pixel_sha256 and phash columns; '-' for stdout.")
+@root_option
+@workers_option
 @scheduler_options
 @click.option("--errors", "errors_path", metavar="FILE", help="Write the files that could not be hashed (.csv or .parquet).")
 @click.option("--max-bytes", type=ByteSize(), default="2G", show_default=True, help="Largest file read, and largest uncompressed voxel data of a NIfTI volume; more is a failed row (TooLarge). Units K, M, G, T are powers of 1024.")
 @allow_outside_root_option
 @path_map_option
 @incremental_options
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def hash_cmd(manifest, output, root, workers, scheduler, errors_path, max_bytes, allow_outside_root, path_map, update, record_signatures, quiet):
+@json_option
+@quiet_option
+def hash_cmd(manifest, output, root, workers, scheduler, errors_path, max_bytes, allow_outside_root, path_map, update, record_signatures, json_path, quiet):
     """Hash every image of MANIFEST once (bytes, decoded pixels, perceptual hash) for the audit.
 
     \b
@@ -85,7 +97,8 @@ def hash_cmd(manifest, output, root, workers, scheduler, errors_path, max_bytes,
 
     more_inputs, more_outputs = check_incremental(update, record_signatures, output, pseudonymised=path_map is not None)
     check_outputs(
-        {"MANIFEST": manifest, "--path-map": path_map, **more_inputs}, {"-o/--output": output, "--errors": errors_path, **more_outputs}, stdout={"-o/--output"}
+        {"MANIFEST": manifest, "--path-map": path_map, **more_inputs}, {"-o/--output": output, "--errors": errors_path, "--json": json_path, **more_outputs},
+        stdout={"-o/--output", "--json"},
     )
     m = read_manifest(manifest)
     real_paths = load_path_map(path_map) if path_map else None
@@ -100,6 +113,10 @@ def hash_cmd(manifest, output, root, workers, scheduler, errors_path, max_bytes,
         write_signatures(result.signatures, output)  # after the manifest: it records the manifest's SHA-256
     if errors_path:
         write_errors(result.errors, errors_path)
+    if json_path:
+        from ..summaries import hash_summary
+
+        write_json_summary(json_path, hash_summary(result, len(m.frame), output))
     if result.failed or not quiet:
         hint = f"listed in {errors_path}" if errors_path else "pass --errors FILE to list them"
         line = f"{len(m.frame)} images = {result.hashed} hashed + {result.failed} failed"
@@ -124,14 +141,14 @@ _AUDIT_OPTIONS = [
     click.option("--time-col", help="Date column for the temporal check."),
     click.option("--temporal", is_flag=True, help="The split is by time: fail when val/test images predate the latest train image."),
     click.option("--train-split", default="train", show_default=True, help="Name of the training split (temporal check)."),
-    click.option("--json", "json_path", metavar="FILE", help="Write the full report (schema mdprep-audit-report v1); '-' for stdout."),
+    json_option,
     click.option("--junit", "junit_path", metavar="FILE", help="Write JUnit XML: one test case per check."),
     click.option("--markdown", "markdown_path", metavar="FILE", help="Write a short Markdown summary for a pull request."),
     click.option(
         "--suggest", is_flag=True,
         help="When the gate fails, print the `mdprep split --keep-existing --link ...` command whose split would pass, how many rows it moves, and whether that was verified.",
     ),
-    click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line (and, with --suggest, the suggested fix)."),
+    quiet_option,
 ]
 
 
@@ -360,13 +377,22 @@ def check(manifests, **options):
     from ._ui import EXIT_CHECK_FAILED
 
     check_audit_outputs(manifests, options)
-    broken = 0
+    checked = []
     for path in manifests:
         violations = inspect_manifest(path)[1]
         for v in violations:
             click.echo(f"{path}: [{v.check}] {v.message}", err=True)
-        broken += bool(violations)
+        checked.append((path, violations))
+    broken = sum(bool(vs) for _, vs in checked)
     if broken:
+        from ..fileio import write_text
+        from ..summaries import contract_failure
+
+        # The report files say the gate failed too: a CI step reading them must not find them missing or stale.
+        reports = contract_failure(checked)
+        for key, fmt in (("json_path", "json"), ("junit_path", "junit"), ("markdown_path", "markdown")):
+            if options[key]:
+                write_text(options[key], reports[fmt])
         click.echo(f"Contract failed for {broken} manifest(s); fix them before the leakage audit can run", err=True)
         click.get_current_context().exit(EXIT_CHECK_FAILED)
     if not options["quiet"]:
@@ -376,10 +402,11 @@ def check(manifests, **options):
 
 @click.command("report")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, metavar="report.html", help="The HTML file to write (self-contained, no network needed); '-' for stdout.")
+@output_option("report.html", "The HTML file to write (self-contained, no network needed); '-' for stdout.")
 @click.option("--audit", "audit_path", type=click.Path(dir_okay=False), help="An audit report from `mdprep audit-leakage --json`.")
 @click.option("--title", default=None, help="Page title [default: the manifest's file name].")
-def report(manifest, output, audit_path, title):
+@quiet_option
+def report(manifest, output, audit_path, title, quiet):
     """Write one self-contained HTML page about MANIFEST: splits, prevalence, patients, quality, leakage.
 
     \b
@@ -395,4 +422,5 @@ def report(manifest, output, audit_path, title):
     m = read_manifest(manifest)
     page = build_report(m, audit=load_audit(audit_path) if audit_path else None, title=title or f"mdprep report: {os.path.basename(manifest)}")
     write_text(output, page)
-    click.echo(f"Wrote {output}", err=True)
+    if not quiet:
+        click.echo(f"Wrote {output}", err=True)

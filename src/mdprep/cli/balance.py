@@ -10,12 +10,12 @@ from ..choices import SCHEMES, STRATEGIES
 from ..errors import UsageError
 from ..fileio import check_outputs, file_fingerprint, write_text
 from ._ui import print_table
-from ._options import FiniteFloat, comma_list, seed_option
+from ._options import FiniteFloat, comma_list, json_option, output_option, quiet_option, seed_option, write_json_summary
 
 
 @click.command("weights")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, metavar="weights.json", help="Weights document to write (schema mdprep-weights v1); '-' for stdout.")
+@output_option("weights.json", "Weights document to write (schema mdprep-weights v1); '-' for stdout.")
 @click.option("--split", default="train", show_default=True, help="Rows to count: a split name, or 'all' (warns when that includes val/test).")
 @click.option("--split-col", default="split", show_default=True, help="Column holding the split names.")
 @click.option("--fold", type=click.IntRange(min=0), metavar="K", help="Count the training part of fold K (the non-test rows of the other folds) instead of --split, so the weights never see fold K's validation labels.")
@@ -26,8 +26,9 @@ from ._options import FiniteFloat, comma_list, seed_option
 @click.option("--clip", type=FiniteFloat(min=0, min_open=True), metavar="MAX", help="Cap every weight at MAX (above 0).")
 @click.option("--labels", metavar="A,B,...", help="Only these label columns [default: all].")
 @click.option("--drop-empty", is_flag=True, help="Leave out labels with no positives (or no negatives) instead of giving them neutral weights.")
-@click.option("-q", "--quiet", is_flag=True, help="No table on stderr.")
-def weights(manifest, output, split, split_col, fold, fold_col, scheme, beta, sqrt, clip, labels, drop_empty, quiet):
+@json_option
+@quiet_option
+def weights(manifest, output, split, split_col, fold, fold_col, scheme, beta, sqrt, clip, labels, drop_empty, json_path, quiet):
     """Per-label positive and negative weights for a weighted loss, from the training rows only.
 
     \b
@@ -46,7 +47,7 @@ def weights(manifest, output, split, split_col, fold, fold_col, scheme, beta, sq
     from ..manifest import read_manifest
     from ..weights import compute_weights
 
-    check_outputs({"MANIFEST": manifest}, {"-o/--output": output}, stdout={"-o/--output"})
+    check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--json": json_path}, stdout={"-o/--output", "--json"})
     m = read_manifest(manifest)
     result = compute_weights(
         m, split=split, split_col=split_col, scheme=scheme, beta=beta, sqrt=sqrt, clip=clip,
@@ -54,13 +55,18 @@ def weights(manifest, output, split, split_col, fold, fold_col, scheme, beta, sq
     )
     doc = result.document({"manifest": file_fingerprint(manifest), "manifest_history": list(m.history)})
     write_text(output, json.dumps(doc, indent=2) + "\n")
+    rows_from = split if fold is None else f"fold {fold} training"
+    if json_path:
+        from ..summaries import weights_summary
+
+        write_json_summary(json_path, weights_summary(result, scheme=scheme, rows_from=rows_from, output=output))
     for note in result.notes:
         click.echo(f"Note: {note}", err=True)
     if quiet:
         return
     from rich.table import Table
 
-    table = Table(title=f"{scheme} weights from {result.rows:,} {split if fold is None else f'fold {fold} training'} rows", title_justify="left")
+    table = Table(title=f"{scheme} weights from {result.rows:,} {rows_from} rows", title_justify="left")
     for col, just in (("label", "left"), ("positive", "right"), ("negative", "right"), ("ignored", "right"), ("w_pos", "right"), ("w_neg", "right")):
         table.add_column(col, justify=just)
     for w in result.weights:
@@ -72,7 +78,7 @@ def weights(manifest, output, split, split_col, fold, fold_col, scheme, beta, sq
 
 @click.command("resample")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Resampled manifest to write; '-' for stdout.")
+@output_option("OUT.parquet", "Resampled manifest to write; '-' for stdout.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), required=True, help="over, under (one --target), ml-ros, ml-rus (all labels), patient-cap, smote, adasyn (--features).")
 @click.option("--split", default="train", show_default=True, help="The split to resample; val and test are refused.")
 @click.option("--split-col", default="split", show_default=True, help="Column holding the split names.")
@@ -81,10 +87,11 @@ def weights(manifest, output, split, split_col, fold, fold_col, scheme, beta, sq
 @click.option("--percent", default=25.0, show_default=True, type=FiniteFloat(0, 100, min_open=True), help="ml-ros/ml-rus: rows to clone or remove, in % of the split (above 0, up to 100).")
 @click.option("--cap", type=click.IntRange(min=1), help="patient-cap: the most images kept per patient (at least 1).")
 @click.option("--features", metavar="COL,...", help="smote/adasyn: numeric feature columns (embeddings, radiomics).")
-@seed_option("Seed, 0 to 2**32-1: the same seed gives the same bytes.")
+@seed_option()
 @click.option("--removed", "removed_path", metavar="FILE", help="Write the removed rows (.csv or .parquet).")
-@click.option("-q", "--quiet", is_flag=True, help="No table on stderr.")
-def resample(manifest, output, strategy, split, split_col, target, ratio, percent, cap, features, seed, removed_path, quiet):
+@json_option
+@quiet_option
+def resample(manifest, output, strategy, split, split_col, target, ratio, percent, cap, features, seed, removed_path, json_path, quiet):
     """Over- or under-sample the training rows; every output row traces to an input row.
 
     \b
@@ -101,7 +108,7 @@ def resample(manifest, output, strategy, split, split_col, target, ratio, percen
     from ..manifest import read_manifest, write_manifest
     from ..resample import resample_manifest
 
-    check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--removed": removed_path}, stdout={"-o/--output"})
+    check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--removed": removed_path, "--json": json_path}, stdout={"-o/--output", "--json"})
     m = read_manifest(manifest)
     result = resample_manifest(
         m, strategy=strategy, split=split, split_col=split_col, target=target, ratio=ratio, percent=percent, cap=cap,
@@ -112,6 +119,10 @@ def resample(manifest, output, strategy, split, split_col, target, ratio, percen
         write_errors(result.removed, removed_path)
     elif len(result.removed):
         click.echo(f"{len(result.removed):,} row(s) removed from {split}; pass --removed FILE to keep a record of them", err=True)
+    if json_path:
+        from ..summaries import resample_summary
+
+        write_json_summary(json_path, resample_summary(result, strategy=strategy, split=split, output=output))
     if quiet:
         return
     from rich.table import Table

@@ -10,6 +10,7 @@ import click
 
 from .audit import audit_leakage, hash_cmd, report
 from .balance import resample, weights
+from ._options import output_option, quiet_option, renamed_option, seed_option
 from ._ui import echo
 from .ingest import ingest_dicom_cmd, ingest_images_cmd, ingest_table_cmd
 from .split import split
@@ -25,12 +26,13 @@ def _step(title: str, argv: list[str], quiet: bool) -> None:
 
 
 @click.command("demo")
-@click.option("--out", "out_dir", default="demo-output", show_default=True, type=click.Path(file_okay=False), help="Folder for the cohort and the manifests.")
+@output_option("DIR", "Folder for the cohort and the manifests.", required=False, default="demo-output", show_default=True, type=click.Path(file_okay=False))
 @click.option("--patients", default=40, show_default=True, type=click.IntRange(min=2), help="Patients per synthetic source.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic cohort.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summaries.")
+@seed_option("Seed of the synthetic cohort, 0 to 2**32-1: the same seed gives the same cohort.")
+@quiet_option
+@renamed_option("--out", "-o/--output", "output", type=click.Path(file_okay=False))
 @click.pass_context
-def demo(ctx, out_dir, patients, seed, quiet):
+def demo(ctx, output, patients, seed, quiet):
     """Generate a small synthetic cohort and run mdprep on it, printing each equivalent command.
 
     \b
@@ -41,12 +43,12 @@ def demo(ctx, out_dir, patients, seed, quiet):
 
     \b
     Example:
-      mdprep demo --out /tmp/mdprep-demo
+      mdprep demo -o /tmp/mdprep-demo
     """
     from ..synthetic import write_ct_tree, write_dicom_tree, write_image_tree, write_nih_table
 
-    data = os.path.join(out_dir, "data")
-    manifests = os.path.join(out_dir, "manifests")
+    data = os.path.join(output, "data")
+    manifests = os.path.join(output, "manifests")
     os.makedirs(manifests, exist_ok=True)
     echo(f"Writing a synthetic cohort under {data} (seed {seed})", quiet)
     dicom_root = os.path.join(data, "dicom")
@@ -82,15 +84,15 @@ def demo(ctx, out_dir, patients, seed, quiet):
                quiet=quiet)
     _step("Split by patient into train/val/test, stratified on every label",
           ["split", out("nih.parquet"), "--ratios", "0.7,0.1,0.2", "--seed", "0", "-o", out("nih-split.parquet"),
-           "--report", out("nih-split.json")], quiet)
+           "--json", out("nih-split.json")], quiet)
     ctx.invoke(split, manifest=out("nih.parquet"), output=out("nih-split.parquet"), group="patient_id", ratios="0.7,0.1,0.2",
                names=None, folds=None, seed=0, stratify=(), stratify_by=(), keep_existing=False, missing_group="error",
-               report_path=out("nih-split.json"), quiet=quiet)
+               json_path=out("nih-split.json"), quiet=quiet)
     _step("Five patient-grouped folds of the DICOM cohort, balanced on sex and view",
           ["split", out("dicom.parquet"), "--folds", "5", "--stratify-by", "sex,view", "-o", out("dicom-folds.parquet")], quiet)
     ctx.invoke(split, manifest=out("dicom.parquet"), output=out("dicom-folds.parquet"), group="patient_id", ratios=None,
                names=None, folds=5, seed=0, stratify=(), stratify_by=("sex,view",), keep_existing=False, missing_group="error",
-               report_path=None, quiet=quiet)
+               json_path=None, quiet=quiet)
     _step("Class weights for a weighted loss, from the training rows only",
           ["weights", out("nih-split.parquet"), "--scheme", "balanced", "--clip", "50", "-o", out("weights.json")], quiet)
     ctx.invoke(weights, manifest=out("nih-split.parquet"), output=out("weights.json"), split="train", split_col="split",
@@ -168,10 +170,10 @@ def _train_steps(ctx, data, out, quiet) -> None:
     write_manifest(split_manifest(labelled, ratios=(0.7, 0.15, 0.15), seed=0).manifest, out("shapes-split.parquet"))
     ctx.invoke(weights, manifest=out("shapes-split.parquet"), output=out("shapes-weights.json"), split="train", split_col="split",
                scheme="balanced", beta=0.999, sqrt=False, clip=None, labels=None, drop_empty=False, quiet=True)
-    argv = ["train", out("shapes-split.parquet"), "--weights", out("shapes-weights.json"), "--out", out("run"),
+    argv = ["train", out("shapes-split.parquet"), "--weights", out("shapes-weights.json"), "-o", out("run"),
             "--arch", "small", "--epochs", "2", "--image-size", "48", "--evaluate-test"]
     _step("Train the bundled small CNN for two epochs on a labelled image set (split by patient, weighted loss)", argv, quiet)
-    ctx.invoke(train, manifest=out("shapes-split.parquet"), root=None, weights_path=(out("shapes-weights.json"),), out_dir=out("run"),
+    ctx.invoke(train, manifest=out("shapes-split.parquet"), root=None, weights_path=(out("shapes-weights.json"),), output=out("run"),
                arch="small", epochs=2, batch_size=32, image_size=48, lr=3e-3, pretrained=None, freeze_backbone=False,
                augment="cxr-safe", hflip=False, device="auto", seed=0, workers=0, evaluate_test=True, allow_leakage=False,
                quiet=quiet)
@@ -183,8 +185,8 @@ def _train_steps(ctx, data, out, quiet) -> None:
     for k in range(3):
         fold_weights.append(out(f"shapes-weights-fold{k}.json"))
         ctx.invoke(weights, manifest=out("shapes-folds.parquet"), output=fold_weights[-1], fold=k, quiet=True)
-    argv = ["train", out("shapes-folds.parquet"), "--fold", "all", *[a for w in fold_weights for a in ("--weights", w)], "--out", out("cv"),
+    argv = ["train", out("shapes-folds.parquet"), "--fold", "all", *[a for w in fold_weights for a in ("--weights", w)], "-o", out("cv"),
             "--arch", "small", "--epochs", "2", "--image-size", "48", "--evaluate-test"]
     _step("3-fold cross-validation by patient: one model per fold, out-of-fold predictions for every training image (weights per fold)", argv, quiet)
-    ctx.invoke(train, manifest=out("shapes-folds.parquet"), weights_path=tuple(fold_weights), out_dir=out("cv"), fold="all",
+    ctx.invoke(train, manifest=out("shapes-folds.parquet"), weights_path=tuple(fold_weights), output=out("cv"), fold="all",
                arch="small", epochs=2, image_size=48, lr=3e-3, evaluate_test=True, quiet=quiet)

@@ -6,21 +6,21 @@ import click
 
 from ..choices import EXPORT_FORMATS as FORMATS, EXPORT_MISSING as MISSING, EXPORT_UNCERTAIN as UNCERTAIN
 from ..fileio import check_outputs, file_fingerprint
-from ._options import comma_list, described
+from ._options import comma_list, described, output_option, quiet_option, root_option
 from ._ui import echo, print_table
 
 
 @click.command("export")
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", required=True, type=click.Choice(list(FORMATS)), help=f"What to write: {described(FORMATS)}.")
-@click.option("-o", "--output", required=True, metavar="OUT", help="monai: the datalist JSON file ('-' for stdout); hf, csv: the folder to write.")
-@click.option("--root", type=click.Path(file_okay=False), help="Folder the manifest's paths are relative to [default: the recorded root].")
+@output_option("OUT", "monai: the datalist JSON file ('-' for stdout); hf, csv: the folder to write.")
+@root_option
 @click.option("--relative", is_flag=True, help="Write the paths as the manifest holds them, relative to the root (MONAI's base_dir), instead of absolute.")
 @click.option("--uncertain", type=click.Choice(list(UNCERTAIN)), help=f"monai: how an uncertain (-1) label is written [default: ignore]: {described(UNCERTAIN)}.")
 @click.option("--missing", type=click.Choice(list(MISSING)), help=f"monai: how a missing (null) label is written [default: ignore]: {described(MISSING)}.")
 @click.option("--columns", multiple=True, metavar="COL,...", help="More manifest columns to carry (view, sex, age, ...).")
 @click.option("--allow-leakage", is_flag=True, help="Export even if patients or images appear in more than one split or fold (not recommended; recorded).")
-@click.option("-q", "--quiet", is_flag=True, help="No verdict line or table on stderr (warnings and errors still).")
+@quiet_option
 def export(manifest, fmt, output, root, relative, uncertain, missing, columns, allow_leakage, quiet):
     """Write MANIFEST for a trainer outside mdprep: one part per split, folds and labels kept.
 

@@ -26,7 +26,20 @@ from ..choices import (
 )
 from ..errors import InputError, MdprepError, MdprepWarning, UsageError, examples_text
 from ..fileio import check_outputs
-from ._options import check_incremental, choice_option, comma_list, described, incremental_options, key_file_option, scheduler_options
+from ._options import (
+    check_incremental,
+    choice_option,
+    comma_list,
+    described,
+    incremental_options,
+    json_option,
+    key_file_option,
+    output_option,
+    quiet_option,
+    scheduler_options,
+    workers_option,
+    write_json_summary,
+)
 from .audit import allow_outside_root_option
 from ._ui import file_progress, print_table, status
 
@@ -188,6 +201,9 @@ def render_summary(
     errors_path: str | None,
     quiet: bool,
     summary: Callable[[], ManifestSummary] | None = None,
+    *,
+    command: str,
+    json_path: str | None = None,
 ) -> None:
     """Rows, patients, images per patient, reconciled counts, label prevalence, warnings and notes.
 
@@ -195,8 +211,14 @@ def render_summary(
     input was skipped, failed or aggregated into another row, and the warnings. Notes
     (informational) and the summary tables are left out. ``summary`` gives the
     manifest's summary (by default :func:`mdprep.manifest.summarize` of ``result.manifest``).
+    With ``json_path``, the same facts are also written as JSON (:func:`mdprep.summaries.ingest_summary`).
     """
     rep = result.report
+    facts = functools.cache(summary if summary is not None else lambda: _summarize(result.manifest))
+    if json_path:
+        from ..summaries import ingest_summary
+
+        write_json_summary(json_path, ingest_summary(command, rep, output, facts()))
     # What was not ingested as a row of its own is reported even with --quiet: nothing is lost silently.
     lost = bool(rep.skipped or rep.failed)
     if rep.series is not None:
@@ -224,12 +246,7 @@ def render_summary(
         return
     from rich.table import Table
 
-    if summary is None:
-        from ..manifest import summarize
-
-        s = summarize(result.manifest)
-    else:
-        s = summary()
+    s = facts()
     for note in rep.notes:
         click.echo(f"Note: {note}", err=True)
     table = Table(title=f"Wrote {output}", title_justify="left", show_header=False, box=None)
@@ -248,6 +265,12 @@ def render_summary(
         for c in s.labels:
             lt.add_row(c.label, f"{c.positive:,}", f"{c.prevalence:.2%}", f"{c.uncertain:,}", f"{c.missing:,}")
         print_table(lt)
+
+
+def _summarize(manifest) -> ManifestSummary:
+    from ..manifest import summarize
+
+    return summarize(manifest)
 
 
 def _render_series(rep, errors_path: str | None, quiet: bool) -> None:
@@ -280,11 +303,7 @@ def _render_series(rep, errors_path: str | None, quiet: bool) -> None:
         )
 
 
-_output = click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write (atomically); '-' for stdout.")
-_quiet = click.option("-q", "--quiet", is_flag=True, help="No progress bars, summary or notes on stderr (warnings and errors stay).")
-_workers = click.option(
-    "--workers", type=click.IntRange(min=1), default=None, help="Processes reading files [default: all cores]; with --scheduler local, the Dask workers started."
-)
+_output = output_option("OUT.parquet", "Manifest to write (atomically); '-' for stdout.")
 _errors = click.option(
     "--errors", "errors_path", metavar="FILE", help="Write every file that gave no row (path, outcome, error type, message); .csv or .parquet."
 )
@@ -327,15 +346,16 @@ def ingest() -> None:
 )
 @_files_from
 @allow_outside_root_option
-@_workers
+@workers_option
 @scheduler_options
 @_errors
 @incremental_options
 @pseudonymize_options
-@_quiet
+@json_option
+@quiet_option
 def ingest_dicom_cmd(
     root, output, tags, missing_patient, level, drop_bad_series, spacing_tolerance, files_from, allow_outside_root, workers, scheduler,
-    errors_path, update, record_signatures, pseudo, quiet,
+    errors_path, update, record_signatures, pseudo, json_path, quiet,
 ):
     """Read the headers (never the pixels) of every DICOM file under ROOT.
 
@@ -371,8 +391,8 @@ def ingest_dicom_cmd(
     more_inputs, more_outputs = check_incremental(update, record_signatures, output, pseudonymised=pseudo.on)
     check_outputs(
         {"--files-from": files_from, "--key-file": pseudo.key_file, **more_inputs},
-        {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, **more_outputs},
-        stdout={"-o/--output"},
+        {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, "--json": json_path, **more_outputs},
+        stdout={"-o/--output", "--json"},
     )
     files = _read_file_list(files_from)
     with quoted_values_hidden(pseudo, set()) as keep:
@@ -396,7 +416,7 @@ def ingest_dicom_cmd(
         keep.update(result.manifest.frame.columns)
         result = _pseudonymized(result, pseudo, quiet)
     _write_outputs(result, output, errors_path)
-    render_summary(result, output, errors_path, quiet)
+    render_summary(result, output, errors_path, quiet, command="ingest dicom", json_path=json_path)
 
 
 @ingest.command("images")
@@ -410,13 +430,16 @@ def ingest_dicom_cmd(
 @_output
 @_files_from
 @allow_outside_root_option
-@_workers
+@workers_option
 @scheduler_options
 @_errors
 @incremental_options
 @pseudonymize_options
-@_quiet
-def ingest_images_cmd(root, patient_regex, output, files_from, allow_outside_root, workers, scheduler, errors_path, update, record_signatures, pseudo, quiet):
+@json_option
+@quiet_option
+def ingest_images_cmd(
+    root, patient_regex, output, files_from, allow_outside_root, workers, scheduler, errors_path, update, record_signatures, pseudo, json_path, quiet,
+):
     """Index the PNG/JPEG/TIFF images, or the NIfTI volumes, under ROOT; patient and study come from the path.
 
     ROOT may be a URL (s3://bucket/prefix, gs://, az://), as for ingest dicom.
@@ -440,8 +463,8 @@ def ingest_images_cmd(root, patient_regex, output, files_from, allow_outside_roo
     more_inputs, more_outputs = check_incremental(update, record_signatures, output, pseudonymised=pseudo.on)
     check_outputs(
         {"--files-from": files_from, "--key-file": pseudo.key_file, **more_inputs},
-        {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, **more_outputs},
-        stdout={"-o/--output"},
+        {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, "--json": json_path, **more_outputs},
+        stdout={"-o/--output", "--json"},
     )
     files = _read_file_list(files_from)
     with quoted_values_hidden(pseudo, set()) as keep:
@@ -453,7 +476,7 @@ def ingest_images_cmd(root, patient_regex, output, files_from, allow_outside_roo
         keep.update(result.manifest.frame.columns)
         result = _pseudonymized(result, pseudo, quiet)
     _write_outputs(result, output, errors_path)
-    render_summary(result, output, errors_path, quiet)
+    render_summary(result, output, errors_path, quiet, command="ingest images", json_path=json_path)
 
 
 @ingest.command("table")
@@ -493,10 +516,11 @@ def ingest_images_cmd(root, patient_regex, output, files_from, allow_outside_roo
 @click.option("--image-ext", default="jpg", show_default=True, help="MIMIC-CXR: file ending of the built paths (jpg or dcm).")
 @click.option("--root", "image_root", type=click.Path(file_okay=False), help="Folder the table's paths are relative to (recorded in the manifest).")
 @pseudonymize_options
-@_quiet
+@json_option
+@quiet_option
 def ingest_table_cmd(
     table, preset, output, metadata, uncertain, image_col, patient_col, path_col, study_col, labels_col, labels_sep, label_cols,
-    label_when, blank, label_map, aggregate, reader_col, columns, sep, encoding, image_ext, image_root, pseudo, quiet,
+    label_when, blank, label_map, aggregate, reader_col, columns, sep, encoding, image_ext, image_root, pseudo, json_path, quiet,
 ):
     """Turn a dataset's label table (CSV, TSV, gzip, Parquet) into a manifest.
 
@@ -517,8 +541,8 @@ def ingest_table_cmd(
 
     check_outputs(
         {"TABLE": table, "--metadata": metadata, "--label-map": label_map, "--key-file": pseudo.key_file},
-        {"-o/--output": output, "--path-map": pseudo.path_map},
-        stdout={"-o/--output"},
+        {"-o/--output": output, "--path-map": pseudo.path_map, "--json": json_path},
+        stdout={"-o/--output", "--json"},
     )
     options = dict(
         preset=preset, metadata=metadata, uncertain=uncertain, image_col=image_col, patient_col=patient_col, path_col=path_col,
@@ -545,9 +569,9 @@ def ingest_table_cmd(
                 # ingest_table checked this very manifest against the contract as its last step: write it without checking again.
                 write_table(to_arrow(result.manifest), sink)
     if fast is not None:
-        render_summary(fast, output, None, quiet, summary=fast.summary)
+        render_summary(fast, output, None, quiet, summary=fast.summary, command="ingest table", json_path=json_path)
     else:
-        render_summary(result, output, None, quiet)
+        render_summary(result, output, None, quiet, command="ingest table", json_path=json_path)
     _exit_without_collecting()
 
 

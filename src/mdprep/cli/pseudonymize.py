@@ -8,7 +8,7 @@ from ..choices import DATE_POLICIES, PATH_POLICIES
 from ..errors import UsageError
 from ..fileio import check_outputs
 from ._ui import echo
-from ._options import comma_list, key_file_option
+from ._options import comma_list, json_option, key_file_option, output_option, quiet_option, write_json_summary
 
 
 def summary(result, quiet: bool, path_map: str | None = None) -> None:
@@ -36,25 +36,35 @@ def summary(result, quiet: bool, path_map: str | None = None) -> None:
 
 
 @click.command("keygen")
-@click.argument("key_file", type=click.Path(dir_okay=False))
-def keygen(key_file):
+@click.argument("key_file", required=False, type=click.Path(dir_okay=False))
+@output_option("KEY_FILE", "The key file to write (permissions 0600; never over an existing file).", required=False, type=click.Path(dir_okay=False))
+@quiet_option
+def keygen(key_file, output, quiet):
     """Write a new secret pseudonymisation key (32 random bytes, hex) to KEY_FILE with permissions 0600.
 
     \b
     Keep the key out of the repository: whoever holds it can link pseudonyms back to ids.
+    The file is given with -o/--output, as every command's output (a plain KEY_FILE
+    argument still works).
     Example:
-      mdprep keygen ~/.mdprep/site.key
+      mdprep keygen -o ~/.mdprep/site.key
     """
     from ..pseudonyms import write_key_file
 
-    check_outputs({}, {"KEY_FILE": key_file})
-    write_key_file(key_file)
-    click.echo(f"Wrote a new key to {key_file} (permissions 0600); keep it secret and out of version control", err=True)
+    if key_file and output:
+        raise UsageError(f"give the key file once: -o {output} or KEY_FILE {key_file}, not both")
+    target = output or key_file
+    if not target:
+        raise click.UsageError("Missing option '-o' / '--output': the key file to write, for example -o ~/.mdprep/site.key")
+    check_outputs({}, {"-o/--output": target})
+    write_key_file(target)
+    if not quiet:
+        click.echo(f"Wrote a new key to {target} (permissions 0600); keep it secret and out of version control", err=True)
 
 
 @click.command("pseudonymize")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Pseudonymised manifest to write; '-' for stdout.")
+@output_option("OUT.parquet", "Pseudonymised manifest to write; '-' for stdout.")
 @key_file_option
 @click.option("--columns", metavar="COL,...", help="More identifier columns (names ending in 'uid' become UIDs).")
 @click.option("--dates", type=click.Choice(DATE_POLICIES), default="shift", show_default=True, help="Every date and date-time: shift per patient (intervals kept), keep the year, or drop.")
@@ -70,8 +80,9 @@ def keygen(key_file):
 @click.option("--drop-columns", multiple=True, metavar="COL,...", help="Drop these columns.")
 @click.option("--cap-age/--no-cap-age", default=True, show_default=True, help="Ages over 89 become 90.")
 @click.option("--mapping", "mapping_path", metavar="FILE.csv", help="Also write original-to-pseudonym pairs (0600; never commit it).")
-@click.option("-q", "--quiet", is_flag=True, help="No summary.")
-def pseudonymize_cmd(manifest, output, key_file, columns, dates, paths, path_map, keep_columns, drop_columns, cap_age, mapping_path, quiet):
+@json_option
+@quiet_option
+def pseudonymize_cmd(manifest, output, key_file, columns, dates, paths, path_map, keep_columns, drop_columns, cap_age, mapping_path, json_path, quiet):
     """Replace identifiers with keyed pseudonyms so the manifest can be committed.
 
     \b
@@ -89,7 +100,11 @@ def pseudonymize_cmd(manifest, output, key_file, columns, dates, paths, path_map
     from ..manifest import read_manifest, write_manifest
     from ..pseudonyms import load_key, pseudonymize, write_mapping, write_path_map
 
-    check_outputs({"MANIFEST": manifest, "--key-file": key_file}, {"-o/--output": output, "--mapping": mapping_path, "--path-map": path_map}, stdout={"-o/--output"})
+    check_outputs(
+        {"MANIFEST": manifest, "--key-file": key_file},
+        {"-o/--output": output, "--mapping": mapping_path, "--path-map": path_map, "--json": json_path},
+        stdout={"-o/--output", "--json"},
+    )
     key = load_key(key_file)
     m = read_manifest(manifest)
     if path_map and paths in ("keep", "drop"):
@@ -115,4 +130,8 @@ def pseudonymize_cmd(manifest, output, key_file, columns, dates, paths, path_map
             click.echo(f"Warning: {path_map} links pseudonymised paths back to real ones (permissions 0600); never commit it", err=True)
         else:
             click.echo(f"Note: no path spells out an identifier, so paths were kept and {path_map} was not written", err=True)
+    if json_path:
+        from ..summaries import pseudonymize_summary
+
+        write_json_summary(json_path, pseudonymize_summary(result, output))
     summary(result, quiet, path_map=path_map if len(result.path_map) else None)

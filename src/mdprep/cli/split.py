@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import click
 
 from ..choices import MISSING_GROUP_POLICIES, PERSON_COLUMNS
 from ._ui import print_table, status
-from ._options import comma_list, seed_option
+from ._options import comma_list, json_option, output_option, quiet_option, renamed_option, seed_option, write_json_summary
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -74,12 +73,12 @@ def _summary(q: SplitQuality) -> str:
 
 @click.command("split")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, metavar="OUT.parquet", help="Manifest to write with a split and/or fold column; '-' for stdout.")
+@output_option("OUT.parquet", "Manifest to write with a split and/or fold column; '-' for stdout.")
 @click.option("--group", default="patient_id", show_default=True, help="Column whose values never cross parts (patient, study, site).")
 @click.option("--ratios", help="Shares of the images per part, summing to 1 [default: 0.7,0.1,0.2 unless --folds alone].")
 @click.option("--names", help="Part names [default: train,val,test for 3 ratios, train,test for 2].")
 @click.option("--folds", type=click.IntRange(min=2), help="Also (or only) write a fold column 0..K-1; with --ratios the last part is held out.")
-@seed_option("Seed for tie-breaking, 0 to 2**32-1: the same seed gives the same bytes.")
+@seed_option()
 @click.option("--stratify", multiple=True, metavar="LABEL,...", help="Label columns to balance [default: all label columns].")
 @click.option(
     "--stratify-by", multiple=True, metavar="COL,...",
@@ -100,9 +99,10 @@ def _summary(q: SplitQuality) -> str:
     help="The most rows --link may join to a group's largest patient, in rows or a share of the manifest [default: 1%, at least 100 rows]; more is an error naming the link.",
 )
 @click.option("--person-cols", default=",".join(PERSON_COLUMNS), show_default=True, help="Columns that together suggest one person (--link same_person).")
-@click.option("--report", "report_path", metavar="FILE.json", help="Write the quality report as JSON ('-' for stdout).")
-@click.option("-q", "--quiet", is_flag=True, help="No tables on stderr.")
-def split(manifest, output, group, ratios, names, folds, seed, stratify, stratify_by, keep_existing, missing_group, links, max_component, person_cols, report_path, quiet):
+@json_option
+@quiet_option
+@renamed_option("--report", "--json", "json_path", metavar="FILE")
+def split(manifest, output, group, ratios, names, folds, seed, stratify, stratify_by, keep_existing, missing_group, links, max_component, person_cols, json_path, quiet):
     """Split MANIFEST into train/val/test and/or K folds; no patient ever crosses parts.
 
     \b
@@ -115,16 +115,16 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
       mdprep split nih.parquet --ratios 0.7,0.1,0.2 --seed 0 -o nih-split.parquet
       mdprep split nih.parquet --folds 5 --stratify-by sex,view -o nih-5fold.parquet
       mdprep split chex.parquet --stratify-by sex,age:0,18,40,65,120 -o chex-split.parquet
-      mdprep split nih.parquet --ratios 0.8,0.2 --names trainval,test --folds 5 -o cv.parquet --report split.json
+      mdprep split nih.parquet --ratios 0.8,0.2 --names trainval,test --folds 5 -o cv.parquet --json split.json
       mdprep split hashed.parquet --link study_id,file_sha256,pixel_sha256,phash -o linked-split.parquet
     """
     from ..audit import visible
-    from ..fileio import check_outputs, file_fingerprint, write_text
+    from ..fileio import check_outputs, file_fingerprint
     from ..linking import link_items
     from ..manifest import read_manifest, write_manifest
     from ..splitting import split_manifest, stratify_by_items
 
-    check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--report": report_path}, stdout={"-o/--output", "--report"})
+    check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--json": json_path}, stdout={"-o/--output", "--json"})
     if links and not link_items(links):
         raise click.UsageError("--link is empty; give column names, phash[:T] or same_person, for example --link study_id,file_sha256")
     names_list = comma_list([names]) if names else None
@@ -148,8 +148,7 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
             inputs=[file_fingerprint(manifest)],
         )
         write_manifest(result.manifest, output)
-    if report_path:
-        write_text(report_path, json.dumps(result.report(), indent=2, sort_keys=True) + "\n")
+    write_json_summary(json_path, result.report())
     for note in result.notes:
         click.echo(visible(f"Note: {note}"), err=True)
     if result.links is not None and result.links.largest and not quiet:

@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..fileio import check_outputs, file_fingerprint
 from ..params import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_LR, MIN_IMAGE_SIZE
 from ._ui import _animate, print_table
-from ._options import FiniteFloat, seed_option
+from ._options import FiniteFloat, output_option, quiet_option, renamed_option, root_option, seed_option
 from .audit import allow_outside_root_option, path_map_option
 
 if TYPE_CHECKING:
@@ -35,12 +35,15 @@ class FoldParam(click.ParamType):
 
 @click.command("train")
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("--root", type=click.Path(file_okay=False), help="Folder the manifest's paths are relative to [default: the recorded root].")
+@root_option
 @click.option(
     "--weights", "weights_path", multiple=True, type=click.Path(dir_okay=False),
     help="weights.json from `mdprep weights` [default: unweighted loss]; with --fold all, one per fold (`mdprep weights --fold K`) may be given.",
 )
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: best.pt (fold-K/best.pt with --fold all), predictions.parquet and metrics.json.")
+@output_option(
+    "RUN_DIR", "Run folder: best.pt (fold-K/best.pt with --fold all), predictions.parquet and metrics.json.", required=False,
+    type=click.Path(file_okay=False),
+)
 @click.option("--framework", type=click.Choice(["torch", "keras"]), default="torch", show_default=True, help="PyTorch, or Keras 3 on its torch backend (the keras extra).")
 @click.option(
     "--arch", default="densenet121", show_default=True,
@@ -70,16 +73,21 @@ class FoldParam(click.ParamType):
 )
 @click.option("--hflip", is_flag=True, help="Allow horizontal flips in cxr-safe (off: anatomy is not left-right symmetric).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@seed_option("Seed, 0 to 2**32-1: on the CPU the same seed gives the same run.")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader worker processes (0: load in the main process).")
+@seed_option("Seed, 0 to 2**32-1: on the CPU the same inputs and seed give the same run.")
+@click.option(
+    "--workers", default=0, show_default=True, type=click.IntRange(min=0),
+    help="Processes loading images for the data loader; unlike the per-file commands, 0 by default (load in the main process): "
+    "worker processes pay off only when decoding, not the model, is the bottleneck.",
+)
 @click.option("--evaluate-test", is_flag=True, help="Score the test rows once, with the selected checkpoint, at the end.")
 @click.option("--allow-leakage", is_flag=True, help="Train even if patients appear in more than one split (not recommended).")
 @allow_outside_root_option
 @path_map_option
 @click.option("--skip-missing", is_flag=True, help="Leave out rows whose image is missing or does not decode (counted, listed in metrics.json) instead of refusing to start.")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=0), help="Bootstrap replicates (drawn over patients) for the AUC confidence intervals; 0: no intervals.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or tables.")
-def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_split, val_split, test_split, no_val, bootstrap, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, normalize, hflip, device, seed, workers, evaluate_test, allow_leakage, allow_outside_root, path_map, skip_missing, quiet):
+@quiet_option
+@renamed_option("--out", "-o/--output", "output", required=True, type=click.Path(file_okay=False))
+def train(manifest, root, weights_path, output, framework, arch, fold, train_split, val_split, test_split, no_val, bootstrap, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, normalize, hflip, device, seed, workers, evaluate_test, allow_leakage, allow_outside_root, path_map, skip_missing, quiet):
     """Train a multi-label classifier on the train rows (or folds), pick the epoch on the validation rows.
 
     \b
@@ -93,14 +101,14 @@ def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_sp
 
     \b
     Examples:
-      mdprep train nih-split.parquet --root images/ --weights weights.json --out runs/densenet \\
+      mdprep train nih-split.parquet --root images/ --weights weights.json -o runs/densenet \\
         --arch densenet121 --epochs 10 --evaluate-test
-      mdprep train folds.parquet --fold all --arch small --out runs/cv
+      mdprep train folds.parquet --fold all --arch small -o runs/cv
     """
     inputs = {"MANIFEST": manifest, "--pretrained": pretrained, "--path-map": path_map}
     inputs.update({f"--weights {w}": w for w in weights_path})
     written = ("best.pt", "best.keras", "predictions.parquet", "metrics.json")
-    check_outputs(inputs, {"--out": out_dir}, folders={"--out": written})
+    check_outputs(inputs, {"-o/--output": output}, folders={"-o/--output": written})
     try:
         from ..training import train as train_model
     except ImportError as exc:
@@ -111,7 +119,7 @@ def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_sp
     m = read_manifest(manifest)
     if fold == "all" and "fold" in m.frame.columns:  # each fold's checkpoint, in fold-K/, must not be an input either
         folds = sorted(int(k) for k in m.frame["fold"].dropna().unique())
-        check_outputs(inputs, {"--out": out_dir}, folders={"--out": [f"fold-{k}/{name}" for k in folds for name in written[:2]]})
+        check_outputs(inputs, {"-o/--output": output}, folders={"-o/--output": [f"fold-{k}/{name}" for k in folds for name in written[:2]]})
     # Files by size and SHA-256, not by path: outputs do not depend on where the inputs lie, and name no patient.
     provenance = {"manifest": _content(manifest), "weights": [_content(w) for w in weights_path]}
     real_paths = load_path_map(path_map) if path_map else None
@@ -148,7 +156,7 @@ def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_sp
         progress.start()
     try:
         result = train_model(
-            m, root=root, out_dir=out_dir, weights_path=list(weights_path), framework=framework, fold=fold, train_split=train_split,
+            m, root=root, out_dir=output, weights_path=list(weights_path), framework=framework, fold=fold, train_split=train_split,
             val_split=val_split, test_split=test_split, no_val=no_val, bootstrap=bootstrap, provenance=provenance, arch=arch, epochs=epochs, batch_size=batch_size,
             image_size=image_size, lr=lr, pretrained=pretrained, freeze=freeze_backbone, augment=augment, normalize=normalize, hflip=hflip,
             device=device, seed=seed, evaluate_test=evaluate_test, allow_leakage=allow_leakage, workers=workers,
@@ -166,7 +174,7 @@ def train(manifest, root, weights_path, out_dir, framework, arch, fold, train_sp
     if quiet:
         return
     print_table(summary_table(metrics, epochs))
-    click.echo(f"Wrote {out_dir}/predictions.parquet and {out_dir}/metrics.json", err=True)
+    click.echo(f"Wrote {output}/predictions.parquet and {output}/metrics.json", err=True)
 
 
 def _content(path: str) -> dict:

@@ -1,0 +1,230 @@
+"""One CLI grammar: the options commands share have one spelling, one help text and one default.
+
+The test walks the whole click command tree, so a new command or option is checked the
+day it is added. Where a shared option name means something else on one command, the
+exception is listed below with the reason, and the help says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+
+from mdprep.cli import main
+from mdprep.cli._options import JSON_HELP, QUIET_HELP, SEED_HELP, WORKERS_HELP
+from mdprep.synthetic import write_image_tree, write_nih_table
+
+
+def _commands(group: click.Group = main, path: tuple[str, ...] = ()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*path, name))
+        else:
+            yield " ".join((*path, name)), cmd
+
+
+COMMANDS = dict(_commands())
+
+
+def _options(cmd: click.Command) -> dict[str, click.Option]:
+    return {p.name: p for p in cmd.params if isinstance(p, click.Option) and not p.hidden}
+
+
+#: Commands whose one main output is -o/--output (a file, or a folder for train and demo).
+WRITERS = {
+    "ingest dicom", "ingest images", "ingest table", "hash", "split", "weights", "resample", "pseudonymize",
+    "export", "report", "train", "keygen", "demo",
+}  # fmt: skip
+#: Commands that summarise on stderr and can write that summary (or their report) as JSON.
+SUMMARISERS = {
+    "ingest dicom", "ingest images", "ingest table", "validate", "hash", "split", "weights", "resample", "check",
+    "audit-leakage", "pseudonymize",
+}  # fmt: skip
+
+#: (command, option) pairs that keep a help text of their own, and why.
+OWN_HELP = {
+    ("train", "seed"): "a training run is reproducible on the CPU only",
+    ("train", "workers"): "the data loader's processes, 0 by default (said in its help)",
+    ("demo", "seed"): "the seed of the generated cohort",
+    ("train", "train_split"): "the split that trains, vs the audit's temporal reference",
+    ("split", "group"): "the grouping the split keeps whole, vs the column patient_overlap checks",
+    ("split", "names"): "part names, vs the split names of several manifests",
+    ("split", "person_cols"): "the columns of --link same_person",
+    ("weights", "fold"): "the fold whose training rows are counted, vs the fold train validates on",
+    ("weights", "split"): "the rows to count, vs the split resample changes",
+    ("weights", "split_col"): "one manifest's split column; the audit's takes several manifests",
+    ("resample", "split_col"): "one manifest's split column; the audit's takes several manifests",
+    ("train", "allow_leakage"): "what train refuses differs from what export refuses",
+    ("ingest table", "uncertain"): "how ingest stores -1, vs how export writes it",
+    ("hash", "errors_path"): "the files that could not be hashed",
+    ("hash", "path_map"): "hash reads the path map; ingest and pseudonymize write one",
+    ("train", "path_map"): "train reads the path map; ingest and pseudonymize write one",
+    ("pseudonymize", "columns"): "identifier columns, vs the columns export carries",
+    ("ingest table", "image_root"): "the root ingest records in the manifest, vs the root the readers look in",
+}
+#: (command, option) pairs spelled with one more alias, and why.
+OWN_SPELLING = {("train", "fold"): "--folds all reads as naturally as --fold all"}
+#: Options whose pseudonymize-only meaning is prefixed "With --pseudonymize:" on the ingest commands.
+PSEUDONYMIZE_SHARED = {"dates", "paths", "path_map", "keep_columns", "drop_columns"}
+
+
+def test_every_command_takes_quiet_with_one_meaning():
+    for name, cmd in COMMANDS.items():
+        q = _options(cmd).get("quiet")
+        assert q is not None, f"{name} has no -q/--quiet"
+        assert q.opts == ["-q", "--quiet"] and q.is_flag and q.help == QUIET_HELP, name
+
+
+def test_every_main_output_is_dash_o_output():
+    assert WRITERS <= set(COMMANDS)
+    for name in WRITERS:
+        o = _options(COMMANDS[name]).get("output")
+        assert o is not None and o.opts == ["-o", "--output"] and o.help, f"{name}: no -o/--output"
+    for name in set(COMMANDS) - WRITERS:
+        assert "output" not in _options(COMMANDS[name]), f"{name} writes a main output: add it to WRITERS"
+    # No command spells an output another way (the former --out and --report are hidden aliases).
+    for name, cmd in COMMANDS.items():
+        assert not {"--out", "--report", "--out-dir"} & {o for p in _options(cmd).values() for o in p.opts}, name
+
+
+def test_every_summarising_command_writes_json_the_same_way():
+    for name in SUMMARISERS:
+        j = _options(COMMANDS[name]).get("json_path")
+        assert j is not None, f"{name} has no --json"
+        assert j.opts == ["--json"] and j.metavar == "FILE" and j.help == JSON_HELP, name
+
+
+def _long(opt: click.Option) -> str:
+    return next(o for o in opt.opts if o.startswith("--"))
+
+
+def test_shared_options_have_one_spelling_help_and_default():
+    uses: dict[str, list[tuple[str, click.Option]]] = {}
+    for name, cmd in COMMANDS.items():
+        for opt in _options(cmd).values():
+            uses.setdefault(_long(opt), []).append((name, opt))
+    checked = 0
+    for flag, where in uses.items():
+        if len(where) < 2 or flag == "--output":  # -o's help says what each command writes
+            continue
+        spellings = {tuple(o.opts + o.secondary_opts) for n, o in where if (n, o.name) not in OWN_SPELLING}
+        assert len(spellings) == 1, f"{flag} is spelled {spellings}"
+        common = [(n, o) for n, o in where if (n, o.name) not in OWN_HELP]
+        if where[0][1].name in PSEUDONYMIZE_SHARED:
+            common = [(n, o) for n, o in common if n != "pseudonymize"]
+        helps = {o.help for _, o in common}
+        defaults = {repr(o.default) for _, o in common}
+        assert len(helps) <= 1, f"{flag} has {len(helps)} help texts: {sorted(helps)}"
+        assert len(defaults) <= 1, f"{flag} has defaults {defaults} on {[n for n, _ in common]}"
+        checked += 1
+    assert checked >= 20, checked
+    # Every listed exception is still real (a stale entry would hide a new drift).
+    for name, param in OWN_HELP:
+        assert param in _options(COMMANDS[name]), (name, param)
+    assert {n for n, o in uses["--seed"] if o.help == SEED_HELP} == {"split", "resample"}
+    assert {n for n, o in uses["--workers"] if o.help == WORKERS_HELP and o.default is None} == {"ingest dicom", "ingest images", "hash"}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from click.testing import CliRunner
+
+    d = tmp_path_factory.mktemp("grammar")
+    write_nih_table(d / "t.csv", patients=12)
+    runner = CliRunner()
+    for argv in (["ingest", "table", str(d / "t.csv"), "--preset", "nih", "-o", str(d / "m.parquet"), "-q"],
+                 ["split", str(d / "m.parquet"), "--ratios", "0.5,0.25,0.25", "-o", str(d / "s.parquet"), "-q"]):  # fmt: skip
+        assert runner.invoke(main, argv).exit_code == 0
+    return d
+
+
+def _json(runner, argv, code=0) -> dict:
+    res = runner.invoke(main, [*argv, "--json", "-"])
+    assert res.exit_code == code, res.output
+    doc = json.loads(res.stdout)
+    return doc
+
+
+def test_json_summaries_say_what_stderr_says(runner, cohort, tmp_path):
+    d = cohort
+    doc = _json(runner, ["ingest", "table", str(d / "t.csv"), "--preset", "nih", "-o", str(tmp_path / "m.parquet"), "-q"])
+    assert doc["schema"] == "mdprep-summary" and doc["version"] == 1 and doc["command"] == "ingest table"
+    c = doc["counts"]
+    assert doc["reconciles"] and c["found"] == c["ingested"] + c["skipped"] + c["failed"] + c["aggregated"] + c["dropped"]
+    assert doc["manifest"]["rows"] == c["ingested"] and {x["label"] for x in doc["manifest"]["labels"]} >= {"Hernia", "Effusion"}
+    # The pandas path (--aggregate) gives the same summary as the Arrow path.
+    slow = _json(runner, ["ingest", "table", str(d / "t.csv"), "--preset", "nih", "--aggregate", "any",
+                          "-o", str(tmp_path / "m2.parquet"), "-q"])  # fmt: skip
+    assert {k: v for k, v in slow.items() if k not in ("output", "notes")} == {k: v for k, v in doc.items() if k not in ("output", "notes")}
+
+    doc = _json(runner, ["validate", str(d / "s.parquet"), "-q"])
+    assert doc["valid"] and doc["manifests"][0]["rows"] == c["ingested"]
+
+    w = _json(runner, ["weights", str(d / "s.parquet"), "-o", str(tmp_path / "w.json"), "-q"])
+    written = json.loads((tmp_path / "w.json").read_text())
+    assert w["rows"] == written["rows"] and [x["label"] for x in w["labels"]] == written["labels"]
+
+    r = _json(runner, ["resample", str(d / "s.parquet"), "--strategy", "ml-ros", "--percent", "20", "-o", str(tmp_path / "r.parquet"), "-q"])
+    assert r["after"]["rows"] > r["before"]["rows"] and r["removed"] == 0
+
+    sp = _json(runner, ["split", str(d / "m.parquet"), "-o", str(tmp_path / "s.parquet"), "-q"])
+    assert sp["schema"] == "mdprep-split-report"
+
+    au = _json(runner, ["check", str(d / "s.parquet"), "-q"])
+    assert au["schema"] == "mdprep-audit-report" and au["exit_code"] == 0
+
+
+def test_hash_and_pseudonymize_summaries(runner, tmp_path):
+    root = tmp_path / "imgs"
+    write_image_tree(root, patients=3, studies=1, seed=0, plant_bad_files=False)
+    regex = r"(?P<patient>patient\d+)/(?P<study>study\d+)/"
+    m = tmp_path / "m.parquet"
+    doc = _json(runner, ["ingest", "images", str(root), "--patient-regex", regex, "-o", str(m), "--workers", "1", "-q"])
+    assert doc["command"] == "ingest images" and doc["counts"]["ingested"] == doc["manifest"]["rows"] > 0
+    h = _json(runner, ["hash", str(m), "-o", str(tmp_path / "h.parquet"), "--workers", "1", "-q", "--record-signatures"])
+    assert h["images"] == h["hashed"] + h["failed"] == doc["manifest"]["rows"] and h["update"] is None
+    h2 = _json(runner, ["hash", str(m), "--update", str(tmp_path / "h.parquet"), "-o", str(tmp_path / "h2.parquet"), "--workers", "1", "-q"])
+    assert h2["update"]["unchanged"] + h2["update"]["read"] == h["images"] and h2["update"]["new"] == 0
+    key = tmp_path / "k.key"
+    assert runner.invoke(main, ["keygen", "-o", str(key), "-q"]).exit_code == 0
+    p = _json(runner, ["pseudonymize", str(m), "--key-file", str(key), "-o", str(tmp_path / "p.parquet"), "-q"])
+    assert {c["column"] for c in p["columns"]} >= {"patient_id", "image_id"}
+    # Names and treatments only: no raw identifier is in the summary.
+    assert "patient0" not in json.dumps(p)
+
+
+def test_check_reports_a_broken_contract_in_every_report_file(runner, cohort, tmp_path):
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(cohort / "s.parquet")
+    broken = tmp_path / "broken.parquet"
+    pq.write_table(t.set_column(t.schema.get_field_index("image_id"), "image_id", t.column("patient_id")), broken)
+    out = {k: tmp_path / f"r.{k}" for k in ("json", "junit", "markdown")}
+    res = runner.invoke(main, ["check", str(broken), *[a for k, p in out.items() for a in (f"--{k}", str(p))]])
+    assert res.exit_code == 1
+    doc = json.loads(out["json"].read_text())
+    assert doc["result"] == "failed" and doc["exit_code"] == 1 and doc["checks"] == []
+    assert doc["contract"] and all(v["path"] == str(broken) for v in doc["contract"])
+    assert 'failures="1"' in out["junit"].read_text() and "break the contract" in out["markdown"].read_text()
+
+
+def test_former_option_names_still_work_with_a_warning(runner, cohort, tmp_path):
+    d = cohort
+    res = runner.invoke(main, ["split", str(d / "m.parquet"), "-o", str(tmp_path / "a.parquet"), "--report", str(tmp_path / "a.json"), "-q"])
+    assert res.exit_code == 0 and "Warning: --report is deprecated" in res.stderr
+    assert json.loads((tmp_path / "a.json").read_text())["schema"] == "mdprep-split-report"
+    res = runner.invoke(main, ["split", str(d / "m.parquet"), "-o", str(tmp_path / "b.parquet"), "--report", "x.json", "--json", "y.json"])
+    assert res.exit_code == 2 and "give --json only" in res.stderr and not Path("x.json").exists()
+    res = runner.invoke(main, ["keygen", str(tmp_path / "old.key"), "-q"])
+    assert res.exit_code == 0 and (tmp_path / "old.key").exists() and res.stderr == ""
+    res = runner.invoke(main, ["keygen"])
+    assert res.exit_code == 2 and "Missing option '-o' / '--output'" in res.stderr
+    res = runner.invoke(main, ["train", str(d / "s.parquet")])
+    assert res.exit_code == 2 and "Missing option -o/--output" in res.stderr
+    for name, hidden in (("split", "--report "), ("train", "--out "), ("demo", "--out ")):
+        assert hidden not in runner.invoke(main, [name, "--help"]).stdout
