@@ -542,6 +542,37 @@ class AuditReport:
         """0 when no gating check found unallowed leakage and every required check fully ran, 1 otherwise."""
         return 1 if self.failed or self.unmet else 0
 
+    def findings_frame(self, *, blocking_only: bool = False) -> pd.DataFrame:
+        """Every finding of every check as one DataFrame, one row per finding (a tidy, long table).
+
+        Columns: ``check``, ``partition`` (``split`` or ``fold``), ``verdict`` (of the check:
+        ``failed`` or ``warning``), then the finding's ``key``, ``splits`` (a tuple of split names),
+        ``rows``, ``image_ids`` (the images involved), ``detail`` and ``allowed`` (on the allow list). Checks in the
+        order they ran; an empty frame with these columns when nothing was found.
+        ``blocking_only`` keeps the findings not on the allow list. Each check's own findings
+        are :attr:`CheckResult.findings` (the same columns, less the first three).
+
+        Examples
+        --------
+        >>> f = pd.DataFrame({"image_id": ["a", "b", "c"], "path": ["a", "b", "c"], "patient_id": ["p", "p", "q"],
+        ...                   "split": ["train", "test", "test"]})
+        >>> report = audit(f, checks=["patient_overlap"])
+        >>> report.findings_frame()[["check", "key", "splits", "rows"]]
+                     check key         splits  rows
+        0  patient_overlap   p  (test, train)     2
+        >>> report.findings_frame().groupby("check").size().to_dict()
+        {'patient_overlap': 1}
+        """
+        columns = ["check", "partition", "verdict", *FINDING_COLUMNS, "allowed"]
+        parts = []
+        for c in self.checks:
+            found = c.blocking if blocking_only else c.findings
+            if not found.empty:
+                parts.append(found[FINDING_COLUMNS + ["allowed"]].assign(check=c.check, partition=c.partition, verdict=c.verdict)[columns])
+        if not parts:
+            return _empty_findings().assign(check=pd.Series([], dtype=object), partition=pd.Series([], dtype=object), verdict=pd.Series([], dtype=object))[columns]
+        return pd.concat(parts, ignore_index=True)
+
     def counts(self) -> dict:
         """How many checks (one per check and partition) ran, were skipped (by reason), failed, warned.
 

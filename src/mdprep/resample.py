@@ -3,8 +3,9 @@
 Touches DataFrames only. Only the rows of one (training) split are resampled;
 other splits pass through unchanged, and validation or test splits are refused.
 Every output row carries ``source_image_id`` (the input row it copies; for a
-synthetic SMOTE/ADASYN row, its source rows joined by ``|``) and ``copy`` (0 for
-the original, 1, 2, ... for clones). Removed rows are returned so that they can
+synthetic SMOTE/ADASYN row, its source rows joined by ``|``) and ``copy_index`` (0
+for the original, 1, 2, ... for clones; ``copy`` before manifest format version 2,
+renamed on reading). Removed rows are returned so that they can
 be written out: nothing disappears without a record.
 
 Strategies:
@@ -272,15 +273,15 @@ def resample_manifest(
     else:
         index, synthetic = _synthesise(train, strategy, target, labels, features, ratio, seed)
     out = train.take(index).reset_index(drop=True)
-    copy = pd.Series(index).groupby(index).cumcount().to_numpy()
+    copy_index = pd.Series(index).groupby(index).cumcount().to_numpy()
     out["source_image_id"] = out["image_id"].astype("str")
-    out["copy"] = pd.array(copy, dtype="Int32")
-    clones = copy > 0
-    out.loc[clones, "image_id"] = out.loc[clones, "image_id"] + "#copy" + pd.Series(copy[clones], index=out.index[clones]).astype("str")
+    out["copy_index"] = pd.array(copy_index, dtype="Int32")
+    clones = copy_index > 0
+    out.loc[clones, "image_id"] = out.loc[clones, "image_id"] + "#copy" + pd.Series(copy_index[clones], index=out.index[clones]).astype("str")
     if synthetic is not None:
         out["synthetic"] = False
         out = pd.concat([out, synthetic], ignore_index=True)
-    rest = rest.assign(source_image_id=rest["image_id"].astype("str"), copy=pd.array(np.zeros(len(rest), dtype=np.int32), dtype="Int32"))
+    rest = rest.assign(source_image_id=rest["image_id"].astype("str"), copy_index=pd.array(np.zeros(len(rest), dtype=np.int32), dtype="Int32"))
     if synthetic is not None:
         rest = rest.assign(synthetic=False)
     result = pd.concat([out, rest], ignore_index=True)
@@ -347,7 +348,7 @@ def _synthesise(train, strategy, target, labels, features, ratio, seed):
     ids = train["image_id"].astype("str").to_numpy()
     base["source_image_id"] = ["|".join(ids[s]) for s in src]
     base["image_id"] = [f"synthetic-{strategy}-{k}" for k in range(len(new))]
-    base["copy"] = pd.array(np.zeros(len(new), dtype=np.int32), dtype="Int32")
+    base["copy_index"] = pd.array(np.zeros(len(new), dtype=np.int32), dtype="Int32")
     base["synthetic"] = True
     if target in labels:
         base[target] = pd.array(np.where(y_new[len(train) :] == 1, 1, 0), dtype="Int8")

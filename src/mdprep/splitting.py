@@ -619,6 +619,23 @@ class SplitResult:
     #: Rows ``keep_existing`` moved out of their existing split or fold, to keep a group whole.
     moved: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def quality(self) -> SplitQuality | None:
+        """The quality of what was made: :attr:`split_quality` for a split, :attr:`fold_quality` for folds.
+
+        When both were made (ratios and folds at once) it is the split's; ``fold_quality``
+        still holds the folds'. None only when neither was computed.
+
+        >>> import pandas as pd
+        >>> from mdprep.manifest import Manifest
+        >>> f = pd.DataFrame({"image_id": list("abcdefgh"), "path": list("abcdefgh"), "patient_id": list("aabbccdd"),
+        ...                   "Edema": pd.array([1, 0, 1, 0, 1, 0, 1, 0], dtype="Int8")})
+        >>> q = split_manifest(Manifest(f, labels=["Edema"]), ratios=(0.5, 0.5), seed=0).quality
+        >>> q.kind, [p.name for p in q.parts], q.group_overlap
+        ('split', ['train', 'test'], 0)
+        """
+        return self.split_quality if self.split_quality is not None else self.fold_quality
+
     def report(self) -> dict:
         """The JSON report (schema ``mdprep-split-report`` version 1, see docs/split.md)."""
         step = self.manifest.history[-1]
