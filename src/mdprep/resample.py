@@ -23,6 +23,7 @@ Strategies:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .choices import STRATEGIES
-from .errors import MissingColumnError, UsageError
+from .errors import MdprepWarning, MissingColumnError, UsageError
 from .manifest import POSITIVE, Manifest, order_columns, provenance_step
 from .params import check_number, check_seed
 from .weights import EVAL_SPLITS, split_mask
@@ -193,10 +194,36 @@ def _ratio(ratio: str | float | None):
 
 @dataclass(frozen=True)
 class ResampleResult:
+    """A resampled manifest, the rows taken out, and the statistics of the resampled rows before and after.
+
+    Attributes
+    ----------
+    manifest : Manifest
+        Every input row (clones added, removed rows left out), with ``source_image_id`` and
+        ``copy_index``, and a ``resample`` step in its history.
+    removed : pandas.DataFrame
+        The rows taken out (under-sampling, ``patient-cap``); empty otherwise.
+    before, after : Stats
+        Rows, patients, positives, IRLbl and MeanIR of the resampled split.
+    percent_reached : float or None
+        ``ml-ros`` / ``ml-rus``: the rows cloned or removed, in % of the split's rows (None
+        for the other strategies). Below ``percent`` when the algorithm stopped short.
+    stop_reason : str or None
+        Why ``ml-ros`` / ``ml-rus`` stopped short of ``percent`` (None when it did not):
+        no label was left above (ML-ROS) or below (ML-RUS) the mean imbalance ratio.
+    """
+
     manifest: Manifest
     removed: pd.DataFrame
     before: Stats
     after: Stats
+    percent_reached: float | None = None
+    stop_reason: str | None = None
+
+    @property
+    def stopped_short(self) -> bool:
+        """Whether ``ml-ros`` / ``ml-rus`` cloned or removed fewer rows than ``percent`` asked."""
+        return self.stop_reason is not None
 
 
 def resample_manifest(
@@ -237,6 +264,8 @@ def resample_manifest(
     train = frame[in_split].reset_index(drop=True)
     rest = frame[~in_split]
     rng = np.random.default_rng(seed)
+    reached: float | None = None
+    stop_reason: str | None = None
     synthetic = None
     removed_idx = np.zeros(0, dtype=np.int64)
     if strategy in ("over", "under"):
@@ -260,11 +289,16 @@ def resample_manifest(
             index = np.concatenate([np.arange(len(train)), np.sort(index[len(train) :], kind="stable")])
     elif strategy == "ml-ros":
         _check_percent(percent)
-        index = np.concatenate([np.arange(len(train)), np.sort(ml_ros(_positives(train, labels), percent, rng), kind="stable")])
+        positives = _positives(train, labels)
+        clones = ml_ros(positives, percent, rng)
+        index = np.concatenate([np.arange(len(train)), np.sort(clones, kind="stable")])
+        reached, stop_reason = _shortfall(strategy, len(clones), len(train), percent, split, mean_ir(positives))
     elif strategy == "ml-rus":
         _check_percent(percent)
-        removed_idx = np.sort(ml_rus(_positives(train, labels), percent, rng))
+        positives = _positives(train, labels)
+        removed_idx = np.sort(ml_rus(positives, percent, rng))
         index = np.setdiff1d(np.arange(len(train)), removed_idx)
+        reached, stop_reason = _shortfall(strategy, len(removed_idx), len(train), percent, split, mean_ir(positives))
     elif strategy == "patient-cap":
         if cap is None:
             raise UsageError("--strategy patient-cap needs --cap N, the most images to keep per patient")
@@ -297,8 +331,46 @@ def resample_manifest(
         "cap": cap,
         "features": list(features),
     }
-    resampled = manifest.with_frame(result).with_step(provenance_step("resample", options, inputs, seed=seed))
-    return ResampleResult(resampled, removed, stats(train, labels), stats(result.iloc[: len(out)], labels))
+    step = provenance_step("resample", options, inputs, seed=seed)
+    if stop_reason is not None:
+        # Only when it stopped short: a run that reached --percent keeps the bytes it always had.
+        step["stopped_short"] = {"percent_reached": round(reached, 4), "reason": stop_reason}
+    resampled = manifest.with_frame(result).with_step(step)
+    return ResampleResult(resampled, removed, stats(train, labels), stats(result.iloc[: len(out)], labels), reached, stop_reason)
+
+
+def _shortfall(strategy: str, done: int, rows: int, percent: float, split: str, mir: float) -> tuple[float, str | None]:
+    """The rows cloned or removed in % of ``rows``, and why ML-ROS / ML-RUS stopped short of ``percent`` (None when it did not).
+
+    A warning (:class:`~mdprep.errors.MdprepWarning`, a ``Warning:`` line on the command
+    line) says so, with the percentage reached.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     reached, why = _shortfall("ml-ros", 10, 1000, 5.0, "train", 50.5)
+    >>> reached, why
+    (1.0, 'no label is left above the mean imbalance ratio (MeanIR 50.50)')
+    >>> str(caught[0].message).split(";")[0]
+    "ml-ros stopped short: 10 of the 50 rows asked cloned (--percent 5 of 1,000 'train' rows), 1% reached"
+    """
+    reached = 100.0 * done / rows if rows else 0.0
+    asked = int(round(rows * percent / 100))
+    if done >= asked:
+        return reached, None
+    side = "above" if strategy == "ml-ros" else "below"
+    mir_text = f"MeanIR {mir:.2f}" if np.isfinite(mir) else "no label has positives"
+    reason = f"no label is left {side} the mean imbalance ratio ({mir_text})"
+    if strategy == "ml-rus":
+        reason += " with rows that may go (a row with a minority label is never removed)"
+    verb = "cloned" if strategy == "ml-ros" else "removed"
+    warnings.warn(
+        f"{strategy} stopped short: {done:,} of the {asked:,} rows asked {verb} (--percent {percent:g} of {rows:,} {split!r} rows), "
+        f"{reached:.3g}% reached; {reason}",
+        MdprepWarning,
+        stacklevel=3,
+    )
+    return reached, reason
 
 
 def _check_percent(percent: float) -> None:
