@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import re
+import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -808,7 +809,7 @@ def _apply_allow(result: CheckResult, allow: Sequence[Mapping]) -> CheckResult:
 
 
 def audit(
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | Manifest,
     *,
     split_col: str = "split",
     group: str = "patient_id",
@@ -827,9 +828,11 @@ def audit(
 
     Parameters
     ----------
-    frame : DataFrame
-        Rows with an ``image_id`` and a ``split_col``; rows with no split are counted
-        as unassigned and left out.
+    frame : DataFrame or Manifest
+        Rows with an ``image_id`` and a ``split_col`` (a :class:`~mdprep.manifest.Manifest`:
+        its ``frame``); rows with no split are counted as unassigned and left out.
+    split_col : str
+        Column holding the split names.
     group : str
         Column for ``patient_overlap`` (the patient by default).
     fold_col : str or None
@@ -848,6 +851,31 @@ def audit(
         required check fails the gate (exit code 1) when it was skipped, left rows
         unchecked (no value: a missing UID, a file that could not be hashed) or, for
         ``patient_overlap``, ran on a degenerate grouping.
+    person_columns : sequence of str
+        The columns ``same_person`` compares (sex, birth date, ...).
+    time_col : str, optional
+        A date column: runs ``temporal`` (no ``train_split`` image dated after another split's).
+    train_split : str
+        The training split, for ``temporal``.
+    inputs : sequence of dict
+        Fingerprints of the files read, recorded in the report.
+
+    Returns
+    -------
+    AuditReport
+        Every check's result (:attr:`AuditReport.checks`); ``exit_code`` (0 passed,
+        1 failed: the rule ``mdprep audit-leakage`` exits with), ``verdict`` (one line),
+        ``findings_frame()`` (every finding as a DataFrame), ``to_json()``.
+
+    Raises
+    ------
+    UsageError
+        An unknown check in ``checks``, ``fail_on`` or ``require``; ``temporal`` without
+        ``time_col``; ``group`` equal to ``split_col``; empty ``person_columns``.
+    MissingColumnError
+        ``frame`` has no ``image_id`` or no ``split_col`` column.
+    InputError
+        ``phash`` values that are not 16 hexadecimal digits.
 
     Warns
     -----
@@ -862,7 +890,11 @@ def audit(
     1
     >>> audit(f.assign(patient_id=["p", "q"]), require=["near_duplicate"]).exit_code
     1
+    >>> audit(f.assign(patient_id=["p", "q"]), checks=["patient_overlap"]).verdict
+    'No leakage found in 1 of 1 checks'
     """
+    if isinstance(frame, Manifest):
+        frame = frame.frame
     return audit_rows(
         FrameRows(frame), split_col=split_col, group=group, fold_col=fold_col, checks=checks, fail_on=fail_on, allow=allow,
         threshold=threshold, person_columns=person_columns, time_col=time_col, train_split=train_split, inputs=inputs,
@@ -1240,3 +1272,13 @@ def to_markdown(report: AuditReport, *, examples: int = 3) -> str:
             lines += ["", "Not fixed by re-splitting:"]
             lines += [f"- {markdown_text(c)}: {markdown_text(why)}" for c, why in s["unfixable"].items()]
     return "\n".join(lines) + "\n"
+
+
+class _CallableModule(type(json)):
+    """This module, callable: ``mdprep.audit(frame, ...)`` is :func:`audit` (the package exposes both under one name)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AuditReport:
+        return audit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -242,14 +242,66 @@ def resample_manifest(
 ) -> ResampleResult:
     """Resample the ``split`` rows of a manifest; every other row passes through unchanged.
 
+    Every output row carries ``source_image_id`` and ``copy_index`` (0 for the original,
+    1, 2, ... for clones, whose ``image_id`` is ``IMAGE#copyK``).
+
+    Parameters
+    ----------
+    manifest : Manifest
+        A manifest not resampled before (no ``source_image_id`` column).
+    strategy : str
+        ``over``, ``under`` (one ``target``), ``ml-ros``, ``ml-rus`` (all labels, by
+        ``percent``), ``patient-cap`` (``cap``), ``smote``, ``adasyn`` (``features``).
+    split, split_col : str
+        The split to resample and the column that holds it; evaluation splits (``val``,
+        ``test``, ...) are refused.
+    target : str, optional
+        ``over``/``under``/``smote``/``adasyn``: the label or categorical column to balance.
+    ratio : str or float, optional
+        imbalanced-learn's ``sampling_strategy`` (default ``auto``).
+    percent : float
+        ``ml-ros``/``ml-rus``: the rows to clone or remove, in % of the split (0 < P <= 100).
+        They stop short when no label is left above (below) the mean imbalance ratio:
+        :attr:`ResampleResult.stop_reason` says so, with a warning.
+    cap : int, optional
+        ``patient-cap``: the most images kept per patient.
+    features : sequence of str
+        ``smote``/``adasyn``: numeric feature columns.
+    seed : int
+        Seed, 0 to 2**32-1: the same seed gives the same bytes.
+    inputs : sequence of dict
+        Fingerprints of the files read, recorded in the history.
+
+    Returns
+    -------
+    ResampleResult
+        ``manifest``, ``removed`` rows, ``before`` and ``after`` statistics, and for
+        ``ml-ros``/``ml-rus`` ``percent_reached`` and ``stop_reason``.
+
+    Raises
+    ------
+    UsageError
+        An unknown ``strategy``, an evaluation ``split``, a manifest already resampled,
+        a ``percent``, ``cap`` or ``seed`` out of range, a missing ``target`` or
+        ``features``, a target with a single class, a ``ratio`` imbalanced-learn refuses.
+    MissingColumnError
+        ``target`` or a ``features`` column is not in the manifest.
+
+    Warns
+    -----
+    MdprepWarning
+        ``ml-ros``/``ml-rus`` stopped short of ``percent``.
+
     Examples
     --------
     >>> import pandas as pd
     >>> f = pd.DataFrame({"image_id": list("abcdef"), "path": list("abcdef"), "patient_id": list("ppqqrs"),
     ...                   "split": "train", "A": pd.array([1, 0, 0, 0, 0, 0], dtype="Int8")})
-    >>> r = resample_manifest(Manifest(f, labels=("A",)), strategy="over", target="A", seed=0)
+    >>> r = resample_manifest(Manifest(f, labels=["A"]), strategy="over", target="A", seed=0)
     >>> int((r.manifest.frame["A"] == 1).sum()), r.manifest.frame["source_image_id"].tolist()[-1]
     (5, 'a')
+    >>> r.manifest.frame["copy_index"].tolist()
+    [0, 0, 0, 0, 0, 0, 1, 2, 3, 4]
     """
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown --strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
