@@ -126,7 +126,7 @@ def test_resample_writes_copy_index_and_train_leaves_clones_out_of_validation(tm
     assert "copy" not in f.columns and f["copy_index"].max() > 0
     clones = f[f["copy_index"] > 0]
     assert (clones["image_id"] == clones["source_image_id"] + "#copy" + clones["copy_index"].astype(str)).all()
-    assert callable(f.copy)  # the method is no longer hidden by a column
+    assert f.copy_index.equals(f["copy_index"])  # reachable as an attribute, which `copy` never was
     from mdprep.crossval import plan_runs
     from mdprep.training.loop import _scored_rows
 

@@ -35,7 +35,7 @@ from .fileio import atomic_write, is_stdio, stdin_file, stdout_binary
 
 FORMAT = "mdprep-manifest"
 #: Version of the manifest contract written. 2: the resample column ``copy`` is named
-#: ``copy_index`` (``copy`` shadowed :meth:`pandas.DataFrame.copy`); version 1 files are
+#: ``copy_index`` (``copy`` clashed with :meth:`pandas.DataFrame.copy`); version 1 files are
 #: still read, their ``copy`` renamed (:func:`upgraded_table`).
 FORMAT_VERSION = 2
 #: Columns renamed since a format version: ``{version: {old name: new name}}``, applied on
