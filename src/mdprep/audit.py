@@ -11,6 +11,9 @@ No false green: the verdict says how many checks ran and why the others were
 skipped, a check named in ``require`` fails the gate when it could not look at
 every row, and a degenerate grouping (one image per patient) is reported.
 Every report format escapes what it quotes (see :func:`visible`).
+
+The module is callable: ``mdprep.audit(frame)`` runs :func:`audit`, so ``mdprep.audit``
+is both this module and the package's entry point (docs/api.md).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import re
 import sys
+import types
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -1274,7 +1278,7 @@ def to_markdown(report: AuditReport, *, examples: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-class _CallableModule(type(json)):
+class _CallableModule(types.ModuleType):
     """This module, callable: ``mdprep.audit(frame, ...)`` is :func:`audit` (the package exposes both under one name)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> AuditReport:
