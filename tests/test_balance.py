@@ -225,8 +225,8 @@ def test_over_under_via_imbalanced_learn_and_multilabel_error():
     r = resample_manifest(m, strategy="over", target="L3", seed=0)
     train = r.manifest.frame[r.manifest.frame.split == "train"]
     assert (train["L3"] == 1).sum() == (train["L3"] != 1).sum()
-    clones = train[train["copy"] > 0]
-    assert (clones["image_id"] == clones["source_image_id"] + "#copy" + clones["copy"].astype(str)).all()
+    clones = train[train["copy_index"] > 0]
+    assert (clones["image_id"] == clones["source_image_id"] + "#copy" + clones["copy_index"].astype(str)).all()
     _check_traceable(m, r.manifest)
     u = resample_manifest(m, strategy="under", target="L1", ratio="1.0", seed=0)
     t2 = u.manifest.frame[u.manifest.frame.split == "train"]

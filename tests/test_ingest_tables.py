@@ -23,7 +23,7 @@ def test_nih_preset(tmp_path, name, trailing_comma):
     result = ingest_table(path, preset="nih")
     m = result.manifest
     frame = m.frame
-    assert len(frame) == n and m.labels == NIH_LABEL_COLUMNS and len(m.labels) == 15
+    assert len(frame) == n and m.labels == list(NIH_LABEL_COLUMNS) and len(m.labels) == 15
     assert frame["patient_id"].nunique() == 30
     assert {"width", "height", "pixel_spacing_x", "pixel_spacing_y", "follow_up"} <= set(frame.columns)
     assert not any(c.startswith("_unnamed") for c in frame.columns)
@@ -39,7 +39,7 @@ def test_chexpert_preset_and_uncertain_policies(tmp_path):
     path = tmp_path / "train.csv"
     n = write_chexpert_table(path, patients=20)
     keep = ingest_table(path, preset="chexpert").manifest
-    assert len(keep.frame) == n and keep.labels == CHEXPERT_LABELS
+    assert len(keep.frame) == n and keep.labels == list(CHEXPERT_LABELS)
     f = keep.frame
     assert f["study_id"].str.match(r"patient\d+/study\d+$").all()
     assert set(f["view"].dropna()) <= {"AP", "PA", "LATERAL"}
@@ -81,7 +81,7 @@ def test_generic_label_list_column_with_literals_and_separator(tmp_path):
     )
     result = ingest_table(path, image_col="file", patient_col="subject", labels_col="findings")
     m = result.manifest
-    assert m.labels == ("Edema", "Mass", "Nodule")
+    assert m.labels == ["Edema", "Mass", "Nodule"]
     assert m.frame["Edema"].tolist() == [1, 1, pd.NA, 0]
     assert result.report.unlabeled == 1
     assert result.report.invalid_values == {"age": 1}

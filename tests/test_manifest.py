@@ -70,7 +70,7 @@ def test_round_trip_keeps_types_labels_root_and_history(tmp_path):
     path = tmp_path / "m.parquet"
     write_manifest(m, path)
     back = read_manifest(path)
-    assert back.labels == ("Edema",) and back.root == "/data"
+    assert back.labels == ["Edema"] and back.root == "/data"
     assert back.history[0]["command"] == "test" and list(back.history[0]["options"]) == ["a", "b"]
     assert back.frame["Edema"].tolist() == [1, 0, -1, pd.NA]
     assert back.frame["study_date"].tolist() == [dt.date(2020, 1, i + 1) for i in range(4)]

@@ -185,7 +185,7 @@ def test_siim_rle_table_gives_pneumothorax(tmp_path):
     f = r.manifest.frame
     assert f["Pneumothorax"].tolist() == [0, 1, pd.NA]
     assert f["path"].tolist() == f["image_id"].tolist()
-    assert "EncodedPixels" not in f.columns and r.manifest.labels == ("Pneumothorax",)
+    assert "EncodedPixels" not in f.columns and r.manifest.labels == ["Pneumothorax"]
     assert r.manifest.history[-1]["options"]["label_when"] == ["Pneumothorax:EncodedPixels!=-1"]
 
 
@@ -298,7 +298,7 @@ def test_label_map_file_renames_and_merges(tmp_path):
     for spec in (csv_map, json_map):
         r = ingest_table(table, label_cols=["Effusion", "Pleural Effusion", "Mass", "Other"], label_map=spec)
         m = r.manifest
-        assert m.labels == ("Pleural Effusion", "Lesion", "Other")
+        assert m.labels == ["Pleural Effusion", "Lesion", "Other"]
         assert m.frame["Pleural Effusion"].tolist() == [1, -1, pd.NA]  # 1 > -1 > 0 > null
         assert m.frame["Lesion"].tolist() == [1, 0, 0] and m.frame["Other"].tolist() == [0, pd.NA, 1]
         assert any("merged 'Effusion', 'Pleural Effusion' into 'Pleural Effusion'" in n for n in r.report.notes)
@@ -362,7 +362,7 @@ def test_padchest_lookalike_lists_and_dicom_suffix_columns(tmp_path):
     assert f["view"].tolist()[:2] == ["POSTEROANTERIOR", "LATERAL"] and pd.isna(f["view"].iloc[2])
     assert [str(d) for d in f["study_date"].tolist()[:4]] == ["2014-09-15", "2015-09-14", "2015-09-14", "2015-07-17"]
     assert r.report.invalid_values == {"study_date": 1}
-    assert r.manifest.labels == ("cardiomegaly", "normal", "pleural effusion")
+    assert r.manifest.labels == ["cardiomegaly", "normal", "pleural effusion"]
     assert f["normal"].tolist() == [1, 0, pd.NA, pd.NA, pd.NA] and r.report.unlabeled == 3
     assert any("'PatientSex_DICOM' as sex" in n for n in r.report.notes)
 
@@ -568,7 +568,7 @@ def test_labels_named_like_manifest_columns_are_refused_and_a_label_map_renames_
     rename = tmp_path / "rename.csv"
     rename.write_text("source,target\npath,Path finding\npatient_id,Patient finding\nnote,Note finding\n")
     m = ingest_table(path, labels_col="findings", label_map=rename).manifest
-    assert m.labels == ("Mass", "Note finding", "Path finding", "Patient finding") and m.frame["note"].tolist() == ["x", "y", "z"]
+    assert m.labels == ["Mass", "Note finding", "Path finding", "Patient finding"] and m.frame["note"].tolist() == ["x", "y", "z"]
     res = runner.invoke(main, ["ingest", "table", str(path), "--labels-col", "findings", "-o", str(tmp_path / "m.parquet")])
     assert res.exit_code == 2 and res.stderr.startswith("Error: label(s) 'path', 'patient_id'") and "Traceback" not in res.stderr
 
@@ -673,7 +673,7 @@ def test_malformed_list_cells_are_an_error_listing_them(tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("image_id,patient_id,f\n3,p3,\"[1, 2]\"\n4,p4,A| |B|\n6,p6,\"[\"\"A\"\", \"\"b\"\"]\"\n7,p7,\"[C, D]\"\n")
     m = ingest_table(good, labels_col="f").manifest
-    assert m.labels == ("1", "2", "A", "B", "C", "D", "b")
+    assert m.labels == ["1", "2", "A", "B", "C", "D", "b"]
     with pytest.raises(UsageError, match="--labels-sep is empty"):
         ingest_table(good, labels_col="f", labels_sep="")
 

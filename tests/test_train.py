@@ -374,7 +374,7 @@ def test_resampled_copies_never_validate_and_every_row_is_counted(folded, tmp_pa
     assert sorted(pred.loc[pred["part"] == "val", "image_id"]) == sorted(originals["image_id"])
     metrics = json.loads((tmp_path / "cv" / "metrics.json").read_text())
     unused = metrics["plan"]["unused_rows"]
-    clones = int((pd.read_parquet(ros)["copy"] > 0).sum())
+    clones = int((pd.read_parquet(ros)["copy_index"] > 0).sum())
     assert unused["copies made by mdprep resample (never validated or tested)"] == clones
     assert unused["test (test; scored only with --evaluate-test)"] == int((m.frame["split"] == "test").sum())
 

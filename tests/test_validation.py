@@ -146,9 +146,9 @@ def test_folds_option_below_two_is_refused(runner, cohort, tmp_path):
         ("history", {"command": "split"}, "'history' must be a list of provenance steps"),
         ("history", [1, "x"], "2 step(s) are malformed (step 0 is 1, not an object)"),
         ("history", [{"command": "split", "options": [1]}], "step 0 has options [1], not an object"),
-        ("format_version", "1", "'format_version' must be the integer 1"),
-        ("format_version", 1.5, "'format_version' must be the integer 1"),
-        ("format_version", None, "'format_version' must be the integer 1"),
+        ("format_version", "1", "'format_version' must be an integer from 1 to 2"),
+        ("format_version", 1.5, "'format_version' must be an integer from 1 to 2"),
+        ("format_version", None, "'format_version' must be an integer from 1 to 2"),
         ("root", 5, "'root' must be the image folder (text) or null"),
         ("root", ["/data"], "'root' must be the image folder (text) or null"),
     ],
@@ -186,7 +186,7 @@ def test_metadata_violations_and_inspect_manifest(cohort, tmp_path):
     bad = with_metadata(cohort, tmp_path / "bad.parquet", labels=["square", 7])
     manifest, violations = inspect_manifest(bad)
     # The well-formed part of the metadata is kept, so the rows are judged too.
-    assert manifest.labels == ("square",) and [v.check for v in violations] == ["metadata"]
+    assert manifest.labels == ["square"] and [v.check for v in violations] == ["metadata"]
     with pytest.raises(InputError):
         from_arrow(pq.read_table(bad))
 

@@ -11,6 +11,9 @@ No false green: the verdict says how many checks ran and why the others were
 skipped, a check named in ``require`` fails the gate when it could not look at
 every row, and a degenerate grouping (one image per patient) is reported.
 Every report format escapes what it quotes (see :func:`visible`).
+
+The module is callable: ``mdprep.audit(frame)`` runs :func:`audit`, so ``mdprep.audit``
+is both this module and the package's entry point (docs/api.md).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import itertools
 import json
 import os
 import re
+import sys
+import types
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -542,6 +547,37 @@ class AuditReport:
         """0 when no gating check found unallowed leakage and every required check fully ran, 1 otherwise."""
         return 1 if self.failed or self.unmet else 0
 
+    def findings_frame(self, *, blocking_only: bool = False) -> pd.DataFrame:
+        """Every finding of every check as one DataFrame, one row per finding (a tidy, long table).
+
+        Columns: ``check``, ``partition`` (``split`` or ``fold``), ``verdict`` (of the check:
+        ``failed`` or ``warning``), then the finding's ``key``, ``splits`` (a tuple of split names),
+        ``rows``, ``image_ids`` (the images involved), ``detail`` and ``allowed`` (on the allow list). Checks in the
+        order they ran; an empty frame with these columns when nothing was found.
+        ``blocking_only`` keeps the findings not on the allow list. Each check's own findings
+        are :attr:`CheckResult.findings` (the same columns, less the first three).
+
+        Examples
+        --------
+        >>> f = pd.DataFrame({"image_id": ["a", "b", "c"], "path": ["a", "b", "c"], "patient_id": ["p", "p", "q"],
+        ...                   "split": ["train", "test", "test"]})
+        >>> report = audit(f, checks=["patient_overlap"])
+        >>> report.findings_frame()[["check", "key", "splits", "rows"]]
+                     check key         splits  rows
+        0  patient_overlap   p  (test, train)     2
+        >>> report.findings_frame().groupby("check").size().to_dict()
+        {'patient_overlap': 1}
+        """
+        columns = ["check", "partition", "verdict", *FINDING_COLUMNS, "allowed"]
+        parts = []
+        for c in self.checks:
+            found = c.blocking if blocking_only else c.findings
+            if not found.empty:
+                parts.append(found[FINDING_COLUMNS + ["allowed"]].assign(check=c.check, partition=c.partition, verdict=c.verdict)[columns])
+        if not parts:
+            return _empty_findings().assign(check=pd.Series([], dtype=object), partition=pd.Series([], dtype=object), verdict=pd.Series([], dtype=object))[columns]
+        return pd.concat(parts, ignore_index=True)
+
     def counts(self) -> dict:
         """How many checks (one per check and partition) ran, were skipped (by reason), failed, warned.
 
@@ -777,7 +813,7 @@ def _apply_allow(result: CheckResult, allow: Sequence[Mapping]) -> CheckResult:
 
 
 def audit(
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | Manifest,
     *,
     split_col: str = "split",
     group: str = "patient_id",
@@ -796,9 +832,11 @@ def audit(
 
     Parameters
     ----------
-    frame : DataFrame
-        Rows with an ``image_id`` and a ``split_col``; rows with no split are counted
-        as unassigned and left out.
+    frame : DataFrame or Manifest
+        Rows with an ``image_id`` and a ``split_col`` (a :class:`~mdprep.manifest.Manifest`:
+        its ``frame``); rows with no split are counted as unassigned and left out.
+    split_col : str
+        Column holding the split names.
     group : str
         Column for ``patient_overlap`` (the patient by default).
     fold_col : str or None
@@ -817,6 +855,31 @@ def audit(
         required check fails the gate (exit code 1) when it was skipped, left rows
         unchecked (no value: a missing UID, a file that could not be hashed) or, for
         ``patient_overlap``, ran on a degenerate grouping.
+    person_columns : sequence of str
+        The columns ``same_person`` compares (sex, birth date, ...).
+    time_col : str, optional
+        A date column: runs ``temporal`` (no ``train_split`` image dated after another split's).
+    train_split : str
+        The training split, for ``temporal``.
+    inputs : sequence of dict
+        Fingerprints of the files read, recorded in the report.
+
+    Returns
+    -------
+    AuditReport
+        Every check's result (:attr:`AuditReport.checks`); ``exit_code`` (0 passed,
+        1 failed: the rule ``mdprep audit-leakage`` exits with), ``verdict`` (one line),
+        ``findings_frame()`` (every finding as a DataFrame), ``to_json()``.
+
+    Raises
+    ------
+    UsageError
+        An unknown check in ``checks``, ``fail_on`` or ``require``; ``temporal`` without
+        ``time_col``; ``group`` equal to ``split_col``; empty ``person_columns``.
+    MissingColumnError
+        ``frame`` has no ``image_id`` or no ``split_col`` column.
+    InputError
+        ``phash`` values that are not 16 hexadecimal digits.
 
     Warns
     -----
@@ -831,7 +894,11 @@ def audit(
     1
     >>> audit(f.assign(patient_id=["p", "q"]), require=["near_duplicate"]).exit_code
     1
+    >>> audit(f.assign(patient_id=["p", "q"]), checks=["patient_overlap"]).verdict
+    'No leakage found in 1 of 1 checks'
     """
+    if isinstance(frame, Manifest):
+        frame = frame.frame
     return audit_rows(
         FrameRows(frame), split_col=split_col, group=group, fold_col=fold_col, checks=checks, fail_on=fail_on, allow=allow,
         threshold=threshold, person_columns=person_columns, time_col=time_col, train_split=train_split, inputs=inputs,
@@ -1209,3 +1276,13 @@ def to_markdown(report: AuditReport, *, examples: int = 3) -> str:
             lines += ["", "Not fixed by re-splitting:"]
             lines += [f"- {markdown_text(c)}: {markdown_text(why)}" for c, why in s["unfixable"].items()]
     return "\n".join(lines) + "\n"
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable: ``mdprep.audit(frame, ...)`` is :func:`audit` (the package exposes both under one name)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AuditReport:
+        return audit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

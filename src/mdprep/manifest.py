@@ -34,7 +34,13 @@ from .errors import InputError, ManifestValidationError, MdprepError, Violation,
 from .fileio import atomic_write, is_stdio, stdin_file, stdout_binary
 
 FORMAT = "mdprep-manifest"
-FORMAT_VERSION = 1
+#: Version of the manifest contract written. 2: the resample column ``copy`` is named
+#: ``copy_index`` (``copy`` clashed with :meth:`pandas.DataFrame.copy`); version 1 files are
+#: still read, their ``copy`` renamed (:func:`upgraded_table`).
+FORMAT_VERSION = 2
+#: Columns renamed since a format version: ``{version: {old name: new name}}``, applied on
+#: reading a file of an older version (see :func:`upgraded_table`).
+RENAMED_COLUMNS: dict[int, dict[str, str]] = {2: {"copy": "copy_index"}}
 METADATA_KEY = b"mdprep"
 
 #: Canonical columns, in their canonical order, with their Arrow types.
@@ -101,8 +107,10 @@ class Manifest:
     ----------
     frame : pandas.DataFrame
         One row per image, canonical columns plus labels plus any extra metadata.
-    labels : tuple of str
-        The label columns, in order.
+    labels : list of str
+        The label columns, in order: a list, so ``frame[m.labels]`` selects them. Each
+        manifest holds its own copy (whatever sequence it was given), so changing the list
+        of one manifest never changes another's.
     root : str or None
         Folder that ``path`` is relative to, where files exist.
     history : tuple of dict
@@ -119,13 +127,19 @@ class Manifest:
     ...                            "Edema": pd.array([1], dtype="Int8")}), labels=("Edema",))
     >>> validate(m)
     []
+    >>> m.labels, m.frame[m.labels].shape
+    (['Edema'], (1, 1))
     """
 
     frame: pd.DataFrame
-    labels: tuple[str, ...] = ()
+    labels: list[str] = field(default_factory=list)
     root: str | None = None
     history: tuple[dict, ...] = field(default_factory=tuple)
     level: str = "image"
+
+    def __post_init__(self) -> None:
+        # A list of its own: a caller's list (or another manifest's) is never shared.
+        object.__setattr__(self, "labels", list(self.labels))
 
     def with_step(self, step: Mapping[str, Any]) -> "Manifest":
         """Return a copy with one more provenance step appended."""
@@ -133,7 +147,7 @@ class Manifest:
 
     def with_frame(self, frame: pd.DataFrame, labels: Sequence[str] | None = None) -> "Manifest":
         """Return a copy with new rows (and optionally new label columns)."""
-        return replace(self, frame=frame, labels=tuple(self.labels if labels is None else labels))
+        return replace(self, frame=frame, labels=list(self.labels if labels is None else labels))
 
     @property
     def metadata(self) -> dict:
@@ -532,14 +546,14 @@ def _salvaged_level(meta: Any) -> str:
     return level if level in LEVELS else "image"
 
 
-def _salvaged(meta: Any) -> tuple[tuple[str, ...], str | None, tuple[dict, ...]]:
+def _salvaged(meta: Any) -> tuple[list[str], str | None, tuple[dict, ...]]:
     """The labels, root and history of a metadata document, keeping only well-formed parts."""
     meta = meta if isinstance(meta, dict) else {}
     labels = meta.get("labels", [])
     root = meta.get("root")
     history = meta.get("history", [])
     return (
-        tuple(l for l in labels if isinstance(l, str) and l) if isinstance(labels, list) else (),
+        [l for l in labels if isinstance(l, str) and l] if isinstance(labels, list) else [],
         root if isinstance(root, str) else None,
         tuple(h for h in history if _step_problem(h) is None) if isinstance(history, list) else (),
     )
@@ -690,7 +704,41 @@ def from_arrow(table: pa.Table, *, path: str | None = None, arrow_text: bool = F
             violations=violations,
         )
     labels, root, history = _salvaged(meta)
+    table = upgraded_table(table, meta)
     return Manifest(frame=frame_from_arrow(table, arrow_text=arrow_text), labels=labels, root=root, history=history, level=_salvaged_level(meta))
+
+
+def upgraded_table(table: pa.Table, meta: Any) -> pa.Table:
+    """``table`` with the columns renamed since its ``format_version`` (:data:`RENAMED_COLUMNS`) given their current names.
+
+    A version 1 manifest written by ``mdprep resample`` (one whose history holds a
+    ``resample`` step) has ``copy``; it is read as ``copy_index``. A column is renamed only
+    when the new name is not taken, and a ``copy`` column of a manifest never resampled is
+    the user's own and stays. Renaming touches no data (Arrow keeps the same buffers).
+
+    Examples
+    --------
+    >>> t = pa.table({"image_id": ["a"], "copy": [0]})
+    >>> upgraded_table(t, {"format_version": 1, "history": [{"command": "resample"}]}).column_names
+    ['image_id', 'copy_index']
+    >>> upgraded_table(t, {"format_version": 1, "history": []}).column_names
+    ['image_id', 'copy']
+    """
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if not _is_int(version) or version >= FORMAT_VERSION:
+        return table
+    history = meta.get("history", [])
+    resampled = isinstance(history, list) and any(isinstance(h, dict) and h.get("command") == "resample" for h in history)
+    names = list(table.column_names)
+    for since, renames in sorted(RENAMED_COLUMNS.items()):
+        if version >= since:
+            continue
+        for old, new in renames.items():
+            if old == "copy" and not resampled:
+                continue
+            if old in names and new not in names and names.count(old) == 1:
+                names[names.index(old)] = new
+    return table if names == table.column_names else table.rename_columns(names)
 
 
 # --------------------------------------------------------------------------- files
@@ -792,11 +840,20 @@ def read_manifest(
     if columns is not None and validate_contract and check_only:
         settled = _settled_in_file(spath, [c for c in REQUIRED_COLUMNS if c in check_only and c in columns])
         columns = [c for c in columns if c not in settled]
+    asked = columns
+    if columns is not None:
+        # An older file may hold a wanted column under its former name (see upgraded_table).
+        former = [old for renames in RENAMED_COLUMNS.values() for old, new in renames.items() if new in columns and old not in columns]
+        columns = [*columns, *former]
     manifest = from_arrow(_read_table(spath, columns), path=spath, arrow_text=arrow_text)
     pa.default_memory_pool().release_unused()  # the Arrow table that became the frame
+    if asked is not None and len(columns) > len(asked):
+        extra = [c for c in manifest.frame.columns if c not in asked]
+        if extra:  # a former name read for nothing: the file is of the current version, or has both
+            manifest = replace(manifest, frame=manifest.frame.drop(columns=extra))
     if columns is not None:
         # Only the columns asked for: labels that were left out are not part of this view.
-        manifest = replace(manifest, labels=tuple(l for l in manifest.labels if l in manifest.frame.columns))
+        manifest = replace(manifest, labels=[l for l in manifest.labels if l in manifest.frame.columns])
     if validate_contract:
         violations = validate_frame(manifest.frame, manifest.labels, folds=recorded_folds(manifest.history), settled=settled)
         if violations:
@@ -905,6 +962,7 @@ def inspect_manifest(path: str | os.PathLike) -> tuple[Manifest, list[Violation]
     table = _read_table(spath)
     meta, violations = _metadata(table, spath)
     labels, root, history = _salvaged(meta)
+    table = upgraded_table(table, meta)
     manifest = Manifest(frame=frame_from_arrow(table), labels=labels, root=root, history=history, level=_salvaged_level(meta))
     return manifest, violations + validate(manifest)
 

@@ -1096,6 +1096,18 @@ def pseudonymize(
     UsageError
         On a manifest already pseudonymised, on columns that look like free text and
         are neither kept nor dropped, and on contradicting options.
+
+    Examples
+    --------
+    >>> import datetime
+    >>> from mdprep.manifest import Manifest
+    >>> f = pd.DataFrame({"image_id": ["img1", "img2"], "path": ["a/1.png", "a/2.png"], "patient_id": ["MRN001", "MRN002"],
+    ...                   "study_date": [datetime.date(2020, 1, 5), datetime.date(2021, 3, 1)]})
+    >>> r = pseudonymize(Manifest(f), b"0123456789abcdef0123456789abcdef", keep_mapping=True)
+    >>> "MRN001" in set(r.manifest.frame["patient_id"]), r.manifest.frame["patient_id"].str.len().tolist()
+    (False, [20, 20])
+    >>> sorted(r.mapping.columns)[:2], len(r.mapping) > 0
+    (['column', 'original'], True)
     """
     if dates not in DATE_POLICIES:
         raise UsageError(f"--dates {dates!r}: choose one of {', '.join(DATE_POLICIES)}")

@@ -3,8 +3,9 @@
 Touches DataFrames only. Only the rows of one (training) split are resampled;
 other splits pass through unchanged, and validation or test splits are refused.
 Every output row carries ``source_image_id`` (the input row it copies; for a
-synthetic SMOTE/ADASYN row, its source rows joined by ``|``) and ``copy`` (0 for
-the original, 1, 2, ... for clones). Removed rows are returned so that they can
+synthetic SMOTE/ADASYN row, its source rows joined by ``|``) and ``copy_index`` (0
+for the original, 1, 2, ... for clones; ``copy`` before manifest format version 2,
+renamed on reading). Removed rows are returned so that they can
 be written out: nothing disappears without a record.
 
 Strategies:
@@ -22,6 +23,7 @@ Strategies:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -29,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .choices import STRATEGIES
-from .errors import MissingColumnError, UsageError
+from .errors import MdprepWarning, MissingColumnError, UsageError
 from .manifest import POSITIVE, Manifest, order_columns, provenance_step
 from .params import check_number, check_seed
 from .weights import EVAL_SPLITS, split_mask
@@ -192,10 +194,36 @@ def _ratio(ratio: str | float | None):
 
 @dataclass(frozen=True)
 class ResampleResult:
+    """A resampled manifest, the rows taken out, and the statistics of the resampled rows before and after.
+
+    Attributes
+    ----------
+    manifest : Manifest
+        Every input row (clones added, removed rows left out), with ``source_image_id`` and
+        ``copy_index``, and a ``resample`` step in its history.
+    removed : pandas.DataFrame
+        The rows taken out (under-sampling, ``patient-cap``); empty otherwise.
+    before, after : Stats
+        Rows, patients, positives, IRLbl and MeanIR of the resampled split.
+    percent_reached : float or None
+        ``ml-ros`` / ``ml-rus``: the rows cloned or removed, in % of the split's rows (None
+        for the other strategies). Below ``percent`` when the algorithm stopped short.
+    stop_reason : str or None
+        Why ``ml-ros`` / ``ml-rus`` stopped short of ``percent`` (None when it did not):
+        no label was left above (ML-ROS) or below (ML-RUS) the mean imbalance ratio.
+    """
+
     manifest: Manifest
     removed: pd.DataFrame
     before: Stats
     after: Stats
+    percent_reached: float | None = None
+    stop_reason: str | None = None
+
+    @property
+    def stopped_short(self) -> bool:
+        """Whether ``ml-ros`` / ``ml-rus`` cloned or removed fewer rows than ``percent`` asked."""
+        return self.stop_reason is not None
 
 
 def resample_manifest(
@@ -214,14 +242,66 @@ def resample_manifest(
 ) -> ResampleResult:
     """Resample the ``split`` rows of a manifest; every other row passes through unchanged.
 
+    Every output row carries ``source_image_id`` and ``copy_index`` (0 for the original,
+    1, 2, ... for clones, whose ``image_id`` is ``IMAGE#copyK``).
+
+    Parameters
+    ----------
+    manifest : Manifest
+        A manifest not resampled before (no ``source_image_id`` column).
+    strategy : str
+        ``over``, ``under`` (one ``target``), ``ml-ros``, ``ml-rus`` (all labels, by
+        ``percent``), ``patient-cap`` (``cap``), ``smote``, ``adasyn`` (``features``).
+    split, split_col : str
+        The split to resample and the column that holds it; evaluation splits (``val``,
+        ``test``, ...) are refused.
+    target : str, optional
+        ``over``/``under``/``smote``/``adasyn``: the label or categorical column to balance.
+    ratio : str or float, optional
+        imbalanced-learn's ``sampling_strategy`` (default ``auto``).
+    percent : float
+        ``ml-ros``/``ml-rus``: the rows to clone or remove, in % of the split (0 < P <= 100).
+        They stop short when no label is left above (below) the mean imbalance ratio:
+        :attr:`ResampleResult.stop_reason` says so, with a warning.
+    cap : int, optional
+        ``patient-cap``: the most images kept per patient.
+    features : sequence of str
+        ``smote``/``adasyn``: numeric feature columns.
+    seed : int
+        Seed, 0 to 2**32-1: the same seed gives the same bytes.
+    inputs : sequence of dict
+        Fingerprints of the files read, recorded in the history.
+
+    Returns
+    -------
+    ResampleResult
+        ``manifest``, ``removed`` rows, ``before`` and ``after`` statistics, and for
+        ``ml-ros``/``ml-rus`` ``percent_reached`` and ``stop_reason``.
+
+    Raises
+    ------
+    UsageError
+        An unknown ``strategy``, an evaluation ``split``, a manifest already resampled,
+        a ``percent``, ``cap`` or ``seed`` out of range, a missing ``target`` or
+        ``features``, a target with a single class, a ``ratio`` imbalanced-learn refuses.
+    MissingColumnError
+        ``target`` or a ``features`` column is not in the manifest.
+
+    Warns
+    -----
+    MdprepWarning
+        ``ml-ros``/``ml-rus`` stopped short of ``percent``.
+
     Examples
     --------
     >>> import pandas as pd
     >>> f = pd.DataFrame({"image_id": list("abcdef"), "path": list("abcdef"), "patient_id": list("ppqqrs"),
     ...                   "split": "train", "A": pd.array([1, 0, 0, 0, 0, 0], dtype="Int8")})
-    >>> r = resample_manifest(Manifest(f, labels=("A",)), strategy="over", target="A", seed=0)
+    >>> r = resample_manifest(Manifest(f, labels=["A"]), strategy="over", target="A", seed=0)
     >>> int((r.manifest.frame["A"] == 1).sum()), r.manifest.frame["source_image_id"].tolist()[-1]
     (5, 'a')
+    >>> r.manifest.frame["copy_index"].tolist()
+    [0, 0, 0, 0, 0, 0, 1, 2, 3, 4]
     """
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown --strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -236,6 +316,8 @@ def resample_manifest(
     train = frame[in_split].reset_index(drop=True)
     rest = frame[~in_split]
     rng = np.random.default_rng(seed)
+    reached: float | None = None
+    stop_reason: str | None = None
     synthetic = None
     removed_idx = np.zeros(0, dtype=np.int64)
     if strategy in ("over", "under"):
@@ -259,11 +341,16 @@ def resample_manifest(
             index = np.concatenate([np.arange(len(train)), np.sort(index[len(train) :], kind="stable")])
     elif strategy == "ml-ros":
         _check_percent(percent)
-        index = np.concatenate([np.arange(len(train)), np.sort(ml_ros(_positives(train, labels), percent, rng), kind="stable")])
+        positives = _positives(train, labels)
+        clones = ml_ros(positives, percent, rng)
+        index = np.concatenate([np.arange(len(train)), np.sort(clones, kind="stable")])
+        reached, stop_reason = _shortfall(strategy, len(clones), len(train), percent, split, mean_ir(positives))
     elif strategy == "ml-rus":
         _check_percent(percent)
-        removed_idx = np.sort(ml_rus(_positives(train, labels), percent, rng))
+        positives = _positives(train, labels)
+        removed_idx = np.sort(ml_rus(positives, percent, rng))
         index = np.setdiff1d(np.arange(len(train)), removed_idx)
+        reached, stop_reason = _shortfall(strategy, len(removed_idx), len(train), percent, split, mean_ir(positives))
     elif strategy == "patient-cap":
         if cap is None:
             raise UsageError("--strategy patient-cap needs --cap N, the most images to keep per patient")
@@ -272,15 +359,15 @@ def resample_manifest(
     else:
         index, synthetic = _synthesise(train, strategy, target, labels, features, ratio, seed)
     out = train.take(index).reset_index(drop=True)
-    copy = pd.Series(index).groupby(index).cumcount().to_numpy()
+    copy_index = pd.Series(index).groupby(index).cumcount().to_numpy()
     out["source_image_id"] = out["image_id"].astype("str")
-    out["copy"] = pd.array(copy, dtype="Int32")
-    clones = copy > 0
-    out.loc[clones, "image_id"] = out.loc[clones, "image_id"] + "#copy" + pd.Series(copy[clones], index=out.index[clones]).astype("str")
+    out["copy_index"] = pd.array(copy_index, dtype="Int32")
+    clones = copy_index > 0
+    out.loc[clones, "image_id"] = out.loc[clones, "image_id"] + "#copy" + pd.Series(copy_index[clones], index=out.index[clones]).astype("str")
     if synthetic is not None:
         out["synthetic"] = False
         out = pd.concat([out, synthetic], ignore_index=True)
-    rest = rest.assign(source_image_id=rest["image_id"].astype("str"), copy=pd.array(np.zeros(len(rest), dtype=np.int32), dtype="Int32"))
+    rest = rest.assign(source_image_id=rest["image_id"].astype("str"), copy_index=pd.array(np.zeros(len(rest), dtype=np.int32), dtype="Int32"))
     if synthetic is not None:
         rest = rest.assign(synthetic=False)
     result = pd.concat([out, rest], ignore_index=True)
@@ -296,8 +383,46 @@ def resample_manifest(
         "cap": cap,
         "features": list(features),
     }
-    resampled = manifest.with_frame(result).with_step(provenance_step("resample", options, inputs, seed=seed))
-    return ResampleResult(resampled, removed, stats(train, labels), stats(result.iloc[: len(out)], labels))
+    step = provenance_step("resample", options, inputs, seed=seed)
+    if stop_reason is not None:
+        # Only when it stopped short: a run that reached --percent keeps the bytes it always had.
+        step["stopped_short"] = {"percent_reached": round(reached, 4), "reason": stop_reason}
+    resampled = manifest.with_frame(result).with_step(step)
+    return ResampleResult(resampled, removed, stats(train, labels), stats(result.iloc[: len(out)], labels), reached, stop_reason)
+
+
+def _shortfall(strategy: str, done: int, rows: int, percent: float, split: str, mir: float) -> tuple[float, str | None]:
+    """The rows cloned or removed in % of ``rows``, and why ML-ROS / ML-RUS stopped short of ``percent`` (None when it did not).
+
+    A warning (:class:`~mdprep.errors.MdprepWarning`, a ``Warning:`` line on the command
+    line) says so, with the percentage reached.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     reached, why = _shortfall("ml-ros", 10, 1000, 5.0, "train", 50.5)
+    >>> reached, why
+    (1.0, 'no label is left above the mean imbalance ratio (MeanIR 50.50)')
+    >>> str(caught[0].message).split(";")[0]
+    "ml-ros stopped short: 10 of the 50 rows asked cloned (--percent 5 of 1,000 'train' rows), 1% reached"
+    """
+    reached = 100.0 * done / rows if rows else 0.0
+    asked = int(round(rows * percent / 100))
+    if done >= asked:
+        return reached, None
+    side = "above" if strategy == "ml-ros" else "below"
+    mir_text = f"MeanIR {mir:.2f}" if np.isfinite(mir) else "no label has positives"
+    reason = f"no label is left {side} the mean imbalance ratio ({mir_text})"
+    if strategy == "ml-rus":
+        reason += " with rows that may go (a row with a minority label is never removed)"
+    verb = "cloned" if strategy == "ml-ros" else "removed"
+    warnings.warn(
+        f"{strategy} stopped short: {done:,} of the {asked:,} rows asked {verb} (--percent {percent:g} of {rows:,} {split!r} rows), "
+        f"{reached:.3g}% reached; {reason}",
+        MdprepWarning,
+        stacklevel=3,
+    )
+    return reached, reason
 
 
 def _check_percent(percent: float) -> None:
@@ -347,7 +472,7 @@ def _synthesise(train, strategy, target, labels, features, ratio, seed):
     ids = train["image_id"].astype("str").to_numpy()
     base["source_image_id"] = ["|".join(ids[s]) for s in src]
     base["image_id"] = [f"synthetic-{strategy}-{k}" for k in range(len(new))]
-    base["copy"] = pd.array(np.zeros(len(new), dtype=np.int32), dtype="Int32")
+    base["copy_index"] = pd.array(np.zeros(len(new), dtype=np.int32), dtype="Int32")
     base["synthetic"] = True
     if target in labels:
         base[target] = pd.array(np.where(y_new[len(train) :] == 1, 1, 0), dtype="Int8")

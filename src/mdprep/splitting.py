@@ -619,6 +619,23 @@ class SplitResult:
     #: Rows ``keep_existing`` moved out of their existing split or fold, to keep a group whole.
     moved: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def quality(self) -> SplitQuality | None:
+        """The quality of what was made: :attr:`split_quality` for a split, :attr:`fold_quality` for folds.
+
+        When both were made (ratios and folds at once) it is the split's; ``fold_quality``
+        still holds the folds'. None only when neither was computed.
+
+        >>> import pandas as pd
+        >>> from mdprep.manifest import Manifest
+        >>> f = pd.DataFrame({"image_id": list("abcdefgh"), "path": list("abcdefgh"), "patient_id": list("aabbccdd"),
+        ...                   "Edema": pd.array([1, 0, 1, 0, 1, 0, 1, 0], dtype="Int8")})
+        >>> q = split_manifest(Manifest(f, labels=["Edema"]), ratios=(0.5, 0.5), seed=0).quality
+        >>> q.kind, [p.name for p in q.parts], q.group_overlap
+        ('split', ['train', 'test'], 0)
+        """
+        return self.split_quality if self.split_quality is not None else self.fold_quality
+
     def report(self) -> dict:
         """The JSON report (schema ``mdprep-split-report`` version 1, see docs/split.md)."""
         step = self.manifest.history[-1]
@@ -904,6 +921,56 @@ def split_manifest(
     component over ``max_component`` rows (default 1% of the rows, at least 100)
     is an error naming the link responsible.
 
+    Parameters
+    ----------
+    manifest : Manifest
+        The manifest to split (it must meet the contract).
+    group : str
+        Column whose values never cross parts (the patient).
+    ratios : sequence of float, optional
+        Share of the rows per part, summing to 1 (``(0.8, 0.2)``, ``(0.7, 0.1, 0.2)``).
+    names : sequence of str, optional
+        Part names (default ``train, test`` or ``train, val, test``).
+    folds : int, optional
+        Number of cross-validation folds (a ``fold`` column 0..K-1).
+    seed : int
+        Seed, 0 to 2**32-1: the same seed gives the same split.
+    stratify : sequence of str, optional
+        Labels to balance across parts (default: every label column).
+    stratify_by : sequence of str
+        Other columns to balance (``view``, ``sex``, ``age:10``, ``site:0,18,65``).
+    keep_existing : bool
+        Rows that already have a split (and fold) keep it.
+    missing_group : {"error", "own"}
+        A row without a ``group`` value: refused, or its own group.
+    links : sequence of str
+        Columns (or ``phash``, ``same_person``) that join groups (:mod:`mdprep.linking`).
+    max_component : int or str, optional
+        The largest group ``links`` may build (default 1% of the rows, at least 100).
+    person_columns : sequence of str
+        The columns ``same_person`` compares.
+    inputs : sequence of dict
+        Fingerprints of the files read, recorded in the history.
+
+    Returns
+    -------
+    SplitResult
+        ``manifest`` (with ``split`` and/or ``fold`` and a ``split`` step in its
+        history), ``quality`` (the :class:`SplitQuality` of what was made; also
+        ``split_quality`` and ``fold_quality``), ``notes`` and ``report()``.
+
+    Raises
+    ------
+    ManifestValidationError
+        ``manifest`` breaks the contract.
+    UsageError
+        Neither ``ratios`` nor ``folds``, ratios that are negative or do not sum to 1,
+        fewer than 2 folds, groups too few for the parts, wrong ``names``, a bad
+        ``stratify_by`` spec, ``max_component`` without ``links`` or a linked
+        component larger than it.
+    MissingColumnError
+        ``group`` or a ``stratify_by`` column is not in the manifest.
+
     Examples
     --------
     >>> import pandas as pd
@@ -914,6 +981,8 @@ def split_manifest(
     >>> r = split_manifest(Manifest(f, labels=("Edema",)), ratios=(0.5, 0.5), seed=0)
     >>> int(r.manifest.frame.groupby("patient_id")["split"].nunique().max())
     1
+    >>> r.quality.group_overlap, sorted(r.manifest.frame["split"].unique())
+    (0, ['test', 'train'])
     """
     check(manifest)
     seed = check_seed(seed)

@@ -67,7 +67,43 @@ class WeightsResult:
 
     @property
     def labels(self) -> list[str]:
+        """The weighed labels, in order (labels left out by ``drop_empty`` are in :attr:`dropped`)."""
         return [w.label for w in self.weights]
+
+    @property
+    def pos_weight(self) -> list[float]:
+        """``w_pos / w_neg`` per label, in :attr:`labels` order: what ``torch.nn.BCEWithLogitsLoss(pos_weight=...)`` takes.
+
+        A new list each time (changing it changes nothing here). With ``scheme="pos-weight"``
+        it is ``n_neg / n_pos``; a neutral label gets 1.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from mdprep.manifest import Manifest
+        >>> f = pd.DataFrame({"image_id": list("abcde"), "path": list("abcde"), "patient_id": list("abcde"),
+        ...                   "split": "train", "A": pd.array([1, 0, 0, 0, 0], dtype="Int8")})
+        >>> compute_weights(Manifest(f, labels=["A"]), scheme="pos-weight").pos_weight
+        [4.0]
+        """
+        return [w.w_pos / w.w_neg if w.w_neg else float("inf") for w in self.weights]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per label (the index): ``n_pos``, ``n_neg``, ``n_ignored``, ``w_pos``, ``w_neg``, ``pos_weight``, ``neutral``.
+
+        >>> import pandas as pd
+        >>> from mdprep.manifest import Manifest
+        >>> f = pd.DataFrame({"image_id": list("abcd"), "path": list("abcd"), "patient_id": list("abcd"),
+        ...                   "split": "train", "A": pd.array([1, 0, 0, 0], dtype="Int8")})
+        >>> compute_weights(Manifest(f, labels=["A"]), scheme="pos-weight").to_frame().to_dict("index")["A"]["pos_weight"]
+        3.0
+        """
+        columns = ["n_pos", "n_neg", "n_ignored", "w_pos", "w_neg"]
+        frame = pd.DataFrame([[getattr(w, c) for c in columns] for w in self.weights], columns=columns, index=pd.Index(self.labels, name="label", dtype=object))
+        frame = frame.astype({"n_pos": "int64", "n_neg": "int64", "n_ignored": "int64", "w_pos": "float64", "w_neg": "float64"})
+        frame["pos_weight"] = pd.Series(self.pos_weight, index=frame.index, dtype="float64")
+        frame["neutral"] = pd.Series([w.neutral for w in self.weights], index=frame.index, dtype=object)
+        return frame
 
     @property
     def neutral_labels(self) -> dict[str, str]:
@@ -92,7 +128,7 @@ class WeightsResult:
                 }
                 for w in self.weights
             },
-            "pos_weight": [w.w_pos / w.w_neg if w.w_neg else float("inf") for w in self.weights],
+            "pos_weight": self.pos_weight,
             "neutral_labels": self.neutral_labels,
             "dropped": list(self.dropped),
             "provenance": provenance or {},
@@ -181,14 +217,59 @@ def compute_weights(
     :class:`~mdprep.errors.MdprepWarning` and the reason in ``LabelWeight.neutral``;
     with ``drop_empty`` it is left out instead and listed in ``dropped``.
 
+    Parameters
+    ----------
+    manifest : Manifest
+        The manifest, with label columns.
+    split : str
+        The rows to count: a split name (``train``), or ``all`` (warns: val and test leak).
+    split_col : str
+        Column holding the split names.
+    scheme : {"balanced", "frequency", "pos-weight", "effective"}
+        How counts become weights (module docstring, docs/weights.md).
+    beta : float
+        ``effective`` only: Cui et al.'s beta, 0 < beta < 1.
+    sqrt : bool
+        Take the square root of every weight.
+    clip : float, optional
+        Cap every weight at this value (above 0).
+    labels : sequence of str, optional
+        Only these label columns (default: all, in manifest order).
+    drop_empty : bool
+        Leave out labels that cannot be weighed instead of giving them neutral weights.
+    fold, fold_col : int, str
+        Count the training part of fold ``fold`` (column ``fold_col``) instead of ``split``.
+
+    Returns
+    -------
+    WeightsResult
+        ``weights`` (one :class:`LabelWeight` per label), ``labels``, ``pos_weight``
+        (the list ``torch.nn.BCEWithLogitsLoss(pos_weight=...)`` takes), ``to_frame()``
+        and ``document()`` (the ``weights.json`` document).
+
+    Raises
+    ------
+    UsageError
+        No label columns, labels that are not label columns, an unknown ``scheme``,
+        ``beta`` or ``clip`` out of range, weights that come out 0 or infinite, a
+        ``split`` that no row has or no ``split_col`` column.
+
+    Warns
+    -----
+    MdprepWarning
+        A label weighed neutrally; ``split="all"`` counting evaluation rows.
+
     Examples
     --------
     >>> import pandas as pd
     >>> f = pd.DataFrame({"image_id": [str(i) for i in range(1000)], "path": "x", "patient_id": "p",
     ...                   "split": "train", "A": pd.array([1] * 100 + [0] * 900, dtype="Int8")})
-    >>> w = compute_weights(Manifest(f, labels=("A",))).weights[0]
+    >>> result = compute_weights(Manifest(f, labels=["A"]))
+    >>> w = result.weights[0]
     >>> round(w.w_neg, 4), round(w.w_pos, 4)
     (0.5556, 5.0)
+    >>> [round(p, 4) for p in result.pos_weight]  # w_pos / w_neg of the stored (6-decimal) weights
+    [9.0]
     """
     if scheme not in SCHEMES:
         raise UsageError(f"unknown --scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")

@@ -95,7 +95,7 @@ def resample(manifest, output, strategy, split, split_col, target, ratio, percen
     """Over- or under-sample the training rows; every output row traces to an input row.
 
     \b
-    Output rows carry source_image_id and copy (0 original, 1.. clones); clones get
+    Output rows carry source_image_id and copy_index (0 original, 1.. clones); clones get
     image ids IMAGE#copyK. Other splits pass through unchanged.
 
     \b

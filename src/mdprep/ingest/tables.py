@@ -653,6 +653,27 @@ def ingest_table(path: str | os.PathLike, **options: Any) -> IngestResult:
         The folder the table's paths are relative to, recorded in the manifest (absolute),
         or a URL (``s3://bucket/prefix``, recorded without credentials; see :mod:`mdprep.storage`).
 
+    Returns
+    -------
+    IngestResult
+        ``manifest`` (one row per image, label columns in ``manifest.labels``),
+        ``errors`` (rows that did not become images, with why) and ``report``
+        (counts that reconcile: found == ingested + skipped + failed + aggregated).
+
+    Raises
+    ------
+    UsageError
+        Unknown or contradicting options (a preset, a policy, generic-only options
+        with another preset, a bad ``columns`` or ``label_when`` spec, label names that
+        clash with canonical columns).
+    InputError
+        The table cannot be read (missing, not text in ``encoding``, no header, an
+        unbalanced quote); :class:`~mdprep.errors.MissingColumnError` for a column the
+        preset or an option needs.
+    ManifestValidationError
+        The rows break the contract (duplicate image ids, missing patients, ...),
+        with the line numbers of the table.
+
     Examples
     --------
     >>> import tempfile, os
@@ -662,6 +683,8 @@ def ingest_table(path: str | os.PathLike, **options: Any) -> IngestResult:
     >>> r = ingest_table(p, preset="nih")
     >>> len(r.manifest.labels), r.report.ingested == n
     (15, True)
+    >>> r.manifest.frame[r.manifest.labels[:2]].dtypes.astype(str).tolist()
+    ['Int8', 'Int8']
     """
     opts = table_options(path, **options)
     spath, preset, sep, encoding, aggregate = opts.path, opts.preset, opts.sep, opts.encoding, opts.aggregate

@@ -584,14 +584,14 @@ def train(
 def _scored_rows(frame, plan: RunPlan, *, evaluate_test: bool) -> tuple[RunPlan, dict[str, int]]:
     """The plan with the rows no run scores taken out, and every row no run uses, counted by why.
 
-    Copies made by ``mdprep resample`` (``copy`` above 0) never validate or test: a
+    Copies made by ``mdprep resample`` (``copy_index`` above 0) never validate or test: a
     cloned image would count twice in the AUC. Test rows are scored only with
     ``evaluate_test``.
     """
     from dataclasses import replace
 
     unused = dict(plan.unused)
-    clones = frame["copy"].fillna(0).to_numpy(dtype="int64") > 0 if "copy" in frame.columns else np.zeros(len(frame), dtype=bool)
+    clones = frame["copy_index"].fillna(0).to_numpy(dtype="int64") > 0 if "copy_index" in frame.columns else np.zeros(len(frame), dtype=bool)
     test = plan.runs[0].test
     if not evaluate_test and test.any():
         unused[f"test ({plan.test_split}; scored only with --evaluate-test)"] = int(test.sum())
