@@ -171,6 +171,7 @@ def test_json_summaries_say_what_stderr_says(runner, cohort, tmp_path):
 
     r = _json(runner, ["resample", str(d / "s.parquet"), "--strategy", "ml-ros", "--percent", "20", "-o", str(tmp_path / "r.parquet"), "-q"])
     assert r["after"]["rows"] > r["before"]["rows"] and r["removed"] == 0
+    assert r["percent_reached"] > 0 and (r["stop_reason"] is None or r["percent_reached"] < 20)
 
     sp = _json(runner, ["split", str(d / "m.parquet"), "-o", str(tmp_path / "s.parquet"), "-q"])
     assert sp["schema"] == "mdprep-split-report"

@@ -137,10 +137,11 @@ def _balance(stats) -> dict:
 
 
 def resample_summary(result, *, strategy: str, split: str, output: str) -> dict:
-    """``resample``: the split before and after (rows, patients, MeanIR, per-label positives and IRLbl) and rows removed."""
+    """``resample``: the split before and after (rows, patients, MeanIR, per-label positives and IRLbl), rows removed, and
+    (ml-ros, ml-rus) the percentage of the split cloned or removed and why it stopped short of ``--percent``, if it did."""
     return document(
         "resample", output=output, strategy=strategy, split=split, before=_balance(result.before), after=_balance(result.after),
-        removed=len(result.removed),
+        removed=len(result.removed), percent_reached=result.percent_reached, stop_reason=result.stop_reason,
     )
 
 
