@@ -1,0 +1,63 @@
+"""The docs cannot drift: every shown command output in docs/*.md is checked (tests/docs_runner.py)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import docs_runner as runner
+
+PAGES = runner.pages()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("docs")
+    template, manifests = runner.prepare(tmp, real=False)
+    return tmp, template, manifests
+
+
+def test_every_console_block_is_run_or_marked():
+    """No silent skip: each block with output is run here, or marked real (tasks.py docs --real) or unchecked with a reason."""
+    blocks = [b for p in PAGES for b in runner.parse(p)]
+    invalid = [f"{b.where}: {b.reason}" for b in blocks if b.kind == "invalid"]
+    assert not invalid, "\n".join(invalid)
+    unchecked = [b for b in blocks if b.kind == "unchecked"]
+    assert all(b.reason for b in unchecked), [b.where for b in unchecked if not b.reason]
+    real = [b for b in blocks if b.kind == "real"]
+    counts = {k: sum(b.kind == k for b in blocks) for k in ("run", "real", "unchecked", "commands")}
+    print(f"\ndocs console blocks: {counts}")
+    print("checked only by `python3 tasks.py docs --real`:", ", ".join(b.where for b in real))
+    print("unchecked:", "; ".join(f"{b.where} ({b.reason})" for b in unchecked))
+    assert counts["run"] >= 40
+    # A page with real-table blocks tells its reader which step checks them and when it last did.
+    for page in {b.page for b in real}:
+        text = (runner.DOCS / page).read_text()
+        assert "tasks.py docs --real" in text and re.search(r"last checked \d{4}-\d\d-\d\d", text), page
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if any(b.kind == "run" for b in runner.parse(p))], ids=lambda p: p.name)
+def test_docs_output_is_the_real_output(page, inputs):
+    tmp, template, manifests = inputs
+    failures = runner.check_page(page, False, template, manifests, tmp)
+    assert not failures, "\n\n".join(map(runner.report, failures)) + "\n\n(python3 tasks.py docs --update rewrites the shown output)"
+
+
+def test_runner_compares_elisions_wildcards_and_exit_codes(tmp_path):
+    assert runner.matches(["a", "...", "d"], ["a", "b", "c", "d"])
+    assert runner.matches(["took <?> s"], ["took 0.25 s"])
+    assert not runner.matches(["78,439 rows"], ["78,431 rows"])
+    blocks = runner._commands(["$ mdprep split missing.parquet -o out.parquet  # exit 2", "Error: <?>"])
+    assert blocks[0].exit_code == 2 and blocks[0].expected == ["Error: <?>"]
+    page = tmp_path / "x.md"
+    page.write_text("<!-- docs: unchecked needs a GPU -->\n```console\n$ nvidia-smi\nGPU 0\n```\n```console\n$ echo hi\n```\n")
+    kinds = [(b.kind, b.reason) for b in runner.parse(page)]
+    assert kinds == [("unchecked", "needs a GPU"), ("commands", "")]
+    old = runner.os.getcwd()
+    runner.os.chdir(tmp_path)
+    try:
+        ran = runner.run_command("echo hello | grep hel && mdprep validate nothing.parquet")
+    finally:
+        runner.os.chdir(old)
+    assert ran.code == 2 and ran.output.startswith("hello\nError: ")
