@@ -18,7 +18,8 @@ of four kinds, chosen by an HTML comment on the line just above its fence:
 ``<!-- docs: setup`` ... ``-->`` (or ``<!-- docs: setup real``) holds hidden ``$ `` commands
 that make the files a later block needs; they must succeed and their output is not shown.
 
-Comparing: a line ``...`` in the shown output stands for any number of lines, and ``<?>``
+Comparing: a command shown with no output is a step whose output is left out (it must still
+succeed, or declare its exit code). A line ``...`` in the shown output stands for any number of lines, and ``<?>``
 inside a line for any text (a timing). The real output is normalised before the comparison:
 the temporary folder's path reads ``<tmp>`` and mdprep's version ``<version>``. Rich tables are
 drawn ``COLUMNS`` = 100 wide. A command that exits non-zero must say so: with
@@ -189,6 +190,21 @@ def link_real_tables(folder: Path) -> None:
         (folder / name).symlink_to(REAL_DATA / name)
 
 
+def _weights_nan(source: str, target: str) -> None:
+    """A weights document with a NaN and a negative weight (weights.md)."""
+    import json
+
+    doc = json.loads(Path(source).read_text())
+    first, last = doc["labels"][0], doc["labels"][-1]
+    doc["weights"][first]["w_pos"] = float("nan")
+    doc["weights"][last]["w_neg"] = -2
+    Path(target).write_text(json.dumps(doc))
+
+
+#: Damaged inputs for the examples of refusals, made by ``$ docs-input NAME ARGS`` in a setup block.
+INPUTS = {"weights-nan": _weights_nan}
+
+
 # ----------------------------------------------------------------------------- the shell
 
 
@@ -208,7 +224,10 @@ def _builtin(argv: list[str], stdin: bytes | None) -> Ran:
         data = Path(path).read_bytes()
         return gzip.decompress(data) if name == "zcat" else data
 
-    if name == "echo":
+    if name == "docs-input":  # only in hidden setup blocks: a damaged file no mdprep command writes
+        INPUTS[args[0]](*args[1:])
+        out = b""
+    elif name == "echo":
         out = (" ".join(args) + "\n").encode()
     elif name in ("cat", "zcat"):
         out = b"".join(read(a) for a in args) if args else (gzip.decompress(stdin or b"") if name == "zcat" else stdin or b"")
@@ -357,7 +376,8 @@ def run_page(blocks: list[Block], kinds: set[str], folder: Path) -> list[Failure
                         failures.append(Failure(block, cmd, f"setup command exited {ran.code}", actual))
                     continue
                 problem = _declared_failure(cmd, ran, actual)
-                if problem is None and not matches(cmd.expected, actual):
+                # A command shown with no output is a step whose output the page leaves out.
+                if problem is None and cmd.expected and not matches(cmd.expected, actual):
                     problem = "the output differs from the docs"
                 if problem:
                     failures.append(Failure(block, cmd, problem, actual))
@@ -381,7 +401,8 @@ def rewrite(failures: list[Failure]) -> None:
     for page, fails in by_page.items():
         path = DOCS / page
         lines = path.read_text(encoding="utf-8").splitlines()
-        for f in sorted(fails, key=lambda f: -f.block.body[0]):
+        # Bottom up, so that each rewrite leaves the line numbers of the ones still to do.
+        for f in sorted(fails, key=lambda f: (-f.block.body[0], -f.block.commands.index(f.command))):
             start, end = f.block.body
             body = [ln[len(f.block.indent) :] for ln in lines[start:end]]
             # Find this command's output lines in the block and replace them.
