@@ -70,6 +70,7 @@ class Command:
     text: str  # as shown, continuations joined
     expected: list[str]  # shown output lines
     exit_code: int | None  # declared with "# exit N"
+    output_at: int = 0  # index in the block's lines where the shown output starts
 
 
 @dataclasses.dataclass
@@ -104,8 +105,8 @@ def _commands(lines: list[str]) -> list[Command]:
             i += 1
             text = text[:-1] + "\n" + lines[i]
         m = EXIT.search(text)
-        out.append(Command(text, [], int(m["code"]) if m else None))
         i += 1
+        out.append(Command(text, [], int(m["code"]) if m else None, i))
     for c in out:
         while c.expected and not c.expected[-1].strip():
             c.expected.pop()
@@ -165,7 +166,7 @@ def prepare_inputs(folder: Path) -> dict:
     from mdprep.synthetic import (SHAPE_LABELS, write_chexpert_table, write_dicom_tree, write_image_tree,
                                   write_leaky_cohort, write_nih_table, write_shapes_dataset)
 
-    write_nih_table(folder / "nih-like.csv", patients=120, seed=0)
+    write_nih_table(folder / "nih-like.csv", patients=800, seed=0)
     write_chexpert_table(folder / "chexpert-like.csv", patients=60, seed=0)
     write_dicom_tree(folder / "dicom", patients=6, images_per_patient=3, shape=(16, 16), plant_bad_files=True)
     write_image_tree(folder / "images", patients=6, studies=2, shape=(16, 16), plant_bad_files=True)
@@ -213,6 +214,7 @@ class Ran:
     output: str  # what the terminal shows
     stdout: bytes
     code: int
+    stderr: str = ""
 
 
 def _builtin(argv: list[str], stdin: bytes | None) -> Ran:
@@ -259,7 +261,7 @@ def _builtin(argv: list[str], stdin: bytes | None) -> Ran:
     elif name in ("python", "python3"):
         proc = subprocess.run([sys.executable, *args], input=stdin, capture_output=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-        return Ran((proc.stderr + proc.stdout).decode(), proc.stdout, proc.returncode)
+        return Ran((proc.stderr + proc.stdout).decode(), proc.stdout, proc.returncode, proc.stderr.decode())
     else:
         raise ValueError(f"the docs shell does not know {name!r}; mark the block <!-- docs: unchecked REASON -->")
     return Ran(out.decode(errors="replace"), out, 0)
@@ -271,7 +273,7 @@ def _mdprep(args: list[str], stdin: bytes | None, env: dict) -> Ran:
     from mdprep.cli import main
 
     result = CliRunner().invoke(main, args, input=stdin, env={**ENV, **env}, catch_exceptions=False, prog_name="mdprep")
-    return Ran(result.output, result.stdout_bytes, result.exit_code)
+    return Ran(result.output, result.stdout_bytes, result.exit_code, result.stderr)
 
 
 def run_command(text: str) -> Ran:
@@ -291,11 +293,12 @@ def run_command(text: str) -> Ran:
             try:
                 ran = _mdprep(segment[1:], stdin, env) if segment[0] == "mdprep" else _builtin(segment, stdin)
             except OSError as exc:
-                ran = Ran(f"{segment[0]}: {exc.filename}: {exc.strerror}\n", b"", 1)
+                message = f"{segment[0]}: {exc.filename}: {exc.strerror}\n"
+                ran = Ran(message, b"", 1, message)
             code = ran.code
             if token == "|":
                 # The pipe carries stdout; what the terminal shows of this command is its stderr.
-                shown.append(ran.output.replace(ran.stdout.decode(errors="replace"), "", 1))
+                shown.append(ran.stderr)
                 stdin = ran.stdout
             else:
                 shown.append(ran.output)
@@ -405,10 +408,7 @@ def rewrite(failures: list[Failure]) -> None:
         for f in sorted(fails, key=lambda f: (-f.block.body[0], -f.block.commands.index(f.command))):
             start, end = f.block.body
             body = [ln[len(f.block.indent) :] for ln in lines[start:end]]
-            # Find this command's output lines in the block and replace them.
-            first_line = "$ " + f.command.text.split("\n")[0]
-            k = body.index(first_line) + f.command.text.count("\n") + 1
-            n = 0
+            k, n = f.command.output_at, 0
             while k + n < len(body) and not body[k + n].startswith("$ "):
                 n += 1
             while n and not body[k + n - 1].strip():

@@ -61,3 +61,34 @@ def test_runner_compares_elisions_wildcards_and_exit_codes(tmp_path):
     finally:
         runner.os.chdir(old)
     assert ran.code == 2 and ran.output.startswith("hello\nError: ")
+
+
+def _demo_steps() -> list[str]:
+    """The titles of the demo's steps, in the order of src/mdprep/cli/demo.py (an f-string's value reads K)."""
+    import ast
+
+    source = (runner.ROOT / "src" / "mdprep" / "cli" / "demo.py").read_text()
+
+    def text(node) -> str:
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.JoinedStr):
+            return "".join(text(v) if isinstance(v, ast.Constant) else "K" for v in node.values)
+        if isinstance(node, ast.BinOp):
+            return text(node.left) + text(node.right)
+        raise AssertionError(ast.dump(node))
+
+    module = ast.parse(source)
+    steps = {}
+    for fn in ("demo", "_audit_steps", "_train_steps"):
+        tree = next(n for n in ast.walk(module) if isinstance(n, ast.FunctionDef) and n.name == fn)
+        calls = sorted((c.lineno, c) for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "id", None) in ("_run", "_python"))
+        steps[fn] = [text(c.args[1] if c.func.id == "_run" else c.args[0]) for _, c in calls]
+    # demo() calls _audit_steps and _train_steps just before its last step (validate).
+    return steps["demo"][:-1] + steps["_audit_steps"] + steps["_train_steps"] + steps["demo"][-1:]
+
+
+def test_getting_started_lists_the_demo_steps_as_they_are():
+    text = (runner.DOCS / "getting-started.md").read_text()
+    listed = re.findall(r"^\d+\. (.+)$", text.split("<!-- demo steps -->")[1], re.M)
+    assert listed == _demo_steps()
