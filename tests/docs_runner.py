@@ -22,7 +22,7 @@ Comparing: a command shown with no output is a step whose output is left out (it
 succeed, or declare its exit code). A line ``...`` in the shown output stands for any number of lines, and ``<?>``
 inside a line for any text (a timing). The real output is normalised before the comparison:
 the temporary folder's path reads ``<tmp>`` and mdprep's version ``<version>``. Rich tables are
-drawn ``COLUMNS`` = 100 wide. A command that exits non-zero must say so: with
+drawn ``COLUMNS`` = 120 wide. A command that exits non-zero must say so: with
 ``# exit N`` at the end of its line, or, for exit 2, with the ``Error:`` line it prints.
 
 Commands run in-process (``mdprep`` through click's ``CliRunner``); a pipe ``|`` passes one
@@ -55,8 +55,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 REAL_DATA = ROOT / "bench" / ".data"
 #: The real tables a ``docs: real`` block may name, as they are called in bench/.data.
-REAL_TABLES = ("Data_Entry_2017_v2020.csv.gz", "chexpert_train.csv.gz")
-COLUMNS = 100
+REAL_TABLES = ("Data_Entry_2017_v2020.csv.gz", "chexpert_train.csv.gz", "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz")
+COLUMNS = 120
 ENV = {"COLUMNS": str(COLUMNS), "LINES": "50", "NO_COLOR": "1", "TERM": "dumb", "MDPREP_DEBUG": None}
 
 FENCE = re.compile(r"^(?P<indent> *)```console\s*$")
@@ -202,8 +202,29 @@ def _weights_nan(source: str, target: str) -> None:
     Path(target).write_text(json.dumps(doc))
 
 
-#: Damaged inputs for the examples of refusals, made by ``$ docs-input NAME ARGS`` in a setup block.
-INPUTS = {"weights-nan": _weights_nan}
+def _with_placeholder_accession(source: str, target: str, rows: str) -> None:
+    """A copy of a manifest with an ``accession`` column, ``UNKNOWN`` in ``rows`` seeded random rows (split.md)."""
+    import numpy as np
+
+    from mdprep.manifest import read_manifest, write_manifest
+
+    manifest = read_manifest(source)
+    frame = manifest.frame.copy()
+    accession = "ACC" + pd_index(len(frame))
+    accession[np.random.default_rng(0).choice(len(frame), int(rows), replace=False)] = "UNKNOWN"
+    frame["accession"] = accession
+    write_manifest(manifest.with_frame(frame), target)
+
+
+def pd_index(n: int):
+    import numpy as np
+
+    return np.char.zfill(np.arange(n).astype(str), 7).astype(object)
+
+
+#: Inputs no mdprep command writes (damaged files, a placeholder value), made by
+#: ``$ docs-input NAME ARGS`` in a setup block.
+INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholder_accession}
 
 
 # ----------------------------------------------------------------------------- the shell
@@ -276,9 +297,13 @@ def _mdprep(args: list[str], stdin: bytes | None, env: dict) -> Ran:
     return Ran(result.output, result.stdout_bytes, result.exit_code, result.stderr)
 
 
-def run_command(text: str) -> Ran:
-    """Run one shown command line; return what the terminal shows, the last stdout and the exit code."""
+def run_command(text: str, last_code: int = 0) -> Ran:
+    """Run one shown command line; return what the terminal shows, the last stdout and the exit code.
+
+    ``$?`` reads ``last_code``, the exit code of the command before.
+    """
     tokens = shlex.split(EXIT.sub("", text).replace("\\\n", " "), comments=True)
+    tokens = [str(last_code) if t == "$?" else t for t in tokens]
     shown, code, stdin, skip = [], 0, None, False
     segment: list[str] = []
     for token in [*tokens, "&&"]:
@@ -367,9 +392,11 @@ def run_page(blocks: list[Block], kinds: set[str], folder: Path) -> list[Failure
         for block in blocks:
             if block.kind not in kinds:
                 continue
-            for cmd in block.commands:
+            last = 0
+            for k, cmd in enumerate(block.commands):
+                followed_by_status = k + 1 < len(block.commands) and block.commands[k + 1].text.strip() == "echo $?"
                 try:
-                    ran = run_command(cmd.text)
+                    ran = run_command(cmd.text, last)
                 except ValueError as exc:
                     failures.append(Failure(block, cmd, str(exc), []))
                     continue
@@ -378,7 +405,9 @@ def run_page(blocks: list[Block], kinds: set[str], folder: Path) -> list[Failure
                     if ran.code != 0:
                         failures.append(Failure(block, cmd, f"setup command exited {ran.code}", actual))
                     continue
-                problem = _declared_failure(cmd, ran, actual)
+                last = ran.code
+                # "echo $?" on the next line shows (and so declares) this command's exit code.
+                problem = None if followed_by_status else _declared_failure(cmd, ran, actual)
                 # A command shown with no output is a step whose output the page leaves out.
                 if problem is None and cmd.expected and not matches(cmd.expected, actual):
                     problem = "the output differs from the docs"
