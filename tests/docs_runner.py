@@ -222,9 +222,44 @@ def pd_index(n: int):
     return np.char.zfill(np.arange(n).astype(str), 7).astype(object)
 
 
+def _broken_manifests(source: str) -> None:
+    """broken-meta, broken-history and bad-folds.parquet: a folds manifest with damaged metadata or folds (manifest.md)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(source)
+    doc = json.loads(table.schema.metadata[b"mdprep"])
+
+    def write(name: str, changes: dict, t: pa.Table = table) -> None:
+        meta = {**t.schema.metadata, b"mdprep": json.dumps({**doc, **changes}).encode()}
+        pq.write_table(t.replace_schema_metadata(meta), name)
+
+    write("broken-meta.parquet", {"format_version": "1", "labels": "|".join(doc["labels"][:2])})
+    write("broken-history.parquet", {"history": [doc["history"][0], ["resample"]]})
+    fold = table.column("fold").to_pylist()
+    fold = [7 if i % 20 == 0 else -1 if i % 20 == 1 else f for i, f in enumerate(fold)]
+    write("bad-folds.parquet", {}, table.set_column(table.schema.get_field_index("fold"), "fold", pa.array(fold, table.schema.field("fold").type)))
+
+
+def _outside_root(target: str) -> None:
+    """A manifest whose paths leave its root: absolute, climbing and through a link (manifest.md)."""
+    import pandas as pd
+
+    from mdprep.manifest import Manifest, write_manifest
+
+    root = Path("images").resolve()
+    (root / "scans").mkdir(parents=True, exist_ok=True)
+    (root / "scans" / "c.png").symlink_to("/etc/hostname")
+    paths = ["../../etc/passwd", "/etc/shadow", "scans/c.png"]
+    write_manifest(Manifest(pd.DataFrame({"image_id": paths, "path": paths, "patient_id": ["p1", "p2", "p3"]}), root=str(root)), target)
+
+
 #: Inputs no mdprep command writes (damaged files, a placeholder value), made by
 #: ``$ docs-input NAME ARGS`` in a setup block.
-INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholder_accession}
+INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholder_accession,
+          "broken-manifests": _broken_manifests, "outside-root": _outside_root}
 
 
 # ----------------------------------------------------------------------------- the shell
