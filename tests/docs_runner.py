@@ -256,10 +256,19 @@ def _outside_root(target: str) -> None:
     write_manifest(Manifest(pd.DataFrame({"image_id": paths, "path": paths, "patient_id": ["p1", "p2", "p3"]}), root=str(root)), target)
 
 
+def _edited_audit(source: str, target: str) -> None:
+    """An audit report whose first finding lost the list form of its splits (report.md)."""
+    import json
+
+    doc = json.loads(Path(source).read_text())
+    doc["checks"][0]["findings"] = [{"key": "x", "splits": "train"}]
+    Path(target).write_text(json.dumps(doc))
+
+
 #: Inputs no mdprep command writes (damaged files, a placeholder value), made by
 #: ``$ docs-input NAME ARGS`` in a setup block.
 INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholder_accession,
-          "broken-manifests": _broken_manifests, "outside-root": _outside_root}
+          "broken-manifests": _broken_manifests, "outside-root": _outside_root, "edited-audit": _edited_audit}
 
 
 # ----------------------------------------------------------------------------- the shell
@@ -439,6 +448,7 @@ def run_page(blocks: list[Block], kinds: set[str], folder: Path) -> list[Failure
                 if block.kind.startswith("setup"):
                     if ran.code != 0:
                         failures.append(Failure(block, cmd, f"setup command exited {ran.code}", actual))
+                        break
                     continue
                 last = ran.code
                 # "echo $?" on the next line shows (and so declares) this command's exit code.
