@@ -26,9 +26,11 @@ drawn ``COLUMNS`` = 120 wide. A command that exits non-zero must say so: with
 ``# exit N`` at the end of its line, or, for exit 2, with the ``Error:`` line it prints.
 
 Commands run in-process (``mdprep`` through click's ``CliRunner``); a pipe ``|`` passes one
-command's stdout to the next, ``&&`` runs the next only after a success, and ``VAR=value``
-sets an environment variable. Besides ``mdprep`` the shell knows ``echo``, ``cat``, ``zcat``,
-``head``, ``cmp``, ``grep``, ``mv``, ``ls`` and ``python3 -c``.
+command's stdout to the next, ``> FILE`` at the end of a command writes its stdout to FILE,
+``&&`` runs the next only after a success, ``$?`` is the exit code of the command before, and
+``VAR=value`` sets an environment variable. Besides ``mdprep`` the shell knows ``echo``,
+``printf`` (a format alone), ``export VAR=value``, ``cat``, ``zcat``, ``head``, ``cmp``, ``grep``, ``mv``, ``ls`` and
+``python3``; setup blocks also know ``docs-input`` (:data:`INPUTS`).
 
     python tests/docs_runner.py            # check every run block
     python tests/docs_runner.py --update   # rewrite the shown output of failing blocks from real runs
@@ -265,10 +267,41 @@ def _edited_audit(source: str, target: str) -> None:
     Path(target).write_text(json.dumps(doc))
 
 
+def _csv(target: str, *rows: str) -> None:
+    """A small CSV table given row by row, ``;`` between its fields (the header first)."""
+    import csv
+
+    with open(target, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(row.split(";") for row in rows)
+
+
+def _notes(target: str) -> None:
+    """A label table with a free-text column and direct identifiers (pseudonyms.md)."""
+    _csv(target, "image_id;patient_id;Patient Name;MRN;Report;Effusion",
+         "img1.png;P1;Jane Roe;MRN0001;Seen by Dr Smith, small effusion;1",
+         "img2.png;P2;John Doe;MRN0002;No effusion;0",
+         "img3.png;P1;Jane Roe;MRN0001;Follow-up, effusion resolved;0")
+
+
+def _visits(target: str) -> None:
+    """A label table with identifiers under unusual names and non-ISO dates (pseudonyms.md)."""
+    _csv(target, "file;subject;pt_name;UR;Accession No;exam_dt;Birthdate;seen;Effusion",
+         "S1/visit1.png;S1;Jane Roe;UR100;A-1;03/01/2019;22.11.1951;25/12/2019;1",
+         "S1/visit2.png;S1;Jane Roe;UR100;A-2;04/02/2019;22.11.1951;26/12/2019;0",
+         "S2/visit1.png;S2;John Doe;UR200;A-3;05/03/2019;01.02.1960;27/12/2019;0")
+
+
+def _key(target: str) -> None:
+    """A fixed, strong key (so that the fingerprints in the docs stay the same); never use it for real data."""
+    Path(target).write_text("9f2c4e7a1b8d3f60c5e9a2d74b1f8e36a0d5c9e2f7b4a1863e0c5d9b2a7f4e18\n")
+    os.chmod(target, 0o600)
+
+
 #: Inputs no mdprep command writes (damaged files, a placeholder value), made by
 #: ``$ docs-input NAME ARGS`` in a setup block.
 INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholder_accession,
-          "broken-manifests": _broken_manifests, "outside-root": _outside_root, "edited-audit": _edited_audit}
+          "broken-manifests": _broken_manifests, "outside-root": _outside_root, "edited-audit": _edited_audit,
+          "notes": _notes, "visits": _visits, "key": _key}
 
 
 # ----------------------------------------------------------------------------- the shell
@@ -282,6 +315,10 @@ class Ran:
     stderr: str = ""
 
 
+#: Variables set by ``export`` in the page being run.
+SESSION_ENV: dict[str, str] = {}
+
+
 def _builtin(argv: list[str], stdin: bytes | None) -> Ran:
     name, args = argv[0], argv[1:]
 
@@ -291,9 +328,15 @@ def _builtin(argv: list[str], stdin: bytes | None) -> Ran:
         data = Path(path).read_bytes()
         return gzip.decompress(data) if name == "zcat" else data
 
-    if name == "docs-input":  # only in hidden setup blocks: a damaged file no mdprep command writes
+    if name == "export":  # VAR=value, for the rest of the page
+        key, _, value = args[0].partition("=")
+        SESSION_ENV[key] = value
+        out = b""
+    elif name == "docs-input":  # only in hidden setup blocks: a damaged file no mdprep command writes
         INPUTS[args[0]](*args[1:])
         out = b""
+    elif name == "printf":  # the format alone, no arguments
+        out = args[0].encode().decode("unicode_escape").encode()
     elif name == "echo":
         out = (" ".join(args) + "\n").encode()
     elif name in ("cat", "zcat"):
@@ -337,7 +380,7 @@ def _mdprep(args: list[str], stdin: bytes | None, env: dict) -> Ran:
 
     from mdprep.cli import main
 
-    result = CliRunner().invoke(main, args, input=stdin, env={**ENV, **env}, catch_exceptions=False, prog_name="mdprep")
+    result = CliRunner().invoke(main, args, input=stdin, env={**ENV, **SESSION_ENV, **env}, catch_exceptions=False, prog_name="mdprep")
     return Ran(result.output, result.stdout_bytes, result.exit_code, result.stderr)
 
 
@@ -359,8 +402,14 @@ def run_command(text: str, last_code: int = 0) -> Ran:
             while segment and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", segment[0]):
                 key, _, value = segment.pop(0).partition("=")
                 env[key] = value
+            target = None
+            if len(segment) > 2 and segment[-2] == ">":
+                target, segment = segment[-1], segment[:-2]
             try:
                 ran = _mdprep(segment[1:], stdin, env) if segment[0] == "mdprep" else _builtin(segment, stdin)
+                if target:  # "> FILE": stdout goes to the file, the terminal shows stderr
+                    Path(target).write_bytes(ran.stdout)
+                    ran = Ran(ran.stderr, b"", ran.code, ran.stderr)
             except OSError as exc:
                 message = f"{segment[0]}: {exc.filename}: {exc.strerror}\n"
                 ran = Ran(message, b"", 1, message)
@@ -430,6 +479,7 @@ def _declared_failure(cmd: Command, ran: Ran, lines: list[str]) -> str | None:
 def run_page(blocks: list[Block], kinds: set[str], folder: Path) -> list[Failure]:
     """Run the blocks of ``kinds`` of one page in order in ``folder``; return the mismatches."""
     failures: list[Failure] = []
+    SESSION_ENV.clear()
     old = os.getcwd()
     os.chdir(folder)
     try:
