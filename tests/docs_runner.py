@@ -57,7 +57,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 REAL_DATA = ROOT / "bench" / ".data"
 #: The real tables a ``docs: real`` block may name, as they are called in bench/.data.
-REAL_TABLES = ("Data_Entry_2017_v2020.csv.gz", "chexpert_train.csv.gz", "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz")
+REAL_TABLES = ("Data_Entry_2017_v2020.csv.gz", "chexpert_train.csv.gz", "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz",
+               "kaggle_stage_2_train_images_dicom_headers.csv.gz")
 COLUMNS = 120
 ENV = {"COLUMNS": str(COLUMNS), "LINES": "50", "NO_COLOR": "1", "TERM": "dumb", "MDPREP_DEBUG": None}
 
@@ -297,11 +298,44 @@ def _key(target: str) -> None:
     os.chmod(target, 0o600)
 
 
+def _nifti(root: str) -> None:
+    """Five CT-like NIfTI volumes and three copies of the first (reoriented, float32, scaled) (audit.md)."""
+    from mdprep.synthetic import write_nifti_tree
+
+    write_nifti_tree(root, patients=5, copies=True)
+
+
+def _file_kinds(target: str) -> None:
+    """One readable image and four that fail each their own way: a FIFO, 3 GiB (sparse), not an image, gone (audit.md)."""
+    import shutil as sh
+
+    import pandas as pd
+
+    from mdprep.manifest import Manifest, write_manifest
+
+    scans = Path("kinds/scans")
+    scans.mkdir(parents=True)
+    sh.copy(next(Path("images").rglob("view1_frontal.png")), scans / "ok.png")
+    os.mkfifo(scans / "pipe.dcm")
+    with open(scans / "volume.dcm", "wb") as fh:
+        fh.truncate(3 * 1024**3)
+    (scans / "broken.png").write_bytes(b"not a png")
+    paths = ["scans/ok.png", "scans/pipe.dcm", "scans/volume.dcm", "scans/broken.png", "scans/gone.png"]
+    frame = pd.DataFrame({"image_id": paths, "path": paths, "patient_id": ["p1", "p2", "p3", "p4", "p5"]})
+    write_manifest(Manifest(frame, root=str(Path("kinds").resolve())), target)
+
+
+def _bad_allow(target: str) -> None:
+    """An allow list whose key is a list, not text or a number (audit.md)."""
+    Path(target).write_text('[{"check": "patient_overlap", "key": ["00000013"], "reason": "reviewed"}]\n')
+
+
 #: Inputs no mdprep command writes (damaged files, a placeholder value), made by
 #: ``$ docs-input NAME ARGS`` in a setup block.
 INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholder_accession,
           "broken-manifests": _broken_manifests, "outside-root": _outside_root, "edited-audit": _edited_audit,
-          "notes": _notes, "visits": _visits, "key": _key}
+          "notes": _notes, "visits": _visits, "key": _key,
+          "nifti": _nifti, "file-kinds": _file_kinds, "bad-allow": _bad_allow}
 
 
 # ----------------------------------------------------------------------------- the shell
