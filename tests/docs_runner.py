@@ -29,7 +29,7 @@ Commands run in-process (``mdprep`` through click's ``CliRunner``); a pipe ``|``
 command's stdout to the next, ``> FILE`` at the end of a command writes its stdout to FILE,
 ``&&`` runs the next only after a success, ``$?`` is the exit code of the command before, and
 ``VAR=value`` sets an environment variable. Besides ``mdprep`` the shell knows ``echo``,
-``printf`` (a format alone), ``export VAR=value``, ``cat``, ``zcat``, ``head``, ``cmp``, ``grep``, ``mv``, ``ls`` and
+``printf`` (a format alone), ``export VAR=value``, ``cat``, ``zcat``, ``head``, ``cmp``, ``grep [-A N]``, ``mv``, ``ls``, ``mkdir`` and
 ``python3``; setup blocks also know ``docs-input`` (:data:`INPUTS`).
 
     python tests/docs_runner.py            # check every run block
@@ -330,12 +330,35 @@ def _bad_allow(target: str) -> None:
     Path(target).write_text('[{"check": "patient_overlap", "key": ["00000013"], "reason": "reviewed"}]\n')
 
 
+def _weights_huge(source: str, target: str) -> None:
+    """A weights document with finite weights too large to train with (train.md)."""
+    import json
+
+    doc = json.loads(Path(source).read_text())
+    for entry in doc["weights"].values():
+        entry["w_pos"] = 3e38
+    Path(target).write_text(json.dumps(doc))
+
+
+def _checkpoints() -> None:
+    """notes.pt (not a checkpoint), small.pt (a state dict of --arch small) and nan.pt (one with NaN) (train.md)."""
+    import torch
+
+    from mdprep.training.models import build_model
+
+    Path("notes.pt").write_text("not a checkpoint, only notes\n")
+    state = build_model("small", 3).state_dict()
+    torch.save(state, "small.pt")
+    torch.save({k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()}, "nan.pt")
+
+
 #: Inputs no mdprep command writes (damaged files, a placeholder value), made by
 #: ``$ docs-input NAME ARGS`` in a setup block.
 INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholder_accession,
           "broken-manifests": _broken_manifests, "outside-root": _outside_root, "edited-audit": _edited_audit,
           "notes": _notes, "visits": _visits, "key": _key,
-          "nifti": _nifti, "file-kinds": _file_kinds, "bad-allow": _bad_allow}
+          "nifti": _nifti, "file-kinds": _file_kinds, "bad-allow": _bad_allow,
+          "weights-huge": _weights_huge, "checkpoints": _checkpoints}
 
 
 # ----------------------------------------------------------------------------- the shell
@@ -382,10 +405,13 @@ def _builtin(argv: list[str], stdin: bytes | None) -> Ran:
             n = int(args.pop(0)) if flag == "-n" else int(flag[1:])
         data = read(args[0]) if args else stdin or b""
         out = b"".join(data.splitlines(keepends=True)[:n])
-    elif name == "grep":
+    elif name == "grep":  # grep [-A N] PATTERN [FILE...]
+        after = int(args.pop(0)[2:] or args.pop(0)) if args[0].startswith("-A") else 0
         pattern, files = re.compile(args[0].encode()), args[1:]
         data = b"".join(read(f) for f in files) if files else stdin or b""
-        found = [ln for ln in data.splitlines(keepends=True) if pattern.search(ln)]
+        lines = data.splitlines(keepends=True)
+        hits = [i for i, ln in enumerate(lines) if pattern.search(ln)]
+        found = [lines[j] for j in sorted({j for i in hits for j in range(i, min(i + after + 1, len(lines)))})]
         return Ran(b"".join(found).decode(), b"".join(found), 0 if found else 1)
     elif name == "cmp":
         a, b = read(args[0]), read(args[1])
@@ -399,7 +425,16 @@ def _builtin(argv: list[str], stdin: bytes | None) -> Ran:
         shutil.move(args[0], args[1])
         out = b""
     elif name == "ls":
-        out = "".join(f"{p}\n" for a in (args or ["."]) for p in (sorted(os.listdir(a)) if os.path.isdir(a) else [a])).encode()
+        folders = sorted(args or ["."])
+        listing = ["".join(f"{p}\n" for p in sorted(os.listdir(a))) if os.path.isdir(a) else f"{a}\n" for a in folders]
+        if len(folders) > 1:
+            listing = [f"{a}:\n{text}" for a, text in zip(folders, listing)]
+        out = "\n".join(listing).encode()
+    elif name == "mkdir":
+        for a in args:
+            if a != "-p":
+                os.makedirs(a, exist_ok=True)
+        out = b""
     elif name in ("python", "python3"):
         proc = subprocess.run([sys.executable, *args], input=stdin, capture_output=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
