@@ -58,7 +58,8 @@ DOCS = ROOT / "docs"
 REAL_DATA = ROOT / "bench" / ".data"
 #: The real tables a ``docs: real`` block may name, as they are called in bench/.data.
 REAL_TABLES = ("Data_Entry_2017_v2020.csv.gz", "chexpert_train.csv.gz", "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz",
-               "kaggle_stage_2_train_images_dicom_headers.csv.gz")
+               "kaggle_stage_2_train_images_dicom_headers.csv.gz", "kaggle_stage_2_train_labels.csv.zip",
+               "vinbigdata-train.csv.gz", "siim-pneumothorax-train-rle.csv.gz", "google2019_nih-chest-xray-labels.csv.gz")
 COLUMNS = 120
 ENV = {"COLUMNS": str(COLUMNS), "LINES": "50", "NO_COLOR": "1", "TERM": "dumb", "MDPREP_DEBUG": None}
 
