@@ -274,7 +274,7 @@ def _csv(target: str, *rows: str) -> None:
     import csv
 
     with open(target, "w", newline="", encoding="utf-8") as fh:
-        csv.writer(fh).writerows(row.split(";") for row in rows)
+        csv.writer(fh, lineterminator="\n").writerows(row.split(";") for row in rows)
 
 
 def _notes(target: str) -> None:
@@ -299,11 +299,37 @@ def _key(target: str) -> None:
     os.chmod(target, 0o600)
 
 
-def _nifti(root: str) -> None:
-    """Five CT-like NIfTI volumes and three copies of the first (reoriented, float32, scaled) (audit.md)."""
+def _nifti(root: str, damaged: str = "") -> None:
+    """Five CT-like NIfTI volumes, three copies of the first (reoriented, float32, scaled) and,
+    with ``damaged``, four damaged files (audit.md, ingest.md)."""
     from mdprep.synthetic import write_nifti_tree
 
-    write_nifti_tree(root, patients=5, copies=True)
+    write_nifti_tree(root, patients=5, copies=True, damaged=bool(damaged))
+
+
+def _mixed(root: str) -> None:
+    """PNG images of three patients and one patient's NIfTI volumes in one tree (ingest.md)."""
+    from mdprep.synthetic import write_image_tree, write_nifti_tree
+
+    write_image_tree(root, patients=3, studies=1, shape=(16, 16))
+    write_nifti_tree(Path(root) / "patient00009", patients=1)
+
+
+def _edited_manifest(source: str, target: str) -> None:
+    """A manifest edited by hand (write_manifest would refuse it): one image id repeated, one label 5 (ingest.md)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(source)
+
+    def edit(table, name, row, value):
+        i = table.schema.get_field_index(name)
+        values = table.column(name).to_pylist()
+        values[row] = value
+        return table.set_column(i, table.schema.field(i), pa.array(values, table.schema.field(i).type))
+
+    table = edit(edit(table, "image_id", 1, table.column("image_id")[0].as_py()), "Hernia", 2, 5)
+    pq.write_table(table, target)
 
 
 def _file_kinds(target: str) -> None:
@@ -353,13 +379,28 @@ def _checkpoints() -> None:
     torch.save({k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()}, "nan.pt")
 
 
+def _ct_tree(root: str) -> None:
+    """write_ct_tree(root, patients=3), plus a text file and a slice without SeriesInstanceUID (ingest.md)."""
+    import pydicom
+
+    from mdprep.synthetic import write_ct_tree
+
+    write_ct_tree(root, patients=3)
+    (Path(root) / "README.txt").write_text("CT export, see the ticket\n")
+    first = sorted(Path(root).rglob("*.dcm"))[0]
+    ds = pydicom.dcmread(first)
+    del ds.SeriesInstanceUID
+    ds.save_as(Path(root) / "orphan.dcm")
+
+
 #: Inputs no mdprep command writes (damaged files, a placeholder value), made by
 #: ``$ docs-input NAME ARGS`` in a setup block.
 INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholder_accession,
           "broken-manifests": _broken_manifests, "outside-root": _outside_root, "edited-audit": _edited_audit,
           "notes": _notes, "visits": _visits, "key": _key,
           "nifti": _nifti, "file-kinds": _file_kinds, "bad-allow": _bad_allow,
-          "weights-huge": _weights_huge, "checkpoints": _checkpoints}
+          "weights-huge": _weights_huge, "checkpoints": _checkpoints, "ct-tree": _ct_tree,
+          "csv": _csv, "mixed": _mixed, "edited-manifest": _edited_manifest}
 
 
 # ----------------------------------------------------------------------------- the shell
