@@ -29,7 +29,7 @@ Commands run in-process (``mdprep`` through click's ``CliRunner``); a pipe ``|``
 command's stdout to the next, ``> FILE`` at the end of a command writes its stdout to FILE,
 ``&&`` runs the next only after a success, ``$?`` is the exit code of the command before, and
 ``VAR=value`` sets an environment variable. Besides ``mdprep`` the shell knows ``echo``,
-``printf`` (a format alone), ``export VAR=value``, ``cat``, ``zcat``, ``head``, ``cmp``, ``grep [-A N]``, ``mv``, ``ls``, ``mkdir`` and
+``printf`` (a format alone), ``export VAR=value``, ``cat [-A]``, ``zcat``, ``head``, ``cmp``, ``grep [-A N]``, ``mv``, ``ls``, ``mkdir`` and
 ``python3``; setup blocks also know ``docs-input`` (:data:`INPUTS`).
 
     python tests/docs_runner.py            # check every run block
@@ -393,6 +393,35 @@ def _ct_tree(root: str) -> None:
     ds.save_as(Path(root) / "orphan.dcm")
 
 
+def _without_patient_id(*paths: str) -> None:
+    """Remove PatientID from DICOM files (ingest.md)."""
+    import pydicom
+
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.PatientID
+        ds.save_as(path)
+
+
+def _truncated_images(root: str) -> None:
+    """Four chest-X-ray-like images of two patients, a PNG and a JPEG of them cut short (ingest.md)."""
+    import numpy as np
+    from PIL import Image
+
+    from mdprep.synthetic import synthetic_pixels
+
+    rng = np.random.default_rng(0)
+    files = ["patient00000/study1/view1_frontal.png", "patient00001/study1/view1_frontal.png",
+             "patient00001/study1/view2_lateral.jpg", "patient00001/study2/view1_frontal.png"]
+    for rel in files:
+        path = Path(root) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(synthetic_pixels(rng, (48, 48), bits=8).astype(np.uint8), mode="L").save(path)
+    png, jpeg = Path(root) / files[0], Path(root) / files[2]
+    png.write_bytes(png.read_bytes()[:-12])  # the IEND chunk gone
+    jpeg.write_bytes(jpeg.read_bytes()[:-2])  # the end-of-image marker gone
+
+
 #: Inputs no mdprep command writes (damaged files, a placeholder value), made by
 #: ``$ docs-input NAME ARGS`` in a setup block.
 INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholder_accession,
@@ -400,7 +429,8 @@ INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholde
           "notes": _notes, "visits": _visits, "key": _key,
           "nifti": _nifti, "file-kinds": _file_kinds, "bad-allow": _bad_allow,
           "weights-huge": _weights_huge, "checkpoints": _checkpoints, "ct-tree": _ct_tree,
-          "csv": _csv, "mixed": _mixed, "edited-manifest": _edited_manifest}
+          "csv": _csv, "mixed": _mixed, "edited-manifest": _edited_manifest,
+          "without-patient-id": _without_patient_id, "truncated-images": _truncated_images}
 
 
 # ----------------------------------------------------------------------------- the shell
@@ -439,7 +469,11 @@ def _builtin(argv: list[str], stdin: bytes | None) -> Ran:
     elif name == "echo":
         out = (" ".join(args) + "\n").encode()
     elif name in ("cat", "zcat"):
+        show_ends = "-A" in args  # cat -A: a line's end shows as $, a carriage return as ^M
+        args = [a for a in args if a != "-A"]
         out = b"".join(read(a) for a in args) if args else (gzip.decompress(stdin or b"") if name == "zcat" else stdin or b"")
+        if show_ends:
+            out = out.replace(b"\r", b"^M").replace(b"\n", b"$\n")
     elif name == "head":
         n = 10
         if args and args[0].startswith("-"):
