@@ -5,8 +5,11 @@
     python3 tasks.py test    # install mdprep with its test tools and run the whole suite
     python3 tasks.py bench   # run the benchmarks under bench/ (fetches real tables)
     python3 tasks.py acceptance  # ingest every public chest X-ray table, check counts against pandas
+    python3 tasks.py docs    # run every command shown with output in docs/ and compare (the test suite does too)
+    python3 tasks.py docs --update  # rewrite the shown outputs that differ from real runs
+    python3 tasks.py docs --real    # check the blocks that need the real public tables (bench/.data)
 
-Extra arguments go to the underlying command (pytest, mdprep demo).
+Extra arguments go to the underlying command (pytest, mdprep demo, tests/docs_runner.py).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def ensure_chromium() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"demo", "test", "bench", "acceptance"}:
+    if not argv or argv[0] not in {"demo", "test", "bench", "acceptance", "docs"}:
         print(__doc__)
         return 2
     job, rest = argv[0], argv[1:]
@@ -85,6 +88,9 @@ def main(argv: list[str]) -> int:
         elif job == "acceptance":
             ensure_venv("dev,train")  # dev's monai needs torch: install the pinned build, not whatever pip picks
             run(PY, "bench/acceptance_tables.py", *rest)
+        elif job == "docs":
+            ensure_venv("dev,train")
+            run(PY, "tests/docs_runner.py", *rest)
         else:
             ensure_venv("dev,train,bench")
             run(PY, "bench/run_all.py", *rest)

@@ -391,7 +391,7 @@ def parse_key(material: bytes | str, *, source: str) -> bytes:
         kind = "hex key" if decoded is not None else "key"
         raise MissingKeyError(
             f"the {kind} from {source} is too short or too regular: {problem}. "
-            f"Create one with `mdprep keygen KEYFILE` ({MIN_KEY_BYTES} random bytes)",
+            f"Create one with `mdprep keygen -o KEYFILE` ({MIN_KEY_BYTES} random bytes)",
             source=source,
         )
     return key
@@ -409,7 +409,7 @@ def load_key(key_file: str | None = None) -> bytes:
     if env:
         return parse_key(env, source=f"${KEY_ENV}")
     raise MissingKeyError(
-        f"no pseudonymisation key: pass --key-file FILE or set {KEY_ENV}; create a key with `mdprep keygen KEYFILE`. "
+        f"no pseudonymisation key: pass --key-file FILE or set {KEY_ENV}; create a key with `mdprep keygen -o KEYFILE`. "
         "mdprep never falls back to an unkeyed or random hash"
     )
 
