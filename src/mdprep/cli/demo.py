@@ -51,7 +51,7 @@ def _python(title: str, code: str, quiet: bool) -> None:
 
 @click.command("demo")
 @output_option("DIR", "Folder for the cohort and the manifests.", required=False, default="demo-output", show_default=True, type=click.Path(file_okay=False))
-@click.option("--patients", default=40, show_default=True, type=click.IntRange(min=2), help="Patients per synthetic source.")
+@click.option("--patients", default=40, show_default=True, type=click.IntRange(min=3), help="Patients per synthetic source (at least 3: the DICOM cohort is split into 5 folds).")
 @seed_option("Seed of the synthetic cohort, 0 to 2**32-1: the same seed gives the same cohort.")
 @quiet_option
 @renamed_option("--out", "-o/--output", "output", type=click.Path(file_okay=False))
