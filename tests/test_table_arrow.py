@@ -466,3 +466,26 @@ def test_mimic_metadata_column_named_like_a_preset_column(tmp_path):
     with pytest.raises(InputError, match=r"metadata.csv has a column named 'path', a column the mimic preset makes"), warnings.catch_warnings():
         warnings.simplefilter("ignore", MdprepWarning)  # the synthetic tables' labelled study without images
         ingest_table(lab, preset="mimic", metadata=meta)
+
+
+def test_numpy_is_imported_without_blas_threads_and_the_environment_left_as_it_was():
+    """`ingest table` imports numpy with one OpenBLAS thread (no spinning workers); later processes see the user's environment."""
+    code = (
+        "import os, sys\n"
+        "from mdprep._lazy import import_numpy_single_threaded\n"
+        "if sys.argv[1] == 'single': import_numpy_single_threaded()\n"
+        "import numpy\n"
+        "print(len(os.listdir('/proc/self/task')), os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")}
+    env["PYTHONPATH"] = str(SRC)
+
+    def threads(mode, **more):
+        out = subprocess.run([sys.executable, "-c", code, mode], env={**env, **more}, capture_output=True, text=True, check=True).stdout.split()
+        return int(out[0]), out[1]
+
+    single, plain = threads("single"), threads("plain")
+    assert single == (1, "None")  # the main thread alone, and the variable gone again
+    assert plain[0] >= single[0]
+    # A thread count the user set is theirs.
+    assert threads("single", OPENBLAS_NUM_THREADS="2") == threads("plain", OPENBLAS_NUM_THREADS="2")
