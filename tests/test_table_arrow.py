@@ -489,3 +489,32 @@ def test_numpy_is_imported_without_blas_threads_and_the_environment_left_as_it_w
     assert plain[0] >= single[0]
     # A thread count the user set is theirs.
     assert threads("single", OPENBLAS_NUM_THREADS="2") == threads("plain", OPENBLAS_NUM_THREADS="2")
+
+
+@pytest.mark.parametrize("preset", ["nih", "chexpert"])
+def test_one_thread_or_two_give_the_same_manifest(tmp_path, monkeypatch, preset):
+    """On a busy machine the Arrow path runs in one thread (and reads with one): the same bytes, report and errors."""
+    import mdprep.ingest.table_arrow as ta
+
+    table = _clean_nih(tmp_path) if preset == "nih" else _clean_chexpert(tmp_path)
+    bad = _write(tmp_path / "bad.csv", *((NIH_HEADER, []) if preset == "nih" else (CHEXPERT_HEADER, [])))
+    results = []
+    for spare in (True, False):
+        monkeypatch.setattr(ta, "_spare_core", lambda spare=spare: spare)
+        got = ingest_table_arrow(table, preset=preset, blank=["negative"], uncertain="ones")
+        out = tmp_path / f"{spare}.parquet"
+        write_table(got.table, out)
+        results.append((out.read_bytes(), got.report, got.summary(), declined_reason(bad, preset=preset)))
+    assert results[0] == results[1]
+    assert results[0][3].startswith("EmptyInputError")
+
+
+def test_work_run_in_this_thread_raises_when_waited_for(monkeypatch):
+    import mdprep.ingest.table_arrow as ta
+
+    for spare in (True, False):
+        monkeypatch.setattr(ta, "_spare_core", lambda spare=spare: spare)
+        wait = ta._background(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            wait()
+        assert ta._background(lambda x: x + 1, 1)() == 2
