@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdprep.cli import main
-from mdprep.errors import MdprepError
+from mdprep.errors import MdprepError, MdprepWarning
 from mdprep.ingest import ingest_table
 from mdprep.ingest.table_arrow import declined_reason, ingest_table_arrow
 from mdprep.ingest.table_spec import CHEXPERT_LABELS
@@ -353,3 +353,168 @@ def test_ingest_table_exits_without_a_last_collection_after_writing(tmp_path):
     out = subprocess.run([sys.executable, "-c", _EXIT_PROBE, *argv], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"gc_enabled": False, "frozen": True, "rows": 30}
+
+
+def _regex_ids(paths: pa.Array):
+    from mdprep.ingest import extract_groups_arrow
+    from mdprep.ingest.table_spec import CHEXPERT_PATH
+
+    parts, matched = extract_groups_arrow(paths, CHEXPERT_PATH)
+    if not matched.all():
+        return None
+    return parts["patient"].to_pylist(), [f"{p}/{s}" for p, s in zip(parts["patient"].to_pylist(), parts["study"].to_pylist())]
+
+
+@pytest.mark.parametrize(
+    "paths, laid_out",
+    [
+        (["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "CheXpert-v1.0-small/train/patient64540/study12/view2_lateral.jpg"], True),
+        (["d/patient1/study2/x", "d/patient123456789/study3/"], True),  # ids of any length
+        (["é/patient01/study1/v.jpg", "é/patient02/study10/w.jpg"], True),  # non-ASCII before the ids
+        (["p/patient01/study1/patient02/study2/v"], True),  # the first match is the leftmost
+        (["p/patient01/study1/v", "p/patient02/study1"], False),  # no '/' after the study (the last row)
+        (["p/patient02/study1", "p/patient01/study1/v"], False),  # ... not the last
+        (["p/patient01/study1/v", "p/patient/study1/v"], False),  # no digits
+        (["p/patient01/study/v"], False),
+        (["p/patient01x/study1/v"], False),
+        (["p/patient01/stud1/v"], False),
+        (["p/patient٣/study1/v"], False),  # not an ASCII digit
+        (["p/patient01/study1/v", "q/patient01/study1/w"], False),  # another start
+        (["p/patient1x/patient2/study3/v", "p/patient1/study3/w"], False),  # matches further on: the regex knows
+        (["no ids here"], False),
+    ],
+)
+def test_ids_read_from_the_bytes_are_the_regex_groups(paths, laid_out):
+    from mdprep.ingest._arrow import strings
+    from mdprep.ingest.table_arrow import _laid_out_ids, _patient_study
+
+    arr = strings(paths)
+    found = _laid_out_ids(arr)
+    assert (found is not None) == laid_out
+    regex = _regex_ids(arr)
+    if found is not None:
+        assert (found[0].to_pylist(), found[1].to_pylist()) == regex
+    if regex is not None:  # whichever reads them, the groups are the regex's
+        patient, study, _ = _patient_study(arr)
+        assert (patient.to_pylist(), study.to_pylist()) == regex
+    # a slice of a longer array (an offset into the buffers) reads alike
+    longer = strings(["z", *paths])
+    if laid_out:
+        sliced = _laid_out_ids(longer.slice(1))
+        assert (sliced[0].to_pylist(), sliced[1].to_pylist()) == regex
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["", "x", "patient", "9", "/", "é"]), st.text("0123456789", max_size=4), st.sampled_from(["/study", "/stud", "study"]),
+                  st.text("0123456789", max_size=3), st.sampled_from(["/", "", "/v.jpg"])),  # fmt: skip
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_ids_read_from_the_bytes_never_differ_from_the_regex(rows):
+    from mdprep.ingest._arrow import strings
+    from mdprep.ingest.table_arrow import _laid_out_ids
+
+    arr = strings([f"data/patient{a}{digits}{study}{n}{tail}" if a != "patient" else f"data/patient{digits}{study}{n}{tail}" for a, digits, study, n, tail in rows])
+    found = _laid_out_ids(arr)
+    if found is not None:
+        assert (found[0].to_pylist(), found[1].to_pylist()) == _regex_ids(arr)
+
+
+@pytest.mark.parametrize("arrow", [True, False])
+def test_chexpert_column_named_like_a_preset_column(runner, tmp_path, monkeypatch, arrow):
+    table = _clean_chexpert(tmp_path, extra={"view": ["x", "y"], "sex": ["M"], "patient_id": ["p"]})
+    out = tmp_path / "m.parquet"
+    res = _cli(runner, ["ingest", "table", str(table), "--preset", "chexpert", "-o", str(out)], monkeypatch, arrow)
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in res.output
+    assert "'view', 'sex', 'patient_id'" in errors[0] and "rename them in the table" in errors[0]
+    assert "--col view=view --col sex=sex" in errors[0] and "--col patient_id" not in errors[0]
+    assert not out.exists()
+
+    # Only a column --col cannot take is left: rename it.
+    table = _clean_chexpert(tmp_path, extra={"path": ["a"]})
+    res = _cli(runner, ["ingest", "table", str(table), "--preset", "chexpert", "-o", str(out)], monkeypatch, arrow)
+    assert res.exit_code == 2 and "a column named 'path'" in res.stderr and "--col" not in res.stderr
+
+    # --col view=view: the table's own view replaces the preset's, nothing is lost.
+    table = _clean_chexpert(tmp_path, extra={"view": ["x", "y"]})
+    res = _cli(runner, ["ingest", "table", str(table), "--preset", "chexpert", "--col", "view=view", "-o", str(out)], monkeypatch, arrow)
+    assert res.exit_code == 0, res.output
+    assert "--col replaced the preset's view" in res.stderr
+    assert pq.read_table(out).column("view").to_pylist()[:3] == ["x", "y", "x"]
+    # Without AP/PA the preset makes no view: the table's column is the view, as before.
+    rows = list(csv.reader(io.StringIO(table.read_text())))
+    keep = [i for i, name in enumerate(rows[0]) if name != "AP/PA"]
+    table = _write(tmp_path / "no-appa.csv", [rows[0][i] for i in keep], [[r[i] for i in keep] for r in rows[1:]])
+    res = _cli(runner, ["ingest", "table", str(table), "--preset", "chexpert", "-o", str(out)], monkeypatch, arrow)
+    assert res.exit_code == 0, res.output
+    assert pq.read_table(out).column("view").to_pylist()[:2] == ["x", "y"]
+
+
+def test_mimic_metadata_column_named_like_a_preset_column(tmp_path):
+    from mdprep.errors import InputError
+    from mdprep.synthetic import write_mimic_tables
+
+    lab, meta = tmp_path / "chexpert.csv", tmp_path / "metadata.csv"
+    write_mimic_tables(lab, meta, patients=3)
+    rows = list(csv.reader(io.StringIO(meta.read_text())))
+    _write(meta, [*rows[0], "path"], [[*r, "x.dcm"] for r in rows[1:]])
+    with pytest.raises(InputError, match=r"metadata.csv has a column named 'path', a column the mimic preset makes"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", MdprepWarning)  # the synthetic tables' labelled study without images
+        ingest_table(lab, preset="mimic", metadata=meta)
+
+
+def test_numpy_is_imported_without_blas_threads_and_the_environment_left_as_it_was():
+    """`ingest table` imports numpy with one OpenBLAS thread (no spinning workers); later processes see the user's environment."""
+    code = (
+        "import os, sys\n"
+        "from mdprep._lazy import import_numpy_single_threaded\n"
+        "if sys.argv[1] == 'single': import_numpy_single_threaded()\n"
+        "import numpy\n"
+        "print(len(os.listdir('/proc/self/task')), os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")}
+    env["PYTHONPATH"] = str(SRC)
+
+    def threads(mode, **more):
+        out = subprocess.run([sys.executable, "-c", code, mode], env={**env, **more}, capture_output=True, text=True, check=True).stdout.split()
+        return int(out[0]), out[1]
+
+    single, plain = threads("single"), threads("plain")
+    assert single == (1, "None")  # the main thread alone, and the variable gone again
+    assert plain[0] >= single[0]
+    # A thread count the user set is theirs.
+    assert threads("single", OPENBLAS_NUM_THREADS="2") == threads("plain", OPENBLAS_NUM_THREADS="2")
+
+
+@pytest.mark.parametrize("preset", ["nih", "chexpert"])
+def test_one_thread_or_two_give_the_same_manifest(tmp_path, monkeypatch, preset):
+    """On a busy machine the Arrow path runs in one thread (and reads with one): the same bytes, report and errors."""
+    import mdprep.ingest.table_arrow as ta
+
+    table = _clean_nih(tmp_path) if preset == "nih" else _clean_chexpert(tmp_path)
+    bad = _write(tmp_path / "bad.csv", *((NIH_HEADER, []) if preset == "nih" else (CHEXPERT_HEADER, [])))
+    results = []
+    for spare in (True, False):
+        monkeypatch.setattr(ta, "_spare_core", lambda spare=spare: spare)
+        got = ingest_table_arrow(table, preset=preset, blank=["negative"], uncertain="ones")
+        out = tmp_path / f"{spare}.parquet"
+        write_table(got.table, out)
+        results.append((out.read_bytes(), got.report, got.summary(), declined_reason(bad, preset=preset)))
+    assert results[0] == results[1]
+    assert results[0][3].startswith("EmptyInputError")
+
+
+def test_work_run_in_this_thread_raises_when_waited_for(monkeypatch):
+    import mdprep.ingest.table_arrow as ta
+
+    for spare in (True, False):
+        monkeypatch.setattr(ta, "_spare_core", lambda spare=spare: spare)
+        wait = ta._background(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            wait()
+        assert ta._background(lambda x: x + 1, 1)() == 2

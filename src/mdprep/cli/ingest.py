@@ -536,6 +536,9 @@ def ingest_table_cmd(
       mdprep ingest table stage_2_train_labels.csv --image-col patientId --patient-col patientId \\
         --label-when 'Pneumonia:Target==1' --aggregate any -o rsna.parquet
     """
+    from .._lazy import import_numpy_single_threaded
+
+    import_numpy_single_threaded()  # no linear algebra here: OpenBLAS's spinning threads would only cost CPU
     from ..ingest.table_arrow import ingest_table_arrow
     from ..manifest import write_table
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .._lazy import LazyModule
 from ..manifest import Manifest, write_table
@@ -26,6 +25,7 @@ if TYPE_CHECKING:
 # pandas, and the modules of each source, are imported on first use: `ingest table`
 # builds the manifests of its nih and chexpert presets in Arrow (see .table_arrow).
 pd = LazyModule("pandas")
+pc = LazyModule("pyarrow.compute")  # extract_groups_arrow only: the table paths use mdprep._compute
 
 #: Columns of the error table.
 ERROR_COLUMNS = ("path", "outcome", "error_type", "message")

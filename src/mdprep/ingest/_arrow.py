@@ -104,7 +104,7 @@ def stripped(arr: pa.Array | pa.ChunkedArray) -> bool:
     >>> stripped(strings(["a", None])), stripped(strings(["a\\u3000"]))
     (True, False)
     """
-    import pyarrow.compute as pc
+    from .. import _compute as pc
 
     return not pc.any(pc.not_equal(arr, pc.utf8_trim_whitespace(arr))).as_py()
 
@@ -115,7 +115,7 @@ def distinct(arr: pa.Array | pa.ChunkedArray) -> bool:
     >>> distinct(strings(["a", "b", None, None])), distinct(strings(["a", "a"]))
     (True, False)
     """
-    import pyarrow.compute as pc
+    from .. import _compute as pc
 
     found = pc.unique(arr)
     return len(found) - found.null_count == len(arr) - arr.null_count

@@ -27,7 +27,15 @@ The options are checked, and the provenance recorded, by the same functions as t
 pandas path (:mod:`mdprep.ingest.table_spec`), label lists are read by
 :func:`mdprep.labels.parse_label_cells`, merges by :func:`mdprep.labels.merge_votes`,
 sex by :func:`mdprep.ingest.sex_of_spellings`, CheXpert paths by
-:func:`mdprep.ingest.extract_groups_arrow`: one definition each.
+:func:`mdprep.ingest.extract_groups_arrow`: one definition each. Where every CheXpert
+path is laid out alike (the real tables), the patient and study are read from the path
+bytes instead, with a check on every row that the regex would find the same
+(:func:`_laid_out_ids`).
+
+The process that runs this path never imports pandas nor :mod:`pyarrow.compute` (its
+import alone costs 0.02 to 0.03 s: :mod:`mdprep._compute` calls the few functions used
+by name), and ``mdprep ingest table`` imports numpy without OpenBLAS's thread pool
+(:func:`mdprep._lazy.import_numpy_single_threaded`).
 """
 
 from __future__ import annotations
@@ -40,10 +48,10 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from .. import _compute as pc  # not pyarrow.compute, whose import alone costs 0.02 to 0.03 s
 from ..errors import MdprepError, examples_text
-from ..labels import find_column, label_codes, label_map_plan, merge_votes, parse_label_cells
+from ..labels import find_column, label_map_plan, merge_votes, parse_label_cells
 from ..manifest import (
     CANONICAL_TYPES,
     LABEL_TYPE,
@@ -167,10 +175,11 @@ def _ingest(opts: TableOptions) -> ArrowIngest:
         raise Declined("--label-when or --aggregate")
     if any(t not in ARROW_COLUMN_TARGETS for t in opts.column_map):
         raise Declined("--col for a column that pandas parses")
-    frame, labels, notes, source, origins = _nih(opts) if opts.preset == "nih" else _chexpert(opts)
+    frame, labels, notes, source, origins, plain = _nih(opts) if opts.preset == "nih" else _chexpert(opts)
     if opts.column_map:
         _apply_column_map(frame, source, opts.column_map, notes, origins)
-    checked = _background(_check_identifiers, dict(frame))  # the ids are final: check them beside the label work
+        plain -= set(opts.column_map)
+    checked = _background(_check_identifiers, dict(frame), plain)  # the ids are final: check them beside the label work
     try:
         if opts.label_mapping is not None:
             plan, renamed, merged = label_map_plan(list(labels), opts.label_mapping)
@@ -202,12 +211,33 @@ def _ingest(opts: TableOptions) -> ArrowIngest:
 # ----------------------------------------------------------------------------- presets
 
 
+def _spare_core() -> bool:
+    """Whether a second thread would find a core of its own: fewer processes wanting to run (the 1-minute load) than cores, ours aside.
+
+    On an idle machine the work that can run in two threads does (the CSV parse, the
+    label columns beside the paths, the identifier checks beside the labels): CheXpert's
+    table takes 0.05 s less. On a busy one the threads only wait for each other, and the
+    same work in one thread takes 5% to 30% less time (at a load of 3.5 to 5.5 on two
+    cores) and less CPU. The output is the same either way.
+    """
+    try:
+        return os.getloadavg()[0] + 1 <= (os.cpu_count() or 1)
+    except OSError:  # no load average here
+        return True
+
+
 def _background(fn: Callable[..., T], *args: Any) -> Callable[[], T]:
-    """Start ``fn(*args)`` in a thread; the function returned waits for its result, or raises what it raised.
+    """Start ``fn(*args)`` in a thread (in this one where no core is spare); the function returned waits for its result, or raises what it raised.
 
     pyarrow's kernels and numpy's loops let go of the GIL, so on two cores two of them run at once.
     """
     box: dict[str, Any] = {}
+    if not _spare_core():
+        try:
+            box["result"] = fn(*args)
+        except Exception as exc:  # noqa: BLE001 - raised by the waiting function, as from a thread
+            box["error"] = exc
+        return lambda: box["result"] if "error" not in box else _reraise(box["error"])
 
     def run() -> None:
         try:
@@ -227,15 +257,24 @@ def _background(fn: Callable[..., T], *args: Any) -> Callable[[], T]:
     return wait
 
 
+def _reraise(exc: BaseException):
+    raise exc
+
+
 def _one(column: Column) -> pa.Array:
     """One contiguous array (the manifest is written from such arrays: chunks change the Parquet bytes)."""
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
-def _nih(opts: TableOptions) -> tuple[dict[str, Column], dict[str, Label], list[str], pa.Table, dict[str, str]]:
-    table = read_table(opts.path, sep=opts.sep, string_columns=[*spec.NIH_TEXT, *opts.text_columns], encoding=opts.encoding)
+#: What a preset read: the frame's columns, the labels, notes, the table as read, the source of each renamed
+#: canonical column, and the columns known to be plain text (no white space at all), which need no test.
+Read = tuple[dict[str, Column], dict[str, Label], list[str], pa.Table, dict[str, str], set[str]]
+
+
+def _nih(opts: TableOptions) -> Read:
+    table = read_table(opts.path, sep=opts.sep, string_columns=[*spec.NIH_TEXT, *opts.text_columns], encoding=opts.encoding, use_threads=_spare_core())
     spec.require_columns(table, spec.NIH_REQUIRED, opts.path, spec.NIH_HINT)
-    encoded = _one(table.column("Finding Labels")).dictionary_encode()
+    encoded = pc.dictionary_encode(_one(table.column("Finding Labels")))
     names, cells, empty, malformed = parse_label_cells(encoded.dictionary.to_pylist(), sep="|", known=spec.NIH_LABEL_COLUMNS)
     if malformed:
         raise Declined("malformed label lists")
@@ -251,24 +290,17 @@ def _nih(opts: TableOptions) -> tuple[dict[str, Column], dict[str, Label], list[
         if source in table.column_names:
             frame[target] = table.column(source)
             origins[target] = source
-    return frame, labels, notes, table, origins
+    return frame, labels, notes, table, origins, set()
 
 
-def _chexpert(opts: TableOptions) -> tuple[dict[str, Column], dict[str, Label], list[str], pa.Table, dict[str, str]]:
-    table = read_table(opts.path, sep=opts.sep, string_columns=[*spec.CHEXPERT_TEXT, *opts.text_columns], encoding=opts.encoding)
+def _chexpert(opts: TableOptions) -> Read:
+    table = read_table(opts.path, sep=opts.sep, string_columns=[*spec.CHEXPERT_TEXT, *opts.text_columns], encoding=opts.encoding, use_threads=_spare_core())
     spec.require_columns(table, ["Path", *spec.CHEXPERT_LABELS], opts.path, spec.CHEXPERT_HINT)
     path = _one(table.column("Path"))
-    # The regex is most of the work here: its two halves run at once (pyarrow lets go of the GIL),
-    # the second one followed by the label columns, while this thread builds the views.
-    half = len(path) // 2
-
-    def second_half() -> tuple[tuple[dict[str, pa.Array], np.ndarray], dict[str, Label]]:
-        parts = extract_groups_arrow(path.slice(half), spec.CHEXPERT_PATH)
-        return parts, {name: _label_values(table.column(name)) for name in spec.CHEXPERT_LABELS}
-
-    tail = _background(second_half)
+    # The label columns are read in another thread (pyarrow and numpy let go of the GIL) while this one reads the paths.
+    tail = _background(lambda: {name: _label_values(table.column(name)) for name in spec.CHEXPERT_LABELS})
     try:
-        head_parts, head_matched = extract_groups_arrow(path.slice(0, half), spec.CHEXPERT_PATH)
+        patient, study, plain = _patient_study(path)
         present = table.column_names
         view = None
         if "AP/PA" in present:
@@ -277,12 +309,8 @@ def _chexpert(opts: TableOptions) -> tuple[dict[str, Column], dict[str, Label], 
                 lateral = pc.equal(_one(table.column("Frontal/Lateral")), text_scalar("Lateral"))
                 view = pc.if_else(pc.is_valid(view), view, pc.if_else(lateral, text_scalar("LATERAL"), null_scalar(pa.string())))
     finally:
-        (tail_parts, tail_matched), labels = tail()
-    parts = {n: pa.concat_arrays([head_parts[n], tail_parts[n]]) for n in head_parts}
-    if not (head_matched.all() and tail_matched.all()):
-        raise Declined("paths without patientNNNNN/studyN/")
-    frame: dict[str, Column] = {"image_id": path, "path": path, "patient_id": parts["patient"]}
-    frame["study_id"] = pc.binary_join_element_wise(parts["patient"], parts["study"], text_scalar("/"))
+        labels = tail()
+    frame: dict[str, Column] = {"image_id": path, "path": path, "patient_id": patient, "study_id": study}
     if view is not None:
         frame["view"] = view
     origins = {}
@@ -294,28 +322,121 @@ def _chexpert(opts: TableOptions) -> tuple[dict[str, Column], dict[str, Label], 
         if name in frame:
             raise Declined(f"column {name!r} named like a column the preset makes")
         frame[name] = table.column(name)
-    return frame, labels, [], table, origins
+    return frame, labels, [], table, origins, plain
+
+
+def _patient_study(path: pa.Array) -> tuple[pa.Array, pa.Array, set[str]]:
+    """The patient (``patientNNNNN``) and study (``patientNNNNN/studyN``) of every CheXpert path, as the regex finds them.
+
+    :func:`_laid_out_ids` reads them straight from the bytes where every path is laid
+    out alike (ASCII letters, digits and ``/`` only: the third item names them as plain
+    text); otherwise :data:`~mdprep.ingest.table_spec.CHEXPERT_PATH` is searched in each
+    (:func:`~mdprep.ingest.extract_groups_arrow`), five times the work.
+    """
+    found = _laid_out_ids(path)
+    if found is not None:
+        return *found, {"patient_id", "study_id"}
+    parts, matched = extract_groups_arrow(path, spec.CHEXPERT_PATH)
+    if not matched.all():
+        raise Declined("paths without patientNNNNN/studyN/")
+    return parts["patient"], pc.binary_join_element_wise(parts["patient"], parts["study"], text_scalar("/")), set()
+
+
+#: Bytes the CheXpert path reader looks for.
+_SLASH, _ZERO = ord("/"), ord("0")
+
+
+def _laid_out_ids(path: pa.Array) -> tuple[pa.Array, pa.Array] | None:
+    """:func:`_patient_study` where every path starts with the first one's text up to ``patient``: None where one does not.
+
+    Then no path holds ``patient`` before that point, so the leftmost match of
+    ``patient\\d+/study\\d+/`` can only start there, and it does where the bytes that
+    follow are ASCII digits, ``/study``, ASCII digits and ``/`` (RE2's ``\\d`` is
+    ASCII); this is checked for every path with numpy on the array's buffers, one byte
+    position at a time (a loop over positions, not rows). Any path that differs gives
+    None, and the caller searches the regex.
+
+    >>> patient, study = _laid_out_ids(strings(["t/patient01/study12/v.jpg", "t/patient2/study3/x/y.jpg"]))
+    >>> patient.to_pylist(), study.to_pylist()
+    (['patient01', 'patient2'], ['patient01/study12', 'patient2/study3'])
+    >>> print(_laid_out_ids(strings(["t/patient01/study12/v.jpg", "u/patient2/study3/v.jpg"])))
+    None
+    """
+    n = len(path)
+    if n == 0 or path.type != pa.string() or path.null_count:
+        return None
+    first = path[0].as_py()
+    at = first.find("patient")
+    if at < 0 or not pc.all(pc.starts_with(path, pattern=first[: at + 7])).as_py():
+        return None
+    raw = np.frombuffer(path.buffers()[2], np.uint8)
+    buf = np.zeros(len(raw) + 32, np.uint8)  # reads run past the last path into zeros, which match nothing
+    buf[: len(raw)] = raw
+    offsets = np.frombuffer(path.buffers()[1], np.int32, count=path.offset + n + 1)[path.offset :]
+    begin = offsets[:-1] + len(first[:at].encode("utf-8"))
+
+    def digits(pos: np.ndarray) -> np.ndarray:
+        run, going = np.zeros(n, np.int32), np.ones(n, bool)
+        while True:
+            going &= (buf[pos + run] - _ZERO) < 10  # uint8: bytes below '0' wrap around to large numbers
+            if not going.any():
+                return run
+            run += going
+
+    patient_end = begin + 7 + digits(begin + 7)
+    ok = patient_end > begin + 7
+    for i, byte in enumerate(b"/study"):
+        ok &= buf[patient_end + i] == byte
+    study_end = patient_end + 6 + digits(patient_end + 6)
+    # Every byte read for an accepted row lies before its closing '/', so inside the row itself.
+    ok &= (study_end > patient_end + 6) & (buf[study_end] == _SLASH) & (study_end < offsets[1:])
+    if not ok.all():
+        return None
+    return _substrings(path, buf, begin, patient_end - begin), _substrings(path, buf, begin, study_end - begin)
+
+
+def _substrings(path: pa.Array, buf: np.ndarray, begin: np.ndarray, length: np.ndarray) -> pa.Array:
+    """The ``length`` bytes at ``begin`` (positions in ``path``'s data, ``buf`` a copy of it) of each row, as a ``string`` array.
+
+    Pieces longer than 12 bytes are a ``string_view`` array over ``path``'s own data,
+    which Arrow copies out in C++; shorter ones (which a view holds inline) are gathered
+    with numpy.
+    """
+    n = len(begin)
+    if int(length.min()) > 12:
+        views = np.zeros((n, 4), np.int32)  # per value: length, its first 4 bytes, buffer 0, offset
+        views[:, 0] = length
+        first4 = buf[begin[:, None] + np.arange(4)]
+        views[:, 1] = np.ascontiguousarray(first4).view(np.int32).ravel()
+        views[:, 3] = begin
+        return pc.cast(pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(views), path.buffers()[2]]), pa.string())
+    width = int(length.max())
+    block = np.lib.stride_tricks.sliding_window_view(buf, width)[begin]
+    data = block.reshape(-1) if int(length.min()) == width else block[np.arange(width) < length[:, None]]
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(length, out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))])
 
 
 def _label_values(column: Column) -> Label:
-    """A one-hot label column of numbers (1, 0, -1, blank) as ``int8`` codes and nulls, as :func:`mdprep.labels.coerce_label_values` reads it."""
+    """A one-hot label column of numbers (1, 0, -1, blank) as ``int8`` codes and nulls, as :func:`mdprep.labels.coerce_label_values` reads it.
+
+    A float NaN is blank, as there; any other value than 1, 0 and -1 (or true, false) declines.
+
+    >>> [a.tolist() for a in _label_values(pa.chunked_array([from_numpy(np.array([1.0, -0.0, np.nan, -1.0]), np.array([True, True, True, False]))]))]
+    [[1, 0, 0, 0], [False, False, True, True]]
+    """
     arr = _one(column)
     if pa.types.is_null(arr.type):
         return np.zeros(len(arr), np.int8), np.ones(len(arr), bool)
     if not (arr.type in _INTEGER_TYPES or arr.type in _FLOAT_TYPES or pa.types.is_boolean(arr.type)):
         raise Declined("label values that are not numbers")
-    try:  # whole numbers from -128 to 127 (no NaN) cast safely; then their range tells
-        codes = arr.cast(pa.int8())
-    except pa.ArrowInvalid:
-        codes = None
-    if codes is not None:
-        low, high = (x.as_py() for x in pc.min_max(codes).values())
-        if low is None or (low >= -1 and high <= 1):
-            return values(codes), ~valid_mask(codes)
-    numbers = np.where(valid_mask(arr), values(arr), np.nan)
-    if not (np.isnan(numbers) | (numbers == LABEL_VALUES[0]) | (numbers == LABEL_VALUES[1]) | (numbers == LABEL_VALUES[2])).all():
+    v, null = values(arr), ~valid_mask(arr)  # v: anything in null slots
+    if arr.type in _FLOAT_TYPES:
+        null |= np.isnan(v)
+    if not pa.types.is_boolean(arr.type) and not ((v == LABEL_VALUES[0]) | (v == LABEL_VALUES[1]) | (v == LABEL_VALUES[2]) | null).all():
         raise Declined("label values outside {1, 0, -1}")
-    return label_codes(numbers)
+    return np.where(null, 0, v).astype(np.int8), null
 
 
 # ----------------------------------------------------------------------------- options
@@ -378,11 +499,14 @@ def _uncertain(labels: dict[str, Label], policy: str) -> None:
 # ----------------------------------------------------------------------------- checks and types
 
 
-def _check_identifiers(frame: Mapping[str, Column]) -> None:
-    """What the pandas path checks of identifiers before the contract: text, no white space around, image ids present and unique."""
+def _check_identifiers(frame: Mapping[str, Column], plain: set[str] = frozenset()) -> None:
+    """What the pandas path checks of identifiers before the contract: text, no white space around, image ids present and unique.
+
+    The columns in ``plain`` are text known to hold no white space: not tested again.
+    """
     seen: set[int] = set()
     for col in spec.ID_COLUMNS:
-        if col in frame and id(frame[col]) not in seen:  # image_id and path are often one array
+        if col in frame and col not in plain and id(frame[col]) not in seen:  # image_id and path are often one array
             if not (is_text(frame[col]) and stripped(frame[col])):
                 raise Declined(f"{col} is not stripped text")
             seen.add(id(frame[col]))
@@ -405,7 +529,7 @@ def _canonical(name: str, column: Column) -> pa.Array:
         return pa.nulls(len(arr), pa.string())
     if not is_text(arr):
         raise Declined(f"{name} is not text")
-    arr = arr.cast(pa.string())
+    arr = pc.cast(arr, pa.string())
     if name == "view":  # PadChest writes a missing ViewPosition as the text 'nan'
         arr = pc.if_else(pc.is_in(arr, value_set=strings(["nan", "None"])), null_scalar(pa.string()), arr)
     return arr
@@ -416,7 +540,7 @@ def _sex(arr: pa.Array) -> pa.Array:
         return pa.nulls(len(arr), pa.string())
     if not is_text(arr):
         raise Declined("sex is not text")
-    encoded = arr.cast(pa.string()).dictionary_encode()
+    encoded = pc.dictionary_encode(pc.cast(arr, pa.string()))
     mapped, unknown = sex_of_spellings(pc.utf8_upper(pc.utf8_trim_whitespace(encoded.dictionary)).to_pylist())
     if unknown.any():
         raise Declined("sex spellings that are not recognised")
@@ -430,7 +554,7 @@ def _age(arr: pa.Array) -> pa.Array:
         raise Declined("ages that are not numbers")
     if pa.types.is_floating(arr.type) and np.abs(np.where(valid_mask(arr), values(arr), 0)).max(initial=0) > _FLOAT32_MAX:
         raise Declined("ages too large for float32")  # numpy warns, and gives inf
-    age = arr.cast(pa.float64(), safe=False).cast(pa.float32(), safe=False)
+    age = pc.cast(pc.cast(arr, pa.float64(), safe=False), pa.float32(), safe=False)
     return pc.if_else(pc.is_nan(age), null_scalar(pa.float32()), age)
 
 
@@ -441,7 +565,7 @@ def _stored(column: Column) -> pa.Array:
     if pa.types.is_string(t) or t in _INTEGER_TYPES or pa.types.is_boolean(t) or pa.types.is_date32(t):
         return arr
     if pa.types.is_large_string(t):
-        return arr.cast(pa.string())
+        return pc.cast(arr, pa.string())
     if t in _FLOAT_TYPES:
         return pc.if_else(pc.is_nan(arr), null_scalar(t), arr)
     if pa.types.is_null(t):

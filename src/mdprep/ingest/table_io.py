@@ -392,6 +392,7 @@ def read_table(
     string_columns: Sequence[str] = (),
     encoding: str = "utf-8",
     member: str | None = None,
+    use_threads: bool = True,
 ) -> pa.Table:
     """Read a CSV, TSV or Parquet table, compressed or in a zip archive, into Arrow.
 
@@ -413,6 +414,10 @@ def read_table(
         The text encoding of a text table.
     member : str, optional
         The zip member to read, as an alternative to the ``::`` syntax.
+    use_threads : bool
+        Parse with pyarrow's thread pool. On an idle machine that is faster; on a busy
+        one the threads wait for each other, and one thread needs a fifth less CPU
+        (CheXpert's table: 0.10 s against 0.125 s).
 
     Returns
     -------
@@ -445,9 +450,9 @@ def read_table(
     info = _text_encoding(encoding)
     src = _resolve(path, member)
     if src.parquet:
-        table = _read_parquet(src, string_columns)
+        table = _read_parquet(src, string_columns, use_threads)
     else:
-        table = _read_csv(src, sep=sep, string_columns=string_columns, encoding=encoding, info=info)
+        table = _read_csv(src, sep=sep, string_columns=string_columns, encoding=encoding, info=info, use_threads=use_threads)
     if table.num_rows == 0:
         raise EmptyInputError(f"{src.label} has a header but no data rows", path=src.label)
     return table
@@ -476,13 +481,13 @@ def _text_column_type(t: pa.DataType) -> bool:
     )
 
 
-def _read_parquet(src: _Source, string_columns: Sequence[str]) -> pa.Table:
+def _read_parquet(src: _Source, string_columns: Sequence[str], use_threads: bool = True) -> pa.Table:
     try:
         if src.member is None:
-            table = pq.read_table(src.file)
+            table = pq.read_table(src.file, use_threads=use_threads)
         else:
             with zipfile.ZipFile(src.file) as zf:
-                table = pq.read_table(pa.BufferReader(zf.read(src.member)))
+                table = pq.read_table(pa.BufferReader(zf.read(src.member)), use_threads=use_threads)
     except (pa.ArrowException, *_READ_ERRORS) as exc:
         raise InputError(f"{src.label} is not a readable Parquet file ({exc})", path=src.label) from exc
     table = table.replace_schema_metadata(None)
@@ -590,7 +595,9 @@ def _ends_in_open_quote(src: _Source, table: pa.Table) -> bool:
     return not tail.rstrip(b"\r\n\x00").endswith(b'"')
 
 
-def _read_csv(src: _Source, *, sep: str | None, string_columns: Sequence[str], encoding: str, info: codecs.CodecInfo) -> pa.Table:
+def _read_csv(
+    src: _Source, *, sep: str | None, string_columns: Sequence[str], encoding: str, info: codecs.CodecInfo, use_threads: bool = True
+) -> pa.Table:
     utf8 = info.name in ("utf-8", "utf-8-sig")
     if sep == "\\t":
         sep = "\t"
@@ -639,7 +646,11 @@ def _read_csv(src: _Source, *, sep: str | None, string_columns: Sequence[str], e
                 table = pacsv.read_csv(
                     stream,
                     read_options=pacsv.ReadOptions(
-                        column_names=names, skip_rows=header_lines, encoding="utf8" if utf8 else info.name, block_size=block_size
+                        column_names=names,
+                        skip_rows=header_lines,
+                        encoding="utf8" if utf8 else info.name,
+                        block_size=block_size,
+                        use_threads=use_threads,
                     ),
                     parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=True, invalid_row_handler=on_invalid),
                     convert_options=pacsv.ConvertOptions(

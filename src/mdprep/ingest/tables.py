@@ -135,7 +135,9 @@ def _nih(path: str, encoding: str, sep: str | None, text_columns: Sequence[str],
     return _Parsed(frame, labels, notes, src, origins)
 
 
-def _chexpert(path: str, encoding: str, sep: str | None, text_columns: Sequence[str], first_line: int | None) -> _Parsed:
+def _chexpert(
+    path: str, encoding: str, sep: str | None, text_columns: Sequence[str], first_line: int | None, column_map: Mapping[str, str]
+) -> _Parsed:
     table = read_table(path, sep=sep, string_columns=[*CHEXPERT_TEXT, *text_columns], encoding=encoding)
     require_columns(table, ["Path", *CHEXPERT_LABELS], path, CHEXPERT_HINT)
     src = frame_from_arrow(table)
@@ -164,11 +166,45 @@ def _chexpert(path: str, encoding: str, sep: str | None, text_columns: Sequence[
             origins[target] = source
     labels = coerce_label_values(src, CHEXPERT_LABELS)
     extra = [c for c in src.columns if c not in CHEXPERT_READ]
-    frame = pd.concat([frame, src[extra]], axis=1)
+    frame = _with_source_columns(frame, src, extra, path, "chexpert", column_map)
     return _Parsed(frame, labels, [], src, origins)
 
 
-def _mimic(path: str, metadata: str | None, encoding: str, sep: str | None, image_ext: str, text_columns: Sequence[str]) -> _Parsed:
+def _with_source_columns(
+    frame: pd.DataFrame, source: pd.DataFrame, names: Sequence[str], path: str, preset: str, column_map: Mapping[str, str]
+) -> pd.DataFrame:
+    """``frame``, the columns a preset made, with the source columns ``names`` that it keeps as they are.
+
+    A source column named like a column the preset made (a CheXpert table with a column
+    ``view`` of its own) would make two columns of one name: that is bad input, unless
+    ``--col NAME=NAME`` takes the manifest's column from it, replacing the preset's.
+    """
+    present = list(source.columns)
+    taken = {t for t, s in column_map.items() if find_column(present, s) == t}
+    clash = [c for c in names if c in frame.columns and c not in taken]
+    if clash:
+        one = len(clash) == 1
+        fixable = [c for c in clash if c in COLUMN_TARGETS]
+        how = (
+            f", or pass {' '.join(f'--col {c}={c}' for c in fixable)} to use {'it' if len(fixable) == 1 else 'them'} "
+            f"as the manifest's {', '.join(fixable)} instead of the preset's"
+            if fixable
+            else ""
+        )
+        raise InputError(
+            f"{path} has {'a column' if one else 'columns'} named {examples_text(clash, len(clash))}, "
+            f"{'a column' if one else 'columns'} the {preset} preset makes from other columns; "
+            f"rename {'it' if one else 'them'} in the table{how}",
+            path=path,
+            columns=clash,
+        )
+    kept = [c for c in names if c not in frame.columns]
+    return pd.concat([frame, source[kept]], axis=1) if kept else frame
+
+
+def _mimic(
+    path: str, metadata: str | None, encoding: str, sep: str | None, image_ext: str, text_columns: Sequence[str], column_map: Mapping[str, str]
+) -> _Parsed:
     if not metadata:
         raise UsageError(
             "--preset mimic needs the metadata table too: pass --metadata mimic-cxr-2.0.0-metadata.csv.gz", preset="mimic"
@@ -216,7 +252,7 @@ def _mimic(path: str, metadata: str | None, encoding: str, sep: str | None, imag
         frame["study_date"] = joined["StudyDate"]
         origins["study_date"] = "StudyDate"
     rest = [c for c in meta.columns if c not in {"dicom_id", *keys, "ViewPosition", "StudyDate"}]
-    frame = pd.concat([frame, joined[rest]], axis=1)
+    frame = _with_source_columns(frame, joined, rest, os.fspath(metadata), "mimic", column_map)
     labelled = int(len(frame) - unlabeled)
     if unlabeled:
         notes.append(f"{unlabeled} image(s) belong to studies without a label row; kept with null labels ({labelled} labelled)")
@@ -695,9 +731,9 @@ def ingest_table(path: str | os.PathLike, **options: Any) -> IngestResult:
     if preset == "nih":
         parsed = _nih(spath, encoding, sep, text_columns, first_line)
     elif preset == "chexpert":
-        parsed = _chexpert(spath, encoding, sep, text_columns, first_line)
+        parsed = _chexpert(spath, encoding, sep, text_columns, first_line, column_map)
     elif preset == "mimic":
-        parsed = _mimic(spath, os.fspath(opts.metadata) if opts.metadata else None, encoding, sep, opts.image_ext, text_columns)
+        parsed = _mimic(spath, os.fspath(opts.metadata) if opts.metadata else None, encoding, sep, opts.image_ext, text_columns, column_map)
         first_line = None  # rows of the metadata table, joined
     else:
         parsed = _generic(
