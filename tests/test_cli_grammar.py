@@ -229,3 +229,163 @@ def test_former_option_names_still_work_with_a_warning(runner, cohort, tmp_path)
     assert res.exit_code == 2 and "Missing option -o/--output" in res.stderr
     for name, hidden in (("split", "--report "), ("train", "--out "), ("demo", "--out ")):
         assert hidden not in runner.invoke(main, [name, "--help"]).stdout
+
+
+def _keys(value, data_keyed=("not_ingested", "invalid_values", "invalid_examples")) -> set[str]:
+    """Every key of a summary, nested ones included; the keys of the dicts keyed by data (a column, an error type) are not fields."""
+    if isinstance(value, list):
+        return set().union(*(_keys(v) for v in value)) if value else set()
+    if not isinstance(value, dict):
+        return set()
+    out = set(value)
+    for k, v in value.items():
+        if k not in data_keyed:
+            out |= _keys(v)
+    return out
+
+
+def _documented_fields() -> dict[str, set[str]]:
+    """docs/cli.md's table of mdprep-summary fields: command -> every field name it gives in backquotes."""
+    import re
+
+    text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    table = text[text.index("| command | fields |"):]
+    table = table[: table.index("\n\n")]
+    fields = {}
+    for row in table.splitlines()[2:]:
+        commands, cell = row.strip("|").split("|", 1)
+        names = set(re.findall(r"`([a-z_]+)`", cell))
+        for command in re.findall(r"`([a-z ]+)`", commands):
+            fields[command] = names
+    return fields
+
+
+def _broken(d: Path, tmp_path: Path, name: str = "broken.parquet") -> Path:
+    """The split manifest of ``d`` with duplicate image ids (patient ids copied over them): it breaks the contract."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(d / "s.parquet")
+    path = tmp_path / name
+    pq.write_table(t.set_column(t.schema.get_field_index("image_id"), "image_id", t.column("patient_id")), path)
+    return path
+
+
+def test_docs_list_exactly_the_fields_each_summary_writes(runner, cohort, tmp_path):
+    """docs/cli.md cannot drift from mdprep.summaries: every documented field is written, every written field documented."""
+    from dataclasses import fields as dc_fields
+
+    from mdprep.incremental import UpdateCounts
+    from mdprep.ingest.series import SeriesSummary
+
+    d = cohort
+    common = {"schema", "version", "command", "output"}
+    root = tmp_path / "imgs"
+    write_image_tree(root, patients=2, studies=1, seed=0, plant_bad_files=False)
+    m = tmp_path / "m.parquet"
+    key = tmp_path / "k.key"
+    assert runner.invoke(main, ["keygen", "-o", str(key), "-q"]).exit_code == 0
+    hashed = tmp_path / "h.parquet"
+    real = {
+        "ingest table": _json(runner, ["ingest", "table", str(d / "t.csv"), "--preset", "nih", "-o", str(tmp_path / "t.parquet"), "-q"]),
+        "ingest images": _json(runner, ["ingest", "images", str(root), "--patient-regex", r"(?P<patient>patient\d+)/", "-o", str(m), "--workers", "1", "-q"]),
+        "validate": _json(runner, ["validate", str(d / "s.parquet"), str(_broken(d, tmp_path)), "-q"], code=1),
+        "weights": _json(runner, ["weights", str(d / "s.parquet"), "-o", str(tmp_path / "w.json"), "-q"]),
+        "resample": _json(runner, ["resample", str(d / "s.parquet"), "--strategy", "ml-ros", "-o", str(tmp_path / "r.parquet"), "-q"]),
+        "pseudonymize": _json(runner, ["pseudonymize", str(m), "--key-file", str(key), "-o", str(tmp_path / "p.parquet"), "-q"]),
+    }
+    assert runner.invoke(main, ["hash", str(m), "-o", str(hashed), "--workers", "1", "-q", "--record-signatures"]).exit_code == 0
+    real["hash"] = _json(runner, ["hash", str(m), "--update", str(hashed), "-o", str(tmp_path / "h2.parquet"), "--workers", "1", "-q"])
+    documented = _documented_fields()
+    assert set(documented) == set(real) | {"ingest dicom"}
+    # Fields of a series-level or incremental ingest (null here) come from the objects they are made of.
+    nested = {f.name for f in dc_fields(SeriesSummary)} | {f.name for f in dc_fields(UpdateCounts)} | {"read"}
+    written = {command: _keys(doc) - common for command, doc in real.items()}
+    for command in ("ingest table", "ingest images"):  # one row of the table: the union (an image tree has no labels)
+        assert real[command]["series"] is None and real[command]["update"] is None
+        written[command] = written["ingest table"] | written["ingest images"] | nested
+    for command, names in written.items():
+        assert documented[command] == names, (command, documented[command] ^ names)
+    assert documented["ingest dicom"] == documented["ingest table"]
+
+
+def test_empty_paths_are_usage_errors(runner, cohort, tmp_path):
+    """``--json "$UNSET"`` used to write nothing and exit 0; ``-o ""`` failed on a temporary file's name."""
+    d = cohort
+    for argv in (
+        ["validate", str(d / "s.parquet"), "--json", ""],
+        ["weights", str(d / "s.parquet"), "-o", str(tmp_path / "w.json"), "--json", ""],
+        ["check", str(d / "s.parquet"), "--json", ""],
+        ["ingest", "table", str(d / "t.csv"), "--preset", "nih", "-o", ""],
+        ["split", str(d / "m.parquet"), "-o", str(tmp_path / "x.parquet"), "--report", ""],
+        ["keygen", "-o", ""],
+    ):
+        res = runner.invoke(main, argv)
+        assert res.exit_code == 2 and "the path is empty" in res.stderr, (argv, res.output)
+    assert not (tmp_path / "w.json").exists() and not (tmp_path / "x.parquet").exists()
+
+
+def test_check_contract_reports_stay_valid_with_any_file_name(runner, cohort, tmp_path):
+    """A manifest named with XML and Markdown specials and a control character: the JUnit file parses, the Markdown is literal."""
+    import xml.etree.ElementTree as ET
+
+    broken = _broken(cohort, tmp_path, 'a<&"`|x]]>\x01.parquet')
+    out = {k: tmp_path / f"r.{k}" for k in ("json", "junit", "markdown")}
+    res = runner.invoke(main, ["check", str(broken), str(cohort / "s.parquet"), *[a for k, p in out.items() for a in (f"--{k}", str(p))]])
+    assert res.exit_code == 1 and "\x01" not in res.stderr and "\\x01.parquet" in res.stderr
+    suite = ET.parse(out["junit"]).getroot()
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert suite.get("failures") == "1" and cases[str(tmp_path / 'a<&"`|x]]>\\x01.parquet')].find("failure") is not None
+    assert cases[str(cohort / "s.parquet")].find("failure") is None
+    md = out["markdown"].read_text()
+    assert "a&lt;&amp;\"\\`\\|x\\]\\]&gt;\\\\x01.parquet" in md and "`" not in md.replace("\\`", "")
+    assert json.loads(out["json"].read_text())["contract"][0]["path"] == str(broken)
+
+
+def test_pseudonymized_ingest_notes_quote_no_identifier(runner, tmp_path):
+    """A note of the DICOM ingest quoted a raw StudyInstanceUID, on stderr and in --json, with --pseudonymize."""
+    import pydicom
+
+    from mdprep.synthetic import write_dicom_tree
+
+    root = tmp_path / "dcm"
+    write_dicom_tree(root, patients=1, images_per_patient=3, shape=(8, 8), seed=0, private_tags=0)
+    files = sorted(root.rglob("*.dcm"))
+    study = pydicom.dcmread(files[0]).StudyInstanceUID
+    for i, f in enumerate(files):  # one study, two PatientIDs and a file without one: the note quotes the study
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = study
+        if i < 2:
+            ds.PatientID = ["ALICE_SMITH", "BOB_JONES"][i]
+        else:
+            del ds.PatientID
+        ds.save_as(f)
+    key = tmp_path / "k.key"
+    assert runner.invoke(main, ["keygen", "-o", str(key), "-q"]).exit_code == 0
+    argv = ["ingest", "dicom", str(root), "--missing-patient", "study", "--workers", "1", "--pseudonymize", "--key-file", str(key)]
+    res = runner.invoke(main, [*argv, "-o", str(tmp_path / "p.parquet"), "--json", str(tmp_path / "p.json")])
+    assert res.exit_code == 0, res.output
+    summary = (tmp_path / "p.json").read_text()
+    assert "several PatientIDs" in summary and "several PatientIDs" in res.stderr  # the note is kept, its value is not
+    for raw in (study, "ALICE_SMITH", "BOB_JONES"):
+        assert raw not in summary and raw not in res.output
+    # Without --pseudonymize the note names the study, as before.
+    res = runner.invoke(main, [*argv[:7], "-o", str(tmp_path / "r.parquet"), "--json", "-", "-q"])
+    assert res.exit_code == 0 and study in json.loads(res.stdout)["notes"][0]
+
+
+def test_quiet_prints_no_note(runner, cohort, tmp_path):
+    """-q promises no notes: weights --drop-empty and pseudonymize printed theirs anyway (the --json summary keeps them)."""
+    res = runner.invoke(main, ["weights", str(cohort / "s.parquet"), "--drop-empty", "-o", str(tmp_path / "w.json"), "--json", str(tmp_path / "s.json"), "-q"])
+    assert res.exit_code == 0 and "Note:" not in res.stderr
+    assert any("left out (--drop-empty)" in n for n in json.loads((tmp_path / "s.json").read_text())["notes"])
+    assert "Note: label" in runner.invoke(main, ["weights", str(cohort / "s.parquet"), "--drop-empty", "-o", str(tmp_path / "w2.json")]).stderr
+    root = tmp_path / "imgs"
+    write_image_tree(root, patients=2, studies=1, seed=0, plant_bad_files=False)
+    m = tmp_path / "m.parquet"
+    key = tmp_path / "k.key"
+    assert runner.invoke(main, ["ingest", "images", str(root), "--patient-regex", r"(?P<patient>patient\d+)/", "-o", str(m), "--workers", "1", "-q"]).exit_code == 0
+    assert runner.invoke(main, ["keygen", "-o", str(key), "-q"]).exit_code == 0
+    res = runner.invoke(main, ["pseudonymize", str(m), "--key-file", str(key), "-o", str(tmp_path / "p.parquet"), "-q"])
+    assert res.exit_code == 0 and res.stderr == ""
+    res = runner.invoke(main, ["pseudonymize", str(m), "--key-file", str(key), "-o", str(tmp_path / "p2.parquet")])
+    assert "Note: paths were pseudonymised" in res.stderr

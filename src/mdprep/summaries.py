@@ -164,7 +164,9 @@ def contract_failure(checked: Iterable[tuple[str, list]]) -> dict[str, str]:
     an ``mdprep-audit-report`` that failed (``result``, ``exit_code``, ``verdict``) with a
     ``contract`` list and no ``checks``: the leakage audit did not run.
     """
-    from xml.sax.saxutils import escape, quoteattr
+    import json
+
+    from .audit import _xml_attr, _xml_text, markdown_text
 
     checked = list(checked)
     broken = [(path, vs) for path, vs in checked if vs]
@@ -178,18 +180,19 @@ def contract_failure(checked: Iterable[tuple[str, list]]) -> dict[str, str]:
         "contract": [{"path": path, "check": v.check, "message": v.message} for path, vs in broken for v in vs],
         "checks": [],
     }
-    import json
-
+    # Paths and messages come from the user and the data: a control character would break the XML,
+    # a backtick or a '|' the Markdown (the audit's own reports escape them the same way).
     cases = []
     for path, vs in checked:
-        body = "".join(f"<failure message={quoteattr(f'{len(vs)} violation(s)')}>{escape(chr(10).join(f'[{v.check}] {v.message}' for v in vs))}</failure>" if vs else "")
-        cases.append(f'  <testcase classname="mdprep.contract" name={quoteattr(path)}>{body}</testcase>')
+        text = "\n".join(_xml_text(f"[{v.check}] {v.message}") for v in vs)  # one line per violation
+        body = f"<failure message={_xml_attr(f'{len(vs)} violation(s)')} type=\"contract\">{text}</failure>" if vs else ""
+        cases.append(f"  <testcase classname=\"mdprep.contract\" name={_xml_attr(path)}>{body}</testcase>")
     junit = (
-        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<testsuite name="mdprep check" tests="{len(checked)}" failures="{len(broken)}" errors="0" skipped="0">\n'
         + "\n".join(cases)
         + "\n</testsuite>\n"
     )
     lines = [f"## mdprep check: {verdict}", ""]
-    lines += [f"- `{path}`: [{v.check}] {v.message}" for path, vs in broken for v in vs]
+    lines += [f"- {markdown_text(path)}: \\[{markdown_text(v.check)}\\] {markdown_text(v.message)}" for path, vs in broken for v in vs]
     return {"json": json.dumps(doc, indent=2, sort_keys=True) + "\n", "junit": junit, "markdown": "\n".join(lines) + "\n"}

@@ -65,9 +65,16 @@ def seed_option(help: str = SEED_HELP):
 QUIET_HELP = "Nothing on stderr but warnings, errors and a gate's verdict: no progress bars, tables, summaries or notes."
 quiet_option = click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 
+def not_empty(ctx, param, value):
+    """Refuse an empty file name (``--json ""``, ``-o "$UNSET"``): it names no file, and would silently write nothing."""
+    if value == "":
+        raise click.BadParameter("the path is empty (an unset variable?); give a path, or leave the option out", ctx=ctx, param=param)
+    return value
+
+
 #: ``--json FILE``: the command's summary (or report) as JSON; schemas in docs/cli.md.
 JSON_HELP = "Write the summary as JSON to FILE ('-' for stdout); docs/cli.md gives each command's schema."
-json_option = click.option("--json", "json_path", metavar="FILE", help=JSON_HELP)
+json_option = click.option("--json", "json_path", metavar="FILE", help=JSON_HELP, callback=not_empty)
 
 #: ``--workers`` for per-file work (ingest dicom, ingest images, hash); the trainer's data loader documents its own default.
 WORKERS_HELP = "Processes for the per-file work [default: all cores]; with --scheduler local, the Dask workers started."
@@ -82,7 +89,7 @@ root_option = click.option(
 
 def output_option(metavar: str, what: str, *, required: bool = True, **attrs):
     """``-o/--output``: the command's one main output; ``what`` says what is written there."""
-    return click.option("-o", "--output", required=required, metavar=metavar, help=what, **attrs)
+    return click.option("-o", "--output", required=required, metavar=metavar, help=what, callback=not_empty, **attrs)
 
 
 def renamed_option(old: str, new: str, param: str, *, required: bool = False, **attrs):
@@ -108,7 +115,7 @@ def renamed_option(old: str, new: str, param: str, *, required: bool = False, **
                 raise click.UsageError(f"Missing option {new}.")
             return command(*args, **kwargs)
 
-        return click.option(old, hidden, hidden=True, **attrs)(wrapper)
+        return click.option(old, hidden, hidden=True, callback=not_empty, **attrs)(wrapper)
 
     return decorator
 

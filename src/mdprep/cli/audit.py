@@ -373,6 +373,7 @@ def check(manifests, **options):
     Example (in CI):
       mdprep check manifests/*.parquet --junit reports/mdprep.xml --markdown reports/mdprep.md
     """
+    from ..audit import visible
     from ..manifest import inspect_manifest
     from ._ui import EXIT_CHECK_FAILED
 
@@ -381,7 +382,7 @@ def check(manifests, **options):
     for path in manifests:
         violations = inspect_manifest(path)[1]
         for v in violations:
-            click.echo(f"{path}: [{v.check}] {v.message}", err=True)
+            click.echo(visible(f"{path}: [{v.check}] {v.message}"), err=True)  # no control character of a file name reaches the terminal
         checked.append((path, violations))
     broken = sum(bool(vs) for _, vs in checked)
     if broken:

@@ -152,8 +152,14 @@ def quoted_values_hidden(pseudo: Pseudonymization, keep: set[str]) -> Iterator[s
         warnings.warn_explicit(message, w.category, w.filename, w.lineno)
 
 
-def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool) -> IngestResult:
-    """With --pseudonymize, replace identifiers before anything reaches disk, the error table included."""
+def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool, keep: set[str] = frozenset()) -> IngestResult:
+    """With --pseudonymize, replace identifiers before anything reaches disk, the error table included.
+
+    The report loses what could quote a raw value: its invalid examples, and every quoted
+    value of its notes (and of a series summary's notes) that is not in ``keep`` (column
+    names and the user's own arguments, :func:`quoted_values_hidden`), since the notes
+    are printed and written to ``--json``.
+    """
     if not pseudo.on:
         return result
     import pandas as pd
@@ -179,7 +185,12 @@ def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool) 
     if pseudo.path_map:
         write_path_map(path_map, pseudo.path_map)
     summary(done, quiet, path_map=pseudo.path_map)
-    report = replace(result.report, invalid_examples={})  # quoted values are raw values
+    from ..pseudonyms import redact_quoted
+
+    # Quoted values are raw values: a note may quote one (the StudyInstanceUID of a study with several PatientIDs).
+    rep = result.report
+    series = rep.series if rep.series is None else replace(rep.series, notes=tuple(redact_quoted(n, keep) for n in rep.series.notes))
+    report = replace(rep, invalid_examples={}, notes=tuple(redact_quoted(n, keep) for n in rep.notes), series=series)
     return replace(result, manifest=done.manifest, errors=errors, report=report)
 
 
@@ -414,7 +425,7 @@ def ingest_dicom_cmd(
                 spacing_tolerance=spacing_tolerance,
             )
         keep.update(result.manifest.frame.columns)
-        result = _pseudonymized(result, pseudo, quiet)
+        result = _pseudonymized(result, pseudo, quiet, keep)
     _write_outputs(result, output, errors_path)
     render_summary(result, output, errors_path, quiet, command="ingest dicom", json_path=json_path)
 
@@ -474,7 +485,7 @@ def ingest_images_cmd(
                 on_found=bar.found, on_progress=bar.advance, update=update, record_signatures=record_signatures, scheduler=scheduler,
             )
         keep.update(result.manifest.frame.columns)
-        result = _pseudonymized(result, pseudo, quiet)
+        result = _pseudonymized(result, pseudo, quiet, keep)
     _write_outputs(result, output, errors_path)
     render_summary(result, output, errors_path, quiet, command="ingest images", json_path=json_path)
 
@@ -563,7 +574,7 @@ def ingest_table_cmd(
             result = ingest_table(table, **options)
             keep.update(result.manifest.frame.columns)
             if pseudo.on:
-                result = _pseudonymized(result, pseudo, quiet)
+                result = _pseudonymized(result, pseudo, quiet, keep)
                 _write_outputs(result, output, None)
             else:
                 # ingest_table checked this very manifest against the contract as its last step: write it without checking again.
