@@ -389,3 +389,38 @@ def test_quiet_prints_no_note(runner, cohort, tmp_path):
     assert res.exit_code == 0 and res.stderr == ""
     res = runner.invoke(main, ["pseudonymize", str(m), "--key-file", str(key), "-o", str(tmp_path / "p2.parquet")])
     assert "Note: paths were pseudonymised" in res.stderr
+
+
+def test_ingest_summary_carries_the_warnings_stderr_shows(runner, tmp_path):
+    """A labelled study without images was a warning on stderr only; with --pseudonymize a warning's quoted ids stay hidden in --json too."""
+    from mdprep.synthetic import write_mimic_tables
+
+    write_mimic_tables(tmp_path / "c.csv", tmp_path / "m.csv", patients=4)
+    argv = ["ingest", "table", str(tmp_path / "c.csv"), "--preset", "mimic", "--metadata", str(tmp_path / "m.csv"), "-o", str(tmp_path / "mi.parquet")]
+    res = runner.invoke(main, [*argv, "--json", str(tmp_path / "mi.json")])
+    doc = json.loads((tmp_path / "mi.json").read_text())
+    assert res.exit_code == 0 and doc["warnings"] == ["1 labelled study has no image in " + str(tmp_path / "m.csv") + " and gave no rows"]
+    assert all(f"Warning: {w}" in res.stderr for w in doc["warnings"])
+    # Identifiers with white space around them: the warning quotes examples, which --pseudonymize hides everywhere.
+    (tmp_path / "t.csv").write_text("image_id,patient_id,labels\na.png, PAT_SECRET ,A\nb.png,PAT2,B\n")
+    key = tmp_path / "k.key"
+    assert runner.invoke(main, ["keygen", "-o", str(key), "-q"]).exit_code == 0
+    res = runner.invoke(main, ["ingest", "table", str(tmp_path / "t.csv"), "--labels-col", "labels", "-o", str(tmp_path / "t.parquet"),
+                               "--pseudonymize", "--key-file", str(key), "--json", str(tmp_path / "t.json")])  # fmt: skip
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert res.exit_code == 0 and len(doc["warnings"]) == 1 and "white space" in doc["warnings"][0] and "'…'" in doc["warnings"][0]
+    assert "PAT_SECRET" not in res.output and "PAT_SECRET" not in json.dumps(doc)
+    # Without --json nothing is recorded, and the warnings print as before.
+    res = runner.invoke(main, [*argv[:-2], "-o", str(tmp_path / "mi2.parquet"), "-q"])
+    assert res.exit_code == 0 and res.stderr.count("Warning: 1 labelled study has no image") == 1
+
+
+def test_validate_summary_keeps_its_shape_for_a_manifest_not_read():
+    """Every entry has rows and labels (null when the manifest could not be built), so readers need no key check."""
+    from types import SimpleNamespace
+
+    from mdprep.summaries import validate_summary
+
+    doc = validate_summary([("x.parquet", None, [SimpleNamespace(check="metadata", message="broken")])])
+    assert doc["manifests"] == [{"path": "x.parquet", "valid": False, "rows": None, "labels": None, "violations": [{"check": "metadata", "message": "broken"}]}]
+    assert doc["valid"] is False

@@ -73,11 +73,13 @@ def manifest_facts(summary) -> dict:
     }
 
 
-def ingest_summary(command: str, report, output: str, summary=None) -> dict:
+def ingest_summary(command: str, report, output: str, summary=None, warnings: Iterable[str] = ()) -> dict:
     """``ingest dicom|images|table``: the reconciled counts, why inputs gave no row, warnings, notes and the manifest's facts.
 
     ``report`` is an :class:`mdprep.ingest.IngestReport`; ``summary`` the written manifest's
-    :class:`mdprep.manifest.ManifestSummary` (None leaves the manifest facts out).
+    :class:`mdprep.manifest.ManifestSummary` (None leaves the manifest facts out);
+    ``warnings`` the text of the library's warnings the command printed (a labelled
+    study without images, say), as printed.
     """
     counts = {k: getattr(report, k) for k in ("found", "ingested", "skipped", "failed", "aggregated", "dropped", "lenient", "unlabeled")}
     return document(
@@ -89,6 +91,7 @@ def ingest_summary(command: str, report, output: str, summary=None) -> dict:
         invalid_values=dict(sorted(report.invalid_values.items())),
         invalid_examples={k: [str(v) for v in vs] for k, vs in sorted(report.invalid_examples.items())},
         notes=list(report.notes),
+        warnings=list(warnings),
         update=_update(report.update),
         series=report.series,
         manifest=manifest_facts(summary) if summary is not None else None,
@@ -105,8 +108,7 @@ def validate_summary(checked: Iterable[tuple[str, Any, list]]) -> dict:
     manifests = []
     for path, manifest, violations in checked:
         entry = {"path": path, "valid": not violations, "violations": [{"check": v.check, "message": v.message} for v in violations]}
-        if manifest is not None:
-            entry.update(rows=len(manifest.frame), labels=len(manifest.labels))
+        entry.update(rows=None, labels=None) if manifest is None else entry.update(rows=len(manifest.frame), labels=len(manifest.labels))
         manifests.append(entry)
     return document("validate", valid=all(m["valid"] for m in manifests), manifests=manifests)
 

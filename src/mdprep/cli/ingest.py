@@ -152,6 +152,29 @@ def quoted_values_hidden(pseudo: Pseudonymization, keep: set[str]) -> Iterator[s
         warnings.warn_explicit(message, w.category, w.filename, w.lineno)
 
 
+@contextlib.contextmanager
+def recorded_warnings(json_path: str | None) -> Iterator[list[str]]:
+    """With ``--json``, the text of every mdprep warning the block gives, for the summary's ``warnings``.
+
+    The warnings are still shown as ever (once the block ends: after the redaction of
+    :func:`quoted_values_hidden`, which runs inside it). Without ``--json`` nothing changes.
+    """
+    seen: list[str] = []
+    if not json_path:
+        yield seen
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield seen
+        finally:
+            held = list(caught)
+    for w in held:
+        if issubclass(w.category, MdprepWarning):
+            seen.append(str(w.message))
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool, keep: set[str] = frozenset()) -> IngestResult:
     """With --pseudonymize, replace identifiers before anything reaches disk, the error table included.
 
@@ -215,6 +238,7 @@ def render_summary(
     *,
     command: str,
     json_path: str | None = None,
+    warned: list[str] | tuple[str, ...] = (),
 ) -> None:
     """Rows, patients, images per patient, reconciled counts, label prevalence, warnings and notes.
 
@@ -222,14 +246,15 @@ def render_summary(
     input was skipped, failed or aggregated into another row, and the warnings. Notes
     (informational) and the summary tables are left out. ``summary`` gives the
     manifest's summary (by default :func:`mdprep.manifest.summarize` of ``result.manifest``).
-    With ``json_path``, the same facts are also written as JSON (:func:`mdprep.summaries.ingest_summary`).
+    With ``json_path``, the same facts are also written as JSON (:func:`mdprep.summaries.ingest_summary`), with
+    ``warned``, the library's warnings the command printed (:func:`recorded_warnings`).
     """
     rep = result.report
     facts = functools.cache(summary if summary is not None else lambda: _summarize(result.manifest))
     if json_path:
         from ..summaries import ingest_summary
 
-        write_json_summary(json_path, ingest_summary(command, rep, output, facts()))
+        write_json_summary(json_path, ingest_summary(command, rep, output, facts(), warnings=warned))
     # What was not ingested as a row of its own is reported even with --quiet: nothing is lost silently.
     lost = bool(rep.skipped or rep.failed)
     if rep.series is not None:
@@ -406,7 +431,7 @@ def ingest_dicom_cmd(
         stdout={"-o/--output", "--json"},
     )
     files = _read_file_list(files_from)
-    with quoted_values_hidden(pseudo, set()) as keep:
+    with recorded_warnings(json_path) as seen, quoted_values_hidden(pseudo, set()) as keep:
         with file_progress("Reading DICOM headers", quiet) as bar:
             result = ingest_dicom(
                 root,
@@ -427,7 +452,7 @@ def ingest_dicom_cmd(
         keep.update(result.manifest.frame.columns)
         result = _pseudonymized(result, pseudo, quiet, keep)
     _write_outputs(result, output, errors_path)
-    render_summary(result, output, errors_path, quiet, command="ingest dicom", json_path=json_path)
+    render_summary(result, output, errors_path, quiet, command="ingest dicom", json_path=json_path, warned=seen)
 
 
 @ingest.command("images")
@@ -478,7 +503,7 @@ def ingest_images_cmd(
         stdout={"-o/--output", "--json"},
     )
     files = _read_file_list(files_from)
-    with quoted_values_hidden(pseudo, set()) as keep:
+    with recorded_warnings(json_path) as seen, quoted_values_hidden(pseudo, set()) as keep:
         with file_progress("Reading image headers", quiet) as bar:
             result = ingest_images(
                 root, patient_regex=patient_regex, files=files, allow_outside_root=allow_outside_root, workers=workers,
@@ -487,7 +512,7 @@ def ingest_images_cmd(
         keep.update(result.manifest.frame.columns)
         result = _pseudonymized(result, pseudo, quiet, keep)
     _write_outputs(result, output, errors_path)
-    render_summary(result, output, errors_path, quiet, command="ingest images", json_path=json_path)
+    render_summary(result, output, errors_path, quiet, command="ingest images", json_path=json_path, warned=seen)
 
 
 @ingest.command("table")
@@ -562,7 +587,7 @@ def ingest_table_cmd(
         columns=list(columns), sep=sep, encoding=encoding, image_ext=image_ext, root=image_root,
     )  # fmt: skip
     sink = sys.stdout.buffer if output == "-" else output
-    with quoted_values_hidden(pseudo, set()) as keep, status(f"Reading {table}", quiet):
+    with recorded_warnings(json_path) as seen, quoted_values_hidden(pseudo, set()) as keep, status(f"Reading {table}", quiet):
         # The nih and chexpert presets are built in Arrow, without pandas, where that gives the very same manifest.
         fast = None if pseudo.on else ingest_table_arrow(table, **options)
         if fast is not None:
@@ -580,9 +605,9 @@ def ingest_table_cmd(
                 # ingest_table checked this very manifest against the contract as its last step: write it without checking again.
                 write_table(to_arrow(result.manifest), sink)
     if fast is not None:
-        render_summary(fast, output, None, quiet, summary=fast.summary, command="ingest table", json_path=json_path)
+        render_summary(fast, output, None, quiet, summary=fast.summary, command="ingest table", json_path=json_path, warned=seen)
     else:
-        render_summary(result, output, None, quiet, command="ingest table", json_path=json_path)
+        render_summary(result, output, None, quiet, command="ingest table", json_path=json_path, warned=seen)
     _exit_without_collecting()
 
 
