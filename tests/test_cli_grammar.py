@@ -424,3 +424,13 @@ def test_validate_summary_keeps_its_shape_for_a_manifest_not_read():
     doc = validate_summary([("x.parquet", None, [SimpleNamespace(check="metadata", message="broken")])])
     assert doc["manifests"] == [{"path": "x.parquet", "valid": False, "rows": None, "labels": None, "violations": [{"check": "metadata", "message": "broken"}]}]
     assert doc["valid"] is False
+
+
+def test_json_loses_no_warning_when_the_ingest_fails(runner, tmp_path):
+    """With --json, the warnings were held back for the summary and lost when an error followed them."""
+    (tmp_path / "t.csv").write_text("image_id,patient_id,labels\na.png, P1 ,A\na.png,P2,B\n")
+    argv = ["ingest", "table", str(tmp_path / "t.csv"), "--labels-col", "labels", "-o", str(tmp_path / "m.parquet")]
+    plain = runner.invoke(main, argv)
+    with_json = runner.invoke(main, [*argv, "--json", str(tmp_path / "s.json")])
+    assert plain.exit_code == with_json.exit_code == 2 and "Warning: removed white space around identifiers" in plain.stderr
+    assert with_json.stderr == plain.stderr and not (tmp_path / "s.json").exists()

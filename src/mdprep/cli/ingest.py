@@ -163,16 +163,19 @@ def recorded_warnings(json_path: str | None) -> Iterator[list[str]]:
     if not json_path:
         yield seen
         return
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield seen
-        finally:
-            held = list(caught)
-    for w in held:
-        if issubclass(w.category, MdprepWarning):
-            seen.append(str(w.message))
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    held: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield seen
+            finally:
+                held = list(caught)
+    finally:  # shown even when the block fails: a warning before an error is still printed
+        for w in held:
+            if issubclass(w.category, MdprepWarning):
+                seen.append(str(w.message))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool, keep: set[str] = frozenset()) -> IngestResult:
