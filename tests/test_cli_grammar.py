@@ -434,3 +434,32 @@ def test_json_loses_no_warning_when_the_ingest_fails(runner, tmp_path):
     with_json = runner.invoke(main, [*argv, "--json", str(tmp_path / "s.json")])
     assert plain.exit_code == with_json.exit_code == 2 and "Warning: removed white space around identifiers" in plain.stderr
     assert with_json.stderr == plain.stderr and not (tmp_path / "s.json").exists()
+
+
+def test_no_output_replaces_an_image_of_the_tree_being_read(runner, tmp_path):
+    """``--json ROOT/.../view1_frontal.png`` (or -o, --errors) wrote JSON over a raw image of the ingest or hash root."""
+    from mdprep.cli._options import IMAGE_FILE_SUFFIXES
+    from mdprep.imaging import _DICOM_SUFFIXES
+    from mdprep.ingest.images import IMAGE_EXTENSIONS
+    from mdprep.nifti import NIFTI_EXTENSIONS
+
+    assert {*IMAGE_EXTENSIONS, *NIFTI_EXTENSIONS, *_DICOM_SUFFIXES} <= set(IMAGE_FILE_SUFFIXES)
+    root = tmp_path / "imgs"
+    write_image_tree(root, patients=2, studies=1, seed=0, plant_bad_files=False)
+    image = next(root.rglob("*.png"))
+    disguised = root / "patient00000" / "scan"  # no ending: told by its first bytes
+    disguised.write_bytes(image.read_bytes())
+    before = image.read_bytes()
+    regex = r"(?P<patient>patient\d+)/"
+    m = tmp_path / "m.parquet"
+    for flag, target in (("--json", image), ("--errors", image), ("-o", disguised)):
+        argv = ["ingest", "images", str(root), "--patient-regex", regex, "-o", str(m), "--workers", "1", "-q"]
+        res = runner.invoke(main, [*argv, flag, str(target)] if flag != "-o" else [*argv[:-5], "-o", str(target), "--workers", "1", "-q"])
+        assert res.exit_code == 2 and "is an image under ROOT" in res.stderr and "never writes over its inputs" in res.stderr, (flag, res.output)
+    assert image.read_bytes() == before and disguised.read_bytes() == before
+    # A new file under the root, and rewriting a manifest there, are fine.
+    for _ in range(2):
+        res = runner.invoke(main, ["ingest", "images", str(root), "--patient-regex", regex, "-o", str(root / "m.parquet"), "--workers", "1", "-q"])
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["hash", str(root / "m.parquet"), "--root", str(root), "-o", str(tmp_path / "h.parquet"), "--json", str(image), "-q"])
+    assert res.exit_code == 2 and "is an image under the image root" in res.stderr and image.read_bytes() == before

@@ -11,6 +11,7 @@ from ..fileio import check_outputs
 from ._ui import file_progress, print_table
 from ._options import (
     check_incremental,
+    check_outputs_spare_images,
     comma_list,
     incremental_options,
     json_option,
@@ -101,6 +102,7 @@ def hash_cmd(manifest, output, root, workers, scheduler, errors_path, max_bytes,
         stdout={"-o/--output", "--json"},
     )
     m = read_manifest(manifest)
+    check_outputs_spare_images(root or m.root, {"-o/--output": output, "--errors": errors_path, "--json": json_path, **more_outputs}, "the image root")
     real_paths = load_path_map(path_map) if path_map else None
     with file_progress("Hashing images", quiet) as bar:
         result = hash_manifest(

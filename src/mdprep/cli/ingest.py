@@ -28,6 +28,7 @@ from ..errors import InputError, MdprepError, MdprepWarning, UsageError, example
 from ..fileio import check_outputs
 from ._options import (
     check_incremental,
+    check_outputs_spare_images,
     choice_option,
     comma_list,
     described,
@@ -433,6 +434,7 @@ def ingest_dicom_cmd(
         {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, "--json": json_path, **more_outputs},
         stdout={"-o/--output", "--json"},
     )
+    check_outputs_spare_images(root, {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, "--json": json_path, **more_outputs})
     files = _read_file_list(files_from)
     with recorded_warnings(json_path) as seen, quoted_values_hidden(pseudo, set()) as keep:
         with file_progress("Reading DICOM headers", quiet) as bar:
@@ -505,6 +507,7 @@ def ingest_images_cmd(
         {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, "--json": json_path, **more_outputs},
         stdout={"-o/--output", "--json"},
     )
+    check_outputs_spare_images(root, {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, "--json": json_path, **more_outputs})
     files = _read_file_list(files_from)
     with recorded_warnings(json_path) as seen, quoted_values_hidden(pseudo, set()) as keep:
         with file_progress("Reading image headers", quiet) as bar:
