@@ -463,3 +463,14 @@ def test_no_output_replaces_an_image_of_the_tree_being_read(runner, tmp_path):
         assert res.exit_code == 0, res.output
     res = runner.invoke(main, ["hash", str(root / "m.parquet"), "--root", str(root), "-o", str(tmp_path / "h.parquet"), "--json", str(image), "-q"])
     assert res.exit_code == 2 and "is an image under the image root" in res.stderr and image.read_bytes() == before
+
+
+def test_summaries_are_strict_json_whatever_the_numbers():
+    """pandas' NA and NaT and numpy arrays made json.dumps raise (exit 3); NaN and infinities must never be written as tokens."""
+    import numpy as np
+    import pandas as pd
+
+    from mdprep.summaries import document
+
+    doc = document("x", a=pd.NA, b=pd.NaT, c=np.array([1.0, np.nan]), d=np.float32("inf"), e=(np.int64(2), np.bool_(True)))
+    assert json.loads(json.dumps(doc, allow_nan=False)) == {**doc, "a": None, "b": None, "c": [1.0, None], "d": None, "e": [2, True]}

@@ -29,7 +29,7 @@ VERSION = 1
 
 def jsonable(value: Any) -> Any:
     """``value`` as JSON-ready data: dataclasses and mappings to dicts, tuples to lists,
-    numpy scalars to numbers, NaN and infinities to None."""
+    numpy scalars and arrays to numbers and lists, NaN, infinities and pandas' NA and NaT to None."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
@@ -39,6 +39,10 @@ def jsonable(value: Any) -> Any:
         return [jsonable(v) for v in items]
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing values, without importing pandas
+        return None
+    if getattr(value, "ndim", 0) and hasattr(value, "tolist"):  # a numpy array
+        return [jsonable(v) for v in value.tolist()]
     if hasattr(value, "item") and not isinstance(value, (int, float)):  # numpy scalar
         value = value.item()
     if isinstance(value, float):

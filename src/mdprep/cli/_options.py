@@ -169,8 +169,10 @@ def write_json_summary(path: str | None, doc: dict) -> None:
         import json
 
         from ..fileio import write_text
+        from ..summaries import jsonable
 
-        write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        # Never a NaN or Infinity token (not JSON): what is not finite is null, in split's report too.
+        write_text(path, json.dumps(jsonable(doc), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def described(choices: dict[str, str]) -> str:
