@@ -474,3 +474,27 @@ def test_summaries_are_strict_json_whatever_the_numbers():
 
     doc = document("x", a=pd.NA, b=pd.NaT, c=np.array([1.0, np.nan]), d=np.float32("inf"), e=(np.int64(2), np.bool_(True)))
     assert json.loads(json.dumps(doc, allow_nan=False)) == {**doc, "a": None, "b": None, "c": [1.0, None], "d": None, "e": [2, True]}
+
+
+def test_check_stopped_by_bad_input_leaves_no_stale_passing_report(runner, cohort, tmp_path):
+    """A passing run's --junit/--json/--markdown stayed in place when the next check stopped with exit 2 (an unreadable manifest)."""
+    import xml.etree.ElementTree as ET
+
+    out = {k: tmp_path / f"r.{k}" for k in ("json", "junit", "markdown")}
+    reports = [a for k, p in out.items() for a in (f"--{k}", str(p))]
+    assert runner.invoke(main, ["check", str(cohort / "s.parquet"), *reports, "-q"]).exit_code == 0
+    assert json.loads(out["json"].read_text())["exit_code"] == 0
+    garbage = tmp_path / "g.parquet"
+    garbage.write_text("not parquet")
+    for argv in (["check", str(cohort / "s.parquet"), str(garbage)], ["check", str(cohort / "s.parquet"), "--temporal"]):
+        res = runner.invoke(main, [*argv, *reports, "-q"])
+        assert res.exit_code == 2, res.output
+        doc = json.loads(out["json"].read_text())
+        assert doc["result"] == "error" and doc["exit_code"] == 2 and doc["verdict"].startswith("ERROR: the gate could not run")
+        suite = ET.parse(out["junit"]).getroot()
+        assert suite.get("errors") == "1" and suite.find("testcase/error") is not None
+        assert "ERROR: the gate could not run" in out["markdown"].read_text()
+    # An output that names an input is refused before anything is written: the manifest stays intact.
+    before = (cohort / "s.parquet").read_bytes()
+    assert runner.invoke(main, ["check", str(cohort / "s.parquet"), "--junit", str(cohort / "s.parquet")]).exit_code == 2
+    assert (cohort / "s.parquet").read_bytes() == before
