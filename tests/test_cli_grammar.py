@@ -498,3 +498,15 @@ def test_check_stopped_by_bad_input_leaves_no_stale_passing_report(runner, cohor
     before = (cohort / "s.parquet").read_bytes()
     assert runner.invoke(main, ["check", str(cohort / "s.parquet"), "--junit", str(cohort / "s.parquet")]).exit_code == 2
     assert (cohort / "s.parquet").read_bytes() == before
+
+
+def test_pseudonymized_notes_keep_their_words(runner, tmp_path):
+    """Hiding quoted values took "reader's ... 'any'" for a quote and mangled the note: "each reader'…'any'"."""
+    (tmp_path / "t.csv").write_text("image_id,patient_id,finding,rad\na.png,P1,A,R1\na.png,P1,A,R2\nb.png,P2,B,R1\n")
+    key = tmp_path / "k.key"
+    assert runner.invoke(main, ["keygen", "-o", str(key), "-q"]).exit_code == 0
+    res = runner.invoke(main, ["ingest", "table", str(tmp_path / "t.csv"), "--labels-col", "finding", "--aggregate", "majority", "--reader-col", "rad",
+                               "-o", str(tmp_path / "m.parquet"), "--pseudonymize", "--key-file", str(key), "--json", "-", "-q"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (note,) = json.loads(res.stdout)["notes"]
+    assert "labels combined by 'majority', each reader's rows first combined by" in note and "reader'…" not in note

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import functools
 import gc
+import re
 import sys
 import warnings
 from dataclasses import dataclass, replace
@@ -179,6 +180,21 @@ def recorded_warnings(json_path: str | None) -> Iterator[list[str]]:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+_APOSTROPHE = re.compile(r"(?<=\w)'(?=\w)")
+
+
+def _redacted_note(note: str, keep: set[str]) -> str:
+    """``note`` with its quoted values hidden (:func:`mdprep.pseudonyms.redact_quoted`), an apostrophe inside a word
+    ("each reader's rows") not taken for a quote: a quoted value that holds one ('O'Brien') is hidden whole.
+
+    >>> _redacted_note("labels combined by 'majority', each reader's rows first combined by 'any'", {"majority"})
+    "labels combined by 'majority', each reader's rows first combined by '…'"
+    """
+    from ..pseudonyms import redact_quoted
+
+    return redact_quoted(_APOSTROPHE.sub("\ue000", note), keep).replace("\ue000", "'")  # a private-use character stands in
+
+
 def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool, keep: set[str] = frozenset()) -> IngestResult:
     """With --pseudonymize, replace identifiers before anything reaches disk, the error table included.
 
@@ -212,12 +228,10 @@ def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool, 
     if pseudo.path_map:
         write_path_map(path_map, pseudo.path_map)
     summary(done, quiet, path_map=pseudo.path_map)
-    from ..pseudonyms import redact_quoted
-
     # Quoted values are raw values: a note may quote one (the StudyInstanceUID of a study with several PatientIDs).
     rep = result.report
-    series = rep.series if rep.series is None else replace(rep.series, notes=tuple(redact_quoted(n, keep) for n in rep.series.notes))
-    report = replace(rep, invalid_examples={}, notes=tuple(redact_quoted(n, keep) for n in rep.notes), series=series)
+    series = rep.series if rep.series is None else replace(rep.series, notes=tuple(_redacted_note(n, keep) for n in rep.series.notes))
+    report = replace(rep, invalid_examples={}, notes=tuple(_redacted_note(n, keep) for n in rep.notes), series=series)
     return replace(result, manifest=done.manifest, errors=errors, report=report)
 
 
