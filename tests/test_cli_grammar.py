@@ -229,3 +229,284 @@ def test_former_option_names_still_work_with_a_warning(runner, cohort, tmp_path)
     assert res.exit_code == 2 and "Missing option -o/--output" in res.stderr
     for name, hidden in (("split", "--report "), ("train", "--out "), ("demo", "--out ")):
         assert hidden not in runner.invoke(main, [name, "--help"]).stdout
+
+
+def _keys(value, data_keyed=("not_ingested", "invalid_values", "invalid_examples")) -> set[str]:
+    """Every key of a summary, nested ones included; the keys of the dicts keyed by data (a column, an error type) are not fields."""
+    if isinstance(value, list):
+        return set().union(*(_keys(v) for v in value)) if value else set()
+    if not isinstance(value, dict):
+        return set()
+    out = set(value)
+    for k, v in value.items():
+        if k not in data_keyed:
+            out |= _keys(v)
+    return out
+
+
+def _documented_fields() -> dict[str, set[str]]:
+    """docs/cli.md's table of mdprep-summary fields: command -> every field name it gives in backquotes."""
+    import re
+
+    text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    table = text[text.index("| command | fields |"):]
+    table = table[: table.index("\n\n")]
+    fields = {}
+    for row in table.splitlines()[2:]:
+        commands, cell = row.strip("|").split("|", 1)
+        names = set(re.findall(r"`([a-z_]+)`", cell))
+        for command in re.findall(r"`([a-z ]+)`", commands):
+            fields[command] = names
+    return fields
+
+
+def _broken(d: Path, tmp_path: Path, name: str = "broken.parquet") -> Path:
+    """The split manifest of ``d`` with duplicate image ids (patient ids copied over them): it breaks the contract."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(d / "s.parquet")
+    path = tmp_path / name
+    pq.write_table(t.set_column(t.schema.get_field_index("image_id"), "image_id", t.column("patient_id")), path)
+    return path
+
+
+def test_docs_list_exactly_the_fields_each_summary_writes(runner, cohort, tmp_path):
+    """docs/cli.md cannot drift from mdprep.summaries: every documented field is written, every written field documented."""
+    from dataclasses import fields as dc_fields
+
+    from mdprep.incremental import UpdateCounts
+    from mdprep.ingest.series import SeriesSummary
+
+    d = cohort
+    common = {"schema", "version", "command", "output"}
+    root = tmp_path / "imgs"
+    write_image_tree(root, patients=2, studies=1, seed=0, plant_bad_files=False)
+    m = tmp_path / "m.parquet"
+    key = tmp_path / "k.key"
+    assert runner.invoke(main, ["keygen", "-o", str(key), "-q"]).exit_code == 0
+    hashed = tmp_path / "h.parquet"
+    real = {
+        "ingest table": _json(runner, ["ingest", "table", str(d / "t.csv"), "--preset", "nih", "-o", str(tmp_path / "t.parquet"), "-q"]),
+        "ingest images": _json(runner, ["ingest", "images", str(root), "--patient-regex", r"(?P<patient>patient\d+)/", "-o", str(m), "--workers", "1", "-q"]),
+        "validate": _json(runner, ["validate", str(d / "s.parquet"), str(_broken(d, tmp_path)), "-q"], code=1),
+        "weights": _json(runner, ["weights", str(d / "s.parquet"), "-o", str(tmp_path / "w.json"), "-q"]),
+        "resample": _json(runner, ["resample", str(d / "s.parquet"), "--strategy", "ml-ros", "-o", str(tmp_path / "r.parquet"), "-q"]),
+        "pseudonymize": _json(runner, ["pseudonymize", str(m), "--key-file", str(key), "-o", str(tmp_path / "p.parquet"), "-q"]),
+    }
+    assert runner.invoke(main, ["hash", str(m), "-o", str(hashed), "--workers", "1", "-q", "--record-signatures"]).exit_code == 0
+    real["hash"] = _json(runner, ["hash", str(m), "--update", str(hashed), "-o", str(tmp_path / "h2.parquet"), "--workers", "1", "-q"])
+    documented = _documented_fields()
+    assert set(documented) == set(real) | {"ingest dicom"}
+    # Fields of a series-level or incremental ingest (null here) come from the objects they are made of.
+    nested = {f.name for f in dc_fields(SeriesSummary)} | {f.name for f in dc_fields(UpdateCounts)} | {"read"}
+    written = {command: _keys(doc) - common for command, doc in real.items()}
+    for command in ("ingest table", "ingest images"):  # one row of the table: the union (an image tree has no labels)
+        assert real[command]["series"] is None and real[command]["update"] is None
+        written[command] = written["ingest table"] | written["ingest images"] | nested
+    for command, names in written.items():
+        assert documented[command] == names, (command, documented[command] ^ names)
+    assert documented["ingest dicom"] == documented["ingest table"]
+
+
+def test_empty_paths_are_usage_errors(runner, cohort, tmp_path):
+    """``--json "$UNSET"`` used to write nothing and exit 0; ``-o ""`` failed on a temporary file's name."""
+    d = cohort
+    for argv in (
+        ["validate", str(d / "s.parquet"), "--json", ""],
+        ["weights", str(d / "s.parquet"), "-o", str(tmp_path / "w.json"), "--json", ""],
+        ["check", str(d / "s.parquet"), "--json", ""],
+        ["ingest", "table", str(d / "t.csv"), "--preset", "nih", "-o", ""],
+        ["split", str(d / "m.parquet"), "-o", str(tmp_path / "x.parquet"), "--report", ""],
+        ["keygen", "-o", ""],
+    ):
+        res = runner.invoke(main, argv)
+        assert res.exit_code == 2 and "the path is empty" in res.stderr, (argv, res.output)
+    assert not (tmp_path / "w.json").exists() and not (tmp_path / "x.parquet").exists()
+
+
+def test_check_contract_reports_stay_valid_with_any_file_name(runner, cohort, tmp_path):
+    """A manifest named with XML and Markdown specials and a control character: the JUnit file parses, the Markdown is literal."""
+    import xml.etree.ElementTree as ET
+
+    broken = _broken(cohort, tmp_path, 'a<&"`|x]]>\x01.parquet')
+    out = {k: tmp_path / f"r.{k}" for k in ("json", "junit", "markdown")}
+    res = runner.invoke(main, ["check", str(broken), str(cohort / "s.parquet"), *[a for k, p in out.items() for a in (f"--{k}", str(p))]])
+    assert res.exit_code == 1 and "\x01" not in res.stderr and "\\x01.parquet" in res.stderr
+    suite = ET.parse(out["junit"]).getroot()
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert suite.get("failures") == "1" and cases[str(tmp_path / 'a<&"`|x]]>\\x01.parquet')].find("failure") is not None
+    assert cases[str(cohort / "s.parquet")].find("failure") is None
+    md = out["markdown"].read_text()
+    assert "a&lt;&amp;\"\\`\\|x\\]\\]&gt;\\\\x01.parquet" in md and "`" not in md.replace("\\`", "")
+    assert json.loads(out["json"].read_text())["contract"][0]["path"] == str(broken)
+
+
+def test_pseudonymized_ingest_notes_quote_no_identifier(runner, tmp_path):
+    """A note of the DICOM ingest quoted a raw StudyInstanceUID, on stderr and in --json, with --pseudonymize."""
+    import pydicom
+
+    from mdprep.synthetic import write_dicom_tree
+
+    root = tmp_path / "dcm"
+    write_dicom_tree(root, patients=1, images_per_patient=3, shape=(8, 8), seed=0, private_tags=0)
+    files = sorted(root.rglob("*.dcm"))
+    study = pydicom.dcmread(files[0]).StudyInstanceUID
+    for i, f in enumerate(files):  # one study, two PatientIDs and a file without one: the note quotes the study
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = study
+        if i < 2:
+            ds.PatientID = ["ALICE_SMITH", "BOB_JONES"][i]
+        else:
+            del ds.PatientID
+        ds.save_as(f)
+    key = tmp_path / "k.key"
+    assert runner.invoke(main, ["keygen", "-o", str(key), "-q"]).exit_code == 0
+    argv = ["ingest", "dicom", str(root), "--missing-patient", "study", "--workers", "1", "--pseudonymize", "--key-file", str(key)]
+    res = runner.invoke(main, [*argv, "-o", str(tmp_path / "p.parquet"), "--json", str(tmp_path / "p.json")])
+    assert res.exit_code == 0, res.output
+    summary = (tmp_path / "p.json").read_text()
+    assert "several PatientIDs" in summary and "several PatientIDs" in res.stderr  # the note is kept, its value is not
+    for raw in (study, "ALICE_SMITH", "BOB_JONES"):
+        assert raw not in summary and raw not in res.output
+    # Without --pseudonymize the note names the study, as before.
+    res = runner.invoke(main, [*argv[:7], "-o", str(tmp_path / "r.parquet"), "--json", "-", "-q"])
+    assert res.exit_code == 0 and study in json.loads(res.stdout)["notes"][0]
+
+
+def test_quiet_prints_no_note(runner, cohort, tmp_path):
+    """-q promises no notes: weights --drop-empty and pseudonymize printed theirs anyway (the --json summary keeps them)."""
+    res = runner.invoke(main, ["weights", str(cohort / "s.parquet"), "--drop-empty", "-o", str(tmp_path / "w.json"), "--json", str(tmp_path / "s.json"), "-q"])
+    assert res.exit_code == 0 and "Note:" not in res.stderr
+    assert any("left out (--drop-empty)" in n for n in json.loads((tmp_path / "s.json").read_text())["notes"])
+    assert "Note: label" in runner.invoke(main, ["weights", str(cohort / "s.parquet"), "--drop-empty", "-o", str(tmp_path / "w2.json")]).stderr
+    root = tmp_path / "imgs"
+    write_image_tree(root, patients=2, studies=1, seed=0, plant_bad_files=False)
+    m = tmp_path / "m.parquet"
+    key = tmp_path / "k.key"
+    assert runner.invoke(main, ["ingest", "images", str(root), "--patient-regex", r"(?P<patient>patient\d+)/", "-o", str(m), "--workers", "1", "-q"]).exit_code == 0
+    assert runner.invoke(main, ["keygen", "-o", str(key), "-q"]).exit_code == 0
+    res = runner.invoke(main, ["pseudonymize", str(m), "--key-file", str(key), "-o", str(tmp_path / "p.parquet"), "-q"])
+    assert res.exit_code == 0 and res.stderr == ""
+    res = runner.invoke(main, ["pseudonymize", str(m), "--key-file", str(key), "-o", str(tmp_path / "p2.parquet")])
+    assert "Note: paths were pseudonymised" in res.stderr
+
+
+def test_ingest_summary_carries_the_warnings_stderr_shows(runner, tmp_path):
+    """A labelled study without images was a warning on stderr only; with --pseudonymize a warning's quoted ids stay hidden in --json too."""
+    from mdprep.synthetic import write_mimic_tables
+
+    write_mimic_tables(tmp_path / "c.csv", tmp_path / "m.csv", patients=4)
+    argv = ["ingest", "table", str(tmp_path / "c.csv"), "--preset", "mimic", "--metadata", str(tmp_path / "m.csv"), "-o", str(tmp_path / "mi.parquet")]
+    res = runner.invoke(main, [*argv, "--json", str(tmp_path / "mi.json")])
+    doc = json.loads((tmp_path / "mi.json").read_text())
+    assert res.exit_code == 0 and doc["warnings"] == ["1 labelled study has no image in " + str(tmp_path / "m.csv") + " and gave no rows"]
+    assert all(f"Warning: {w}" in res.stderr for w in doc["warnings"])
+    # Identifiers with white space around them: the warning quotes examples, which --pseudonymize hides everywhere.
+    (tmp_path / "t.csv").write_text("image_id,patient_id,labels\na.png, PAT_SECRET ,A\nb.png,PAT2,B\n")
+    key = tmp_path / "k.key"
+    assert runner.invoke(main, ["keygen", "-o", str(key), "-q"]).exit_code == 0
+    res = runner.invoke(main, ["ingest", "table", str(tmp_path / "t.csv"), "--labels-col", "labels", "-o", str(tmp_path / "t.parquet"),
+                               "--pseudonymize", "--key-file", str(key), "--json", str(tmp_path / "t.json")])  # fmt: skip
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert res.exit_code == 0 and len(doc["warnings"]) == 1 and "white space" in doc["warnings"][0] and "'…'" in doc["warnings"][0]
+    assert "PAT_SECRET" not in res.output and "PAT_SECRET" not in json.dumps(doc)
+    # Without --json nothing is recorded, and the warnings print as before.
+    res = runner.invoke(main, [*argv[:-2], "-o", str(tmp_path / "mi2.parquet"), "-q"])
+    assert res.exit_code == 0 and res.stderr.count("Warning: 1 labelled study has no image") == 1
+
+
+def test_validate_summary_keeps_its_shape_for_a_manifest_not_read():
+    """Every entry has rows and labels (null when the manifest could not be built), so readers need no key check."""
+    from types import SimpleNamespace
+
+    from mdprep.summaries import validate_summary
+
+    doc = validate_summary([("x.parquet", None, [SimpleNamespace(check="metadata", message="broken")])])
+    assert doc["manifests"] == [{"path": "x.parquet", "valid": False, "rows": None, "labels": None, "violations": [{"check": "metadata", "message": "broken"}]}]
+    assert doc["valid"] is False
+
+
+def test_json_loses_no_warning_when_the_ingest_fails(runner, tmp_path):
+    """With --json, the warnings were held back for the summary and lost when an error followed them."""
+    (tmp_path / "t.csv").write_text("image_id,patient_id,labels\na.png, P1 ,A\na.png,P2,B\n")
+    argv = ["ingest", "table", str(tmp_path / "t.csv"), "--labels-col", "labels", "-o", str(tmp_path / "m.parquet")]
+    plain = runner.invoke(main, argv)
+    with_json = runner.invoke(main, [*argv, "--json", str(tmp_path / "s.json")])
+    assert plain.exit_code == with_json.exit_code == 2 and "Warning: removed white space around identifiers" in plain.stderr
+    assert with_json.stderr == plain.stderr and not (tmp_path / "s.json").exists()
+
+
+def test_no_output_replaces_an_image_of_the_tree_being_read(runner, tmp_path):
+    """``--json ROOT/.../view1_frontal.png`` (or -o, --errors) wrote JSON over a raw image of the ingest or hash root."""
+    from mdprep.cli._options import IMAGE_FILE_SUFFIXES
+    from mdprep.imaging import _DICOM_SUFFIXES
+    from mdprep.ingest.images import IMAGE_EXTENSIONS
+    from mdprep.nifti import NIFTI_EXTENSIONS
+
+    assert {*IMAGE_EXTENSIONS, *NIFTI_EXTENSIONS, *_DICOM_SUFFIXES} <= set(IMAGE_FILE_SUFFIXES)
+    root = tmp_path / "imgs"
+    write_image_tree(root, patients=2, studies=1, seed=0, plant_bad_files=False)
+    image = next(root.rglob("*.png"))
+    disguised = root / "patient00000" / "scan"  # no ending: told by its first bytes
+    disguised.write_bytes(image.read_bytes())
+    before = image.read_bytes()
+    regex = r"(?P<patient>patient\d+)/"
+    m = tmp_path / "m.parquet"
+    for flag, target in (("--json", image), ("--errors", image), ("-o", disguised)):
+        argv = ["ingest", "images", str(root), "--patient-regex", regex, "-o", str(m), "--workers", "1", "-q"]
+        res = runner.invoke(main, [*argv, flag, str(target)] if flag != "-o" else [*argv[:-5], "-o", str(target), "--workers", "1", "-q"])
+        assert res.exit_code == 2 and "is an image under ROOT" in res.stderr and "never writes over its inputs" in res.stderr, (flag, res.output)
+    assert image.read_bytes() == before and disguised.read_bytes() == before
+    # A new file under the root, and rewriting a manifest there, are fine.
+    for _ in range(2):
+        res = runner.invoke(main, ["ingest", "images", str(root), "--patient-regex", regex, "-o", str(root / "m.parquet"), "--workers", "1", "-q"])
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["hash", str(root / "m.parquet"), "--root", str(root), "-o", str(tmp_path / "h.parquet"), "--json", str(image), "-q"])
+    assert res.exit_code == 2 and "is an image under the image root" in res.stderr and image.read_bytes() == before
+
+
+def test_summaries_are_strict_json_whatever_the_numbers():
+    """pandas' NA and NaT and numpy arrays made json.dumps raise (exit 3); NaN and infinities must never be written as tokens."""
+    import numpy as np
+    import pandas as pd
+
+    from mdprep.summaries import document
+
+    doc = document("x", a=pd.NA, b=pd.NaT, c=np.array([1.0, np.nan]), d=np.float32("inf"), e=(np.int64(2), np.bool_(True)))
+    assert json.loads(json.dumps(doc, allow_nan=False)) == {**doc, "a": None, "b": None, "c": [1.0, None], "d": None, "e": [2, True]}
+
+
+def test_check_stopped_by_bad_input_leaves_no_stale_passing_report(runner, cohort, tmp_path):
+    """A passing run's --junit/--json/--markdown stayed in place when the next check stopped with exit 2 (an unreadable manifest)."""
+    import xml.etree.ElementTree as ET
+
+    out = {k: tmp_path / f"r.{k}" for k in ("json", "junit", "markdown")}
+    reports = [a for k, p in out.items() for a in (f"--{k}", str(p))]
+    assert runner.invoke(main, ["check", str(cohort / "s.parquet"), *reports, "-q"]).exit_code == 0
+    assert json.loads(out["json"].read_text())["exit_code"] == 0
+    garbage = tmp_path / "g.parquet"
+    garbage.write_text("not parquet")
+    for argv in (["check", str(cohort / "s.parquet"), str(garbage)], ["check", str(cohort / "s.parquet"), "--temporal"]):
+        res = runner.invoke(main, [*argv, *reports, "-q"])
+        assert res.exit_code == 2, res.output
+        doc = json.loads(out["json"].read_text())
+        assert doc["result"] == "error" and doc["exit_code"] == 2 and doc["verdict"].startswith("ERROR: the gate could not run")
+        suite = ET.parse(out["junit"]).getroot()
+        assert suite.get("errors") == "1" and suite.find("testcase/error") is not None
+        assert "ERROR: the gate could not run" in out["markdown"].read_text()
+    # An output that names an input is refused before anything is written: the manifest stays intact.
+    before = (cohort / "s.parquet").read_bytes()
+    assert runner.invoke(main, ["check", str(cohort / "s.parquet"), "--junit", str(cohort / "s.parquet")]).exit_code == 2
+    assert (cohort / "s.parquet").read_bytes() == before
+
+
+def test_pseudonymized_notes_keep_their_words(runner, tmp_path):
+    """Hiding quoted values took "reader's ... 'any'" for a quote and mangled the note: "each reader'…'any'"."""
+    (tmp_path / "t.csv").write_text("image_id,patient_id,finding,rad\na.png,P1,A,R1\na.png,P1,A,R2\nb.png,P2,B,R1\n")
+    key = tmp_path / "k.key"
+    assert runner.invoke(main, ["keygen", "-o", str(key), "-q"]).exit_code == 0
+    res = runner.invoke(main, ["ingest", "table", str(tmp_path / "t.csv"), "--labels-col", "finding", "--aggregate", "majority", "--reader-col", "rad",
+                               "-o", str(tmp_path / "m.parquet"), "--pseudonymize", "--key-file", str(key), "--json", "-", "-q"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (note,) = json.loads(res.stdout)["notes"]
+    assert "labels combined by 'majority', each reader's rows first combined by" in note and "reader'…" not in note

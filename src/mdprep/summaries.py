@@ -29,7 +29,7 @@ VERSION = 1
 
 def jsonable(value: Any) -> Any:
     """``value`` as JSON-ready data: dataclasses and mappings to dicts, tuples to lists,
-    numpy scalars to numbers, NaN and infinities to None."""
+    numpy scalars and arrays to numbers and lists, NaN, infinities and pandas' NA and NaT to None."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
@@ -39,6 +39,10 @@ def jsonable(value: Any) -> Any:
         return [jsonable(v) for v in items]
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing values, without importing pandas
+        return None
+    if getattr(value, "ndim", 0) and hasattr(value, "tolist"):  # a numpy array
+        return [jsonable(v) for v in value.tolist()]
     if hasattr(value, "item") and not isinstance(value, (int, float)):  # numpy scalar
         value = value.item()
     if isinstance(value, float):
@@ -73,11 +77,13 @@ def manifest_facts(summary) -> dict:
     }
 
 
-def ingest_summary(command: str, report, output: str, summary=None) -> dict:
+def ingest_summary(command: str, report, output: str, summary=None, warnings: Iterable[str] = ()) -> dict:
     """``ingest dicom|images|table``: the reconciled counts, why inputs gave no row, warnings, notes and the manifest's facts.
 
     ``report`` is an :class:`mdprep.ingest.IngestReport`; ``summary`` the written manifest's
-    :class:`mdprep.manifest.ManifestSummary` (None leaves the manifest facts out).
+    :class:`mdprep.manifest.ManifestSummary` (None leaves the manifest facts out);
+    ``warnings`` the text of the library's warnings the command printed (a labelled
+    study without images, say), as printed.
     """
     counts = {k: getattr(report, k) for k in ("found", "ingested", "skipped", "failed", "aggregated", "dropped", "lenient", "unlabeled")}
     return document(
@@ -89,6 +95,7 @@ def ingest_summary(command: str, report, output: str, summary=None) -> dict:
         invalid_values=dict(sorted(report.invalid_values.items())),
         invalid_examples={k: [str(v) for v in vs] for k, vs in sorted(report.invalid_examples.items())},
         notes=list(report.notes),
+        warnings=list(warnings),
         update=_update(report.update),
         series=report.series,
         manifest=manifest_facts(summary) if summary is not None else None,
@@ -105,8 +112,7 @@ def validate_summary(checked: Iterable[tuple[str, Any, list]]) -> dict:
     manifests = []
     for path, manifest, violations in checked:
         entry = {"path": path, "valid": not violations, "violations": [{"check": v.check, "message": v.message} for v in violations]}
-        if manifest is not None:
-            entry.update(rows=len(manifest.frame), labels=len(manifest.labels))
+        entry.update(rows=None, labels=None) if manifest is None else entry.update(rows=len(manifest.frame), labels=len(manifest.labels))
         manifests.append(entry)
     return document("validate", valid=all(m["valid"] for m in manifests), manifests=manifests)
 
@@ -157,39 +163,49 @@ def pseudonymize_summary(result, output: str) -> dict:
     )
 
 
-def contract_failure(checked: Iterable[tuple[str, list]]) -> dict[str, str]:
+def contract_failure(checked: Iterable[tuple[str, list]], error: str | None = None) -> dict[str, str]:
     """``check`` when a manifest breaks the contract: the JSON, JUnit and Markdown reports, so a CI gate reading them sees the failure.
 
     ``checked`` gives each manifest's path and its violations. The JSON keeps the shape of
     an ``mdprep-audit-report`` that failed (``result``, ``exit_code``, ``verdict``) with a
-    ``contract`` list and no ``checks``: the leakage audit did not run.
+    ``contract`` list and no ``checks``: the leakage audit did not run. With ``error``
+    (the message of the bad input that stopped ``check``, exit code 2), the reports say
+    the gate could not run: ``"result": "error"``, ``"exit_code": 2``, and a JUnit
+    ``<error>``, so no report of an earlier, passing run is left in place.
     """
-    from xml.sax.saxutils import escape, quoteattr
+    import json
+
+    from .audit import _xml_attr, _xml_text, markdown_text
 
     checked = list(checked)
     broken = [(path, vs) for path, vs in checked if vs]
     verdict = f"FAILED: {len(broken)} of {len(checked)} manifest(s) break the contract; the leakage audit did not run"
+    if error is not None:
+        verdict = f"ERROR: the gate could not run: {error}"
     doc = {
         "schema": "mdprep-audit-report",
         "version": 1,
-        "result": "failed",
-        "exit_code": 1,
+        "result": "failed" if error is None else "error",
+        "exit_code": 1 if error is None else 2,
         "verdict": verdict,
         "contract": [{"path": path, "check": v.check, "message": v.message} for path, vs in broken for v in vs],
         "checks": [],
     }
-    import json
-
+    # Paths and messages come from the user and the data: a control character would break the XML,
+    # a backtick or a '|' the Markdown (the audit's own reports escape them the same way).
     cases = []
     for path, vs in checked:
-        body = "".join(f"<failure message={quoteattr(f'{len(vs)} violation(s)')}>{escape(chr(10).join(f'[{v.check}] {v.message}' for v in vs))}</failure>" if vs else "")
-        cases.append(f'  <testcase classname="mdprep.contract" name={quoteattr(path)}>{body}</testcase>')
+        text = "\n".join(_xml_text(f"[{v.check}] {v.message}") for v in vs)  # one line per violation
+        body = f"<failure message={_xml_attr(f'{len(vs)} violation(s)')} type=\"contract\">{text}</failure>" if vs else ""
+        cases.append(f"  <testcase classname=\"mdprep.contract\" name={_xml_attr(path)}>{body}</testcase>")
+    if error is not None:
+        cases.append(f'  <testcase classname="mdprep.check" name="mdprep check"><error message={_xml_attr(verdict)} type="bad-input">{_xml_text(error)}</error></testcase>')
     junit = (
-        '<?xml version="1.0" encoding="utf-8"?>\n'
-        f'<testsuite name="mdprep check" tests="{len(checked)}" failures="{len(broken)}" errors="0" skipped="0">\n'
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<testsuite name="mdprep check" tests="{len(cases)}" failures="{len(broken)}" errors="{int(error is not None)}" skipped="0">\n'
         + "\n".join(cases)
         + "\n</testsuite>\n"
     )
-    lines = [f"## mdprep check: {verdict}", ""]
-    lines += [f"- `{path}`: [{v.check}] {v.message}" for path, vs in broken for v in vs]
+    lines = [f"## mdprep check: {markdown_text(verdict)}", ""]
+    lines += [f"- {markdown_text(path)}: \\[{markdown_text(v.check)}\\] {markdown_text(v.message)}" for path, vs in broken for v in vs]
     return {"json": json.dumps(doc, indent=2, sort_keys=True) + "\n", "junit": junit, "markdown": "\n".join(lines) + "\n"}

@@ -65,9 +65,16 @@ def seed_option(help: str = SEED_HELP):
 QUIET_HELP = "Nothing on stderr but warnings, errors and a gate's verdict: no progress bars, tables, summaries or notes."
 quiet_option = click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 
+def not_empty(ctx, param, value):
+    """Refuse an empty file name (``--json ""``, ``-o "$UNSET"``): it names no file, and would silently write nothing."""
+    if value == "":
+        raise click.BadParameter("the path is empty (an unset variable?); give a path, or leave the option out", ctx=ctx, param=param)
+    return value
+
+
 #: ``--json FILE``: the command's summary (or report) as JSON; schemas in docs/cli.md.
 JSON_HELP = "Write the summary as JSON to FILE ('-' for stdout); docs/cli.md gives each command's schema."
-json_option = click.option("--json", "json_path", metavar="FILE", help=JSON_HELP)
+json_option = click.option("--json", "json_path", metavar="FILE", help=JSON_HELP, callback=not_empty)
 
 #: ``--workers`` for per-file work (ingest dicom, ingest images, hash); the trainer's data loader documents its own default.
 WORKERS_HELP = "Processes for the per-file work [default: all cores]; with --scheduler local, the Dask workers started."
@@ -82,7 +89,7 @@ root_option = click.option(
 
 def output_option(metavar: str, what: str, *, required: bool = True, **attrs):
     """``-o/--output``: the command's one main output; ``what`` says what is written there."""
-    return click.option("-o", "--output", required=required, metavar=metavar, help=what, **attrs)
+    return click.option("-o", "--output", required=required, metavar=metavar, help=what, callback=not_empty, **attrs)
 
 
 def renamed_option(old: str, new: str, param: str, *, required: bool = False, **attrs):
@@ -108,9 +115,52 @@ def renamed_option(old: str, new: str, param: str, *, required: bool = False, **
                 raise click.UsageError(f"Missing option {new}.")
             return command(*args, **kwargs)
 
-        return click.option(old, hidden, hidden=True, **attrs)(wrapper)
+        return click.option(old, hidden, hidden=True, callback=not_empty, **attrs)(wrapper)
 
     return decorator
+
+
+#: Endings of the files ingest and hash read (mdprep.ingest.images.IMAGE_EXTENSIONS, NIFTI_EXTENSIONS, DICOM's),
+#: and the first bytes of PNG, JPEG and TIFF; a DICOM file has ``DICM`` at byte 128 (tests/test_cli_grammar.py checks the list).
+IMAGE_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".dcm", ".dicom", ".ima")
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")
+
+
+def _is_image_file(path: str) -> bool:
+    if path.lower().endswith(IMAGE_FILE_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head.startswith(_IMAGE_MAGIC) or head[128:132] == b"DICM"
+
+
+def check_outputs_spare_images(root: str | None, outputs: dict[str, str | None], what: str = "ROOT") -> None:
+    """Refuse an output that would replace an image (or DICOM file, or volume) under ``root``, the folder the command reads.
+
+    :func:`mdprep.fileio.check_outputs` compares outputs with the input files it is given;
+    the images under a folder are not listed there, so ``--json ROOT/a/img.png`` would
+    have written a summary over a raw image. New files under ``root`` and files that
+    are no image (a manifest from an earlier run) are allowed. A URL root is not checked.
+    """
+    import os
+
+    from ..errors import UsageError
+
+    if not root or "://" in str(root) or not os.path.isdir(root):
+        return
+    base = os.path.join(os.path.realpath(root), "")
+    clashes = []
+    for label, value in outputs.items():
+        if not value or value == "-":
+            continue
+        real = os.path.realpath(value)
+        if real.startswith(base) and os.path.isfile(real) and _is_image_file(real):
+            clashes.append(f"{label} {value!r} is an image under {what} {root!r}")
+    if clashes:
+        raise UsageError(f"{'; '.join(clashes)}; mdprep never writes over its inputs: write it outside the images")
 
 
 def write_json_summary(path: str | None, doc: dict) -> None:
@@ -119,8 +169,10 @@ def write_json_summary(path: str | None, doc: dict) -> None:
         import json
 
         from ..fileio import write_text
+        from ..summaries import jsonable
 
-        write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        # Never a NaN or Infinity token (not JSON): what is not finite is null, in split's report too.
+        write_text(path, json.dumps(jsonable(doc), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def described(choices: dict[str, str]) -> str:

@@ -11,6 +11,7 @@ from ..fileio import check_outputs
 from ._ui import file_progress, print_table
 from ._options import (
     check_incremental,
+    check_outputs_spare_images,
     comma_list,
     incremental_options,
     json_option,
@@ -101,6 +102,7 @@ def hash_cmd(manifest, output, root, workers, scheduler, errors_path, max_bytes,
         stdout={"-o/--output", "--json"},
     )
     m = read_manifest(manifest)
+    check_outputs_spare_images(root or m.root, {"-o/--output": output, "--errors": errors_path, "--json": json_path, **more_outputs}, "the image root")
     real_paths = load_path_map(path_map) if path_map else None
     with file_progress("Hashing images", quiet) as bar:
         result = hash_manifest(
@@ -373,31 +375,40 @@ def check(manifests, **options):
     Example (in CI):
       mdprep check manifests/*.parquet --junit reports/mdprep.xml --markdown reports/mdprep.md
     """
+    from ..audit import visible
+    from ..errors import MdprepError
+    from ..fileio import write_text
     from ..manifest import inspect_manifest
+    from ..summaries import contract_failure
     from ._ui import EXIT_CHECK_FAILED
 
-    check_audit_outputs(manifests, options)
-    checked = []
-    for path in manifests:
-        violations = inspect_manifest(path)[1]
-        for v in violations:
-            click.echo(f"{path}: [{v.check}] {v.message}", err=True)
-        checked.append((path, violations))
-    broken = sum(bool(vs) for _, vs in checked)
-    if broken:
-        from ..fileio import write_text
-        from ..summaries import contract_failure
-
-        # The report files say the gate failed too: a CI step reading them must not find them missing or stale.
-        reports = contract_failure(checked)
+    def write_reports(reports: dict[str, str]) -> None:
+        # The report files say the gate did not pass: a CI step reading them must not find them missing or stale.
         for key, fmt in (("json_path", "json"), ("junit_path", "junit"), ("markdown_path", "markdown")):
             if options[key]:
                 write_text(options[key], reports[fmt])
-        click.echo(f"Contract failed for {broken} manifest(s); fix them before the leakage audit can run", err=True)
-        click.get_current_context().exit(EXIT_CHECK_FAILED)
-    if not options["quiet"]:
-        click.echo(f"Contract: {len(manifests)} manifest(s) valid", err=True)
-    click.get_current_context().exit(run_audit(manifests, **options))
+
+    check_audit_outputs(manifests, options)
+    checked = []
+    try:
+        for path in manifests:
+            violations = inspect_manifest(path)[1]
+            for v in violations:
+                click.echo(visible(f"{path}: [{v.check}] {v.message}"), err=True)  # no control character of a file name reaches the terminal
+            checked.append((path, violations))
+        broken = sum(bool(vs) for _, vs in checked)
+        if broken:
+            write_reports(contract_failure(checked))
+            click.echo(f"Contract failed for {broken} manifest(s); fix them before the leakage audit can run", err=True)
+            click.get_current_context().exit(EXIT_CHECK_FAILED)
+        if not options["quiet"]:
+            click.echo(f"Contract: {len(manifests)} manifest(s) valid", err=True)
+        code = run_audit(manifests, **options)
+    except (MdprepError, click.UsageError) as exc:
+        # Bad input (exit 2): the reports of an earlier, passing run would otherwise still say "passed".
+        write_reports(contract_failure(checked, error=exc.message if isinstance(exc, MdprepError) else exc.format_message()))
+        raise
+    click.get_current_context().exit(code)
 
 
 @click.command("report")

@@ -60,10 +60,10 @@ def weights(manifest, output, split, split_col, fold, fold_col, scheme, beta, sq
         from ..summaries import weights_summary
 
         write_json_summary(json_path, weights_summary(result, scheme=scheme, rows_from=rows_from, output=output))
+    if quiet:  # notes too: -q leaves warnings and errors only (the --json summary keeps the notes)
+        return
     for note in result.notes:
         click.echo(f"Note: {note}", err=True)
-    if quiet:
-        return
     from rich.table import Table
 
     table = Table(title=f"{scheme} weights from {result.rows:,} {rows_from} rows", title_justify="left")

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import functools
 import gc
+import re
 import sys
 import warnings
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ from ..errors import InputError, MdprepError, MdprepWarning, UsageError, example
 from ..fileio import check_outputs
 from ._options import (
     check_incremental,
+    check_outputs_spare_images,
     choice_option,
     comma_list,
     described,
@@ -152,8 +154,55 @@ def quoted_values_hidden(pseudo: Pseudonymization, keep: set[str]) -> Iterator[s
         warnings.warn_explicit(message, w.category, w.filename, w.lineno)
 
 
-def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool) -> IngestResult:
-    """With --pseudonymize, replace identifiers before anything reaches disk, the error table included."""
+@contextlib.contextmanager
+def recorded_warnings(json_path: str | None) -> Iterator[list[str]]:
+    """With ``--json``, the text of every mdprep warning the block gives, for the summary's ``warnings``.
+
+    The warnings are still shown as ever (once the block ends: after the redaction of
+    :func:`quoted_values_hidden`, which runs inside it). Without ``--json`` nothing changes.
+    """
+    seen: list[str] = []
+    if not json_path:
+        yield seen
+        return
+    held: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield seen
+            finally:
+                held = list(caught)
+    finally:  # shown even when the block fails: a warning before an error is still printed
+        for w in held:
+            if issubclass(w.category, MdprepWarning):
+                seen.append(str(w.message))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+_APOSTROPHE = re.compile(r"(?<=\w)'(?=\w)")
+
+
+def _redacted_note(note: str, keep: set[str]) -> str:
+    """``note`` with its quoted values hidden (:func:`mdprep.pseudonyms.redact_quoted`), an apostrophe inside a word
+    ("each reader's rows") not taken for a quote: a quoted value that holds one ('O'Brien') is hidden whole.
+
+    >>> _redacted_note("labels combined by 'majority', each reader's rows first combined by 'any'", {"majority"})
+    "labels combined by 'majority', each reader's rows first combined by '…'"
+    """
+    from ..pseudonyms import redact_quoted
+
+    return redact_quoted(_APOSTROPHE.sub("\ue000", note), keep).replace("\ue000", "'")  # a private-use character stands in
+
+
+def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool, keep: set[str] = frozenset()) -> IngestResult:
+    """With --pseudonymize, replace identifiers before anything reaches disk, the error table included.
+
+    The report loses what could quote a raw value: its invalid examples, and every quoted
+    value of its notes (and of a series summary's notes) that is not in ``keep`` (column
+    names and the user's own arguments, :func:`quoted_values_hidden`), since the notes
+    are printed and written to ``--json``.
+    """
     if not pseudo.on:
         return result
     import pandas as pd
@@ -179,7 +228,10 @@ def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool) 
     if pseudo.path_map:
         write_path_map(path_map, pseudo.path_map)
     summary(done, quiet, path_map=pseudo.path_map)
-    report = replace(result.report, invalid_examples={})  # quoted values are raw values
+    # Quoted values are raw values: a note may quote one (the StudyInstanceUID of a study with several PatientIDs).
+    rep = result.report
+    series = rep.series if rep.series is None else replace(rep.series, notes=tuple(_redacted_note(n, keep) for n in rep.series.notes))
+    report = replace(rep, invalid_examples={}, notes=tuple(_redacted_note(n, keep) for n in rep.notes), series=series)
     return replace(result, manifest=done.manifest, errors=errors, report=report)
 
 
@@ -204,6 +256,7 @@ def render_summary(
     *,
     command: str,
     json_path: str | None = None,
+    warned: list[str] | tuple[str, ...] = (),
 ) -> None:
     """Rows, patients, images per patient, reconciled counts, label prevalence, warnings and notes.
 
@@ -211,14 +264,15 @@ def render_summary(
     input was skipped, failed or aggregated into another row, and the warnings. Notes
     (informational) and the summary tables are left out. ``summary`` gives the
     manifest's summary (by default :func:`mdprep.manifest.summarize` of ``result.manifest``).
-    With ``json_path``, the same facts are also written as JSON (:func:`mdprep.summaries.ingest_summary`).
+    With ``json_path``, the same facts are also written as JSON (:func:`mdprep.summaries.ingest_summary`), with
+    ``warned``, the library's warnings the command printed (:func:`recorded_warnings`).
     """
     rep = result.report
     facts = functools.cache(summary if summary is not None else lambda: _summarize(result.manifest))
     if json_path:
         from ..summaries import ingest_summary
 
-        write_json_summary(json_path, ingest_summary(command, rep, output, facts()))
+        write_json_summary(json_path, ingest_summary(command, rep, output, facts(), warnings=warned))
     # What was not ingested as a row of its own is reported even with --quiet: nothing is lost silently.
     lost = bool(rep.skipped or rep.failed)
     if rep.series is not None:
@@ -394,8 +448,9 @@ def ingest_dicom_cmd(
         {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, "--json": json_path, **more_outputs},
         stdout={"-o/--output", "--json"},
     )
+    check_outputs_spare_images(root, {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, "--json": json_path, **more_outputs})
     files = _read_file_list(files_from)
-    with quoted_values_hidden(pseudo, set()) as keep:
+    with recorded_warnings(json_path) as seen, quoted_values_hidden(pseudo, set()) as keep:
         with file_progress("Reading DICOM headers", quiet) as bar:
             result = ingest_dicom(
                 root,
@@ -414,9 +469,9 @@ def ingest_dicom_cmd(
                 spacing_tolerance=spacing_tolerance,
             )
         keep.update(result.manifest.frame.columns)
-        result = _pseudonymized(result, pseudo, quiet)
+        result = _pseudonymized(result, pseudo, quiet, keep)
     _write_outputs(result, output, errors_path)
-    render_summary(result, output, errors_path, quiet, command="ingest dicom", json_path=json_path)
+    render_summary(result, output, errors_path, quiet, command="ingest dicom", json_path=json_path, warned=seen)
 
 
 @ingest.command("images")
@@ -466,17 +521,18 @@ def ingest_images_cmd(
         {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, "--json": json_path, **more_outputs},
         stdout={"-o/--output", "--json"},
     )
+    check_outputs_spare_images(root, {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, "--json": json_path, **more_outputs})
     files = _read_file_list(files_from)
-    with quoted_values_hidden(pseudo, set()) as keep:
+    with recorded_warnings(json_path) as seen, quoted_values_hidden(pseudo, set()) as keep:
         with file_progress("Reading image headers", quiet) as bar:
             result = ingest_images(
                 root, patient_regex=patient_regex, files=files, allow_outside_root=allow_outside_root, workers=workers,
                 on_found=bar.found, on_progress=bar.advance, update=update, record_signatures=record_signatures, scheduler=scheduler,
             )
         keep.update(result.manifest.frame.columns)
-        result = _pseudonymized(result, pseudo, quiet)
+        result = _pseudonymized(result, pseudo, quiet, keep)
     _write_outputs(result, output, errors_path)
-    render_summary(result, output, errors_path, quiet, command="ingest images", json_path=json_path)
+    render_summary(result, output, errors_path, quiet, command="ingest images", json_path=json_path, warned=seen)
 
 
 @ingest.command("table")
@@ -554,7 +610,7 @@ def ingest_table_cmd(
         columns=list(columns), sep=sep, encoding=encoding, image_ext=image_ext, root=image_root,
     )  # fmt: skip
     sink = sys.stdout.buffer if output == "-" else output
-    with quoted_values_hidden(pseudo, set()) as keep, status(f"Reading {table}", quiet):
+    with recorded_warnings(json_path) as seen, quoted_values_hidden(pseudo, set()) as keep, status(f"Reading {table}", quiet):
         # The nih and chexpert presets are built in Arrow, without pandas, where that gives the very same manifest.
         fast = None if pseudo.on else ingest_table_arrow(table, **options)
         if fast is not None:
@@ -566,15 +622,15 @@ def ingest_table_cmd(
             result = ingest_table(table, **options)
             keep.update(result.manifest.frame.columns)
             if pseudo.on:
-                result = _pseudonymized(result, pseudo, quiet)
+                result = _pseudonymized(result, pseudo, quiet, keep)
                 _write_outputs(result, output, None)
             else:
                 # ingest_table checked this very manifest against the contract as its last step: write it without checking again.
                 write_table(to_arrow(result.manifest), sink)
     if fast is not None:
-        render_summary(fast, output, None, quiet, summary=fast.summary, command="ingest table", json_path=json_path)
+        render_summary(fast, output, None, quiet, summary=fast.summary, command="ingest table", json_path=json_path, warned=seen)
     else:
-        render_summary(result, output, None, quiet, command="ingest table", json_path=json_path)
+        render_summary(result, output, None, quiet, command="ingest table", json_path=json_path, warned=seen)
     _exit_without_collecting()
 
 

@@ -26,7 +26,7 @@ def summary(result, quiet: bool, path_map: str | None = None) -> None:
     for (treatment, reason), cols in groups.items():
         echo(f"  {treatment:<13} {', '.join(cols)}: {reason}", quiet)
     paths_done = bool(len(t[(t["column"] == "path") & (t["treatment"] == PSEUDONYMISED)]))
-    if paths_done and not path_map:
+    if paths_done and not path_map and not quiet:  # a note: -q leaves warnings and errors only
         click.echo(
             "Note: paths were pseudonymised and no path map was written, so `mdprep hash` and `mdprep train` cannot find "
             "the files from this manifest; keep the raw manifest private, or pseudonymise it with --path-map FILE "
@@ -129,7 +129,7 @@ def pseudonymize_cmd(manifest, output, key_file, columns, dates, paths, path_map
             write_path_map(result.path_map, path_map)
             click.echo(f"Warning: {path_map} links pseudonymised paths back to real ones (permissions 0600); never commit it", err=True)
         else:
-            click.echo(f"Note: no path spells out an identifier, so paths were kept and {path_map} was not written", err=True)
+            echo(f"Note: no path spells out an identifier, so paths were kept and {path_map} was not written", quiet)
     if json_path:
         from ..summaries import pseudonymize_summary
 

@@ -23,6 +23,7 @@ def validate(manifests, json_path, quiet):
     Example:
       mdprep validate train.parquet test.parquet --json contract.json
     """
+    from ..audit import visible
     from ..manifest import inspect_manifest
 
     check_outputs({"MANIFESTS": list(manifests)}, {"--json": json_path}, stdout={"--json"})
@@ -30,12 +31,13 @@ def validate(manifests, json_path, quiet):
     for path in manifests:
         manifest, violations = inspect_manifest(path)
         checked.append((path, manifest, violations))
+        shown = visible(path)  # no control character of a file name reaches the terminal
         if violations:
-            click.echo(f"{path}: {len(violations)} violation(s) of the manifest contract", err=True)
+            click.echo(f"{shown}: {len(violations)} violation(s) of the manifest contract", err=True)
             for v in violations:
                 click.echo(f"  - [{v.check}] {v.message}", err=True)
         else:
-            echo(f"{path}: valid ({len(manifest.frame):,} rows, {len(manifest.labels)} label columns)", quiet)
+            echo(f"{shown}: valid ({len(manifest.frame):,} rows, {len(manifest.labels)} label columns)", quiet)
     if json_path:
         from ..summaries import validate_summary
 
