@@ -20,7 +20,7 @@ from mdprep.errors import MdprepWarning
 from mdprep.manifest import FORMAT_VERSION, Manifest, provenance_step, read_manifest, write_manifest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-ENTRY_POINTS = ("ingest_table", "ingest_dicom", "split_manifest", "audit", "compute_weights", "resample_manifest", "pseudonymize")
+ENTRY_POINTS = ("ingest_table", "ingest_dicom", "ingest_images", "split_manifest", "audit", "compute_weights", "resample_manifest", "pseudonymize")
 
 
 def cohort(n: int = 40, seed: int = 0) -> Manifest:

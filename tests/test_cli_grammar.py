@@ -510,3 +510,24 @@ def test_pseudonymized_notes_keep_their_words(runner, tmp_path):
     assert res.exit_code == 0, res.output
     (note,) = json.loads(res.stdout)["notes"]
     assert "labels combined by 'majority', each reader's rows first combined by" in note and "reader'…" not in note
+
+
+def test_a_warning_before_an_error_is_shown_with_pseudonymize_too(runner, tmp_path):
+    table = tmp_path / "dup.csv"
+    table.write_text("image_id,patient_id,labels\na.png, p1 ,X\na.png,p2,Y\nb.png,p3,X\n")
+    key = tmp_path / "k.key"
+    assert runner.invoke(main, ["keygen", "-o", str(key), "-q"]).exit_code == 0
+    base = ["ingest", "table", str(table), "--labels-col", "labels", "-o", str(tmp_path / "x.parquet")]
+    for extra in ([], ["--pseudonymize", "--key-file", str(key)]):
+        res = runner.invoke(main, [*base, *extra])
+        lines = res.stderr.splitlines()
+        assert res.exit_code == 2 and len(lines) == 2, res.stderr
+        assert lines[0].startswith("Warning: removed white space around identifiers") and lines[1].startswith("Error: ")
+        assert ("p1" in res.stderr) == (not extra)  # the raw id only without --pseudonymize
+
+
+def test_split_quiet_prints_no_notes(runner, cohort, tmp_path):
+    res = runner.invoke(main, ["split", str(cohort / "m.parquet"), "--ratios", "0.6,0.2,0.2", "--folds", "2", "-o", str(tmp_path / "sf.parquet"), "-q"])
+    assert res.exit_code == 0 and "Note:" not in res.stderr
+    res = runner.invoke(main, ["split", str(cohort / "m.parquet"), "--ratios", "0.6,0.2,0.2", "--folds", "2", "-o", str(tmp_path / "sf2.parquet")])
+    assert "Note: folds cover" in res.stderr

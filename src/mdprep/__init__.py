@@ -8,6 +8,7 @@ name                   what it does                                         comm
 =====================  ===================================================  ===========================
 ``ingest_table``       a dataset's label table -> manifest                  ``mdprep ingest table``
 ``ingest_dicom``       a DICOM tree -> manifest                             ``mdprep ingest dicom``
+``ingest_images``      an image or NIfTI folder -> manifest                 ``mdprep ingest images``
 ``split_manifest``     patient-grouped, label-stratified split and folds    ``mdprep split``
 ``audit``              leakage checks between splits and folds              ``mdprep audit-leakage``
 ``compute_weights``    per-label weights from the training rows             ``mdprep weights``
@@ -36,6 +37,7 @@ _LAZY = {
     **{name: "manifest" for name in ("CANONICAL_TYPES", "Manifest", "read_manifest", "summarize", "validate", "write_manifest")},
     "ingest_table": "ingest",
     "ingest_dicom": "ingest",
+    "ingest_images": "ingest",
     "split_manifest": "splitting",
     "compute_weights": "weights",
     "resample_manifest": "resample",
@@ -51,6 +53,7 @@ __all__ = [
     "audit",
     "compute_weights",
     "ingest_dicom",
+    "ingest_images",
     "ingest_table",
     "pseudonymize",
     "read_manifest",

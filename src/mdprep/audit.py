@@ -19,6 +19,7 @@ is both this module and the package's entry point (docs/api.md).
 from __future__ import annotations
 
 import itertools
+import inspect
 import json
 import os
 import re
@@ -1286,3 +1287,5 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+# help() and IDEs show audit's own parameters when the module is called.
+sys.modules[__name__].__signature__ = inspect.signature(audit)

@@ -99,7 +99,7 @@ def _pandas_type(arrow_type: pa.DataType) -> Any:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Manifest:
     """A manifest in memory: the rows, which columns are labels, and where it came from.
 
@@ -120,6 +120,11 @@ class Manifest:
         ``"series"`` (a DICOM series: ``mdprep ingest dicom --level series``) or
         ``"volume"`` (one NIfTI volume file). Stored in the metadata unless it is ``"image"``.
 
+    Two manifests are equal only when they are the same object (``==`` compares no frames,
+    which pandas cannot answer with one bool), so a manifest can go in a set or a dict; to
+    compare contents, compare ``frame`` with :meth:`pandas.DataFrame.equals` and the other
+    attributes one by one.
+
     Examples
     --------
     >>> import pandas as pd
@@ -129,6 +134,8 @@ class Manifest:
     []
     >>> m.labels, m.frame[m.labels].shape
     (['Edema'], (1, 1))
+    >>> m == m, m == Manifest(m.frame, labels=m.labels), len({m})
+    (True, False, 1)
     """
 
     frame: pd.DataFrame

@@ -139,6 +139,7 @@ def quoted_values_hidden(pseudo: Pseudonymization, keep: set[str]) -> Iterator[s
         ctx = ctx.parent
     keep.update(given)
     keep.update(part.strip() for arg in given for part in arg.replace("=", ",").replace(":", ",").split(","))
+    error = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -148,10 +149,13 @@ def quoted_values_hidden(pseudo: Pseudonymization, keep: set[str]) -> Iterator[s
             for name in ("present", "missing", "column", "columns"):
                 value = fields.get(name)
                 keep.update([value] if isinstance(value, str) else (value or ()))
-            raise InputError(redact_quoted(exc.message, keep)) from None
+            error = InputError(redact_quoted(exc.message, keep))
+    # The warnings given before an error are shown too, as without --pseudonymize.
     for w in caught:
         message = redact_quoted(str(w.message), keep) if issubclass(w.category, MdprepWarning) else w.message
         warnings.warn_explicit(message, w.category, w.filename, w.lineno)
+    if error is not None:
+        raise error from None
 
 
 @contextlib.contextmanager

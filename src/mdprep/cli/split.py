@@ -149,7 +149,7 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
         )
         write_manifest(result.manifest, output)
     write_json_summary(json_path, result.report())
-    for note in result.notes:
+    for note in result.notes if not quiet else ():
         click.echo(visible(f"Note: {note}"), err=True)
     if result.links is not None and result.links.largest and not quiet:
         print_table(components_table(result.links, group))

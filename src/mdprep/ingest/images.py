@@ -382,6 +382,39 @@ def ingest_images(
     ``record_signatures`` takes the signatures for a later update, as in
     :func:`mdprep.ingest.ingest_dicom`.
 
+    Parameters
+    ----------
+    root : path or URL
+        Folder walked recursively (``s3://bucket/prefix`` and other fsspec URLs too);
+        manifest paths are relative to it.
+    patient_regex : str
+        Searched in each relative path; named groups ``patient`` (required), ``study``,
+        ``view`` and any other, which becomes a column.
+    files : iterable of str, optional
+        Read these files (absolute or relative to ``root``) instead of walking.
+    allow_outside_root : bool
+        Follow symlinks whose target lies outside ``root``; by default they are
+        skipped entries (``OutsideRoot``).
+    workers : int, optional
+        Processes; all cores by default.
+    on_found, on_progress : callable, optional
+        Told the number of files found (to read, with ``update``), then the number read
+        after each chunk.
+    update : path, optional
+        A manifest this function wrote before, with its signatures file: only new or
+        changed files are read (see above).
+    record_signatures : bool
+        Take every file's signature, for a later ``update`` (implied by ``update``).
+    scheduler : str, DaskScheduler or distributed.Client, optional
+        Read on a Dask cluster (see :func:`mdprep.executor.map_chunks`); the result is the same.
+
+    Returns
+    -------
+    IngestResult
+        One row per image (or volume); skipped and failed files in ``errors``, counts
+        that reconcile in ``report``; with ``update`` or ``record_signatures``, the
+        ``signatures`` to write next to the manifest.
+
     Raises
     ------
     UsageError
