@@ -8,6 +8,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
+
+#: Undone after the next command a page shows (``docs-input without-module``).
+_AFTER_COMMAND: list[Callable[[], None]] = []
+#: Undone when the page's run ends (``docs-input s3``: the server).
+_AFTER_PAGE: list[Callable[[], None]] = []
+
+
+def after_command() -> None:
+    """Undo what a setup block set up for the one command that follows it."""
+    while _AFTER_COMMAND:
+        _AFTER_COMMAND.pop()()
+
+
+def close_page() -> None:
+    """Stop what a page's setup blocks started (the S3 server)."""
+    while _AFTER_PAGE:
+        _AFTER_PAGE.pop()()
 
 
 def _weights_nan(source: str, target: str) -> None:
@@ -231,6 +249,60 @@ def _truncated_images(root: str) -> None:
     jpeg.write_bytes(jpeg.read_bytes()[:-2])  # the end-of-image marker gone
 
 
+_S3: dict = {}
+
+
+def _s3(root: str, url: str) -> None:
+    """Upload the folder ``root`` to ``url`` (``s3://bucket/prefix``) of a local S3 API (moto's server), started at
+    the first use on a page and stopped when the page's run ends; the page's commands reach it through
+    ``AWS_ENDPOINT_URL`` and test credentials (ingest.md)."""
+    import s3fs
+
+    from mdprep.synthetic import LocalS3
+
+    if not _S3:
+        server = LocalS3().__enter__()
+        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_ENDPOINT_URL": server.endpoint}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        s3fs.S3FileSystem.clear_instance_cache()
+        _S3["server"] = server
+
+        def stop() -> None:
+            s3fs.S3FileSystem.clear_instance_cache()
+            server.__exit__(None, None, None)
+            _S3.clear()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+        _AFTER_PAGE.append(stop)
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    _S3["server"].upload(root, bucket, prefix)
+
+
+def _s3_trees(root: str) -> None:
+    """A DICOM tree of radiographs of 0.5 MB (3 patients, the planted bad files) and a PNG tree (4 patients, the
+    planted bad files) in ``root/dicom`` and ``root/png`` (ingest.md)."""
+    from mdprep.synthetic import write_dicom_tree, write_image_tree
+
+    write_dicom_tree(Path(root) / "dicom", patients=3, images_per_patient=2, shape=(512, 512), plant_bad_files=True)
+    write_image_tree(Path(root) / "png", patients=4, studies=2, shape=(256, 256), plant_bad_files=True)
+
+
+def _s3_escape(source: str, target: str) -> None:
+    """A copy of a manifest with a URL root whose first two paths leave it: a climbing one and another bucket's URL (ingest.md)."""
+    from mdprep.manifest import read_manifest, write_manifest
+
+    manifest = read_manifest(source)
+    frame = manifest.frame.copy()
+    frame.loc[frame.index[:2], "path"] = ["../../private/keys.dcm", "s3://private/other.dcm"]
+    write_manifest(manifest.with_frame(frame), target)
+
+
 #: Inputs no mdprep command writes (damaged files, a placeholder value), made by
 #: ``$ docs-input NAME ARGS`` in a setup block.
 INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholder_accession,
@@ -239,4 +311,5 @@ INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholde
           "nifti": _nifti, "file-kinds": _file_kinds, "bad-allow": _bad_allow,
           "weights-huge": _weights_huge, "checkpoints": _checkpoints, "ct-tree": _ct_tree,
           "csv": _csv, "mixed": _mixed, "edited-manifest": _edited_manifest,
-          "without-patient-id": _without_patient_id, "truncated-images": _truncated_images}
+          "without-patient-id": _without_patient_id, "truncated-images": _truncated_images,
+          "s3": _s3, "s3-trees": _s3_trees, "s3-escape": _s3_escape}

@@ -2,7 +2,8 @@
 
 A ```` ```console ```` block is a terminal session: ``$ `` lines are commands (a trailing
 ``\\`` continues a command on the next line), and the lines up to the next ``$ `` are what
-the terminal shows (stderr and stdout interleaved, as a person sees them). Every block is one
+the terminal shows (stderr and stdout interleaved, as a person sees them); a quote left open
+(``python -c '`` and a script) continues the command too. Every block is one
 of four kinds, chosen by an HTML comment on the line just above its fence:
 
 * no comment, with output: **run**. The blocks of one page run in order, in one temporary
@@ -33,7 +34,7 @@ command's stdout to the next, ``> FILE`` at the end of a command writes its stdo
 ``&&`` runs the next only after a success, ``$?`` is the exit code of the command before, and
 ``VAR=value`` sets an environment variable. Besides ``mdprep`` the shell knows ``echo``,
 ``printf`` (a format alone), ``export VAR=value``, ``cat [-A]``, ``zcat``, ``head``, ``cmp``,
-``grep [-A N]``, ``mv``, ``ls``, ``mkdir`` and ``python3``; setup blocks also know
+``grep [-A N]``, ``mv``, ``cp [-r]``, ``rm [-r]``, ``touch``, ``ls``, ``mkdir`` and ``python3``; setup blocks also know
 ``docs-input NAME ARGS`` (tests/docs_inputs.py: the damaged or hand-made files no command writes).
 
     python tests/docs_runner.py            # check every run block
@@ -55,6 +56,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import docs_inputs
 from docs_inputs import INPUTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +98,15 @@ class Block:
         return f"{self.page}:{self.line}"
 
 
+def _open_quote(text: str) -> bool:
+    """Whether a command's text has a quote still open (a ``python -c '...`` over several lines)."""
+    try:
+        shlex.split(text, comments=True)
+    except ValueError:
+        return True
+    return False
+
+
 def _commands(lines: list[str]) -> list[Command]:
     out: list[Command] = []
     i = 0
@@ -109,9 +120,9 @@ def _commands(lines: list[str]) -> list[Command]:
             i += 1
             continue
         text = line[2:]
-        while text.endswith("\\") and i + 1 < len(lines):
+        while (text.endswith("\\") or _open_quote(text)) and i + 1 < len(lines):
             i += 1
-            text = text[:-1] + "\n" + lines[i]
+            text = (text[:-1] if text.endswith("\\") else text) + "\n" + lines[i]
         m = EXIT.search(text)
         i += 1
         out.append(Command(text, [], int(m["code"]) if m else None, i))
@@ -266,6 +277,27 @@ def _builtin(argv: list[str], stdin: bytes | None) -> Ran:
     elif name == "mv":
         shutil.move(args[0], args[1])
         out = b""
+    elif name == "cp":  # cp [-r] SOURCE TARGET
+        recursive = args[0] == "-r"
+        source, target = args[-2:]
+        if recursive:
+            shutil.copytree(source, target, symlinks=True)
+        else:
+            shutil.copyfile(source, os.path.join(target, os.path.basename(source)) if os.path.isdir(target) else target)
+        out = b""
+    elif name == "rm":  # rm [-r] PATH...
+        for a in args:
+            if a == "-r":
+                continue
+            if os.path.isdir(a) and not os.path.islink(a) and "-r" in args:
+                shutil.rmtree(a)
+            else:
+                os.unlink(a)
+        out = b""
+    elif name == "touch":
+        for a in args:
+            Path(a).touch()
+        out = b""
     elif name == "ls":
         folders = sorted(args or ["."])
         listing = ["".join(f"{p}\n" for p in sorted(os.listdir(a))) if os.path.isdir(a) else f"{a}\n" for a in folders]
@@ -279,7 +311,7 @@ def _builtin(argv: list[str], stdin: bytes | None) -> Ran:
         out = b""
     elif name in ("python", "python3"):
         proc = subprocess.run([sys.executable, *args], input=stdin, capture_output=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                              env={**os.environ, **SESSION_ENV, "PYTHONPATH": str(ROOT / "src")})
         return Ran((proc.stderr + proc.stdout).decode(), proc.stdout, proc.returncode, proc.stderr.decode())
     else:
         raise ValueError(f"the docs shell does not know {name!r}; mark the block <!-- docs: unchecked REASON -->")
@@ -411,6 +443,7 @@ def run_page(blocks: list[Block], kinds: set[str], folder: Path) -> list[Failure
                         failures.append(Failure(block, cmd, f"setup command exited {ran.code}", actual))
                         break
                     continue
+                docs_inputs.after_command()  # what a setup set up for one command only ends here
                 last = ran.code
                 # "echo $?" on the next line shows (and so declares) this command's exit code.
                 problem = None if followed_by_status else _declared_failure(cmd, ran, actual)
@@ -420,6 +453,8 @@ def run_page(blocks: list[Block], kinds: set[str], folder: Path) -> list[Failure
                 if problem:
                     failures.append(Failure(block, cmd, problem, actual))
     finally:
+        docs_inputs.after_command()
+        docs_inputs.close_page()
         os.chdir(old)
     return failures
 
