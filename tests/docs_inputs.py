@@ -230,6 +230,34 @@ def _without_patient_id(*paths: str) -> None:
         ds.save_as(path)
 
 
+def _anonymised(root: str) -> None:
+    """Six DICOM files of two patients, four of them edited: two without PatientID in PAT00000 (one beside a file
+    that has it, one alone in its study), one of PAT00001 with another PatientID, one without PatientID moved
+    into that study of two PatientIDs, and one with an unknown character set (ingest.md)."""
+    import pydicom
+
+    from mdprep.synthetic import write_dicom_tree
+
+    write_dicom_tree(root, patients=2, images_per_patient=3, shape=(16, 16), private_tags=0)
+
+    def edit(rel: str, change) -> None:
+        import warnings
+
+        path = Path(root) / rel
+        ds = pydicom.dcmread(path)
+        change(ds)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's about the unknown character set, which ingest notes
+            ds.save_as(path)
+
+    shared = pydicom.dcmread(Path(root) / "PAT00001/study0/img000.dcm").StudyInstanceUID
+    edit("PAT00000/study0/img001.dcm", lambda ds: delattr(ds, "PatientID"))
+    edit("PAT00000/study1/img002.dcm", lambda ds: delattr(ds, "PatientID"))
+    edit("PAT00001/study0/img001.dcm", lambda ds: setattr(ds, "PatientID", "PAT00009"))
+    edit("PAT00001/study1/img002.dcm", lambda ds: (delattr(ds, "PatientID"), setattr(ds, "StudyInstanceUID", shared)))
+    edit("PAT00001/study0/img000.dcm", lambda ds: setattr(ds, "SpecificCharacterSet", "ISO_IR 999"))
+
+
 def _truncated_images(root: str) -> None:
     """Four chest-X-ray-like images of two patients, a PNG and a JPEG of them cut short (ingest.md)."""
     import numpy as np
@@ -247,6 +275,29 @@ def _truncated_images(root: str) -> None:
     png, jpeg = Path(root) / files[0], Path(root) / files[2]
     png.write_bytes(png.read_bytes()[:-12])  # the IEND chunk gone
     jpeg.write_bytes(jpeg.read_bytes()[:-2])  # the end-of-image marker gone
+
+
+def _without_module(name: str) -> None:
+    """For the next command only, an installation without the package ``name``: importing it raises
+    ModuleNotFoundError, as when it is not installed (ingest.md)."""
+    import importlib.abc
+    import sys
+
+    class Missing(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname == name or fullname.startswith(name + "."):
+                raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+            return None
+
+    hidden = {k: sys.modules.pop(k) for k in list(sys.modules) if k == name or k.startswith(name + ".")}
+    finder = Missing()
+    sys.meta_path.insert(0, finder)
+
+    def restore() -> None:
+        sys.meta_path.remove(finder)
+        sys.modules.update(hidden)
+
+    _AFTER_COMMAND.append(restore)
 
 
 _S3: dict = {}
@@ -312,4 +363,4 @@ INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholde
           "weights-huge": _weights_huge, "checkpoints": _checkpoints, "ct-tree": _ct_tree,
           "csv": _csv, "mixed": _mixed, "edited-manifest": _edited_manifest,
           "without-patient-id": _without_patient_id, "truncated-images": _truncated_images,
-          "s3": _s3, "s3-trees": _s3_trees, "s3-escape": _s3_escape}
+          "without-module": _without_module, "anonymised": _anonymised, "s3": _s3, "s3-trees": _s3_trees, "s3-escape": _s3_escape}
