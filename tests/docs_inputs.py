@@ -258,6 +258,37 @@ def _anonymised(root: str) -> None:
     edit("PAT00001/study0/img000.dcm", lambda ds: setattr(ds, "SpecificCharacterSet", "ISO_IR 999"))
 
 
+def _dump(root: str) -> None:
+    """A DICOM dump as archives hold them: six files of three patients, one with a Rows and a StudyDate that do not
+    parse, one cut before its pixel data, one without PatientID, beside a link to a folder already read, a link to
+    nothing, a file name that is not UTF-8 and a FIFO (ingest.md)."""
+    import warnings
+
+    import pydicom
+    from pydicom.dataelem import DataElement
+
+    from mdprep.synthetic import write_dicom_tree
+
+    base = Path(root)
+    write_dicom_tree(base, patients=3, images_per_patient=2, shape=(16, 16), private_tags=0)
+    odd = base / "PAT00000/study0/img001.dcm"
+    ds = pydicom.dcmread(odd)
+    ds["Rows"] = DataElement(0x00280010, "LO", "sixteen")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's about the date, which is the point
+        ds.StudyDate = "20191345"
+        ds.save_as(odd)
+    cut = base / "PAT00001/study0/img001.dcm"
+    data = cut.read_bytes()
+    cut.write_bytes(data[: data.rindex(b"\xe0\x7f\x10\x00")])  # up to the PixelData element
+    _without_patient_id(str(base / "PAT00002/study0/img001.dcm"))
+    (base / "PAT00001-copy").symlink_to("PAT00001", target_is_directory=True)
+    (base / "latest").symlink_to("PAT00009", target_is_directory=True)
+    with open(os.path.join(os.fsencode(base), b"r\xe9sum\xe9.dcm"), "wb") as fh:
+        fh.write((base / "PAT00000/study0/img000.dcm").read_bytes())
+    os.mkfifo(base / "transfer.pipe")
+
+
 def _truncated_images(root: str) -> None:
     """Four chest-X-ray-like images of two patients, a PNG and a JPEG of them cut short (ingest.md)."""
     import numpy as np
@@ -363,4 +394,4 @@ INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholde
           "weights-huge": _weights_huge, "checkpoints": _checkpoints, "ct-tree": _ct_tree,
           "csv": _csv, "mixed": _mixed, "edited-manifest": _edited_manifest,
           "without-patient-id": _without_patient_id, "truncated-images": _truncated_images,
-          "without-module": _without_module, "anonymised": _anonymised, "s3": _s3, "s3-trees": _s3_trees, "s3-escape": _s3_escape}
+          "without-module": _without_module, "anonymised": _anonymised, "dump": _dump, "s3": _s3, "s3-trees": _s3_trees, "s3-escape": _s3_escape}
