@@ -289,6 +289,17 @@ def _dump(root: str) -> None:
     os.mkfifo(base / "transfer.pipe")
 
 
+def _aged(root: str, day: str) -> None:
+    """Set the modification time of every file under ``root`` to ``day`` (ISO date, UTC): a tree written long
+    before the runs that read it, as an archive is (ingest.md)."""
+    from datetime import datetime, timezone
+
+    stamp = datetime.fromisoformat(day).replace(tzinfo=timezone.utc).timestamp()
+    for path in Path(root).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, (stamp, stamp))
+
+
 def _truncated_images(root: str) -> None:
     """Four chest-X-ray-like images of two patients, a PNG and a JPEG of them cut short (ingest.md)."""
     import numpy as np
@@ -394,4 +405,4 @@ INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholde
           "weights-huge": _weights_huge, "checkpoints": _checkpoints, "ct-tree": _ct_tree,
           "csv": _csv, "mixed": _mixed, "edited-manifest": _edited_manifest,
           "without-patient-id": _without_patient_id, "truncated-images": _truncated_images,
-          "without-module": _without_module, "anonymised": _anonymised, "dump": _dump, "s3": _s3, "s3-trees": _s3_trees, "s3-escape": _s3_escape}
+          "without-module": _without_module, "anonymised": _anonymised, "dump": _dump, "aged": _aged, "s3": _s3, "s3-trees": _s3_trees, "s3-escape": _s3_escape}
