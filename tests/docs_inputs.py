@@ -300,6 +300,30 @@ def _aged(root: str, day: str) -> None:
             os.utime(path, (stamp, stamp))
 
 
+def _chexpert_zip(target: str) -> None:
+    """A look-alike of the CheXpert-v1.0-small.zip download: ``CheXpert-v1.0-small/`` with ``train.csv``,
+    ``valid.csv`` and the JPEG images they list, a few patients each (ingest.md)."""
+    import io
+    import tempfile
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    from mdprep.synthetic import synthetic_pixels, write_chexpert_table
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(target, "w") as zf:
+        for part, patients, seed in (("train", 4, 1), ("valid", 3, 2)):
+            table = Path(tmp) / f"{part}.csv"
+            write_chexpert_table(table, patients=patients, seed=seed, prefix=f"CheXpert-v1.0-small/{part}")
+            zf.write(table, f"CheXpert-v1.0-small/{part}.csv")
+            for line in table.read_text().splitlines()[1:]:
+                image = io.BytesIO()
+                Image.fromarray(synthetic_pixels(rng, (16, 16), bits=8).astype(np.uint8), mode="L").save(image, "JPEG")
+                zf.writestr(line.split(",")[0], image.getvalue())
+
+
 def _truncated_images(root: str) -> None:
     """Four chest-X-ray-like images of two patients, a PNG and a JPEG of them cut short (ingest.md)."""
     import numpy as np
@@ -405,4 +429,4 @@ INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholde
           "weights-huge": _weights_huge, "checkpoints": _checkpoints, "ct-tree": _ct_tree,
           "csv": _csv, "mixed": _mixed, "edited-manifest": _edited_manifest,
           "without-patient-id": _without_patient_id, "truncated-images": _truncated_images,
-          "without-module": _without_module, "anonymised": _anonymised, "dump": _dump, "aged": _aged, "s3": _s3, "s3-trees": _s3_trees, "s3-escape": _s3_escape}
+          "without-module": _without_module, "anonymised": _anonymised, "dump": _dump, "aged": _aged, "chexpert-zip": _chexpert_zip, "s3": _s3, "s3-trees": _s3_trees, "s3-escape": _s3_escape}
