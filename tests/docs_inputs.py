@@ -366,6 +366,32 @@ def _without_module(name: str) -> None:
     _AFTER_COMMAND.append(restore)
 
 
+#: Addresses a page shows that stand for the real ones of this run (``{shown: real}``): the runner puts the
+#: real one into each command and the shown one back into its output.
+ALIASES: dict[str, str] = {}
+
+
+def _dask_cluster(shown: str, workers: str) -> None:
+    """A Dask ``LocalCluster`` of ``workers`` single-threaded worker processes on a free port, standing in for the
+    scheduler the page shows at ``shown`` until the page's run ends (ingest.md)."""
+    import logging
+    import warnings
+
+    import distributed
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=logging.ERROR)
+    ALIASES[shown] = cluster.scheduler_address
+
+    def stop() -> None:
+        ALIASES.pop(shown, None)
+        cluster.close()
+
+    _AFTER_PAGE.append(stop)
+
+
 _S3: dict = {}
 
 
@@ -429,4 +455,4 @@ INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholde
           "weights-huge": _weights_huge, "checkpoints": _checkpoints, "ct-tree": _ct_tree,
           "csv": _csv, "mixed": _mixed, "edited-manifest": _edited_manifest,
           "without-patient-id": _without_patient_id, "truncated-images": _truncated_images,
-          "without-module": _without_module, "anonymised": _anonymised, "dump": _dump, "aged": _aged, "chexpert-zip": _chexpert_zip, "s3": _s3, "s3-trees": _s3_trees, "s3-escape": _s3_escape}
+          "without-module": _without_module, "anonymised": _anonymised, "dump": _dump, "aged": _aged, "chexpert-zip": _chexpert_zip, "dask-cluster": _dask_cluster, "s3": _s3, "s3-trees": _s3_trees, "s3-escape": _s3_escape}

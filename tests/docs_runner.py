@@ -35,7 +35,11 @@ command's stdout to the next, ``> FILE`` at the end of a command writes its stdo
 ``VAR=value`` sets an environment variable. Besides ``mdprep`` the shell knows ``echo``,
 ``printf`` (a format alone), ``export VAR=value``, ``cat [-A]``, ``zcat``, ``head``, ``cmp``,
 ``grep [-A N]``, ``mv``, ``cp [-r]``, ``rm [-r]``, ``touch``, ``ls``, ``mkdir`` and ``python3``; setup blocks also know
-``docs-input NAME ARGS`` (tests/docs_inputs.py: the damaged or hand-made files no command writes).
+``docs-input NAME ARGS`` (tests/docs_inputs.py: the damaged or hand-made files no command writes,
+and what a page needs running beside it: moto's S3 server, a Dask cluster, an installation
+without a package for one command). An address a page shows for such a service (a Dask
+scheduler's ``tcp://127.0.0.1:8786``) is replaced by the real one in its commands, and back in
+their output; services stop when the page's run ends.
 
     python tests/docs_runner.py            # check every run block
     python tests/docs_runner.py --update   # rewrite the shown output of failing blocks from real runs
@@ -332,6 +336,8 @@ def run_command(text: str, last_code: int = 0) -> Ran:
 
     ``$?`` reads ``last_code``, the exit code of the command before.
     """
+    for shown, real in docs_inputs.ALIASES.items():
+        text = text.replace(shown, real)
     tokens = shlex.split(EXIT.sub("", text).replace("\\\n", " "), comments=True)
     tokens = [str(last_code) if t == "$?" else t for t in tokens]
     shown, code, stdin, skip = [], 0, None, False
@@ -377,6 +383,8 @@ def normalise(text: str, folder: Path) -> list[str]:
 
     for path in {str(folder.resolve()), str(folder)}:
         text = text.replace(path, "<tmp>")
+    for shown, real in docs_inputs.ALIASES.items():
+        text = text.replace(real, shown)
     text = text.replace(f"mdprep {mdprep.__version__}", "mdprep <version>")
     lines = [ln.rstrip() for ln in text.splitlines()]
     while lines and not lines[-1]:
