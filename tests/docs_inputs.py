@@ -8,6 +8,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
+
+#: Undone after the next command a page shows (``docs-input without-module``).
+_AFTER_COMMAND: list[Callable[[], None]] = []
+#: Undone when the page's run ends (``docs-input s3``: the server).
+_AFTER_PAGE: list[Callable[[], None]] = []
+
+
+def after_command() -> None:
+    """Undo what a setup block set up for the one command that follows it."""
+    while _AFTER_COMMAND:
+        _AFTER_COMMAND.pop()()
+
+
+def close_page() -> None:
+    """Stop what a page's setup blocks started (the S3 server)."""
+    while _AFTER_PAGE:
+        _AFTER_PAGE.pop()()
 
 
 def _weights_nan(source: str, target: str) -> None:
@@ -212,6 +230,100 @@ def _without_patient_id(*paths: str) -> None:
         ds.save_as(path)
 
 
+def _anonymised(root: str) -> None:
+    """Six DICOM files of two patients, four of them edited: two without PatientID in PAT00000 (one beside a file
+    that has it, one alone in its study), one of PAT00001 with another PatientID, one without PatientID moved
+    into that study of two PatientIDs, and one with an unknown character set (ingest.md)."""
+    import pydicom
+
+    from mdprep.synthetic import write_dicom_tree
+
+    write_dicom_tree(root, patients=2, images_per_patient=3, shape=(16, 16), private_tags=0)
+
+    def edit(rel: str, change) -> None:
+        import warnings
+
+        path = Path(root) / rel
+        ds = pydicom.dcmread(path)
+        change(ds)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's about the unknown character set, which ingest notes
+            ds.save_as(path)
+
+    shared = pydicom.dcmread(Path(root) / "PAT00001/study0/img000.dcm").StudyInstanceUID
+    edit("PAT00000/study0/img001.dcm", lambda ds: delattr(ds, "PatientID"))
+    edit("PAT00000/study1/img002.dcm", lambda ds: delattr(ds, "PatientID"))
+    edit("PAT00001/study0/img001.dcm", lambda ds: setattr(ds, "PatientID", "PAT00009"))
+    edit("PAT00001/study1/img002.dcm", lambda ds: (delattr(ds, "PatientID"), setattr(ds, "StudyInstanceUID", shared)))
+    edit("PAT00001/study0/img000.dcm", lambda ds: setattr(ds, "SpecificCharacterSet", "ISO_IR 999"))
+
+
+def _dump(root: str) -> None:
+    """A DICOM dump as archives hold them: six files of three patients, one with a Rows and a StudyDate that do not
+    parse, one cut before its pixel data, one without PatientID, beside a link to a folder already read, a link to
+    nothing, a file name that is not UTF-8 and a FIFO (ingest.md)."""
+    import warnings
+
+    import pydicom
+    from pydicom.dataelem import DataElement
+
+    from mdprep.synthetic import write_dicom_tree
+
+    base = Path(root)
+    write_dicom_tree(base, patients=3, images_per_patient=2, shape=(16, 16), private_tags=0)
+    odd = base / "PAT00000/study0/img001.dcm"
+    ds = pydicom.dcmread(odd)
+    ds["Rows"] = DataElement(0x00280010, "LO", "sixteen")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's about the date, which is the point
+        ds.StudyDate = "20191345"
+        ds.save_as(odd)
+    cut = base / "PAT00001/study0/img001.dcm"
+    data = cut.read_bytes()
+    cut.write_bytes(data[: data.rindex(b"\xe0\x7f\x10\x00")])  # up to the PixelData element
+    _without_patient_id(str(base / "PAT00002/study0/img001.dcm"))
+    (base / "PAT00001-copy").symlink_to("PAT00001", target_is_directory=True)
+    (base / "latest").symlink_to("PAT00009", target_is_directory=True)
+    with open(os.path.join(os.fsencode(base), b"r\xe9sum\xe9.dcm"), "wb") as fh:
+        fh.write((base / "PAT00000/study0/img000.dcm").read_bytes())
+    os.mkfifo(base / "transfer.pipe")
+
+
+def _aged(root: str, day: str) -> None:
+    """Set the modification time of every file under ``root`` to ``day`` (ISO date, UTC): a tree written long
+    before the runs that read it, as an archive is (ingest.md)."""
+    from datetime import datetime, timezone
+
+    stamp = datetime.fromisoformat(day).replace(tzinfo=timezone.utc).timestamp()
+    for path in Path(root).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, (stamp, stamp))
+
+
+def _chexpert_zip(target: str) -> None:
+    """A look-alike of the CheXpert-v1.0-small.zip download: ``CheXpert-v1.0-small/`` with ``train.csv``,
+    ``valid.csv`` and the JPEG images they list, a few patients each (ingest.md)."""
+    import io
+    import tempfile
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    from mdprep.synthetic import synthetic_pixels, write_chexpert_table
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(target, "w") as zf:
+        for part, patients, seed in (("train", 4, 1), ("valid", 3, 2)):
+            table = Path(tmp) / f"{part}.csv"
+            write_chexpert_table(table, patients=patients, seed=seed, prefix=f"CheXpert-v1.0-small/{part}")
+            zf.write(table, f"CheXpert-v1.0-small/{part}.csv")
+            for line in table.read_text().splitlines()[1:]:
+                image = io.BytesIO()
+                Image.fromarray(synthetic_pixels(rng, (16, 16), bits=8).astype(np.uint8), mode="L").save(image, "JPEG")
+                zf.writestr(line.split(",")[0], image.getvalue())
+
+
 def _truncated_images(root: str) -> None:
     """Four chest-X-ray-like images of two patients, a PNG and a JPEG of them cut short (ingest.md)."""
     import numpy as np
@@ -231,6 +343,109 @@ def _truncated_images(root: str) -> None:
     jpeg.write_bytes(jpeg.read_bytes()[:-2])  # the end-of-image marker gone
 
 
+def _without_module(name: str) -> None:
+    """For the next command only, an installation without the package ``name``: importing it raises
+    ModuleNotFoundError, as when it is not installed (ingest.md)."""
+    import importlib.abc
+    import sys
+
+    class Missing(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname == name or fullname.startswith(name + "."):
+                raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+            return None
+
+    hidden = {k: sys.modules.pop(k) for k in list(sys.modules) if k == name or k.startswith(name + ".")}
+    finder = Missing()
+    sys.meta_path.insert(0, finder)
+
+    def restore() -> None:
+        sys.meta_path.remove(finder)
+        sys.modules.update(hidden)
+
+    _AFTER_COMMAND.append(restore)
+
+
+#: Addresses a page shows that stand for the real ones of this run (``{shown: real}``): the runner puts the
+#: real one into each command and the shown one back into its output.
+ALIASES: dict[str, str] = {}
+
+
+def _dask_cluster(shown: str, workers: str) -> None:
+    """A Dask ``LocalCluster`` of ``workers`` single-threaded worker processes on a free port, standing in for the
+    scheduler the page shows at ``shown`` until the page's run ends (ingest.md)."""
+    import logging
+    import warnings
+
+    import distributed
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=logging.ERROR)
+    ALIASES[shown] = cluster.scheduler_address
+
+    def stop() -> None:
+        ALIASES.pop(shown, None)
+        cluster.close()
+
+    _AFTER_PAGE.append(stop)
+
+
+_S3: dict = {}
+
+
+def _s3(root: str, url: str) -> None:
+    """Upload the folder ``root`` to ``url`` (``s3://bucket/prefix``) of a local S3 API (moto's server), started at
+    the first use on a page and stopped when the page's run ends; the page's commands reach it through
+    ``AWS_ENDPOINT_URL`` and test credentials (ingest.md)."""
+    import s3fs
+
+    from mdprep.synthetic import LocalS3
+
+    if not _S3:
+        server = LocalS3().__enter__()
+        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_ENDPOINT_URL": server.endpoint}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        s3fs.S3FileSystem.clear_instance_cache()
+        _S3["server"] = server
+
+        def stop() -> None:
+            s3fs.S3FileSystem.clear_instance_cache()
+            server.__exit__(None, None, None)
+            _S3.clear()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+        _AFTER_PAGE.append(stop)
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    _S3["server"].upload(root, bucket, prefix)
+
+
+def _s3_trees(root: str) -> None:
+    """A DICOM tree of radiographs of 0.5 MB (3 patients, the planted bad files) and a PNG tree (4 patients, the
+    planted bad files) in ``root/dicom`` and ``root/png`` (ingest.md)."""
+    from mdprep.synthetic import write_dicom_tree, write_image_tree
+
+    write_dicom_tree(Path(root) / "dicom", patients=3, images_per_patient=2, shape=(512, 512), plant_bad_files=True)
+    write_image_tree(Path(root) / "png", patients=4, studies=2, shape=(256, 256), plant_bad_files=True)
+
+
+def _s3_escape(source: str, target: str) -> None:
+    """A copy of a manifest with a URL root whose first two paths leave it: a climbing one and another bucket's URL (ingest.md)."""
+    from mdprep.manifest import read_manifest, write_manifest
+
+    manifest = read_manifest(source)
+    frame = manifest.frame.copy()
+    frame.loc[frame.index[:2], "path"] = ["../../private/keys.dcm", "s3://private/other.dcm"]
+    write_manifest(manifest.with_frame(frame), target)
+
+
 #: Inputs no mdprep command writes (damaged files, a placeholder value), made by
 #: ``$ docs-input NAME ARGS`` in a setup block.
 INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholder_accession,
@@ -239,4 +454,5 @@ INPUTS = {"weights-nan": _weights_nan, "placeholder-accession": _with_placeholde
           "nifti": _nifti, "file-kinds": _file_kinds, "bad-allow": _bad_allow,
           "weights-huge": _weights_huge, "checkpoints": _checkpoints, "ct-tree": _ct_tree,
           "csv": _csv, "mixed": _mixed, "edited-manifest": _edited_manifest,
-          "without-patient-id": _without_patient_id, "truncated-images": _truncated_images}
+          "without-patient-id": _without_patient_id, "truncated-images": _truncated_images,
+          "without-module": _without_module, "anonymised": _anonymised, "dump": _dump, "aged": _aged, "chexpert-zip": _chexpert_zip, "dask-cluster": _dask_cluster, "s3": _s3, "s3-trees": _s3_trees, "s3-escape": _s3_escape}

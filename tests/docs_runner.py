@@ -2,7 +2,8 @@
 
 A ```` ```console ```` block is a terminal session: ``$ `` lines are commands (a trailing
 ``\\`` continues a command on the next line), and the lines up to the next ``$ `` are what
-the terminal shows (stderr and stdout interleaved, as a person sees them). Every block is one
+the terminal shows (stderr and stdout interleaved, as a person sees them); a quote left open
+(``python -c '`` and a script) continues the command too. Every block is one
 of four kinds, chosen by an HTML comment on the line just above its fence:
 
 * no comment, with output: **run**. The blocks of one page run in order, in one temporary
@@ -33,8 +34,12 @@ command's stdout to the next, ``> FILE`` at the end of a command writes its stdo
 ``&&`` runs the next only after a success, ``$?`` is the exit code of the command before, and
 ``VAR=value`` sets an environment variable. Besides ``mdprep`` the shell knows ``echo``,
 ``printf`` (a format alone), ``export VAR=value``, ``cat [-A]``, ``zcat``, ``head``, ``cmp``,
-``grep [-A N]``, ``mv``, ``ls``, ``mkdir`` and ``python3``; setup blocks also know
-``docs-input NAME ARGS`` (tests/docs_inputs.py: the damaged or hand-made files no command writes).
+``grep [-A N]``, ``mv``, ``cp [-r]``, ``rm [-r]``, ``touch``, ``ls``, ``mkdir`` and ``python3``; setup blocks also know
+``docs-input NAME ARGS`` (tests/docs_inputs.py: the damaged or hand-made files no command writes,
+and what a page needs running beside it: moto's S3 server, a Dask cluster, an installation
+without a package for one command). An address a page shows for such a service (a Dask
+scheduler's ``tcp://127.0.0.1:8786``) is replaced by the real one in its commands, and back in
+their output; services stop when the page's run ends.
 
     python tests/docs_runner.py            # check every run block
     python tests/docs_runner.py --update   # rewrite the shown output of failing blocks from real runs
@@ -55,6 +60,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import docs_inputs
 from docs_inputs import INPUTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +102,15 @@ class Block:
         return f"{self.page}:{self.line}"
 
 
+def _open_quote(text: str) -> bool:
+    """Whether a command's text has a quote still open (a ``python -c '...`` over several lines)."""
+    try:
+        shlex.split(text, comments=True)
+    except ValueError:
+        return True
+    return False
+
+
 def _commands(lines: list[str]) -> list[Command]:
     out: list[Command] = []
     i = 0
@@ -109,9 +124,9 @@ def _commands(lines: list[str]) -> list[Command]:
             i += 1
             continue
         text = line[2:]
-        while text.endswith("\\") and i + 1 < len(lines):
+        while (text.endswith("\\") or _open_quote(text)) and i + 1 < len(lines):
             i += 1
-            text = text[:-1] + "\n" + lines[i]
+            text = (text[:-1] if text.endswith("\\") else text) + "\n" + lines[i]
         m = EXIT.search(text)
         i += 1
         out.append(Command(text, [], int(m["code"]) if m else None, i))
@@ -266,6 +281,27 @@ def _builtin(argv: list[str], stdin: bytes | None) -> Ran:
     elif name == "mv":
         shutil.move(args[0], args[1])
         out = b""
+    elif name == "cp":  # cp [-r] SOURCE TARGET
+        recursive = args[0] == "-r"
+        source, target = args[-2:]
+        if recursive:
+            shutil.copytree(source, target, symlinks=True)
+        else:
+            shutil.copyfile(source, os.path.join(target, os.path.basename(source)) if os.path.isdir(target) else target)
+        out = b""
+    elif name == "rm":  # rm [-r] PATH...
+        for a in args:
+            if a == "-r":
+                continue
+            if os.path.isdir(a) and not os.path.islink(a) and "-r" in args:
+                shutil.rmtree(a)
+            else:
+                os.unlink(a)
+        out = b""
+    elif name == "touch":
+        for a in args:
+            Path(a).touch()
+        out = b""
     elif name == "ls":
         folders = sorted(args or ["."])
         listing = ["".join(f"{p}\n" for p in sorted(os.listdir(a))) if os.path.isdir(a) else f"{a}\n" for a in folders]
@@ -279,7 +315,7 @@ def _builtin(argv: list[str], stdin: bytes | None) -> Ran:
         out = b""
     elif name in ("python", "python3"):
         proc = subprocess.run([sys.executable, *args], input=stdin, capture_output=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                              env={**os.environ, **SESSION_ENV, "PYTHONPATH": str(ROOT / "src")})
         return Ran((proc.stderr + proc.stdout).decode(), proc.stdout, proc.returncode, proc.stderr.decode())
     else:
         raise ValueError(f"the docs shell does not know {name!r}; mark the block <!-- docs: unchecked REASON -->")
@@ -300,6 +336,8 @@ def run_command(text: str, last_code: int = 0) -> Ran:
 
     ``$?`` reads ``last_code``, the exit code of the command before.
     """
+    for shown, real in docs_inputs.ALIASES.items():
+        text = text.replace(shown, real)
     tokens = shlex.split(EXIT.sub("", text).replace("\\\n", " "), comments=True)
     tokens = [str(last_code) if t == "$?" else t for t in tokens]
     shown, code, stdin, skip = [], 0, None, False
@@ -345,6 +383,8 @@ def normalise(text: str, folder: Path) -> list[str]:
 
     for path in {str(folder.resolve()), str(folder)}:
         text = text.replace(path, "<tmp>")
+    for shown, real in docs_inputs.ALIASES.items():
+        text = text.replace(real, shown)
     text = text.replace(f"mdprep {mdprep.__version__}", "mdprep <version>")
     lines = [ln.rstrip() for ln in text.splitlines()]
     while lines and not lines[-1]:
@@ -411,6 +451,7 @@ def run_page(blocks: list[Block], kinds: set[str], folder: Path) -> list[Failure
                         failures.append(Failure(block, cmd, f"setup command exited {ran.code}", actual))
                         break
                     continue
+                docs_inputs.after_command()  # what a setup set up for one command only ends here
                 last = ran.code
                 # "echo $?" on the next line shows (and so declares) this command's exit code.
                 problem = None if followed_by_status else _declared_failure(cmd, ran, actual)
@@ -420,6 +461,8 @@ def run_page(blocks: list[Block], kinds: set[str], folder: Path) -> list[Failure
                 if problem:
                     failures.append(Failure(block, cmd, problem, actual))
     finally:
+        docs_inputs.after_command()
+        docs_inputs.close_page()
         os.chdir(old)
     return failures
 
