@@ -533,3 +533,43 @@ def test_split_names_that_are_not_utf8_are_bad_usage(runner, tmp_path):
         write_manifest(Manifest(f[f["split"] == name].drop(columns=["split"])), tmp_path / f"{name}.parquet")
     res = runner.invoke(main, ["audit-leakage", str(tmp_path / "train.parquet"), str(tmp_path / "test.parquet"), "--names", "tr\udcffain,test"])
     assert res.exit_code == 2 and res.stderr.startswith("Error: --names 'tr\\udcffain' are not valid UTF-8 text")
+
+
+def test_the_gate_never_passes_over_nothing(runner, leaky, tmp_path):
+    """A misspelled column or an empty list is a usage error (exit 2), never "No leakage found in 0 of 0 checks"."""
+    manifest, _, _ = leaky
+    path = tmp_path / "m.parquet"
+    write_manifest(manifest, path)
+    cases = {
+        ("--checks", "patient_overlap", "--group", "patientid"): "--group names 'patientid'",
+        ("--fail-on", ""): "--fail-on is empty",
+        ("--checks", ""): "--checks is empty",
+        ("--require", ""): "--require is empty",
+        ("--temporal", "--time-col", "nope"): "--time-col names 'nope'",
+        ("--names", "a"): "--names names the splits of several manifests",
+    }
+    for args, message in cases.items():
+        res = runner.invoke(main, ["audit-leakage", str(path), *args, "-q"])
+        assert res.exit_code == 2 and message in res.stderr, (args, res.stderr)
+    res = runner.invoke(main, ["audit-leakage", str(path), str(path), "--names", ""])
+    assert res.exit_code == 2 and "--names is empty" in res.stderr
+    # Findings outside --fail-on pass the gate, and the verdict says they are there.
+    res = runner.invoke(main, ["audit-leakage", str(path), "--fail-on", "image_overlap", "-q"])
+    assert res.exit_code == 0 and res.stderr.startswith("Gate passed with findings outside it: ") and "patient_overlap (splits)" in res.stderr
+    report = audit(manifest.frame, fail_on=["image_overlap"])
+    assert report.exit_code == 0 and not report.verdict.startswith("No leakage found")
+
+
+def test_audit_leakage_stopped_by_bad_input_leaves_no_passing_report(runner, leaky, tmp_path):
+    manifest, _, root = leaky
+    frame = manifest.frame
+    clean = tmp_path / "clean.parquet"
+    write_manifest(Manifest(frame[~frame["path"].str.startswith("leak/")], root=str(root)), clean)
+    reports = ["--json", str(tmp_path / "a.json"), "--junit", str(tmp_path / "a.xml"), "--markdown", str(tmp_path / "a.md")]
+    assert runner.invoke(main, ["audit-leakage", str(clean), *reports, "-q"]).exit_code == 0
+    assert json.loads((tmp_path / "a.json").read_text())["result"] == "passed"
+    res = runner.invoke(main, ["audit-leakage", str(clean), *reports, "--allow", str(tmp_path / "absent.json"), "-q"])
+    assert res.exit_code == 2
+    doc = json.loads((tmp_path / "a.json").read_text())
+    assert doc["result"] == "error" and doc["exit_code"] == 2 and "absent.json" in doc["verdict"]
+    assert ET.parse(tmp_path / "a.xml").getroot().find(".//error") is not None and "passed" not in (tmp_path / "a.md").read_text()

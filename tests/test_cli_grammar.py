@@ -68,7 +68,7 @@ OWN_HELP = {
     ("ingest table", "image_root"): "the root ingest records in the manifest, vs the root the readers look in",
 }
 #: (command, option) pairs spelled with one more alias, and why.
-OWN_SPELLING = {("train", "fold"): "--folds all reads as naturally as --fold all"}
+OWN_SPELLING: dict[tuple[str, str], str] = {}
 #: Options whose pseudonymize-only meaning is prefixed "With --pseudonymize:" on the ingest commands.
 PSEUDONYMIZE_SHARED = {"dates", "paths", "path_map", "keep_columns", "drop_columns"}
 
@@ -399,8 +399,8 @@ def test_ingest_summary_carries_the_warnings_stderr_shows(runner, tmp_path):
     argv = ["ingest", "table", str(tmp_path / "c.csv"), "--preset", "mimic", "--metadata", str(tmp_path / "m.csv"), "-o", str(tmp_path / "mi.parquet")]
     res = runner.invoke(main, [*argv, "--json", str(tmp_path / "mi.json")])
     doc = json.loads((tmp_path / "mi.json").read_text())
-    assert res.exit_code == 0 and doc["warnings"] == ["1 labelled study has no image in " + str(tmp_path / "m.csv") + " and gave no rows"]
-    assert all(f"Warning: {w}" in res.stderr for w in doc["warnings"])
+    assert res.exit_code == 0 and doc["warnings"][0] == "1 labelled study has no image in " + str(tmp_path / "m.csv") + " and gave no rows"
+    assert doc["warnings"] == [line.removeprefix("Warning: ") for line in res.stderr.splitlines() if line.startswith("Warning: ")]
     # Identifiers with white space around them: the warning quotes examples, which --pseudonymize hides everywhere.
     (tmp_path / "t.csv").write_text("image_id,patient_id,labels\na.png, PAT_SECRET ,A\nb.png,PAT2,B\n")
     key = tmp_path / "k.key"
@@ -531,3 +531,82 @@ def test_split_quiet_prints_no_notes(runner, cohort, tmp_path):
     assert res.exit_code == 0 and "Note:" not in res.stderr
     res = runner.invoke(main, ["split", str(cohort / "m.parquet"), "--ratios", "0.6,0.2,0.2", "--folds", "2", "-o", str(tmp_path / "sf2.parquet")])
     assert "Note: folds cover" in res.stderr
+
+
+def test_empty_or_meaningless_values_are_usage_errors(runner, cohort, tmp_path):
+    d = cohort
+    out = str(tmp_path / "o.parquet")
+    cases = [
+        (["split", str(d / "m.parquet"), "-o", out, "--names", ""], "--names is empty"),
+        (["split", str(d / "m.parquet"), "-o", out, "--stratify", ""], "--stratify is empty"),
+        (["split", str(d / "m.parquet"), "-o", out, "--stratify-by", ""], "--stratify-by is empty"),
+        (["split", str(d / "m.parquet"), "-o", out, "--ratios", "0.7,0.3,0"], "must each be above 0"),
+        (["split", str(d / "m.parquet"), "-o", out, "--ratios", "nan,0.5"], "must be finite numbers"),
+        (["weights", str(d / "s.parquet"), "-o", str(tmp_path / "w.json"), "--labels", ""], "--labels is empty"),
+        (["ingest", "table", str(d / "t.csv"), "--preset", "nih", "--metadata", str(d / "t.csv"), "-o", out], "only for --preset mimic"),
+        (["train", str(d / "s.parquet"), "-o", str(tmp_path / "run"), "--folds", "2"], "--folds N is split's option"),
+        (["train", str(d / "s.parquet"), "-o", str(tmp_path / "run"), "--folds", "all", "--fold", "1"], "give --fold only"),
+    ]
+    for argv, message in cases:
+        res = runner.invoke(main, argv)
+        assert res.exit_code == 2 and message in res.stderr, (argv, res.stderr)
+    assert not (tmp_path / "o.parquet").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_resampled_manifest_is_not_split_again(runner, cohort, tmp_path):
+    ros = tmp_path / "ros.parquet"
+    assert runner.invoke(main, ["resample", str(cohort / "s.parquet"), "--strategy", "over", "--target", "Effusion", "--ratio", "1", "-o", str(ros), "-q"]).exit_code == 0
+    res = runner.invoke(main, ["split", str(ros), "-o", str(tmp_path / "again.parquet")])
+    assert res.exit_code == 2 and "made by mdprep resample" in res.stderr and "split the manifest first" in res.stderr
+
+
+def test_unlabeled_rows_are_counted_after_uncertain(runner, tmp_path):
+    from mdprep.synthetic import write_chexpert_table
+
+    table = tmp_path / "chex.csv"
+    write_chexpert_table(table, patients=30)
+    text = table.read_text().splitlines()
+    header = text[0].split(",")
+    labels = [i for i, h in enumerate(header) if i >= header.index("AP/PA") + 1] if "AP/PA" in header else list(range(5, len(header)))
+    row = text[1].split(",")
+    for i in labels:
+        row[i] = "-1.0"  # one row whose every label is uncertain
+    table.write_text("\n".join([text[0], ",".join(row), *text[2:]]) + "\n")
+    counts = set()
+    for extra in ([], ["--aggregate", "any"]):  # the Arrow path and the pandas path
+        res = runner.invoke(main, ["ingest", "table", str(table), "--preset", "chexpert", "--uncertain", "ignore", "-o", str(tmp_path / "c.parquet"), "-q", *extra])
+        assert res.exit_code == 0, res.stderr
+        doc = _json(runner, ["ingest", "table", str(table), "--preset", "chexpert", "--uncertain", "ignore", "-o", str(tmp_path / "c2.parquet"), "-q", *extra])
+        counts.add((doc["counts"]["unlabeled"], doc["manifest"]["unlabeled_rows"]))
+    (unlabeled, rows), = counts
+    assert unlabeled == rows >= 1
+
+
+def test_pseudonymize_refuses_a_weak_or_text_key():
+    import hashlib
+
+    import pandas as pd
+
+    import mdprep
+    from mdprep.errors import UsageError
+    from mdprep.pseudonyms import MissingKeyError
+
+    m = mdprep.Manifest(pd.DataFrame({"image_id": ["a"], "path": ["a.png"], "patient_id": ["p1"]}))
+    for weak in (b"a", b"0123456789abcdef0123456789abcdef"):
+        with pytest.raises(MissingKeyError, match="too short or too regular"):
+            mdprep.pseudonymize(m, weak)
+    with pytest.raises(UsageError, match="must be bytes"):
+        mdprep.pseudonymize(m, "0" * 64)
+    assert len(mdprep.pseudonymize(m, hashlib.sha256(b"k").digest()).manifest.frame) == 1
+
+
+def test_ingest_json_lists_every_warning_stderr_shows(runner, tmp_path):
+    from mdprep.synthetic import write_ct_tree
+
+    write_ct_tree(tmp_path / "ct", patients=2, slices=8, shape=(16, 16), seed=0)
+    res = runner.invoke(main, ["ingest", "dicom", str(tmp_path / "ct"), "--level", "series", "-o", str(tmp_path / "s.parquet"),
+                               "--workers", "1", "--json", str(tmp_path / "s.json"), "-q"])  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    shown = [line.removeprefix("Warning: ") for line in res.stderr.splitlines() if line.startswith("Warning: ")]
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert shown and doc["warnings"] == shown and any("series have volume problems" in w for w in shown)

@@ -184,7 +184,7 @@ def test_duplicate_ids_and_null_patients_are_reported_together(tmp_path):
 def test_generic_options_refused_for_presets(tmp_path):
     path = tmp_path / "d.csv"
     write_nih_table(path, patients=2)
-    with pytest.raises(UsageError, match="--label-cols only apply to --preset generic"):
+    with pytest.raises(UsageError, match="--label-cols: only for --preset generic"):
         ingest_table(path, preset="nih", label_cols=["A"])
 
 

@@ -105,7 +105,7 @@ def test_pseudonymize_options_need_pseudonymize(runner, tmp_path):
     table = tmp_path / "t.csv"
     table.write_text("image_id,patient_id\nimg1,p1\n")
     res = runner.invoke(main, ["ingest", "table", str(table), "--paths", "keep", "-o", str(tmp_path / "m.parquet")])
-    assert res.exit_code == 2 and "Error: --paths only apply with --pseudonymize" in res.stderr
+    assert res.exit_code == 2 and "Error: --paths: only with --pseudonymize" in res.stderr
 
 
 def test_ingest_pseudonymize_keeps_or_drops_free_text_when_told(runner, tmp_path, monkeypatch):

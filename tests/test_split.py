@@ -129,8 +129,12 @@ def test_bad_parameters():
     m = cohort(patients=3)
     with pytest.raises(UsageError, match="3 group\\(s\\) cannot fill 5 parts|cannot fill 5 folds"):
         split_manifest(m, folds=5)
-    with pytest.raises(UsageError, match="may not be negative"):
+    with pytest.raises(UsageError, match="must each be above 0"):
         check_ratios([1.2, -0.2])
+    with pytest.raises(UsageError, match="must each be above 0 \\(a part of 0 gets no rows\\)"):
+        check_ratios([0.7, 0.3, 0])
+    with pytest.raises(UsageError, match="must be finite numbers"):
+        check_ratios([float("nan"), 0.5])
     with pytest.raises(UsageError, match="sum to 0.9"):
         check_ratios([0.5, 0.4])
     with pytest.raises(UsageError, match="not label columns"):

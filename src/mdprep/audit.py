@@ -620,6 +620,13 @@ class AuditReport:
             line = f"Leakage found by {c['failed']} of {c['checks']} checks ({detail}): {names}"
         else:
             line = f"No leakage found in {c['ran']} of {c['checks']} checks" + (f" ({'; '.join(parts)})" if parts else "")
+            warned = [r for r in self.checks if r.verdict == "warning"]
+            if warned:
+                # Findings that do not fail the gate are findings all the same: the line never says "No leakage found" over them.
+                names = ", ".join(f"{r.check} ({r.partition}s)" for r in warned)
+                line = (f"Gate passed with findings outside it: {len(warned)} of {c['checks']} checks found something that "
+                        f"does not fail the gate ({names}); {c['ran'] - len(warned)} other check(s) ran clean"
+                        + (f" ({'; '.join(parts)})" if parts else ""))
         if self.unmet:
             unmet = f"{len(self.unmet)} required check(s) did not fully run: " + ", ".join(
                 f"{r.check} ({r.partition}s: {_incomplete_short(r)})" for r in self.unmet
@@ -987,12 +994,28 @@ def audit_rows(
         raise UsageError(f"--group and --split-col both name {group!r}; the group (patient) column must differ from the split column")
     if "same_person" in (checks if checks is not None else ALL_CHECKS) and not list(person_columns):
         raise UsageError("--person-cols is empty; name the columns that together suggest one person (for example birth_date,sex)")
+    # An empty list would make the gate pass with nothing checked (or nothing able to fail it): never silently.
+    if checks is not None and not list(checks):
+        raise UsageError(f"--checks is empty, so nothing would be checked; name the checks to run ({', '.join(ALL_CHECKS)}), or leave it out to run them all")
+    if fail_on is not None and not list(fail_on):
+        raise UsageError("--fail-on is empty, so no finding could fail the gate; name the checks that fail it, or leave it out (all but same_person)")
+    if require is not None and not list(require):
+        raise UsageError("--require is empty; name the checks that must fully run, or all")
     wanted = list(checks) if checks is not None else [c for c in ALL_CHECKS if c != "temporal" or time_col]
     unknown = sorted(set(wanted) - set(ALL_CHECKS))
     if unknown:
         raise UsageError(f"unknown checks {unknown}; choose among {', '.join(ALL_CHECKS)}")
     if "temporal" in wanted and not time_col:
         raise UsageError("the temporal check needs --time-col (the date of each image)")
+    # A column named on the command line that is not there is a typo, not a check to skip as "no column".
+    named = {"--group": group} if {"patient_overlap", "same_person"} & set(wanted) else {}
+    if time_col:
+        named["--time-col"] = time_col
+    absent = {option: column for option, column in named.items() if column not in columns}
+    if absent:
+        raise MissingColumnError(
+            list(absent.values()), list(columns), hint=" and ".join(f"{o} names {c!r}" for o, c in absent.items()) + ": check the spelling"
+        )
     gating = set(fail_on) if fail_on is not None else set(ALL_CHECKS) - WARNING_CHECKS
     unknown = sorted(gating - set(ALL_CHECKS))
     if unknown:

@@ -367,7 +367,8 @@ def validate_frame(
                         col,
                         n,
                         tuple(rows),
-                        f"{n} row(s) have no {col} (row numbers {examples_text(rows, n)}); every image needs one",
+                        # Counting from 1, as every message of mdprep that names rows (the violation's rows stay 0-based positions).
+                        f"{n} row(s) have no {col} (rows {examples_text([r + 1 for r in rows], n)}, counting from 1); every image needs one",
                     )
                 )
     # Types first: a column that is not what the contract says (image ids as lists) is not compared below.

@@ -397,6 +397,33 @@ def parse_key(material: bytes | str, *, source: str) -> bytes:
     return key
 
 
+def check_key(key: bytes) -> None:
+    """Refuse a key that is not bytes, or that is short or regular, as :func:`parse_key` refuses such key files.
+
+    The library's own check of a key handed to :func:`pseudonymize` in Python; the error
+    never shows the key.
+
+    >>> import hashlib
+    >>> check_key(hashlib.sha256(b"x").digest())
+    >>> check_key(b"a")
+    Traceback (most recent call last):
+    ...
+    mdprep.pseudonyms.MissingKeyError: the key given is too short or too regular: ...
+    """
+    if not isinstance(key, (bytes, bytearray)):
+        raise UsageError(
+            f"the key must be bytes, not {type(key).__name__}: read a key file with mdprep.pseudonyms.load_key(path), "
+            "or its text with mdprep.pseudonyms.parse_key(text, source=...)"
+        )
+    problem = key_weakness(bytes(key))
+    if problem:
+        raise MissingKeyError(
+            f"the key given is too short or too regular: {problem}. Create one with `mdprep keygen -o KEYFILE` "
+            f"({MIN_KEY_BYTES} random bytes) and read it with mdprep.pseudonyms.load_key",
+            source="argument",
+        )
+
+
 def load_key(key_file: str | None = None) -> bytes:
     """The key from ``key_file`` or ``$MDPREP_PSEUDONYM_KEY``; refuses to run without one."""
     if key_file:
@@ -404,7 +431,7 @@ def load_key(key_file: str | None = None) -> bytes:
             with open(key_file, "rb") as fh:
                 return parse_key(fh.read(), source=key_file)
         except FileNotFoundError:
-            raise MissingKeyError(f"key file {key_file!r} does not exist; create one with `mdprep keygen {key_file}`") from None
+            raise MissingKeyError(f"key file {key_file!r} does not exist; create one with `mdprep keygen -o {key_file}`") from None
     env = os.environ.get(KEY_ENV)
     if env:
         return parse_key(env, source=f"${KEY_ENV}")
@@ -1070,7 +1097,10 @@ def pseudonymize(
         A manifest never pseudonymised before (a second pass is refused: its ids
         would match no other manifest).
     key : bytes
-        The secret key (see :func:`load_key`).
+        The secret key: at least 32 random bytes, as :func:`mdprep.pseudonyms.load_key`
+        returns them from a key file written by ``mdprep keygen`` (or
+        :func:`mdprep.pseudonyms.parse_key` from the file's text). A short or regular
+        key is refused, as on the command line.
     columns : sequence of str
         More identifier columns: hex pseudonyms, or UID pseudonyms for names ending in ``uid``.
     dates : {"shift", "year", "drop"}
@@ -1095,7 +1125,10 @@ def pseudonymize(
     ------
     UsageError
         On a manifest already pseudonymised, on columns that look like free text and
-        are neither kept nor dropped, and on contradicting options.
+        are neither kept nor dropped, and on contradicting options; on a key that is
+        not bytes.
+    MissingKeyError
+        On a key that is short or regular (:func:`key_weakness`).
 
     Examples
     --------
@@ -1103,12 +1136,15 @@ def pseudonymize(
     >>> from mdprep.manifest import Manifest
     >>> f = pd.DataFrame({"image_id": ["img1", "img2"], "path": ["a/1.png", "a/2.png"], "patient_id": ["MRN001", "MRN002"],
     ...                   "study_date": [datetime.date(2020, 1, 5), datetime.date(2021, 3, 1)]})
-    >>> r = pseudonymize(Manifest(f), b"0123456789abcdef0123456789abcdef", keep_mapping=True)
+    >>> import hashlib
+    >>> key = hashlib.sha256(b"a documentation key; make yours with mdprep keygen").digest()
+    >>> r = pseudonymize(Manifest(f), key, keep_mapping=True)
     >>> "MRN001" in set(r.manifest.frame["patient_id"]), r.manifest.frame["patient_id"].str.len().tolist()
     (False, [20, 20])
     >>> sorted(r.mapping.columns)[:2], len(r.mapping) > 0
     (['column', 'original'], True)
     """
+    check_key(key)
     if dates not in DATE_POLICIES:
         raise UsageError(f"--dates {dates!r}: choose one of {', '.join(DATE_POLICIES)}")
     if paths not in PATH_POLICIES:

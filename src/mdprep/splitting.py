@@ -77,8 +77,24 @@ def _release_arrow_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
+def resampled_rows(frame: pd.DataFrame) -> int:
+    """Rows that ``mdprep resample`` made: clones (``copy_index`` above 0) and synthetic rows (``synthetic`` true).
+
+    >>> resampled_rows(pd.DataFrame({"copy_index": [0, 1, 2], "synthetic": [False, False, True]}))
+    2
+    """
+    made = np.zeros(len(frame), dtype=bool)
+    if "copy_index" in frame.columns:
+        made |= pd.to_numeric(frame["copy_index"], errors="coerce").fillna(0).to_numpy() > 0
+    if "synthetic" in frame.columns:
+        made |= frame["synthetic"].fillna(False).astype(bool).to_numpy()
+    return int(made.sum())
+
+
 def check_ratios(ratios: Sequence[float]) -> np.ndarray:
-    """Validate split ratios: at least two, none negative, summing to 1.
+    """Validate split ratios: at least two, each a finite number above 0, summing to 1.
+
+    A part of ratio 0 would be named and get no rows, so it is refused like a negative one.
 
     >>> check_ratios([0.7, 0.1, 0.2]).tolist()
     [0.7, 0.1, 0.2]
@@ -86,8 +102,10 @@ def check_ratios(ratios: Sequence[float]) -> np.ndarray:
     r = np.asarray(list(ratios), dtype=float)
     if r.ndim != 1 or len(r) < 2:
         raise UsageError(f"ratios {list(ratios)} need at least two parts, for example 0.8,0.2", ratios=list(ratios))
-    if (r < 0).any() or not np.isfinite(r).all():
-        raise UsageError(f"ratios {list(ratios)} may not be negative", ratios=list(ratios))
+    if not np.isfinite(r).all():
+        raise UsageError(f"ratios {list(ratios)} must be finite numbers, for example 0.7,0.1,0.2", ratios=list(ratios))
+    if (r <= 0).any():
+        raise UsageError(f"ratios {list(ratios)} must each be above 0 (a part of 0 gets no rows); leave that part out", ratios=list(ratios))
     if abs(r.sum() - 1.0) > 1e-6:
         raise UsageError(f"ratios {list(ratios)} sum to {r.sum():g}, not 1; for example 0.7,0.1,0.2", ratios=list(ratios))
     return r
@@ -993,6 +1011,12 @@ def split_manifest(
         raise UsageError(f"--missing-group {missing_group!r}: choose one of {', '.join(MISSING_GROUP_POLICIES)}")
     if group not in frame.columns:
         raise MissingColumnError([group], list(frame.columns), hint="choose --group and --stratify-by among them")
+    made = resampled_rows(frame)
+    if made:
+        raise UsageError(
+            f"the manifest holds {made:,} row(s) made by mdprep resample (clones with copy_index above 0, or synthetic rows); "
+            "splitting it would put copies of training images into val and test: split the manifest first, then resample its train rows"
+        )
     labels = list(manifest.labels) if stratify is None else list(stratify)
     not_labels = [l for l in labels if l not in manifest.labels]
     if not_labels:

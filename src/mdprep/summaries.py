@@ -163,7 +163,7 @@ def pseudonymize_summary(result, output: str) -> dict:
     )
 
 
-def contract_failure(checked: Iterable[tuple[str, list]], error: str | None = None) -> dict[str, str]:
+def contract_failure(checked: Iterable[tuple[str, list]], error: str | None = None, *, command: str = "check") -> dict[str, str]:
     """``check`` when a manifest breaks the contract: the JSON, JUnit and Markdown reports, so a CI gate reading them sees the failure.
 
     ``checked`` gives each manifest's path and its violations. The JSON keeps the shape of
@@ -199,13 +199,16 @@ def contract_failure(checked: Iterable[tuple[str, list]], error: str | None = No
         body = f"<failure message={_xml_attr(f'{len(vs)} violation(s)')} type=\"contract\">{text}</failure>" if vs else ""
         cases.append(f"  <testcase classname=\"mdprep.contract\" name={_xml_attr(path)}>{body}</testcase>")
     if error is not None:
-        cases.append(f'  <testcase classname="mdprep.check" name="mdprep check"><error message={_xml_attr(verdict)} type="bad-input">{_xml_text(error)}</error></testcase>')
+        cases.append(
+            f'  <testcase classname="mdprep.{command}" name="mdprep {command}"><error message={_xml_attr(verdict)} type="bad-input">'
+            f"{_xml_text(error)}</error></testcase>"
+        )
     junit = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<testsuite name="mdprep check" tests="{len(cases)}" failures="{len(broken)}" errors="{int(error is not None)}" skipped="0">\n'
+        f'<testsuite name="mdprep {command}" tests="{len(cases)}" failures="{len(broken)}" errors="{int(error is not None)}" skipped="0">\n'
         + "\n".join(cases)
         + "\n</testsuite>\n"
     )
-    lines = [f"## mdprep check: {markdown_text(verdict)}", ""]
+    lines = [f"### mdprep {command}: {markdown_text(verdict)}", ""]  # the heading level of the audit's own Markdown
     lines += [f"- {markdown_text(path)}: \\[{markdown_text(v.check)}\\] {markdown_text(v.message)}" for path, vs in broken for v in vs]
     return {"json": json.dumps(doc, indent=2, sort_keys=True) + "\n", "junit": junit, "markdown": "\n".join(lines) + "\n"}

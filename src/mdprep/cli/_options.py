@@ -25,6 +25,20 @@ def comma_list(values: Iterable[str | None]) -> list[str]:
     return out
 
 
+def given_list(option: str, values: str | Iterable[str | None] | None) -> list[str] | None:
+    """The items of a list option (``"a,b"`` or repeated), None when it was not given; given but empty is a usage error.
+
+    ``--names ''`` (say, an unset shell variable) would otherwise mean "not given" and run with
+    the defaults, unnoticed.
+    """
+    if values is None or (not isinstance(values, str) and not list(values)):
+        return None
+    items = comma_list([values] if isinstance(values, str) else values)
+    if not items:
+        raise click.UsageError(f"{option} is empty; give at least one value, or leave the option out")
+    return items
+
+
 class Integer(click.IntRange):
     """An integer within bounds; text that is no integer is "not a valid integer" (not "integer range")."""
 

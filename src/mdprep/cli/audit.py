@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import click
@@ -13,6 +14,7 @@ from ._options import (
     check_incremental,
     check_outputs_spare_images,
     comma_list,
+    given_list,
     incremental_options,
     json_option,
     output_option,
@@ -192,7 +194,32 @@ def audit_leakage(manifests, **options):
       mdprep audit-leakage hashed-split.parquet --require patient_overlap,duplicate_pixels,near_duplicate
     """
     check_audit_outputs(manifests, options)
-    click.get_current_context().exit(run_audit(manifests, **options))
+    with reports_on_error(options):
+        code = run_audit(manifests, **options)
+    click.get_current_context().exit(code)
+
+
+def write_gate_reports(options, reports: dict[str, str]) -> None:
+    """Write the gate's report files (``--json``, ``--junit``, ``--markdown``) that were asked for, from ``reports``."""
+    from ..fileio import write_text
+
+    for key, fmt in (("json_path", "json"), ("junit_path", "junit"), ("markdown_path", "markdown")):
+        if options[key]:
+            write_text(options[key], reports[fmt])
+
+
+@contextlib.contextmanager
+def reports_on_error(options, checked: list | None = None, command: str = "audit-leakage"):
+    """On bad input (exit 2), the report files say the gate could not run: those of an earlier, passing run would still say "passed"."""
+    from ..errors import MdprepError
+    from ..summaries import contract_failure
+
+    try:
+        yield
+    except (MdprepError, click.UsageError) as exc:
+        message = exc.message if isinstance(exc, MdprepError) else exc.format_message()
+        write_gate_reports(options, contract_failure(checked or [], error=message, command=command))
+        raise
 
 
 def _read_for_audit(path, columns, lean, split_col):
@@ -253,6 +280,8 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, require, allo
     person_columns = comma_list([person_cols])
     if temporal and not time_col:
         raise click.UsageError("--temporal needs --time-col (the date of each image)")
+    if names and len(manifests) == 1:
+        raise click.UsageError("--names names the splits of several manifests, one per file; with one manifest the split column (--split-col) names them")
     if suggest and len(manifests) > 1:
         raise click.UsageError(
             "--suggest re-splits one manifest with a split column; these are several files, one per split: "
@@ -301,7 +330,7 @@ def run_audit(manifests, names, split_col, group, checks, fail_on, require, allo
     check_same_key(loaded, list(manifests))
     split_names = None
     if len(loaded) > 1:
-        split_names = comma_list([names]) if names else [os.path.splitext(os.path.basename(p))[0] for p in manifests]
+        split_names = given_list("--names", names) or [os.path.splitext(os.path.basename(p))[0] for p in manifests]
     if scan is not None:
         if split_names is not None:
             check_combinable(loaded, split_names)
@@ -376,21 +405,13 @@ def check(manifests, **options):
       mdprep check manifests/*.parquet --junit reports/mdprep.xml --markdown reports/mdprep.md
     """
     from ..audit import visible
-    from ..errors import MdprepError
-    from ..fileio import write_text
     from ..manifest import inspect_manifest
     from ..summaries import contract_failure
     from ._ui import EXIT_CHECK_FAILED
 
-    def write_reports(reports: dict[str, str]) -> None:
-        # The report files say the gate did not pass: a CI step reading them must not find them missing or stale.
-        for key, fmt in (("json_path", "json"), ("junit_path", "junit"), ("markdown_path", "markdown")):
-            if options[key]:
-                write_text(options[key], reports[fmt])
-
     check_audit_outputs(manifests, options)
     checked = []
-    try:
+    with reports_on_error(options, checked, command="check"):
         for path in manifests:
             violations = inspect_manifest(path)[1]
             for v in violations:
@@ -398,16 +419,13 @@ def check(manifests, **options):
             checked.append((path, violations))
         broken = sum(bool(vs) for _, vs in checked)
         if broken:
-            write_reports(contract_failure(checked))
+            # The report files say the gate failed: a CI step reading them must not find them missing or stale.
+            write_gate_reports(options, contract_failure(checked))
             click.echo(f"Contract failed for {broken} manifest(s); fix them before the leakage audit can run", err=True)
             click.get_current_context().exit(EXIT_CHECK_FAILED)
         if not options["quiet"]:
             click.echo(f"Contract: {len(manifests)} manifest(s) valid", err=True)
         code = run_audit(manifests, **options)
-    except (MdprepError, click.UsageError) as exc:
-        # Bad input (exit 2): the reports of an earlier, passing run would otherwise still say "passed".
-        write_reports(contract_failure(checked, error=exc.message if isinstance(exc, MdprepError) else exc.format_message()))
-        raise
     click.get_current_context().exit(code)
 
 

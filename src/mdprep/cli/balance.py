@@ -10,7 +10,7 @@ from ..choices import SCHEMES, STRATEGIES
 from ..errors import UsageError
 from ..fileio import check_outputs, file_fingerprint, write_text
 from ._ui import print_table
-from ._options import FiniteFloat, comma_list, json_option, output_option, quiet_option, seed_option, write_json_summary
+from ._options import FiniteFloat, given_list, json_option, output_option, quiet_option, seed_option, write_json_summary
 
 
 @click.command("weights")
@@ -51,7 +51,7 @@ def weights(manifest, output, split, split_col, fold, fold_col, scheme, beta, sq
     m = read_manifest(manifest)
     result = compute_weights(
         m, split=split, split_col=split_col, scheme=scheme, beta=beta, sqrt=sqrt, clip=clip,
-        labels=comma_list([labels]) if labels else None, drop_empty=drop_empty, fold=fold, fold_col=fold_col,
+        labels=given_list("--labels", labels), drop_empty=drop_empty, fold=fold, fold_col=fold_col,
     )
     doc = result.document({"manifest": file_fingerprint(manifest), "manifest_history": list(m.history)})
     write_text(output, json.dumps(doc, indent=2) + "\n")
@@ -112,7 +112,7 @@ def resample(manifest, output, strategy, split, split_col, target, ratio, percen
     m = read_manifest(manifest)
     result = resample_manifest(
         m, strategy=strategy, split=split, split_col=split_col, target=target, ratio=ratio, percent=percent, cap=cap,
-        features=comma_list([features]) if features else (), seed=seed, inputs=[file_fingerprint(manifest)],
+        features=given_list("--features", features) or (), seed=seed, inputs=[file_fingerprint(manifest)],
     )
     write_manifest(result.manifest, output)
     if removed_path:

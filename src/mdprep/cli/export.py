@@ -6,7 +6,7 @@ import click
 
 from ..choices import EXPORT_FORMATS as FORMATS, EXPORT_MISSING as MISSING, EXPORT_UNCERTAIN as UNCERTAIN
 from ..fileio import check_outputs, file_fingerprint
-from ._options import comma_list, described, output_option, quiet_option, root_option
+from ._options import described, given_list, output_option, quiet_option, root_option
 from ._ui import echo, print_table
 
 
@@ -52,7 +52,7 @@ def export(manifest, fmt, output, root, relative, uncertain, missing, columns, a
     m = read_manifest(manifest)
     guard(export_files(m, fmt))
     result = export_manifest(
-        m, fmt, output, root=root, relative=relative, uncertain=uncertain, missing=missing, columns=comma_list(columns),
+        m, fmt, output, root=root, relative=relative, uncertain=uncertain, missing=missing, columns=given_list("--columns", columns) or [],
         allow_leakage=allow_leakage, inputs=[file_fingerprint(manifest)],
     )
     if quiet:

@@ -90,7 +90,7 @@ class Pseudonymization:
         given = [name for name, value in (("--paths", self.paths != "auto"), ("--dates", self.dates != "shift"), ("--path-map", self.path_map),
                  ("--keep-columns", self.keep_columns), ("--drop-columns", self.drop_columns)) if value]
         if given and not self.on:
-            raise UsageError(f"{', '.join(given)} only apply with --pseudonymize; add it, or leave them out")
+            raise UsageError(f"{', '.join(given)}: only with --pseudonymize; add it, or leave them out")
         if self.path_map and self.paths in ("keep", "drop"):
             raise UsageError(f"--path-map needs pseudonymised paths; with --paths {self.paths} there is nothing to map")
 
@@ -276,7 +276,7 @@ def render_summary(
     if json_path:
         from ..summaries import ingest_summary
 
-        write_json_summary(json_path, ingest_summary(command, rep, output, facts(), warnings=warned))
+        write_json_summary(json_path, ingest_summary(command, rep, output, facts(), warnings=[*warned, *report_warnings(rep)]))
     # What was not ingested as a row of its own is reported even with --quiet: nothing is lost silently.
     lost = bool(rep.skipped or rep.failed)
     if rep.series is not None:
@@ -294,12 +294,8 @@ def render_summary(
         click.echo(f"Not ingested: {reasons} ({hint})", err=True)
     if rep.update is not None and not quiet:
         click.echo(f"Update: {rep.update.text()}; {rep.update.read} file(s) read", err=True)
-    for column, n in rep.invalid_values.items():
-        bad = rep.invalid_examples.get(column, ())
-        shown = f": {examples_text(bad, len(bad))}" if bad else ""
-        click.echo(f"Warning: {n} value(s) of {column!r} did not parse and were stored as null{shown}", err=True)
-    if rep.unlabeled:
-        click.echo(f"Warning: {rep.unlabeled} row(s) have no label at all; kept with null labels", err=True)
+    for warning in report_warnings(rep):
+        click.echo(f"Warning: {warning}", err=True)
     if quiet:
         return
     from rich.table import Table
@@ -353,12 +349,25 @@ def _render_series(rep, errors_path: str | None, quiet: bool) -> None:
             f"(--drop-bad-series; {hint})",
             err=True,
         )
-    elif series.flagged:
-        click.echo(
-            f"Warning: {series.flagged} of {series.series} series have volume problems: {series.problems_text()}; "
-            "kept, flagged in their columns and in series_problems (--drop-bad-series leaves them out)",
-            err=True,
+
+
+def report_warnings(rep) -> list[str]:
+    """The warnings an ingest report calls for (printed even with --quiet, and listed in --json): values that did
+    not parse, rows without any label, series kept with volume problems."""
+    out = []
+    for column, n in rep.invalid_values.items():
+        bad = rep.invalid_examples.get(column, ())
+        shown = f": {examples_text(bad, len(bad))}" if bad else ""
+        out.append(f"{n} value(s) of {column!r} did not parse and were stored as null{shown}")
+    if rep.unlabeled:
+        out.append(f"{rep.unlabeled} row(s) have no label at all; kept with null labels")
+    series = rep.series
+    if series is not None and series.flagged and not series.dropped_series:
+        out.append(
+            f"{series.flagged} of {series.series} series have volume problems: {series.problems_text()}; "
+            "kept, flagged in their columns and in series_problems (--drop-bad-series leaves them out)"
         )
+    return out
 
 
 _output = output_option("OUT.parquet", "Manifest to write (atomically); '-' for stdout.")

@@ -8,7 +8,7 @@ from ..choices import DATE_POLICIES, PATH_POLICIES
 from ..errors import UsageError
 from ..fileio import check_outputs
 from ._ui import echo
-from ._options import comma_list, json_option, key_file_option, output_option, quiet_option, write_json_summary
+from ._options import comma_list, given_list, json_option, key_file_option, output_option, quiet_option, write_json_summary
 
 
 def summary(result, quiet: bool, path_map: str | None = None) -> None:
@@ -46,6 +46,8 @@ def keygen(key_file, output, quiet):
     Keep the key out of the repository: whoever holds it can link pseudonyms back to ids.
     The file is given with -o/--output, as every command's output (a plain KEY_FILE
     argument still works).
+
+    \b
     Example:
       mdprep keygen -o ~/.mdprep/site.key
     """
@@ -112,7 +114,7 @@ def pseudonymize_cmd(manifest, output, key_file, columns, dates, paths, path_map
     result = pseudonymize(
         m,
         key,
-        columns=comma_list([columns]) if columns else (),
+        columns=given_list("--columns", columns) or (),
         dates=dates,
         cap_age=cap_age,
         keep_mapping=bool(mapping_path),

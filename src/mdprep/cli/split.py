@@ -8,7 +8,7 @@ import click
 
 from ..choices import MISSING_GROUP_POLICIES, PERSON_COLUMNS
 from ._ui import print_table, status
-from ._options import comma_list, json_option, output_option, quiet_option, renamed_option, seed_option, write_json_summary
+from ._options import comma_list, given_list, json_option, output_option, quiet_option, renamed_option, seed_option, write_json_summary
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -127,7 +127,9 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
     check_outputs({"MANIFEST": manifest}, {"-o/--output": output, "--json": json_path}, stdout={"-o/--output", "--json"})
     if links and not link_items(links):
         raise click.UsageError("--link is empty; give column names, phash[:T] or same_person, for example --link study_id,file_sha256")
-    names_list = comma_list([names]) if names else None
+    names_list = given_list("--names", names)
+    if stratify_by and not any(item.strip() for item in stratify_by):
+        raise click.UsageError("--stratify-by is empty; give at least one column (sex, view, age:10, ...), or leave the option out")
     with status(f"Splitting {manifest}", quiet):
         # Text stays in Arrow as read (no pandas copy of it): split_manifest and the writer take it as it is.
         # The input manifest is not kept beside the result: the columns the split replaced go before the write.
@@ -138,7 +140,7 @@ def split(manifest, output, group, ratios, names, folds, seed, stratify, stratif
             names=names_list,
             folds=folds,
             seed=seed,
-            stratify=comma_list(stratify) if stratify else None,
+            stratify=given_list("--stratify", stratify),
             stratify_by=stratify_by_items(stratify_by),
             keep_existing=keep_existing,
             missing_group=missing_group,

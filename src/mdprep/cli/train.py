@@ -49,7 +49,7 @@ class FoldParam(click.ParamType):
     "--arch", default="densenet121", show_default=True,
     help="Model: densenet121 (the CheXNet choice), resnet18, resnet50, small (a quick CNN), or tv:NAME (torchvision's model zoo, when torchvision imports); keras: densenet121, resnet50, small.",
 )
-@click.option("--fold", "--folds", "fold", type=FoldParam(), help="Cross-validate: fold K of the non-test rows validates, the others train; 'all' trains one model per fold and writes out-of-fold predictions.")
+@click.option("--fold", "fold", type=FoldParam(), help="Cross-validate: fold K of the non-test rows validates, the others train; 'all' trains one model per fold and writes out-of-fold predictions.")
 @click.option("--train-split", help="The split that trains [default: train].")
 @click.option("--val-split", help="The split that picks the epoch [default: the one named val, valid, validation or dev].")
 @click.option("--test-split", help="The split held out for --evaluate-test [default: the one named test or testing].")
@@ -72,7 +72,7 @@ class FoldParam(click.ParamType):
     help="Input normalisation; auto: ImageNet mean/std when --pretrained weights go into a 3-channel model (a best.pt keeps its own).",
 )
 @click.option("--hflip", is_flag=True, help="Allow horizontal flips in cxr-safe (off: anatomy is not left-right symmetric).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to train: auto picks cuda when a GPU is present, else cpu.")
 @seed_option("Seed, 0 to 2**32-1: on the CPU the same inputs and seed give the same run.")
 @click.option(
     "--workers", default=0, show_default=True, type=click.IntRange(min=0),
@@ -86,8 +86,9 @@ class FoldParam(click.ParamType):
 @click.option("--skip-missing", is_flag=True, help="Leave out rows whose image is missing or does not decode (counted, listed in metrics.json) instead of refusing to start.")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=0), help="Bootstrap replicates (drawn over patients) for the AUC confidence intervals; 0: no intervals.")
 @quiet_option
+@click.option("--folds", "folds_all", hidden=True, metavar="all", help="Former spelling of --fold all.")
 @renamed_option("--out", "-o/--output", "output", required=True, type=click.Path(file_okay=False))
-def train(manifest, root, weights_path, output, framework, arch, fold, train_split, val_split, test_split, no_val, bootstrap, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, normalize, hflip, device, seed, workers, evaluate_test, allow_leakage, allow_outside_root, path_map, skip_missing, quiet):
+def train(manifest, root, weights_path, output, framework, arch, fold, train_split, val_split, test_split, no_val, bootstrap, epochs, batch_size, image_size, lr, pretrained, freeze_backbone, augment, normalize, hflip, device, seed, workers, evaluate_test, allow_leakage, allow_outside_root, path_map, skip_missing, quiet, folds_all):
     """Train a multi-label classifier on the train rows (or folds), pick the epoch on the validation rows.
 
     \b
@@ -105,6 +106,16 @@ def train(manifest, root, weights_path, output, framework, arch, fold, train_spl
         --arch densenet121 --epochs 10 --evaluate-test
       mdprep train folds.parquet --fold all --arch small -o runs/cv
     """
+    if folds_all is not None:
+        # `split --folds N` makes N folds; here a number would quietly train one fold, so only `--folds all` is kept.
+        if folds_all.strip().lower() != "all":
+            raise click.UsageError(
+                f"--folds {folds_all}: train takes --fold K (train with fold K validating) or --fold all (one model per fold); "
+                "--folds N is split's option, the number of folds to make"
+            )
+        if fold is not None:
+            raise click.UsageError("--folds all is the former spelling of --fold all; give --fold only")
+        fold = "all"
     inputs = {"MANIFEST": manifest, "--pretrained": pretrained, "--path-map": path_map}
     inputs.update({f"--weights {w}": w for w in weights_path})
     written = ("best.pt", "best.keras", "predictions.parquet", "metrics.json")

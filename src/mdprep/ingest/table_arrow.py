@@ -192,8 +192,9 @@ def _ingest(opts: TableOptions) -> ArrowIngest:
         filled = _blank(labels, opts.blank_default, spec.blank_policies(opts, names))
         if filled:
             notes.append(f"{filled} blank label cell(s) of labelled rows counted as negative (--blank)")
-        unlabeled = int(np.logical_and.reduce([null for _, null in labels.values()]).sum()) if labels else 0
         _uncertain(labels, opts.uncertain)
+        # Counted after --uncertain: `ignore` leaves a row whose labels were all uncertain with none.
+        unlabeled = int(np.logical_and.reduce([null for _, null in labels.values()]).sum()) if labels else 0
         canonical = {c: _canonical(c, frame[c]) for c in CANONICAL_TYPES if c in frame}
         rest = {c: _stored(frame[c]) for c in frame if c not in CANONICAL_TYPES}
     finally:

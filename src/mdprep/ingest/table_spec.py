@@ -219,7 +219,9 @@ def table_options(
         generic["patient_col"] = patient_col
     if preset != "generic" and any(v for v in generic.values()):
         given = ", ".join(f"--{k.replace('_', '-')}" for k, v in generic.items() if v)
-        raise UsageError(f"{given} only apply to --preset generic; preset {preset!r} knows its columns")
+        raise UsageError(f"{given}: only for --preset generic; preset {preset!r} knows its columns")
+    if metadata is not None and preset != "mimic":
+        raise UsageError(f"--metadata joins MIMIC-CXR's metadata table: only for --preset mimic, not {preset!r}")
     rules = parse_label_rules(label_when)
     blank_default, blank_per = parse_blank_specs(blank)
     column_map = parse_column_specs(columns)

@@ -800,8 +800,9 @@ def ingest_table(path: str | os.PathLike, **options: Any) -> IngestResult:
             readers = source[hit]
         frame, more = _aggregate(frame.reset_index(drop=True), labels, aggregate, readers.reset_index(drop=True) if readers is not None else None, spath)
         notes += more
-    unlabeled = int(frame[list(labels)].isna().all(axis=1).sum()) if labels else 0
     frame = apply_uncertain_policy(frame, labels, opts.uncertain)
+    # Counted after --uncertain: `ignore` leaves a row whose labels were all uncertain with none.
+    unlabeled = int(frame[list(labels)].isna().all(axis=1).sum()) if labels else 0
     frame, invalid, invalid_examples, more = _coerce_canonical(frame, origins, labels)
     notes += more
     frame = order_columns(frame.reset_index(drop=True), labels)

@@ -472,7 +472,9 @@ def train(
     root = root or manifest.root
     if is_url(root):
         root = canonical_root(root)  # images read through fsspec (mdprep.storage)
-    if not root or not (is_url(root) or os.path.isdir(root)):
+    if not root:
+        raise InputError("the manifest records no image folder (root); pass --root, the folder the manifest's paths are relative to")
+    if not (is_url(root) or os.path.isdir(root)):
         raise InputError(f"image folder {root!r} not found; pass --root, the folder the manifest's paths are relative to")
     synthetic = frame["synthetic"].fillna(False).astype(bool).to_numpy() if "synthetic" in frame.columns else np.zeros(len(frame), dtype=bool)
     frame = frame[~synthetic].reset_index(drop=True)
