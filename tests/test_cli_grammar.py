@@ -43,7 +43,7 @@ WRITERS = {
 #: Commands that summarise on stderr and can write that summary (or their report) as JSON.
 SUMMARISERS = {
     "ingest dicom", "ingest images", "ingest table", "validate", "hash", "split", "weights", "resample", "check",
-    "audit-leakage", "pseudonymize",
+    "audit-leakage", "pseudonymize", "export",
 }  # fmt: skip
 
 #: (command, option) pairs that keep a help text of their own, and why.
@@ -292,6 +292,7 @@ def test_docs_list_exactly_the_fields_each_summary_writes(runner, cohort, tmp_pa
         "weights": _json(runner, ["weights", str(d / "s.parquet"), "-o", str(tmp_path / "w.json"), "-q"]),
         "resample": _json(runner, ["resample", str(d / "s.parquet"), "--strategy", "ml-ros", "-o", str(tmp_path / "r.parquet"), "-q"]),
         "pseudonymize": _json(runner, ["pseudonymize", str(m), "--key-file", str(key), "-o", str(tmp_path / "p.parquet"), "-q"]),
+        "export": _json(runner, ["export", str(d / "s.parquet"), "--format", "csv", "--relative", "-o", str(tmp_path / "csv"), "-q"]),
     }
     assert runner.invoke(main, ["hash", str(m), "-o", str(hashed), "--workers", "1", "-q", "--record-signatures"]).exit_code == 0
     real["hash"] = _json(runner, ["hash", str(m), "--update", str(hashed), "-o", str(tmp_path / "h2.parquet"), "--workers", "1", "-q"])

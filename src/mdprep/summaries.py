@@ -151,6 +151,22 @@ def resample_summary(result, *, strategy: str, split: str, output: str) -> dict:
     )
 
 
+def export_summary(result, output: str) -> dict:
+    """``export``: the leakage verdict, and rows per part (manifest rows = rows written + synthetic rows left out)."""
+    return document(
+        "export",
+        output=output,
+        format=result.format,
+        files=list(result.files),
+        manifest_rows=result.manifest_rows,
+        rows=result.rows,
+        synthetic=result.synthetic,
+        verdict=result.verdict,
+        leakage_allowed=result.leakage_allowed,
+        parts=[{"part": p.name, "written_as": p.key, "rows": p.rows, "splits": list(p.splits)} for p in result.parts],
+    )
+
+
 def pseudonymize_summary(result, output: str) -> dict:
     """``pseudonymize``: the key's fingerprint and every column's treatment and reason (names only, never values)."""
     t = result.treatments

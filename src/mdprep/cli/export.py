@@ -6,7 +6,7 @@ import click
 
 from ..choices import EXPORT_FORMATS as FORMATS, EXPORT_MISSING as MISSING, EXPORT_UNCERTAIN as UNCERTAIN
 from ..fileio import check_outputs, file_fingerprint
-from ._options import described, given_list, output_option, quiet_option, root_option
+from ._options import described, given_list, json_option, output_option, quiet_option, root_option, write_json_summary
 from ._ui import echo, print_table
 
 
@@ -20,8 +20,9 @@ from ._ui import echo, print_table
 @click.option("--missing", type=click.Choice(list(MISSING)), help=f"monai: how a missing (null) label is written [default: ignore]: {described(MISSING)}.")
 @click.option("--columns", multiple=True, metavar="COL,...", help="More manifest columns to carry (view, sex, age, ...).")
 @click.option("--allow-leakage", is_flag=True, help="Export even if patients or images appear in more than one split or fold (not recommended; recorded).")
+@json_option
 @quiet_option
-def export(manifest, fmt, output, root, relative, uncertain, missing, columns, allow_leakage, quiet):
+def export(manifest, fmt, output, root, relative, uncertain, missing, columns, allow_leakage, json_path, quiet):
     """Write MANIFEST for a trainer outside mdprep: one part per split, folds and labels kept.
 
     \b
@@ -46,7 +47,10 @@ def export(manifest, fmt, output, root, relative, uncertain, missing, columns, a
 
     def guard(names):  # monai writes one file; hf and csv a folder of files named after the splits
         folders = {"-o/--output": names} if fmt != "monai" else None
-        check_outputs({"MANIFEST": manifest}, {"-o/--output": output}, stdout={"-o/--output"} if fmt == "monai" else (), folders=folders)
+        check_outputs(
+            {"MANIFEST": manifest}, {"-o/--output": output, "--json": json_path}, stdout={"-o/--output", "--json"} if fmt == "monai" else {"--json"},
+            folders=folders,
+        )
 
     guard((CARD_NAME,))
     m = read_manifest(manifest)
@@ -55,6 +59,10 @@ def export(manifest, fmt, output, root, relative, uncertain, missing, columns, a
         m, fmt, output, root=root, relative=relative, uncertain=uncertain, missing=missing, columns=given_list("--columns", columns) or [],
         allow_leakage=allow_leakage, inputs=[file_fingerprint(manifest)],
     )
+    if json_path:
+        from ..summaries import export_summary
+
+        write_json_summary(json_path, export_summary(result, output))
     if quiet:
         return
     from rich.markup import escape as escape_markup
