@@ -325,9 +325,9 @@ def test_audit_options_that_name_the_wrong_columns(runner, cohort):
     assert "both name 'split'" in one_error(runner.invoke(main, ["audit-leakage", str(cohort), "--group", "split"]))
     assert "--person-cols is empty" in one_error(runner.invoke(main, ["audit-leakage", str(cohort), "--person-cols", ","]))
     assert "x<=16" in one_error(runner.invoke(main, ["audit-leakage", str(cohort), "--threshold", "17"]))
-    # A group column that is absent leaves same_person skipped, like patient_overlap.
-    res = runner.invoke(main, ["audit-leakage", str(cohort), "--group", "absent", "--checks", "same_person", "--person-cols", "sex"])
-    assert res.exit_code == 0 and "no 'absent' column" in res.stderr, res.stderr
+    # A group column that is absent is a typo to fix (exit 2), not a check to skip: the gate would pass over nothing.
+    err = one_error(runner.invoke(main, ["audit-leakage", str(cohort), "--group", "absent", "--checks", "same_person", "--person-cols", "sex"]))
+    assert "--group names 'absent'" in err
     # A --time-col of text that is no date: rows unchecked, and no pandas warning with a source line on stderr.
     res = runner.invoke(main, ["audit-leakage", str(cohort), "--time-col", "sex", "--checks", "temporal"])
     assert res.exit_code == 0 and "Warning" not in res.stderr and "no dated train rows" in res.stderr, res.stderr
