@@ -439,7 +439,7 @@ def test_json_loses_no_warning_when_the_ingest_fails(runner, tmp_path):
 
 def test_no_output_replaces_an_image_of_the_tree_being_read(runner, tmp_path):
     """``--json ROOT/.../view1_frontal.png`` (or -o, --errors) wrote JSON over a raw image of the ingest or hash root."""
-    from mdprep.cli._options import IMAGE_FILE_SUFFIXES
+    from mdprep.fileio import IMAGE_FILE_SUFFIXES
     from mdprep.imaging import _DICOM_SUFFIXES
     from mdprep.ingest.images import IMAGE_EXTENSIONS
     from mdprep.nifti import NIFTI_EXTENSIONS

@@ -1067,8 +1067,6 @@ def audit_rows(
     return AuditReport(tuple(results), tuple(inputs), unassigned, options, tuple(c for c in wanted if c in required), degenerate)
 
 
-
-
 def _required_checks(require: Sequence[str] | None, wanted: Sequence[str]) -> set[str]:
     """The checks named by ``require`` (``all``: every check that runs); every bad name in one error."""
     if not require:

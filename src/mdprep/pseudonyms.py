@@ -942,7 +942,6 @@ def _hide_birth_dates_over_89(frame: pd.DataFrame, out: dict, steps: list, patie
     return [replace(st, reason=st.reason + note) if st.column in births else st for st in steps]
 
 
-
 def _as_datetime(s: pd.Series) -> pd.Series:
     if _is_temporal(s):
         return pd.to_datetime(s)

@@ -37,7 +37,6 @@ from .params import check_number, check_seed
 from .weights import EVAL_SPLITS, split_mask
 
 
-
 # ----------------------------------------------------------------------------- measures
 
 

@@ -79,6 +79,7 @@ def seed_option(help: str = SEED_HELP):
 QUIET_HELP = "Nothing on stderr but warnings, errors and a gate's verdict: no progress bars, tables, summaries or notes."
 quiet_option = click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 
+
 def not_empty(ctx, param, value):
     """Refuse an empty file name (``--json ""``, ``-o "$UNSET"``): it names no file, and would silently write nothing."""
     if value == "":
@@ -132,49 +133,6 @@ def renamed_option(old: str, new: str, param: str, *, required: bool = False, **
         return click.option(old, hidden, hidden=True, callback=not_empty, **attrs)(wrapper)
 
     return decorator
-
-
-#: Endings of the files ingest and hash read (mdprep.ingest.images.IMAGE_EXTENSIONS, NIFTI_EXTENSIONS, DICOM's),
-#: and the first bytes of PNG, JPEG and TIFF; a DICOM file has ``DICM`` at byte 128 (tests/test_cli_grammar.py checks the list).
-IMAGE_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".dcm", ".dicom", ".ima")
-_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")
-
-
-def _is_image_file(path: str) -> bool:
-    if path.lower().endswith(IMAGE_FILE_SUFFIXES):
-        return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return head.startswith(_IMAGE_MAGIC) or head[128:132] == b"DICM"
-
-
-def check_outputs_spare_images(root: str | None, outputs: dict[str, str | None], what: str = "ROOT") -> None:
-    """Refuse an output that would replace an image (or DICOM file, or volume) under ``root``, the folder the command reads.
-
-    :func:`mdprep.fileio.check_outputs` compares outputs with the input files it is given;
-    the images under a folder are not listed there, so ``--json ROOT/a/img.png`` would
-    have written a summary over a raw image. New files under ``root`` and files that
-    are no image (a manifest from an earlier run) are allowed. A URL root is not checked.
-    """
-    import os
-
-    from ..errors import UsageError
-
-    if not root or "://" in str(root) or not os.path.isdir(root):
-        return
-    base = os.path.join(os.path.realpath(root), "")
-    clashes = []
-    for label, value in outputs.items():
-        if not value or value == "-":
-            continue
-        real = os.path.realpath(value)
-        if real.startswith(base) and os.path.isfile(real) and _is_image_file(real):
-            clashes.append(f"{label} {value!r} is an image under {what} {root!r}")
-    if clashes:
-        raise UsageError(f"{'; '.join(clashes)}; mdprep never writes over its inputs: write it outside the images")
 
 
 def write_json_summary(path: str | None, doc: dict) -> None:

@@ -8,11 +8,10 @@ import os
 import click
 
 from ..choices import ALL_CHECKS, PERSON_COLUMNS
-from ..fileio import check_outputs
+from ..fileio import check_outputs, check_outputs_spare_images
 from ._ui import file_progress, print_table
 from ._options import (
     check_incremental,
-    check_outputs_spare_images,
     comma_list,
     given_list,
     incremental_options,

@@ -26,10 +26,9 @@ from ..choices import (
     UNCERTAIN_POLICIES,
 )
 from ..errors import InputError, MdprepError, MdprepWarning, UsageError, examples_text
-from ..fileio import check_outputs
+from ..fileio import check_outputs, check_outputs_spare_images
 from ._options import (
     check_incremental,
-    check_outputs_spare_images,
     choice_option,
     comma_list,
     described,
@@ -395,6 +394,8 @@ def ingest() -> None:
     metavar="TAG,...",
     help="Extra attributes besides the preset: keywords, GGGG,EEEE, (GGGG,EEEE) or GGGGEEEE; comma-separated or repeated.",
 )
+
+
 @choice_option("--missing-patient", MISSING_PATIENT_POLICIES, "error", "Files without PatientID")
 @choice_option("--level", INGEST_LEVELS, "instance", "One row per")
 @click.option(
@@ -402,6 +403,8 @@ def ingest() -> None:
     is_flag=True,
     help="With --level series: leave out the series with a volume problem (counted, their files listed with --errors) instead of flagging them.",
 )
+
+
 @click.option(
     "--spacing-tolerance",
     type=float,
@@ -411,6 +414,8 @@ def ingest() -> None:
     help="With --level series: how far a step between slice positions may be from the median step (or a whole multiple of it, "
     "for missing slices), as a fraction of the median step; above 0, below 0.5.",
 )
+
+
 @_files_from
 @allow_outside_root_option
 @workers_option
@@ -495,6 +500,8 @@ def ingest_dicom_cmd(
     metavar="REGEX",
     help="Searched in each relative path; named groups 'patient' (required), 'study', 'view', and any other become columns.",
 )
+
+
 @_output
 @_files_from
 @allow_outside_root_option
@@ -558,6 +565,8 @@ def ingest_images_cmd(
 @click.option(
     "--patient-col", help="generic: column with the patient id [default: patient_id, else PatientID, patientId, 'Patient ID' or subject_id]."
 )
+
+
 @click.option("--path-col", help="generic: column with the image path [default: path, else the image column].")
 @click.option("--study-col", help="generic: column with the study id [default: study_id, else StudyInstanceUID or StudyID].")
 @click.option("--labels-col", help="generic: one column listing each image's findings ('A|B' or ['A', 'B']).")
@@ -570,12 +579,16 @@ def ingest_images_cmd(
     metavar="NAME:COLUMN==VALUE",
     help=f"A binary label from a column: {LABEL_WHEN_SYNTAX}, compared as numbers when VALUE and the column are numbers, else as stripped text; a blank cell gives null. Repeatable.",
 )
+
+
 @click.option(
     "--blank",
     multiple=True,
     metavar="POLICY|LABEL=POLICY",
     help=f"Label cells blank in the source: {described(BLANK_POLICIES)}. Global or per label (wins); repeatable [default: missing].",
 )
+
+
 @click.option("--label-map", metavar="FILE|cxr", help="Rename and merge label names: a CSV (source,target) or JSON file, or 'cxr' for the built-in map of public chest X-ray names.")
 @choice_option("--aggregate", AGGREGATE_POLICIES, "error", "Several rows per image")
 @click.option("--reader-col", metavar="COLUMN", help="With --aggregate: each row's reader; one reader's rows are combined with 'any' before readers vote.")

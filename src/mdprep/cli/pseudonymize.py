@@ -77,6 +77,8 @@ def keygen(key_file, output, quiet):
     show_default=True,
     help="Paths: pseudonymise them (auto: when any path spells out an identifier of its row), keep them, or empty them.",
 )
+
+
 @click.option("--path-map", "path_map", metavar="FILE.csv", help="Also write pseudonymised path -> real path (0600; never commit it), for hash and train.")
 @click.option("--keep-columns", multiple=True, metavar="COL,...", help="Keep these columns as they are (after checking they identify no one).")
 @click.option("--drop-columns", multiple=True, metavar="COL,...", help="Drop these columns.")

@@ -84,20 +84,28 @@ def _summary(q: SplitQuality) -> str:
     "--stratify-by", multiple=True, metavar="COL,...",
     help="Metadata columns to balance too (sex, view, site). COL:WIDTH or COL:EDGE,EDGE,... bins a numeric column; age is binned in decades by default.",
 )
+
+
 @click.option(
     "--keep-existing", is_flag=True,
     help="Rows that already have a split (and fold) keep it and their groups follow them; a group torn between splits goes whole to where most of its rows are, so the fewest rows move.",
 )
+
+
 @click.option("--missing-group", type=click.Choice(MISSING_GROUP_POLICIES), default="error", show_default=True, help="Rows without a group: fail, or make each its own group.")
 @click.option(
     "--link", "links", multiple=True, metavar="COL,...",
     help="Also keep together rows sharing a value of these columns (study_id, accession, file_sha256, pixel_sha256), "
     "near-identical images (phash, phash:T for T bits) or person columns (same_person).",
 )
+
+
 @click.option(
     "--max-component", metavar="ROWS|P%",
     help="The most rows --link may join to a group's largest patient, in rows or a share of the manifest [default: 1%, at least 100 rows]; more is an error naming the link.",
 )
+
+
 @click.option("--person-cols", default=",".join(PERSON_COLUMNS), show_default=True, help="Columns that together suggest one person (--link same_person).")
 @json_option
 @quiet_option

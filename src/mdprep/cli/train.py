@@ -40,15 +40,21 @@ class FoldParam(click.ParamType):
     "--weights", "weights_path", multiple=True, type=click.Path(dir_okay=False),
     help="weights.json from `mdprep weights` [default: unweighted loss]; with --fold all, one per fold (`mdprep weights --fold K`) may be given.",
 )
+
+
 @output_option(
     "RUN_DIR", "Run folder: best.pt (fold-K/best.pt with --fold all), predictions.parquet and metrics.json.", required=False,
     type=click.Path(file_okay=False),
 )
+
+
 @click.option("--framework", type=click.Choice(["torch", "keras"]), default="torch", show_default=True, help="PyTorch, or Keras 3 on its torch backend (the keras extra).")
 @click.option(
     "--arch", default="densenet121", show_default=True,
     help="Model: densenet121 (the CheXNet choice), resnet18, resnet50, small (a quick CNN), or tv:NAME (torchvision's model zoo, when torchvision imports); keras: densenet121, resnet50, small.",
 )
+
+
 @click.option("--fold", "fold", type=FoldParam(), help="Cross-validate: fold K of the non-test rows validates, the others train; 'all' trains one model per fold and writes out-of-fold predictions.")
 @click.option("--train-split", help="The split that trains [default: train].")
 @click.option("--val-split", help="The split that picks the epoch [default: the one named val, valid, validation or dev].")
@@ -65,12 +71,16 @@ class FoldParam(click.ParamType):
     "densenet121/resnet18/resnet50 state_dict() to a file on a machine with internet access and pass it here; "
     "the old 1000-class head is reported and skipped.",
 )
+
+
 @click.option("--freeze-backbone", is_flag=True, help="Train only the new head.")
 @click.option("--augment", type=click.Choice(["cxr-safe", "none"]), default="cxr-safe", show_default=True, help="Training-time augmentation.")
 @click.option(
     "--normalize", type=click.Choice(["auto", "imagenet", "none"]), default="auto", show_default=True,
     help="Input normalisation; auto: ImageNet mean/std when --pretrained weights go into a 3-channel model (a best.pt keeps its own).",
 )
+
+
 @click.option("--hflip", is_flag=True, help="Allow horizontal flips in cxr-safe (off: anatomy is not left-right symmetric).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to train: auto picks cuda when a GPU is present, else cpu.")
 @seed_option("Seed, 0 to 2**32-1: on the CPU the same inputs and seed give the same run.")
@@ -79,6 +89,8 @@ class FoldParam(click.ParamType):
     help="Processes loading images for the data loader; unlike the per-file commands, 0 by default (load in the main process): "
     "worker processes pay off only when decoding, not the model, is the bottleneck.",
 )
+
+
 @click.option("--evaluate-test", is_flag=True, help="Score the test rows once, with the selected checkpoint, at the end.")
 @click.option("--allow-leakage", is_flag=True, help="Train even if patients appear in more than one split (not recommended).")
 @allow_outside_root_option
