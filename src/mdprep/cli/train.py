@@ -127,6 +127,7 @@ def train(manifest, root, weights_path, output, framework, arch, fold, train_spl
             )
         if fold is not None:
             raise click.UsageError("--folds all is the former spelling of --fold all; give --fold only")
+        click.echo("Warning: --folds all is deprecated and will be removed; use --fold all", err=True)
         fold = "all"
     inputs = {"MANIFEST": manifest, "--pretrained": pretrained, "--path-map": path_map}
     inputs.update({f"--weights {w}": w for w in weights_path})
