@@ -118,69 +118,57 @@ def pseudonymize_options(command):
 
 
 @contextlib.contextmanager
-def quoted_values_hidden(pseudo: Pseudonymization, keep: set[str]) -> Iterator[set[str]]:
-    """With --pseudonymize, warnings and errors of the ingest show no quoted cell value.
+def ingest_messages(pseudo: Pseudonymization, json_path: str | None) -> Iterator[tuple[set[str], list[str]]]:
+    """The warnings and errors of an ingest, caught once: yields ``(keep, warned)``.
 
-    Column names, label names and the user's own arguments (``keep``, which the
-    block may extend once it knows the columns) are still quoted; everything else
-    quoted becomes ``'…'``. Without --pseudonymize, messages pass unchanged.
+    With --pseudonymize no warning or error shows a quoted cell value: column names,
+    label names and the user's own arguments (``keep``, which the block may extend once
+    it knows the columns) are still quoted; everything else quoted becomes ``'…'``.
+    With ``--json``, ``warned`` gets the text of every mdprep warning as shown, for the
+    summary's ``warnings``. The warnings are shown once the block ends, even when it
+    fails: a warning given before an error is still printed. Without either option,
+    nothing is caught.
     """
-    if not pseudo.on:
-        yield keep
+    keep: set[str] = set()
+    warned: list[str] = []
+    if not pseudo.on and not json_path:
+        yield keep, warned
         return
     from ..pseudonyms import redact_quoted
 
-    given: list[str] = []  # the user's own option values and arguments
-    ctx = click.get_current_context(silent=True)
-    while ctx is not None:
-        for value in ctx.params.values():
-            given += [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] if isinstance(value, (tuple, list)) else []
-        ctx = ctx.parent
-    keep.update(given)
-    keep.update(part.strip() for arg in given for part in arg.replace("=", ",").replace(":", ",").split(","))
+    if pseudo.on:
+        given: list[str] = []  # the user's own option values and arguments
+        ctx = click.get_current_context(silent=True)
+        while ctx is not None:
+            for value in ctx.params.values():
+                given += [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] if isinstance(value, (tuple, list)) else []
+            ctx = ctx.parent
+        keep.update(given)
+        keep.update(part.strip() for arg in given for part in arg.replace("=", ",").replace(":", ",").split(","))
     error = None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield keep
-        except MdprepError as exc:
-            fields = exc.fields or {}
-            for name in ("present", "missing", "column", "columns"):
-                value = fields.get(name)
-                keep.update([value] if isinstance(value, str) else (value or ()))
-            error = InputError(redact_quoted(exc.message, keep))
-    # The warnings given before an error are shown too, as without --pseudonymize.
-    for w in caught:
-        message = redact_quoted(str(w.message), keep) if issubclass(w.category, MdprepWarning) else w.message
-        warnings.warn_explicit(message, w.category, w.filename, w.lineno)
-    if error is not None:
-        raise error from None
-
-
-@contextlib.contextmanager
-def recorded_warnings(json_path: str | None) -> Iterator[list[str]]:
-    """With ``--json``, the text of every mdprep warning the block gives, for the summary's ``warnings``.
-
-    The warnings are still shown as ever (once the block ends: after the redaction of
-    :func:`quoted_values_hidden`, which runs inside it). Without ``--json`` nothing changes.
-    """
-    seen: list[str] = []
-    if not json_path:
-        yield seen
-        return
-    held: list[warnings.WarningMessage] = []
+    caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                yield seen
-            finally:
-                held = list(caught)
-    finally:  # shown even when the block fails: a warning before an error is still printed
-        for w in held:
-            if issubclass(w.category, MdprepWarning):
-                seen.append(str(w.message))
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                yield keep, warned
+            except MdprepError as exc:
+                if not pseudo.on:
+                    raise
+                fields = exc.fields or {}
+                for name in ("present", "missing", "column", "columns"):
+                    value = fields.get(name)
+                    keep.update([value] if isinstance(value, str) else (value or ()))
+                error = InputError(redact_quoted(exc.message, keep))
+    finally:
+        for w in caught:
+            ours = issubclass(w.category, MdprepWarning)
+            message = redact_quoted(str(w.message), keep) if ours and pseudo.on else w.message
+            if ours and json_path:
+                warned.append(str(message))
+            warnings.warn_explicit(message, w.category, w.filename, w.lineno)
+    if error is not None:
+        raise error from None
 
 
 _APOSTROPHE = re.compile(r"(?<=\w)'(?=\w)")
@@ -203,7 +191,7 @@ def _pseudonymized(result: IngestResult, pseudo: Pseudonymization, quiet: bool, 
 
     The report loses what could quote a raw value: its invalid examples, and every quoted
     value of its notes (and of a series summary's notes) that is not in ``keep`` (column
-    names and the user's own arguments, :func:`quoted_values_hidden`), since the notes
+    names and the user's own arguments, :func:`ingest_messages`), since the notes
     are printed and written to ``--json``.
     """
     if not pseudo.on:
@@ -268,14 +256,15 @@ def render_summary(
     (informational) and the summary tables are left out. ``summary`` gives the
     manifest's summary (by default :func:`mdprep.manifest.summarize` of ``result.manifest``).
     With ``json_path``, the same facts are also written as JSON (:func:`mdprep.summaries.ingest_summary`), with
-    ``warned``, the library's warnings the command printed (:func:`recorded_warnings`).
+    ``warned``, the library's warnings the command printed (:func:`ingest_messages`).
     """
     rep = result.report
     facts = functools.cache(summary if summary is not None else lambda: _summarize(result.manifest))
+    shown = report_warnings(rep)
     if json_path:
         from ..summaries import ingest_summary
 
-        write_json_summary(json_path, ingest_summary(command, rep, output, facts(), warnings=[*warned, *report_warnings(rep)]))
+        write_json_summary(json_path, ingest_summary(command, rep, output, facts(), warnings=[*warned, *shown]))
     # What was not ingested as a row of its own is reported even with --quiet: nothing is lost silently.
     lost = bool(rep.skipped or rep.failed)
     if rep.series is not None:
@@ -293,7 +282,7 @@ def render_summary(
         click.echo(f"Not ingested: {reasons} ({hint})", err=True)
     if rep.update is not None and not quiet:
         click.echo(f"Update: {rep.update.text()}; {rep.update.read} file(s) read", err=True)
-    for warning in report_warnings(rep):
+    for warning in shown:
         click.echo(f"Warning: {warning}", err=True)
     if quiet:
         return
@@ -468,7 +457,7 @@ def ingest_dicom_cmd(
     )
     check_outputs_spare_images(root, {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, "--json": json_path, **more_outputs})
     files = _read_file_list(files_from)
-    with recorded_warnings(json_path) as seen, quoted_values_hidden(pseudo, set()) as keep:
+    with ingest_messages(pseudo, json_path) as (keep, seen):
         with file_progress("Reading DICOM headers", quiet) as bar:
             result = ingest_dicom(
                 root,
@@ -543,7 +532,7 @@ def ingest_images_cmd(
     )
     check_outputs_spare_images(root, {"-o/--output": output, "--errors": errors_path, "--path-map": pseudo.path_map, "--json": json_path, **more_outputs})
     files = _read_file_list(files_from)
-    with recorded_warnings(json_path) as seen, quoted_values_hidden(pseudo, set()) as keep:
+    with ingest_messages(pseudo, json_path) as (keep, seen):
         with file_progress("Reading image headers", quiet) as bar:
             result = ingest_images(
                 root, patient_regex=patient_regex, files=files, allow_outside_root=allow_outside_root, workers=workers,
@@ -636,7 +625,7 @@ def ingest_table_cmd(
         columns=list(columns), sep=sep, encoding=encoding, image_ext=image_ext, root=image_root,
     )  # fmt: skip
     sink = sys.stdout.buffer if output == "-" else output
-    with recorded_warnings(json_path) as seen, quoted_values_hidden(pseudo, set()) as keep, status(f"Reading {table}", quiet):
+    with ingest_messages(pseudo, json_path) as (keep, seen), status(f"Reading {table}", quiet):
         # The nih and chexpert presets are built in Arrow, without pandas, where that gives the very same manifest.
         fast = None if pseudo.on else ingest_table_arrow(table, **options)
         if fast is not None:
