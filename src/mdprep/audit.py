@@ -18,8 +18,8 @@ is both this module and the package's entry point (docs/api.md).
 
 from __future__ import annotations
 
-import itertools
 import inspect
+import itertools
 import json
 import os
 import re
@@ -1298,6 +1298,53 @@ def to_markdown(report: AuditReport, *, examples: int = 3) -> str:
             lines += ["", "Not fixed by re-splitting:"]
             lines += [f"- {markdown_text(c)}: {markdown_text(why)}" for c, why in s["unfixable"].items()]
     return "\n".join(lines) + "\n"
+
+
+def contract_failure(checked: Iterable[tuple[str, list]], error: str | None = None, *, command: str = "check") -> dict[str, str]:
+    """``check`` when a manifest breaks the contract: the JSON, JUnit and Markdown reports, so a CI gate reading them sees the failure.
+
+    ``checked`` gives each manifest's path and its violations. The JSON keeps the shape of
+    an ``mdprep-audit-report`` that failed (``result``, ``exit_code``, ``verdict``) with a
+    ``contract`` list and no ``checks``: the leakage audit did not run. With ``error``
+    (the message of the bad input that stopped ``check``, exit code 2), the reports say
+    the gate could not run: ``"result": "error"``, ``"exit_code": 2``, and a JUnit
+    ``<error>``, so no report of an earlier, passing run is left in place.
+    """
+    checked = list(checked)
+    broken = [(path, vs) for path, vs in checked if vs]
+    verdict = f"FAILED: {len(broken)} of {len(checked)} manifest(s) break the contract; the leakage audit did not run"
+    if error is not None:
+        verdict = f"ERROR: the gate could not run: {error}"
+    doc = {
+        "schema": "mdprep-audit-report",
+        "version": 1,
+        "result": "failed" if error is None else "error",
+        "exit_code": 1 if error is None else 2,
+        "verdict": verdict,
+        "contract": [{"path": path, "check": v.check, "message": v.message} for path, vs in broken for v in vs],
+        "checks": [],
+    }
+    # Paths and messages come from the user and the data: a control character would break the XML,
+    # a backtick or a '|' the Markdown (the audit's own reports escape them the same way).
+    cases = []
+    for path, vs in checked:
+        text = "\n".join(_xml_text(f"[{v.check}] {v.message}") for v in vs)  # one line per violation
+        body = f"<failure message={_xml_attr(f'{len(vs)} violation(s)')} type=\"contract\">{text}</failure>" if vs else ""
+        cases.append(f"  <testcase classname=\"mdprep.contract\" name={_xml_attr(path)}>{body}</testcase>")
+    if error is not None:
+        cases.append(
+            f'  <testcase classname="mdprep.{command}" name="mdprep {command}"><error message={_xml_attr(verdict)} type="bad-input">'
+            f"{_xml_text(error)}</error></testcase>"
+        )
+    junit = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<testsuite name="mdprep {command}" tests="{len(cases)}" failures="{len(broken)}" errors="{int(error is not None)}" skipped="0">\n'
+        + "\n".join(cases)
+        + "\n</testsuite>\n"
+    )
+    lines = [f"### mdprep {command}: {markdown_text(verdict)}", ""]  # the heading level of the audit's own Markdown
+    lines += [f"- {markdown_text(path)}: \\[{markdown_text(v.check)}\\] {markdown_text(v.message)}" for path, vs in broken for v in vs]
+    return {"json": json.dumps(doc, indent=2, sort_keys=True) + "\n", "junit": junit, "markdown": "\n".join(lines) + "\n"}
 
 
 class _CallableModule(types.ModuleType):

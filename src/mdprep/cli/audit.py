@@ -211,7 +211,7 @@ def write_gate_reports(options, reports: dict[str, str]) -> None:
 def reports_on_error(options, checked: list | None = None, command: str = "audit-leakage"):
     """On bad input (exit 2), the report files say the gate could not run: those of an earlier, passing run would still say "passed"."""
     from ..errors import MdprepError
-    from ..summaries import contract_failure
+    from ..audit import contract_failure
 
     try:
         yield
@@ -405,7 +405,7 @@ def check(manifests, **options):
     """
     from ..audit import visible
     from ..manifest import inspect_manifest
-    from ..summaries import contract_failure
+    from ..audit import contract_failure
     from ._ui import EXIT_CHECK_FAILED
 
     check_audit_outputs(manifests, options)
